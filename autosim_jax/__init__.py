@@ -5,4 +5,12 @@ The public API, one name per line.
 
 import importlib.metadata
 
+from .curvature import CurvatureOperator as CurvatureOperator
+from .curvature import gauss_newton_operator as gauss_newton_operator
+from .curvature import hessian_operator as hessian_operator
+from .curvature import hutchinson_diagonal as hutchinson_diagonal
+from .curvature import hvp as hvp
+from .solve import SolveResult as SolveResult
+from .solve import solve_damped as solve_damped
+
 __version__ = importlib.metadata.version("autosim_jax")
