@@ -13,4 +13,7 @@ from .curvature import hvp as hvp
 from .solve import SolveResult as SolveResult
 from .solve import solve_damped as solve_damped
 
-__version__ = importlib.metadata.version("autosim_jax")
+try:
+    __version__ = importlib.metadata.version("autosim_jax")
+except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+    __version__ = "0+source"

@@ -23,6 +23,7 @@ knows nothing of simulators.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -154,6 +155,18 @@ class CurvatureOperator:
         check_damping(damping)
         return dataclasses.replace(self, damping=self.damping + damping)
 
+    def stored_bytes(self) -> int | None:
+        """Bytes of the arrays that the operator keeps alive between products.
+
+        For the operators built here this is the memory of their linearisation residuals:
+        what a linearised operator trades for not recomputing the forward and backward
+        passes. ``None`` for a plain matvec closure, whose captured arrays are invisible.
+        Works under ``jit`` (only shapes and dtypes are read).
+        """
+        if not isinstance(self.undamped_matvec, jax.tree_util.Partial):
+            return None
+        return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(self.undamped_matvec))
+
     def as_dense(self) -> jax.Array:
         """The operator as an ``(n, n)`` matrix in ``jax.flatten_util.ravel_pytree`` order.
 
@@ -267,12 +280,15 @@ def gauss_newton_operator(
     outputs, jvp_fn = jax.linearize(lambda p: predict_fn(p, inputs), params)
     vjp_fn = jax.linear_transpose(jvp_fn, params)
     _, out_hvp = jax.linearize(jax.grad(lambda o: output_loss_fn(o, targets)), outputs)
-
-    def matvec(v: PyTree) -> PyTree:
-        (jtv,) = vjp_fn(out_hvp(jvp_fn(v)))
-        return jtv
-
+    # A Partial (a pytree of the three linear maps' residuals), so stored_bytes can see them.
+    matvec = jax.tree_util.Partial(_gauss_newton_product, jvp_fn, vjp_fn, out_hvp)
     return CurvatureOperator(matvec, _domain(params), 0.0, "gauss_newton")
+
+
+def _gauss_newton_product(jvp_fn, vjp_fn, out_hvp, v: PyTree) -> PyTree:
+    """``J^T (H_out (J v))``."""
+    (jtv,) = vjp_fn(out_hvp(jvp_fn(v)))
+    return jtv
 
 
 def hutchinson_diagonal(operator: CurvatureOperator, key: jax.Array, num_samples: int = 16) -> PyTree:

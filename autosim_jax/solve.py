@@ -105,7 +105,8 @@ def solve_damped(
       damping: ``lambda >= 0``.
       tol, atol: stop when ``||r|| <= max(tol * ||b||, atol)``.
       maxiter: maximum number of CG iterations (each one product with ``A``); ``None`` uses
-        JAX's default of ``10 * size``, far too many for a network: set it.
+        JAX's default of ``10 * size``, far too many for a network: set it. It may be traced
+        (one compilation serves every iteration count).
       x0: initial guess (zeros by default); warm-starting from the previous solve helps.
       preconditioner: a callable ``r -> M r`` approximating ``(A + lambda I)^{-1}``, e.g.
         from :func:`~autosim_jax.hutchinson_diagonal`.
@@ -136,7 +137,7 @@ def solve_damped(
         check_like(op.domain, x0, "x0")
     if tol < 0 or atol < 0:
         raise ValueError(f"tol and atol must be >= 0, got tol={tol}, atol={atol}.")
-    if maxiter is not None and maxiter < 1:
+    if maxiter is not None and not isinstance(maxiter, jax.core.Tracer) and maxiter < 1:
         raise ValueError(f"maxiter must be a positive number of iterations, got {maxiter}.")
     op = op.damped(damping) if not _is_zero(damping) else op
 

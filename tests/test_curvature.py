@@ -80,6 +80,19 @@ def test_linearised_operator_matches_hvp(x64):
         assert _rel_err(ravel_pytree(op.matvec(v))[0], ravel_pytree(asj.hvp(loss_fn, params, v, x, y))[0]) < 1e-12
 
 
+def test_stored_bytes_counts_linearisation_residuals(x64):
+    predict_fn, output_loss_fn, loss_fn, params, x, y = _problem()
+    h = asj.hessian_operator(loss_fn, params, x, y)
+    g = asj.gauss_newton_operator(predict_fn, output_loss_fn, params, x, y)
+    # Residuals hold at least the batch's activations; and they are plain float64 arrays.
+    assert h.stored_bytes() > 8 * x.size and h.stored_bytes() % 8 == 0
+    assert g.stored_bytes() > 8 * x.size
+    assert asj.CurvatureOperator.from_matvec(lambda v: v, params).stored_bytes() is None
+    # Readable under jit too (XLA may keep a few constants out of the residuals there).
+    under_jit = jax.eval_shape(lambda p: jnp.zeros(asj.hessian_operator(loss_fn, p, x, y).stored_bytes()), params)
+    assert 8 * x.size < under_jit.shape[0] <= h.stored_bytes()
+
+
 def test_damped_operator_adds_lambda_identity(x64):
     _, _, loss_fn, params, x, y = _problem()
     op = asj.hessian_operator(loss_fn, params, x, y)

@@ -1,0 +1,275 @@
+"""Score-function (REINFORCE) estimators of the gradient through the sampling distribution.
+
+AutoSimulate needs the derivative of an expectation over scenes (paper Eq. 10-11, the
+"gradient of expectation" line of Algorithm 1). For a fixed vector ``v`` shaped like
+``theta`` (the solution of Eq. 13a, or ``g_val``, or ``H g_val``: Table 1), it is
+
+.. math::
+
+    \\frac{\\partial}{\\partial \\psi} \\mathbb{E}_{s \\sim q_\\psi}
+        \\Big[\\frac{\\partial l(r(s), \\theta)}{\\partial \\theta} \\cdot v\\Big]
+    \\approx \\frac{1}{K} \\sum_{k=1}^K \\nabla_\\psi \\log q_\\psi(s_k)\\, (c_k - b_k),
+    \\qquad c_k = \\frac{\\partial l_k(\\theta)}{\\partial \\theta} \\cdot v,
+
+which is REINFORCE (:func:`reinforce_gradient`) with the "rewards" ``c_k``
+(:func:`directional_derivatives`). The paper writes the sum without ``1/K``; the mean used
+here differs by the constant ``K``, absorbed by the outer step size, and keeps the scale of
+the step independent of the batch size.
+
+Two ways to get the ``c_k``:
+
+* ``method="jvp"`` (default): one forward-mode ``jax.jvp`` of the vector of ``K`` per-sample
+  losses along ``v``. It never builds the ``K x n`` matrix of per-sample gradients: its
+  memory is that of one forward pass, whatever ``K``.
+* ``method="per_sample"``: ``jax.vmap`` of ``jax.grad`` over the samples (the ``K x n``
+  Jacobian), contracted with ``v``. The reference, and the baseline of the benchmark
+  ``benchmarks/estimator_methods.py``.
+
+Both assume that loss ``k`` depends only on sample ``k`` (no batch statistics), which is
+what makes the per-sample gradients well defined.
+
+Baselines (control variates): ``"leave_one_out"`` (default) subtracts from ``c_k`` the mean
+of the other ``K - 1`` values; it does not depend on ``s_k``, so the estimate stays unbiased,
+and it removes the part of ``c_k`` common to all samples, which lowers the variance.
+``None`` turns it off; an array (a scalar, or ``[K]``) is subtracted as given (e.g. a moving
+average that the caller keeps; unbiased as long as it does not depend on the current
+samples).
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from autosim_jax.distributions import gaussian
+  >>> q = gaussian()
+  >>> psi = q.init()
+  >>> s = q.sample(jax.random.key(0), psi, 4096)
+  >>> loss = lambda theta, x, y: 0.5 * (theta * x - y) ** 2  # [K] per-sample losses
+  >>> g = score_function_term(q.log_prob, psi, s, loss, jnp.float32(1.0), jnp.float32(1.0), s, 0 * s)
+  >>> g.loc.shape  # d/dpsi E[x^2] = (2 mu, 2 sigma^2) = (0, 2) up to Monte Carlo error
+  ()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+METHODS = ("jvp", "per_sample")
+BASELINES = ("leave_one_out", None)
+
+_UNKNOWN_METHOD = "Unknown method {method!r}; valid choices are {choices}."
+_UNKNOWN_BASELINE = (
+    "Unknown baseline {baseline!r}; valid choices are {choices}, or an array (a scalar or one "
+    "value per sample) to subtract as a fixed baseline."
+)
+
+
+def _leading_sizes(tree: PyTree) -> set[int]:
+    return {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves(tree)}
+
+
+def apply_baseline(rewards: jax.Array, baseline: str | None | jax.Array = "leave_one_out") -> jax.Array:
+    """Subtracts a control-variate baseline from per-sample rewards.
+
+    Args:
+      rewards: ``[K]`` per-sample values ``f(s_k)``.
+      baseline: ``"leave_one_out"`` (``f_k - mean_{j != k} f_j``; needs ``K >= 2``), ``None``
+        (no baseline), or an array broadcastable to ``[K]`` subtracted as is.
+
+    Returns:
+      ``[K]`` centred rewards.
+
+    References:
+      Paper Eq. 11 (the REINFORCE estimator); leave-one-out baseline: Kool et al., "Buy 4
+      REINFORCE samples, get a baseline for free!" (ICLR-W 2019).
+
+    Example:
+      >>> apply_baseline(jnp.array([1.0, 2.0, 3.0]))
+      Array([-1.5,  0. ,  1.5], dtype=float32)
+    """
+    rewards = jnp.asarray(rewards)
+    if rewards.ndim != 1:
+        raise ValueError(f"rewards must have shape [K], got {rewards.shape}.")
+    if baseline is None:
+        return rewards
+    if isinstance(baseline, str):
+        if baseline != "leave_one_out":
+            raise ValueError(_UNKNOWN_BASELINE.format(baseline=baseline, choices=BASELINES))
+        k = rewards.shape[0]
+        if k < 2:
+            raise ValueError(f"The leave-one-out baseline needs at least 2 samples, got K={k}.")
+        return rewards - (jnp.sum(rewards) - rewards) / (k - 1)
+    try:
+        baseline = jnp.asarray(baseline)
+    except TypeError:
+        raise ValueError(_UNKNOWN_BASELINE.format(baseline=baseline, choices=BASELINES)) from None
+    if not jnp.issubdtype(baseline.dtype, jnp.number) or baseline.shape not in ((), rewards.shape):
+        raise ValueError(_UNKNOWN_BASELINE.format(baseline=baseline, choices=BASELINES)
+                         + f" An array baseline must have shape () or {rewards.shape}.")
+    return rewards - baseline
+
+
+def reinforce_gradient(log_prob_fn: Callable[[PyTree, Any], jax.Array], psi: PyTree, samples: Any,
+                       rewards: jax.Array, *, baseline: str | None | jax.Array = "leave_one_out") -> PyTree:
+    """REINFORCE estimate of ``d/dpsi E_{s ~ q_psi}[f(s)]`` from samples and their rewards.
+
+    .. math:: \\frac{1}{K} \\sum_k (f(s_k) - b_k) \\nabla_\\psi \\log q_\\psi(s_k)
+
+    computed as the gradient of the surrogate ``mean_k stop_gradient(f_k - b_k) log q(s_k)``
+    (one backward pass through ``log_prob_fn``, whatever the size of ``psi``).
+
+    Args:
+      log_prob_fn: ``(psi, samples) -> [K]`` log-densities, e.g. ``Distribution.log_prob``.
+      psi: the distribution's parameters.
+      samples: ``K`` samples drawn from ``q_psi`` (a pytree with leading axis ``K``).
+      rewards: ``[K]`` values ``f(s_k)``; treated as constants.
+      baseline: see :func:`apply_baseline`.
+
+    Returns:
+      A pytree like ``psi``: the gradient of the expectation (ascend it to maximise ``E[f]``).
+
+    Raises:
+      ValueError: mismatched ``K``, or an unknown baseline.
+
+    References:
+      Paper Eq. 11 (REINFORCE, Williams 1992); the Learning-to-Simulate baseline (Sec. 5).
+
+    Example:
+      >>> from autosim_jax.distributions import categorical
+      >>> q = categorical(3)
+      >>> s = q.sample(jax.random.key(0), q.init(), 1000)
+      >>> g = reinforce_gradient(q.log_prob, q.init(), s, (s == 2).astype(jnp.float32))
+      >>> g.logits.shape
+      (3,)
+    """
+    rewards = jnp.asarray(rewards)
+    if rewards.ndim != 1:
+        raise ValueError(f"rewards must have shape [K], got {rewards.shape}.")
+    k = rewards.shape[0]
+    sizes = _leading_sizes(samples)
+    if sizes != {k}:
+        raise ValueError(f"samples hold {sorted(sizes, key=str)} along their leading axis but there are K={k} rewards; "
+                         "every sample needs one reward.")
+    log_prob_shape = jax.eval_shape(log_prob_fn, psi, samples).shape
+    if log_prob_shape != (k,):
+        raise ValueError(f"log_prob_fn returned shape {log_prob_shape}; expected ({k},), one log-density per sample.")
+    centred = jax.lax.stop_gradient(apply_baseline(rewards, baseline))
+
+    def surrogate(p):
+        logq = log_prob_fn(p, samples)
+        return jnp.mean(centred.astype(logq.dtype) * logq)
+
+    return jax.grad(surrogate)(psi)
+
+
+def _check_tangent(theta: PyTree, v: PyTree) -> PyTree:
+    """Checks that v is shaped like theta; casts its leaves to theta's dtypes (jvp needs it)."""
+    t_def, v_def = jax.tree.structure(theta), jax.tree.structure(v)
+    if t_def != v_def:
+        raise ValueError(f"v must have the structure of theta: got {v_def}, expected {t_def}.")
+    paths = jax.tree_util.tree_flatten_with_path(theta)[0]
+    for (path, t), vv in zip(paths, jax.tree.leaves(v)):
+        if jnp.shape(t) != jnp.shape(vv):
+            raise ValueError(f"v{jax.tree_util.keystr(path)} has shape {jnp.shape(vv)}; theta's has {jnp.shape(t)}.")
+    return jax.tree.map(lambda t, vv: jnp.asarray(vv, jnp.result_type(t)), theta, v)
+
+
+def directional_derivatives(per_sample_loss_fn: Callable[..., jax.Array], theta: PyTree, v: PyTree,
+                            inputs: Any, labels: Any, *, method: str = "jvp") -> jax.Array:
+    """``c_k = d l_k(theta) / d theta . v`` for each of the ``K`` samples.
+
+    Args:
+      per_sample_loss_fn: ``(theta, inputs, labels) -> [K]``, loss ``k`` depending only on
+        sample ``k``.
+      theta: model parameters (a pytree).
+      v: a pytree shaped like ``theta``.
+      inputs, labels: the rendered batch (pytrees with leading axis ``K``).
+      method: ``"jvp"`` (one forward-mode pass, memory independent of ``K``) or
+        ``"per_sample"`` (the ``K x n`` per-sample gradients, contracted with ``v``).
+
+    Returns:
+      ``[K]`` directional derivatives.
+
+    Raises:
+      ValueError: unknown method, ``v`` not shaped like ``theta``, or the loss not ``[K]``.
+
+    References:
+      Paper Eq. 11 and Algorithm 1: ``[d l(r(s_k), theta) / d theta]^T v``.
+
+    Example:
+      >>> loss = lambda th, x, y: (th * x - y) ** 2
+      >>> x = jnp.array([1.0, 2.0]); y = jnp.zeros(2)
+      >>> directional_derivatives(loss, jnp.float32(1.0), jnp.float32(1.0), x, y)
+      Array([2., 8.], dtype=float32)
+    """
+    if method not in METHODS:
+        raise ValueError(_UNKNOWN_METHOD.format(method=method, choices=METHODS))
+    v = _check_tangent(theta, v)
+    sizes = _leading_sizes((inputs, labels))
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"inputs and labels must share one leading axis K, got leading sizes {sorted(sizes, key=str)}.")
+    (k,) = sizes
+    out = jax.eval_shape(per_sample_loss_fn, theta, inputs, labels)
+    if out.shape != (k,):
+        raise ValueError(f"per_sample_loss_fn returned shape {out.shape}; expected ({k},), one loss per sample.")
+
+    if method == "jvp":
+        _, c = jax.jvp(lambda th: per_sample_loss_fn(th, inputs, labels), (theta,), (v,))
+        return c
+
+    def one_loss(th, x, y):
+        one = jax.tree.map(lambda a: a[None], (x, y))
+        return per_sample_loss_fn(th, *one)[0]
+
+    grads = jax.vmap(jax.grad(one_loss), in_axes=(None, 0, 0))(theta, inputs, labels)  # leaves (K, *leaf)
+    contract = lambda g, vv: jnp.tensordot(g, vv, axes=vv.ndim) if vv.ndim else g * vv
+    return sum(jax.tree.leaves(jax.tree.map(contract, grads, v)))
+
+
+def score_function_term(log_prob_fn: Callable[[PyTree, Any], jax.Array], psi: PyTree, scenes: Any,
+                        per_sample_loss_fn: Callable[..., jax.Array], theta: PyTree, v: PyTree,
+                        inputs: Any, labels: Any, *, method: str = "jvp",
+                        baseline: str | None | jax.Array = "leave_one_out") -> PyTree:
+    """Estimate of ``d/dpsi E_{s ~ q_psi}[d l(r(s), theta) / d theta] . v``.
+
+    .. math:: \\frac{1}{K} \\sum_k \\nabla_\\psi \\log q_\\psi(s_k)
+              \\Big(\\frac{\\partial l_k(\\theta)}{\\partial \\theta} \\cdot v - b_k\\Big)
+
+    i.e. :func:`reinforce_gradient` with rewards :func:`directional_derivatives`.
+
+    Args:
+      log_prob_fn: ``(psi, scenes) -> [K]``, e.g. ``Distribution.log_prob``.
+      psi: the distribution's parameters.
+      scenes: the ``K`` scenes ``s_k`` drawn from ``q_psi``.
+      per_sample_loss_fn: ``(theta, inputs, labels) -> [K]``.
+      theta: model parameters at which the derivatives are taken (``theta_hat(psi_t)``).
+      v: fixed pytree shaped like ``theta`` (e.g. ``(H + lambda I)^-1 g_val``, Eq. 13a).
+      inputs, labels: the rendered batch ``r(s_k)``.
+      method: ``"jvp"`` (default) or ``"per_sample"``; see :func:`directional_derivatives`.
+      baseline: ``"leave_one_out"`` (default), ``None``, or an array; see
+        :func:`apply_baseline`.
+
+    Returns:
+      A pytree like ``psi``. The outer update of Eq. 13b is ``psi + alpha * (this)`` with
+      ``v`` the CG solution (the sign conventions of Table 1 are the caller's).
+
+    Raises:
+      ValueError: unknown method or baseline, mismatched ``K`` between scenes and losses, or
+        ``v`` not shaped like ``theta``.
+
+    References:
+      Paper Eq. 11-13b and Algorithm 1 ("compute gradient of expectation").
+
+    Example:
+      >>> g = score_function_term(q.log_prob, psi, sim.scenes, loss_fn, theta, v,
+      ...                         sim.inputs, sim.labels)  # doctest: +SKIP
+    """
+    if method not in METHODS:
+        raise ValueError(_UNKNOWN_METHOD.format(method=method, choices=METHODS))
+    if isinstance(baseline, str) and baseline not in BASELINES:
+        raise ValueError(_UNKNOWN_BASELINE.format(baseline=baseline, choices=BASELINES))
+    c = directional_derivatives(per_sample_loss_fn, theta, v, inputs, labels, method=method)
+    return reinforce_gradient(log_prob_fn, psi, scenes, jax.lax.stop_gradient(c), baseline=baseline)

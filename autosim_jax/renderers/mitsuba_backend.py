@@ -1,0 +1,273 @@
+"""The CLEVR-style scenes of :mod:`.clevr`, rendered by Mitsuba 3 (an optional extra).
+
+Same scene fields, camera, lights, geometry and class map as :class:`.clevr.ClevrRenderer`,
+drawn by a physically based path tracer instead of the small numpy one: rubber is Mitsuba's
+``diffuse``, metal a GGX ``roughconductor`` tinted by the object colour, the sky a
+``constant`` emitter and the key and back lights ``directional`` emitters. The ``path``
+integrator runs with ``max_depth = bounces + 2`` (camera ray, direct light, then ``bounces``
+indirect bounces), so that ``bounces = 0`` lets a metal see the sky only, as in the numpy
+renderer. With bounces left Mitsuba also carries light between diffuse surfaces, which the
+numpy renderer does not: its images are a little brighter near objects.
+
+Labels come from a second pass through the pixel centres (a ``stratified`` sampler with
+``jitter=False`` and one sample), with every shape given a diffuse reflectance that encodes
+its class, read back by the ``aov`` integrator's ``albedo`` output. That is exact at pixel
+centres, works the same in every variant (``shape_index`` is a position in
+``scene.shapes()`` in scalar variants but a registry id in JIT variants), and would survive
+Mitsuba merging shapes of equal material, since those have the same class. Scenes are still
+loaded with ``optimize=False`` so that nothing is merged. Mitsuba's ``cylinder`` has no caps:
+each cylinder gets a ``disk`` on top (the bottom one is never visible).
+
+Mitsuba is imported when a renderer is built, so this module imports without it.
+
+Example:
+  >>> renderer = MitsubaRenderer(image_size=16, max_objects=2)
+  >>> images, labels = renderer.render(renderer.example_scenes(1, seed=0), seed=0)
+  >>> images.shape, labels.shape
+  ((1, 16, 16, 3), (1, 16, 16))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+
+from . import clevr
+from .schema import OutputSpec, SceneSchema
+
+MITSUBA_MISSING = (
+    'The Mitsuba backend needs Mitsuba 3 (and Dr.Jit): pip install "autosim_jax[mitsuba]". '
+    "The built-in numpy renderer (get_renderer('clevr')) draws the same scenes without it."
+)
+LLVM_TOO_OLD = (
+    "Mitsuba variant {variant!r} needs libLLVM >= 19 (Dr.Jit found {found}); without it the "
+    "process aborts at the first render. Falling back to 'scalar_rgb'."
+)
+
+# The label pass gives each shape the diffuse reflectance (class + 1) / _CODE; a ray that hits
+# nothing reads 0 and decodes to the background.
+_CODE = 8.0
+
+
+def _import_mitsuba():
+    try:
+        import drjit as dr
+        import mitsuba as mi
+    except ImportError as err:
+        raise ImportError(MITSUBA_MISSING) from err
+    return mi, dr
+
+
+def select_variant(requested: str = "scalar_rgb") -> str:
+    """The Mitsuba variant to render with: ``requested`` when it can run here.
+
+    ``llvm_*`` variants need libLLVM >= 19 (older ones abort the process at the first render,
+    which no ``try`` can catch), so they are only chosen after checking
+    ``drjit.detail.llvm_version()``; otherwise this warns and returns ``"scalar_rgb"``.
+
+    Args:
+      requested: an RGB variant listed by ``mitsuba.variants()``.
+
+    Raises:
+      ImportError: when Mitsuba is not installed (naming the extra to install).
+      ValueError: for a variant this Mitsuba build lacks or one that is not RGB.
+
+    Example:
+      >>> select_variant("scalar_rgb")
+      'scalar_rgb'
+    """
+    mi, dr = _import_mitsuba()
+    if requested not in mi.variants() or not requested.endswith("_rgb"):
+        rgb = [v for v in mi.variants() if v.endswith("_rgb")]
+        raise ValueError(f"Mitsuba variant {requested!r} is not available; choose one of {rgb}.")
+    if requested.startswith("llvm"):
+        found = None
+        try:
+            found = tuple(dr.detail.llvm_version())
+        except Exception:  # no LLVM at all: drjit raises rather than returning a version
+            pass
+        if found is None or found < (19,):
+            warnings.warn(LLVM_TOO_OLD.format(variant=requested, found=found), RuntimeWarning,
+                          stacklevel=2)
+            return "scalar_rgb"
+    if requested.startswith("cuda") and not dr.has_backend(dr.JitBackend.CUDA):
+        warnings.warn(f"Mitsuba variant {requested!r} needs a CUDA device; falling back to "
+                      "'scalar_rgb'.", RuntimeWarning, stacklevel=2)
+        return "scalar_rgb"
+    return requested
+
+
+def _rgb(value) -> dict:
+    return {"type": "rgb", "value": [float(v) for v in np.broadcast_to(value, 3)]}
+
+
+def scene_dict(scenes: dict[str, np.ndarray], index: int, *, labels: bool = False,
+               image_size: int = 64) -> dict:
+    """The Mitsuba scene dictionary of scene ``index`` of a validated CLEVR batch.
+
+    Args:
+      scenes: a batch valid for :func:`.clevr.clevr_schema`.
+      index: which scene of the batch.
+      labels: build the label pass instead (class-coded diffuse shapes, ``aov`` integrator,
+        one unjittered sample through each pixel centre of an ``image_size`` film).
+      image_size: film size of the label pass (the RGB pass uses the scene's resolution).
+
+    Returns:
+      A dict for ``mitsuba.load_dict(..., optimize=False)``; plain Python values and Mitsuba
+      transforms only (the current variant must be set).
+
+    Example:
+      >>> d = scene_dict(clevr.example_clevr_scenes(clevr.clevr_schema(2), 1, 0), 0)
+      >>> d["integrator"]["type"]
+      'path'
+    """
+    mi, _ = _import_mitsuba()
+    T = mi.ScalarTransform4f
+    res = image_size if labels else clevr.RESOLUTION_CHOICES[int(scenes["resolution"][index])]
+    spp = 1 if labels else clevr.SPP_CHOICES[int(scenes["spp"][index])]
+    sampler = ({"type": "stratified", "sample_count": 1, "jitter": False} if labels
+               else {"type": "independent", "sample_count": spp})
+    d: dict[str, Any] = {
+        "type": "scene",
+        "integrator": ({"type": "aov", "aovs": "albedo:albedo"} if labels else
+                       {"type": "path", "max_depth": clevr.BOUNCE_CHOICES[int(scenes["bounces"][index])] + 2}),
+        "sensor": {
+            "type": "perspective", "fov": clevr.CAMERA_FOV_DEG, "fov_axis": "x",
+            "near_clip": 0.01, "far_clip": 1000.0,
+            "to_world": T().look_at(origin=clevr.CAMERA_ORIGIN.tolist(),
+                                    target=clevr.CAMERA_TARGET.tolist(), up=clevr.CAMERA_UP.tolist()),
+            # A box filter: each sample counts for its own pixel only, as in the numpy renderer.
+            "film": {"type": "hdrfilm", "width": res, "height": res, "rfilter": {"type": "box"},
+                     "pixel_format": "rgb", "component_format": "float32"},
+            "sampler": sampler,
+        },
+    }
+
+    def bsdf(cls: int, albedo, metal: bool) -> dict:
+        if labels:
+            return {"type": "diffuse", "reflectance": _rgb((cls + 1) / _CODE)}
+        if metal:
+            return {"type": "roughconductor", "distribution": "ggx", "alpha": clevr.METAL_ROUGHNESS,
+                    "specular_reflectance": _rgb(albedo)}
+        return {"type": "diffuse", "reflectance": _rgb(albedo)}
+
+    # The floor: large enough to fill the view up to the top of the image.
+    d["floor"] = {"type": "rectangle", "to_world": T().scale([200.0, 200.0, 1.0]),
+                  "bsdf": bsdf(0, clevr.FLOOR_ALBEDO, False)}
+    for k, obj in enumerate(clevr.scene_objects(scenes, index)):
+        material = bsdf(obj.shape + 1, obj.albedo, obj.metal)
+        x, y, z = (float(v) for v in obj.center)
+        kind = clevr.SHAPES[obj.shape]
+        if kind == "sphere":
+            d[f"object_{k}"] = {"type": "sphere", "center": [x, y, z], "radius": obj.radius,
+                                "bsdf": material}
+        elif kind == "cube":
+            d[f"object_{k}"] = {
+                "type": "cube", "bsdf": material,
+                "to_world": T().translate([x, y, z]).rotate([0.0, 0.0, 1.0], obj.rotation_deg)
+                .scale([obj.half_extent] * 3)}
+        else:
+            h = obj.half_extent
+            d[f"object_{k}"] = {"type": "cylinder", "p0": [x, y, z - h], "p1": [x, y, z + h],
+                                "radius": obj.radius, "bsdf": material}
+            d[f"object_{k}_cap"] = {"type": "disk", "bsdf": material,
+                                    "to_world": T().translate([x, y, z + h]).scale([obj.radius, obj.radius, 1.0])}
+    if not labels:
+        d["sky"] = {"type": "constant", "radiance": _rgb(scenes["ambient"][index])}
+        # Irradiance pi * I makes a white diffuse surface facing the light as bright as I,
+        # the numpy renderer's convention.
+        for name, direction, field in (("key", clevr.KEY_LIGHT_DIR, "key_light"),
+                                       ("back", clevr.BACK_LIGHT_DIR, "back_light")):
+            d[f"{name}_light"] = {"type": "directional", "direction": (-direction).tolist(),
+                                  "irradiance": _rgb(np.pi * float(scenes[field][index]))}
+    return d
+
+
+@dataclasses.dataclass(frozen=True)
+class MitsubaRenderer:
+    """CLEVR-style segmentation scenes rendered by Mitsuba 3's path tracer.
+
+    Args:
+      image_size: width and height of the returned images and label maps (the training size).
+      max_objects: object slots per scene, as in :class:`.clevr.ClevrRenderer`.
+      variant: Mitsuba variant; ``"scalar_rgb"`` needs nothing else. ``"llvm_ad_rgb"`` is
+        only used when libLLVM >= 19 is found (see :func:`select_variant`).
+
+    Raises:
+      ImportError: when Mitsuba is not installed (naming the ``autosim_jax[mitsuba]`` extra).
+
+    Example:
+      >>> r = MitsubaRenderer(image_size=16, max_objects=2)
+      >>> x, y = r.render(r.example_scenes(2, seed=0), seed=0)
+      >>> x.shape, y.dtype
+      ((2, 16, 16, 3), dtype('int32'))
+    """
+
+    image_size: int = 64
+    max_objects: int = 4
+    variant: str = "scalar_rgb"
+    name: ClassVar[str] = "mitsuba"
+    schema: SceneSchema = dataclasses.field(init=False, repr=False)
+    inputs_spec: OutputSpec = dataclasses.field(init=False, repr=False)
+    labels_spec: OutputSpec = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self):
+        if int(self.image_size) < 4:
+            raise ValueError(f"image_size must be at least 4 pixels, got {self.image_size}.")
+        object.__setattr__(self, "variant", select_variant(self.variant))
+        object.__setattr__(self, "schema", clevr.clevr_schema(self.max_objects))
+        object.__setattr__(self, "inputs_spec", OutputSpec((self.image_size, self.image_size, 3), np.float32))
+        object.__setattr__(self, "labels_spec", OutputSpec((self.image_size, self.image_size), np.int32))
+
+    def example_scenes(self, n: int, seed: int, **fixed: Any) -> dict[str, np.ndarray]:
+        """Plausible scenes (see :func:`.clevr.example_clevr_scenes`)."""
+        return clevr.example_clevr_scenes(self.schema, n, seed, **fixed)
+
+    def render_linear(self, scenes: dict[str, np.ndarray], seed: int) -> list[np.ndarray]:
+        """Linear RGB renders at each scene's own resolution (no resampling, no tone map).
+
+        Args:
+          scenes: a batch valid for ``self.schema``.
+          seed: seeds the samplers (scene ``i`` gets the ``i``-th integer drawn from it).
+
+        Returns:
+          One float32 ``(res_i, res_i, 3)`` array per scene.
+        """
+        self.schema.validate(scenes)
+        mi, _ = _import_mitsuba()
+        mi.set_variant(self.variant)  # process-global in Mitsuba: set before every use
+        seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=len(scenes["spp"]))
+        out = []
+        for i, s in enumerate(seeds):
+            scene = mi.load_dict(scene_dict(scenes, i), optimize=False)
+            out.append(np.array(mi.render(scene, seed=int(s)), dtype=np.float32)[..., :3])
+        return out
+
+    def render(self, scenes: dict[str, np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Renders a batch of scenes (one Mitsuba scene at a time).
+
+        Args:
+          scenes: field name -> ``(n, *field.shape)`` array, as declared by ``self.schema``.
+          seed: seeds Mitsuba's samplers; the same seed gives the same images.
+
+        Returns:
+          ``(images, labels)``: float32 ``(n, H, W, 3)`` in ``[0, 1]``, int32 ``(n, H, W)``.
+
+        Raises:
+          ValueError: for scenes that do not match the schema, naming the field.
+        """
+        n = self.schema.validate(scenes)
+        mi, _ = _import_mitsuba()
+        size = int(self.image_size)
+        linear = self.render_linear(scenes, seed)
+        images = np.empty((n, size, size, 3), np.float32)
+        labels = np.empty((n, size, size), np.int32)
+        for i in range(n):
+            images[i] = clevr.resample(linear[i][None], size)[0]
+            scene = mi.load_dict(scene_dict(scenes, i, labels=True, image_size=size), optimize=False)
+            code = np.array(mi.render(scene, seed=0), dtype=np.float32)[..., 0]
+            labels[i] = np.clip(np.rint(code * _CODE) - 1, 0, len(clevr.CLASS_NAMES) - 1)
+        return np.ascontiguousarray(clevr.tonemap(images)), labels

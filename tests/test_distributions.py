@@ -1,0 +1,297 @@
+"""Tests of autosim_jax.distributions.
+
+Moment tests are probabilistic: fixed keys, n = 200_000 draws, and a tolerance of 5 standard
+errors of the statistic (mean: sigma / sqrt(n); variance: sigma^2 sqrt(2 / (n - 1));
+frequency: sqrt(p (1 - p) / n)), so a correct implementation fails with probability below
+1e-6 per check. Densities are checked against closed forms and by quadrature, in float64.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from autosim_jax.distributions import (
+    CategoricalParams,
+    Distribution,
+    NormalParams,
+    bounded,
+    categorical,
+    from_schema,
+    gaussian,
+    product,
+)
+from autosim_jax.renderers.schema import Field, SceneSchema
+
+N = 200_000
+SIGMAS = 5.0
+
+
+def _normal_logpdf(x, mu, sigma):
+    return -0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
+
+
+# ------------------------------------------------------------------------------ gaussian
+
+
+def test_gaussian_moments_match_parameters():
+    """Probabilistic: n=200000, mean and variance within 5 standard errors per element."""
+    mu, sigma = np.array([1.0, -2.0, 0.5]), np.array([0.5, 2.0, 1.0])
+    q = gaussian((3,), loc=mu, scale=sigma)
+    s = np.asarray(q.sample(jax.random.key(0), q.init(), N), np.float64)
+    assert s.shape == (N, 3)
+    np.testing.assert_array_less(np.abs(s.mean(0) - mu), SIGMAS * sigma / math.sqrt(N))
+    np.testing.assert_array_less(np.abs(s.var(0, ddof=1) - sigma**2), SIGMAS * sigma**2 * math.sqrt(2 / (N - 1)))
+
+
+def test_gaussian_log_prob_closed_form(x64):
+    q = gaussian((2, 2), loc=[[0.0, 1.0], [2.0, -1.0]], scale=[[1.0, 0.5], [2.0, 3.0]])
+    psi = q.init()
+    x = np.random.default_rng(0).normal(size=(5, 2, 2))
+    mu, sigma = np.asarray(psi.loc), np.exp(np.asarray(psi.log_scale))
+    expected = _normal_logpdf(x, mu, sigma).sum(axis=(1, 2))
+    np.testing.assert_allclose(q.log_prob(psi, x), expected, rtol=1e-12)
+
+
+def test_gaussian_score_closed_form(x64):
+    """d log N / d mu = (x - mu) / sigma^2, d log N / d log sigma = (x - mu)^2 / sigma^2 - 1."""
+    q = gaussian(loc=0.3, scale=1.7)
+    psi = q.init()
+    x = jnp.array([0.0, 1.0, -2.5])
+    jac = jax.jacrev(q.log_prob)(psi, x)
+    sigma = 1.7
+    np.testing.assert_allclose(jac.loc, (x - 0.3) / sigma**2, rtol=1e-12)
+    np.testing.assert_allclose(jac.log_scale, (x - 0.3) ** 2 / sigma**2 - 1, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------- bounded
+
+
+@pytest.mark.parametrize("loc,scale", [(0.5, None), (2.5, 0.8), (-0.5, 0.3)])
+def test_bounded_density_integrates_to_one(x64, loc, scale):
+    low, high = -1.0, 3.0
+    q = bounded(low, high, loc=loc, scale=scale)
+    x = np.linspace(low, high, 400_001)[1:-1]
+    dens = np.exp(np.asarray(q.log_prob(q.init(), x)))
+    assert np.trapezoid(dens, x) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("low,high", [(0.5, np.inf), (-np.inf, -0.5)])
+def test_half_bounded_density_integrates_to_one(x64, low, high):
+    """Quadrature on x = bound +/- e^t (dx = e^t dt), t in [-40, 40]."""
+    q = bounded(low, high, loc=2.0 if np.isfinite(low) else -3.0, scale=0.7)
+    t = np.linspace(-40.0, 40.0, 200_001)
+    bound, sign = (low, 1.0) if np.isfinite(low) else (high, -1.0)
+    x = bound + sign * np.exp(t)
+    dens = np.exp(np.asarray(q.log_prob(q.init(), x))) * np.exp(t)
+    assert np.trapezoid(dens, t) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_bounded_log_prob_is_minus_inf_outside_the_range(x64):
+    for q, outside in ((bounded(0.0, 1.0), [0.0, 1.0, -0.5, 2.0]), (bounded(0.5, np.inf), [0.5, 0.0])):
+        logq = q.log_prob(q.init(), jnp.asarray(outside))
+        assert np.all(np.asarray(logq) == -np.inf)
+        grads = jax.grad(lambda p: q.log_prob(p, jnp.asarray([0.75, *outside]))[0])(q.init())
+        assert all(np.isfinite(g) for g in jax.tree.leaves(grads))
+
+
+def test_bounded_log_prob_closed_form(x64):
+    """Logit-normal density: N(logit t; mu, sigma) / (w t (1 - t)), t = (x - low) / w."""
+    low, high = 2.0, 5.0
+    q = bounded(low, high, (2,), loc=[3.0, 4.5], scale=[0.2, 0.4])
+    psi = q.init()
+    x = np.array([[2.5, 4.9], [3.3, 3.0]])
+    t = (x - low) / (high - low)
+    mu, sigma = np.asarray(psi.loc), np.exp(np.asarray(psi.log_scale))
+    expected = (_normal_logpdf(np.log(t / (1 - t)), mu, sigma) - np.log((high - low) * t * (1 - t))).sum(1)
+    np.testing.assert_allclose(q.log_prob(psi, x), expected, rtol=1e-12)
+
+
+def test_bounded_median_and_scale_in_field_units():
+    """Probabilistic: n=200000; P(s < loc) = 1/2 within 5 SE; std = scale within 3% (delta method)."""
+    q = bounded(0.0, 2.0, loc=1.6, scale=0.02)
+    s = np.asarray(q.sample(jax.random.key(1), q.init(), N), np.float64)
+    assert abs((s < 1.6).mean() - 0.5) < SIGMAS * 0.5 / math.sqrt(N)
+    assert s.std() == pytest.approx(0.02, rel=0.03)
+
+
+@pytest.mark.parametrize("low,high", [(0.0, 2.0), (1000.0, 1000.001), (0.0, np.inf), (-np.inf, 7.0), (1e4, np.inf)])
+@pytest.mark.parametrize("loc_u,log_scale", [(0.0, 0.0), (60.0, 0.0), (-60.0, 0.0), (0.0, 4.0)])
+def test_bounded_samples_strictly_inside_in_float32(low, high, loc_u, log_scale):
+    """Even for pre-image parameters that saturate the map in float32."""
+    q = bounded(low, high)
+    psi = NormalParams(jnp.float32(loc_u), jnp.float32(log_scale))
+    s = np.asarray(q.sample(jax.random.key(2), psi, 20_000))
+    assert s.dtype == np.float32
+    assert np.all(np.isfinite(s)) and np.all(s > low) and np.all(s < high)
+    SceneSchema((Field.continuous("x", low, high),)).validate({"x": s})
+    assert np.all(np.isfinite(np.asarray(q.log_prob(psi, s))))
+
+
+def test_bounded_unbounded_is_gaussian():
+    q = bounded(-np.inf, np.inf, loc=1.0, scale=2.0)
+    np.testing.assert_allclose(q.init().loc, 1.0)
+    np.testing.assert_allclose(np.exp(q.init().log_scale), 2.0, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- categorical
+
+
+def test_categorical_frequencies_match_probabilities():
+    """Probabilistic: n=200000, each frequency within 5 SE = 5 sqrt(p (1 - p) / n)."""
+    probs = np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]])
+    q = categorical(3, (2,), probs=probs)
+    s = np.asarray(q.sample(jax.random.key(3), q.init(), N))
+    assert s.shape == (N, 2) and s.dtype == np.int32
+    freq = np.stack([(s == c).mean(0) for c in range(3)], axis=-1)
+    np.testing.assert_array_less(np.abs(freq - probs), SIGMAS * np.sqrt(probs * (1 - probs) / N))
+
+
+def test_categorical_log_prob_is_log_softmax(x64):
+    logits = np.random.default_rng(0).normal(size=(4, 5))
+    q = categorical(5, (4,))
+    idx = np.random.default_rng(1).integers(0, 5, size=(7, 4))
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = log_softmax[np.arange(4), idx].sum(1)
+    np.testing.assert_allclose(q.log_prob(CategoricalParams(jnp.asarray(logits)), idx), expected, rtol=1e-12)
+
+
+def test_categorical_54_cells():
+    q = categorical(2, (54,))
+    s = q.sample(jax.random.key(0), q.init(), 16)
+    assert s.shape == (16, 54)
+    np.testing.assert_allclose(q.log_prob(q.init(), s), 54 * np.log(0.5), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------- product / schema
+
+
+def test_product_mixes_fields_and_sums_log_probs(x64):
+    members = {"light": bounded(0.0, 2.0), "pos": gaussian((2,)), "quality": categorical(3)}
+    q = product(members)
+    psi = q.init()
+    assert set(psi) == set(members)
+    s = q.sample(jax.random.key(0), psi, 6)
+    assert s["light"].shape == (6,) and s["pos"].shape == (6, 2) and s["quality"].shape == (6,)
+    expected = sum(members[k].log_prob(psi[k], s[k]) for k in members)
+    np.testing.assert_allclose(q.log_prob(psi, s), expected, rtol=1e-12)
+
+
+def test_from_schema_chooses_families_and_overrides():
+    schema = SceneSchema((
+        Field.continuous("light", 0.0, 2.0),
+        Field.continuous("offset", shape=(3,)),
+        Field.continuous("size", low=0.1),
+        Field.categorical("cells", choices=("empty", "car"), shape=(54,)),
+    ))
+    custom = gaussian((3,), loc=5.0)
+    q = from_schema(schema, {"light": {"loc": 1.9, "scale": 0.01}, "offset": custom,
+                             "cells": {"probs": (0.9, 0.1)}})
+    psi = q.init()
+    assert isinstance(psi["light"], NormalParams) and isinstance(psi["cells"], CategoricalParams)
+    assert psi["offset"].loc.shape == (3,) and psi["cells"].logits.shape == (54, 2)
+    np.testing.assert_allclose(psi["offset"].loc, 5.0)
+    np.testing.assert_allclose(jax.nn.softmax(psi["cells"].logits)[:, 0], 0.9, rtol=1e-6)
+    s = q.sample(jax.random.key(0), psi, 64)
+    assert schema.validate({k: np.asarray(v) for k, v in s.items()}) == 64
+    assert np.median(np.asarray(s["light"])) > 1.85  # the deliberately poor start
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"nope": {}}, "unknown fields"),
+    ({"light": {"loc": 3.0}}, "'light'.*strictly inside"),
+    ({"light": {"colour": 1}}, "'light'"),
+    ({"quality": {"probs": (1.0, 0.0, 0.0)}}, "'quality'.*positive"),
+    ({"light": 0.5}, "Distribution or a dict"),
+])
+def test_from_schema_rejects_bad_overrides(overrides, match):
+    schema = SceneSchema((Field.continuous("light", 0.0, 2.0), Field.categorical("quality", choices=(1, 4, 16))))
+    with pytest.raises(ValueError, match=match):
+        from_schema(schema, overrides)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _q():
+    return product({"light": bounded(0.0, 2.0), "quality": categorical(3)})
+
+
+def test_psi_with_wrong_shape_names_the_field():
+    q = _q()
+    psi = q.init()
+    psi["light"] = NormalParams(jnp.zeros(2), jnp.zeros(()))
+    with pytest.raises(ValueError, match=r"psi\['light'\]\.loc has shape \(2,\)"):
+        q.sample(jax.random.key(0), psi, 3)
+    with pytest.raises(ValueError, match=r"psi\['light'\]\.loc"):
+        jax.jit(q.log_prob)(psi, q.sample(jax.random.key(0), q.init(), 3))
+
+
+def test_psi_with_wrong_structure_names_the_field():
+    q = _q()
+    psi = q.init()
+    with pytest.raises(ValueError, match=r"missing \['quality'\]"):
+        q.sample(jax.random.key(0), {"light": psi["light"]}, 3)
+    psi["quality"] = (psi["quality"].logits,)
+    with pytest.raises(ValueError, match=r"psi\['quality'\] does not match"):
+        q.sample(jax.random.key(0), psi, 3)
+
+
+def test_non_finite_psi_raises_when_concrete():
+    q = _q()
+    psi = q.init()
+    psi["quality"] = CategoricalParams(jnp.array([0.0, jnp.inf, 0.0]))
+    with pytest.raises(ValueError, match=r"psi\['quality'\]\.logits holds non-finite"):
+        q.log_prob(psi, q.sample(jax.random.key(0), q.init(), 3))
+
+
+def test_bad_arguments_raise_value_error():
+    q = _q()
+    with pytest.raises(ValueError, match="positive Python int"):
+        q.sample(jax.random.key(0), q.init(), 0)
+    with pytest.raises(ValueError, match="field 'light'.*shape"):
+        q.log_prob(q.init(), {"light": jnp.zeros((3, 2)), "quality": jnp.zeros(3, jnp.int32)})
+    with pytest.raises(ValueError, match="fields"):
+        q.log_prob(q.init(), {"light": jnp.zeros(3)})
+    with pytest.raises(ValueError, match="integer"):
+        categorical(3).log_prob(categorical(3).init(), jnp.zeros(3))
+    with pytest.raises(ValueError, match="low < high"):
+        bounded(1.0, 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        gaussian(scale=0.0)
+    with pytest.raises(ValueError, match="num_categories"):
+        categorical(1)
+    with pytest.raises(ValueError, match="Distribution"):
+        product({"x": 1.0})
+
+
+# ------------------------------------------------------------------------------ jit/vmap
+
+
+def test_jit_matches_eager_and_vmap_matches_loop():
+    q = product({"light": bounded(0.0, 2.0, (2,)), "pos": gaussian(), "quality": categorical(4, (3,))})
+    psi = q.init()
+    key = jax.random.key(5)
+    sample = jax.jit(q.sample, static_argnums=2)
+    log_prob = jax.jit(q.log_prob)
+    eager = q.sample(key, psi, 8)
+    jax.tree.map(np.testing.assert_array_equal, eager, sample(key, psi, 8))
+    np.testing.assert_allclose(log_prob(psi, eager), q.log_prob(psi, eager), rtol=1e-6)
+
+    keys = jax.random.split(key, 4)
+    batched = jax.jit(jax.vmap(q.sample, in_axes=(0, None, None)), static_argnums=2)(keys, psi, 8)
+    for i, k in enumerate(keys):
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[i], b), batched, sample(k, psi, 8))
+
+    # a batch of parameters (e.g. a population of candidates) through vmap
+    psis = jax.tree.map(lambda x: jnp.stack([x, x + 0.1, x - 0.2]), psi)
+    lp = jax.jit(jax.vmap(q.log_prob, in_axes=(0, None)))(psis, eager)
+    for i in range(3):
+        np.testing.assert_allclose(lp[i], log_prob(jax.tree.map(lambda x: x[i], psis), eager), rtol=1e-6)
+
+
+def test_distribution_is_a_namedtuple_of_functions():
+    q = gaussian()
+    assert isinstance(q, Distribution) and q._fields == ("init", "sample", "log_prob")
