@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 from matplotlib.path import Path
-from scipy.spatial import ConvexHull
 
-from autosim_jax.renderers import ClevrRenderer, get_renderer
+from autosim_jax.renderers import ClevrRenderer, OutputSpec, SceneSchema, get_renderer
+from autosim_jax.renderers import RENDERERS
 from autosim_jax.renderers import clevr
 
 SIZE = 32
@@ -37,10 +37,28 @@ def _iou(a, b):
     return (a & b).sum() / (a | b).sum()
 
 
+def _convex_hull(points):
+    """Vertices of the convex hull of 2-D points, counter-clockwise (Andrew's monotone chain)."""
+    pts = sorted(map(tuple, points))
+
+    def turn(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    def half(seq):
+        out = []
+        for p in seq:
+            while len(out) >= 2 and turn(out[-2], out[-1], p) <= 0:
+                out.pop()
+            out.append(p)
+        return out[:-1]
+
+    return np.array(half(pts) + half(pts[::-1]))
+
+
 def _hull_mask(points, size):
-    """Pixels whose centre lies in the convex hull of projected world points."""
-    xy = clevr.project(points, size)
-    hull = Path(xy[ConvexHull(xy).vertices])
+    """Pixels whose centre lies in the convex hull of projected world points: the silhouette
+    of a convex solid under a pinhole camera."""
+    hull = Path(_convex_hull(clevr.project(points, size)))
     return hull.contains_points(_pixel_centres(size)).reshape(size, size)
 
 
@@ -245,9 +263,20 @@ def test_bad_scenes_raise_value_error_naming_the_field(renderer, change, match):
 
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="max_objects"):
-        ClevrRenderer(max_objects=0)
+        ClevrRenderer(max_objects=1)
     with pytest.raises(ValueError, match="image_size"):
         ClevrRenderer(image_size=2)
+
+
+@pytest.mark.parametrize("name", sorted(RENDERERS))
+def test_every_registered_renderer_follows_the_protocol(name):
+    r = get_renderer(name)
+    assert r.name == name
+    assert isinstance(r.schema, SceneSchema)
+    assert isinstance(r.inputs_spec, OutputSpec) and isinstance(r.labels_spec, OutputSpec)
+    x, y = r.render(r.example_scenes(2, seed=0), seed=0)
+    assert x.shape == (2, *r.inputs_spec.shape) and x.dtype == r.inputs_spec.dtype
+    assert y.shape == (2, *r.labels_spec.shape) and y.dtype == r.labels_spec.dtype
 
 
 def test_get_renderer_by_name():
