@@ -113,13 +113,21 @@ def _check_psi(psi: PyTree, template: PyTree) -> None:
                 )
             for k in template:  # same keys: find the field whose structure differs
                 if jax.tree.structure(psi[k]) != jax.tree.structure(template[k]):
-                    path, got, expected = f"[{k!r}]", jax.tree.structure(psi[k]), jax.tree.structure(template[k])
+                    path, got, expected = (
+                        f"[{k!r}]",
+                        jax.tree.structure(psi[k]),
+                        jax.tree.structure(template[k]),
+                    )
                     break
         raise ValueError(_PSI_STRUCTURE.format(path=path, got=got, expected=expected))
     leaves = jax.tree_util.tree_flatten_with_path(psi)[0]
     for (path, leaf), ref in zip(leaves, jax.tree.leaves(template)):
         if jnp.shape(leaf) != jnp.shape(ref):
-            raise ValueError(_PSI_SHAPE.format(path=_path_str(path), got=jnp.shape(leaf), expected=jnp.shape(ref)))
+            raise ValueError(
+                _PSI_SHAPE.format(
+                    path=_path_str(path), got=jnp.shape(leaf), expected=jnp.shape(ref)
+                )
+            )
         if not isinstance(leaf, jax.core.Tracer):
             value = np.asarray(leaf)
             if not np.all(np.isfinite(value)):
@@ -207,9 +215,15 @@ def gaussian(shape: Sequence[int] = (), *, loc=0.0, scale=1.0) -> Distribution:
       (3, 2)
     """
     shape = _check_shape(shape)
-    loc0, scale0 = np.broadcast_to(loc, shape).astype(float), np.broadcast_to(scale, shape).astype(float)
+    loc0, scale0 = (
+        np.broadcast_to(loc, shape).astype(float),
+        np.broadcast_to(scale, shape).astype(float),
+    )
     if not (np.all(np.isfinite(loc0)) and np.all(scale0 > 0) and np.all(np.isfinite(scale0))):
-        raise ValueError(f"gaussian: need a finite loc and a positive finite scale, got loc={loc}, scale={scale}.")
+        raise ValueError(
+            f"gaussian: need a finite loc and a positive finite scale, got loc={loc}, "
+            f"scale={scale}."
+        )
 
     def init():
         dtype = _float_dtype()
@@ -226,7 +240,9 @@ def gaussian(shape: Sequence[int] = (), *, loc=0.0, scale=1.0) -> Distribution:
     return _checked(init, sample, log_prob)
 
 
-def bounded(low: float, high: float, shape: Sequence[int] = (), *, loc=None, scale=None) -> Distribution:
+def bounded(
+    low: float, high: float, shape: Sequence[int] = (), *, loc=None, scale=None
+) -> Distribution:
     """A normal pushed through a smooth bijection onto the field's range.
 
     * ``[low, high]`` both finite: logit-normal, ``s = low + (high - low) sigmoid(u)``;
@@ -269,12 +285,16 @@ def bounded(low: float, high: float, shape: Sequence[int] = (), *, loc=None, sca
     shape = _check_shape(shape)
     lo_fin, hi_fin = np.isfinite(low), np.isfinite(high)
     if not (lo_fin or hi_fin):
-        return gaussian(shape, loc=0.0 if loc is None else loc, scale=1.0 if scale is None else scale)
+        return gaussian(
+            shape, loc=0.0 if loc is None else loc, scale=1.0 if scale is None else scale
+        )
     if loc is None:
         loc = 0.5 * (low + high) if lo_fin and hi_fin else (low + 1.0 if lo_fin else high - 1.0)
     loc_x = np.broadcast_to(np.asarray(loc, float), shape)
     if not np.all((loc_x > low) & (loc_x < high)):
-        raise ValueError(f"bounded: the initial loc {loc} must lie strictly inside ({low}, {high}).")
+        raise ValueError(
+            f"bounded: the initial loc {loc} must lie strictly inside ({low}, {high})."
+        )
     if lo_fin and hi_fin:
         width = high - low
         t = (loc_x - low) / width
@@ -289,7 +309,9 @@ def bounded(low: float, high: float, shape: Sequence[int] = (), *, loc=None, sca
     else:
         scale_x = np.broadcast_to(np.asarray(scale, float), shape)
         if not np.all((scale_x > 0) & np.isfinite(scale_x)):
-            raise ValueError(f"bounded: the initial scale must be positive and finite, got {scale}.")
+            raise ValueError(
+                f"bounded: the initial scale must be positive and finite, got {scale}."
+            )
         sigma0 = scale_x / dx_du
 
     def init():
@@ -297,8 +319,16 @@ def bounded(low: float, high: float, shape: Sequence[int] = (), *, loc=None, sca
         return NormalParams(jnp.asarray(u0, dtype), jnp.asarray(np.log(sigma0), dtype))
 
     def open_interval(x):
-        lo = jnp.nextafter(jnp.asarray(low, x.dtype), jnp.asarray(high, x.dtype)) if lo_fin else -jnp.inf
-        hi = jnp.nextafter(jnp.asarray(high, x.dtype), jnp.asarray(low, x.dtype)) if hi_fin else jnp.inf
+        lo = (
+            jnp.nextafter(jnp.asarray(low, x.dtype), jnp.asarray(high, x.dtype))
+            if lo_fin
+            else -jnp.inf
+        )
+        hi = (
+            jnp.nextafter(jnp.asarray(high, x.dtype), jnp.asarray(low, x.dtype))
+            if hi_fin
+            else jnp.inf
+        )
         return jnp.clip(x, lo, hi)
 
     if lo_fin and hi_fin:
@@ -363,8 +393,14 @@ def categorical(num_categories: int, shape: Sequence[int] = (), *, probs=None) -
       >>> q.sample(jax.random.key(0), q.init(), 4).shape
       (4, 2)
     """
-    if isinstance(num_categories, bool) or not isinstance(num_categories, (int, np.integer)) or num_categories < 2:
-        raise ValueError(f"categorical: num_categories must be an int >= 2, got {num_categories!r}.")
+    if (
+        isinstance(num_categories, bool)
+        or not isinstance(num_categories, (int, np.integer))
+        or num_categories < 2
+    ):
+        raise ValueError(
+            f"categorical: num_categories must be an int >= 2, got {num_categories!r}."
+        )
     num_categories = int(num_categories)
     shape = _check_shape(shape)
     if probs is None:
@@ -373,13 +409,17 @@ def categorical(num_categories: int, shape: Sequence[int] = (), *, probs=None) -
         p = np.asarray(probs, float)
         if p.shape[-1:] != (num_categories,) or not np.all(p > 0) or not np.all(np.isfinite(p)):
             raise ValueError(
-                f"categorical: probs must be positive and finite with last axis {num_categories}, got {probs!r}. "
+                f"categorical: probs must be positive and finite with last axis {num_categories}, "
+                f"got {probs!r}. "
                 "Give a small positive probability instead of 0 (the logits must stay finite)."
             )
         try:
             p = np.broadcast_to(p, (*shape, num_categories))
         except ValueError:
-            raise ValueError(f"categorical: probs of shape {p.shape} do not broadcast to {(*shape, num_categories)}.") from None
+            raise ValueError(
+                f"categorical: probs of shape {p.shape} do not broadcast to "
+                f"{(*shape, num_categories)}."
+            ) from None
         logits0 = np.log(p / p.sum(-1, keepdims=True))
 
     def init():
@@ -391,7 +431,9 @@ def categorical(num_categories: int, shape: Sequence[int] = (), *, probs=None) -
     def log_prob(psi, scenes):
         idx = _check_scenes(scenes, shape, "categorical")
         if not jnp.issubdtype(idx.dtype, jnp.integer):
-            raise ValueError(f"categorical: scenes must be integer category indices, got dtype {idx.dtype}.")
+            raise ValueError(
+                f"categorical: scenes must be integer category indices, got dtype {idx.dtype}."
+            )
         logp = jax.nn.log_softmax(psi.logits, axis=-1)
         logp = jnp.broadcast_to(logp, (idx.shape[0], *logp.shape))
         picked = jnp.take_along_axis(logp, idx[..., None], axis=-1)[..., 0]
@@ -419,10 +461,15 @@ def product(members: Mapping[str, Distribution]) -> Distribution:
       ['c', 'x']
     """
     if not isinstance(members, Mapping) or not members:
-        raise ValueError("product: members must be a non-empty mapping of field name -> Distribution.")
+        raise ValueError(
+            "product: members must be a non-empty mapping of field name -> Distribution."
+        )
     for name, member in members.items():
         if not isinstance(name, str) or not isinstance(member, Distribution):
-            raise ValueError(f"product: member {name!r} must map a str to a Distribution, got {type(member).__name__}.")
+            raise ValueError(
+                f"product: member {name!r} must map a str to a Distribution, got "
+                f"{type(member).__name__}."
+            )
     members = dict(members)
     names = tuple(members)
 
@@ -436,10 +483,14 @@ def product(members: Mapping[str, Distribution]) -> Distribution:
     def log_prob(psi, scenes):
         if not isinstance(scenes, Mapping) or set(scenes) != set(names):
             got = sorted(scenes) if isinstance(scenes, Mapping) else type(scenes).__name__
-            raise ValueError(f"product: scenes must be a dict with fields {sorted(names)}, got {got}.")
+            raise ValueError(
+                f"product: scenes must be a dict with fields {sorted(names)}, got {got}."
+            )
         sizes = {name: jnp.shape(scenes[name])[:1] for name in names}
         if len(set(sizes.values())) != 1:
-            raise ValueError(f"product: every field must hold the same number of scenes, got {sizes}.")
+            raise ValueError(
+                f"product: every field must hold the same number of scenes, got {sizes}."
+            )
         total = 0.0
         for name in names:
             try:
@@ -481,7 +532,10 @@ def from_schema(schema: SceneSchema, overrides: Mapping[str, Any] | None = None)
     overrides = dict(overrides or {})
     unknown = [name for name in overrides if name not in schema.names]
     if unknown:
-        raise ValueError(f"from_schema: overrides for unknown fields {unknown}; the schema has {list(schema.names)}.")
+        raise ValueError(
+            f"from_schema: overrides for unknown fields {unknown}; the schema has "
+            f"{list(schema.names)}."
+        )
     members = {}
     for field in schema.fields:
         override = overrides.get(field.name, {})
@@ -490,7 +544,8 @@ def from_schema(schema: SceneSchema, overrides: Mapping[str, Any] | None = None)
             continue
         if not isinstance(override, Mapping):
             raise ValueError(
-                f"from_schema: the override of field {field.name!r} must be a Distribution or a dict of "
+                f"from_schema: the override of field {field.name!r} must be a Distribution or a "
+                "dict of "
                 f"keyword arguments, got {type(override).__name__}."
             )
         try:

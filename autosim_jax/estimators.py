@@ -19,8 +19,9 @@ the step independent of the batch size.
 Two ways to get the ``c_k``:
 
 * ``method="jvp"`` (default): one forward-mode ``jax.jvp`` of the vector of ``K`` per-sample
-  losses along ``v``. It never builds the ``K x n`` matrix of per-sample gradients: its
-  memory is that of one forward pass, whatever ``K``.
+  losses along ``v``. It never builds the ``K x n`` matrix of per-sample gradients: it costs
+  about two forward passes over the batch, and beyond the batch's activations (``K x`` the
+  width of the network) it holds nothing that grows with ``K``.
 * ``method="per_sample"``: ``jax.vmap`` of ``jax.grad`` over the samples (the ``K x n``
   Jacobian), contracted with ``v``. The reference, and the baseline of the benchmark
   ``benchmarks/estimator_methods.py``.
@@ -42,7 +43,8 @@ Example:
   >>> psi = q.init()
   >>> s = q.sample(jax.random.key(0), psi, 4096)
   >>> loss = lambda theta, x, y: 0.5 * (theta * x - y) ** 2  # [K] per-sample losses
-  >>> g = score_function_term(q.log_prob, psi, s, loss, jnp.float32(1.0), jnp.float32(1.0), s, 0 * s)
+  >>> theta = v = jnp.float32(1.0)
+  >>> g = score_function_term(q.log_prob, psi, s, loss, theta, v, s, 0 * s)
   >>> g.loc.shape  # d/dpsi E[x^2] = (2 mu, 2 sigma^2) = (0, 2) up to Monte Carlo error
   ()
 """
@@ -67,17 +69,19 @@ _UNKNOWN_BASELINE = (
 )
 
 
-def _leading_sizes(tree: PyTree) -> set[int]:
+def _leading_sizes(tree: PyTree) -> set[int | None]:
     return {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves(tree)}
 
 
-def apply_baseline(rewards: jax.Array, baseline: str | None | jax.Array = "leave_one_out") -> jax.Array:
+def apply_baseline(
+    rewards: jax.Array, baseline: str | None | jax.Array = "leave_one_out"
+) -> jax.Array:
     """Subtracts a control-variate baseline from per-sample rewards.
 
     Args:
       rewards: ``[K]`` per-sample values ``f(s_k)``.
       baseline: ``"leave_one_out"`` (``f_k - mean_{j != k} f_j``; needs ``K >= 2``), ``None``
-        (no baseline), or an array broadcastable to ``[K]`` subtracted as is.
+        (no baseline), or an array of shape ``()`` or ``[K]`` subtracted as is.
 
     Returns:
       ``[K]`` centred rewards.
@@ -107,13 +111,21 @@ def apply_baseline(rewards: jax.Array, baseline: str | None | jax.Array = "leave
     except TypeError:
         raise ValueError(_UNKNOWN_BASELINE.format(baseline=baseline, choices=BASELINES)) from None
     if not jnp.issubdtype(baseline.dtype, jnp.number) or baseline.shape not in ((), rewards.shape):
-        raise ValueError(_UNKNOWN_BASELINE.format(baseline=baseline, choices=BASELINES)
-                         + f" An array baseline must have shape () or {rewards.shape}.")
+        raise ValueError(
+            _UNKNOWN_BASELINE.format(baseline=baseline, choices=BASELINES)
+            + f" An array baseline must have shape () or {rewards.shape}."
+        )
     return rewards - baseline
 
 
-def reinforce_gradient(log_prob_fn: Callable[[PyTree, Any], jax.Array], psi: PyTree, samples: Any,
-                       rewards: jax.Array, *, baseline: str | None | jax.Array = "leave_one_out") -> PyTree:
+def reinforce_gradient(
+    log_prob_fn: Callable[[PyTree, Any], jax.Array],
+    psi: PyTree,
+    samples: Any,
+    rewards: jax.Array,
+    *,
+    baseline: str | None | jax.Array = "leave_one_out",
+) -> PyTree:
     """REINFORCE estimate of ``d/dpsi E_{s ~ q_psi}[f(s)]`` from samples and their rewards.
 
     .. math:: \\frac{1}{K} \\sum_k (f(s_k) - b_k) \\nabla_\\psi \\log q_\\psi(s_k)
@@ -151,11 +163,17 @@ def reinforce_gradient(log_prob_fn: Callable[[PyTree, Any], jax.Array], psi: PyT
     k = rewards.shape[0]
     sizes = _leading_sizes(samples)
     if sizes != {k}:
-        raise ValueError(f"samples hold {sorted(sizes, key=str)} along their leading axis but there are K={k} rewards; "
-                         "every sample needs one reward.")
+        raise ValueError(
+            f"samples hold {sorted(sizes, key=str)} along their leading axis but there are K={k} "
+            "rewards; "
+            "every sample needs one reward."
+        )
     log_prob_shape = jax.eval_shape(log_prob_fn, psi, samples).shape
     if log_prob_shape != (k,):
-        raise ValueError(f"log_prob_fn returned shape {log_prob_shape}; expected ({k},), one log-density per sample.")
+        raise ValueError(
+            f"log_prob_fn returned shape {log_prob_shape}; expected ({k},), one log-density per "
+            "sample."
+        )
     centred = jax.lax.stop_gradient(apply_baseline(rewards, baseline))
 
     def surrogate(p):
@@ -173,12 +191,22 @@ def _check_tangent(theta: PyTree, v: PyTree) -> PyTree:
     paths = jax.tree_util.tree_flatten_with_path(theta)[0]
     for (path, t), vv in zip(paths, jax.tree.leaves(v)):
         if jnp.shape(t) != jnp.shape(vv):
-            raise ValueError(f"v{jax.tree_util.keystr(path)} has shape {jnp.shape(vv)}; theta's has {jnp.shape(t)}.")
+            raise ValueError(
+                f"v{jax.tree_util.keystr(path)} has shape {jnp.shape(vv)}; theta's has "
+                f"{jnp.shape(t)}."
+            )
     return jax.tree.map(lambda t, vv: jnp.asarray(vv, jnp.result_type(t)), theta, v)
 
 
-def directional_derivatives(per_sample_loss_fn: Callable[..., jax.Array], theta: PyTree, v: PyTree,
-                            inputs: Any, labels: Any, *, method: str = "jvp") -> jax.Array:
+def directional_derivatives(
+    per_sample_loss_fn: Callable[..., jax.Array],
+    theta: PyTree,
+    v: PyTree,
+    inputs: Any,
+    labels: Any,
+    *,
+    method: str = "jvp",
+) -> jax.Array:
     """``c_k = d l_k(theta) / d theta . v`` for each of the ``K`` samples.
 
     Args:
@@ -187,8 +215,8 @@ def directional_derivatives(per_sample_loss_fn: Callable[..., jax.Array], theta:
       theta: model parameters (a pytree).
       v: a pytree shaped like ``theta``.
       inputs, labels: the rendered batch (pytrees with leading axis ``K``).
-      method: ``"jvp"`` (one forward-mode pass, memory independent of ``K``) or
-        ``"per_sample"`` (the ``K x n`` per-sample gradients, contracted with ``v``).
+      method: ``"jvp"`` (one forward-mode pass; no ``K x n`` buffer) or ``"per_sample"``
+        (the ``K x n`` per-sample gradients, contracted with ``v``).
 
     Returns:
       ``[K]`` directional derivatives.
@@ -210,11 +238,16 @@ def directional_derivatives(per_sample_loss_fn: Callable[..., jax.Array], theta:
     v = _check_tangent(theta, v)
     sizes = _leading_sizes((inputs, labels))
     if len(sizes) != 1 or None in sizes:
-        raise ValueError(f"inputs and labels must share one leading axis K, got leading sizes {sorted(sizes, key=str)}.")
+        raise ValueError(
+            "inputs and labels must share one leading axis K, got leading sizes "
+            f"{sorted(sizes, key=str)}."
+        )
     (k,) = sizes
     out = jax.eval_shape(per_sample_loss_fn, theta, inputs, labels)
     if out.shape != (k,):
-        raise ValueError(f"per_sample_loss_fn returned shape {out.shape}; expected ({k},), one loss per sample.")
+        raise ValueError(
+            f"per_sample_loss_fn returned shape {out.shape}; expected ({k},), one loss per sample."
+        )
 
     if method == "jvp":
         _, c = jax.jvp(lambda th: per_sample_loss_fn(th, inputs, labels), (theta,), (v,))
@@ -224,15 +257,26 @@ def directional_derivatives(per_sample_loss_fn: Callable[..., jax.Array], theta:
         one = jax.tree.map(lambda a: a[None], (x, y))
         return per_sample_loss_fn(th, *one)[0]
 
-    grads = jax.vmap(jax.grad(one_loss), in_axes=(None, 0, 0))(theta, inputs, labels)  # leaves (K, *leaf)
+    grads = jax.vmap(jax.grad(one_loss), in_axes=(None, 0, 0))(
+        theta, inputs, labels
+    )  # leaves (K, *leaf)
     contract = lambda g, vv: jnp.tensordot(g, vv, axes=vv.ndim) if vv.ndim else g * vv
     return sum(jax.tree.leaves(jax.tree.map(contract, grads, v)))
 
 
-def score_function_term(log_prob_fn: Callable[[PyTree, Any], jax.Array], psi: PyTree, scenes: Any,
-                        per_sample_loss_fn: Callable[..., jax.Array], theta: PyTree, v: PyTree,
-                        inputs: Any, labels: Any, *, method: str = "jvp",
-                        baseline: str | None | jax.Array = "leave_one_out") -> PyTree:
+def score_function_term(
+    log_prob_fn: Callable[[PyTree, Any], jax.Array],
+    psi: PyTree,
+    scenes: Any,
+    per_sample_loss_fn: Callable[..., jax.Array],
+    theta: PyTree,
+    v: PyTree,
+    inputs: Any,
+    labels: Any,
+    *,
+    method: str = "jvp",
+    baseline: str | None | jax.Array = "leave_one_out",
+) -> PyTree:
     """Estimate of ``d/dpsi E_{s ~ q_psi}[d l(r(s), theta) / d theta] . v``.
 
     .. math:: \\frac{1}{K} \\sum_k \\nabla_\\psi \\log q_\\psi(s_k)

@@ -24,6 +24,14 @@ through ``jax.pure_callback``, so it runs under ``jax.jit`` and ``jax.vmap``.
   :func:`reraise_render_errors` to get the :class:`RenderError` itself. Nothing is cached or
   mutated on failure, so the caller's state (``psi``, optimiser state, the jit cache) is as
   it was and the next call runs normally.
+* **Precision.** 64-bit scenes and outputs cross the callback as ``uint32`` words: JAX
+  converts callback arguments and results with the x64 setting of the callback's own
+  thread, so under a thread-local ``jax.enable_x64(True)`` float64 scenes would otherwise
+  reach the renderer rounded to float32.
+* **Derivatives.** The renderer is a black box: differentiating ``inputs``/``labels`` with
+  respect to ``psi`` raises JAX's "Pure callbacks do not support JVP" error rather than
+  returning a silent zero; the derivative with respect to ``psi`` comes from the
+  score-function estimators of :mod:`autosim_jax.estimators`.
 * **Accounting.** No counter lives in the pure function: a caller counts ``n`` images per
   ``simulate`` call.
 
@@ -82,14 +90,21 @@ class RenderError(RuntimeError):
       field: the scene field (``"light"``) or output (``"inputs"``/``"labels"``) at fault,
         or ``None`` when the renderer itself raised.
       scene_index: index of the offending scene in its batch, or ``None`` when unknown.
-      scenes: the offending scene's values (field -> value), or the whole batch when no one
-        scene is known.
+      scenes: the offending scene's values (field -> value), or, when no one scene is
+        known, the whole batch (field -> its values as printed by numpy, truncated).
       seed: the seed the renderer was called with.
     """
 
-    def __init__(self, message: str, *, renderer: str, field: str | None = None,
-                 scene_index: int | None = None, scenes: Mapping[str, Any] | None = None,
-                 seed: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        renderer: str,
+        field: str | None = None,
+        scene_index: int | None = None,
+        scenes: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.renderer = renderer
@@ -141,7 +156,10 @@ def reraise_render_errors():
     """
     try:
         yield
-    except jax.errors.JaxRuntimeError as exc:
+    # JAX 0.10 raises JaxRuntimeError from a function's first call but a plain ValueError
+    # ("INTERNAL: CpuCallback error ...") from its fast path on later calls; the pattern
+    # check below lets every other ValueError pass through untouched.
+    except (jax.errors.JaxRuntimeError, ValueError) as exc:
         match = _ERROR_ID_PATTERN.search(str(exc))
         with _RECENT_LOCK:
             err = _RECENT_ERRORS.get(int(match.group(1))) if match else None
@@ -160,7 +178,10 @@ class Simulation(NamedTuple):
 
 def _format_scene(scenes: Mapping[str, np.ndarray], index: int | None) -> dict[str, Any]:
     if index is None:
-        return {name: np.array2string(np.asarray(v), threshold=24, precision=6) for name, v in scenes.items()}
+        return {
+            name: np.array2string(np.asarray(v), threshold=24, precision=6)
+            for name, v in scenes.items()
+        }
     return {name: np.asarray(v)[index].tolist() for name, v in scenes.items()}
 
 
@@ -174,31 +195,56 @@ def _check_scene_structure(renderer_name: str, schema: SceneSchema, scenes) -> i
     names = list(schema.names)
     if not isinstance(scenes, Mapping):
         problem = f"got {type(scenes).__name__}, not a dict"
-        raise ValueError(_SCENES_STRUCTURE.format(renderer=renderer_name, problem=problem, names=names))
+        raise ValueError(
+            _SCENES_STRUCTURE.format(renderer=renderer_name, problem=problem, names=names)
+        )
     missing = [k for k in names if k not in scenes]
     unknown = [k for k in scenes if k not in names]
     if missing or unknown:
         problem = f"missing {missing}, unknown {unknown}"
-        raise ValueError(_SCENES_STRUCTURE.format(renderer=renderer_name, problem=problem, names=names))
+        raise ValueError(
+            _SCENES_STRUCTURE.format(renderer=renderer_name, problem=problem, names=names)
+        )
     n = None
     for field in schema.fields:
         shape, dtype = jnp.shape(scenes[field.name]), jnp.result_type(scenes[field.name])
-        if len(shape) != 1 + len(field.shape) or tuple(shape[1:]) != field.shape or shape[0] < 1 or (
-                n is not None and shape[0] != n):
-            problem = f"field {field.name!r} has shape {shape}, expected ({n or 'n'}, *{field.shape})"
-            raise ValueError(_SCENES_STRUCTURE.format(renderer=renderer_name, problem=problem, names=names))
+        if (
+            len(shape) != 1 + len(field.shape)
+            or tuple(shape[1:]) != field.shape
+            or shape[0] < 1
+            or (n is not None and shape[0] != n)
+        ):
+            problem = (
+                f"field {field.name!r} has shape {shape}, expected ({n or 'n'}, *{field.shape})"
+            )
+            raise ValueError(
+                _SCENES_STRUCTURE.format(renderer=renderer_name, problem=problem, names=names)
+            )
         want = jnp.integer if field.kind == "categorical" else jnp.floating
         if not jnp.issubdtype(dtype, want):
             problem = f"field {field.name!r} ({field.kind}) has dtype {dtype}"
-            raise ValueError(_SCENES_STRUCTURE.format(renderer=renderer_name, problem=problem, names=names))
+            raise ValueError(
+                _SCENES_STRUCTURE.format(renderer=renderer_name, problem=problem, names=names)
+            )
         n = shape[0]
     return int(n)
 
 
-# 64-bit outputs cross the callback as uint32 words and are bitcast back in JAX. JAX
-# canonicalises callback results with the x64 setting of the thread that runs the callback,
-# which is not the caller's thread: under a thread-local ``jax.enable_x64(True)`` a float64
-# result would arrive as float32 and fail JAX's dtype check. uint32 is never canonicalised.
+# 64-bit arrays cross the callback as uint32 words, bitcast on either side. JAX
+# canonicalises callback arguments and results with the x64 setting of the thread that runs
+# the callback, which is not the caller's thread: under a thread-local
+# ``jax.enable_x64(True)`` float64 scenes would reach the renderer rounded to float32, and a
+# float64 result would fail JAX's dtype check. uint32 is never canonicalised.
+
+
+def _pack(value: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(value, jnp.uint32) if value.dtype.itemsize > 4 else value
+
+
+def _unpack(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.itemsize <= 4:
+        return value
+    return np.ascontiguousarray(value).view(dtype)[..., 0]
 
 
 def _transport_struct(shape: tuple[int, ...], dtype: np.dtype) -> jax.ShapeDtypeStruct:
@@ -241,14 +287,24 @@ class Simulator:
 
     def __post_init__(self):
         if not isinstance(self.distribution, Distribution):
-            raise ValueError(f"Simulator: distribution must be a Distribution, got {type(self.distribution).__name__}.")
+            raise ValueError(
+                "Simulator: distribution must be a Distribution, got "
+                f"{type(self.distribution).__name__}."
+            )
         for attr in ("schema", "inputs_spec", "labels_spec", "render"):
             if not hasattr(self.renderer, attr):
-                raise ValueError(f"Simulator: the renderer {self.name!r} has no {attr!r}; see the Renderer protocol.")
+                raise ValueError(
+                    f"Simulator: the renderer {self.name!r} has no {attr!r}; see the Renderer "
+                    "protocol."
+                )
         for attr in ("inputs_spec", "labels_spec"):
             if not isinstance(getattr(self.renderer, attr), OutputSpec):
-                raise ValueError(f"Simulator: renderer {self.name!r}: {attr} must be an OutputSpec.")
-        shapes = jax.eval_shape(lambda k: self.distribution.sample(k, self.distribution.init(), 1), jax.random.key(0))
+                raise ValueError(
+                    f"Simulator: renderer {self.name!r}: {attr} must be an OutputSpec."
+                )
+        shapes = jax.eval_shape(
+            lambda k: self.distribution.sample(k, self.distribution.init(), 1), jax.random.key(0)
+        )
         _check_scene_structure(self.name, self.renderer.schema, shapes)
 
     @property
@@ -279,11 +335,14 @@ class Simulator:
           Paper Eq. 10: ``zeta = r(s)``.
 
         Example:
-          >>> inputs, labels = sim.render_numpy({"light": np.array([0.5])}, seed=0)  # doctest: +SKIP
+          >>> scenes = {"light": np.array([0.5])}
+          >>> inputs, labels = sim.render_numpy(scenes, seed=0)  # doctest: +SKIP
         """
         name, schema = self.name, self.renderer.schema
         seed = int(seed)
-        scenes = {k: np.asarray(v) for k, v in scenes.items()} if isinstance(scenes, Mapping) else scenes
+        scenes = (
+            {k: np.asarray(v) for k, v in scenes.items()} if isinstance(scenes, Mapping) else scenes
+        )
         try:
             n = schema.validate(scenes)
         except ValueError as err:
@@ -300,60 +359,93 @@ class Simulator:
                         if f.kind == "categorical" and np.issubdtype(values.dtype, np.integer):
                             index = _first_bad_scene((values < 0) | (values >= f.num_categories))
                         elif f.kind == "continuous" and np.issubdtype(values.dtype, np.floating):
-                            index = _first_bad_scene(~np.isfinite(values) | (values < f.low) | (values > f.high))
+                            index = _first_bad_scene(
+                                ~np.isfinite(values) | (values < f.low) | (values > f.high)
+                            )
                         break
             shown = _format_scene(scenes, index) if isinstance(scenes, Mapping) else None
             raise RenderError(
-                f"Renderer {name!r} was given invalid scenes (seed {seed}): {err} Offending scene: {shown}",
-                renderer=name, field=field, scene_index=index, scenes=shown, seed=seed) from err
+                f"Renderer {name!r} was given invalid scenes (seed {seed}): {err} Offending scene: "
+                f"{shown}",
+                renderer=name,
+                field=field,
+                scene_index=index,
+                scenes=shown,
+                seed=seed,
+            ) from err
         try:
             out = self.renderer.render(scenes, seed)
         except Exception as err:  # any failure of foreign code becomes one clear error
             shown = _format_scene(scenes, None)
             raise RenderError(
-                f"Renderer {name!r} raised {type(err).__name__}: {err} while rendering {n} scenes with seed "
+                f"Renderer {name!r} raised {type(err).__name__}: {err} while rendering {n} scenes "
+                "with seed "
                 f"{seed}; scenes: {shown}",
-                renderer=name, scenes=shown, seed=seed) from err
+                renderer=name,
+                scenes=shown,
+                seed=seed,
+            ) from err
         if not isinstance(out, tuple | list) or len(out) != 2:
             raise RenderError(
                 f"Renderer {name!r} must return a pair (inputs, labels), got {type(out).__name__}"
-                f"{f' of length {len(out)}' if isinstance(out, tuple | list) else ''} (seed {seed}).",
-                renderer=name, seed=seed)
+                f"{f' of length {len(out)}' if isinstance(out, tuple | list) else ''} (seed "
+                f"{seed}).",
+                renderer=name,
+                seed=seed,
+            )
         checked = []
-        for what, value, spec in (("inputs", out[0], self.renderer.inputs_spec),
-                                  ("labels", out[1], self.renderer.labels_spec)):
+        for what, value, spec in (
+            ("inputs", out[0], self.renderer.inputs_spec),
+            ("labels", out[1], self.renderer.labels_spec),
+        ):
             value = np.asarray(value)
             want_shape, want_dtype = (n, *spec.shape), np.dtype(spec.dtype)
             if value.shape != want_shape:
                 raise RenderError(
-                    f"Renderer {name!r} returned {what} of shape {value.shape} for {n} scenes; its {what}_spec "
+                    f"Renderer {name!r} returned {what} of shape {value.shape} for {n} scenes; its "
+                    f"{what}_spec "
                     f"declares (n, *{tuple(spec.shape)}) = {want_shape} (seed {seed}).",
-                    renderer=name, field=what, scenes=_format_scene(scenes, None), seed=seed)
+                    renderer=name,
+                    field=what,
+                    scenes=_format_scene(scenes, None),
+                    seed=seed,
+                )
             if value.dtype != want_dtype:
                 raise RenderError(
-                    f"Renderer {name!r} returned {what} of dtype {value.dtype}; its {what}_spec declares "
+                    f"Renderer {name!r} returned {what} of dtype {value.dtype}; its {what}_spec "
+                    "declares "
                     f"{want_dtype} (seed {seed}). Cast in the renderer or fix the spec.",
-                    renderer=name, field=what, scenes=_format_scene(scenes, None), seed=seed)
+                    renderer=name,
+                    field=what,
+                    scenes=_format_scene(scenes, None),
+                    seed=seed,
+                )
             if np.issubdtype(value.dtype, np.inexact):
                 index = _first_bad_scene(~np.isfinite(value))
                 if index is not None:
                     shown = _format_scene(scenes, index)
                     raise RenderError(
-                        f"Renderer {name!r} returned non-finite {what} for scene {index} of {n} (seed {seed}); "
+                        f"Renderer {name!r} returned non-finite {what} for scene {index} of {n} "
+                        f"(seed {seed}); "
                         f"that scene is {shown}.",
-                        renderer=name, field=what, scene_index=index, scenes=shown, seed=seed)
+                        renderer=name,
+                        field=what,
+                        scene_index=index,
+                        scenes=shown,
+                        seed=seed,
+                    )
             checked.append(value)
         return checked[0], checked[1]
 
-    def _callback(self, dtypes, scenes, seed):
+    def _callback(self, dtypes, scene_dtypes, scenes, seed):
         """Host side of :meth:`render`; loops over the leading vmap axes (broadcast_all).
 
-        ``dtypes`` are the output dtypes fixed at trace time: the callback may run on another
-        thread, where a thread-local ``jax.enable_x64`` of the caller does not hold.
+        ``dtypes`` (outputs) and ``scene_dtypes`` are fixed at trace time: the callback may run
+        on another thread, where a thread-local ``jax.enable_x64`` of the caller does not hold.
         """
         seed = np.asarray(seed)
         batch = seed.shape
-        scenes = {k: np.asarray(v) for k, v in scenes.items()}
+        scenes = {k: _unpack(np.asarray(v), scene_dtypes[k]) for k, v in scenes.items()}
         specs = (self.renderer.inputs_spec, self.renderer.labels_spec)
         n = next(iter(scenes.values())).shape[len(batch)]
         outs = [np.empty((*batch, n, *s.shape), d) for s, d in zip(specs, dtypes)]
@@ -394,14 +486,29 @@ class Simulator:
         n = _check_scene_structure(self.name, self.renderer.schema, scenes)
         seed = jnp.asarray(seed)
         if seed.shape != () or not jnp.issubdtype(seed.dtype, jnp.integer):
-            raise ValueError(f"render: seed must be an integer scalar, got shape {seed.shape}, dtype {seed.dtype}.")
+            raise ValueError(
+                f"render: seed must be an integer scalar, got shape {seed.shape}, dtype "
+                f"{seed.dtype}."
+            )
         seed = seed.astype(jnp.uint32)
-        dtypes = tuple(np.dtype(jax.dtypes.canonicalize_dtype(spec.dtype))
-                       for spec in (self.renderer.inputs_spec, self.renderer.labels_spec))
-        result_shapes = tuple(_transport_struct((n, *spec.shape), dtype) for spec, dtype in
-                              zip((self.renderer.inputs_spec, self.renderer.labels_spec), dtypes))
-        inputs, labels = jax.pure_callback(functools.partial(self._callback, dtypes), result_shapes, dict(scenes),
-                                           seed, vmap_method=VMAP_METHOD)
+        dtypes = tuple(
+            np.dtype(jax.dtypes.canonicalize_dtype(spec.dtype))
+            for spec in (self.renderer.inputs_spec, self.renderer.labels_spec)
+        )
+        result_shapes = tuple(
+            _transport_struct((n, *spec.shape), dtype)
+            for spec, dtype in zip((self.renderer.inputs_spec, self.renderer.labels_spec), dtypes)
+        )
+        scenes = {k: jnp.asarray(v) for k, v in scenes.items()}
+        scene_dtypes = {k: np.dtype(v.dtype) for k, v in scenes.items()}
+        packed = {k: _pack(v) for k, v in scenes.items()}
+        inputs, labels = jax.pure_callback(
+            functools.partial(self._callback, dtypes, scene_dtypes),
+            result_shapes,
+            packed,
+            seed,
+            vmap_method=VMAP_METHOD,
+        )
         return _from_transport(inputs, dtypes[0]), _from_transport(labels, dtypes[1])
 
     def simulate(self, key: jax.Array, psi, n: int) -> Simulation:
@@ -427,10 +534,7 @@ class Simulator:
           >>> scenes, inputs, labels = sim.simulate(jax.random.key(0), psi, 64)  # doctest: +SKIP
         """
         scene_key, render_key = jax.random.split(key)
-        # The barrier makes XLA materialise the scenes once: without it a fusion may recompute
-        # them separately for the callback and for the output, which can differ in the last
-        # bit, so that the returned scenes would not be exactly those rendered.
-        scenes = jax.lax.optimization_barrier(self.distribution.sample(scene_key, psi, n))
+        scenes = self.distribution.sample(scene_key, psi, n)
         seed = jax.random.bits(render_key, (), jnp.uint32)
         inputs, labels = self.render(scenes, seed)
         return Simulation(scenes, inputs, labels)

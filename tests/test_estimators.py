@@ -7,6 +7,7 @@ mean is the estimate). A correct estimator fails such a check with probability a
 per component.
 """
 
+import functools
 import itertools
 
 import chex
@@ -45,11 +46,19 @@ def _terms(log_prob_fn, psi, scenes, rewards, baseline):
 
 def _assert_within_se(estimate, exact, terms):
     """|estimate - exact| <= 5 SE per component, SE = std(terms) / sqrt(K)."""
-    for est, ex, t in zip(jax.tree.leaves(estimate), jax.tree.leaves(exact), jax.tree.leaves(terms)):
+    for est, ex, t in zip(
+        jax.tree.leaves(estimate), jax.tree.leaves(exact), jax.tree.leaves(terms)
+    ):
         t = np.asarray(t)
-        np.testing.assert_allclose(est, t.mean(0), rtol=1e-9, atol=1e-12)  # the estimate is their mean
+        np.testing.assert_allclose(
+            est, t.mean(0), rtol=1e-9, atol=1e-12
+        )  # the estimate is their mean
         se = t.std(0, ddof=1) / np.sqrt(t.shape[0])
-        assert np.all(np.abs(np.asarray(est) - np.asarray(ex)) <= SIGMAS * se + 1e-12), (est, ex, se)
+        assert np.all(np.abs(np.asarray(est) - np.asarray(ex)) <= SIGMAS * se + 1e-12), (
+            est,
+            ex,
+            se,
+        )
 
 
 # ------------------------------------------------------------------- categorical: exact
@@ -88,19 +97,46 @@ def _exact_categorical_gradient(psi):
     return jax.grad(expectation)(psi)
 
 
+@functools.cache
+def _cell_batch():
+    """One simulated batch of K=40000 (float64; built once, inside an x64 test), its
+    directional derivatives, the per-sample scores and the exact gradient."""
+    sim = Simulator(
+        from_schema(
+            CellRenderer.schema, {"cell": {"probs": [[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]]}}
+        ),
+        CellRenderer(),
+    )
+    psi = sim.distribution.init()
+    out = jax.jit(sim.simulate, static_argnums=2)(jax.random.key(0), psi, 40_000)
+    c = directional_derivatives(
+        squared_error, jnp.asarray(THETA), jnp.asarray(V), out.inputs, out.labels
+    )
+    return sim, psi, out, c, _exact_categorical_gradient(psi)
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_categorical_mean_equals_enumeration(x64, method, baseline):
     """Probabilistic: K=40000 rendered through the simulator; 5 SE per logit."""
-    sim = Simulator(from_schema(CellRenderer.schema, {"cell": {"probs": [[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]]}}),
-                    CellRenderer())
-    psi = sim.distribution.init()
-    out = jax.jit(sim.simulate, static_argnums=2)(jax.random.key(0), psi, 40_000)
-    estimate = jax.jit(lambda p, o: score_function_term(
-        sim.distribution.log_prob, p, o.scenes, squared_error, jnp.asarray(THETA), jnp.asarray(V), o.inputs, o.labels,
-        method=method, baseline=baseline))(psi, out)
-    c = directional_derivatives(squared_error, jnp.asarray(THETA), jnp.asarray(V), out.inputs, out.labels)
-    _assert_within_se(estimate, _exact_categorical_gradient(psi), _terms(sim.distribution.log_prob, psi, out.scenes, c, baseline))
+    sim, psi, out, c, exact = _cell_batch()
+    estimate = jax.jit(
+        lambda p, o: score_function_term(
+            sim.distribution.log_prob,
+            p,
+            o.scenes,
+            squared_error,
+            jnp.asarray(THETA),
+            jnp.asarray(V),
+            o.inputs,
+            o.labels,
+            method=method,
+            baseline=baseline,
+        )
+    )(psi, out)
+    _assert_within_se(
+        estimate, exact, _terms(sim.distribution.log_prob, psi, out.scenes, c, baseline)
+    )
 
 
 def test_reinforce_categorical_exact(x64):
@@ -135,13 +171,18 @@ def test_gaussian_matches_closed_form(x64, method, baseline):
     theta, v = jnp.array([0.7, -0.3]), jnp.array([0.2, 1.1])
     s = q.sample(jax.random.key(2), psi, 100_000)
     x, y = _toy_render(s)
-    estimate = jax.jit(lambda p: score_function_term(q.log_prob, p, s, squared_error, theta, v, x, y,
-                                                     method=method, baseline=baseline))(psi)
+    estimate = jax.jit(
+        lambda p: score_function_term(
+            q.log_prob, p, s, squared_error, theta, v, x, y, method=method, baseline=baseline
+        )
+    )(psi)
 
     def closed_form(p):
         mu, sig2 = p.loc, jnp.exp(2 * p.log_scale)
         m2, m3, m4 = mu**2 + sig2, mu**3 + 3 * mu * sig2, mu**4 + 6 * mu**2 * sig2 + 3 * sig2**2
-        return theta[0] * v[0] * m2 + (theta[0] * v[1] + theta[1] * v[0]) * m3 + theta[1] * v[1] * m4
+        return (
+            theta[0] * v[0] * m2 + (theta[0] * v[1] + theta[1] * v[0]) * m3 + theta[1] * v[1] * m4
+        )
 
     c = directional_derivatives(squared_error, theta, v, x, y)
     _assert_within_se(estimate, jax.grad(closed_form)(psi), _terms(q.log_prob, psi, s, c, baseline))
@@ -172,7 +213,9 @@ def test_bounded_matches_reparameterised_gradient(x64):
         return directional_derivatives(squared_error, theta, v, *render(s_rep))
 
     rep_terms = jax.jacfwd(per_sample_c)(psi)
-    for est, t_sf, t_rep in zip(jax.tree.leaves(sf), jax.tree.leaves(sf_terms), jax.tree.leaves(rep_terms)):
+    for est, t_sf, t_rep in zip(
+        jax.tree.leaves(sf), jax.tree.leaves(sf_terms), jax.tree.leaves(rep_terms)
+    ):
         se = np.sqrt(np.var(t_sf, ddof=1) / t_sf.shape[0] + np.var(t_rep, ddof=1) / t_rep.shape[0])
         assert abs(float(est) - float(np.mean(t_rep))) <= SIGMAS * se, (est, np.mean(t_rep), se)
 
@@ -182,7 +225,11 @@ def test_bounded_matches_reparameterised_gradient(x64):
 
 def _mlp_problem(key, k=13):
     k1, k2, k3, k4, k5 = jax.random.split(key, 5)
-    theta = {"w1": jax.random.normal(k1, (5, 8)), "b1": jax.random.normal(k2, (8,)), "w2": jax.random.normal(k3, (8,))}
+    theta = {
+        "w1": jax.random.normal(k1, (5, 8)),
+        "b1": jax.random.normal(k2, (8,)),
+        "w2": jax.random.normal(k3, (8,)),
+    }
     v = jax.tree.map(lambda t: jax.random.normal(k4, t.shape, t.dtype), theta)
     inputs = jax.random.normal(k5, (k, 5))
     labels = jnp.sin(jnp.arange(k, dtype=inputs.dtype))
@@ -203,12 +250,17 @@ def test_jvp_and_per_sample_agree_in_float64(x64):
     # ... and against the dense Jacobian of the raveled problem
     flat, unravel = jax.flatten_util.ravel_pytree(theta)
     jac = jax.jacrev(lambda f: loss(unravel(f), inputs, labels))(flat)
-    np.testing.assert_allclose(c_jvp, jac @ jax.flatten_util.ravel_pytree(v)[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        c_jvp, jac @ jax.flatten_util.ravel_pytree(v)[0], rtol=1e-12, atol=1e-12
+    )
 
     q = gaussian((5,))
     scenes = inputs  # any K samples of the field
     estimate = jax.jit(score_function_term, static_argnums=(0, 3), static_argnames="method")
-    g = [estimate(q.log_prob, q.init(), scenes, loss, theta, v, inputs, labels, method=m) for m in METHODS]
+    g = [
+        estimate(q.log_prob, q.init(), scenes, loss, theta, v, inputs, labels, method=m)
+        for m in METHODS
+    ]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12), *g)
 
 
@@ -232,12 +284,26 @@ def test_leave_one_out_baseline_keeps_mean_and_cuts_variance(x64):
 
     def estimate(key, baseline):
         s = q.sample(key, psi, 32)
-        return score_function_term(q.log_prob, psi, s, loss, jnp.float64(1.0), jnp.float64(1.0), 10.0 + s, s,
-                                   baseline=baseline)
+        return score_function_term(
+            q.log_prob,
+            psi,
+            s,
+            loss,
+            jnp.float64(1.0),
+            jnp.float64(1.0),
+            10.0 + s,
+            s,
+            baseline=baseline,
+        )
 
     keys = jax.random.split(jax.random.key(5), 400)
-    runs = {str(b): jax.jit(jax.vmap(lambda k, b=b: estimate(k, b)))(keys) for b in ("leave_one_out", None)}
-    runs["10.0"] = jax.jit(jax.vmap(lambda k: estimate(k, jnp.float64(10.0))))(keys)  # a fixed baseline
+    runs = {
+        str(b): jax.jit(jax.vmap(lambda k, b=b: estimate(k, b)))(keys)
+        for b in ("leave_one_out", None)
+    }
+    runs["10.0"] = jax.jit(jax.vmap(lambda k: estimate(k, jnp.float64(10.0))))(
+        keys
+    )  # a fixed baseline
     exact = NormalParams(1.0, 0.0)
     for run in runs.values():
         for est, ex in zip(run, exact):
@@ -255,26 +321,40 @@ def test_simulate_and_estimate_under_jit_and_vmap_equal_a_loop(x64):
 
     def step(key, p):
         out = sim.simulate(key, p, 64)
-        return score_function_term(sim.distribution.log_prob, p, out.scenes, squared_error, jnp.asarray(THETA),
-                                   jnp.asarray(V), out.inputs, out.labels)
+        return score_function_term(
+            sim.distribution.log_prob,
+            p,
+            out.scenes,
+            squared_error,
+            jnp.asarray(THETA),
+            jnp.asarray(V),
+            out.inputs,
+            out.labels,
+        )
 
     keys = jax.random.split(jax.random.key(6), 4)
     batched = jax.jit(jax.vmap(step, in_axes=(0, None)))(keys, psi)
     one = jax.jit(step)
     for i, key in enumerate(keys):
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-12, atol=1e-14), batched, one(key, psi))
+        jax.tree.map(
+            lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-12, atol=1e-14),
+            batched,
+            one(key, psi),
+        )
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_no_retracing_on_second_call(method):
     theta, v, inputs, labels, loss = _mlp_problem(jax.random.key(1))
     q = gaussian((5,))
-    chex.clear_trace_counter()  # the counter is keyed by the function's code, shared by the parameters
+    chex.clear_trace_counter()  # keyed by the function's code: shared by the two parameters
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def estimate(psi, theta, v, scenes, inputs, labels):
-        return score_function_term(q.log_prob, psi, scenes, loss, theta, v, inputs, labels, method=method)
+        return score_function_term(
+            q.log_prob, psi, scenes, loss, theta, v, inputs, labels, method=method
+        )
 
     estimate(q.init(), theta, v, inputs, inputs, labels)
     shifted = jax.tree.map(lambda x: x + 1.0, (q.init(), theta, v))
@@ -288,9 +368,13 @@ def test_validation_errors():
     theta, v, inputs, labels, loss = _mlp_problem(jax.random.key(2))
     q = gaussian((5,))
     args = (q.log_prob, q.init(), inputs, loss, theta, v, inputs, labels)
-    with pytest.raises(ValueError, match=r"Unknown method 'hvp'; valid choices are \('jvp', 'per_sample'\)"):
+    with pytest.raises(
+        ValueError, match=r"Unknown method 'hvp'; valid choices are \('jvp', 'per_sample'\)"
+    ):
         score_function_term(*args, method="hvp")
-    with pytest.raises(ValueError, match=r"Unknown baseline 'mean'; valid choices are \('leave_one_out', None\)"):
+    with pytest.raises(
+        ValueError, match=r"Unknown baseline 'mean'; valid choices are \('leave_one_out', None\)"
+    ):
         score_function_term(*args, baseline="mean")
     with pytest.raises(ValueError, match=r"K=13"):
         score_function_term(q.log_prob, q.init(), inputs[:7], loss, theta, v, inputs, labels)

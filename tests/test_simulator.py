@@ -11,11 +11,13 @@ from autosim_jax.distributions import bounded, categorical, from_schema, gaussia
 from autosim_jax.renderers.schema import Field, OutputSpec, SceneSchema
 from autosim_jax.simulator import RenderError, Simulation, Simulator, reraise_render_errors
 
-SCHEMA = SceneSchema((
-    Field.continuous("light", 0.0, 2.0, doc="intensity"),
-    Field.continuous("pos", shape=(2,), doc="offset in pixels"),
-    Field.categorical("quality", choices=(1, 4, 16), doc="samples per pixel"),
-))
+SCHEMA = SceneSchema(
+    (
+        Field.continuous("light", 0.0, 2.0, doc="intensity"),
+        Field.continuous("pos", shape=(2,), doc="offset in pixels"),
+        Field.categorical("quality", choices=(1, 4, 16), doc="samples per pixel"),
+    )
+)
 
 
 class ToyRenderer:
@@ -29,8 +31,13 @@ class ToyRenderer:
     def render(self, scenes, seed):
         n = self.schema.validate(scenes)
         rng = np.random.default_rng(seed)
-        noise = rng.normal(size=(n, 3, 4)) / (1.0 + np.asarray(self.schema["quality"].choices)[scenes["quality"]])[:, None, None]
-        base = scenes["light"][:, None, None] + scenes["pos"].sum(1)[:, None, None] * np.linspace(0, 1, 4)
+        noise = (
+            rng.normal(size=(n, 3, 4))
+            / (1.0 + np.asarray(self.schema["quality"].choices)[scenes["quality"]])[:, None, None]
+        )
+        base = scenes["light"][:, None, None] + scenes["pos"].sum(1)[:, None, None] * np.linspace(
+            0, 1, 4
+        )
         return (base + noise).astype(np.float32), scenes["quality"].astype(np.int32)
 
 
@@ -92,7 +99,9 @@ def test_callback_equals_render_numpy_with_the_derived_seed():
     psi = sim.distribution.init()
     key = jax.random.key(3)
     out = sim.simulate(key, psi, 8)
-    inputs, labels = sim.render_numpy({k: np.asarray(v) for k, v in out.scenes.items()}, _render_seed(key))
+    inputs, labels = sim.render_numpy(
+        {k: np.asarray(v) for k, v in out.scenes.items()}, _render_seed(key)
+    )
     np.testing.assert_array_equal(out.inputs, inputs)
     np.testing.assert_array_equal(out.labels, labels)
 
@@ -119,32 +128,32 @@ def _assert_matches_host_loop(sim, keys, batched):
 
 
 def test_vmap_equals_python_loop():
-    """vmap over keys, over (keys, psi) and a nested vmap all equal a loop of host renders;
-    against a loop of single jitted calls they agree exactly over keys, and to float32
-    rounding over psi (XLA may fuse the batched sampling differently)."""
+    """vmap over keys, and a nested vmap over (psi, keys), equal a loop of host renders of
+    the same scenes exactly; against a loop of single jitted calls they agree exactly over
+    keys, and to float32 rounding over psi (XLA may fuse the batched sampling differently)."""
     sim = _sim()
     psi = sim.distribution.init()
     keys = jax.random.split(jax.random.key(7), 6)
     one = jax.jit(lambda k, p: sim.simulate(k, p, 5))
-    loop = [one(k, psi) for k in keys]
 
     batched = jax.jit(jax.vmap(lambda k: sim.simulate(k, psi, 5)))(keys)
     _assert_matches_host_loop(sim, keys, batched)
-    for i, ref in enumerate(loop):
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[i], b), batched, ref)
+    for i, key in enumerate(keys):
+        jax.tree.map(
+            lambda a, b, i=i: np.testing.assert_array_equal(a[i], b), batched, one(key, psi)
+        )
 
-    psis = jax.tree.map(lambda x: jnp.stack([x + 0.1 * i for i in range(6)]), psi)
-    batched = jax.jit(jax.vmap(lambda k, p: sim.simulate(k, p, 5)))(keys, psis)
-    _assert_matches_host_loop(sim, keys, batched)
-    for i in range(6):
-        ref = one(keys[i], jax.tree.map(lambda x: x[i], psis))
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), batched, ref)
-
-    nested = jax.jit(jax.vmap(jax.vmap(lambda k: sim.simulate(k, psi, 5))))(keys.reshape(2, 3))
+    psis = jax.tree.map(lambda x: jnp.stack([x, x + 0.1]), psi)
+    nested = jax.jit(jax.vmap(jax.vmap(lambda k, p: sim.simulate(k, p, 5), in_axes=(0, None))))(
+        keys.reshape(2, 3), psis
+    )
     flat = jax.tree.map(lambda x: x.reshape(6, *x.shape[2:]), nested)
     _assert_matches_host_loop(sim, keys, flat)
-    for i, ref in enumerate(loop):
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[i], b), flat, ref)
+    for i, key in enumerate(keys):
+        ref = one(key, jax.tree.map(lambda x, i=i: x[i // 3], psis))
+        jax.tree.map(
+            lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), flat, ref
+        )
 
 
 def test_float64_spec_is_canonicalised_without_x64():
@@ -176,10 +185,26 @@ def test_no_retracing_on_second_call():
 # --------------------------------------------------------------------------- error paths
 
 ERROR_CASES = [
-    (RaisingRenderer, None, r"Renderer 'toy' raised ZeroDivisionError: light model blew up while rendering 8 scenes"),
-    (WrongShapeRenderer, "inputs", r"returned inputs of shape \(8, 2, 4\) for 8 scenes; .*\(8, 3, 4\)"),
-    (WrongDtypeRenderer, "inputs", r"returned inputs of dtype float64; its inputs_spec declares float32"),
-    (NonFiniteRenderer, "inputs", r"returned non-finite inputs for scene \d+ of 8 .*'light': 1\.[5-9]"),
+    (
+        RaisingRenderer,
+        None,
+        r"Renderer 'toy' raised ZeroDivisionError: light model blew up while rendering 8 scenes",
+    ),
+    (
+        WrongShapeRenderer,
+        "inputs",
+        r"returned inputs of shape \(8, 2, 4\) for 8 scenes; .*\(8, 3, 4\)",
+    ),
+    (
+        WrongDtypeRenderer,
+        "inputs",
+        r"returned inputs of dtype float64; its inputs_spec declares float32",
+    ),
+    (
+        NonFiniteRenderer,
+        "inputs",
+        r"returned non-finite inputs for scene \d+ of 8 .*'light': 1\.[5-9]",
+    ),
     (NotAPairRenderer, None, r"must return a pair \(inputs, labels\)"),
 ]
 
@@ -192,7 +217,10 @@ def _bright_start():
 @pytest.mark.parametrize("renderer_cls,field,message", ERROR_CASES)
 def test_render_numpy_raises_render_error(renderer_cls, field, message):
     sim = _sim(renderer_cls(), **_bright_start())
-    scenes = {k: np.asarray(v) for k, v in sim.distribution.sample(jax.random.key(0), sim.distribution.init(), 8).items()}
+    scenes = {
+        k: np.asarray(v)
+        for k, v in sim.distribution.sample(jax.random.key(0), sim.distribution.init(), 8).items()
+    }
     with pytest.raises(RenderError, match=message) as info:
         sim.render_numpy(scenes, 11)
     err = info.value
@@ -212,33 +240,65 @@ def test_errors_through_pure_callback(renderer_cls, field, message, jit):
     simulate = jax.jit(sim.simulate, static_argnums=2) if jit else sim.simulate
     with pytest.raises(jax.errors.JaxRuntimeError, match=message):
         jax.block_until_ready(simulate(jax.random.key(0), psi, 8))
-    with pytest.raises(RenderError, match=message) as info:
-        with reraise_render_errors():
-            jax.block_until_ready(simulate(jax.random.key(0), psi, 8))
+    with pytest.raises(RenderError, match=message) as info, reraise_render_errors():
+        jax.block_until_ready(simulate(jax.random.key(0), psi, 8))
     assert info.value.renderer == "toy" and info.value.field == field
     assert isinstance(info.value.__cause__, jax.errors.JaxRuntimeError)
+
+
+def test_error_after_successful_calls_is_still_a_render_error():
+    """JAX's fast path (a jitted function's later calls) raises ValueError, not JaxRuntimeError."""
+
+    class FailsOnThirdCall(ToyRenderer):
+        calls = 0
+
+        def render(self, scenes, seed):
+            type(self).calls += 1
+            if type(self).calls >= 3:
+                raise RuntimeError("out of film")
+            return super().render(scenes, seed)
+
+    sim = _sim(FailsOnThirdCall())
+    psi = sim.distribution.init()
+    simulate = jax.jit(sim.simulate, static_argnums=2)
+    for i in range(2):
+        jax.block_until_ready(simulate(jax.random.key(i), psi, 4))
+    with pytest.raises(RenderError, match="out of film"), reraise_render_errors():
+        jax.block_until_ready(simulate(jax.random.key(2), psi, 4))
 
 
 def test_error_in_vmapped_call_names_the_batch_element():
     sim = _sim(NonFiniteRenderer())
     psi = jax.tree.map(lambda x: jnp.stack([x, x]), sim.distribution.init())
     psi["light"] = psi["light"]._replace(loc=jnp.array([-3.0, 4.0]))  # element 1 is bright
-    with pytest.raises(RenderError, match=r"vmapped batch element \(1,\)"):
-        with reraise_render_errors():
-            jax.block_until_ready(jax.jit(jax.vmap(lambda k, p: sim.simulate(k, p, 8)))(jax.random.split(jax.random.key(0)), psi))
+    step = jax.jit(jax.vmap(lambda k, p: sim.simulate(k, p, 8)))
+    with pytest.raises(RenderError, match=r"vmapped batch element \(1,\)"), reraise_render_errors():
+        jax.block_until_ready(step(jax.random.split(jax.random.key(0)), psi))
 
 
 def test_invalid_scenes_are_rejected_on_the_host_and_name_the_scene():
     sim = _sim()
-    scenes = {"light": np.array([0.5, 2.5, 1.0], np.float32), "pos": np.zeros((3, 2), np.float32),
-              "quality": np.array([0, 1, 2], np.int32)}
+    scenes = {
+        "light": np.array([0.5, 2.5, 1.0], np.float32),
+        "pos": np.zeros((3, 2), np.float32),
+        "quality": np.array([0, 1, 2], np.int32),
+    }
     with pytest.raises(RenderError, match=r"invalid scenes.*'light'.*scene 1") as info:
         sim.render_numpy(scenes, 0)
-    assert info.value.field == "light" and info.value.scene_index == 1 and info.value.scenes["light"] == 2.5
-    with pytest.raises(RenderError, match=r"'quality'") as info:
-        with reraise_render_errors():
-            jax.jit(sim.render)({**scenes, "light": np.full(3, 0.5, np.float32), "quality": np.array([0, 3, 1], np.int32)},
-                                jnp.uint32(0))
+    assert (
+        info.value.field == "light"
+        and info.value.scene_index == 1
+        and info.value.scenes["light"] == 2.5
+    )
+    with pytest.raises(RenderError, match=r"'quality'") as info, reraise_render_errors():
+        jax.jit(sim.render)(
+            {
+                **scenes,
+                "light": np.full(3, 0.5, np.float32),
+                "quality": np.array([0, 3, 1], np.int32),
+            },
+            jnp.uint32(0),
+        )
     assert info.value.field == "quality" and info.value.scene_index == 1
 
 
@@ -262,12 +322,20 @@ def test_mismatched_distribution_is_rejected_when_built():
     with pytest.raises(ValueError, match=r"missing \['quality'\]"):
         Simulator(product({"light": bounded(0.0, 2.0), "pos": gaussian((2,))}), ToyRenderer())
     with pytest.raises(ValueError, match=r"'pos' has shape \(1, 3\)"):
-        Simulator(product({"light": bounded(0.0, 2.0), "pos": gaussian((3,)), "quality": categorical(3)}), ToyRenderer())
+        Simulator(
+            product({"light": bounded(0.0, 2.0), "pos": gaussian((3,)), "quality": categorical(3)}),
+            ToyRenderer(),
+        )
     with pytest.raises(ValueError, match=r"'quality' \(categorical\) has dtype float"):
-        Simulator(product({"light": bounded(0.0, 2.0), "pos": gaussian((2,)), "quality": gaussian()}), ToyRenderer())
+        Simulator(
+            product({"light": bounded(0.0, 2.0), "pos": gaussian((2,)), "quality": gaussian()}),
+            ToyRenderer(),
+        )
     with pytest.raises(ValueError, match="OutputSpec"):
+
         class NoSpec(ToyRenderer):
             inputs_spec = (3, 4)
+
         _sim(NoSpec())
 
 
@@ -278,9 +346,11 @@ def test_render_checks_seed_at_trace_time():
         sim.render(scenes, jnp.float32(1.0))
 
 
-def test_float64_outputs_under_thread_local_x64(x64):
-    """The x64 fixture is a thread-local context; the callback runs on another thread, so
-    64-bit outputs travel as uint32 words (see simulator._transport_struct)."""
+def test_64_bit_scenes_and_outputs_under_thread_local_x64(x64):
+    """The x64 fixture is a thread-local context and the callback runs on another thread, so
+    64-bit scenes and outputs travel as uint32 words (see simulator._pack): the renderer sees
+    the float64 scenes unrounded and its float64 / int64 outputs arrive intact."""
+
     class F64(ToyRenderer):
         inputs_spec = OutputSpec((3, 4), np.float64)
         labels_spec = OutputSpec((), np.int64)
@@ -291,6 +361,9 @@ def test_float64_outputs_under_thread_local_x64(x64):
 
     sim = _sim(F64())
     key = jax.random.key(0)
-    out = jax.jit(jax.vmap(lambda k: sim.simulate(k, sim.distribution.init(), 4)))(jax.random.split(key, 2))
+    out = jax.jit(jax.vmap(lambda k: sim.simulate(k, sim.distribution.init(), 4)))(
+        jax.random.split(key, 2)
+    )
     assert out.inputs.dtype == jnp.float64 and out.labels.dtype == jnp.int64
     _assert_matches_host_loop(sim, jax.random.split(key, 2), out)
+    assert out.scenes["light"].dtype == jnp.float64
