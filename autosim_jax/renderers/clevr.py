@@ -559,7 +559,10 @@ def _radiance(sb: _Batch, o, d, img, depth_left, rng):
         irr += np.where(lit & ~shadow, inten * cos, 0)
     # n + a uniform unit vector is cosine-distributed about n, so the ambient estimate is just
     # the sky radiance times the visibility of that direction.
-    ao_dir = _normalize(nrm + _random_directions(rng, shape))
+    # (A unit vector opposite to n gives a zero sum, with probability zero in exact arithmetic
+    # but not in float32: fall back to n itself there rather than divide by zero.)
+    ao_dir = nrm + _random_directions(rng, shape)
+    ao_dir = _normalize(np.where(_dot(ao_dir, ao_dir) > 1e-12, ao_dir, nrm))
     irr += np.where(_intersect(sb, p_off, ao_dir, img, any_hit=True), 0, sb.ambient[img])
     color = albedo * irr
 
