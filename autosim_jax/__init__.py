@@ -5,13 +5,44 @@ The public API, one name per line.
 
 import importlib.metadata
 
+from .autosimulate import APPROXIMATIONS as APPROXIMATIONS
+from .autosimulate import AutoSimState as AutoSimState
+from .autosimulate import AutoSimulate as AutoSimulate
+from .autosimulate import make_autosimulate as make_autosimulate
+from .checkpoint import load_checkpoint as load_checkpoint
+from .checkpoint import save_checkpoint as save_checkpoint
 from .curvature import CurvatureOperator as CurvatureOperator
 from .curvature import gauss_newton_operator as gauss_newton_operator
 from .curvature import hessian_operator as hessian_operator
 from .curvature import hutchinson_diagonal as hutchinson_diagonal
 from .curvature import hvp as hvp
+from .distributions import Distribution as Distribution
+from .distributions import bounded as bounded
+from .distributions import categorical as categorical
+from .distributions import from_schema as from_schema
+from .distributions import gaussian as gaussian
+from .distributions import product as product
+from .estimators import apply_baseline as apply_baseline
+from .estimators import directional_derivatives as directional_derivatives
+from .estimators import reinforce_gradient as reinforce_gradient
+from .estimators import score_function_term as score_function_term
+from .experiments import EXPERIMENTS as EXPERIMENTS
+from .experiments import assess_psi as assess_psi
+from .experiments import get_experiment as get_experiment
+from .models import SmallCNN as SmallCNN
+from .models import UNet as UNet
+from .simulator import RenderError as RenderError
+from .simulator import Simulator as Simulator
+from .simulator import reraise_render_errors as reraise_render_errors
 from .solve import SolveResult as SolveResult
 from .solve import solve_damped as solve_damped
+from .tasks import Task as Task
+from .tasks import accuracy as accuracy
+from .tasks import classification_task as classification_task
+from .tasks import cross_entropy as cross_entropy
+from .tasks import mean_iou as mean_iou
+from .tasks import pixel_cross_entropy as pixel_cross_entropy
+from .tasks import segmentation_task as segmentation_task
 
 try:
     __version__ = importlib.metadata.version("autosim_jax")

@@ -1,0 +1,77 @@
+"""Where does one AutoSimulate step spend its time?
+
+Runs an experiment for a few outer steps and splits each step into host rendering, the
+callback transfer (the simulate stage minus the host render of the same scenes), fine-tuning
+and the outer stage (validation gradient, curvature solve, score-function term). That split
+decides what to optimise next.
+
+Usage:
+  python benchmarks/step_time_split.py clevr-seg --steps 20 [--out DIR]
+
+Writes ``step_time_split_<experiment>_<platform>.json`` to ``--out`` (default
+``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from autosim_jax.autosimulate import make_autosimulate
+from autosim_jax.experiments import get_experiment
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("experiment")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--approximation", default="exact_quadratic")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    exp = get_experiment(args.experiment)
+    setup = exp.build(renderer=exp.renderers[0], seed=0)
+    autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
+                                approximation=args.approximation, **setup.options)
+    state = autosim.init(0)
+    k = setup.options["dataset_size"]
+    rows = []
+    for i in range(args.steps + 1):  # step 0 compiles; it is reported apart
+        # The host render of the scenes this step will draw, timed alone (same key split as step).
+        _, sim_key, _ = jax.random.split(state.key, 3)
+        scenes = setup.simulator.distribution.sample(jax.random.split(sim_key)[0], state.psi, k)
+        scenes = jax.tree.map(np.asarray, scenes)
+        t = time.perf_counter()
+        setup.simulator.render_numpy(scenes, 0)
+        host_render = time.perf_counter() - t
+        state, info = autosim.step(state)
+        rows.append(dict(info, time_host_render=host_render,
+                         time_callback_transfer=max(0.0, info["time_render"] - host_render)))
+        print(f"step {i}: render {info['time_render']:.3f}s (host {host_render:.3f}s) "
+              f"train {info['time_train']:.3f}s outer {info['time_outer']:.3f}s val {info['val_metric']:.3f}", flush=True)
+    keys = ["time_host_render", "time_callback_transfer", "time_train", "time_outer"]
+    med = {key: statistics.median(r[key] for r in rows[1:]) for key in keys}
+    total = sum(med.values())
+    device = jax.devices()[0]
+    result = {
+        "benchmark": "step_time_split", "experiment": args.experiment, "approximation": args.approximation,
+        "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
+        "precision": "float32, default matmul precision", "dataset_size": k, "steps": args.steps,
+        "options": {key: (v if isinstance(v, (int, float, str)) else repr(v)) for key, v in setup.options.items()},
+        "median_seconds": med, "fraction": {key: v / total for key, v in med.items()},
+        "first_step_seconds_incl_compile": {key: rows[0][key] for key in keys}, "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"step_time_split_{args.experiment}_{device.platform}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps({"median_seconds": med, "fraction": result["fraction"]}, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The AutoSimulate step on a toy bilevel problem whose optimum is known in closed form.
+
+Toy: scenes x ~ N(mu, sigma^2) (psi = (mu, log sigma)); the "renderer" returns (x, x^2); the
+task model is affine, h(x) = w x + b, trained by squared error; the validation set is a fixed
+sample around x = 2. The least-squares fit under N(mu, sigma^2) is w = 2 mu, b = sigma^2 - mu^2,
+so the validation loss of theta_hat(psi) is mean_val(((x - mu)^2 - sigma^2)^2): its minimiser
+over mu is found by brute force on a grid below (with sigma^2 at its own optimum for each mu).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import autosim_jax as asj
+from autosim_jax.autosimulate import make_autosimulate
+from autosim_jax.tasks import Task
+from autosim_jax.distributions import from_schema
+from autosim_jax.renderers.schema import Field, OutputSpec, SceneSchema
+from autosim_jax.simulator import RenderError, Simulator
+
+
+class SquareRenderer:
+    """A deterministic host 'renderer' r(x) = (x, x^2)."""
+
+    name = "square"
+    schema = SceneSchema((Field.continuous("x", doc="the input value"),))
+    inputs_spec = OutputSpec((1,), np.float32)
+    labels_spec = OutputSpec((1,), np.float32)
+
+    def render(self, scenes, seed):
+        x = np.asarray(scenes["x"], np.float32)[:, None]
+        return x.copy(), x**2
+
+
+class BrokenRenderer(SquareRenderer):
+    name = "broken"
+
+    def render(self, scenes, seed):
+        raise RuntimeError("the light rig caught fire")
+
+
+X_VAL = (2.0 + 0.3 * np.random.default_rng(0).standard_normal(64)).astype(np.float32)[:, None]
+VAL = (X_VAL, X_VAL**2)
+TOY_TASK = Task(
+    per_sample_loss=lambda out, y: jnp.sum((out - y) ** 2, axis=-1),
+    metric=lambda out, y: -jnp.mean(jnp.sum((out - y) ** 2, axis=-1)),
+    metric_name="neg_mse",
+)
+
+
+def _optimal_mu():
+    grid = np.linspace(0.0, 4.0, 40001)
+    d2 = (X_VAL[:, 0][None, :] - grid[:, None]) ** 2
+    return float(grid[np.argmin(d2.var(axis=1))])
+
+
+def _toy(approximation, renderer=None, **kw):
+    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), renderer or SquareRenderer())
+    model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
+    options = dict(
+        approximation=approximation, dataset_size=128, batch_size=32, finetune_epochs=8,
+        inner_optimizer=optax.adam(0.1), outer_optimizer=optax.adam(0.1), damping=1e-3,
+        cg_maxiter=5, cg_tol=1e-6,
+    )
+    options.update(kw)
+    return make_autosimulate(sim, model, TOY_TASK, VAL, **options)
+
+
+def _run(autosim, steps, seed=0):
+    state = autosim.init(seed)
+    infos = []
+    for _ in range(steps):
+        state, info = autosim.step(state)
+        infos.append(info)
+    return state, infos
+
+
+@pytest.mark.parametrize("approximation", ["exact_quadratic", "linear"])
+def test_exact_and_linear_converge_to_the_known_optimum(approximation):
+    """Stochastic (fixed seed): after 400 steps mu must be within 0.25 of the brute-force optimum.
+
+    The start, mu = -1, is 3.0 away, so this asks for > 90% of the way. The remaining
+    distance is the noise floor: with K=128 renders per step and a fine-tuned (not exactly
+    optimal) theta, the score-function signal near mu* is of the order of its noise (measured
+    on this seed: mu = 1.94 for exact_quadratic, 1.87 for linear, against mu* = 2.03).
+    """
+    mu_star = _optimal_mu()
+    assert abs(mu_star - 2.0) < 0.2
+    autosim = _toy(approximation)
+    state, infos = _run(autosim, 400)
+    mu = float(state.psi["x"].loc)
+    assert abs(mu - mu_star) < 0.25, (mu, mu_star)
+    # The validation metric improved along the way, and the solves were reported.
+    assert infos[-1]["val_metric"] > infos[0]["val_metric"]
+    assert int(state.images) == 400 * 128 and int(state.step) == 400
+
+
+def test_approx_quadratic_descends_toward_the_optimum():
+    """The sign choice of the module docstring: psi moves from mu = -1 toward mu* ~ 2."""
+    state, _ = _run(_toy("approx_quadratic"), 60)
+    assert float(state.psi["x"].loc) > 0.0
+
+
+def test_table1_plus_sign_would_ascend():
+    """Flipping the approximate-quadratic update (Table 1 as printed) moves psi away from mu*."""
+    flipped = optax.chain(optax.scale(-1.0), optax.adam(0.05))
+    state, _ = _run(_toy("approx_quadratic", outer_optimizer=flipped), 60)
+    assert float(state.psi["x"].loc) < -1.0
+
+
+def test_no_val_minimises_the_training_loss():
+    """no_val ignores validation: it finds data the model fits best, i.e. shrinks sigma here
+    (the affine fit to x^2 is exact as sigma -> 0), wherever mu is."""
+    state, infos = _run(_toy("no_val"), 60)
+    assert float(state.psi["x"].log_scale) < float(jnp.log(0.5)) - 0.5
+    assert np.mean([i["train_loss"] for i in infos[-10:]]) < np.mean([i["train_loss"] for i in infos[:10]])
+
+
+def test_stages_never_retrace_and_report():
+    autosim = _toy("exact_quadratic", curvature="hessian", curvature_batch_size=32)
+    _, infos = _run(autosim, 3)
+    assert autosim.trace_counts() == {"simulate": 1, "finetune": 1, "outer": 1}
+    for info in infos:
+        assert set(info) >= {"val_loss", "val_metric", "train_loss", "cg_relative_residual", "cg_converged",
+                             "time_render", "time_train", "time_outer"}
+        assert isinstance(info["cg_converged"], bool)
+
+
+def test_same_seed_same_trajectory():
+    a, _ = _run(_toy("linear"), 5, seed=3)
+    b, _ = _run(_toy("linear"), 5, seed=3)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_renderer_failure_names_the_renderer_and_keeps_state():
+    autosim = _toy("linear", renderer=BrokenRenderer())
+    state = autosim.init(0)
+    with pytest.raises(RenderError, match="broken"):
+        autosim.step(state)
+    assert int(state.step) == 0  # the caller's state is untouched
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(approximation="cubic"), r"Unknown approximation 'cubic'; valid choices are \['exact_quadratic'"),
+        (dict(curvature="fisher"), "Unknown curvature 'fisher'"),
+        (dict(damping=-1.0), "damping must be >= 0"),
+        (dict(batch_size=48), "multiple of batch_size"),
+        (dict(curvature_batch_size=200), "curvature_batch_size"),
+    ],
+)
+def test_bad_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _toy("linear", **kw) if "approximation" not in kw else _toy(**kw)
+
+
+def test_val_data_shape_mismatch():
+    sim = Simulator(from_schema(SquareRenderer.schema), SquareRenderer())
+    with pytest.raises(ValueError, match="val_data shapes"):
+        make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TOY_TASK, (X_VAL[:, 0], X_VAL[:, 0]))
+
+
+def test_public_api():
+    assert asj.make_autosimulate is make_autosimulate

@@ -1,0 +1,308 @@
+"""The ``autosim`` command line, on a toy experiment that runs a step in milliseconds.
+
+The toy (the one of tests/test_autosimulate.py: scenes x ~ N(mu, sigma^2), r(x) = (x, x^2),
+an affine model) is written to a module on sys.path and named as ``module:attr``, the way a
+user runs an experiment of their own; subprocesses find it through PYTHONPATH.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from autosim_jax.autosimulate import APPROXIMATIONS
+from autosim_jax.checkpoint import load_checkpoint
+from autosim_jax.cli import main
+
+TOY_MODULE = "autosim_toy_experiment"
+TOY = f"{TOY_MODULE}:TOY"
+TOY_SOURCE = textwrap.dedent('''
+    """A toy experiment for the CLI tests (see tests/test_cli.py)."""
+    import os
+    import time
+
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from autosim_jax.distributions import from_schema
+    from autosim_jax.experiments import Experiment, ExperimentSetup
+    from autosim_jax.renderers.schema import Field, OutputSpec, SceneSchema
+    from autosim_jax.simulator import Simulator
+    from autosim_jax.tasks import Task
+
+
+    class SquareRenderer:
+        """r(x) = (x, x^2); sleeps AUTOSIM_TOY_SLEEP seconds per call (to be killed mid-run)."""
+
+        name = "square"
+        schema = SceneSchema((Field.continuous("x", doc="the input value"),))
+        inputs_spec = OutputSpec((1,), np.float32)
+        labels_spec = OutputSpec((1,), np.float32)
+
+        def __init__(self):
+            self.calls = 0
+
+        def render(self, scenes, seed):
+            self.calls += 1
+            time.sleep(float(os.environ.get("AUTOSIM_TOY_SLEEP", "0")))
+            x = np.asarray(scenes["x"], np.float32)[:, None]
+            return x.copy(), x**2
+
+
+    class FlakyRenderer(SquareRenderer):
+        """Returns a NaN image for scene 1 from its third call on."""
+
+        name = "flaky"
+
+        def render(self, scenes, seed):
+            inputs, labels = super().render(scenes, seed)
+            if self.calls >= 3:
+                inputs[1] = np.nan
+            return inputs, labels
+
+
+    def _data(seed):
+        x = (2.0 + 0.3 * np.random.default_rng(seed).standard_normal(64)).astype(np.float32)[:, None]
+        return x, x**2
+
+
+    TASK = Task(
+        per_sample_loss=lambda out, y: jnp.sum((out - y) ** 2, axis=-1),
+        metric=lambda out, y: -jnp.mean(jnp.sum((out - y) ** 2, axis=-1)),
+        metric_name="neg_mse",
+    )
+
+
+    def build(*, renderer="square", seed=0):
+        render = {"square": SquareRenderer, "flaky": FlakyRenderer}[renderer]()
+        sim = Simulator(from_schema(render.schema, {"x": {"loc": -1.0, "scale": 0.5}}), render)
+        options = dict(
+            dataset_size=32, batch_size=16, finetune_epochs=2, inner_optimizer=optax.adam(0.1),
+            outer_optimizer=optax.adam(0.1), damping=1e-3, cg_maxiter=5, cg_tol=1e-6,
+        )
+        model = nnx.Linear(1, 1, rngs=nnx.Rngs(seed))
+        return ExperimentSetup(sim, model, TASK, _data(0), _data(1), options, iterations=6)
+
+
+    TOY = Experiment("toy", "a 1-d toy with a known optimum", ("square", "flaky"), build)
+''')
+N = 12  # iterations of the reference run
+
+
+@pytest.fixture(scope="session")
+def toy_path(tmp_path_factory):
+    """A directory holding the toy experiment's module, put on sys.path for the session."""
+    path = tmp_path_factory.mktemp("plugin")
+    (path / f"{TOY_MODULE}.py").write_text(TOY_SOURCE)
+    sys.path.insert(0, str(path))
+    yield path
+    sys.path.remove(str(path))
+    sys.modules.pop(TOY_MODULE, None)
+
+
+@pytest.fixture(scope="session")
+def reference_run(toy_path, tmp_path_factory):
+    """An uninterrupted run of N steps (the seed is the default, 0)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(["run", TOY, "--iterations", str(N), "--out", str(out)]) == 0
+    return out
+
+
+def _toy_like(renderer="square"):
+    import autosim_toy_experiment
+    from autosim_jax.autosimulate import make_autosimulate
+
+    setup = autosim_toy_experiment.build(renderer=renderer)
+    return make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, **setup.options).init(0)
+
+
+def _lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _checkpoint_arrays(path):
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _assert_same_results(a, b, steps):
+    """Bitwise equal checkpoints and equal per-step results (not timings) of two run dirs."""
+    ca, cb = _checkpoint_arrays(a / "checkpoint.npz"), _checkpoint_arrays(b / "checkpoint.npz")
+    assert ca.keys() == cb.keys()
+    for k in ca:
+        assert ca[k].dtype == cb[k].dtype and ca[k].tobytes() == cb[k].tobytes(), k
+    la, lb = _lines(a / "metrics.jsonl")[:steps], _lines(b / "metrics.jsonl")
+    assert len(lb) == steps
+    for ra, rb in zip(la, lb):
+        for key in ("step", "images", "psi", "val_metric", "test_metric", "train_loss", "psi_grad_norm"):
+            assert ra[key] == rb[key], (ra["step"], key)
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("clevr-seg", "digits-sim2real", "glyphs", "clevr", "mitsuba", *APPROXIMATIONS):
+        assert name in out
+
+
+def test_run_writes_the_run_directory(reference_run):
+    out = reference_run
+    for name in ("config.json", "metrics.jsonl", "checkpoint.npz", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("val_metric.png", "psi.png", "samples.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
+    records = _lines(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, N + 1))
+    assert [r["images"] for r in records] == [32 * k for k in range(1, N + 1)]
+    for key in ("val_loss", "val_metric", "test_metric", "train_loss", "cg_relative_residual", "cg_converged",
+                "cg_indefinite", "psi_grad_norm", "time_render", "time_train", "time_outer", "wall_time"):
+        assert key in records[0], key
+    assert set(records[0]["psi"]) == {"x.loc", "x.log_scale"}
+    assert records[-1]["psi"]["x.loc"][0] > records[0]["psi"]["x.loc"][0]  # mu moves toward the validation data
+    config = json.loads((out / "config.json").read_text())
+    assert config["experiment"] == TOY and config["approximation"] == APPROXIMATIONS[0] and config["seed"] == 0
+    assert config["options"]["inner_optimizer"]["learning_rate"] == 0.1
+    assert config["options"]["dataset_size"] == 32 and config["iterations"] == N
+    assert {"jax", "autosim_jax"} <= set(config["versions"]) and config["device"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == N and summary["images"] == 32 * N and summary["stopped_by"] == "iterations"
+    vals = [r["val_metric"] for r in records]
+    assert summary["best_val_metric"] == max(vals) and summary["start_val_metric"] == vals[0]
+    best = records[vals.index(max(vals))]
+    assert summary["test_metric_at_best"] == best["test_metric"] and summary["best_step"] == best["step"]
+    for key in ("wall_time", "time_render", "time_train", "time_outer"):
+        assert summary[key] > 0
+    state = load_checkpoint(out / "checkpoint.npz", _toy_like())  # the final state, of the experiment's structure
+    assert int(state.step) == N and int(state.images) == 32 * N
+
+
+def test_summary_table_is_printed(toy_path, tmp_path, capsys):
+    assert main(["run", TOY, "--iterations", "2", "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    for text in ("iterations", "images rendered", "wall time", "render", "train", "outer",
+                 "best val neg_mse", "test neg_mse at best", "start val neg_mse"):
+        assert text in out, text
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(reference_run, toy_path, tmp_path):
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(toy_path), os.environ.get("PYTHONPATH", "")]),
+               AUTOSIM_TOY_SLEEP="0.05")
+    proc = subprocess.Popen([sys.executable, "-m", "autosim_jax", "run", TOY, "--iterations", str(N),
+                             "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 4:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    done = _lines(metrics)
+    assert 4 <= len(done) < N
+    assert main(["run", TOY, "--iterations", str(N), "--out", str(out), "--resume"]) == 0
+    _assert_same_results(reference_run, out, N)
+
+
+def test_resume_drops_the_lines_of_an_unfinished_step_and_extends(reference_run, toy_path, tmp_path):
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--iterations", "3", "--out", str(out)]) == 0
+    with open(out / "metrics.jsonl", "a") as f:  # a step that wrote its line but not its checkpoint ...
+        f.write(json.dumps({**_lines(out / "metrics.jsonl")[-1], "step": 4}) + "\n")
+        f.write('{"step": 5, "ima')  # ... and one killed mid-line
+    assert main(["run", TOY, "--iterations", "5", "--out", str(out), "--resume"]) == 0
+    assert [r["step"] for r in _lines(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    reference = _lines(reference_run / "metrics.jsonl")
+    assert [r["psi"] for r in _lines(out / "metrics.jsonl")] == [r["psi"] for r in reference[:5]]
+
+
+def test_budget_stops_early(toy_path, tmp_path):
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--iterations", "10", "--budget-images", "70", "--out", str(out)]) == 0
+    assert [r["images"] for r in _lines(out / "metrics.jsonl")] == [32, 64, 96]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_by"] == "budget_images" and summary["images"] == 96
+
+
+def test_dataset_size_not_divisible_by_the_batch_size(toy_path, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--iterations", "1", "--dataset-size", "24", "--out", str(out)]) == 0
+    assert "using batch_size 8" in capsys.readouterr().err
+    options = json.loads((out / "config.json").read_text())["options"]
+    assert options["dataset_size"] == 24 and options["batch_size"] == 8
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["run", "no-such-experiment"], ["no-such-experiment", "clevr-seg", "digits-sim2real"]),
+        (["run", TOY, "--approximation", "cubic"], ["cubic", *APPROXIMATIONS]),
+        (["run", TOY, "--renderer", "clevr"], ["clevr", "square", "flaky"]),
+        (["run", "no_such_module:X"], ["no_such_module"]),
+        (["run", TOY, "--iterations", "0"], ["--iterations"]),
+        (["frobnicate"], ["list", "run"]),
+    ],
+)
+def test_bad_names_exit_2_listing_the_choices(toy_path, tmp_path, capsys, argv, needles):
+    assert main([*argv, "--out", str(tmp_path / "r")] if argv[0] == "run" else argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_dir_needs_resume(toy_path, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--iterations", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["run", TOY, "--iterations", "2", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert len(_lines(out / "metrics.jsonl")) == 1
+
+
+def test_resume_with_another_option_is_refused(toy_path, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--iterations", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["run", TOY, "--iterations", "2", "--finetune-epochs", "3", "--out", str(out), "--resume"]) == 2
+    assert "options.finetune_epochs" in capsys.readouterr().err
+    assert main(["run", TOY, "--iterations", "2", "--seed", "1", "--out", str(out), "--resume"]) == 2
+    assert "seed" in capsys.readouterr().err
+    assert main(["run", TOY, "--resume", "--out", str(tmp_path / "nothing")]) == 2
+
+
+def test_render_failure_exits_1_and_keeps_the_last_checkpoint(toy_path, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--renderer", "flaky", "--iterations", "5", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "step 3" in err and "scene 1" in err and "non-finite inputs" in err and "Traceback" not in err
+    assert len(_lines(out / "metrics.jsonl")) == 2
+    assert int(load_checkpoint(out / "checkpoint.npz", _toy_like("flaky")).step) == 2
+
+
+def test_python_dash_m_help():
+    result = subprocess.run([sys.executable, "-m", "autosim_jax", "run", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--budget-images" in result.stdout and "gcd" in result.stdout
+
+
+@pytest.mark.slow
+def test_digits_sim2real_two_iterations(tmp_path):
+    out = tmp_path / "digits"
+    assert main(["run", "digits-sim2real", "--iterations", "2", "--dataset-size", "32", "--finetune-epochs", "1",
+                 "--out", str(out)]) == 0
+    assert len(_lines(out / "metrics.jsonl")) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["best_val_metric"] <= 1.0
+    assert (out / "samples.png").stat().st_size > 2000
