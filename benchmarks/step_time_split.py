@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from autosim_jax.autosimulate import make_autosimulate
+from autosim_jax.cli import describe
 from autosim_jax.experiments import get_experiment
 
 
@@ -62,7 +63,7 @@ def main(argv=None):
         "benchmark": "step_time_split", "experiment": args.experiment, "approximation": args.approximation,
         "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
         "precision": "float32, default matmul precision", "dataset_size": k, "steps": args.steps,
-        "options": {key: (v if isinstance(v, (int, float, str)) else repr(v)) for key, v in setup.options.items()},
+        "options": describe(setup.options),
         "median_seconds": med, "fraction": {key: v / total for key, v in med.items()},
         "first_step_seconds_incl_compile": {key: rows[0][key] for key in keys}, "rows": rows,
     }
