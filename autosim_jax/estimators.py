@@ -57,6 +57,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .curvature import check_like
+
 PyTree = Any
 
 METHODS = ("jvp", "per_sample")
@@ -185,16 +187,7 @@ def reinforce_gradient(
 
 def _check_tangent(theta: PyTree, v: PyTree) -> PyTree:
     """Checks that v is shaped like theta; casts its leaves to theta's dtypes (jvp needs it)."""
-    t_def, v_def = jax.tree.structure(theta), jax.tree.structure(v)
-    if t_def != v_def:
-        raise ValueError(f"v must have the structure of theta: got {v_def}, expected {t_def}.")
-    paths = jax.tree_util.tree_flatten_with_path(theta)[0]
-    for (path, t), vv in zip(paths, jax.tree.leaves(v)):
-        if jnp.shape(t) != jnp.shape(vv):
-            raise ValueError(
-                f"v{jax.tree_util.keystr(path)} has shape {jnp.shape(vv)}; theta's has "
-                f"{jnp.shape(t)}."
-            )
+    check_like(theta, v, "v")
     return jax.tree.map(lambda t, vv: jnp.asarray(vv, jnp.result_type(t)), theta, v)
 
 
