@@ -119,11 +119,11 @@ def build_clevr_seg(*, renderer: str = "clevr", seed: int = 0) -> ExperimentSetu
 
 DIGITS_START = {
     "digit": {"probs": (0.05, 0.55, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05)},
-    "size": {"loc": 0.5, "scale": 0.05},
-    "rotation": {"loc": 20.0, "scale": 5.0},
-    "blur": {"loc": 1.0, "scale": 0.1},
-    "noise": {"loc": 2.0, "scale": 0.3},
-    "contrast": {"loc": 0.5, "scale": 0.05},
+    "size": {"loc": 0.6, "scale": 0.05},
+    "rotation": {"loc": 25.0, "scale": 5.0},
+    "blur": {"loc": 0.7, "scale": 0.1},
+    "noise": {"loc": 1.2, "scale": 0.2},
+    "contrast": {"loc": 0.6, "scale": 0.05},
     # Narrow (not poor) starts for the geometric nuisances: the field ranges are wide.
     "shift": {"loc": 0.0, "scale": 0.03},
     "shear": {"loc": 0.0, "scale": 0.1},
