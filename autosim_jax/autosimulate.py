@@ -52,6 +52,7 @@ from .estimators import reinforce_gradient, score_function_term
 from .simulator import Simulator, reraise_render_errors
 from .solve import solve_damped
 from .tasks import Task
+from .training import train_epochs
 
 PyTree = Any
 
@@ -180,7 +181,6 @@ def make_autosimulate(
     outer_optimizer = outer_optimizer or optax.adam(5e-2)
     graphdef, theta0 = nnx.split(model, nnx.Param)
     distribution = simulator.distribution
-    num_batches = dataset_size // batch_size
     curv_n = curvature_batch_size or dataset_size
     traces = {"simulate": 0, "finetune": 0, "outer": 0}
 
@@ -214,21 +214,8 @@ def make_autosimulate(
     def finetune(theta, opt_state, inputs, labels, key):
         """Epsilon epochs of minibatch training on the K rendered samples (Algorithm 1, line 3)."""
         traces["finetune"] += 1
-
-        def train_step(carry, batch):
-            theta, opt_state = carry
-            loss, grads = jax.value_and_grad(mean_loss)(theta, *batch)
-            updates, opt_state = inner_optimizer.update(grads, opt_state, theta)
-            return (optax.apply_updates(theta, updates), opt_state), loss
-
-        def epoch(carry, epoch_key):
-            order = jax.random.permutation(epoch_key, dataset_size).reshape(num_batches, batch_size)
-            batches = (inputs[order], labels[order])
-            carry, losses = jax.lax.scan(train_step, carry, batches)
-            return carry, jnp.mean(losses)
-
-        (theta, opt_state), losses = jax.lax.scan(epoch, (theta, opt_state), jax.random.split(key, finetune_epochs))
-        return theta, opt_state, losses[-1]
+        return train_epochs(mean_loss, inner_optimizer, theta, opt_state, inputs, labels, key,
+                            batch_size=batch_size, epochs=finetune_epochs)
 
     @jax.jit
     def outer(psi, outer_opt_state, theta, scenes, inputs, labels):

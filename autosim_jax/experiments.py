@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,6 +37,7 @@ from .models import SmallCNN, UNet
 from .renderers import get_renderer, load_real_digits
 from .simulator import Simulator
 from .tasks import Task, classification_task, segmentation_task
+from .training import train_epochs
 
 
 class ExperimentSetup(NamedTuple):
@@ -186,30 +188,14 @@ def assess_psi(setup: ExperimentSetup, psi, *, num_images: int, epochs: int, see
       ``{"val_metric": ..., "test_metric": ...}`` of the trained model.
     """
     graphdef, theta = nnx.split(nnx.clone(setup.model), nnx.Param)
-    sim = setup.simulator
-    scenes, inputs, labels = jax.jit(sim.simulate, static_argnums=2)(jax.random.PRNGKey(seed), psi, num_images)
-    batch = setup.options["batch_size"]
+    scenes, inputs, labels = jax.jit(setup.simulator.simulate, static_argnums=2)(jax.random.PRNGKey(seed), psi, num_images)
     optimizer = setup.options["inner_optimizer"]
 
     def loss(theta, x, y):
         return jnp.mean(setup.task.per_sample_loss(nnx.merge(graphdef, theta)(x), y))
 
-    @jax.jit
-    def train(theta, key):
-        def step(carry, idx):
-            theta, opt_state = carry
-            grads = jax.grad(loss)(theta, inputs[idx], labels[idx])
-            updates, opt_state = optimizer.update(grads, opt_state, theta)
-            return (optax.apply_updates(theta, updates), opt_state), None
-
-        def epoch(carry, k):
-            order = jax.random.permutation(k, num_images)[: num_images // batch * batch].reshape(-1, batch)
-            return jax.lax.scan(step, carry, order)[0], None
-
-        (theta, _), _ = jax.lax.scan(epoch, (theta, optimizer.init(theta)), jax.random.split(key, epochs))
-        return theta
-
-    theta = train(theta, jax.random.PRNGKey(seed + 1))
+    train = jax.jit(functools.partial(train_epochs, loss, optimizer, batch_size=setup.options["batch_size"], epochs=epochs))
+    theta, _, _ = train(theta, optimizer.init(theta), inputs, labels, jax.random.PRNGKey(seed + 1))
     metric = jax.jit(lambda th, x, y: setup.task.metric(nnx.merge(graphdef, th)(x), y))
     return {
         "val_metric": float(metric(theta, *setup.val_data)),
