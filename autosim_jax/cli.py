@@ -653,6 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "psi and report their validation/test metric (default 16 x dataset size; 0 skips)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its checkpoint (same configuration required)")
+    # --- autosim compare: AutoSimulate vs the baselines (the parser and the command live in compare.py) ---
+    from .compare import add_compare_parser
+
+    add_compare_parser(sub)
     return parser
 
 
@@ -669,6 +673,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `autosim list | head`: the reader left; not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
+    if args.command == "compare":  # --- autosim compare (see compare.py) ---
+        from .compare import compare_main
+
+        return compare_main(args)
     try:
         experiment = resolve_experiment(args.experiment)
         run_args = RunArgs(

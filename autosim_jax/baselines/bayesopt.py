@@ -1,0 +1,145 @@
+"""Bayesian optimisation with the ``bayesian-optimization`` package (the paper's BO baseline).
+
+The package (``bayes_opt``, extra ``[baselines]``) is imported lazily. It optimises the
+reward over the shared box of :mod:`~autosim_jax.baselines.space` (continuous coordinates:
+continuous fields' ``loc`` and every categorical logit), with its Gaussian process (Matern
+5/2, normalised targets) and the upper-confidence-bound acquisition.
+
+The history of observations lives in the state as fixed-size arrays (``X [max_evaluations,
+d]``, ``y``, ``count``), and each step rebuilds the optimiser from them with a seed drawn
+from the state's key, so a step is a deterministic function of its state and the CLI's
+checkpoints and ``--resume`` work as for AutoSimulate. Step 0 evaluates the start ``psi``,
+the next ``initial_points`` steps uniform random points of the box (the package's
+``init_points``), and every later step the package's suggestion.
+
+Observation noise: the reward is noisy (a fresh render and fine-tuning each time, and, with
+warm start, a model that keeps training), so ``noise`` is added to the GP's diagonal
+(``alpha``, in the units of the normalised targets) instead of the package's ``1e-6``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..simulator import Simulator
+from ..tasks import Task
+from .common import BlackBox, BlackBoxState, evaluate_candidates, finish_step, initial_state
+from .objective import make_objective
+from .space import make_search_space
+
+_MISSING = (
+    "The 'bo' baseline needs the bayesian-optimization package: pip install 'autosim_jax[baselines]' "
+    "(or pip install bayesian-optimization). Import failed: {err}"
+)
+
+
+def _import_bayes_opt():
+    try:
+        import bayes_opt
+        from bayes_opt import acquisition
+    except ImportError as err:
+        raise ImportError(_MISSING.format(err=err)) from err
+    return bayes_opt, acquisition
+
+
+def make_bayesopt(
+    simulator: Simulator,
+    model: nnx.Module,
+    task: Task,
+    val_data,
+    test_data=None,
+    *,
+    max_evaluations: int = 256,
+    initial_points: int = 3,
+    kappa: float = 2.576,
+    noise: float = 1e-2,
+    warm_start: bool = False,
+    reward: str = "metric",
+    radius: float = 3.0,
+    include_scales: bool = False,
+    **objective_kwargs,
+) -> BlackBox:
+    """Builds BO's ``(init, step)``; ``search`` holds ``(X, y, count, best_reward)``.
+
+    Args:
+      max_evaluations: size of the stored history (a step past it raises ``ValueError``).
+      initial_points: random points after the start before the GP is used.
+      kappa: UCB exploration weight (the package's default).
+      noise: GP ``alpha`` (see the module docstring).
+      others: see :func:`~autosim_jax.baselines.make_lts`.
+
+    Raises:
+      ImportError: without the ``bayesian-optimization`` package, naming the extra.
+
+    References:
+      Snoek, Larochelle, Adams (NeurIPS 2012); Nogueira, bayesian-optimization (2014-);
+      AutoSimulate Sec. 5.
+    """
+    bayes_opt, acquisition = _import_bayes_opt()
+    from sklearn.exceptions import ConvergenceWarning  # a dependency of bayes_opt
+
+    if max_evaluations < 2 or initial_points < 0:
+        raise ValueError(f"need max_evaluations >= 2 and initial_points >= 0, got {max_evaluations}, {initial_points}.")
+    objective = make_objective(simulator, model, task, val_data, test_data, reward=reward, **objective_kwargs)
+    psi0 = simulator.distribution.init()
+    space = make_search_space(psi0, radius=radius, include_scales=include_scales)
+    d = space.dim
+    keys = [f"x{i:04d}" for i in range(d)]  # sortable names: the package's order is ours
+    pbounds = {k: (float(lo), float(hi)) for k, lo, hi in zip(keys, space.lower, space.upper)}
+    lower, upper = jnp.asarray(space.lower), jnp.asarray(space.upper)
+    decode = jax.jit(space.decode)
+    uniform = jax.jit(lambda key: jax.random.uniform(key, lower.shape, lower.dtype, lower, upper))
+
+    def suggest(xs: np.ndarray, ys: np.ndarray, seed: int) -> np.ndarray:
+        bo = bayes_opt.BayesianOptimization(
+            f=None, pbounds=pbounds, acquisition_function=acquisition.UpperConfidenceBound(kappa=kappa),
+            random_state=seed, verbose=0, allow_duplicate_points=True)
+        bo.set_gp_params(alpha=noise)
+        # The package prints (to stdout) a note for each duplicate point; keep stdout clean.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # Length scales at their bounds on a handful of points are expected.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for x, y in zip(xs, ys):
+                bo.register(params=np.asarray(x, float), target=float(y))
+            s = bo.suggest()
+        return np.asarray([s[k] for k in keys], np.float64)
+
+    def init(seed: int) -> BlackBoxState:
+        dtype = space.encode(psi0).dtype
+        search = (jnp.zeros((max_evaluations, d), dtype), jnp.zeros((max_evaluations,), dtype),
+                  jnp.zeros((), jnp.int32), jnp.full((), -jnp.inf, dtype))
+        return initial_state(objective, psi0, search, seed)
+
+    def step(state: BlackBoxState) -> tuple[BlackBoxState, dict]:
+        t_start = time.perf_counter()
+        xs, ys, count, best = state.search
+        n = int(count)
+        if n >= max_evaluations:
+            raise ValueError(f"BO's history is full ({max_evaluations} evaluations); build it with a larger "
+                             "max_evaluations.")
+        key, prop_key, eval_key = jax.random.split(state.key, 3)
+        if n == 0:
+            x = space.encode(psi0)
+        elif n <= initial_points:
+            x = uniform(prop_key)
+        else:
+            seed = int(jax.random.randint(prop_key, (), 0, 2**31 - 1))
+            x = jnp.asarray(suggest(np.asarray(xs[:n]), np.asarray(ys[:n]), seed), xs.dtype)
+        candidate = decode(x)
+        (ev,) = evaluate_candidates(objective, state, [candidate], eval_key[None], warm_start=warm_start)
+        r = objective.reward(ev)
+        improved = r > float(best)
+        search = (xs.at[n].set(x), ys.at[n].set(r), count + 1, jnp.where(improved, jnp.asarray(r, best.dtype), best))
+        return finish_step(objective, state, [ev], [r], psi=candidate if improved else state.psi, search=search,
+                           key=key, warm_start=warm_start, carry=improved, t_start=t_start,
+                           extra=dict(best_reward=float(search[3]), improved=bool(improved), suggested=n > initial_points))
+
+    return BlackBox(init, step, objective, space)

@@ -1,0 +1,373 @@
+"""``autosim compare``: AutoSimulate and the black-box baselines head to head (paper Tables 2, 4).
+
+Every method runs on the same experiment, model, fine-tuning options, image budget and seeds,
+one after the other, into ``--out``::
+
+    METHOD/seedS/          one run directory per method and seed: metrics.jsonl (one line per
+                           step), checkpoint.npz, config.json, summary.json; AutoSimulate's
+                           are written by ``autosim run`` itself
+    compare.json           every row below, with per-seed values
+    compare.md             Table 2 (all methods) and, with --approximations, Table 4
+    val_vs_images.png, val_vs_time.png
+
+Accounting, identical for all methods: ``images`` are counted where the simulator renders,
+``time`` is the sum of the steps' render, train and other (psi update, validation) seconds,
+excluding the test metric (a monitor) and file I/O. The table gives, per method, mean and
+standard deviation over seeds of: the best validation metric over all steps, the images
+rendered and the time spent when it was reached, the test metric of that same model, and the
+totals. A run stops at the first step that ends with ``images >= --budget-images`` (a step of
+LTS renders ``samples x K`` images, so it may overshoot by less than one step; the totals
+show it).
+
+Curves: the best validation metric so far against images and against time, the mean over
+seeds with the min-max band shaded (each seed interpolated, as a step function, on a common
+grid).
+
+Example:
+  >>> main(["compare", "digits-sim2real", "--budget-images", "2048", "--out", "/tmp/c"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from .autosimulate import APPROXIMATIONS
+from .checkpoint import load_checkpoint, save_checkpoint
+from .cli import RunArgs, UsageError, _truncate_metrics, _write_json, describe, resolve_experiment, run_experiment
+
+METHODS = ("autosimulate", "lts", "bo", "random")
+DONE = "summary.json"
+
+
+@dataclasses.dataclass
+class CompareArgs:
+    """The options of ``autosim compare`` (what argparse produces), usable without argparse."""
+
+    budget_images: int
+    methods: tuple[str, ...] = METHODS
+    seeds: int = 3
+    approximations: tuple[str, ...] | None = None  # None: AutoSimulate's default only, no Table 4
+    out: str | None = None
+    renderer: str | None = None
+    resume: bool = False
+    lts_samples: int = 4
+    search_radius: float = 3.0
+    experiment_spec: str | None = None
+
+
+def _split_choices(text: str, valid: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    items = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in items if s not in valid]
+    if bad or not items:
+        raise UsageError(f"{flag}: unknown {bad or '(empty)'}; valid choices are {list(valid)} (comma-separated).")
+    return tuple(dict.fromkeys(items))
+
+
+def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str | None]]]:
+    renderer = args.renderer or experiment.renderers[0]
+    if renderer not in experiment.renderers:
+        raise UsageError(f"renderer {renderer!r} is not one of experiment {experiment.name!r}'s renderers "
+                         f"{list(experiment.renderers)}.")
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad or not args.methods:
+        raise UsageError(f"--methods: unknown {bad or '(empty)'}; valid choices are {list(METHODS)}.")
+    for a in args.approximations or ():
+        if a not in APPROXIMATIONS:
+            raise UsageError(f"--approximations: unknown {a!r}; valid choices are {list(APPROXIMATIONS)}.")
+    if args.budget_images is None or args.budget_images < 1:
+        raise UsageError(f"--budget-images must be >= 1, got {args.budget_images}.")
+    if args.seeds < 1 or args.lts_samples < 2 or not args.search_radius > 0:
+        raise UsageError(f"need --seeds >= 1, --lts-samples >= 2 and --search-radius > 0, got {args.seeds}, "
+                         f"{args.lts_samples}, {args.search_radius}.")
+    if "bo" in args.methods:
+        try:
+            import bayes_opt  # noqa: F401
+        except ImportError:
+            raise UsageError("method 'bo' needs the bayesian-optimization package: pip install "
+                             "'autosim_jax[baselines]' (or drop bo from --methods).") from None
+    runs = []
+    for m in args.methods:
+        if m == "autosimulate":
+            runs += [(m, a) for a in (args.approximations or (APPROXIMATIONS[0],))]
+        else:
+            runs.append((m, None))
+    return renderer, runs
+
+
+def _label(method: str, approximation: str | None) -> str:
+    return f"autosimulate ({approximation})" if approximation else method
+
+
+def _dirname(method: str, approximation: str | None) -> str:
+    return f"autosimulate-{approximation}" if approximation else method
+
+
+def _lines(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _common(record: dict, train_steps_per_step: int | None = None) -> dict:
+    """The fields every method's records share (AutoSimulate's ``time_outer`` is its "other")."""
+    other = record.get("time_other", record.get("time_outer", 0.0))
+    return {
+        "step": record["step"], "images": record["images"],
+        "evaluations": record.get("evaluations", record["step"]),
+        "train_steps": record.get("train_steps", (train_steps_per_step or 0) * record["step"]),
+        "val_metric": record["val_metric"], "test_metric": record["test_metric"],
+        "time_render": record["time_render"], "time_train": record["time_train"], "time_other": other,
+    }
+
+
+def _run_autosimulate(experiment, args: CompareArgs, renderer, approximation, seed, out, options, stderr) -> list[dict]:
+    k = options["dataset_size"]
+    run_args = RunArgs(approximation=approximation, iterations=math.ceil(args.budget_images / k),
+                       budget_images=args.budget_images, seed=seed, renderer=renderer, out=out,
+                       resume=args.resume and os.path.exists(os.path.join(out, "config.json")),
+                       experiment_spec=args.experiment_spec, assess_images=0)
+    if not (run_args.resume and os.path.exists(os.path.join(out, DONE))):
+        code = run_experiment(experiment, run_args, stdout=io.StringIO(), stderr=stderr)
+        if code != 0:
+            raise RuntimeError(f"autosim run exited with {code} for {out}")
+    per_step = options["finetune_epochs"] * (k // options["batch_size"])
+    return [_common(r, per_step) for r in _lines(os.path.join(out, "metrics.jsonl"))]
+
+
+def _build_baseline(method, setup, args: CompareArgs, budget_evaluations: int):
+    from . import baselines
+
+    kw = dict(baselines.objective_options(setup.options), radius=args.search_radius)
+    if method == "lts":
+        kw.update(samples_per_step=args.lts_samples, outer_optimizer=setup.options.get("outer_optimizer"))
+    if method == "bo":
+        kw.update(max_evaluations=budget_evaluations + 1)
+    return baselines.BASELINES[method](setup.simulator, setup.model, setup.task, setup.val_data, setup.test_data, **kw)
+
+
+def _run_baseline(experiment, args: CompareArgs, renderer, method, seed, out, stderr) -> list[dict]:
+    metrics_path, ckpt_path = os.path.join(out, "metrics.jsonl"), os.path.join(out, "checkpoint.npz")
+    if args.resume and os.path.exists(os.path.join(out, DONE)):
+        return [_common(r) for r in _lines(metrics_path)]
+    setup = experiment.build(renderer=renderer, seed=seed)
+    k = setup.options["dataset_size"]
+    box = _build_baseline(method, setup, args, math.ceil(args.budget_images / k))
+    state = box.init(seed)
+    os.makedirs(out, exist_ok=True)
+    records: list[dict] = []
+    if args.resume and os.path.exists(ckpt_path):
+        try:
+            state = load_checkpoint(ckpt_path, state)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        records = _truncate_metrics(metrics_path, int(state.step))
+    elif args.resume:
+        records = _truncate_metrics(metrics_path, 0)
+    _write_json(os.path.join(out, "config.json"), {
+        "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "method": method, "seed": seed,
+        "budget_images": args.budget_images, "options": describe(setup.options),
+        "search_radius": args.search_radius, "lts_samples": args.lts_samples if method == "lts" else None,
+        "search_space": list(box.space.names),
+    })
+    with open(metrics_path, "a") as f:
+        while int(state.images) < args.budget_images:
+            state, info = box.step(state)
+            record = {"step": int(state.step), **info}
+            f.write(json.dumps(record) + "\n")  # metrics first, then the checkpoint (as autosim run)
+            f.flush()
+            os.fsync(f.fileno())
+            save_checkpoint(ckpt_path, state)
+            records.append(record)
+    _write_json(os.path.join(out, DONE), {"steps": int(state.step), "images": int(state.images),
+                                          "evaluations": int(state.evaluations)})
+    return [_common(r) for r in records]
+
+
+def summarize_run(records: list[dict], higher: bool) -> dict:
+    """Best validation metric of one run, and the images, time and test metric at it."""
+    vals = np.array([r["val_metric"] for r in records], float)
+    time_cum = np.cumsum([r["time_render"] + r["time_train"] + r["time_other"] for r in records])
+    best = int(np.nanargmax(vals) if higher else np.nanargmin(vals))
+    last = records[-1]
+    return {
+        "best_val_metric": float(vals[best]), "test_metric_at_best": records[best]["test_metric"],
+        "images_to_best": records[best]["images"], "time_to_best": float(time_cum[best]),
+        "evaluations_to_best": records[best]["evaluations"],
+        "images": last["images"], "evaluations": last["evaluations"], "train_steps": last["train_steps"],
+        "time": float(time_cum[-1]),
+        "time_render": float(sum(r["time_render"] for r in records)),
+        "time_train": float(sum(r["time_train"] for r in records)),
+        "time_other": float(sum(r["time_other"] for r in records)),
+    }
+
+
+COLUMNS = ("best_val_metric", "test_metric_at_best", "images_to_best", "time_to_best", "images", "evaluations",
+           "train_steps", "time", "time_render", "time_train", "time_other")
+
+
+def _aggregate(per_seed: list[dict]) -> dict:
+    out = {}
+    for c in COLUMNS:
+        v = np.array([s[c] for s in per_seed], float)
+        out[c] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+    return out
+
+
+def _markdown(rows: list[dict], metric: str, title: str) -> str:
+    head = (f"| method | time to best [s] | images to best | best val {metric} | test {metric} at best | "
+            "images | evaluations | train steps | time [s] (render / train / other) |")
+    lines = [f"### {title}", "", head, "|" + " --- |" * 9]
+
+    def pm(row, c, fmt):
+        a = row["aggregate"][c]
+        return f"{a['mean']:{fmt}} ± {a['std']:{fmt}}"
+
+    for r in rows:
+        a = r["aggregate"]
+        lines.append(
+            f"| {r['label']} | {pm(r, 'time_to_best', '.1f')} | {pm(r, 'images_to_best', '.0f')} | "
+            f"{pm(r, 'best_val_metric', '.4f')} | {pm(r, 'test_metric_at_best', '.4f')} | {a['images']['mean']:.0f} | "
+            f"{a['evaluations']['mean']:.0f} | {a['train_steps']['mean']:.0f} | {a['time']['mean']:.1f} "
+            f"({a['time_render']['mean']:.1f} / {a['time_train']['mean']:.1f} / {a['time_other']['mean']:.1f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(out: str, rows: list[dict], curves: dict, metric: str, higher: bool) -> None:
+    from matplotlib.figure import Figure
+
+    for xkey, xlabel, name in (("images", "images rendered", "val_vs_images.png"),
+                               ("time", "time (render + train + other) [s]", "val_vs_time.png")):
+        fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+        ax = fig.subplots()
+        for r in rows:
+            runs = curves[r["label"]]
+            xs = [np.asarray(c[xkey], float) for c in runs]
+            grid = np.linspace(0.0, max(x[-1] for x in xs), 200)
+            ys = []
+            for x, c in zip(xs, runs):
+                best = np.maximum.accumulate(c["val"]) if higher else np.minimum.accumulate(c["val"])
+                idx = np.searchsorted(x, grid, side="right") - 1  # step function: the last value reached
+                ys.append(np.where(idx >= 0, best[np.clip(idx, 0, None)], np.nan))
+            ys = np.array(ys)
+            keep = ~np.all(np.isnan(ys), axis=0)
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(ys[:, keep], axis=0)
+            line, = ax.plot(grid[keep], mean, label=r["label"])
+            if len(runs) > 1:
+                ax.fill_between(grid[keep], np.nanmin(ys[:, keep], axis=0), np.nanmax(ys[:, keep], axis=0),
+                                color=line.get_color(), alpha=0.2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"best validation {metric} so far")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("mean over seeds, min-max shaded")
+        fig.savefig(os.path.join(out, name), dpi=100)
+
+
+def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> int:
+    """Runs ``autosim compare``; returns the exit code.
+
+    Raises:
+      UsageError: for bad options or a non-empty ``--out`` without ``--resume``.
+    """
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    renderer, runs = _validate(experiment, args)
+    out = args.out or os.path.join("runs", f"compare-{experiment.name}")
+    if not args.resume and os.path.isdir(out) and os.listdir(out):
+        raise UsageError(f"{out} is not empty; pass --resume to continue that comparison, or another --out.")
+    setup0 = experiment.build(renderer=renderer, seed=0)
+    metric, higher = setup0.task.metric_name, bool(setup0.task.higher_is_better)
+    options = dict(setup0.options)
+    os.makedirs(out, exist_ok=True)
+    rows, curves = [], {}
+    for method, approximation in runs:
+        label = _label(method, approximation)
+        per_seed, curves[label] = [], []
+        for seed in range(args.seeds):
+            run_dir = os.path.join(out, _dirname(method, approximation), f"seed{seed}")
+            print(f"autosim compare: {label}, seed {seed} -> {run_dir}", file=stderr)
+            t0 = time.perf_counter()
+            if method == "autosimulate":
+                records = _run_autosimulate(experiment, args, renderer, approximation, seed, run_dir, options, stderr)
+            else:
+                records = _run_baseline(experiment, args, renderer, method, seed, run_dir, stderr)
+            s = summarize_run(records, higher)
+            s.update(seed=seed, wall_time=time.perf_counter() - t0)
+            per_seed.append(s)
+            curves[label].append({
+                "images": [r["images"] for r in records],
+                "time": np.cumsum([r["time_render"] + r["time_train"] + r["time_other"] for r in records]).tolist(),
+                "val": np.array([r["val_metric"] for r in records], float),
+            })
+        rows.append({"label": label, "method": method, "approximation": approximation, "seeds": per_seed,
+                     "aggregate": _aggregate(per_seed)})
+    result = {
+        "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "metric": metric,
+        "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds,
+        "options": describe(options), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
+        "rows": rows,
+    }
+    _write_json(os.path.join(out, "compare.json"), result)
+    md = [f"# {result['experiment']}: methods head to head", "",
+          f"Budget {args.budget_images} images, {args.seeds} seed(s); mean ± standard deviation over seeds. "
+          "Time: render + train + other, without the test metric and file I/O.", "",
+          _markdown(rows, metric, "Table 2: methods")]
+    if args.approximations:
+        md.append(_markdown([r for r in rows if r["method"] == "autosimulate"], metric,
+                            "Table 4: approximations of AutoSimulate"))
+    with open(os.path.join(out, "compare.md"), "w") as f:
+        f.write("\n".join(md))
+    _plot(out, rows, curves, metric, higher)
+    print("\n".join(md), file=stdout)
+    return 0
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def add_compare_parser(sub) -> None:
+    """Adds ``autosim compare`` to the CLI's subparsers."""
+    p = sub.add_parser(
+        "compare", help="run AutoSimulate and the baselines (LTS, BO, random search) head to head",
+        description="Run each method on an experiment under the same image budget and seeds, then write "
+                    "compare.md / compare.json (paper Tables 2 and 4) and plots of the validation metric "
+                    "against images and time.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("experiment", metavar="EXPERIMENT", help="a registered experiment or module:attr")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 for every method")
+    p.add_argument("--budget-images", type=int, required=True, metavar="N", help="images each run may render")
+    p.add_argument("--approximations", default=None,
+                   help=f"comma-separated AutoSimulate approximations (of {','.join(APPROXIMATIONS)}); "
+                        f"adds the Table 4 ablation (default: {APPROXIMATIONS[0]} only)")
+    p.add_argument("--renderer", default=None, help="one of the experiment's renderers (default: its first)")
+    p.add_argument("--lts-samples", type=int, default=4, help="LTS policy samples (objective evaluations) per step")
+    p.add_argument("--search-radius", type=float, default=3.0,
+                   help="half-width of the box around the start psi searched by LTS/BO/random (see baselines/space.py)")
+    p.add_argument("--out", default=None, help="output directory (default runs/compare-EXPERIMENT)")
+    p.add_argument("--resume", action="store_true", help="continue a comparison in --out (finished runs are reused)")
+
+
+def compare_main(ns: argparse.Namespace) -> int:
+    """Runs the parsed ``autosim compare`` command; prints usage errors (exit code 2)."""
+    try:
+        experiment = resolve_experiment(ns.experiment)
+        args = CompareArgs(
+            budget_images=ns.budget_images, methods=_split_choices(ns.methods, METHODS, "--methods"),
+            seeds=ns.seeds,
+            approximations=(_split_choices(ns.approximations, APPROXIMATIONS, "--approximations")
+                            if ns.approximations else None),
+            out=ns.out, renderer=ns.renderer, resume=ns.resume, lts_samples=ns.lts_samples,
+            search_radius=ns.search_radius, experiment_spec=ns.experiment)
+        return run_compare(experiment, args)
+    except UsageError as err:
+        print(f"autosim compare: error: {err}", file=sys.stderr)
+        return 2
