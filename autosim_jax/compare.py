@@ -40,9 +40,11 @@ import time
 
 import numpy as np
 
-from .autosimulate import APPROXIMATIONS
+from .autosimulate import APPROXIMATIONS, make_autosimulate
 from .checkpoint import load_checkpoint, save_checkpoint
-from .cli import RunArgs, UsageError, _truncate_metrics, _write_json, describe, resolve_experiment, run_experiment
+from .cli import (ASSESS_EPOCHS, RunArgs, UsageError, _truncate_metrics, _write_json, describe, resolve_experiment,
+                  run_experiment)
+from .experiments import assess_psi
 
 METHODS = ("autosimulate", "lts", "bo", "random")
 DONE = "summary.json"
@@ -62,6 +64,7 @@ class CompareArgs:
     lts_samples: int = 4
     search_radius: float = 3.0
     experiment_spec: str | None = None
+    assess_images: int | None = None  # None: 16 x dataset_size; 0: no assessment of the final psi
 
 
 def _split_choices(text: str, valid: tuple[str, ...], flag: str) -> tuple[str, ...]:
@@ -83,6 +86,8 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
     for a in args.approximations or ():
         if a not in APPROXIMATIONS:
             raise UsageError(f"--approximations: unknown {a!r}; valid choices are {list(APPROXIMATIONS)}.")
+    if args.assess_images is not None and args.assess_images < 0:
+        raise UsageError(f"--assess-images must be >= 0 (0 skips the assessment), got {args.assess_images}.")
     if args.budget_images is None or args.budget_images < 1:
         raise UsageError(f"--budget-images must be >= 1, got {args.budget_images}.")
     if args.seeds < 1 or args.lts_samples < 2 or not args.search_radius > 0:
@@ -139,7 +144,11 @@ def _run_autosimulate(experiment, args: CompareArgs, renderer, approximation, se
         if code != 0:
             raise RuntimeError(f"autosim run exited with {code} for {out}")
     per_step = options["finetune_epochs"] * (k // options["batch_size"])
-    return [_common(r, per_step) for r in _lines(os.path.join(out, "metrics.jsonl"))]
+    setup = experiment.build(renderer=renderer, seed=seed)
+    autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
+                                approximation=approximation, **options)
+    psi = load_checkpoint(os.path.join(out, "checkpoint.npz"), autosim.init(seed)).psi
+    return [_common(r, per_step) for r in _lines(os.path.join(out, "metrics.jsonl"))], psi
 
 
 def _build_baseline(method, setup, args: CompareArgs, budget_evaluations: int):
@@ -155,12 +164,12 @@ def _build_baseline(method, setup, args: CompareArgs, budget_evaluations: int):
 
 def _run_baseline(experiment, args: CompareArgs, renderer, method, seed, out, stderr) -> list[dict]:
     metrics_path, ckpt_path = os.path.join(out, "metrics.jsonl"), os.path.join(out, "checkpoint.npz")
-    if args.resume and os.path.exists(os.path.join(out, DONE)):
-        return [_common(r) for r in _lines(metrics_path)]
     setup = experiment.build(renderer=renderer, seed=seed)
     k = setup.options["dataset_size"]
     box = _build_baseline(method, setup, args, math.ceil(args.budget_images / k))
     state = box.init(seed)
+    if args.resume and os.path.exists(os.path.join(out, DONE)):
+        return [_common(r) for r in _lines(metrics_path)], load_checkpoint(ckpt_path, state).psi
     os.makedirs(out, exist_ok=True)
     records: list[dict] = []
     if args.resume and os.path.exists(ckpt_path):
@@ -188,7 +197,7 @@ def _run_baseline(experiment, args: CompareArgs, renderer, method, seed, out, st
             records.append(record)
     _write_json(os.path.join(out, DONE), {"steps": int(state.step), "images": int(state.images),
                                           "evaluations": int(state.evaluations)})
-    return [_common(r) for r in records]
+    return [_common(r) for r in records], state.psi
 
 
 def summarize_run(records: list[dict], higher: bool) -> dict:
@@ -209,22 +218,28 @@ def summarize_run(records: list[dict], higher: bool) -> dict:
     }
 
 
+ASSESSED = ("assessed_val_metric", "assessed_test_metric")
 COLUMNS = ("best_val_metric", "test_metric_at_best", "images_to_best", "time_to_best", "images", "evaluations",
            "train_steps", "time", "time_render", "time_train", "time_other")
 
 
 def _aggregate(per_seed: list[dict]) -> dict:
     out = {}
-    for c in COLUMNS:
+    for c in COLUMNS + ASSESSED:
+        if c not in per_seed[0]:
+            continue
         v = np.array([s[c] for s in per_seed], float)
         out[c] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
     return out
 
 
 def _markdown(rows: list[dict], metric: str, title: str) -> str:
+    assessed = all("assessed_val_metric" in r["aggregate"] for r in rows)
     head = (f"| method | time to best [s] | images to best | best val {metric} | test {metric} at best | "
             "images | evaluations | train steps | time [s] (render / train / other) |")
-    lines = [f"### {title}", "", head, "|" + " --- |" * 9]
+    if assessed:
+        head += f" fresh model on final psi: val / test {metric} |"
+    lines = [f"### {title}", "", head, "|" + " --- |" * (10 if assessed else 9)]
 
     def pm(row, c, fmt):
         a = row["aggregate"][c]
@@ -236,7 +251,8 @@ def _markdown(rows: list[dict], metric: str, title: str) -> str:
             f"| {r['label']} | {pm(r, 'time_to_best', '.1f')} | {pm(r, 'images_to_best', '.0f')} | "
             f"{pm(r, 'best_val_metric', '.4f')} | {pm(r, 'test_metric_at_best', '.4f')} | {a['images']['mean']:.0f} | "
             f"{a['evaluations']['mean']:.0f} | {a['train_steps']['mean']:.0f} | {a['time']['mean']:.1f} "
-            f"({a['time_render']['mean']:.1f} / {a['time_train']['mean']:.1f} / {a['time_other']['mean']:.1f}) |")
+            f"({a['time_render']['mean']:.1f} / {a['time_train']['mean']:.1f} / {a['time_other']['mean']:.1f}) |"
+            + (f" {pm(r, 'assessed_val_metric', '.4f')} / {pm(r, 'assessed_test_metric', '.4f')} |" if assessed else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -286,6 +302,7 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
     setup0 = experiment.build(renderer=renderer, seed=0)
     metric, higher = setup0.task.metric_name, bool(setup0.task.higher_is_better)
     options = dict(setup0.options)
+    assess_images = 16 * options["dataset_size"] if args.assess_images is None else args.assess_images
     os.makedirs(out, exist_ok=True)
     rows, curves = [], {}
     for method, approximation in runs:
@@ -296,10 +313,17 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
             print(f"autosim compare: {label}, seed {seed} -> {run_dir}", file=stderr)
             t0 = time.perf_counter()
             if method == "autosimulate":
-                records = _run_autosimulate(experiment, args, renderer, approximation, seed, run_dir, options, stderr)
+                records, psi = _run_autosimulate(experiment, args, renderer, approximation, seed, run_dir, options,
+                                                 stderr)
             else:
-                records = _run_baseline(experiment, args, renderer, method, seed, run_dir, stderr)
+                records, psi = _run_baseline(experiment, args, renderer, method, seed, run_dir, stderr)
             s = summarize_run(records, higher)
+            if assess_images:
+                # The fair test of the answer: fresh models trained on equal budgets from each
+                # method's final psi (the best-validation column mixes in how each method trains).
+                fair = assess_psi(experiment.build(renderer=renderer, seed=seed), psi, num_images=assess_images,
+                                  epochs=ASSESS_EPOCHS, seed=seed)
+                s.update(assessed_val_metric=fair["val_metric"], assessed_test_metric=fair["test_metric"])
             s.update(seed=seed, wall_time=time.perf_counter() - t0)
             per_seed.append(s)
             curves[label].append({
@@ -318,7 +342,9 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
     _write_json(os.path.join(out, "compare.json"), result)
     md = [f"# {result['experiment']}: methods head to head", "",
           f"Budget {args.budget_images} images, {args.seeds} seed(s); mean ± standard deviation over seeds. "
-          "Time: render + train + other, without the test metric and file I/O.", "",
+          "Time: render + train + other, without the test metric and file I/O."
+          + (f" Last column: fresh models trained on {assess_images} images x {ASSESS_EPOCHS} epochs from each "
+             "run's final psi (the fair comparison of the answers)." if assess_images else ""), "",
           _markdown(rows, metric, "Table 2: methods")]
     if args.approximations:
         md.append(_markdown([r for r in rows if r["method"] == "autosimulate"], metric,
@@ -354,6 +380,8 @@ def add_compare_parser(sub) -> None:
                    help="half-width of the box around the start psi searched by LTS/BO/random (see baselines/space.py)")
     p.add_argument("--out", default=None, help="output directory (default runs/compare-EXPERIMENT)")
     p.add_argument("--resume", action="store_true", help="continue a comparison in --out (finished runs are reused)")
+    p.add_argument("--assess-images", type=int, default=None, metavar="N",
+                   help="train fresh models on N images from each run's final psi (default 16 x dataset size; 0 skips)")
 
 
 def compare_main(ns: argparse.Namespace) -> int:
@@ -366,7 +394,7 @@ def compare_main(ns: argparse.Namespace) -> int:
             approximations=(_split_choices(ns.approximations, APPROXIMATIONS, "--approximations")
                             if ns.approximations else None),
             out=ns.out, renderer=ns.renderer, resume=ns.resume, lts_samples=ns.lts_samples,
-            search_radius=ns.search_radius, experiment_spec=ns.experiment)
+            search_radius=ns.search_radius, experiment_spec=ns.experiment, assess_images=ns.assess_images)
         return run_compare(experiment, args)
     except UsageError as err:
         print(f"autosim compare: error: {err}", file=sys.stderr)

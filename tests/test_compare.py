@@ -45,7 +45,10 @@ def test_compare_writes_tables_plots_and_run_dirs(compared):
             assert s["time"] == pytest.approx(s["time_render"] + s["time_train"] + s["time_other"])
         agg = row["aggregate"]["best_val_metric"]
         assert agg["std"] >= 0 and agg["mean"] == pytest.approx(sum(s["best_val_metric"] for s in row["seeds"]) / 2)
+        # Every run's final psi was assessed by fresh models (a metric, not a NaN).
+        assert all(s["assessed_val_metric"] <= 0 and s["assessed_test_metric"] <= 0 for s in row["seeds"])
     md = (out / "compare.md").read_text()
+    assert "fresh model on final psi" in md
     assert "Table 2" in md and "Table 4" in md and "best val neg_mse" in md and "| bo |" in md
     table4 = md.split("Table 4")[1]
     assert "autosimulate (linear)" in table4 and "| lts |" not in table4
