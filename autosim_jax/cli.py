@@ -293,6 +293,27 @@ def _truncate_metrics(path: str, keep: int) -> list[dict]:
     return records
 
 
+def resume_state(initial, ckpt_path: str, metrics_path: str, resume: bool) -> tuple[Any, list[dict]]:
+    """The state to continue from and the metrics lines it accounts for.
+
+    Without ``resume``: ``(initial, [])``. With it: the checkpoint (checked against
+    ``initial``'s structure) and ``metrics.jsonl`` cut to its step; a run killed before its
+    first checkpoint starts again from ``initial`` with no lines.
+
+    Raises:
+      UsageError: when the checkpoint does not match ``initial`` (another experiment's run).
+    """
+    if not resume:
+        return initial, []
+    if not os.path.exists(ckpt_path):
+        return initial, _truncate_metrics(metrics_path, 0)
+    try:
+        state = load_checkpoint(ckpt_path, initial)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return state, _truncate_metrics(metrics_path, int(state.step))
+
+
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -385,17 +406,7 @@ def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> in
                                 approximation=approximation, **options)
     initial = autosim.init(args.seed)
     os.makedirs(out, exist_ok=True)
-    records: list[dict] = []
-    if args.resume and os.path.exists(ckpt_path):
-        try:
-            state = load_checkpoint(ckpt_path, initial)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        records = _truncate_metrics(metrics_path, int(state.step))
-    else:
-        state = initial
-        if args.resume:  # killed before its first checkpoint
-            records = _truncate_metrics(metrics_path, 0)
+    state, records = resume_state(initial, ckpt_path, metrics_path, args.resume)
     _write_json(config_path, config)
 
     higher = bool(setup.task.higher_is_better)

@@ -42,7 +42,7 @@ import numpy as np
 
 from .autosimulate import APPROXIMATIONS, make_autosimulate
 from .checkpoint import load_checkpoint, save_checkpoint
-from .cli import (ASSESS_EPOCHS, RunArgs, UsageError, _truncate_metrics, _write_json, describe, resolve_experiment,
+from .cli import (ASSESS_EPOCHS, RunArgs, UsageError, _write_json, describe, resolve_experiment, resume_state,
                   run_experiment)
 from .experiments import assess_psi
 
@@ -171,15 +171,7 @@ def _run_baseline(experiment, args: CompareArgs, renderer, method, seed, out, st
     if args.resume and os.path.exists(os.path.join(out, DONE)):
         return [_common(r) for r in _lines(metrics_path)], load_checkpoint(ckpt_path, state).psi
     os.makedirs(out, exist_ok=True)
-    records: list[dict] = []
-    if args.resume and os.path.exists(ckpt_path):
-        try:
-            state = load_checkpoint(ckpt_path, state)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        records = _truncate_metrics(metrics_path, int(state.step))
-    elif args.resume:
-        records = _truncate_metrics(metrics_path, 0)
+    state, records = resume_state(state, ckpt_path, metrics_path, args.resume)
     _write_json(os.path.join(out, "config.json"), {
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "method": method, "seed": seed,
         "budget_images": args.budget_images, "options": describe(setup.options),

@@ -646,6 +646,16 @@ def _label_pass(scenes, size):
     return labels.reshape(n, size, size)
 
 
+def declare_scene_and_outputs(renderer) -> None:
+    """Sets the schema and output specs of a frozen CLEVR-scene renderer (numpy or Mitsuba)."""
+    if int(renderer.image_size) < 4:
+        raise ValueError(f"image_size must be at least 4 pixels, got {renderer.image_size}.")
+    size = renderer.image_size
+    object.__setattr__(renderer, "schema", clevr_schema(renderer.max_objects))
+    object.__setattr__(renderer, "inputs_spec", OutputSpec((size, size, 3), np.float32))
+    object.__setattr__(renderer, "labels_spec", OutputSpec((size, size), np.int32))
+
+
 @dataclasses.dataclass(frozen=True)
 class ClevrRenderer:
     """CLEVR-style segmentation scenes, rendered by the numpy ray tracer of this module.
@@ -673,11 +683,7 @@ class ClevrRenderer:
     labels_spec: OutputSpec = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
-        if int(self.image_size) < 4:
-            raise ValueError(f"image_size must be at least 4 pixels, got {self.image_size}.")
-        object.__setattr__(self, "schema", clevr_schema(self.max_objects))
-        object.__setattr__(self, "inputs_spec", OutputSpec((self.image_size, self.image_size, 3), np.float32))
-        object.__setattr__(self, "labels_spec", OutputSpec((self.image_size, self.image_size), np.int32))
+        declare_scene_and_outputs(self)
 
     def example_scenes(self, n: int, seed: int, **fixed: Any) -> dict[str, np.ndarray]:
         """Plausible scenes for examples and tests (see :func:`example_clevr_scenes`)."""

@@ -215,12 +215,8 @@ class MitsubaRenderer:
     labels_spec: OutputSpec = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
-        if int(self.image_size) < 4:
-            raise ValueError(f"image_size must be at least 4 pixels, got {self.image_size}.")
+        clevr.declare_scene_and_outputs(self)
         object.__setattr__(self, "variant", select_variant(self.variant))
-        object.__setattr__(self, "schema", clevr.clevr_schema(self.max_objects))
-        object.__setattr__(self, "inputs_spec", OutputSpec((self.image_size, self.image_size, 3), np.float32))
-        object.__setattr__(self, "labels_spec", OutputSpec((self.image_size, self.image_size), np.int32))
 
     def example_scenes(self, n: int, seed: int, **fixed: Any) -> dict[str, np.ndarray]:
         """Plausible scenes (see :func:`.clevr.example_clevr_scenes`)."""
