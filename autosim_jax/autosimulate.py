@@ -193,6 +193,10 @@ def make_autosimulate(
     def mean_loss(theta, inputs, labels):
         return jnp.mean(per_sample_loss(theta, inputs, labels))
 
+    def val_objective(theta):
+        logits = predict(theta, x_val)
+        return jnp.mean(task.per_sample_loss(logits, y_val)), logits
+
     def init(seed: int) -> AutoSimState:
         psi = distribution.init()
         return AutoSimState(
@@ -221,8 +225,9 @@ def make_autosimulate(
     def outer(psi, outer_opt_state, theta, scenes, inputs, labels):
         """g_val, the approximation's vector, the score-function term and the psi update."""
         traces["outer"] += 1
-        val_loss, g_val = jax.value_and_grad(mean_loss)(theta, x_val, y_val)
-        val_metric = task.metric(predict(theta, x_val), y_val)
+        # One forward pass over the validation set serves the loss, its gradient and the metric.
+        (val_loss, val_logits), g_val = jax.value_and_grad(val_objective, has_aux=True)(theta)
+        val_metric = task.metric(val_logits, y_val)
         residual, converged, indefinite = jnp.float32(0), jnp.bool_(True), jnp.bool_(False)
         if approximation == "no_val":
             losses = per_sample_loss(theta, inputs, labels)
