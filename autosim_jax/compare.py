@@ -42,8 +42,8 @@ import numpy as np
 
 from .autosimulate import APPROXIMATIONS, make_autosimulate
 from .checkpoint import load_checkpoint, save_checkpoint
-from .cli import (ASSESS_EPOCHS, RunArgs, UsageError, _write_json, describe, resolve_experiment, resume_state,
-                  run_experiment)
+from .cli import (ASSESS_EPOCHS, RunArgs, UsageError, _psi_record, _write_json, describe, resolve_experiment,
+                  resume_state, run_experiment)
 from .experiments import assess_psi
 
 METHODS = ("autosimulate", "lts", "bo", "random")
@@ -181,7 +181,8 @@ def _run_baseline(experiment, args: CompareArgs, renderer, method, seed, out, st
     with open(metrics_path, "a") as f:
         while int(state.images) < args.budget_images:
             state, info = box.step(state)
-            record = {"step": int(state.step), **info}
+            # psi: the method's answer after this step (assessed later, as AutoSimulate's records).
+            record = {"step": int(state.step), **info, "psi": _psi_record(state.psi)}
             f.write(json.dumps(record) + "\n")  # metrics first, then the checkpoint (as autosim run)
             f.flush()
             os.fsync(f.fileno())

@@ -131,6 +131,29 @@ def test_bo_state_checkpoints_and_resumes_bitwise(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.parametrize("restarts", [0, 2])
+def test_bo_acquisition_restarts_reach_the_package(monkeypatch, restarts):
+    """The bound on the acquisition maximiser is what the package runs (its n_smart)."""
+    from bayes_opt import acquisition
+
+    seen = []
+    original = acquisition.AcquisitionFunction._acq_min
+
+    def spy(self, acq, space, *args, n_smart=10, **kwargs):
+        seen.append(n_smart)
+        return original(self, acq, space, *args, n_smart=n_smart, **kwargs)
+
+    monkeypatch.setattr(acquisition.AcquisitionFunction, "_acq_min", spy)
+    box = _baseline("bo", acquisition_restarts=restarts)
+    _run(box, 6)  # start + 3 random points, then 2 suggestions
+    assert seen == [restarts, restarts]
+
+
+def test_bo_rejects_negative_acquisition_restarts():
+    with pytest.raises(ValueError, match="acquisition_restarts"):
+        _baseline("bo", acquisition_restarts=-1)
+
+
 def test_bo_without_the_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "bayes_opt", None)
     sim, model = _toy()
