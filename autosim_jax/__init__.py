@@ -29,6 +29,7 @@ from .estimators import score_function_term as score_function_term
 from .experiments import EXPERIMENTS as EXPERIMENTS
 from .experiments import assess_psi as assess_psi
 from .experiments import get_experiment as get_experiment
+from .experiments import make_assessor as make_assessor
 from .models import SmallCNN as SmallCNN
 from .models import UNet as UNet
 from .simulator import RenderError as RenderError

@@ -46,7 +46,7 @@ import numpy as np
 
 from .autosimulate import APPROXIMATIONS, make_autosimulate
 from .checkpoint import leaf_paths, load_checkpoint, save_checkpoint
-from .experiments import assess_psi
+from .experiments import make_assessor
 from .simulator import RenderError, reraise_render_errors
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.npz", "summary.json"
@@ -268,6 +268,16 @@ def _psi_record(psi) -> dict[str, list]:
     return {name: np.asarray(leaf).ravel().tolist() for name, leaf in zip(leaf_paths(psi), jax.tree.leaves(psi))}
 
 
+def psi_from_record(template, record: dict[str, list]):
+    """The inverse of the ``psi`` field of a metrics line, shaped and typed like ``template``.
+
+    JSON keeps a float32's shortest repr, so the round trip is exact.
+    """
+    leaves, treedef = jax.tree.flatten(template)
+    return jax.tree.unflatten(treedef, [np.asarray(record[name], np.asarray(leaf).dtype).reshape(np.shape(leaf))
+                                        for name, leaf in zip(leaf_paths(template), leaves)])
+
+
 def _truncate_metrics(path: str, keep: int) -> list[dict]:
     """Keeps the first ``keep`` lines of metrics.jsonl (those of checkpointed steps)."""
     records = []
@@ -481,11 +491,9 @@ def _assess(setup, psi0, psi1, args: RunArgs, stderr) -> dict:
     n = args.assess_images or 16 * setup.options["dataset_size"]
     print(f"autosim run: assessing: a fresh model on {n} images x {ASSESS_EPOCHS} epochs from the start "
           "and from the learned psi ...", file=stderr)
-    return {
-        "images": n, "epochs": ASSESS_EPOCHS,
-        "start_psi": assess_psi(setup, psi0, num_images=n, epochs=ASSESS_EPOCHS, seed=args.seed),
-        "learned_psi": assess_psi(setup, psi1, num_images=n, epochs=ASSESS_EPOCHS, seed=args.seed),
-    }
+    assess = make_assessor(setup, num_images=n, epochs=ASSESS_EPOCHS)
+    return {"images": n, "epochs": ASSESS_EPOCHS, "start_psi": assess(psi0, args.seed),
+            "learned_psi": assess(psi1, args.seed)}
 
 
 def _summary(records: list[dict], higher: bool, stopped_by: str, state) -> dict:

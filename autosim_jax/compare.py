@@ -4,11 +4,14 @@ Every method runs on the same experiment, model, fine-tuning options, image budg
 one after the other, into ``--out``::
 
     METHOD/seedS/          one run directory per method and seed: metrics.jsonl (one line per
-                           step), checkpoint.npz, config.json, summary.json; AutoSimulate's
-                           are written by ``autosim run`` itself
-    compare.json           every row below, with per-seed values
-    compare.md             Table 2 (all methods) and, with --approximations, Table 4
-    val_vs_images.png, val_vs_time.png
+                           step, with psi), checkpoint.npz, config.json, summary.json,
+                           assessed.json; AutoSimulate's are written by ``autosim run`` itself
+    start_psi/seedS/       assessed.json of the start psi
+    compare.json           every row below, with per-seed values, the assessment and reach table
+    compare.md             Table 2 (the methods, AutoSimulate with its first approximation),
+                           fresh models along the run, images to reach each baseline's best,
+                           and, with --approximations, Table 4
+    val_vs_images.png, val_vs_time.png, assessed_vs_images.png
 
 Accounting, identical for all methods: ``images`` are counted where the simulator renders,
 ``time`` is the sum of the steps' render, train and other (psi update, validation) seconds,
@@ -22,6 +25,16 @@ show it).
 Curves: the best validation metric so far against images and against time, the mean over
 seeds with the min-max band shaded (each seed interpolated, as a step function, on a common
 grid).
+
+Fresh-model assessment (the fair measure of an answer, on by default): a fresh task model is
+trained on ``--assess-images`` images x 10 epochs from a psi and evaluated on the validation
+and test sets. Table 2's runs are assessed after ``budget / 2^(P-1), ..., budget`` images
+(``--assess-points P``), the start psi once per seed, Table 4's other approximations at the
+budget. The images-to-reach table (the paper's headline: AutoSimulate reaches Bayesian
+optimisation's best with >= 3x fewer images, REINFORCE's with >= 5x fewer) compares these
+mean-over-seeds curves; the in-run best-validation column cannot, because AutoSimulate and
+LTS warm-start the task model and random search and BO do not. Assessments are cached in each
+run directory, so ``--resume`` of a finished comparison only trains what is missing.
 
 Example:
   >>> main(["compare", "digits-sim2real", "--budget-images", "2048", "--out", "/tmp/c"])  # doctest: +SKIP
@@ -42,9 +55,9 @@ import numpy as np
 
 from .autosimulate import APPROXIMATIONS, make_autosimulate
 from .checkpoint import load_checkpoint, save_checkpoint
-from .cli import (ASSESS_EPOCHS, RunArgs, UsageError, _psi_record, _write_json, describe, resolve_experiment,
-                  resume_state, run_experiment)
-from .experiments import assess_psi
+from .cli import (ASSESS_EPOCHS, RunArgs, UsageError, _psi_record, _write_json, describe, psi_from_record,
+                  resolve_experiment, resume_state, run_experiment)
+from .experiments import make_assessor
 
 METHODS = ("autosimulate", "lts", "bo", "random")
 DONE = "summary.json"
@@ -64,7 +77,8 @@ class CompareArgs:
     lts_samples: int = 4
     search_radius: float = 3.0
     experiment_spec: str | None = None
-    assess_images: int | None = None  # None: 16 x dataset_size; 0: no assessment of the final psi
+    assess_images: int | None = None  # None: 16 x dataset_size; 0: no assessment at all
+    assess_points: int = 4  # Table 2 rows: psi assessed after budget/2^(P-1), ..., budget/2, budget images
 
 
 def _split_choices(text: str, valid: tuple[str, ...], flag: str) -> tuple[str, ...]:
@@ -88,6 +102,8 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
             raise UsageError(f"--approximations: unknown {a!r}; valid choices are {list(APPROXIMATIONS)}.")
     if args.assess_images is not None and args.assess_images < 0:
         raise UsageError(f"--assess-images must be >= 0 (0 skips the assessment), got {args.assess_images}.")
+    if args.assess_points < 1:
+        raise UsageError(f"--assess-points must be >= 1 (1: the final psi only), got {args.assess_points}.")
     if args.budget_images is None or args.budget_images < 1:
         raise UsageError(f"--budget-images must be >= 1, got {args.budget_images}.")
     if args.seeds < 1 or args.lts_samples < 2 or not args.search_radius > 0:
@@ -130,6 +146,7 @@ def _common(record: dict, train_steps_per_step: int | None = None) -> dict:
         "train_steps": record.get("train_steps", (train_steps_per_step or 0) * record["step"]),
         "val_metric": record["val_metric"], "test_metric": record["test_metric"],
         "time_render": record["time_render"], "time_train": record["time_train"], "time_other": other,
+        "psi": record["psi"],
     }
 
 
@@ -281,6 +298,169 @@ def _plot(out: str, rows: list[dict], curves: dict, metric: str, higher: bool) -
         fig.savefig(os.path.join(out, name), dpi=100)
 
 
+# ------------------------------------------------------------ fresh-model assessment
+
+ASSESSED_FILE = "assessed.json"
+# The paper's headline (Sec. 5.1, Table 2): AutoSimulate reaches BO's best validation metric
+# with >= 3x fewer rendered images and REINFORCE's (here LTS) with >= 5x fewer.
+TARGETS = {"bo": 3.0, "lts": 5.0}
+
+
+def assess_thresholds(budget: int, points: int) -> list[int]:
+    """Image counts after which a run's psi is assessed: ``budget / 2^(points-1), ..., budget``.
+
+    Example:
+      >>> assess_thresholds(3840, 4)
+      [480, 960, 1920, 3840]
+    """
+    return [budget // 2**j for j in range(points - 1, -1, -1)]
+
+
+def _cached(path: str, images: int) -> dict:
+    """The assessments stored at ``path`` if they were made with the same protocol, else ``{}``."""
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("images") == images and stored.get("epochs") == ASSESS_EPOCHS:
+            return stored["results"]
+    return {}
+
+
+def _store(path: str, images: int, results: dict) -> None:
+    _write_json(path, {"images": images, "epochs": ASSESS_EPOCHS, "results": results})
+
+
+def _assess_run(run_dir, records, points, psi0, assess, seed, images) -> list[dict]:
+    """Fresh-model metrics of the psi a run held once it had rendered each of ``points`` images.
+
+    That psi is the one after the first step that reached the count (for the budget itself,
+    the run's final psi). Results are cached in ``RUN/assessed.json`` by step, so
+    ``--resume`` does not train them again.
+    """
+    path = os.path.join(run_dir, ASSESSED_FILE)
+    cache = _cached(path, images)
+    curve = []
+    for t in points:
+        record = next((r for r in records if r["images"] >= t), records[-1])
+        key = str(record["step"])
+        if key not in cache:
+            cache[key] = assess(psi_from_record(psi0, record["psi"]), seed)
+            _store(path, images, cache)
+        curve.append({"images": t, "step": record["step"], "images_rendered": record["images"], **cache[key]})
+    return curve
+
+
+def _assess_start(out, psi0, assess, seed, images) -> dict:
+    """The same assessment of the start psi (shared by all methods), cached in ``OUT/start_psi``."""
+    path = os.path.join(out, "start_psi", f"seed{seed}", ASSESSED_FILE)
+    cache = _cached(path, images)
+    if "0" not in cache:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        cache["0"] = assess(psi0, seed)
+        _store(path, images, cache)
+    return cache["0"]
+
+
+def _mean_std(results: list[dict]) -> dict:
+    out = {}
+    for key, name in (("val_metric", "val"), ("test_metric", "test")):
+        v = np.array([r[key] for r in results], float)
+        out[name] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    return out
+
+
+def _aggregate_curve(per_seed: list[list[dict]]) -> list[dict]:
+    return [{"images": points[0]["images"], **_mean_std(list(points))} for points in zip(*per_seed)]
+
+
+def reach_table(rows: list[dict], higher: bool) -> list[dict]:
+    """Images AutoSimulate needs to reach each baseline's best assessed metric (paper Table 2).
+
+    On the mean-over-seeds curves of fresh-model validation metrics: a baseline's best is its
+    best point, reached after ``baseline_images``; AutoSimulate's ``images`` are those of its
+    first point at least as good (``None`` if none is); ``ratio = baseline_images / images``.
+    The grid is geometric (factor 2), so ratios are powers of two and only bound the truth to
+    within a factor of 2.
+
+    Example:
+      >>> row = lambda m, vals: {"method": m, "label": m, "aggregate": {"assessed_curve": [
+      ...     {"images": i, "val": {"mean": v, "std": 0.0}} for i, v in zip((100, 200, 400), vals)]}}
+      >>> reach_table([row("autosimulate", (0.3, 0.5, 0.6)), row("bo", (0.2, 0.4, 0.45))], True)[0]["ratio"]
+      2.0
+    """
+    ours = next((r for r in rows if r["method"] == "autosimulate"), None)
+    if ours is None:
+        return []
+    sign = 1.0 if higher else -1.0
+    mine = ours["aggregate"]["assessed_curve"]
+    table = []
+    for r in rows:
+        if r["method"] == "autosimulate":
+            continue
+        theirs = r["aggregate"]["assessed_curve"]
+        best = max(theirs, key=lambda p: sign * p["val"]["mean"])  # the first of equal bests
+        reached = next((p for p in mine if sign * p["val"]["mean"] >= sign * best["val"]["mean"]), None)
+        table.append({
+            "baseline": r["label"], "autosimulate": ours["label"], "baseline_best_val": best["val"]["mean"],
+            "baseline_images": best["images"], "images": reached["images"] if reached else None,
+            "ratio": best["images"] / reached["images"] if reached else None,
+            "target_ratio": TARGETS.get(r["method"]),
+        })
+    return table
+
+
+def _assessed_markdown(rows: list[dict], assessment: dict, metric: str, higher: bool) -> str:
+    ts = assessment["thresholds"]
+    start = assessment["start_psi"]["val"]
+    lines = [f"### Fresh models along the run: val {metric} (mean ± std over seeds)", "",
+             f"A fresh model trained on {assessment['images']} images x {assessment['epochs']} epochs from the psi "
+             "each method held after N images (the same protocol for every method; the start psi is column 0).", "",
+             "| method | 0 | " + " | ".join(str(t) for t in ts) + " |", "|" + " --- |" * (len(ts) + 2)]
+    for r in rows:
+        cells = [f"{p['val']['mean']:.4f} ± {p['val']['std']:.4f}" for p in r["aggregate"]["assessed_curve"]]
+        lines.append(f"| {r['label']} | {start['mean']:.4f} ± {start['std']:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _reach_markdown(reach: list[dict], metric: str) -> str:
+    if not reach:
+        return ""
+    lines = [f"### Images to reach each baseline's best fresh-model val {metric}", "",
+             "| baseline | its best | after images | AutoSimulate reaches it after | ratio | target |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for e in reach:
+        got = f"{e['images']}" if e["images"] else "not reached"
+        ratio = f"{e['ratio']:.0f}x" if e["ratio"] else "-"
+        target = (f">= {e['target_ratio']:.0f}x: " + ("met" if e["ratio"] and e["ratio"] >= e["target_ratio"]
+                                                         else "missed")) if e["target_ratio"] else "-"
+        lines.append(f"| {e['baseline']} | {e['baseline_best_val']:.4f} | {e['baseline_images']} | {got} | {ratio} | "
+                     f"{target} |")
+    lines += ["", f"AutoSimulate here is {reach[0]['autosimulate']}. The image grid is geometric (factor 2), so a "
+              "ratio is known only to within a factor of 2."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_assessed(out: str, rows: list[dict], assessment: dict, metric: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    start = assessment["start_psi"]["val"]
+    ax.axhline(start["mean"], color="gray", ls="--", lw=1, label="start psi")
+    ax.axhspan(start["mean"] - start["std"], start["mean"] + start["std"], color="gray", alpha=0.15)
+    for r in rows:
+        curve = r["aggregate"]["assessed_curve"]
+        ax.errorbar([p["images"] for p in curve], [p["val"]["mean"] for p in curve],
+                    yerr=[p["val"]["std"] for p in curve], marker="o", capsize=3, label=r["label"])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("images rendered by the method")
+    ax.set_ylabel(f"fresh-model validation {metric}")
+    ax.set_title(f"fresh model, {assessment['images']} images x {assessment['epochs']} epochs; mean ± std")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(os.path.join(out, "assessed_vs_images.png"), dpi=100)
+
+
 def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> int:
     """Runs ``autosim compare``; returns the exit code.
 
@@ -293,9 +473,21 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
     if not args.resume and os.path.isdir(out) and os.listdir(out):
         raise UsageError(f"{out} is not empty; pass --resume to continue that comparison, or another --out.")
     setup0 = experiment.build(renderer=renderer, seed=0)
+    psi0 = setup0.simulator.distribution.init()
     metric, higher = setup0.task.metric_name, bool(setup0.task.higher_is_better)
     options = dict(setup0.options)
     assess_images = 16 * options["dataset_size"] if args.assess_images is None else args.assess_images
+    thresholds = assess_thresholds(args.budget_images, args.assess_points)
+    first_approximation = next((a for m, a in runs if m == "autosimulate"), None)
+    table2 = [(m, a) for m, a in runs if m != "autosimulate" or a == first_approximation]
+    assessors: dict[int, object] = {}
+
+    def assessor(seed: int):
+        if seed not in assessors:  # one compilation per seed (the model's initialisation differs)
+            assessors[seed] = make_assessor(experiment.build(renderer=renderer, seed=seed), num_images=assess_images,
+                                            epochs=ASSESS_EPOCHS)
+        return assessors[seed]
+
     os.makedirs(out, exist_ok=True)
     rows, curves = [], {}
     for method, approximation in runs:
@@ -312,11 +504,12 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
                 records, psi = _run_baseline(experiment, args, renderer, method, seed, run_dir, stderr)
             s = summarize_run(records, higher)
             if assess_images:
-                # The fair test of the answer: fresh models trained on equal budgets from each
-                # method's final psi (the best-validation column mixes in how each method trains).
-                fair = assess_psi(experiment.build(renderer=renderer, seed=seed), psi, num_images=assess_images,
-                                  epochs=ASSESS_EPOCHS, seed=seed)
-                s.update(assessed_val_metric=fair["val_metric"], assessed_test_metric=fair["test_metric"])
+                # The fair test of the answers: fresh models trained on equal budgets from the psi
+                # each method held (the best-validation column mixes in how each method trains).
+                points = thresholds if (method, approximation) in table2 else thresholds[-1:]
+                curve = _assess_run(run_dir, records, points, psi0, assessor(seed), seed, assess_images)
+                s.update(assessed_val_metric=curve[-1]["val_metric"], assessed_test_metric=curve[-1]["test_metric"],
+                         assessed_curve=curve)
             s.update(seed=seed, wall_time=time.perf_counter() - t0)
             per_seed.append(s)
             curves[label].append({
@@ -325,12 +518,21 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
                 "val": np.array([r["val_metric"] for r in records], float),
             })
         rows.append({"label": label, "method": method, "approximation": approximation, "seeds": per_seed,
-                     "aggregate": _aggregate(per_seed)})
+                     "aggregate": _aggregate(per_seed), "table2": (method, approximation) in table2})
+    assessment = None
+    if assess_images:
+        start = [_assess_start(out, psi0, assessor(seed), seed, assess_images) for seed in range(args.seeds)]
+        assessment = {"images": assess_images, "epochs": ASSESS_EPOCHS, "thresholds": thresholds,
+                      "start_psi": {"seeds": start, **_mean_std(start)}}
+        for r in rows:
+            if r["table2"]:
+                r["aggregate"]["assessed_curve"] = _aggregate_curve([s["assessed_curve"] for s in r["seeds"]])
+        assessment["reach"] = reach_table([r for r in rows if r["table2"]], higher)
     result = {
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "metric": metric,
         "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds,
         "options": describe(options), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
-        "rows": rows,
+        "rows": rows, "assessment": assessment,
     }
     _write_json(os.path.join(out, "compare.json"), result)
     md = [f"# {result['experiment']}: methods head to head", "",
@@ -338,13 +540,18 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
           "Time: render + train + other, without the test metric and file I/O."
           + (f" Last column: fresh models trained on {assess_images} images x {ASSESS_EPOCHS} epochs from each "
              "run's final psi (the fair comparison of the answers)." if assess_images else ""), "",
-          _markdown(rows, metric, "Table 2: methods")]
+          _markdown([r for r in rows if r["table2"]], metric, "Table 2: methods")]
+    if assessment:
+        md += [_assessed_markdown([r for r in rows if r["table2"]], assessment, metric, higher),
+               _reach_markdown(assessment["reach"], metric)]
     if args.approximations:
         md.append(_markdown([r for r in rows if r["method"] == "autosimulate"], metric,
                             "Table 4: approximations of AutoSimulate"))
     with open(os.path.join(out, "compare.md"), "w") as f:
         f.write("\n".join(md))
     _plot(out, rows, curves, metric, higher)
+    if assessment:
+        _plot_assessed(out, [r for r in rows if r["table2"]], assessment, metric)
     print("\n".join(md), file=stdout)
     return 0
 
@@ -374,7 +581,10 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/compare-EXPERIMENT)")
     p.add_argument("--resume", action="store_true", help="continue a comparison in --out (finished runs are reused)")
     p.add_argument("--assess-images", type=int, default=None, metavar="N",
-                   help="train fresh models on N images from each run's final psi (default 16 x dataset size; 0 skips)")
+                   help="train fresh models on N images from each run's psi (default 16 x dataset size; 0 skips)")
+    p.add_argument("--assess-points", type=int, default=4, metavar="P",
+                   help="assess Table 2's runs after budget/2^(P-1), ..., budget/2, budget images (Table 4's "
+                        "other approximations at the budget only); gives the images-to-reach table")
 
 
 def compare_main(ns: argparse.Namespace) -> int:
@@ -387,7 +597,8 @@ def compare_main(ns: argparse.Namespace) -> int:
             approximations=(_split_choices(ns.approximations, APPROXIMATIONS, "--approximations")
                             if ns.approximations else None),
             out=ns.out, renderer=ns.renderer, resume=ns.resume, lts_samples=ns.lts_samples,
-            search_radius=ns.search_radius, experiment_spec=ns.experiment, assess_images=ns.assess_images)
+            search_radius=ns.search_radius, experiment_spec=ns.experiment, assess_images=ns.assess_images,
+            assess_points=ns.assess_points)
         return run_compare(experiment, args)
     except UsageError as err:
         print(f"autosim compare: error: {err}", file=sys.stderr)

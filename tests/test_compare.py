@@ -50,9 +50,11 @@ def test_compare_writes_tables_plots_and_run_dirs(compared):
     md = (out / "compare.md").read_text()
     assert "fresh model on final psi" in md
     assert "Table 2" in md and "Table 4" in md and "best val neg_mse" in md and "| bo |" in md
-    table4 = md.split("Table 4")[1]
-    assert "autosimulate (linear)" in table4 and "| lts |" not in table4
-    for name in ("val_vs_images.png", "val_vs_time.png"):
+    table2, table4 = md.split("Table 2")[1].split("Table 4")
+    assert "exact_quadratic" not in table2  # Table 2: AutoSimulate with its first approximation only
+    assert "autosimulate (linear)" in table4 and "autosimulate (exact_quadratic)" in table4 and "| lts |" not in table4
+    assert "Fresh models along the run" in table2 and "Images to reach" in table2
+    for name in ("val_vs_images.png", "val_vs_time.png", "assessed_vs_images.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
     for d in ("autosimulate-linear", "autosimulate-exact_quadratic", "lts", "bo", "random"):
@@ -61,17 +63,71 @@ def test_compare_writes_tables_plots_and_run_dirs(compared):
             assert (run / "metrics.jsonl").stat().st_size > 0 and (run / "checkpoint.npz").exists(), run
 
 
-def test_resume_reuses_finished_runs(compared, toy, capsys):
+def test_assessment_along_the_run_and_reach_table(compared):
+    """Table 2's runs are assessed after 16, 32, 64, 128 images (budget 128, 4 points)."""
+    result = json.loads((compared / "compare.json").read_text())
+    assessment = result["assessment"]
+    assert assessment["thresholds"] == [16, 32, 64, 128]
+    assert len(assessment["start_psi"]["seeds"]) == 2
+    for row in result["rows"]:
+        for s in row["seeds"]:
+            curve = s["assessed_curve"]
+            if row["label"] == "autosimulate (exact_quadratic)":  # Table 4 only: the final psi
+                assert [p["images"] for p in curve] == [128] and curve[0]["step"] == 4
+                continue
+            assert [p["images"] for p in curve] == [16, 32, 64, 128]
+            # The psi after the first step that reached each count: K = 32 per evaluation, and
+            # an LTS step renders 2 x 32.
+            expected = [1, 1, 1, 2] if row["method"] == "lts" else [1, 1, 2, 4]
+            assert [p["step"] for p in curve] == expected, row["label"]
+            assert curve[-1]["val_metric"] == s["assessed_val_metric"]
+            # Equal psi, equal assessment (the same seed, a deterministic protocol).
+            assert curve[0] == {**curve[1], "images": 16}
+        assert ("assessed_curve" in row["aggregate"]) == row["table2"]
+    reach = assessment["reach"]
+    assert [(e["baseline"], e["target_ratio"]) for e in reach] == [("lts", 5.0), ("bo", 3.0), ("random", None)]
+    for e in reach:
+        assert e["autosimulate"] == "autosimulate (linear)" and e["baseline_images"] in assessment["thresholds"]
+        assert e["ratio"] is None or e["ratio"] == e["baseline_images"] / e["images"]
+
+
+def test_reach_table_finds_the_first_point_at_least_as_good():
+    from autosim_jax.compare import reach_table
+
+    def row(method, vals):
+        curve = [{"images": i, "val": {"mean": v, "std": 0.0}} for i, v in zip((100, 200, 400, 800), vals)]
+        return {"method": method, "label": method, "aggregate": {"assessed_curve": curve}}
+
+    ours = row("autosimulate", (0.3, 0.5, 0.5, 0.2))
+    got = reach_table([ours, row("bo", (0.1, 0.2, 0.45, 0.45)), row("lts", (0.1, 0.2, 0.3, 0.6))], True)
+    assert [(e["baseline_images"], e["images"], e["ratio"]) for e in got] == [(400, 200, 2.0), (800, None, None)]
+    lower = reach_table([row("autosimulate", (0.9, 0.5, 0.4, 0.4)), row("random", (0.8, 0.7, 0.5, 0.6))], False)
+    assert (lower[0]["baseline_images"], lower[0]["images"]) == (400, 200)
+
+
+def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
     before = (compared / "compare.json").read_text()
     argv = ["compare", toy, "--methods", "autosimulate,lts,bo,random", "--seeds", "2", "--budget-images", "128",
             "--approximations", "linear,exact_quadratic", "--lts-samples", "2", "--out", str(compared)]
     assert main(argv) == 2  # not empty: needs --resume
     assert "--resume" in capsys.readouterr().err
+    import autosim_jax.compare as compare
+
+    calls, make_assessor = [], compare.make_assessor
+
+    def counting(setup, **kw):
+        assess = make_assessor(setup, **kw)
+        return lambda psi, seed: calls.append(seed) or assess(psi, seed)
+
+    monkeypatch.setattr(compare, "make_assessor", counting)
     assert main([*argv, "--resume"]) == 0
+    assert calls == []  # every assessment came from the runs' assessed.json
     a, b = json.loads(before), json.loads((compared / "compare.json").read_text())
+    assert a["assessment"] == b["assessment"]
     for ra, rb in zip(a["rows"], b["rows"]):
         for sa, sb in zip(ra["seeds"], rb["seeds"]):
             assert sa["best_val_metric"] == sb["best_val_metric"] and sa["images"] == sb["images"]
+            assert sa["assessed_curve"] == sb["assessed_curve"]
 
 
 @pytest.mark.parametrize(
@@ -82,6 +138,7 @@ def test_resume_reuses_finished_runs(compared, toy, capsys):
         (["--renderer", "clevr"], ["clevr", "square", "flaky"]),
         (["--seeds", "0"], ["--seeds"]),
         (["--budget-images", "0"], ["--budget-images"]),
+        (["--assess-points", "0"], ["--assess-points"]),
     ],
 )
 def test_bad_options_exit_2_listing_the_choices(toy, tmp_path, capsys, extra, needles):
