@@ -373,19 +373,21 @@ def _aggregate_curve(per_seed: list[list[dict]]) -> list[dict]:
     return [{"images": points[0]["images"], **_mean_std(list(points))} for points in zip(*per_seed)]
 
 
-def reach_table(rows: list[dict], higher: bool) -> list[dict]:
+def reach_table(rows: list[dict], start: float, higher: bool) -> list[dict]:
     """Images AutoSimulate needs to reach each baseline's best assessed metric (paper Table 2).
 
     On the mean-over-seeds curves of fresh-model validation metrics: a baseline's best is its
     best point, reached after ``baseline_images``; AutoSimulate's ``images`` are those of its
     first point at least as good (``None`` if none is); ``ratio = baseline_images / images``.
-    The grid is geometric (factor 2), so ratios are powers of two and only bound the truth to
-    within a factor of 2.
+    A baseline whose best does not beat ``start`` (the start psi's mean) gets no ratio: there
+    is nothing to reach. The grid is geometric (factor 2), so a ratio is a power of two and
+    bounds the truth only to within a factor of 2; when both reach at the grid's first point
+    the ratio is "at least 1" (``resolved`` is False).
 
     Example:
       >>> row = lambda m, vals: {"method": m, "label": m, "aggregate": {"assessed_curve": [
       ...     {"images": i, "val": {"mean": v, "std": 0.0}} for i, v in zip((100, 200, 400), vals)]}}
-      >>> reach_table([row("autosimulate", (0.3, 0.5, 0.6)), row("bo", (0.2, 0.4, 0.45))], True)[0]["ratio"]
+      >>> reach_table([row("autosimulate", (0.3, 0.5, 0.6)), row("bo", (0.2, 0.4, 0.45))], 0.1, True)[0]["ratio"]
       2.0
     """
     ours = next((r for r in rows if r["method"] == "autosimulate"), None)
@@ -399,11 +401,14 @@ def reach_table(rows: list[dict], higher: bool) -> list[dict]:
             continue
         theirs = r["aggregate"]["assessed_curve"]
         best = max(theirs, key=lambda p: sign * p["val"]["mean"])  # the first of equal bests
+        beats_start = sign * best["val"]["mean"] > sign * start
         reached = next((p for p in mine if sign * p["val"]["mean"] >= sign * best["val"]["mean"]), None)
+        ratio = best["images"] / reached["images"] if reached and beats_start else None
         table.append({
             "baseline": r["label"], "autosimulate": ours["label"], "baseline_best_val": best["val"]["mean"],
-            "baseline_images": best["images"], "images": reached["images"] if reached else None,
-            "ratio": best["images"] / reached["images"] if reached else None,
+            "baseline_images": best["images"], "beats_start": bool(beats_start),
+            "images": reached["images"] if reached else None, "ratio": ratio,
+            "resolved": ratio is not None and reached["images"] != mine[0]["images"],
             "target_ratio": TARGETS.get(r["method"]),
         })
     return table
@@ -430,13 +435,20 @@ def _reach_markdown(reach: list[dict], metric: str) -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for e in reach:
         got = f"{e['images']}" if e["images"] else "not reached"
-        ratio = f"{e['ratio']:.0f}x" if e["ratio"] else "-"
-        target = (f">= {e['target_ratio']:.0f}x: " + ("met" if e["ratio"] and e["ratio"] >= e["target_ratio"]
-                                                         else "missed")) if e["target_ratio"] else "-"
+        if not e["beats_start"]:
+            ratio, verdict = "- (never beat the start psi)", "nothing to reach"
+        elif e["ratio"] is None:
+            ratio, verdict = "-", "missed"
+        else:
+            ratio = f"{e['ratio']:.0f}x" if e["resolved"] else f">= {e['ratio']:.0f}x (first grid point)"
+            # An unresolved ratio is a lower bound: enough to meet a target, not to miss it.
+            met = e["target_ratio"] and e["ratio"] >= e["target_ratio"]
+            verdict = "met" if met else ("missed" if e["resolved"] else "unresolved")
+        target = f">= {e['target_ratio']:.0f}x: {verdict}" if e["target_ratio"] else "-"
         lines.append(f"| {e['baseline']} | {e['baseline_best_val']:.4f} | {e['baseline_images']} | {got} | {ratio} | "
                      f"{target} |")
     lines += ["", f"AutoSimulate here is {reach[0]['autosimulate']}. The image grid is geometric (factor 2), so a "
-              "ratio is known only to within a factor of 2."]
+              "ratio is known only to within a factor of 2; the spread over seeds is in the table above."]
     return "\n".join(lines) + "\n"
 
 
@@ -527,7 +539,7 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
         for r in rows:
             if r["table2"]:
                 r["aggregate"]["assessed_curve"] = _aggregate_curve([s["assessed_curve"] for s in r["seeds"]])
-        assessment["reach"] = reach_table([r for r in rows if r["table2"]], higher)
+        assessment["reach"] = reach_table([r for r in rows if r["table2"]], assessment["start_psi"]["val"]["mean"], higher)
     result = {
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "metric": metric,
         "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds,

@@ -99,10 +99,15 @@ def test_reach_table_finds_the_first_point_at_least_as_good():
         return {"method": method, "label": method, "aggregate": {"assessed_curve": curve}}
 
     ours = row("autosimulate", (0.3, 0.5, 0.5, 0.2))
-    got = reach_table([ours, row("bo", (0.1, 0.2, 0.45, 0.45)), row("lts", (0.1, 0.2, 0.3, 0.6))], True)
-    assert [(e["baseline_images"], e["images"], e["ratio"]) for e in got] == [(400, 200, 2.0), (800, None, None)]
-    lower = reach_table([row("autosimulate", (0.9, 0.5, 0.4, 0.4)), row("random", (0.8, 0.7, 0.5, 0.6))], False)
-    assert (lower[0]["baseline_images"], lower[0]["images"]) == (400, 200)
+    got = reach_table([ours, row("bo", (0.1, 0.2, 0.45, 0.45)), row("lts", (0.1, 0.2, 0.3, 0.6)),
+                       row("random", (0.3, 0.2, 0.1, 0.1))], 0.15, True)
+    assert [(e["baseline_images"], e["images"], e["ratio"], e["resolved"]) for e in got] == [
+        (400, 200, 2.0, True), (800, None, None, False), (100, 100, 1.0, False)]
+    # A baseline that never beats the start psi leaves nothing to reach.
+    (never,) = reach_table([ours, row("lts", (0.1, 0.12, 0.1, 0.1))], 0.15, True)
+    assert not never["beats_start"] and never["ratio"] is None
+    lower = reach_table([row("autosimulate", (0.9, 0.5, 0.4, 0.4)), row("random", (0.8, 0.7, 0.5, 0.6))], 1.0, False)
+    assert (lower[0]["baseline_images"], lower[0]["images"], lower[0]["ratio"]) == (400, 200, 2.0)
 
 
 def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
