@@ -201,6 +201,23 @@ def bench_one(family, depth, cfg, args):
 
 def torch_rows(family, depth, cfg, args):
     """PyTorch's HVPs on the same architecture and sizes, TF32 off (equal precision to JAX 'highest')."""
+    fns, params, v, timed = _torch_setup(family, depth, cfg, args.repeats)
+    out = {"t_grad": timed(fns["grad"], params), "t_hvp_jvp_of_grad": timed(fns["jvp_of_grad"], params, v),
+           "t_hvp_double_backward": timed(fns["double_backward"], params, v)}
+    try:
+        out["t_hvp_compiled"] = timed(fns["compiled"], params, v)
+    except Exception as e:  # torch.compile needs a working compiler toolchain; say why it is absent
+        out["compile_error"] = f"{type(e).__name__}: {e}"[:300]
+    out["t_hvp_best"] = min(t for n, t in out.items() if n.startswith("t_hvp"))
+    return out
+
+
+def _torch_setup(family, depth, cfg, repeats):
+    """The PyTorch twin of ``make_problem`` with TF32 off: ({name: fn}, params, v, timed).
+
+    ``timed(fn, *args, repeats=...)`` is the median wall time after 3 warm-up calls, with a
+    CUDA synchronisation after every call.
+    """
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -241,26 +258,54 @@ def torch_rows(family, depth, cfg, args):
     def grad_only(p):
         return torch.func.grad(loss)(p)
 
-    def timed(fn, *a):
-        for _ in range(3):
+    def timed(fn, *a, repeats=repeats, warmup=3):
+        for _ in range(warmup):
             fn(*a)
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         sync()
         ts = []
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             t = time.perf_counter()
             fn(*a)
             sync()
             ts.append(time.perf_counter() - t)
         return statistics.median(ts)
 
-    out = {"t_grad": timed(grad_only, params), "t_hvp_jvp_of_grad": timed(jvp_of_grad, params, v),
-           "t_hvp_double_backward": timed(double_backward, params, v)}
-    try:
-        out["t_hvp_compiled"] = timed(torch.compile(jvp_of_grad), params, v)
-    except Exception as e:  # torch.compile needs a working compiler toolchain; say why it is absent
-        out["compile_error"] = f"{type(e).__name__}: {e}"[:300]
-    out["t_hvp_best"] = min(t for n, t in out.items() if n.startswith("t_hvp"))
+    fns = {"grad": grad_only, "jvp_of_grad": jvp_of_grad, "double_backward": double_backward,
+           "compiled": torch.compile(jvp_of_grad)}
+    return fns, params, v, timed
+
+
+def equal_precision_spread(family, depth, cfg, args):
+    """JAX's HVP against PyTorch's at equal precision, in ``args.rounds`` alternating rounds.
+
+    Each round takes the median of ``args.repeats`` calls of JAX's jitted ``fwd_rev`` HVP at
+    'highest' precision, then of PyTorch's ``torch.compile``d jvp-of-grad (the fastest PyTorch
+    HVP at every depth of the first H200 run) with TF32 off; the ratio is formed per round,
+    so the spread of the ratios over the rounds says how much of a few-percent difference is
+    noise. PyTorch's two eager HVPs are timed once (5 calls) to confirm which is fastest.
+    """
+    with jax.default_matmul_precision("highest"):
+        _, _, loss_fn, params, x, y = make_problem(family, depth, cfg)
+        v = jax.tree.map(lambda a: jax.random.normal(jax.random.key(3), a.shape, a.dtype), params)
+        hvp = jax.jit(lambda p, u: asj.hvp(loss_fn, p, u, x, y)).lower(params, v).compile()
+    fns, tparams, tv, timed = _torch_setup(family, depth, cfg, args.repeats)
+    out = {"family": family, "depth": depth, "repeats_per_round": args.repeats, "rounds": []}
+    out["torch_eager_once"] = {f"t_hvp_{n}": timed(fns[n], tparams, tv, repeats=5, warmup=1)
+                               for n in ("jvp_of_grad", "double_backward")}
+    timed(fns["compiled"], tparams, tv, repeats=1, warmup=3)  # torch.compile, before any round
+    for _ in range(args.rounds):
+        t_jax = median_time(hvp, params, v, repeats=args.repeats)
+        t_torch = timed(fns["compiled"], tparams, tv)
+        out["rounds"].append({"t_jax_hvp_fwd_rev": t_jax, "t_torch_hvp_compiled": t_torch, "ratio": t_jax / t_torch})
+    ratios = [r["ratio"] for r in out["rounds"]]
+    for key in ("t_jax_hvp_fwd_rev", "t_torch_hvp_compiled"):
+        ts = [r[key] for r in out["rounds"]]
+        out[key] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
+                    "relative_spread": (max(ts) - min(ts)) / statistics.median(ts)}
+    t_compiled = out["t_torch_hvp_compiled"]["median_s"]
+    out["torch_compiled_is_fastest"] = all(t >= t_compiled for t in out["torch_eager_once"].values())
+    out["ratio_jax_over_torch"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     return out
 
 
@@ -326,6 +371,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--torch", action="store_true", help="also time PyTorch's HVPs at equal precision")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--equal-precision-only", action="store_true",
+                        help="only JAX vs PyTorch HVPs at equal precision, in alternating rounds (needs torch)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --equal-precision-only")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other families' rows of an existing result file (run families separately)")
     args = parser.parse_args(argv)
@@ -341,6 +389,8 @@ def main(argv=None):
         "sub_batch_fraction": args.sub_batch, "repeats": args.repeats, "rows": [], "equal_precision": [],
     }
     families = args.families.split(",")
+    if args.equal_precision_only:
+        return equal_precision_main(args, sizes, depths, families, device)
     stem = f"curvature_depth_{device.platform}"
     if args.merge and (args.out / f"{stem}.json").exists():
         old = json.loads((args.out / f"{stem}.json").read_text())
@@ -390,6 +440,35 @@ def main(argv=None):
         print("matplotlib is not installed: skipped the plot (pip install 'autosim_jax[experiments]')", file=sys.stderr)
     print(json.dumps(result["summary"], indent=1))
     print(f"wrote {args.out / stem}.json/.png")
+
+
+def equal_precision_main(args, sizes, depths, families, device):
+    """Writes ``curvature_depth_equal_precision_<platform>[_<families>].json``."""
+    import torch
+
+    result = {
+        "benchmark": "curvature_depth_equal_precision", "device": f"{device.platform}:{device.device_kind}",
+        "jax_version": jax.__version__, "torch_version": torch.__version__, "size": args.size,
+        "dtype": "float32", "precision": "JAX: default_matmul_precision('highest'); PyTorch: TF32 off (matmul, cuDNN)",
+        "config": {f: sizes[f] for f in families}, "repeats_per_round": args.repeats, "rounds": args.rounds, "rows": [],
+    }
+    for family in families:
+        for depth in depths:
+            start = time.perf_counter()
+            row = equal_precision_spread(family, depth, sizes[family], args)
+            result["rows"].append(row)
+            r = row["ratio_jax_over_torch"]
+            print(f"{family} depth {depth:2d}: JAX {row['t_jax_hvp_fwd_rev']['median_s'] * 1e3:8.3f} ms "
+                  f"(spread {row['t_jax_hvp_fwd_rev']['relative_spread']:.3f}), torch compiled "
+                  f"{row['t_torch_hvp_compiled']['median_s'] * 1e3:8.3f} ms (spread "
+                  f"{row['t_torch_hvp_compiled']['relative_spread']:.3f}); ratio median {r['median']:.3f} "
+                  f"[{r['min']:.3f}, {r['max']:.3f}]  eager {row['torch_eager_once']}  "
+                  f"[{time.perf_counter() - start:.0f}s]", flush=True)
+    suffix = "" if set(families) == {"mlp", "cnn"} else "_" + "_".join(families)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"curvature_depth_equal_precision_{device.platform}{suffix}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
