@@ -60,6 +60,7 @@ Usage::
     python benchmarks/estimator_methods.py                      # --size cpu, writes _cpu files
     python benchmarks/estimator_methods.py --size gpu --out $OUT
     python benchmarks/estimator_methods.py --size gpu --models mlp-512,unet8-clevr-32 --tag a
+    python benchmarks/estimator_methods.py --size gpu --models unet32-clevr-64,unet64-clevr-64 --tag wide
     python benchmarks/estimator_methods.py --merge a.json b.json --out benchmarks/results
 
 Writes ``estimator_methods_<platform>[_<tag>].json`` (device, versions, precision, every
@@ -117,6 +118,9 @@ MODELS = {
     "cnn-32-64-128": ("cnn", {"widths": (32, 64, 128)}),
     "unet8-clevr-32": ("unet", {"image": (32, 32, 3), "classes": 4, "base_channels": 8}),
     "unet8-clevr-64": ("unet", {"image": (64, 64, 3), "classes": 4, "base_channels": 8}),
+    # wider UNets than the experiment's (8 base channels): where the K x n matrix starts to matter
+    "unet32-clevr-64": ("unet", {"image": (64, 64, 3), "classes": 4, "base_channels": 32}),
+    "unet64-clevr-64": ("unet", {"image": (64, 64, 3), "classes": 4, "base_channels": 64}),
     "smallcnn-digits": ("smallcnn", {"image": (8, 8, 1), "classes": 10, "channels": 16}),
 }
 SIZES = {
