@@ -233,14 +233,14 @@ COLUMNS = ("best_val_metric", "test_metric_at_best", "images_to_best", "time_to_
            "train_steps", "time", "time_render", "time_train", "time_other")
 
 
+def _stats(values) -> dict:
+    """Mean and sample standard deviation (0 for one seed) over seeds."""
+    v = np.asarray(values, float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
 def _aggregate(per_seed: list[dict]) -> dict:
-    out = {}
-    for c in COLUMNS + ASSESSED:
-        if c not in per_seed[0]:
-            continue
-        v = np.array([s[c] for s in per_seed], float)
-        out[c] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-    return out
+    return {c: _stats([s[c] for s in per_seed]) for c in COLUMNS + ASSESSED if c in per_seed[0]}
 
 
 def _markdown(rows: list[dict], metric: str, title: str) -> str:
@@ -362,11 +362,7 @@ def _assess_start(out, psi0, assess, seed, images) -> dict:
 
 
 def _mean_std(results: list[dict]) -> dict:
-    out = {}
-    for key, name in (("val_metric", "val"), ("test_metric", "test")):
-        v = np.array([r[key] for r in results], float)
-        out[name] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-    return out
+    return {name: _stats([r[key] for r in results]) for key, name in (("val_metric", "val"), ("test_metric", "test"))}
 
 
 def _aggregate_curve(per_seed: list[list[dict]]) -> list[dict]:
