@@ -1,4 +1,12 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the toy experiment of the CLI and compare tests.
+
+The toy (the one of tests/test_autosimulate.py: scenes x ~ N(mu, sigma^2), r(x) = (x, x^2),
+an affine model) is written to a module on sys.path and named as ``module:attr`` (``TOY``),
+the way a user runs an experiment of their own; subprocesses find it through PYTHONPATH.
+"""
+
+import sys
+import textwrap
 
 import jax
 import pytest
@@ -9,3 +17,90 @@ def x64():
     """Runs a test with float64 enabled (dense references need it); restores the default after."""
     with jax.enable_x64(True):
         yield
+
+
+TOY_MODULE = "autosim_toy_experiment"
+TOY = f"{TOY_MODULE}:TOY"
+TOY_SOURCE = textwrap.dedent('''
+    """A toy experiment for the CLI tests (see tests/test_cli.py)."""
+    import os
+    import time
+
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from autosim_jax.distributions import from_schema
+    from autosim_jax.experiments import Experiment, ExperimentSetup
+    from autosim_jax.renderers.schema import Field, OutputSpec, SceneSchema
+    from autosim_jax.simulator import Simulator
+    from autosim_jax.tasks import Task
+
+
+    class SquareRenderer:
+        """r(x) = (x, x^2); sleeps AUTOSIM_TOY_SLEEP seconds per call (to be killed mid-run)."""
+
+        name = "square"
+        schema = SceneSchema((Field.continuous("x", doc="the input value"),))
+        inputs_spec = OutputSpec((1,), np.float32)
+        labels_spec = OutputSpec((1,), np.float32)
+
+        def __init__(self):
+            self.calls = 0
+
+        def render(self, scenes, seed):
+            self.calls += 1
+            time.sleep(float(os.environ.get("AUTOSIM_TOY_SLEEP", "0")))
+            x = np.asarray(scenes["x"], np.float32)[:, None]
+            return x.copy(), x**2
+
+
+    class FlakyRenderer(SquareRenderer):
+        """Returns a NaN image for scene 1 from its third call on."""
+
+        name = "flaky"
+
+        def render(self, scenes, seed):
+            inputs, labels = super().render(scenes, seed)
+            if self.calls >= 3:
+                inputs[1] = np.nan
+            return inputs, labels
+
+
+    def _data(seed):
+        x = (2.0 + 0.3 * np.random.default_rng(seed).standard_normal(64)).astype(np.float32)[:, None]
+        return x, x**2
+
+
+    TASK = Task(
+        per_sample_loss=lambda out, y: jnp.sum((out - y) ** 2, axis=-1),
+        metric=lambda out, y: -jnp.mean(jnp.sum((out - y) ** 2, axis=-1)),
+        metric_name="neg_mse",
+    )
+
+
+    def build(*, renderer="square", seed=0):
+        render = {"square": SquareRenderer, "flaky": FlakyRenderer}[renderer]()
+        sim = Simulator(from_schema(render.schema, {"x": {"loc": -1.0, "scale": 0.5}}), render)
+        options = dict(
+            dataset_size=32, batch_size=16, finetune_epochs=2, inner_optimizer=optax.adam(0.1),
+            outer_optimizer=optax.adam(0.1), damping=1e-3, cg_maxiter=5, cg_tol=1e-6,
+        )
+        model = nnx.Linear(1, 1, rngs=nnx.Rngs(seed))
+        return ExperimentSetup(sim, model, TASK, _data(0), _data(1), options, iterations=6)
+
+
+    TOY = Experiment("toy", "a 1-d toy with a known optimum", ("square", "flaky"), build)
+''')
+
+
+@pytest.fixture(scope="session")
+def toy_path(tmp_path_factory):
+    """A directory holding the toy experiment's module, put on sys.path for the session."""
+    path = tmp_path_factory.mktemp("plugin")
+    (path / f"{TOY_MODULE}.py").write_text(TOY_SOURCE)
+    sys.path.insert(0, str(path))
+    yield path
+    sys.path.remove(str(path))
+    sys.modules.pop(TOY_MODULE, None)

@@ -1,25 +1,17 @@
 """``autosim compare`` end to end at tiny size, on the CLI tests' toy experiment (module:attr)."""
 
 import json
-import sys
 
 import pytest
+from conftest import TOY
 
 from autosim_jax.cli import main
-from test_cli import TOY_SOURCE
-
-MODULE = "autosim_toy_compare"
-TOY = f"{MODULE}:TOY"
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    path = tmp_path_factory.mktemp("plugin_compare")
-    (path / f"{MODULE}.py").write_text(TOY_SOURCE)
-    sys.path.insert(0, str(path))
-    yield TOY
-    sys.path.remove(str(path))
-    sys.modules.pop(MODULE, None)
+def toy(toy_path):
+    """The toy experiment's name, its module on sys.path (conftest's toy_path)."""
+    return TOY
 
 
 @pytest.fixture(scope="module")
