@@ -53,8 +53,8 @@ import time
 
 import numpy as np
 
-from .autosimulate import APPROXIMATIONS, make_autosimulate
-from .checkpoint import load_checkpoint, save_checkpoint
+from .autosimulate import APPROXIMATIONS
+from .checkpoint import save_checkpoint
 from .cli import (ASSESS_EPOCHS, RunArgs, UsageError, _psi_record, _write_json, describe, psi_from_record,
                   resolve_experiment, resume_state, run_experiment)
 from .experiments import make_assessor
@@ -161,11 +161,7 @@ def _run_autosimulate(experiment, args: CompareArgs, renderer, approximation, se
         if code != 0:
             raise RuntimeError(f"autosim run exited with {code} for {out}")
     per_step = options["finetune_epochs"] * (k // options["batch_size"])
-    setup = experiment.build(renderer=renderer, seed=seed)
-    autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                approximation=approximation, **options)
-    psi = load_checkpoint(os.path.join(out, "checkpoint.npz"), autosim.init(seed)).psi
-    return [_common(r, per_step) for r in _lines(os.path.join(out, "metrics.jsonl"))], psi
+    return [_common(r, per_step) for r in _lines(os.path.join(out, "metrics.jsonl"))]
 
 
 def _build_baseline(method, setup, args: CompareArgs, budget_evaluations: int):
@@ -181,12 +177,12 @@ def _build_baseline(method, setup, args: CompareArgs, budget_evaluations: int):
 
 def _run_baseline(experiment, args: CompareArgs, renderer, method, seed, out, stderr) -> list[dict]:
     metrics_path, ckpt_path = os.path.join(out, "metrics.jsonl"), os.path.join(out, "checkpoint.npz")
+    if args.resume and os.path.exists(os.path.join(out, DONE)):
+        return [_common(r) for r in _lines(metrics_path)]
     setup = experiment.build(renderer=renderer, seed=seed)
     k = setup.options["dataset_size"]
     box = _build_baseline(method, setup, args, math.ceil(args.budget_images / k))
     state = box.init(seed)
-    if args.resume and os.path.exists(os.path.join(out, DONE)):
-        return [_common(r) for r in _lines(metrics_path)], load_checkpoint(ckpt_path, state).psi
     os.makedirs(out, exist_ok=True)
     state, records = resume_state(state, ckpt_path, metrics_path, args.resume)
     _write_json(os.path.join(out, "config.json"), {
@@ -207,7 +203,7 @@ def _run_baseline(experiment, args: CompareArgs, renderer, method, seed, out, st
             records.append(record)
     _write_json(os.path.join(out, DONE), {"steps": int(state.step), "images": int(state.images),
                                           "evaluations": int(state.evaluations)})
-    return [_common(r) for r in records], state.psi
+    return [_common(r) for r in records]
 
 
 def summarize_run(records: list[dict], higher: bool) -> dict:
@@ -326,8 +322,14 @@ def _cached(path: str, images: int) -> dict:
     return {}
 
 
-def _store(path: str, images: int, results: dict) -> None:
-    _write_json(path, {"images": images, "epochs": ASSESS_EPOCHS, "results": results})
+def _cached_assessment(path: str, key: str, images: int, compute) -> dict:
+    """``compute()``, stored under ``key`` in the assessment file ``path`` (or read back from it)."""
+    cache = _cached(path, images)
+    if key not in cache:
+        cache[key] = compute()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_json(path, {"images": images, "epochs": ASSESS_EPOCHS, "results": cache})
+    return cache[key]
 
 
 def _assess_run(run_dir, records, points, psi0, assess, seed, images) -> list[dict]:
@@ -337,28 +339,19 @@ def _assess_run(run_dir, records, points, psi0, assess, seed, images) -> list[di
     the run's final psi). Results are cached in ``RUN/assessed.json`` by step, so
     ``--resume`` does not train them again.
     """
-    path = os.path.join(run_dir, ASSESSED_FILE)
-    cache = _cached(path, images)
     curve = []
     for t in points:
         record = next((r for r in records if r["images"] >= t), records[-1])
-        key = str(record["step"])
-        if key not in cache:
-            cache[key] = assess(psi_from_record(psi0, record["psi"]), seed)
-            _store(path, images, cache)
-        curve.append({"images": t, "step": record["step"], "images_rendered": record["images"], **cache[key]})
+        result = _cached_assessment(os.path.join(run_dir, ASSESSED_FILE), str(record["step"]), images,
+                                    lambda: assess(psi_from_record(psi0, record["psi"]), seed))
+        curve.append({"images": t, "step": record["step"], "images_rendered": record["images"], **result})
     return curve
 
 
 def _assess_start(out, psi0, assess, seed, images) -> dict:
     """The same assessment of the start psi (shared by all methods), cached in ``OUT/start_psi``."""
-    path = os.path.join(out, "start_psi", f"seed{seed}", ASSESSED_FILE)
-    cache = _cached(path, images)
-    if "0" not in cache:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        cache["0"] = assess(psi0, seed)
-        _store(path, images, cache)
-    return cache["0"]
+    return _cached_assessment(os.path.join(out, "start_psi", f"seed{seed}", ASSESSED_FILE), "0", images,
+                              lambda: assess(psi0, seed))
 
 
 def _mean_std(results: list[dict]) -> dict:
@@ -410,7 +403,7 @@ def reach_table(rows: list[dict], start: float, higher: bool) -> list[dict]:
     return table
 
 
-def _assessed_markdown(rows: list[dict], assessment: dict, metric: str, higher: bool) -> str:
+def _assessed_markdown(rows: list[dict], assessment: dict, metric: str) -> str:
     ts = assessment["thresholds"]
     start = assessment["start_psi"]["val"]
     lines = [f"### Fresh models along the run: val {metric} (mean ± std over seeds)", "",
@@ -496,6 +489,9 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
                                             epochs=ASSESS_EPOCHS)
         return assessors[seed]
 
+    def assess(psi, seed: int) -> dict:  # builds the seed's assessor only on a cache miss
+        return assessor(seed)(psi, seed)
+
     os.makedirs(out, exist_ok=True)
     rows, curves = [], {}
     for method, approximation in runs:
@@ -506,16 +502,15 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
             print(f"autosim compare: {label}, seed {seed} -> {run_dir}", file=stderr)
             t0 = time.perf_counter()
             if method == "autosimulate":
-                records, psi = _run_autosimulate(experiment, args, renderer, approximation, seed, run_dir, options,
-                                                 stderr)
+                records = _run_autosimulate(experiment, args, renderer, approximation, seed, run_dir, options, stderr)
             else:
-                records, psi = _run_baseline(experiment, args, renderer, method, seed, run_dir, stderr)
+                records = _run_baseline(experiment, args, renderer, method, seed, run_dir, stderr)
             s = summarize_run(records, higher)
             if assess_images:
                 # The fair test of the answers: fresh models trained on equal budgets from the psi
                 # each method held (the best-validation column mixes in how each method trains).
                 points = thresholds if (method, approximation) in table2 else thresholds[-1:]
-                curve = _assess_run(run_dir, records, points, psi0, assessor(seed), seed, assess_images)
+                curve = _assess_run(run_dir, records, points, psi0, assess, seed, assess_images)
                 s.update(assessed_val_metric=curve[-1]["val_metric"], assessed_test_metric=curve[-1]["test_metric"],
                          assessed_curve=curve)
             s.update(seed=seed, wall_time=time.perf_counter() - t0)
@@ -527,15 +522,15 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
             })
         rows.append({"label": label, "method": method, "approximation": approximation, "seeds": per_seed,
                      "aggregate": _aggregate(per_seed), "table2": (method, approximation) in table2})
+    table2_rows = [r for r in rows if r["table2"]]
     assessment = None
     if assess_images:
-        start = [_assess_start(out, psi0, assessor(seed), seed, assess_images) for seed in range(args.seeds)]
+        start = [_assess_start(out, psi0, assess, seed, assess_images) for seed in range(args.seeds)]
         assessment = {"images": assess_images, "epochs": ASSESS_EPOCHS, "thresholds": thresholds,
                       "start_psi": {"seeds": start, **_mean_std(start)}}
-        for r in rows:
-            if r["table2"]:
-                r["aggregate"]["assessed_curve"] = _aggregate_curve([s["assessed_curve"] for s in r["seeds"]])
-        assessment["reach"] = reach_table([r for r in rows if r["table2"]], assessment["start_psi"]["val"]["mean"], higher)
+        for r in table2_rows:
+            r["aggregate"]["assessed_curve"] = _aggregate_curve([s["assessed_curve"] for s in r["seeds"]])
+        assessment["reach"] = reach_table(table2_rows, assessment["start_psi"]["val"]["mean"], higher)
     result = {
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "metric": metric,
         "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds,
@@ -548,9 +543,9 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
           "Time: render + train + other, without the test metric and file I/O."
           + (f" Last column: fresh models trained on {assess_images} images x {ASSESS_EPOCHS} epochs from each "
              "run's final psi (the fair comparison of the answers)." if assess_images else ""), "",
-          _markdown([r for r in rows if r["table2"]], metric, "Table 2: methods")]
+          _markdown(table2_rows, metric, "Table 2: methods")]
     if assessment:
-        md += [_assessed_markdown([r for r in rows if r["table2"]], assessment, metric, higher),
+        md += [_assessed_markdown(table2_rows, assessment, metric),
                _reach_markdown(assessment["reach"], metric)]
     if args.approximations:
         md.append(_markdown([r for r in rows if r["method"] == "autosimulate"], metric,
@@ -559,7 +554,7 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
         f.write("\n".join(md))
     _plot(out, rows, curves, metric, higher)
     if assessment:
-        _plot_assessed(out, [r for r in rows if r["table2"]], assessment, metric)
+        _plot_assessed(out, table2_rows, assessment, metric)
     print("\n".join(md), file=stdout)
     return 0
 
