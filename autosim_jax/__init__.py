@@ -12,6 +12,7 @@ from .autosimulate import make_autosimulate as make_autosimulate
 from .checkpoint import load_checkpoint as load_checkpoint
 from .checkpoint import save_checkpoint as save_checkpoint
 from .curvature import CurvatureOperator as CurvatureOperator
+from .curvature import empirical_fisher_operator as empirical_fisher_operator
 from .curvature import gauss_newton_operator as gauss_newton_operator
 from .curvature import hessian_operator as hessian_operator
 from .curvature import hutchinson_diagonal as hutchinson_diagonal

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from .curvature import gauss_newton_operator, hessian_operator
+from .curvature import empirical_fisher_operator, gauss_newton_operator, hessian_operator
 from .estimators import reinforce_gradient, score_function_term
 from .simulator import Simulator, reraise_render_errors
 from .solve import solve_damped
@@ -57,7 +57,7 @@ from .training import train_epochs
 PyTree = Any
 
 APPROXIMATIONS = ("exact_quadratic", "approx_quadratic", "linear", "no_val")
-CURVATURES = ("hessian", "gauss_newton")
+CURVATURES = ("hessian", "gauss_newton", "empirical_fisher")
 
 
 class AutoSimState(NamedTuple):
@@ -134,8 +134,10 @@ def make_autosimulate(
       inner_optimizer: optax optimiser of ``theta`` (default ``adam(1e-3)``).
       outer_optimizer: optax optimiser of ``psi`` (default ``adam(5e-2)``).
       damping: Levenberg ``lambda`` of ``H + lambda I`` (Section 4.2), ``>= 0``.
-      curvature: ``"gauss_newton"`` (positive semi-definite, cheaper, default) or
-        ``"hessian"`` (the paper's exact ``H``; may need more damping).
+      curvature: ``"gauss_newton"`` (positive semi-definite, cheaper, default),
+        ``"hessian"`` (the paper's exact ``H``; may need more damping) or
+        ``"empirical_fisher"`` (mean outer product of per-sample gradients; positive
+        semi-definite, a cruder proxy, see :func:`~autosim_jax.empirical_fisher_operator`).
       curvature_batch_size: compute the curvature on the first this-many rendered samples
         (Hessian-free practice) instead of all ``K``.
       cg_maxiter, cg_tol: CG iterations and relative tolerance for Eq. 13a.
@@ -239,6 +241,8 @@ def make_autosimulate(
                 xc, yc = inputs[:curv_n], labels[:curv_n]
                 if curvature == "hessian":
                     op = hessian_operator(mean_loss, theta, xc, yc)
+                elif curvature == "empirical_fisher":
+                    op = empirical_fisher_operator(per_sample_loss, theta, xc, yc)
                 else:
                     op = gauss_newton_operator(
                         predict, lambda out, y: jnp.mean(task.per_sample_loss(out, y)), theta, xc, yc

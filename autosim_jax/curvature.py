@@ -12,6 +12,9 @@ matrix-vector products, so this module provides:
 * :func:`gauss_newton_operator`: the generalised Gauss-Newton ``J^T H_out J``, positive
   semi-definite for convex output losses, built from one linearisation of the network and
   its transpose;
+* :func:`empirical_fisher_operator`: the empirical Fisher ``(1/N) sum_i g_i g_i^T`` of the
+  per-example gradients, positive semi-definite for any loss, from one linearisation of the
+  per-example losses;
 * :func:`hutchinson_diagonal`: a stochastic estimate of an operator's diagonal, for a
   Jacobi preconditioner.
 
@@ -289,6 +292,66 @@ def _gauss_newton_product(jvp_fn, vjp_fn, out_hvp, v: PyTree) -> PyTree:
     """``J^T (H_out (J v))``."""
     (jtv,) = vjp_fn(out_hvp(jvp_fn(v)))
     return jtv
+
+
+def empirical_fisher_operator(
+    per_example_loss_fn: Callable[..., jax.Array], params: PyTree, *args: Any
+) -> CurvatureOperator:
+    r"""The empirical Fisher ``F = (1/N) sum_i g_i g_i^T`` as a linear operator.
+
+    .. math:: F = \frac{1}{N} \sum_{i=1}^N \nabla_\theta \ell_i\, \nabla_\theta \ell_i^\top
+       = \frac{1}{N} J^\top J, \qquad J = \partial_\theta\, [\ell_1, \dots, \ell_N]
+
+    ``g_i`` is the gradient of example ``i``'s loss. ``F`` is positive semi-definite for any
+    loss and needs no output-space Hessian, but it is only a proxy for the curvature: it
+    matches the Gauss-Newton matrix when the model fits the labels' distribution and can
+    differ widely elsewhere (Kunstner, Balles and Hennig, 2019). Prefer
+    :func:`gauss_newton_operator` when the loss is a function of network outputs; this is the
+    curvature for losses that are not (or when per-example gradients are what is at hand).
+
+    The per-example losses are linearised once (``jax.linearize``) and ``J^T`` comes from
+    ``jax.linear_transpose``, so a product ``F v = J^T (J v) / N`` costs one tangent pass and
+    one transposed pass; the ``N x n`` matrix of per-example gradients is never built.
+
+    Args:
+      per_example_loss_fn: ``per_example_loss_fn(params, *args) -> [N]``, one loss per
+        example (the training loss is their mean).
+      params: the point of linearisation.
+      *args: the data (pass a sub-batch for cheaper curvature).
+
+    Returns:
+      A :class:`CurvatureOperator` for ``F``.
+
+    Raises:
+      ValueError: when ``per_example_loss_fn`` does not return a 1-D array of losses.
+
+    References:
+      Martens (2020), "New insights and perspectives on the natural gradient method";
+      Kunstner, Balles and Hennig (2019) on its limits.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> losses = lambda w, x: x @ w  # example i has gradient x[i]
+      >>> op = empirical_fisher_operator(losses, jnp.zeros(2), jnp.array([[1.0, 0.0], [1.0, 2.0]]))
+      >>> op.matvec(jnp.array([1.0, 0.0]))  # (x0 x0^T + x1 x1^T) v / 2
+      Array([1., 1.], dtype=float32)
+    """
+    losses, jvp_fn = jax.linearize(lambda p: per_example_loss_fn(p, *args), params)
+    if jnp.ndim(losses) != 1:
+        raise ValueError(
+            f"per_example_loss_fn must return one loss per example, a 1-D array; got shape "
+            f"{jnp.shape(losses)}. Return the unreduced losses (no .mean()), flattened to [N]."
+        )
+    vjp_fn = jax.linear_transpose(jvp_fn, params)
+    matvec = jax.tree_util.Partial(_empirical_fisher_product, jvp_fn, vjp_fn)
+    return CurvatureOperator(matvec, _domain(params), 0.0, "empirical_fisher")
+
+
+def _empirical_fisher_product(jvp_fn, vjp_fn, v: PyTree) -> PyTree:
+    """``J^T (J v) / N``."""
+    jv = jvp_fn(v)
+    (jtjv,) = vjp_fn(jv / jv.shape[0])
+    return jtjv
 
 
 def hutchinson_diagonal(operator: CurvatureOperator, key: jax.Array, num_samples: int = 16) -> PyTree:

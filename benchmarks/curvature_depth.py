@@ -1,8 +1,10 @@
 """How much do Hessian-vector products and CG iterations cost against network depth?
 
 For tanh MLPs and CNNs of increasing depth, in one run: loss, gradient, HVP in each mode,
-the linearised Hessian operator's product, the Gauss-Newton product, and CG iterations with
-a fresh HVP, the linearised Hessian, Gauss-Newton, and Hessian on a curvature sub-batch.
+the linearised Hessian operator's product, the Gauss-Newton and empirical-Fisher products,
+and CG iterations with a fresh HVP, the linearised Hessian, Gauss-Newton, the empirical
+Fisher, and Hessian and Gauss-Newton on a curvature sub-batch (whose products are also timed
+alone, to see how much of the batch's cost a sub-batch removes).
 Every time is divided by one jitted gradient of the same net in the same run: that ratio is
 the figure that travels between machines. Also reports compiled memory and the bytes the
 linearised operators keep alive.
@@ -41,6 +43,8 @@ SIZES = {
     "gpu": {"mlp": dict(width=1024, batch=512), "cnn": dict(channels=64, batch=64, spatial=64), "depths": [2, 4, 8, 12, 16]},
 }
 NUM_CLASSES = 10
+# Operators whose bare product is timed (in a loop) beside their CG iteration.
+PRODUCTS = ("hessian", "gauss_newton", "empirical_fisher", "hessian_sub_batch", "gauss_newton_sub_batch")
 
 
 class MLP(nnx.Module):
@@ -119,12 +123,14 @@ def bench_one(family, depth, cfg, args):
     predict_fn, output_loss_fn, loss_fn, params, x, y = make_problem(family, depth, cfg)
     sub = max(1, int(round(cfg["batch"] * args.sub_batch)))
     lam, k = args.damping, args.cg_iters
+    per_example = lambda p, x, y: optax.softmax_cross_entropy_with_integer_labels(predict_fn(p, x), y)  # noqa: E731
     v = jax.tree.map(lambda a: jax.random.normal(jax.random.key(3), a.shape, a.dtype), params)
 
     operators = {
         "fresh_hvp": lambda p: asj.CurvatureOperator.from_matvec(lambda u: asj.hvp(loss_fn, p, u, x, y), p),
         "hessian": lambda p: asj.hessian_operator(loss_fn, p, x, y),
         "gauss_newton": lambda p: asj.gauss_newton_operator(predict_fn, output_loss_fn, p, x, y),
+        "empirical_fisher": lambda p: asj.empirical_fisher_operator(per_example, p, x, y),
         "hessian_sub_batch": lambda p: asj.hessian_operator(loss_fn, p, x[:sub], y[:sub]),
         "gauss_newton_sub_batch": lambda p: asj.gauss_newton_operator(predict_fn, output_loss_fn, p, x[:sub], y[:sub]),
     }
@@ -147,6 +153,12 @@ def bench_one(family, depth, cfg, args):
     ref = hvp_j["fwd_rev"](params, v)
     check = {m: cosine(hvp_j[m](params, v), ref) for m in ("rev_rev", "rev_fwd")}
     check["linearised_vs_hvp"] = cosine(jax.jit(lambda p, u: operators["hessian"](p).matvec(u))(params, v), ref)
+    # The empirical Fisher on 8 examples against the mean of g_i (g_i . v) from per-example gradients.
+    x8, y8 = x[:8], y[:8]
+    per_grads = jax.vmap(lambda xi, yi: jax.grad(lambda p: per_example(p, xi[None], yi[None])[0])(params))(x8, y8)
+    dots = sum(jnp.sum((gl * vl[None]).reshape(8, -1), axis=1) for gl, vl in zip(jax.tree.leaves(per_grads), jax.tree.leaves(v)))
+    fv_ref = jax.tree.map(lambda gl: jnp.tensordot(dots, gl, axes=1) / 8, per_grads)
+    check["empirical_fisher_vs_per_example"] = cosine(asj.empirical_fisher_operator(per_example, params, x8, y8).matvec(v), fv_ref)
     for name, c in check.items():
         if c < 0.999:
             raise AssertionError(f"{family} depth {depth}: {name} disagrees with fwd_rev (cosine {c:.6f})")
@@ -165,7 +177,7 @@ def bench_one(family, depth, cfg, args):
     }
     for m, f in hvp_j.items():
         row[f"t_hvp_{m}"] = median_time(f, params, v, repeats=r)
-    for name in ("hessian", "gauss_newton"):
+    for name in PRODUCTS:
         f = repeated_products(operators[name])
         t1, t2 = (median_time(f, params, v, m, repeats=r) for m in (k, 2 * k))
         row[f"t_matvec_{name}"] = (t2 - t1) / k
@@ -179,7 +191,7 @@ def bench_one(family, depth, cfg, args):
         row[f"cg_converged_{name}"] = bool(solves[name].converged)
     row["bytes_grad"] = compiled_bytes(grad_j, params, x, y)
     row["bytes_hvp_fwd_rev"] = compiled_bytes(hvp_j["fwd_rev"], params, v)
-    for name in ("hessian", "gauss_newton"):
+    for name in ("hessian", "gauss_newton", "empirical_fisher"):
         row[f"stored_bytes_{name}"] = jax.eval_shape(
             lambda p, name=name: jnp.zeros(operators[name](p).stored_bytes(), jnp.int8), params
         ).shape[0]
@@ -194,8 +206,13 @@ def bench_one(family, depth, cfg, args):
     for key in list(row):
         if key.startswith("t_") and key != "t_grad":
             row["ratio_" + key[2:]] = row[key] / t_grad
-    row["cg_iter_over_matvec_hessian"] = row["t_cg_iter_hessian"] / row["t_matvec_hessian"]
-    row["cg_iter_over_matvec_gauss_newton"] = row["t_cg_iter_gauss_newton"] / row["t_matvec_gauss_newton"]
+    for name in PRODUCTS:
+        row[f"cg_iter_over_matvec_{name}"] = row[f"t_cg_iter_{name}"] / row[f"t_matvec_{name}"]
+    # What a sub-batch of `sub` examples saves: its product's and CG iteration's share of the
+    # full batch's (a share equal to sub / batch is "in proportion").
+    for name in ("hessian", "gauss_newton"):
+        row[f"sub_batch_share_matvec_{name}"] = row[f"t_matvec_{name}_sub_batch"] / row[f"t_matvec_{name}"]
+        row[f"sub_batch_share_cg_iter_{name}"] = row[f"t_cg_iter_{name}_sub_batch"] / row[f"t_cg_iter_{name}"]
     return row
 
 
@@ -277,35 +294,40 @@ def _torch_setup(family, depth, cfg, repeats):
 
 
 def equal_precision_spread(family, depth, cfg, args):
-    """JAX's HVP against PyTorch's at equal precision, in ``args.rounds`` alternating rounds.
+    """JAX's HVPs against PyTorch's at equal precision, in ``args.rounds`` alternating rounds.
 
-    Each round takes the median of ``args.repeats`` calls of JAX's jitted ``fwd_rev`` HVP at
-    'highest' precision, then of PyTorch's ``torch.compile``d jvp-of-grad (the fastest PyTorch
-    HVP at every depth of the first H200 run) with TF32 off; the ratio is formed per round,
-    so the spread of the ratios over the rounds says how much of a few-percent difference is
-    noise. PyTorch's two eager HVPs are timed once (5 calls) to confirm which is fastest.
+    Each round takes the median of ``args.repeats`` calls of each of JAX's three jitted HVP
+    modes at 'highest' precision, then of PyTorch's ``torch.compile``d jvp-of-grad (the
+    fastest PyTorch HVP at every depth of the first H200 run) with TF32 off; ratios are
+    formed per round, so their spread over the rounds says how much of a few-percent
+    difference is noise. PyTorch's two eager HVPs are timed once (5 calls) to confirm which
+    is fastest. The library's best mode is the one with the lowest median over the rounds,
+    chosen as PyTorch's best is (the fastest of its three); ``fwd_rev`` is the default.
     """
     with jax.default_matmul_precision("highest"):
         _, _, loss_fn, params, x, y = make_problem(family, depth, cfg)
         v = jax.tree.map(lambda a: jax.random.normal(jax.random.key(3), a.shape, a.dtype), params)
-        hvp = jax.jit(lambda p, u: asj.hvp(loss_fn, p, u, x, y)).lower(params, v).compile()
+        hvps = {m: jax.jit(lambda p, u, m=m: asj.hvp(loss_fn, p, u, x, y, mode=m)).lower(params, v).compile()
+                for m in asj.curvature.HVP_MODES}
     fns, tparams, tv, timed = _torch_setup(family, depth, cfg, args.repeats)
     out = {"family": family, "depth": depth, "repeats_per_round": args.repeats, "rounds": []}
     out["torch_eager_once"] = {f"t_hvp_{n}": timed(fns[n], tparams, tv, repeats=5, warmup=1)
                                for n in ("jvp_of_grad", "double_backward")}
     timed(fns["compiled"], tparams, tv, repeats=1, warmup=3)  # torch.compile, before any round
     for _ in range(args.rounds):
-        t_jax = median_time(hvp, params, v, repeats=args.repeats)
-        t_torch = timed(fns["compiled"], tparams, tv)
-        out["rounds"].append({"t_jax_hvp_fwd_rev": t_jax, "t_torch_hvp_compiled": t_torch, "ratio": t_jax / t_torch})
-    ratios = [r["ratio"] for r in out["rounds"]]
-    for key in ("t_jax_hvp_fwd_rev", "t_torch_hvp_compiled"):
+        rnd = {f"t_jax_hvp_{m}": median_time(f, params, v, repeats=args.repeats) for m, f in hvps.items()}
+        rnd["t_torch_hvp_compiled"] = timed(fns["compiled"], tparams, tv)
+        out["rounds"].append(rnd)
+    for key in out["rounds"][0]:
         ts = [r[key] for r in out["rounds"]]
         out[key] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
                     "relative_spread": (max(ts) - min(ts)) / statistics.median(ts)}
     t_compiled = out["t_torch_hvp_compiled"]["median_s"]
     out["torch_compiled_is_fastest"] = all(t >= t_compiled for t in out["torch_eager_once"].values())
-    out["ratio_jax_over_torch"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    out["jax_best_mode"] = min(hvps, key=lambda m: out[f"t_jax_hvp_{m}"]["median_s"])
+    for label, mode in (("fwd_rev", "fwd_rev"), ("best", out["jax_best_mode"])):
+        ratios = [r[f"t_jax_hvp_{mode}"] / r["t_torch_hvp_compiled"] for r in out["rounds"]]
+        out[f"ratio_jax_{label}_over_torch"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     return out
 
 
@@ -331,7 +353,8 @@ def plot(result, path):
     series = [
         ("ratio_hvp_fwd_rev", "HVP fwd_rev"), ("ratio_hvp_rev_rev", "HVP rev_rev"), ("ratio_hvp_rev_fwd", "HVP rev_fwd"),
         ("ratio_cg_iter_fresh_hvp", "CG iter, fresh HVP"), ("ratio_cg_iter_hessian", "CG iter, linearised H"),
-        ("ratio_cg_iter_gauss_newton", "CG iter, Gauss-Newton"), ("ratio_cg_iter_hessian_sub_batch", "CG iter, H on sub-batch"),
+        ("ratio_cg_iter_gauss_newton", "CG iter, Gauss-Newton"),
+        ("ratio_cg_iter_empirical_fisher", "CG iter, empirical Fisher"), ("ratio_cg_iter_hessian_sub_batch", "CG iter, H on sub-batch"),
         ("ratio_cg_iter_gauss_newton_sub_batch", "CG iter, GN on sub-batch"),
     ]
     for ax, family in zip(axes[:2], ("mlp", "cnn")):
@@ -352,6 +375,8 @@ def plot(result, path):
         depths = [r["depth"] for r in fam]
         ax.plot(depths, [r["stored_bytes_hessian"] / 2**20 for r in fam], marker=marker, label=f"{family}: linearised H")
         ax.plot(depths, [r["stored_bytes_gauss_newton"] / 2**20 for r in fam], marker=marker, ls="--", label=f"{family}: Gauss-Newton")
+        ax.plot(depths, [r["stored_bytes_empirical_fisher"] / 2**20 for r in fam], marker=marker, ls=":",
+                label=f"{family}: empirical Fisher")
     ax.set(title="memory kept alive by the operator", xlabel="depth (layers)", ylabel="MiB")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -375,7 +400,8 @@ def main(argv=None):
                         help="only JAX vs PyTorch HVPs at equal precision, in alternating rounds (needs torch)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of --equal-precision-only")
     parser.add_argument("--merge", action="store_true",
-                        help="keep the other families' rows of an existing result file (run families separately)")
+                        help="keep the other families' rows of an existing result file (run families separately; "
+                             "also for --equal-precision-only)")
     args = parser.parse_args(argv)
     sizes = SIZES[args.size]
     depths = args.depths or sizes["depths"]
@@ -425,7 +451,8 @@ def main(argv=None):
         f"{fam}_max_{key}": max(r[key] for r in rows if r["family"] == fam)
         for fam in families
         for key in ("ratio_hvp_fwd_rev", "ratio_cg_iter_hessian", "ratio_cg_iter_gauss_newton",
-                    "cg_iter_over_matvec_hessian", "cg_iter_over_matvec_gauss_newton")
+                    "ratio_cg_iter_empirical_fisher", *(f"cg_iter_over_matvec_{n}" for n in PRODUCTS),
+                    "sub_batch_share_matvec_gauss_newton", "sub_batch_share_cg_iter_gauss_newton")
     }
     result["summary"].update({
         f"{fam}_min_cosine_sub_batch_vs_full_gauss_newton": min(
@@ -457,17 +484,30 @@ def equal_precision_main(args, sizes, depths, families, device):
             start = time.perf_counter()
             row = equal_precision_spread(family, depth, sizes[family], args)
             result["rows"].append(row)
-            r = row["ratio_jax_over_torch"]
-            print(f"{family} depth {depth:2d}: JAX {row['t_jax_hvp_fwd_rev']['median_s'] * 1e3:8.3f} ms "
-                  f"(spread {row['t_jax_hvp_fwd_rev']['relative_spread']:.3f}), torch compiled "
-                  f"{row['t_torch_hvp_compiled']['median_s'] * 1e3:8.3f} ms (spread "
-                  f"{row['t_torch_hvp_compiled']['relative_spread']:.3f}); ratio median {r['median']:.3f} "
-                  f"[{r['min']:.3f}, {r['max']:.3f}]  eager {row['torch_eager_once']}  "
+            r, b = row["ratio_jax_fwd_rev_over_torch"], row["ratio_jax_best_over_torch"]
+            modes = "  ".join(f"{m} {row[f't_jax_hvp_{m}']['median_s'] * 1e3:.3f}" for m in asj.curvature.HVP_MODES)
+            print(f"{family} depth {depth:2d}: JAX ms {modes}; torch compiled "
+                  f"{row['t_torch_hvp_compiled']['median_s'] * 1e3:.3f} ms; JAX/torch: fwd_rev {r['median']:.3f} "
+                  f"[{r['min']:.3f}, {r['max']:.3f}], best ({row['jax_best_mode']}) {b['median']:.3f} "
+                  f"[{b['min']:.3f}, {b['max']:.3f}]  eager {row['torch_eager_once']}  "
                   f"[{time.perf_counter() - start:.0f}s]", flush=True)
-    suffix = "" if set(families) == {"mlp", "cnn"} else "_" + "_".join(families)
+    path = args.out / f"curvature_depth_equal_precision_{device.platform}.json"
+    if args.merge and path.exists():
+        result["rows"] = [r for r in json.loads(path.read_text())["rows"] if r["family"] not in families] + result["rows"]
+        result["config"] = {**json.loads(path.read_text())["config"], **result["config"]}
+    result["summary"] = {
+        f"{r['family']}_{r['depth']}": {
+            "best_mode": r["jax_best_mode"],
+            **{f"{label}_ratio_{q}": round(r[f"ratio_jax_{label}_over_torch"][q], 4)
+               for label in ("fwd_rev", "best") for q in ("median", "min", "max")},
+            "torch_spread": round(r["t_torch_hvp_compiled"]["relative_spread"], 4),
+            "torch_compiled_is_fastest": r["torch_compiled_is_fastest"],
+        }
+        for r in result["rows"]
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"curvature_depth_equal_precision_{device.platform}{suffix}.json"
     path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["summary"], indent=1))
     print(f"wrote {path}")
 
 

@@ -125,6 +125,32 @@ def test_gauss_newton_equals_hessian_for_a_linear_model(x64):
     assert _rel_err(G, H) < 1e-12
 
 
+def test_empirical_fisher_matches_mean_outer_product_of_per_example_gradients(x64):
+    predict_fn, _, _, params, x, y = _problem(seed=7)
+    flat, unravel = ravel_pytree(params)
+
+    def per_example(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(predict_fn(p, x), y)
+
+    # Independent reference: vmapped per-example gradients, one example at a time.
+    grads = jax.vmap(lambda xi, yi: jax.grad(lambda f: per_example(unravel(f), xi[None], yi[None])[0])(flat))(x, y)
+    F = grads.T @ grads / x.shape[0]
+    op = asj.empirical_fisher_operator(per_example, params, x, y)
+    dense = jax.jit(lambda p: asj.empirical_fisher_operator(per_example, p, x, y).as_dense())(params)
+    assert _rel_err(dense, F) < 1e-10
+    np.testing.assert_allclose(dense, dense.T, rtol=0, atol=1e-12)
+    assert float(jnp.linalg.eigvalsh(dense).min()) > -1e-12
+    # Rank at most N: the N per-example gradients span it.
+    assert int(jnp.sum(jnp.linalg.eigvalsh(dense) > 1e-10 * jnp.abs(dense).max())) <= x.shape[0]
+    assert op.stored_bytes() > 8 * x.size
+
+
+def test_empirical_fisher_rejects_reduced_losses():
+    _, _, loss_fn, params, x, y = _problem(dtype=jnp.float32)
+    with pytest.raises(ValueError, match="one loss per example, a 1-D array; got shape \\(\\)"):
+        asj.empirical_fisher_operator(loss_fn, params, x, y)
+
+
 def test_hutchinson_diagonal_is_unbiased():
     """Probabilistic: Rademacher probes on a fixed 6x6 matrix, 20000 probes, fixed key.
 
