@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -42,6 +43,9 @@ SIZES = {
     "cpu": {"mlp": dict(width=128, batch=64), "cnn": dict(channels=8, batch=16, spatial=8), "depths": [1, 2, 4, 6, 8]},
     "gpu": {"mlp": dict(width=1024, batch=512), "cnn": dict(channels=64, batch=64, spatial=64), "depths": [2, 4, 8, 12, 16]},
 }
+# "cnn_nchw" is the same CNN written in PyTorch's layout (channels first), not a default family.
+for _size in SIZES.values():
+    _size["cnn_nchw"] = _size["cnn"]
 NUM_CLASSES = 10
 # Operators whose bare product is timed (in a loop) beside their CG iteration.
 PRODUCTS = ("hessian", "gauss_newton", "empirical_fisher", "hessian_sub_batch", "gauss_newton_sub_batch")
@@ -71,15 +75,36 @@ class CNN(nnx.Module):
         return self.head(x.mean(axis=(1, 2)))
 
 
+class CNNChannelsFirst(nnx.Module):
+    """``CNN`` with NCHW activations and OIHW kernels, as PyTorch lays them out."""
+
+    def __init__(self, depth, channels, rngs):
+        init = nnx.initializers.lecun_normal(in_axis=1, out_axis=0)
+        self.kernels = nnx.List(
+            [nnx.Param(init(rngs.params(), (channels, 3 if i == 0 else channels, 3, 3))) for i in range(depth)]
+        )
+        self.biases = nnx.List([nnx.Param(jnp.zeros((channels,))) for _ in range(depth)])
+        self.head = nnx.Linear(channels, NUM_CLASSES, rngs=rngs)
+
+    def __call__(self, x):
+        for w, b in zip(self.kernels, self.biases):
+            x = jax.lax.conv_general_dilated(x, w[...], (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+            x = jnp.tanh(x + b[...][None, :, None, None])
+        return self.head(x.mean(axis=(2, 3)))
+
+
 def make_problem(family, depth, cfg, seed=0):
     """Returns (predict_fn, output_loss_fn, loss_fn, params, x, y) for one net."""
     rngs = nnx.Rngs(seed)
     if family == "mlp":
         model = MLP(depth, cfg["width"], rngs)
         x = jax.random.normal(jax.random.key(1), (cfg["batch"], cfg["width"]))
-    else:
+    elif family == "cnn":
         model = CNN(depth, cfg["channels"], rngs)
         x = jax.random.normal(jax.random.key(1), (cfg["batch"], cfg["spatial"], cfg["spatial"], 3))
+    else:
+        model = CNNChannelsFirst(depth, cfg["channels"], rngs)
+        x = jax.random.normal(jax.random.key(1), (cfg["batch"], 3, cfg["spatial"], cfg["spatial"]))
     y = jax.random.randint(jax.random.key(2), (cfg["batch"],), 0, NUM_CLASSES)
     graphdef, params = nnx.split(model, nnx.Param)
 
@@ -307,8 +332,8 @@ def equal_precision_spread(family, depth, cfg, args):
     with jax.default_matmul_precision("highest"):
         _, _, loss_fn, params, x, y = make_problem(family, depth, cfg)
         v = jax.tree.map(lambda a: jax.random.normal(jax.random.key(3), a.shape, a.dtype), params)
-        hvps = {m: jax.jit(lambda p, u, m=m: asj.hvp(loss_fn, p, u, x, y, mode=m)).lower(params, v).compile()
-                for m in asj.curvature.HVP_MODES}
+        hvps = {m: jax.jit(lambda p, u, m=m: asj.hvp(loss_fn, p, u, x, y, mode=m)).lower(params, v).compile(
+                    compiler_options=compiler_options(args)) for m in asj.curvature.HVP_MODES}
     fns, tparams, tv, timed = _torch_setup(family, depth, cfg, args.repeats)
     out = {"family": family, "depth": depth, "repeats_per_round": args.repeats, "rounds": []}
     out["torch_eager_once"] = {f"t_hvp_{n}": timed(fns[n], tparams, tv, repeats=5, warmup=1)
@@ -329,6 +354,17 @@ def equal_precision_spread(family, depth, cfg, args):
         ratios = [r[f"t_jax_hvp_{mode}"] / r["t_torch_hvp_compiled"] for r in out["rounds"]]
         out[f"ratio_jax_{label}_over_torch"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     return out
+
+
+def compiler_options(args):
+    """XLA options for the equal-precision HVPs: ``--force-conv-nchw`` keeps convolutions channels-first.
+
+    At float32 'highest' precision on the H200, XLA's default layout makes cuDNN convert
+    NHWC <-> NCHW around its kernels (`benchmarks/hvp_kernels.py`: 11-12% of the HVP's device
+    time); per compilation, this option removes the conversions. At default precision it is
+    1.5x slower (it rules out the tensor-core NHWC kernels), so it is not the default.
+    """
+    return {"xla_gpu_force_conv_nchw": True} if args.force_conv_nchw else None
 
 
 def jax_highest_rows(family, depth, cfg, args):
@@ -398,6 +434,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--equal-precision-only", action="store_true",
                         help="only JAX vs PyTorch HVPs at equal precision, in alternating rounds (needs torch)")
+    parser.add_argument("--force-conv-nchw", action="store_true",
+                        help="compile --equal-precision-only's JAX HVPs with xla_gpu_force_conv_nchw (see compiler_options)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of --equal-precision-only")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other families' rows of an existing result file (run families separately; "
@@ -477,7 +515,8 @@ def equal_precision_main(args, sizes, depths, families, device):
         "benchmark": "curvature_depth_equal_precision", "device": f"{device.platform}:{device.device_kind}",
         "jax_version": jax.__version__, "torch_version": torch.__version__, "size": args.size,
         "dtype": "float32", "precision": "JAX: default_matmul_precision('highest'); PyTorch: TF32 off (matmul, cuDNN)",
-        "config": {f: sizes[f] for f in families}, "repeats_per_round": args.repeats, "rounds": args.rounds, "rows": [],
+        "config": {f: sizes[f] for f in families}, "repeats_per_round": args.repeats, "rounds": args.rounds,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "compiler_options": compiler_options(args), "rows": [],
     }
     for family in families:
         for depth in depths:
@@ -491,7 +530,8 @@ def equal_precision_main(args, sizes, depths, families, device):
                   f"[{r['min']:.3f}, {r['max']:.3f}], best ({row['jax_best_mode']}) {b['median']:.3f} "
                   f"[{b['min']:.3f}, {b['max']:.3f}]  eager {row['torch_eager_once']}  "
                   f"[{time.perf_counter() - start:.0f}s]", flush=True)
-    path = args.out / f"curvature_depth_equal_precision_{device.platform}.json"
+    suffix = "_force_conv_nchw" if args.force_conv_nchw else ""
+    path = args.out / f"curvature_depth_equal_precision_{device.platform}{suffix}.json"
     if args.merge and path.exists():
         result["rows"] = [r for r in json.loads(path.read_text())["rows"] if r["family"] not in families] + result["rows"]
         result["config"] = {**json.loads(path.read_text())["config"], **result["config"]}
