@@ -461,6 +461,9 @@ def main(argv=None):
         result["rows"] = [r for r in old["rows"] if r["family"] not in families]
         result["equal_precision"] = [e for e in old["equal_precision"] if e["family"] not in families]
         result["torch_version"] = old.get("torch_version")
+        kept = sorted({r["family"] for r in result["rows"]})
+        result["note"] = (f"rows of {', '.join(kept)} come from an earlier invocation kept by --merge "
+                          f"(benchmarks/results/logs/ has each invocation's log)")
     progress = [(f, d) for f in families for d in depths]
     for i, (family, depth) in enumerate(progress):
         start = time.perf_counter()

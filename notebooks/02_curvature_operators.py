@@ -243,7 +243,8 @@ bench = json.loads((ROOT / "benchmarks" / "results" / "curvature_depth_gpu.json"
 print(f"device {bench['device']}, JAX {bench['jax_version']}, {bench['dtype']}, {bench['precision']}; "
       f"CG of {bench['cg_iters']} iterations at damping {bench['damping']}")
 print(f"sizes: {bench['config']}")
-print(f"note: {bench['note']}")
+if "note" in bench:  # how the file was put together (e.g. families from separate invocations)
+    print(f"note: {bench['note']}")
 rows = bench["rows"]
 series = {
     "ratio_hvp_fwd_rev": "HVP fwd_rev (single call)",
