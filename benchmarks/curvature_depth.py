@@ -181,7 +181,7 @@ def bench_one(family, depth, cfg, args):
     # The empirical Fisher on 8 examples against the mean of g_i (g_i . v) from per-example gradients.
     x8, y8 = x[:8], y[:8]
     per_grads = jax.vmap(lambda xi, yi: jax.grad(lambda p: per_example(p, xi[None], yi[None])[0])(params))(x8, y8)
-    dots = sum(jnp.sum((gl * vl[None]).reshape(8, -1), axis=1) for gl, vl in zip(jax.tree.leaves(per_grads), jax.tree.leaves(v)))
+    dots = jax.vmap(lambda g: optax.tree.vdot(g, v))(per_grads)
     fv_ref = jax.tree.map(lambda gl: jnp.tensordot(dots, gl, axes=1) / 8, per_grads)
     check["empirical_fisher_vs_per_example"] = cosine(asj.empirical_fisher_operator(per_example, params, x8, y8).matvec(v), fv_ref)
     for name, c in check.items():
