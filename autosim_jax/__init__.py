@@ -5,10 +5,14 @@ The public API, one name per line.
 
 import importlib.metadata
 
-from .autosimulate import APPROXIMATIONS as APPROXIMATIONS
 from .autosimulate import AutoSimState as AutoSimState
 from .autosimulate import AutoSimulate as AutoSimulate
+from .autosimulate import Hypergradient as Hypergradient
+from .autosimulate import StepInfo as StepInfo
 from .autosimulate import make_autosimulate as make_autosimulate
+from .config import APPROXIMATIONS as APPROXIMATIONS
+from .config import CURVATURES as CURVATURES
+from .config import AutoSimConfig as AutoSimConfig
 from .checkpoint import load_checkpoint as load_checkpoint
 from .checkpoint import save_checkpoint as save_checkpoint
 from .curvature import CurvatureOperator as CurvatureOperator
@@ -17,7 +21,9 @@ from .curvature import gauss_newton_operator as gauss_newton_operator
 from .curvature import hessian_operator as hessian_operator
 from .curvature import hutchinson_diagonal as hutchinson_diagonal
 from .curvature import hvp as hvp
+from .distributions import CategoricalParams as CategoricalParams
 from .distributions import Distribution as Distribution
+from .distributions import NormalParams as NormalParams
 from .distributions import bounded as bounded
 from .distributions import categorical as categorical
 from .distributions import from_schema as from_schema
@@ -28,16 +34,29 @@ from .estimators import directional_derivatives as directional_derivatives
 from .estimators import reinforce_gradient as reinforce_gradient
 from .estimators import score_function_term as score_function_term
 from .experiments import EXPERIMENTS as EXPERIMENTS
+from .experiments import Experiment as Experiment
+from .experiments import ExperimentSetup as ExperimentSetup
 from .experiments import assess_psi as assess_psi
+from .experiments import gap_closed as gap_closed
 from .experiments import get_experiment as get_experiment
 from .experiments import make_assessor as make_assessor
+from .inner import Inner as Inner
+from .inner import make_inner as make_inner
 from .models import SmallCNN as SmallCNN
 from .models import UNet as UNet
+from .schema import Field as Field
+from .schema import OutputSpec as OutputSpec
+from .schema import Renderer as Renderer
+from .schema import SceneSchema as SceneSchema
 from .simulator import RenderError as RenderError
+from .simulator import Simulation as Simulation
 from .simulator import Simulator as Simulator
 from .simulator import reraise_render_errors as reraise_render_errors
 from .solve import SolveResult as SolveResult
 from .solve import solve_damped as solve_damped
+from .table1 import SolveReport as SolveReport
+from .table1 import approximation_vector as approximation_vector
+from .table1 import curvature_operator as curvature_operator
 from .tasks import Task as Task
 from .tasks import accuracy as accuracy
 from .tasks import classification_task as classification_task

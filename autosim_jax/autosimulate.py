@@ -47,17 +47,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from .curvature import empirical_fisher_operator, gauss_newton_operator, hessian_operator
+from .config import AutoSimConfig
 from .estimators import reinforce_gradient, score_function_term
+from .inner import Inner, make_inner
 from .simulator import Simulator, reraise_render_errors
-from .solve import solve_damped
+from .table1 import SolveReport, approximation_vector, curvature_operator
 from .tasks import Task
-from .training import train_epochs
 
 PyTree = Any
-
-APPROXIMATIONS = ("exact_quadratic", "approx_quadratic", "linear", "no_val")
-CURVATURES = ("hessian", "gauss_newton", "empirical_fisher")
 
 
 class AutoSimState(NamedTuple):
@@ -72,106 +69,63 @@ class AutoSimState(NamedTuple):
     images: jax.Array  # int32[], images rendered so far
 
 
+class Hypergradient(NamedTuple):
+    """What :attr:`AutoSimulate.hypergradient` returns (arrays; scalars are 0-d)."""
+
+    grad_psi: PyTree  # dL~/dpsi, a descent direction of the local model (like psi)
+    val_loss: jax.Array  # L_val(theta_hat(psi_t))
+    val_metric: jax.Array  # the task metric on the validation set at theta_hat(psi_t)
+    solve: SolveReport  # how Table 1's vector was obtained
+
+
+class StepInfo(NamedTuple):
+    """What one :attr:`AutoSimulate.step` did, as Python scalars (``._asdict()`` for JSON)."""
+
+    val_loss: float  # validation loss of the fine-tuned theta_hat(psi_t)
+    val_metric: float  # validation metric of theta_hat(psi_t)
+    train_loss: float  # mean fine-tuning loss of the last epoch
+    psi_grad_norm: float  # ||dL~/dpsi||
+    cg_relative_residual: float  # 0 when the approximation has no solve
+    cg_converged: bool  # the solve met cg_tol (True when there is no solve)
+    cg_indefinite: bool  # negative curvature met (raise the damping)
+    cg_model_value: float  # q(u) of Eq. 13a's quadratic; >= 0: the vector is no better than zero
+    time_render: float  # seconds of each stage (wall clock, blocked)
+    time_train: float
+    time_outer: float
+
+
 class AutoSimulate(NamedTuple):
-    """The pair of functions built by :func:`make_autosimulate`, plus evaluation.
+    """The functions built by :func:`make_autosimulate`.
 
     Attributes:
       init: ``init(seed) -> AutoSimState``.
-      step: ``step(state) -> (state, info)``; ``info`` is a dict of Python floats: validation
-        loss and metric at ``theta_hat(psi_t)``, training loss, CG residual / converged /
-        indefinite flags, the norm of the psi gradient, and the wall time of each stage.
-      evaluate: ``evaluate(theta, inputs, labels) -> (loss, metric)``, jitted.
-      predict: ``predict(theta, inputs) -> logits``, jitted.
+      step: ``step(state) -> (state, StepInfo)``: one outer iteration of Algorithm 1.
+      hypergradient: ``(psi, theta, scenes, inputs, labels) -> Hypergradient``, jitted and
+        pure: the outer stage on renders of your own (Algorithm 1, lines 4-7).
+      inner: the shared :class:`~autosim_jax.inner.Inner` stages (``measure(theta, x, y)``,
+        ``predict``, ...).
+      config: the :class:`~autosim_jax.AutoSimConfig` in use.
       trace_counts: ``() -> dict`` stage name -> number of times it was traced.
     """
 
     init: Callable[[int], AutoSimState]
-    step: Callable[[AutoSimState], tuple[AutoSimState, dict]]
-    evaluate: Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-    predict: Callable[[PyTree, jax.Array], jax.Array]
+    step: Callable[[AutoSimState], tuple[AutoSimState, StepInfo]]
+    hypergradient: Callable[..., Hypergradient]
+    inner: Inner
+    config: AutoSimConfig
     trace_counts: Callable[[], dict]
 
 
-def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise ValueError(f"Unknown {what} {value!r}; valid choices are {list(choices)}.")
-    return value
+def _split_optimizers(overrides: dict[str, Any]) -> dict[str, optax.GradientTransformation]:
+    """Pulls optax transformations passed for ``inner_optimizer`` / ``outer_optimizer``."""
+    return {k: overrides.pop(k) for k in ("inner_optimizer", "outer_optimizer")
+            if isinstance(overrides.get(k), optax.GradientTransformation)}
 
 
-def make_autosimulate(
-    simulator: Simulator,
-    model: nnx.Module,
-    task: Task,
-    val_data: tuple[jax.Array, jax.Array],
-    *,
-    approximation: str = "exact_quadratic",
-    dataset_size: int = 64,
-    batch_size: int = 32,
-    finetune_epochs: int = 1,
-    inner_optimizer: optax.GradientTransformation | None = None,
-    outer_optimizer: optax.GradientTransformation | None = None,
-    damping: float = 1e-2,
-    curvature: str = "gauss_newton",
-    curvature_batch_size: int | None = None,
-    cg_maxiter: int = 10,
-    cg_tol: float = 1e-3,
-    estimator: str = "jvp",
-    baseline: str | None = "leave_one_out",
-) -> AutoSimulate:
-    r"""Builds AutoSimulate's ``(init, step)`` for one simulator, model, task and validation set.
-
-    Args:
-      simulator: a :class:`~autosim_jax.Simulator` (distribution ``q_psi`` + host renderer).
-      model: a flax ``nnx.Module`` whose state is only ``nnx.Param`` (its current
-        parameters are the starting ``theta``).
-      task: a :class:`~autosim_jax.tasks.Task` (per-sample loss and metric on logits).
-      val_data: ``(inputs, labels)`` of the (real) validation set, used whole for ``g_val``.
-      approximation: one of ``"exact_quadratic"``, ``"approx_quadratic"``, ``"linear"``,
-        ``"no_val"`` (Table 1; see the module docstring for the signs).
-      dataset_size: ``K``, scenes rendered per outer step.
-      batch_size: fine-tuning minibatch size (``K`` must be a multiple of it).
-      finetune_epochs: ``epsilon`` epochs of fine-tuning per step.
-      inner_optimizer: optax optimiser of ``theta`` (default ``adam(1e-3)``).
-      outer_optimizer: optax optimiser of ``psi`` (default ``adam(5e-2)``).
-      damping: Levenberg ``lambda`` of ``H + lambda I`` (Section 4.2), ``>= 0``.
-      curvature: ``"gauss_newton"`` (positive semi-definite, cheaper, default),
-        ``"hessian"`` (the paper's exact ``H``; may need more damping) or
-        ``"empirical_fisher"`` (mean outer product of per-sample gradients; positive
-        semi-definite, a cruder proxy, see :func:`~autosim_jax.empirical_fisher_operator`).
-      curvature_batch_size: compute the curvature on the first this-many rendered samples
-        (Hessian-free practice) instead of all ``K``.
-      cg_maxiter, cg_tol: CG iterations and relative tolerance for Eq. 13a.
-      estimator: ``"jvp"`` or ``"per_sample"`` (see :func:`~autosim_jax.score_function_term`).
-      baseline: control variate of the score-function estimator.
-
-    Returns:
-      An :class:`AutoSimulate`.
-
-    Raises:
-      ValueError: for unknown options, a negative damping, a batch size that does not divide
-        ``K``, or validation data whose shapes do not match the renderer's outputs.
-
-    References:
-      Behl et al., AutoSimulate (ECCV 2020): Algorithm 1, Eq. 11-13, Table 1.
-
-    Example:
-      >>> autosim = make_autosimulate(sim, model, task, (x_val, y_val))  # doctest: +SKIP
-      >>> state = autosim.init(0)  # doctest: +SKIP
-      >>> state, info = autosim.step(state)  # doctest: +SKIP
-    """
-    _choice(approximation, APPROXIMATIONS, "approximation")
-    _choice(curvature, CURVATURES, "curvature")
-    if not damping >= 0:
-        raise ValueError(f"damping must be >= 0, got {damping}.")
-    if batch_size < 1 or dataset_size % batch_size:
-        raise ValueError(
-            f"dataset_size ({dataset_size}) must be a positive multiple of batch_size ({batch_size}); "
-            "every rendered image should be trained on."
-        )
-    if finetune_epochs < 1 or cg_maxiter < 1:
-        raise ValueError(f"finetune_epochs and cg_maxiter must be >= 1, got {finetune_epochs} and {cg_maxiter}.")
-    if curvature_batch_size is not None and not 1 <= curvature_batch_size <= dataset_size:
-        raise ValueError(f"curvature_batch_size must be in [1, dataset_size={dataset_size}], got {curvature_batch_size}.")
+def _check_val_data(simulator: Simulator, val_data) -> tuple[jax.Array, jax.Array]:
+    if not isinstance(val_data, (tuple, list)) or len(val_data) != 2:
+        raise ValueError(f"val_data must be a pair (inputs, labels), got {type(val_data).__name__}"
+                         + (f" of length {len(val_data)}" if isinstance(val_data, (tuple, list)) else "") + ".")
     x_val, y_val = (jnp.asarray(a) for a in val_data)
     spec_in, spec_lab = simulator.renderer.inputs_spec, simulator.renderer.labels_spec
     if x_val.shape[1:] != tuple(spec_in.shape) or y_val.shape[1:] != tuple(spec_lab.shape) or len(x_val) != len(y_val):
@@ -179,92 +133,121 @@ def make_autosimulate(
             f"val_data shapes {x_val.shape} / {y_val.shape} do not match the renderer's outputs "
             f"(n, *{spec_in.shape}) / (n, *{spec_lab.shape}) with the same n."
         )
-    inner_optimizer = inner_optimizer or optax.adam(1e-3)
-    outer_optimizer = outer_optimizer or optax.adam(5e-2)
-    graphdef, theta0 = nnx.split(model, nnx.Param)
+    return x_val, y_val
+
+
+def make_autosimulate(
+    simulator: Simulator,
+    model: nnx.Module,
+    task: Task,
+    val_data: tuple[jax.Array, jax.Array],
+    config: AutoSimConfig | None = None,
+    **overrides: Any,
+) -> AutoSimulate:
+    r"""Builds AutoSimulate's ``(init, step)`` for one simulator, model, task and validation set.
+
+    Args:
+      simulator: a :class:`~autosim_jax.Simulator` (distribution ``q_psi`` + host renderer).
+      model: a flax ``nnx.Module`` whose state is only ``nnx.Param`` (its current
+        parameters are the starting ``theta``).
+      task: a :class:`~autosim_jax.Task` (per-sample loss and metric on logits).
+      val_data: ``(inputs, labels)`` of the (real) validation set.
+      config: an :class:`~autosim_jax.AutoSimConfig` (default ``AutoSimConfig()``).
+      **overrides: fields of ``config`` to change (``approximation="linear"``, ...).
+        ``inner_optimizer`` / ``outer_optimizer`` also accept an optax transformation,
+        used as given instead of the one the config names.
+
+    Returns:
+      An :class:`AutoSimulate`.
+
+    Raises:
+      ValueError: for unknown or invalid options, a model that is not an ``nnx.Module`` or
+        holds non-``Param`` state, or validation data whose shapes do not match the
+        renderer's outputs.
+
+    References:
+      Behl et al., AutoSimulate (ECCV 2020): Algorithm 1, Eq. 11-13, Table 1.
+
+    Example:
+      >>> import numpy as np
+      >>> from autosim_jax import Field, OutputSpec, SceneSchema, Simulator, Task, from_schema
+      >>> class Square:  # a scene is a number x; the renderer returns (x, x^2)
+      ...     name = "square"
+      ...     schema = SceneSchema((Field.continuous("x"),))
+      ...     inputs_spec = labels_spec = OutputSpec((1,), np.float32)
+      ...     def render(self, scenes, seed):
+      ...         x = scenes["x"][:, None].astype(np.float32)
+      ...         return x, x ** 2
+      >>> sim = Simulator(from_schema(Square.schema), Square())
+      >>> mse = lambda out, y: ((out - y) ** 2).sum(-1)
+      >>> task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
+      >>> x_val = np.full((16, 1), 2.0, np.float32)
+      >>> autosim = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x_val, x_val ** 2),
+      ...                             dataset_size=32, batch_size=16)
+      >>> state = autosim.init(0)
+      >>> state, info = autosim.step(state)
+      >>> int(state.step), info.cg_converged in (True, False)
+      (1, True)
+    """
+    optimizers = _split_optimizers(overrides)
+    config = (config or AutoSimConfig()).replace(**overrides)
+    inner_optimizer = optimizers.get("inner_optimizer") or config.inner_optax()
+    outer_optimizer = optimizers.get("outer_optimizer") or config.outer_optax()
+    x_val, y_val = _check_val_data(simulator, val_data)
+    inner = make_inner(simulator, model, task, optimizer=inner_optimizer, dataset_size=config.dataset_size,
+                       batch_size=config.batch_size, epochs=config.finetune_epochs,
+                       val_batch_size=config.val_batch_size)
     distribution = simulator.distribution
-    curv_n = curvature_batch_size or dataset_size
+    curv_n = config.curvature_batch_size or config.dataset_size
     traces = {"simulate": 0, "finetune": 0, "outer": 0}
-
-    def predict(theta, inputs):
-        return nnx.merge(graphdef, theta)(inputs)
-
-    def per_sample_loss(theta, inputs, labels):
-        return task.per_sample_loss(predict(theta, inputs), labels)
-
-    def mean_loss(theta, inputs, labels):
-        return jnp.mean(per_sample_loss(theta, inputs, labels))
-
-    def val_objective(theta):
-        logits = predict(theta, x_val)
-        return jnp.mean(task.per_sample_loss(logits, y_val)), logits
 
     def init(seed: int) -> AutoSimState:
         psi = distribution.init()
         return AutoSimState(
             psi=psi,
-            theta=theta0,
-            inner_opt_state=inner_optimizer.init(theta0),
+            theta=inner.theta0,
+            inner_opt_state=inner_optimizer.init(inner.theta0),
             outer_opt_state=outer_optimizer.init(psi),
             key=jax.random.PRNGKey(seed),
             step=jnp.zeros((), jnp.int32),
             images=jnp.zeros((), jnp.int32),
         )
 
+    def hypergradient(psi, theta, scenes, inputs, labels) -> Hypergradient:
+        """Algorithm 1, lines 4-7: g_val, Table 1's vector u, and dL~/dpsi = -S(u)."""
+        (val_loss, val_metric), g_val = inner.measure_and_grad(theta, x_val, y_val)
+        if config.approximation == "no_val":
+            losses = inner.per_sample_loss(theta, inputs, labels)
+            grad = reinforce_gradient(distribution.log_prob, psi, scenes, losses, baseline=config.baseline)
+            return Hypergradient(grad, val_loss, val_metric, SolveReport.no_solve())
+        u, report = approximation_vector(
+            config.approximation, g_val,
+            lambda: curvature_operator(config.curvature, inner.predict, task.per_sample_loss, theta,
+                                       inputs[:curv_n], labels[:curv_n]),
+            damping=config.damping, cg_tol=config.cg_tol, cg_maxiter=config.cg_maxiter,
+        )
+        s = score_function_term(distribution.log_prob, psi, scenes, inner.per_sample_loss, theta, u, inputs, labels,
+                                method=config.estimator, baseline=config.baseline)
+        return Hypergradient(jax.tree.map(jnp.negative, s), val_loss, val_metric, report)
+
     @jax.jit
     def simulate(key, psi):
         traces["simulate"] += 1
-        return simulator.simulate(key, psi, dataset_size)
+        return inner.simulate(key, psi)
 
     @jax.jit
     def finetune(theta, opt_state, inputs, labels, key):
-        """Epsilon epochs of minibatch training on the K rendered samples (Algorithm 1, line 3)."""
         traces["finetune"] += 1
-        return train_epochs(mean_loss, inner_optimizer, theta, opt_state, inputs, labels, key,
-                            batch_size=batch_size, epochs=finetune_epochs)
+        return inner.finetune(theta, opt_state, inputs, labels, key)
 
     @jax.jit
     def outer(psi, outer_opt_state, theta, scenes, inputs, labels):
-        """g_val, the approximation's vector, the score-function term and the psi update."""
         traces["outer"] += 1
-        # One forward pass over the validation set serves the loss, its gradient and the metric.
-        (val_loss, val_logits), g_val = jax.value_and_grad(val_objective, has_aux=True)(theta)
-        val_metric = task.metric(val_logits, y_val)
-        residual, converged, indefinite = jnp.float32(0), jnp.bool_(True), jnp.bool_(False)
-        if approximation == "no_val":
-            losses = per_sample_loss(theta, inputs, labels)
-            grad_psi = reinforce_gradient(distribution.log_prob, psi, scenes, losses, baseline=baseline)
-        else:
-            if approximation == "linear":
-                u = g_val
-            else:
-                xc, yc = inputs[:curv_n], labels[:curv_n]
-                if curvature == "hessian":
-                    op = hessian_operator(mean_loss, theta, xc, yc)
-                elif curvature == "empirical_fisher":
-                    op = empirical_fisher_operator(per_sample_loss, theta, xc, yc)
-                else:
-                    op = gauss_newton_operator(
-                        predict, lambda out, y: jnp.mean(task.per_sample_loss(out, y)), theta, xc, yc
-                    )
-                if approximation == "approx_quadratic":
-                    u = op.matvec(g_val)
-                else:
-                    sol = solve_damped(op, g_val, damping, tol=cg_tol, maxiter=cg_maxiter)
-                    u, residual, converged, indefinite = sol.x, sol.relative_residual, sol.converged, sol.indefinite
-            s = score_function_term(
-                distribution.log_prob, psi, scenes, per_sample_loss, theta, u, inputs, labels,
-                method=estimator, baseline=baseline,
-            )
-            grad_psi = jax.tree.map(jnp.negative, s)
-        updates, outer_opt_state = outer_optimizer.update(grad_psi, outer_opt_state, psi)
-        info = dict(
-            val_loss=val_loss, val_metric=val_metric, cg_relative_residual=residual, cg_converged=converged,
-            cg_indefinite=indefinite, psi_grad_norm=optax.tree.norm(grad_psi),
-        )
-        return optax.apply_updates(psi, updates), outer_opt_state, info
+        hg = hypergradient(psi, theta, scenes, inputs, labels)
+        updates, outer_opt_state = outer_optimizer.update(hg.grad_psi, outer_opt_state, psi)
+        return optax.apply_updates(psi, updates), outer_opt_state, hg
 
-    def step(state: AutoSimState) -> tuple[AutoSimState, dict]:
+    def step(state: AutoSimState) -> tuple[AutoSimState, StepInfo]:
         key, sim_key, train_key = jax.random.split(state.key, 3)
         t0 = time.perf_counter()
         with reraise_render_errors():
@@ -274,16 +257,18 @@ def make_autosimulate(
             finetune(state.theta, state.inner_opt_state, inputs, labels, train_key)
         )
         t2 = time.perf_counter()
-        psi, outer_state, info = jax.block_until_ready(outer(state.psi, state.outer_opt_state, theta, scenes, inputs, labels))
+        psi, outer_state, hg = jax.block_until_ready(outer(state.psi, state.outer_opt_state, theta, scenes, inputs,
+                                                           labels))
         t3 = time.perf_counter()
-        new_state = AutoSimState(psi, theta, inner_state, outer_state, key, state.step + 1, state.images + dataset_size)
-        info = {k: (bool(v) if v.dtype == jnp.bool_ else float(v)) for k, v in info.items()}
-        info.update(train_loss=float(train_loss), time_render=t1 - t0, time_train=t2 - t1, time_outer=t3 - t2)
+        new_state = AutoSimState(psi, theta, inner_state, outer_state, key, state.step + 1,
+                                 state.images + config.dataset_size)
+        info = StepInfo(
+            val_loss=float(hg.val_loss), val_metric=float(hg.val_metric), train_loss=float(train_loss),
+            psi_grad_norm=float(optax.tree.norm(hg.grad_psi)),
+            cg_relative_residual=float(hg.solve.relative_residual), cg_converged=bool(hg.solve.converged),
+            cg_indefinite=bool(hg.solve.indefinite), cg_model_value=float(hg.solve.model_value),
+            time_render=t1 - t0, time_train=t2 - t1, time_outer=t3 - t2,
+        )
         return new_state, info
 
-    @jax.jit
-    def evaluate(theta, inputs, labels):
-        logits = predict(theta, inputs)
-        return jnp.mean(task.per_sample_loss(logits, labels)), task.metric(logits, labels)
-
-    return AutoSimulate(init, step, evaluate, jax.jit(predict), lambda: dict(traces))
+    return AutoSimulate(init, step, jax.jit(hypergradient), inner, config, lambda: dict(traces))

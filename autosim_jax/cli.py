@@ -44,7 +44,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from .autosimulate import APPROXIMATIONS, make_autosimulate
+from .autosimulate import make_autosimulate
+from .config import APPROXIMATIONS
 from .checkpoint import leaf_paths, load_checkpoint, save_checkpoint
 from .experiments import make_assessor
 from .simulator import RenderError, reraise_render_errors
@@ -372,24 +373,24 @@ def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> in
         raise UsageError(_EXISTS.format(out=out, what=", ".join(present) or "other files"))
 
     setup = experiment.build(renderer=renderer, seed=args.seed)
-    options = dict(setup.options)
-    options.pop("approximation", None)
+    changes: dict[str, Any] = {"approximation": approximation}
     notes = []
     if args.dataset_size is not None:
-        options["dataset_size"] = args.dataset_size
+        changes["dataset_size"] = args.dataset_size
     if args.finetune_epochs is not None:
-        options["finetune_epochs"] = args.finetune_epochs
-    k, b = options.get("dataset_size"), options.get("batch_size")
-    if k is not None and b is not None and k % b:
-        options["batch_size"] = math.gcd(k, b)
-        notes.append(f"batch_size {b} does not divide dataset_size {k}: using batch_size {options['batch_size']}")
+        changes["finetune_epochs"] = args.finetune_epochs
+    k, b = changes.get("dataset_size", setup.config.dataset_size), setup.config.batch_size
+    if k % b:
+        changes["batch_size"] = math.gcd(k, b)
+        notes.append(f"batch_size {b} does not divide dataset_size {k}: using batch_size {changes['batch_size']}")
+    run_config = setup.config.replace(**changes)
     iterations = args.iterations or setup.iterations
     config = {
         "experiment": args.experiment_spec or experiment.name,
         "renderer": renderer,
         "approximation": approximation,
         "seed": args.seed,
-        "options": describe(options),
+        "options": run_config.to_dict(),
         "iterations": iterations,
         "budget_images": args.budget_images,
         "metric": setup.task.metric_name,
@@ -412,8 +413,7 @@ def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> in
     for note in notes:
         print(f"autosim run: note: {note}", file=stderr)
 
-    autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                approximation=approximation, **options)
+    autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, run_config)
     initial = autosim.init(args.seed)
     os.makedirs(out, exist_ok=True)
     state, records = resume_state(initial, ckpt_path, metrics_path, args.resume)
@@ -438,7 +438,8 @@ def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> in
                 t0 = time.perf_counter()
                 try:
                     with _quiet_render_errors():
-                        state, info = autosim.step(state)
+                        state, step_info = autosim.step(state)
+                    info = step_info._asdict()
                 except RenderError as err:
                     bar.close()
                     where = (f"renderer {err.renderer!r}" + (f", field {err.field!r}" if err.field else "")
@@ -447,7 +448,7 @@ def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> in
                           f"The checkpoint of step {step_no - 1} in {ckpt_path} is intact; after fixing the cause, "
                           "continue with --resume.", file=stderr)
                     return 1
-                test_loss, test_metric = autosim.evaluate(state.theta, x_test, y_test)
+                test_loss, test_metric = autosim.inner.measure(state.theta, x_test, y_test)
                 record = {
                     "step": int(state.step), "images": int(state.images),
                     **{k: info[k] for k in ("val_loss", "val_metric")},
@@ -476,23 +477,20 @@ def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> in
 
     summary = _summary(records, higher, stopped_by, state)
     if args.assess_images != 0 and records:
-        summary["assessment"] = _assess(setup._replace(options=options), initial.psi, state.psi, args, stderr)
+        summary["assessment"] = _assess(setup._replace(config=run_config), initial.psi, state.psi, args, stderr)
     _write_json(os.path.join(out, SUMMARY), summary)
     _write_plots(out, records, setup, initial.psi, state.psi, args.seed, stderr)
     print(_summary_table(summary, setup.task.metric_name), file=stdout)
     return 0
 
 
-ASSESS_EPOCHS = 10
-
-
 def _assess(setup, psi0, psi1, args: RunArgs, stderr) -> dict:
     """Fresh models trained on equal budgets from the start and the learned psi (the fair test)."""
-    n = args.assess_images or 16 * setup.options["dataset_size"]
-    print(f"autosim run: assessing: a fresh model on {n} images x {ASSESS_EPOCHS} epochs from the start "
+    n, epochs = args.assess_images or setup.assess_images, setup.assess_epochs
+    print(f"autosim run: assessing: a fresh model on {n} images x {epochs} epochs from the start "
           "and from the learned psi ...", file=stderr)
-    assess = make_assessor(setup, num_images=n, epochs=ASSESS_EPOCHS)
-    return {"images": n, "epochs": ASSESS_EPOCHS, "start_psi": assess(psi0, args.seed),
+    assess = make_assessor(setup, num_images=n, epochs=epochs)
+    return {"images": n, "epochs": epochs, "start_psi": assess(psi0, args.seed),
             "learned_psi": assess(psi1, args.seed)}
 
 

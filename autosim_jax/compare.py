@@ -53,9 +53,9 @@ import time
 
 import numpy as np
 
-from .autosimulate import APPROXIMATIONS
+from .config import APPROXIMATIONS
 from .checkpoint import save_checkpoint
-from .cli import (ASSESS_EPOCHS, RunArgs, UsageError, _psi_record, _write_json, describe, psi_from_record,
+from .cli import (RunArgs, UsageError, _psi_record, _write_json, psi_from_record,
                   resolve_experiment, resume_state, run_experiment)
 from .experiments import make_assessor
 
@@ -150,8 +150,8 @@ def _common(record: dict, train_steps_per_step: int | None = None) -> dict:
     }
 
 
-def _run_autosimulate(experiment, args: CompareArgs, renderer, approximation, seed, out, options, stderr) -> list[dict]:
-    k = options["dataset_size"]
+def _run_autosimulate(experiment, args: CompareArgs, renderer, approximation, seed, out, config, stderr) -> list[dict]:
+    k = config.dataset_size
     run_args = RunArgs(approximation=approximation, iterations=math.ceil(args.budget_images / k),
                        budget_images=args.budget_images, seed=seed, renderer=renderer, out=out,
                        resume=args.resume and os.path.exists(os.path.join(out, "config.json")),
@@ -160,16 +160,16 @@ def _run_autosimulate(experiment, args: CompareArgs, renderer, approximation, se
         code = run_experiment(experiment, run_args, stdout=io.StringIO(), stderr=stderr)
         if code != 0:
             raise RuntimeError(f"autosim run exited with {code} for {out}")
-    per_step = options["finetune_epochs"] * (k // options["batch_size"])
+    per_step = config.finetune_epochs * (k // config.batch_size)
     return [_common(r, per_step) for r in _lines(os.path.join(out, "metrics.jsonl"))]
 
 
 def _build_baseline(method, setup, args: CompareArgs, budget_evaluations: int):
     from . import baselines
 
-    kw = dict(baselines.objective_options(setup.options), radius=args.search_radius)
+    kw = dict(config=setup.config, radius=args.search_radius)
     if method == "lts":
-        kw.update(samples_per_step=args.lts_samples, outer_optimizer=setup.options.get("outer_optimizer"))
+        kw.update(samples_per_step=args.lts_samples, outer_optimizer=setup.config.outer_optax())
     if method == "bo":
         kw.update(max_evaluations=budget_evaluations + 1)
     return baselines.BASELINES[method](setup.simulator, setup.model, setup.task, setup.val_data, setup.test_data, **kw)
@@ -180,14 +180,14 @@ def _run_baseline(experiment, args: CompareArgs, renderer, method, seed, out, st
     if args.resume and os.path.exists(os.path.join(out, DONE)):
         return [_common(r) for r in _lines(metrics_path)]
     setup = experiment.build(renderer=renderer, seed=seed)
-    k = setup.options["dataset_size"]
+    k = setup.config.dataset_size
     box = _build_baseline(method, setup, args, math.ceil(args.budget_images / k))
     state = box.init(seed)
     os.makedirs(out, exist_ok=True)
     state, records = resume_state(state, ckpt_path, metrics_path, args.resume)
     _write_json(os.path.join(out, "config.json"), {
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "method": method, "seed": seed,
-        "budget_images": args.budget_images, "options": describe(setup.options),
+        "budget_images": args.budget_images, "options": setup.config.to_dict(),
         "search_radius": args.search_radius, "lts_samples": args.lts_samples if method == "lts" else None,
         "search_space": list(box.space.names),
     })
@@ -312,27 +312,30 @@ def assess_thresholds(budget: int, points: int) -> list[int]:
     return [budget // 2**j for j in range(points - 1, -1, -1)]
 
 
-def _cached(path: str, images: int) -> dict:
+def _cached(path: str, protocol: dict) -> dict:
     """The assessments stored at ``path`` if they were made with the same protocol, else ``{}``."""
     if os.path.exists(path):
         with open(path) as f:
             stored = json.load(f)
-        if stored.get("images") == images and stored.get("epochs") == ASSESS_EPOCHS:
+        if all(stored.get(k) == v for k, v in protocol.items()):
             return stored["results"]
     return {}
 
 
-def _cached_assessment(path: str, key: str, images: int, compute) -> dict:
-    """``compute()``, stored under ``key`` in the assessment file ``path`` (or read back from it)."""
-    cache = _cached(path, images)
+def _cached_assessment(path: str, key: str, protocol: dict, compute) -> dict:
+    """``compute()``, stored under ``key`` in the assessment file ``path`` (or read back from it).
+
+    ``protocol`` (``{"images": n, "epochs": e}``) must match the stored file's, else it is redone.
+    """
+    cache = _cached(path, protocol)
     if key not in cache:
         cache[key] = compute()
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        _write_json(path, {"images": images, "epochs": ASSESS_EPOCHS, "results": cache})
+        _write_json(path, {**protocol, "results": cache})
     return cache[key]
 
 
-def _assess_run(run_dir, records, points, psi0, assess, seed, images) -> list[dict]:
+def _assess_run(run_dir, records, points, psi0, assess, seed, protocol) -> list[dict]:
     """Fresh-model metrics of the psi a run held once it had rendered each of ``points`` images.
 
     That psi is the one after the first step that reached the count (for the budget itself,
@@ -342,15 +345,15 @@ def _assess_run(run_dir, records, points, psi0, assess, seed, images) -> list[di
     curve = []
     for t in points:
         record = next((r for r in records if r["images"] >= t), records[-1])
-        result = _cached_assessment(os.path.join(run_dir, ASSESSED_FILE), str(record["step"]), images,
+        result = _cached_assessment(os.path.join(run_dir, ASSESSED_FILE), str(record["step"]), protocol,
                                     lambda: assess(psi_from_record(psi0, record["psi"]), seed))
         curve.append({"images": t, "step": record["step"], "images_rendered": record["images"], **result})
     return curve
 
 
-def _assess_start(out, psi0, assess, seed, images) -> dict:
+def _assess_start(out, psi0, assess, seed, protocol) -> dict:
     """The same assessment of the start psi (shared by all methods), cached in ``OUT/start_psi``."""
-    return _cached_assessment(os.path.join(out, "start_psi", f"seed{seed}", ASSESSED_FILE), "0", images,
+    return _cached_assessment(os.path.join(out, "start_psi", f"seed{seed}", ASSESSED_FILE), "0", protocol,
                               lambda: assess(psi0, seed))
 
 
@@ -476,8 +479,8 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
     setup0 = experiment.build(renderer=renderer, seed=0)
     psi0 = setup0.simulator.distribution.init()
     metric, higher = setup0.task.metric_name, bool(setup0.task.higher_is_better)
-    options = dict(setup0.options)
-    assess_images = 16 * options["dataset_size"] if args.assess_images is None else args.assess_images
+    assess_images = setup0.assess_images if args.assess_images is None else args.assess_images
+    protocol = {"images": assess_images, "epochs": setup0.assess_epochs}
     thresholds = assess_thresholds(args.budget_images, args.assess_points)
     first_approximation = next((a for m, a in runs if m == "autosimulate"), None)
     table2 = [(m, a) for m, a in runs if m != "autosimulate" or a == first_approximation]
@@ -486,7 +489,7 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
     def assessor(seed: int):
         if seed not in assessors:  # one compilation per seed (the model's initialisation differs)
             assessors[seed] = make_assessor(experiment.build(renderer=renderer, seed=seed), num_images=assess_images,
-                                            epochs=ASSESS_EPOCHS)
+                                            epochs=setup0.assess_epochs)
         return assessors[seed]
 
     def assess(psi, seed: int) -> dict:  # builds the seed's assessor only on a cache miss
@@ -502,7 +505,7 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
             print(f"autosim compare: {label}, seed {seed} -> {run_dir}", file=stderr)
             t0 = time.perf_counter()
             if method == "autosimulate":
-                records = _run_autosimulate(experiment, args, renderer, approximation, seed, run_dir, options, stderr)
+                records = _run_autosimulate(experiment, args, renderer, approximation, seed, run_dir, setup0.config, stderr)
             else:
                 records = _run_baseline(experiment, args, renderer, method, seed, run_dir, stderr)
             s = summarize_run(records, higher)
@@ -510,7 +513,7 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
                 # The fair test of the answers: fresh models trained on equal budgets from the psi
                 # each method held (the best-validation column mixes in how each method trains).
                 points = thresholds if (method, approximation) in table2 else thresholds[-1:]
-                curve = _assess_run(run_dir, records, points, psi0, assess, seed, assess_images)
+                curve = _assess_run(run_dir, records, points, psi0, assess, seed, protocol)
                 s.update(assessed_val_metric=curve[-1]["val_metric"], assessed_test_metric=curve[-1]["test_metric"],
                          assessed_curve=curve)
             s.update(seed=seed, wall_time=time.perf_counter() - t0)
@@ -525,8 +528,8 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
     table2_rows = [r for r in rows if r["table2"]]
     assessment = None
     if assess_images:
-        start = [_assess_start(out, psi0, assess, seed, assess_images) for seed in range(args.seeds)]
-        assessment = {"images": assess_images, "epochs": ASSESS_EPOCHS, "thresholds": thresholds,
+        start = [_assess_start(out, psi0, assess, seed, protocol) for seed in range(args.seeds)]
+        assessment = {"images": assess_images, "epochs": setup0.assess_epochs, "thresholds": thresholds,
                       "start_psi": {"seeds": start, **_mean_std(start)}}
         for r in table2_rows:
             r["aggregate"]["assessed_curve"] = _aggregate_curve([s["assessed_curve"] for s in r["seeds"]])
@@ -534,14 +537,14 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
     result = {
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "metric": metric,
         "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds,
-        "options": describe(options), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
+        "options": setup0.config.to_dict(), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
         "rows": rows, "assessment": assessment,
     }
     _write_json(os.path.join(out, "compare.json"), result)
     md = [f"# {result['experiment']}: methods head to head", "",
           f"Budget {args.budget_images} images, {args.seeds} seed(s); mean ± standard deviation over seeds. "
           "Time: render + train + other, without the test metric and file I/O."
-          + (f" Last column: fresh models trained on {assess_images} images x {ASSESS_EPOCHS} epochs from each "
+          + (f" Last column: fresh models trained on {assess_images} images x {setup0.assess_epochs} epochs from each "
              "run's final psi (the fair comparison of the answers)." if assess_images else ""), "",
           _markdown(table2_rows, metric, "Table 2: methods")]
     if assessment:

@@ -15,7 +15,7 @@ Families: :func:`gaussian` (diagonal normal), :func:`bounded` (a normal pushed i
 field's range: logit-normal for ``[low, high]``, shifted log-normal for a half line),
 :func:`categorical` (independent logits per element), :func:`product` (named fields), and
 :func:`from_schema`, which builds the product that a renderer's
-:class:`~autosim_jax.renderers.schema.SceneSchema` calls for.
+:class:`~autosim_jax.schema.SceneSchema` calls for.
 
 ``sample`` and ``log_prob`` check ``psi`` against the structure and shapes of ``init()`` at
 trace time and raise ``ValueError`` naming the offending leaf (``psi['light'].log_scale``);
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autosim_jax.renderers.schema import SceneSchema
+from autosim_jax.schema import SceneSchema
 
 PyTree = Any
 Scenes = Any  # an array (n, *shape), or a dict name -> array for a product
@@ -509,7 +509,7 @@ def from_schema(schema: SceneSchema, overrides: Mapping[str, Any] | None = None)
     :func:`gaussian`, categorical ones :func:`categorical`.
 
     Args:
-      schema: the renderer's :class:`~autosim_jax.renderers.schema.SceneSchema`.
+      schema: the renderer's :class:`~autosim_jax.schema.SceneSchema`.
       overrides: field name -> either a :class:`Distribution` (used as is) or a dict of
         keyword arguments of the default family: ``{"loc": ..., "scale": ...}`` in the
         field's units for continuous fields, ``{"probs": ...}`` for categorical ones. Use it
@@ -522,7 +522,7 @@ def from_schema(schema: SceneSchema, overrides: Mapping[str, Any] | None = None)
       Paper Sec. 4.1, Eq. 9-10: ``q_psi`` over the inputs ``s`` of the renderer ``r(s)``.
 
     Example:
-      >>> from autosim_jax.renderers.schema import Field, SceneSchema
+      >>> from autosim_jax.schema import Field, SceneSchema
       >>> schema = SceneSchema((Field.continuous("light", 0.0, 2.0),
       ...                       Field.categorical("quality", choices=(1, 4, 16))))
       >>> q = from_schema(schema, {"light": {"loc": 1.8, "scale": 0.05}})

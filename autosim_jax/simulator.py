@@ -1,7 +1,7 @@
 """The stochastic simulator ``zeta = r(s), s ~ q_psi(s)`` (paper Sec. 4.1, Eq. 9-10).
 
 A :class:`Simulator` couples a :class:`~autosim_jax.distributions.Distribution` (JAX) with a
-host :class:`~autosim_jax.renderers.schema.Renderer` (numpy). This module is the one place
+host :class:`~autosim_jax.schema.Renderer` (numpy). This module is the one place
 where the two meet: :meth:`Simulator.simulate` samples scenes in JAX and renders them
 through ``jax.pure_callback``, so it runs under ``jax.jit`` and ``jax.vmap``.
 
@@ -38,7 +38,7 @@ through ``jax.pure_callback``, so it runs under ``jax.jit`` and ``jax.vmap``.
 Example:
   >>> import numpy as np, jax
   >>> from autosim_jax.distributions import from_schema
-  >>> from autosim_jax.renderers.schema import Field, OutputSpec, SceneSchema
+  >>> from autosim_jax.schema import Field, OutputSpec, SceneSchema
   >>> class Toy:
   ...     name = "toy"
   ...     schema = SceneSchema((Field.continuous("light", 0.0, 2.0),))
@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autosim_jax.distributions import Distribution
-from autosim_jax.renderers.schema import OutputSpec, Renderer, SceneSchema
+from autosim_jax.schema import OutputSpec, Renderer, SceneSchema
 
 VMAP_METHOD = "broadcast_all"
 
@@ -272,7 +272,7 @@ class Simulator:
       distribution: ``q_psi`` over the renderer's scene fields; its scenes must match
         ``renderer.schema`` (checked when the simulator is built).
       renderer: a host renderer following the
-        :class:`~autosim_jax.renderers.schema.Renderer` protocol.
+        :class:`~autosim_jax.schema.Renderer` protocol.
 
     References:
       Paper Eq. 9-10: ``p_psi(zeta) = int_{s: r(s) = zeta} q_psi(s) ds``.

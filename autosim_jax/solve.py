@@ -45,6 +45,11 @@ class SolveResult(NamedTuple):
         Eq. 13a's quadratic: raise the damping. (A False flag does not prove definiteness:
         on an indefinite system CG may still converge to the exact solution of the linear
         system, which the residual then vouches for.)
+      model_value: ``q(x) = x^T (A + lambda I) x / 2 - b^T x``, the quadratic that CG
+        minimises; ``q(0) = 0``, so ``q(x) < 0`` means ``x`` is better than returning zero in
+        the energy norm even when the residual is large (CG from zero on a positive definite
+        system always achieves it; a truncated solve is then a regularised one, not a wrong
+        one).
     """
 
     x: PyTree
@@ -52,6 +57,7 @@ class SolveResult(NamedTuple):
     relative_residual: jax.Array
     converged: jax.Array
     indefinite: jax.Array
+    model_value: jax.Array
 
 
 def _as_operator(operator: Any, b: PyTree) -> CurvatureOperator:
@@ -151,10 +157,11 @@ def solve_damped(
     relative = jnp.where(b_norm > 0, residual_norm / jnp.where(b_norm > 0, b_norm, 1.0), residual_norm)
     damping_ok = jnp.logical_and(jnp.isfinite(op.damping), jnp.asarray(op.damping) >= 0)
     # x^T (A + lambda I) x > 0 for any x != 0 when the system is positive definite.
-    indefinite = (b_norm > 0) & ~(optax.tree.vdot(x, ax) > 0)
+    xax = optax.tree.vdot(x, ax)
+    indefinite = (b_norm > 0) & ~(xax > 0)
     small = residual_norm <= jnp.maximum(tol * b_norm, atol)
     converged = damping_ok & jnp.isfinite(residual_norm) & small & ~indefinite
-    return SolveResult(x, residual_norm, relative, converged, indefinite)
+    return SolveResult(x, residual_norm, relative, converged, indefinite, 0.5 * xax - optax.tree.vdot(b, x))
 
 
 def _is_zero(damping: Any) -> bool:

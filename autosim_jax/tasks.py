@@ -12,7 +12,6 @@ need one loss per simulated scene; take ``.mean()`` for the training objective. 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -168,21 +167,59 @@ def mean_iou(logits_or_pred: jax.Array, labels: jax.Array, num_classes: int) -> 
       0.5833
     """
     pred = _predictions("mean_iou", logits_or_pred, labels)
-    cm = confusion_matrix(pred, labels, num_classes)
+    return _iou_from_confusion(confusion_matrix(pred, labels, num_classes))
+
+
+class Task(NamedTuple):
+    """A training loss and a validation metric that go together.
+
+    The metric is computed from *additive statistics* so that a validation set too large
+    for one batch can be measured in minibatches with exactly the one-batch result:
+    ``metric(logits, labels) = metric_from_stats(sum over batches of metric_stats(...))``
+    (mIoU sums confusion matrices, accuracy sums correct counts and sizes).
+
+    Attributes:
+      per_sample_loss: ``(logits, labels) -> [N]`` training loss of each example.
+      metric_stats: ``(logits, labels) -> array`` additive over batches.
+      metric_from_stats: ``stats -> scalar``.
+      metric_name: for logs and plots.
+      higher_is_better: the metric's direction.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> task = Task.from_per_sample(lambda out, y: (out - y) ** 2, lambda out, y: -(out - y) ** 2, "neg_mse")
+      >>> float(task.metric(jnp.array([1.0, 3.0]), jnp.array([1.0, 1.0])))
+      -2.0
+    """
+
+    per_sample_loss: Callable[[jax.Array, jax.Array], jax.Array]
+    metric_stats: Callable[[jax.Array, jax.Array], jax.Array]
+    metric_from_stats: Callable[[jax.Array], jax.Array]
+    metric_name: str
+    higher_is_better: bool = True
+
+    def metric(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+        """The metric of one batch."""
+        return self.metric_from_stats(self.metric_stats(logits, labels))
+
+    @classmethod
+    def from_per_sample(cls, per_sample_loss, per_sample_metric, metric_name: str,
+                        higher_is_better: bool = True) -> Task:
+        """A task whose metric is the mean of ``per_sample_metric(logits, labels) -> [N]``."""
+
+        def stats(logits, labels):
+            m = jnp.asarray(per_sample_metric(logits, labels), jnp.float32)
+            return jnp.stack([jnp.sum(m), jnp.float32(m.size)])
+
+        return cls(per_sample_loss, stats, lambda s: s[0] / s[1], metric_name, higher_is_better)
+
+
+def _iou_from_confusion(cm: jax.Array) -> jax.Array:
     inter = jnp.diag(cm)
     union = cm.sum(axis=0) + cm.sum(axis=1) - inter
     present = union > 0
     iou = jnp.where(present, inter / jnp.maximum(union, 1), 0.0)
     return iou.sum() / present.sum()
-
-
-class Task(NamedTuple):
-    """A training loss and a validation metric that go together."""
-
-    per_sample_loss: Callable[[jax.Array, jax.Array], jax.Array]  # (logits, labels) -> [N]
-    metric: Callable[[jax.Array, jax.Array], jax.Array]  # (logits, labels) -> scalar
-    metric_name: str
-    higher_is_better: bool = True
 
 
 def segmentation_task(num_classes: int) -> Task:
@@ -195,7 +232,11 @@ def segmentation_task(num_classes: int) -> Task:
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
-    return Task(pixel_cross_entropy, functools.partial(mean_iou, num_classes=num_classes), "mIoU")
+
+    def stats(logits, labels):
+        return confusion_matrix(_predictions("mean_iou", logits, labels), labels, num_classes)
+
+    return Task(pixel_cross_entropy, stats, _iou_from_confusion, "mIoU")
 
 
 def classification_task() -> Task:
@@ -205,4 +246,8 @@ def classification_task() -> Task:
       >>> classification_task().metric_name
       'accuracy'
     """
-    return Task(cross_entropy, accuracy, "accuracy")
+
+    def correct(logits, labels):
+        return _predictions("accuracy", logits, labels) == labels
+
+    return Task.from_per_sample(cross_entropy, correct, "accuracy")

@@ -24,7 +24,6 @@ import jax
 import numpy as np
 
 from autosim_jax.autosimulate import make_autosimulate
-from autosim_jax.cli import describe
 from autosim_jax.experiments import get_experiment
 
 
@@ -38,9 +37,9 @@ def main(argv=None):
     exp = get_experiment(args.experiment)
     setup = exp.build(renderer=exp.renderers[0], seed=0)
     autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                approximation=args.approximation, **setup.options)
+                                setup.config, approximation=args.approximation)
     state = autosim.init(0)
-    k = setup.options["dataset_size"]
+    k = setup.config.dataset_size
     rows = []
     for i in range(args.steps + 1):  # step 0 compiles; it is reported apart
         # The host render of the scenes this step will draw, timed alone (same key split as step).
@@ -50,7 +49,8 @@ def main(argv=None):
         t = time.perf_counter()
         setup.simulator.render_numpy(scenes, 0)
         host_render = time.perf_counter() - t
-        state, info = autosim.step(state)
+        state, step_info = autosim.step(state)
+        info = step_info._asdict()
         rows.append(dict(info, time_host_render=host_render,
                          time_callback_transfer=max(0.0, info["time_render"] - host_render)))
         print(f"step {i}: render {info['time_render']:.3f}s (host {host_render:.3f}s) "
@@ -63,7 +63,7 @@ def main(argv=None):
         "benchmark": "step_time_split", "experiment": args.experiment, "approximation": args.approximation,
         "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
         "precision": "float32, default matmul precision", "dataset_size": k, "steps": args.steps,
-        "options": describe(setup.options),
+        "options": autosim.config.to_dict(),
         "median_seconds": med, "fraction": {key: v / total for key, v in med.items()},
         "first_step_seconds_incl_compile": {key: rows[0][key] for key in keys}, "rows": rows,
     }

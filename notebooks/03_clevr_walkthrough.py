@@ -51,7 +51,7 @@ setup = asj.get_experiment("clevr-seg").build(renderer="clevr", seed=SEED)
 schema = setup.simulator.renderer.schema
 x_val, y_val = setup.val_data
 print(f"validation images {x_val.shape}, label maps {y_val.shape}, classes {CLASS_NAMES}")
-print("make_autosimulate options:", {k: v for k, v in setup.options.items() if not k.endswith("optimizer")})
+print("AutoSimulate options:", setup.config)
 for field in schema.fields:
     print(f"  {field.name:<12} {field.kind:<11} shape {str(field.shape):<7} {field.doc}")
 
@@ -98,7 +98,7 @@ show_batch(
 # %% [markdown]
 # ## AutoSimulate steps
 #
-# `make_autosimulate(..., approximation="linear", **setup.options)` gives the optax-style
+# `make_autosimulate(..., setup.config, approximation="linear")` gives the optax-style
 # pair `init` / `step`. Each step renders $K = 32$ scenes from the current $\psi$,
 # fine-tunes the UNet for two epochs on them (warm-started), takes the validation gradient
 # and updates $\psi$ by the score-function estimate. The first step compiles the three
@@ -106,13 +106,13 @@ show_batch(
 
 # %%
 autosim = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                approximation="linear", **setup.options)
+                                setup.config, approximation="linear")
 state = autosim.init(SEED)
 history = []
 for _ in range(STEPS):
     state, info = autosim.step(state)
-    _, test_metric = autosim.evaluate(state.theta, *setup.test_data)
-    history.append(dict(info, test_metric=float(test_metric), psi=state.psi))
+    _, test_metric = autosim.inner.measure(state.theta, *setup.test_data)
+    history.append(dict(info._asdict(), test_metric=float(test_metric), psi=state.psi))
 first, last = history[0], history[-1]
 step_times = [h["time_render"] + h["time_train"] + h["time_outer"] for h in history]
 print(f"{STEPS} steps, {int(state.images)} images rendered; first step {step_times[0]:.1f} s (compilation), "

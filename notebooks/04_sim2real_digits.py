@@ -48,7 +48,7 @@ setup = asj.get_experiment("digits-sim2real").build(seed=SEED)
 schema = setup.simulator.renderer.schema
 x_real, y_real = load_real_digits("validation")
 print(f"real validation digits {x_real.shape}, test digits {setup.test_data[0].shape}")
-print("make_autosimulate options:", {k: v for k, v in setup.options.items() if not k.endswith("optimizer")})
+print("AutoSimulate options:", setup.config)
 
 simulate = jax.jit(setup.simulator.simulate, static_argnums=2)
 psi0 = setup.simulator.distribution.init()
@@ -87,12 +87,12 @@ show_rows(
 
 # %%
 autosim = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                approximation="linear", **setup.options)
+                                setup.config, approximation="linear")
 state = autosim.init(SEED)
 history = []
 for _ in range(STEPS):
     state, info = autosim.step(state)
-    history.append(dict(info, psi=state.psi))
+    history.append(dict(info._asdict(), psi=state.psi))
 print(f"{STEPS} steps, {int(state.images)} glyphs rendered; "
       f"validation accuracy of the warm-started CNN {history[0]['val_metric']:.3f} -> {history[-1]['val_metric']:.3f}")
 

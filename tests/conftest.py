@@ -33,9 +33,10 @@ TOY_SOURCE = textwrap.dedent('''
 
     from autosim_jax.distributions import from_schema
     from autosim_jax.experiments import Experiment, ExperimentSetup
-    from autosim_jax.renderers.schema import Field, OutputSpec, SceneSchema
+    from autosim_jax.schema import Field, OutputSpec, SceneSchema
     from autosim_jax.simulator import Simulator
     from autosim_jax.tasks import Task
+    from autosim_jax.config import AutoSimConfig
 
 
     class SquareRenderer:
@@ -73,10 +74,8 @@ TOY_SOURCE = textwrap.dedent('''
         return x, x**2
 
 
-    TASK = Task(
-        per_sample_loss=lambda out, y: jnp.sum((out - y) ** 2, axis=-1),
-        metric=lambda out, y: -jnp.mean(jnp.sum((out - y) ** 2, axis=-1)),
-        metric_name="neg_mse",
+    TASK = Task.from_per_sample(
+        lambda out, y: jnp.sum((out - y) ** 2, axis=-1), lambda out, y: -jnp.sum((out - y) ** 2, axis=-1), "neg_mse"
     )
 
 
@@ -84,11 +83,12 @@ TOY_SOURCE = textwrap.dedent('''
         render = {"square": SquareRenderer, "flaky": FlakyRenderer}[renderer]()
         sim = Simulator(from_schema(render.schema, {"x": {"loc": -1.0, "scale": 0.5}}), render)
         options = dict(
-            dataset_size=32, batch_size=16, finetune_epochs=2, inner_optimizer=optax.adam(0.1),
-            outer_optimizer=optax.adam(0.1), damping=1e-3, cg_maxiter=5, cg_tol=1e-6,
+            dataset_size=32, batch_size=16, finetune_epochs=2, inner_learning_rate=0.1,
+            outer_learning_rate=0.1, damping=1e-3, cg_maxiter=5, cg_tol=1e-6,
         )
         model = nnx.Linear(1, 1, rngs=nnx.Rngs(seed))
-        return ExperimentSetup(sim, model, TASK, _data(0), _data(1), options, iterations=6)
+        return ExperimentSetup(sim, model, TASK, _data(0), _data(1), AutoSimConfig(**options), iterations=6,
+                               assess_images=512, assess_epochs=10)
 
 
     TOY = Experiment("toy", "a 1-d toy with a known optimum", ("square", "flaky"), build)

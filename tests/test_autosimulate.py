@@ -18,7 +18,7 @@ import autosim_jax as asj
 from autosim_jax.autosimulate import make_autosimulate
 from autosim_jax.tasks import Task
 from autosim_jax.distributions import from_schema
-from autosim_jax.renderers.schema import Field, OutputSpec, SceneSchema
+from autosim_jax.schema import Field, OutputSpec, SceneSchema
 from autosim_jax.simulator import RenderError, Simulator
 
 
@@ -44,10 +44,8 @@ class BrokenRenderer(SquareRenderer):
 
 X_VAL = (2.0 + 0.3 * np.random.default_rng(0).standard_normal(64)).astype(np.float32)[:, None]
 VAL = (X_VAL, X_VAL**2)
-TOY_TASK = Task(
-    per_sample_loss=lambda out, y: jnp.sum((out - y) ** 2, axis=-1),
-    metric=lambda out, y: -jnp.mean(jnp.sum((out - y) ** 2, axis=-1)),
-    metric_name="neg_mse",
+TOY_TASK = Task.from_per_sample(
+    lambda out, y: jnp.sum((out - y) ** 2, axis=-1), lambda out, y: -jnp.sum((out - y) ** 2, axis=-1), "neg_mse"
 )
 
 
@@ -94,7 +92,7 @@ def test_exact_and_linear_converge_to_the_known_optimum(approximation):
     mu = float(state.psi["x"].loc)
     assert abs(mu - mu_star) < 0.25, (mu, mu_star)
     # The validation metric improved along the way, and the solves were reported.
-    assert infos[-1]["val_metric"] > infos[0]["val_metric"]
+    assert infos[-1].val_metric > infos[0].val_metric
     assert int(state.images) == 400 * 128 and int(state.step) == 400
 
 
@@ -115,7 +113,7 @@ def test_every_curvature_gives_converged_solves(curvature):
     Kunstner et al. (2019) describe. The test pins that down, so the docstring's warning stays true.
     """
     state, infos = _run(_toy("exact_quadratic", curvature=curvature, cg_maxiter=20, cg_tol=1e-4), 60)
-    assert all(i["cg_converged"] for i in infos)
+    assert all(i.cg_converged for i in infos)
     mu = float(state.psi["x"].loc)
     assert mu < -1.0 if curvature == "empirical_fisher" else mu > 1.0
 
@@ -132,7 +130,7 @@ def test_no_val_minimises_the_training_loss():
     (the affine fit to x^2 is exact as sigma -> 0), wherever mu is."""
     state, infos = _run(_toy("no_val"), 60)
     assert float(state.psi["x"].log_scale) < float(jnp.log(0.5)) - 0.5
-    assert np.mean([i["train_loss"] for i in infos[-10:]]) < np.mean([i["train_loss"] for i in infos[:10]])
+    assert np.mean([i.train_loss for i in infos[-10:]]) < np.mean([i.train_loss for i in infos[:10]])
 
 
 def test_stages_never_retrace_and_report():
@@ -140,9 +138,9 @@ def test_stages_never_retrace_and_report():
     _, infos = _run(autosim, 3)
     assert autosim.trace_counts() == {"simulate": 1, "finetune": 1, "outer": 1}
     for info in infos:
-        assert set(info) >= {"val_loss", "val_metric", "train_loss", "cg_relative_residual", "cg_converged",
+        assert set(info._fields) >= {"val_loss", "val_metric", "train_loss", "cg_relative_residual", "cg_converged",
                              "time_render", "time_train", "time_outer"}
-        assert isinstance(info["cg_converged"], bool)
+        assert isinstance(info.cg_converged, bool)
 
 
 def test_same_seed_same_trajectory():

@@ -15,6 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
+from autosim_jax import AutoSimConfig
 from autosim_jax.autosimulate import make_autosimulate
 from autosim_jax.baselines import BASELINES, make_bayesopt, make_objective, make_search_space
 from autosim_jax.checkpoint import load_checkpoint, save_checkpoint
@@ -23,7 +24,7 @@ from autosim_jax.simulator import Simulator
 from test_autosimulate import TOY_TASK, VAL, SquareRenderer, _optimal_mu
 
 # The CLI toy's options (tests/test_cli.py), shared by AutoSimulate and the baselines.
-OPTIONS = dict(dataset_size=32, batch_size=16, finetune_epochs=2, inner_optimizer=optax.adam(0.1))
+CONFIG = AutoSimConfig(dataset_size=32, batch_size=16, finetune_epochs=2, inner_learning_rate=0.1)
 START = -1.0
 
 
@@ -47,7 +48,7 @@ def _toy(renderer=None, seed=0):
 def _baseline(name, renderer=None, **kw):
     sim, model = _toy(renderer)
     extra = dict(outer_optimizer=optax.adam(0.1)) if name == "lts" else {}
-    return BASELINES[name](sim, model, TOY_TASK, VAL, VAL, radius=4.0, **OPTIONS, **extra, **kw)
+    return BASELINES[name](sim, model, TOY_TASK, VAL, VAL, radius=4.0, config=CONFIG, **extra, **kw)
 
 
 def _run(box, steps, seed=0):
@@ -85,15 +86,15 @@ def test_objective_reproduces_autosimulates_fine_tuning():
     """Given AutoSimulate's keys, one objective evaluation at psi_0 gives AutoSimulate's step-1
     theta_hat and validation metric: the baselines fine-tune exactly as AutoSimulate does."""
     sim, model = _toy()
-    autosim = make_autosimulate(sim, model, TOY_TASK, VAL, approximation="linear", **OPTIONS)
+    autosim = make_autosimulate(sim, model, TOY_TASK, VAL, CONFIG, approximation="linear")
     state = autosim.init(0)
     new, info = autosim.step(state)
-    objective = make_objective(sim, model, TOY_TASK, VAL, **OPTIONS)
+    objective = make_objective(sim, model, TOY_TASK, VAL, config=CONFIG)
     _, sim_key, train_key = jax.random.split(state.key, 3)
     ev = objective.evaluate(state.psi, state.theta, state.inner_opt_state, sim_key, train_key)
     for a, b in zip(jax.tree.leaves(ev.theta), jax.tree.leaves(new.theta)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert ev.val_metric == pytest.approx(info["val_metric"], rel=1e-6)
+    assert ev.val_metric == pytest.approx(info.val_metric, rel=1e-6)
     assert ev.images == 32 and ev.train_steps == 2 * 2
 
 
@@ -104,7 +105,7 @@ def test_images_are_counted_by_the_renderer_itself(name):
     renderer = CountingRenderer()
     if name == "autosimulate":
         sim, model = _toy(renderer)
-        box = make_autosimulate(sim, model, TOY_TASK, VAL, approximation="linear", **OPTIONS)
+        box = make_autosimulate(sim, model, TOY_TASK, VAL, CONFIG, approximation="linear")
         state, _ = _run(box, 3)
         reported, evaluations = int(state.images), int(state.step)
     else:
@@ -158,7 +159,7 @@ def test_bo_without_the_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "bayes_opt", None)
     sim, model = _toy()
     with pytest.raises(ImportError, match=r"autosim_jax\[baselines\]"):
-        make_bayesopt(sim, model, TOY_TASK, VAL, **OPTIONS)
+        make_bayesopt(sim, model, TOY_TASK, VAL, config=CONFIG)
 
 
 def test_search_space_round_trip_and_bad_options():

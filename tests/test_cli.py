@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import TOY
 
-from autosim_jax.autosimulate import APPROXIMATIONS
+from autosim_jax.config import APPROXIMATIONS
 from autosim_jax.checkpoint import load_checkpoint
 from autosim_jax.cli import main
 
@@ -37,7 +37,7 @@ def _toy_like(renderer="square"):
     from autosim_jax.autosimulate import make_autosimulate
 
     setup = autosim_toy_experiment.build(renderer=renderer)
-    return make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, **setup.options).init(0)
+    return make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config).init(0)
 
 
 def _lines(path):
@@ -87,7 +87,7 @@ def test_run_writes_the_run_directory(reference_run):
     assert records[-1]["psi"]["x.loc"][0] > records[0]["psi"]["x.loc"][0]  # mu moves toward the validation data
     config = json.loads((out / "config.json").read_text())
     assert config["experiment"] == TOY and config["approximation"] == APPROXIMATIONS[0] and config["seed"] == 0
-    assert config["options"]["inner_optimizer"]["learning_rate"] == 0.1
+    assert config["options"]["inner_optimizer"] == "adam" and config["options"]["inner_learning_rate"] == 0.1
     assert config["options"]["dataset_size"] == 32 and config["iterations"] == N
     assert {"jax", "autosim_jax"} <= set(config["versions"]) and config["device"]
     summary = json.loads((out / "summary.json").read_text())

@@ -23,7 +23,7 @@ from autosim_jax.distributions import (
     gaussian,
     product,
 )
-from autosim_jax.renderers.schema import Field, SceneSchema
+from autosim_jax.schema import Field, SceneSchema
 
 N = 200_000
 SIGMAS = 5.0

@@ -26,7 +26,7 @@ from autosim_jax.estimators import (
     reinforce_gradient,
     score_function_term,
 )
-from autosim_jax.renderers.schema import Field, OutputSpec, SceneSchema
+from autosim_jax.schema import Field, OutputSpec, SceneSchema
 from autosim_jax.simulator import Simulator
 
 SIGMAS = 5.0

@@ -20,7 +20,7 @@ def test_setups_match_their_renderers(name):
     for x, y in (setup.val_data, setup.test_data):
         assert x.shape[1:] == spec_in.shape and y.shape[1:] == spec_lab.shape and len(x) == len(y)
         assert np.isfinite(x).all()
-    assert setup.options["dataset_size"] % setup.options["batch_size"] == 0
+    assert setup.config.dataset_size % setup.config.batch_size == 0
 
 
 def test_clevr_eval_sets_are_fixed_and_distinct():

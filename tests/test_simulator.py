@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from autosim_jax.distributions import bounded, categorical, from_schema, gaussian, product
-from autosim_jax.renderers.schema import Field, OutputSpec, SceneSchema
+from autosim_jax.schema import Field, OutputSpec, SceneSchema
 from autosim_jax.simulator import RenderError, Simulation, Simulator, reraise_render_errors
 
 SCHEMA = SceneSchema(

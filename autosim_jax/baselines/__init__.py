@@ -19,7 +19,6 @@ from .lts import make_lts as make_lts
 from .objective import Evaluation as Evaluation
 from .objective import Objective as Objective
 from .objective import make_objective as make_objective
-from .objective import objective_options as objective_options
 from .random_search import make_random_search as make_random_search
 from .space import SearchSpace as SearchSpace
 from .space import make_search_space as make_search_space

@@ -40,6 +40,7 @@ from flax import nnx
 from ..simulator import Simulator
 from ..tasks import Task
 from .common import BlackBox, BlackBoxState, evaluate_candidates, finish_step, initial_state
+from ..config import AutoSimConfig
 from .objective import make_objective
 from .space import make_search_space
 
@@ -74,7 +75,7 @@ def make_bayesopt(
     radius: float = 3.0,
     include_scales: bool = False,
     acquisition_restarts: int = 1,
-    **objective_kwargs,
+    config: AutoSimConfig | None = None,
 ) -> BlackBox:
     """Builds BO's ``(init, step)``; ``search`` holds ``(X, y, count, best_reward)``.
 
@@ -102,7 +103,7 @@ def make_bayesopt(
         raise ValueError(f"need max_evaluations >= 2 and initial_points >= 0, got {max_evaluations}, {initial_points}.")
     if acquisition_restarts < 0:
         raise ValueError(f"acquisition_restarts must be >= 0 (0: random candidates only), got {acquisition_restarts}.")
-    objective = make_objective(simulator, model, task, val_data, test_data, reward=reward, **objective_kwargs)
+    objective = make_objective(simulator, model, task, val_data, test_data, config, reward=reward)
     psi0 = simulator.distribution.init()
     space = make_search_space(psi0, radius=radius, include_scales=include_scales)
     d = space.dim

@@ -36,6 +36,7 @@ from ..estimators import reinforce_gradient
 from ..simulator import Simulator
 from ..tasks import Task
 from .common import BlackBox, BlackBoxState, evaluate_candidates, finish_step, initial_state
+from ..config import AutoSimConfig
 from .objective import make_objective
 from .space import make_search_space
 
@@ -55,7 +56,7 @@ def make_lts(
     reward: str = "metric",
     radius: float = 3.0,
     include_scales: bool = False,
-    **objective_kwargs,
+    config: AutoSimConfig | None = None,
 ) -> BlackBox:
     """Builds the LTS baseline's ``(init, step)``.
 
@@ -71,8 +72,8 @@ def make_lts(
       reward: ``"metric"`` or ``"neg_loss"``.
       radius, include_scales: the search space (:func:`make_search_space`); the policy is
         not clipped to the box, which only fixes which coordinates are searched.
-      **objective_kwargs: ``dataset_size``, ``batch_size``, ``finetune_epochs``,
-        ``inner_optimizer``.
+      config: the :class:`~autosim_jax.AutoSimConfig` whose render / fine-tune options the
+        objective shares with AutoSimulate.
 
     Returns:
       A :class:`~autosim_jax.baselines.BlackBox`; ``search`` holds ``(opt_state, baseline)``.
@@ -87,7 +88,7 @@ def make_lts(
         raise ValueError(f"policy_scale must be > 0, got {policy_scale}.")
     if not 0 <= baseline_decay < 1:
         raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}.")
-    objective = make_objective(simulator, model, task, val_data, test_data, reward=reward, **objective_kwargs)
+    objective = make_objective(simulator, model, task, val_data, test_data, config, reward=reward)
     psi0 = simulator.distribution.init()
     space = make_search_space(psi0, radius=radius, include_scales=include_scales)
     outer_optimizer = outer_optimizer or optax.adam(5e-2)

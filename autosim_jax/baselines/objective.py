@@ -14,37 +14,27 @@ and validation metric of that step (``tests/test_baselines.py`` checks it), so t
 baselines and AutoSimulate differ only in how they choose ``psi``.
 
 Example:
-  >>> objective = make_objective(sim, model, task, val, test, dataset_size=32, batch_size=16,
-  ...                            finetune_epochs=2, inner_optimizer=optax.adam(1e-3))  # doctest: +SKIP
+  >>> objective = make_objective(sim, model, task, val, test, AutoSimConfig(dataset_size=32,
+  ...                            batch_size=16, finetune_epochs=2))  # doctest: +SKIP
   >>> ev = objective.evaluate(psi, objective.theta0, objective.init_opt(objective.theta0),
   ...                         sim_key, train_key)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
-import optax
 from flax import nnx
 
+from ..config import AutoSimConfig
+from ..inner import make_inner
 from ..simulator import Simulator, reraise_render_errors
 from ..tasks import Task
-from ..training import train_epochs
 
 PyTree = Any
-
-# The keyword arguments of make_autosimulate that the objective shares with it.
-OBJECTIVE_KEYS = ("dataset_size", "batch_size", "finetune_epochs", "inner_optimizer")
-
-
-def objective_options(options: dict) -> dict:
-    """The subset of an experiment's ``options`` (make_autosimulate's kwargs) the objective takes."""
-    return {k: options[k] for k in OBJECTIVE_KEYS if k in options}
 
 
 class Evaluation(NamedTuple):
@@ -92,11 +82,8 @@ def make_objective(
     task: Task,
     val_data: tuple[jax.Array, jax.Array],
     test_data: tuple[jax.Array, jax.Array] | None = None,
+    config: AutoSimConfig | None = None,
     *,
-    dataset_size: int = 64,
-    batch_size: int = 32,
-    finetune_epochs: int = 1,
-    inner_optimizer: optax.GradientTransformation | None = None,
     reward: str = "metric",
 ) -> Objective:
     """Builds the objective evaluation (render K, fine-tune, measure) of one experiment.
@@ -104,8 +91,9 @@ def make_objective(
     Args:
       simulator, model, task, val_data: as for :func:`~autosim_jax.make_autosimulate`.
       test_data: ``(inputs, labels)`` for :attr:`Objective.test` (``None``: test is NaN).
-      dataset_size, batch_size, finetune_epochs, inner_optimizer: as for
-        :func:`~autosim_jax.make_autosimulate` (same defaults).
+      config: the :class:`~autosim_jax.AutoSimConfig` whose ``dataset_size``, ``batch_size``,
+        ``finetune_epochs``, inner optimiser and ``val_batch_size`` the objective shares with
+        AutoSimulate (default ``AutoSimConfig()``).
       reward: ``"metric"`` (the validation metric, negated when lower is better) or
         ``"neg_loss"`` (minus the validation loss).
 
@@ -113,58 +101,39 @@ def make_objective(
       An :class:`Objective`.
 
     Raises:
-      ValueError: for an unknown reward or a batch size that does not divide ``K``.
+      ValueError: for an unknown reward.
 
     References:
       Paper Eq. 1a-1b; the black-box view of Sec. 2 and the baselines of Sec. 5.
     """
     if reward not in REWARDS:
         raise ValueError(f"Unknown reward {reward!r}; valid choices are {list(REWARDS)}.")
-    if batch_size < 1 or dataset_size % batch_size:
-        raise ValueError(f"dataset_size ({dataset_size}) must be a positive multiple of batch_size ({batch_size}).")
-    if finetune_epochs < 1:
-        raise ValueError(f"finetune_epochs must be >= 1, got {finetune_epochs}.")
-    inner_optimizer = inner_optimizer or optax.adam(1e-3)
-    graphdef, theta0 = nnx.split(model, nnx.Param)
-    x_val, y_val = (jnp.asarray(a) for a in val_data)
+    config = config or AutoSimConfig()
+    inner = make_inner(simulator, model, task, optimizer=config.inner_optax(), dataset_size=config.dataset_size,
+                       batch_size=config.batch_size, epochs=config.finetune_epochs,
+                       val_batch_size=config.val_batch_size)
     sign = 1.0 if task.higher_is_better else -1.0
-
-    def predict(theta, inputs):
-        return nnx.merge(graphdef, theta)(inputs)
-
-    def mean_loss(theta, inputs, labels):
-        return jnp.mean(task.per_sample_loss(predict(theta, inputs), labels))
-
-    simulate = jax.jit(lambda key, psi: simulator.simulate(key, psi, dataset_size))
-
-    # The same training loop as make_autosimulate's fine-tuning (one function for both).
-    finetune = jax.jit(functools.partial(train_epochs, mean_loss, inner_optimizer, batch_size=batch_size,
-                                         epochs=finetune_epochs))
-
-    @jax.jit
-    def measure(theta, inputs, labels):
-        logits = predict(theta, inputs)
-        return jnp.mean(task.per_sample_loss(logits, labels)), task.metric(logits, labels)
 
     def evaluate(psi, theta, opt_state, sim_key, train_key) -> Evaluation:
         t0 = time.perf_counter()
         with reraise_render_errors():
-            _, inputs, labels = jax.block_until_ready(simulate(sim_key, psi))
+            _, inputs, labels = jax.block_until_ready(inner.simulate(sim_key, psi))
         t1 = time.perf_counter()
-        theta, opt_state, train_loss = jax.block_until_ready(finetune(theta, opt_state, inputs, labels, train_key))
+        theta, opt_state, train_loss = jax.block_until_ready(inner.finetune(theta, opt_state, inputs, labels,
+                                                                            train_key))
         t2 = time.perf_counter()
-        val_loss, val_metric = jax.block_until_ready(measure(theta, x_val, y_val))
+        val_loss, val_metric = jax.block_until_ready(inner.measure(theta, *val_data))
         t3 = time.perf_counter()
-        return Evaluation(theta, opt_state, float(val_loss), float(val_metric), float(train_loss), dataset_size,
-                          finetune_epochs * (dataset_size // batch_size), t1 - t0, t2 - t1, t3 - t2)
+        return Evaluation(theta, opt_state, float(val_loss), float(val_metric), float(train_loss),
+                          inner.dataset_size, inner.train_steps, t1 - t0, t2 - t1, t3 - t2)
 
     def test(theta):
         if test_data is None:
             return float("nan"), float("nan")
-        loss, metric = measure(theta, *(jnp.asarray(a) for a in test_data))
+        loss, metric = inner.measure(theta, *test_data)
         return float(loss), float(metric)
 
     def reward_fn(ev: Evaluation) -> float:
         return sign * ev.val_metric if reward == "metric" else -ev.val_loss
 
-    return Objective(theta0, inner_optimizer.init, evaluate, test, reward_fn, dataset_size)
+    return Objective(inner.theta0, inner.init_opt, evaluate, test, reward_fn, inner.dataset_size)

@@ -18,6 +18,7 @@ from flax import nnx
 from ..simulator import Simulator
 from ..tasks import Task
 from .common import BlackBox, BlackBoxState, evaluate_candidates, finish_step, initial_state
+from ..config import AutoSimConfig
 from .objective import make_objective
 from .space import make_search_space
 
@@ -33,7 +34,7 @@ def make_random_search(
     reward: str = "metric",
     radius: float = 3.0,
     include_scales: bool = False,
-    **objective_kwargs,
+    config: AutoSimConfig | None = None,
 ) -> BlackBox:
     """Builds random search's ``(init, step)``; ``search`` holds the incumbent's reward.
 
@@ -43,7 +44,7 @@ def make_random_search(
       Bergstra and Bengio, "Random search for hyper-parameter optimization" (JMLR 2012);
       AutoSimulate Sec. 5.
     """
-    objective = make_objective(simulator, model, task, val_data, test_data, reward=reward, **objective_kwargs)
+    objective = make_objective(simulator, model, task, val_data, test_data, config, reward=reward)
     psi0 = simulator.distribution.init()
     space = make_search_space(psi0, radius=radius, include_scales=include_scales)
     lower, upper = jnp.asarray(space.lower), jnp.asarray(space.upper)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .schema import Field as Field
-from .schema import OutputSpec as OutputSpec
-from .schema import Renderer as Renderer
-from .schema import SceneSchema as SceneSchema
+from ..schema import Field as Field
+from ..schema import OutputSpec as OutputSpec
+from ..schema import Renderer as Renderer
+from ..schema import SceneSchema as SceneSchema
 from .clevr import CLASS_NAMES as CLASS_NAMES
 from .clevr import ClevrRenderer as ClevrRenderer
 from .clevr import clevr_schema as clevr_schema

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from .schema import Field, OutputSpec, SceneSchema
+from ..schema import Field, OutputSpec, SceneSchema
 
 # --- Scene vocabulary -------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from .schema import Field, OutputSpec, SceneSchema
+from ..schema import Field, OutputSpec, SceneSchema
 
 # Font files under matplotlib's fonts/ttf: sans, serif, mono, bold and italic shapes of three
 # families, so that "font" is a meaningful category for the scene distribution.

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import clevr
-from .schema import OutputSpec, SceneSchema
+from ..schema import OutputSpec, SceneSchema
 
 MITSUBA_MISSING = (
     'The Mitsuba backend needs Mitsuba 3 (and Dr.Jit): pip install "autosim_jax[mitsuba]". '

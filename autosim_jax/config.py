@@ -1,0 +1,150 @@
+"""AutoSimulate's options as data: numbers and names, never live optax objects.
+
+:class:`AutoSimConfig` is a frozen dataclass. It is what ``config.json`` records, what
+``--resume`` compares, and what builds the optax optimisers (:meth:`AutoSimConfig.inner_optax`,
+:meth:`AutoSimConfig.outer_optax`), so an optax upgrade cannot change how a run directory is
+read back. A Python caller who needs a transformation the names do not cover passes it to
+:func:`~autosim_jax.make_autosimulate` directly (``inner_optimizer=``, ``outer_optimizer=``).
+
+Example:
+  >>> config = AutoSimConfig(dataset_size=32, batch_size=16)
+  >>> config.replace(approximation="linear").approximation
+  'linear'
+  >>> AutoSimConfig.from_dict(config.to_dict()) == config
+  True
+  >>> AutoSimConfig(damping=-1.0)
+  Traceback (most recent call last):
+  ...
+  ValueError: AutoSimConfig.damping must be >= 0 (Levenberg damping of H + lambda I), got -1.0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import optax
+
+APPROXIMATIONS = ("exact_quadratic", "approx_quadratic", "linear", "no_val")
+CURVATURES = ("hessian", "gauss_newton", "empirical_fisher")
+ESTIMATORS = ("jvp", "per_sample")
+BASELINES = ("leave_one_out", None)
+OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}
+
+_UNKNOWN_FIELD = (
+    "Unknown AutoSimulate option(s) {names}; valid options are {valid}. "
+    "See autosim_jax.AutoSimConfig for what each one means."
+)
+
+
+def _choices(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; valid choices are {list(choices)} (AutoSimConfig.{name}).")
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"AutoSimConfig.{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _positive_float(name: str, value: Any, what: str, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"AutoSimConfig.{name} must be {bound} ({what}), got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoSimConfig:
+    """The options of one AutoSimulate run (paper Algorithm 1 and Table 1).
+
+    Attributes:
+      approximation: Table 1's row: ``"exact_quadratic"`` (CG on ``H + lambda I``, Eq. 13a),
+        ``"approx_quadratic"`` (``H g_val``), ``"linear"`` (``g_val``) or ``"no_val"``.
+      dataset_size: ``K``, scenes rendered per outer step.
+      batch_size: fine-tuning minibatch size; must divide ``dataset_size``.
+      finetune_epochs: ``epsilon`` epochs of fine-tuning per outer step.
+      inner_optimizer, inner_learning_rate: optax optimiser of ``theta`` by name
+        (``"adam"`` or ``"sgd"``) and its learning rate.
+      outer_optimizer, outer_learning_rate: the same for ``psi``.
+      damping: Levenberg ``lambda`` of ``H + lambda I`` (Section 4.2), ``>= 0``.
+      curvature: ``"gauss_newton"`` (PSD), ``"hessian"`` (the paper's ``H``) or
+        ``"empirical_fisher"``.
+      curvature_batch_size: curvature on the first this-many of the ``K`` renders
+        (``None``: all ``K``).
+      cg_maxiter, cg_tol: CG iterations and relative residual tolerance of Eq. 13a.
+      estimator: score-function method, ``"jvp"`` or ``"per_sample"``.
+      baseline: control variate, ``"leave_one_out"`` or ``None``.
+      val_batch_size: validation minibatch for ``g_val`` and the metric (``None``: the whole
+        set in one batch); the result is the same, only memory changes.
+    """
+
+    approximation: str = "exact_quadratic"
+    dataset_size: int = 64
+    batch_size: int = 32
+    finetune_epochs: int = 1
+    inner_optimizer: str = "adam"
+    inner_learning_rate: float = 1e-3
+    outer_optimizer: str = "adam"
+    outer_learning_rate: float = 5e-2
+    damping: float = 1e-2
+    curvature: str = "gauss_newton"
+    curvature_batch_size: int | None = None
+    cg_maxiter: int = 10
+    cg_tol: float = 1e-3
+    estimator: str = "jvp"
+    baseline: str | None = "leave_one_out"
+    val_batch_size: int | None = None
+
+    def __post_init__(self):
+        _choices("approximation", self.approximation, APPROXIMATIONS)
+        _choices("curvature", self.curvature, CURVATURES)
+        _choices("estimator", self.estimator, ESTIMATORS)
+        _choices("baseline", self.baseline, BASELINES)
+        _choices("inner_optimizer", self.inner_optimizer, OPTIMIZERS)
+        _choices("outer_optimizer", self.outer_optimizer, OPTIMIZERS)
+        for name in ("dataset_size", "batch_size", "finetune_epochs", "cg_maxiter"):
+            _positive_int(name, getattr(self, name))
+        if self.dataset_size % self.batch_size:
+            raise ValueError(
+                f"AutoSimConfig.dataset_size ({self.dataset_size}) must be a multiple of batch_size "
+                f"({self.batch_size}) so that every rendered image is trained on; e.g. batch_size="
+                f"{math.gcd(self.dataset_size, self.batch_size)}."
+            )
+        for name in ("curvature_batch_size", "val_batch_size"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.curvature_batch_size is not None and self.curvature_batch_size > self.dataset_size:
+            raise ValueError(
+                f"AutoSimConfig.curvature_batch_size ({self.curvature_batch_size}) must be <= dataset_size "
+                f"({self.dataset_size}); it selects the first renders of a step."
+            )
+        _positive_float("inner_learning_rate", self.inner_learning_rate, "a learning rate")
+        _positive_float("outer_learning_rate", self.outer_learning_rate, "a learning rate")
+        _positive_float("damping", self.damping, "Levenberg damping of H + lambda I", allow_zero=True)
+        _positive_float("cg_tol", self.cg_tol, "a relative residual", allow_zero=True)
+
+    def replace(self, **changes: Any) -> AutoSimConfig:
+        """A copy with ``changes`` applied (validated; unknown names raise ``ValueError``)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(_UNKNOWN_FIELD.format(names=unknown, valid=[f.name for f in dataclasses.fields(self)]))
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every option."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AutoSimConfig:
+        """The inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        return cls().replace(**d)
+
+    def inner_optax(self) -> optax.GradientTransformation:
+        """The fine-tuning optimiser of ``theta`` this config names."""
+        return OPTIMIZERS[self.inner_optimizer](self.inner_learning_rate)
+
+    def outer_optax(self) -> optax.GradientTransformation:
+        """The optimiser of ``psi`` this config names."""
+        return OPTIMIZERS[self.outer_optimizer](self.outer_learning_rate)
