@@ -8,22 +8,31 @@ through ``jax.pure_callback``, so it runs under ``jax.jit`` and ``jax.vmap``.
 * **Purity.** The renderer's seed is drawn from the key inside JAX and passed to the
   callback as an input; the callback reads no global random state, so equal
   ``(key, psi, n)`` give equal renders.
+* **Chunks and seeds.** A batch of ``n`` scenes is rendered in chunks of
+  ``chunk_size`` scenes (8 by default), one ``renderer.render`` call per chunk with the seed
+  :func:`~autosim_jax.render_pool.chunk_seed` ``(seed, chunk index)``. Without a pool the
+  chunks run one after the other in this process; with a pool
+  (``Simulator(distribution, renderer, pool=make_render_pool(renderer, workers=16))`` or
+  ``sim.with_pool(pool)``) they fan out over worker processes or Ray actors. The chunks and
+  their seeds do not depend on the pool, so the renders are the same bitwise serially and
+  with any number of workers of any backend (same ``chunk_size``). This changed the renders
+  of a given seed: before chunking, a batch was one ``render`` call with the seed itself.
 * **Batching.** ``vmap_method="broadcast_all"``: under ``jax.vmap`` the callback is called
   once with every argument broadcast to the batch and loops over the batch on the host, one
-  ``render`` call per batch element with that element's own seed. A renderer draws a whole
-  batch of scenes with one seed, so batches cannot be merged into one ``render`` call; one
-  host round trip per vmapped call (instead of one per element with ``"sequential"``) is
-  the cheapest correct choice, and the result equals a Python loop over the batch.
+  batch (of chunks) per batch element with that element's own seed; one host round trip per
+  vmapped call (instead of one per element with ``"sequential"``) is the cheapest correct
+  choice, and the result equals a Python loop over the batch.
 * **Errors.** :meth:`Simulator.render_numpy` is the single place that checks scenes and
   outputs; every failure (the renderer raises, returns a wrong shape or dtype, or non-finite
-  values, or the scenes are out of the schema's range) becomes a :class:`RenderError` naming
-  the renderer, the field and the offending scene's values. Called directly it raises that
-  :class:`RenderError`. Through JAX (``simulate``/``render``, eager or jitted) the error
-  crosses XLA and reaches the caller as ``jax.errors.JaxRuntimeError`` (a
-  ``RuntimeError``) whose message ends with the :class:`RenderError` text; wrap the call in
-  :func:`reraise_render_errors` to get the :class:`RenderError` itself. Nothing is cached or
-  mutated on failure, so the caller's state (``psi``, optimiser state, the jit cache) is as
-  it was and the next call runs normally.
+  values, or the scenes are out of the schema's range; with a pool also a worker that dies
+  or a batch past the pool's timeout) becomes a :class:`RenderError` naming the renderer,
+  the field and the offending scene (its index in the whole batch) or scene range. Called
+  directly it raises that :class:`RenderError`. Through JAX (``simulate``/``render``, eager
+  or jitted) the error crosses XLA and reaches the caller as ``jax.errors.JaxRuntimeError``
+  (a ``RuntimeError``) whose message ends with the :class:`RenderError` text; wrap the call
+  in :func:`reraise_render_errors` to get the :class:`RenderError` itself. Nothing is cached
+  or mutated on failure, so the caller's state (``psi``, optimiser state, the jit cache) is
+  as it was and the next call runs normally (a pool replaces a worker that died).
 * **Precision.** 64-bit scenes and outputs cross the callback as ``uint32`` words: JAX
   converts callback arguments and results with the x64 setting of the callback's own
   thread, so under a thread-local ``jax.enable_x64(True)`` float64 scenes would otherwise
@@ -70,6 +79,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from autosim_jax.distributions import Distribution
+from autosim_jax.render_pool import RenderError as RenderError
+from autosim_jax.render_pool import RenderPool, SerialPool, chunk_bounds, describe_scenes
 from autosim_jax.schema import OutputSpec, Renderer, SceneSchema
 
 VMAP_METHOD = "broadcast_all"
@@ -80,44 +91,6 @@ _SCENES_STRUCTURE = (
     "continuous fields and integer indices for categorical ones (build it with "
     "autosim_jax.distributions.from_schema)."
 )
-
-
-class RenderError(RuntimeError):
-    """A renderer failed, or returned something its specs do not allow.
-
-    Attributes:
-      renderer: the renderer's name.
-      field: the scene field (``"light"``) or output (``"inputs"``/``"labels"``) at fault,
-        or ``None`` when the renderer itself raised.
-      scene_index: index of the offending scene in its batch, or ``None`` when unknown.
-      scenes: the offending scene's values (field -> value), or, when no one scene is
-        known, the whole batch (field -> its values as printed by numpy, truncated).
-      seed: the seed the renderer was called with.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        renderer: str,
-        field: str | None = None,
-        scene_index: int | None = None,
-        scenes: Mapping[str, Any] | None = None,
-        seed: int | None = None,
-    ):
-        super().__init__(message)
-        self.message = message
-        self.renderer = renderer
-        self.field = field
-        self.scene_index = scene_index
-        self.scenes = dict(scenes) if scenes is not None else None
-        self.seed = seed
-        self.error_id: int | None = None  # set when it crosses a pure_callback
-
-    def __str__(self) -> str:
-        if self.error_id is None:
-            return self.message
-        return f"{self.message} [autosim render error #{self.error_id}]"
 
 
 # Host-side log of the RenderErrors raised inside callbacks, so that reraise_render_errors()
@@ -174,15 +147,6 @@ class Simulation(NamedTuple):
     scenes: Any  # dict field -> (n, *field.shape): the sampled s_k
     inputs: jax.Array  # (n, *renderer.inputs_spec.shape): r(s_k), the model's inputs
     labels: jax.Array  # (n, *renderer.labels_spec.shape): the ground truth of r(s_k)
-
-
-def _format_scene(scenes: Mapping[str, np.ndarray], index: int | None) -> dict[str, Any]:
-    if index is None:
-        return {
-            name: np.array2string(np.asarray(v), threshold=24, precision=6)
-            for name, v in scenes.items()
-        }
-    return {name: np.asarray(v)[index].tolist() for name, v in scenes.items()}
 
 
 def _first_bad_scene(bad: np.ndarray) -> int | None:
@@ -273,6 +237,10 @@ class Simulator:
         ``renderer.schema`` (checked when the simulator is built).
       renderer: a host renderer following the
         :class:`~autosim_jax.schema.Renderer` protocol.
+      pool: a :class:`~autosim_jax.render_pool.RenderPool` of ``renderer`` (from
+        :func:`~autosim_jax.render_pool.make_render_pool`) that renders the chunks of each
+        batch, or ``None`` to render them serially in this process. The caller owns the pool
+        and closes it; the renders do not depend on it (for its default ``chunk_size``).
 
     References:
       Paper Eq. 9-10: ``p_psi(zeta) = int_{s: r(s) = zeta} q_psi(s) ds``.
@@ -280,10 +248,13 @@ class Simulator:
     Example:
       >>> sim = Simulator(distribution, renderer)  # doctest: +SKIP
       >>> scenes, inputs, labels = sim.simulate(jax.random.key(0), psi, 32)  # doctest: +SKIP
+      >>> with make_render_pool(renderer, workers=4) as pool:  # doctest: +SKIP
+      ...     same = sim.with_pool(pool).simulate(jax.random.key(0), psi, 32)  # bitwise equal
     """
 
     distribution: Distribution
     renderer: Renderer
+    pool: RenderPool | None = None
 
     def __post_init__(self):
         if not isinstance(self.distribution, Distribution):
@@ -306,11 +277,36 @@ class Simulator:
             lambda k: self.distribution.sample(k, self.distribution.init(), 1), jax.random.key(0)
         )
         _check_scene_structure(self.name, self.renderer.schema, shapes)
+        if self.pool is not None:
+            if not isinstance(self.pool, RenderPool):
+                raise ValueError(
+                    f"Simulator: pool must be a RenderPool (make_render_pool(renderer, ...)) or "
+                    f"None, got {type(self.pool).__name__}."
+                )
+            if self.pool.renderer is not self.renderer and self.pool.renderer != self.renderer:
+                raise ValueError(
+                    f"Simulator: the pool renders with {self.pool.renderer!r}, not this "
+                    f"simulator's renderer {self.renderer!r}; build it from the same one: "
+                    "make_render_pool(simulator.renderer, ...)."
+                )
 
     @property
     def name(self) -> str:
         """The renderer's name (used in every error message)."""
         return str(getattr(self.renderer, "name", type(self.renderer).__name__))
+
+    def with_pool(self, pool: RenderPool | None) -> Simulator:
+        """This simulator, rendering through ``pool`` (``None``: serially in this process).
+
+        The renders are the same bitwise (for the pool's default ``chunk_size``); only where
+        they are computed changes. A new simulator is a new static argument, so a function
+        jitted over the old one traces once more for it.
+
+        Example:
+          >>> with make_render_pool(sim.renderer, workers=2) as pool:  # doctest: +SKIP
+          ...     out = sim.with_pool(pool).simulate(key, psi, 64)
+        """
+        return dataclasses.replace(self, pool=pool)
 
     # ----------------------------------------------------------------------- host side
 
@@ -321,15 +317,20 @@ class Simulator:
 
         Args:
           scenes: field name -> numpy array ``(n, *field.shape)``.
-          seed: the renderer's seed (a Python int, or a numpy integer scalar).
+          seed: the batch's seed (a non-negative Python int, or a numpy integer scalar).
 
         Returns:
           ``(inputs, labels)`` as numpy arrays of the renderer's declared shapes and dtypes.
 
+        The scenes are rendered in chunks of the pool's ``chunk_size`` (serially when the
+        simulator has no pool), chunk ``i`` with seed ``chunk_seed(seed, i)``; see
+        :mod:`autosim_jax.render_pool`.
+
         Raises:
           RenderError: the scenes break the schema, the renderer raises, or an output has the
-            wrong shape, dtype, or non-finite values; it names the renderer, the field and the
-            offending scene.
+            wrong shape, dtype, or non-finite values; with a pool also a worker that dies or a
+            batch past the pool's timeout. It names the renderer, the field and the offending
+            scene (its index in the whole batch) or scene range.
 
         References:
           Paper Eq. 10: ``zeta = r(s)``.
@@ -363,7 +364,7 @@ class Simulator:
                                 ~np.isfinite(values) | (values < f.low) | (values > f.high)
                             )
                         break
-            shown = _format_scene(scenes, index) if isinstance(scenes, Mapping) else None
+            shown = describe_scenes(scenes, index) if isinstance(scenes, Mapping) else None
             raise RenderError(
                 f"Renderer {name!r} was given invalid scenes (seed {seed}): {err} Offending scene: "
                 f"{shown}",
@@ -373,57 +374,22 @@ class Simulator:
                 scenes=shown,
                 seed=seed,
             ) from err
-        try:
-            out = self.renderer.render(scenes, seed)
-        except Exception as err:  # any failure of foreign code becomes one clear error
-            shown = _format_scene(scenes, None)
-            raise RenderError(
-                f"Renderer {name!r} raised {type(err).__name__}: {err} while rendering {n} scenes "
-                "with seed "
-                f"{seed}; scenes: {shown}",
-                renderer=name,
-                scenes=shown,
-                seed=seed,
-            ) from err
-        if not isinstance(out, tuple | list) or len(out) != 2:
-            raise RenderError(
-                f"Renderer {name!r} must return a pair (inputs, labels), got {type(out).__name__}"
-                f"{f' of length {len(out)}' if isinstance(out, tuple | list) else ''} (seed "
-                f"{seed}).",
-                renderer=name,
-                seed=seed,
-            )
+        pool = self.pool if self.pool is not None else SerialPool(self.renderer)
+        outs = pool.render_chunks(scenes, seed)  # RenderError: raised, died, timed out
+        bounds = chunk_bounds(n, pool.chunk_size)
         checked = []
-        for what, value, spec in (
-            ("inputs", out[0], self.renderer.inputs_spec),
-            ("labels", out[1], self.renderer.labels_spec),
+        for j, (what, spec) in enumerate(
+            (("inputs", self.renderer.inputs_spec), ("labels", self.renderer.labels_spec))
         ):
-            value = np.asarray(value)
-            want_shape, want_dtype = (n, *spec.shape), np.dtype(spec.dtype)
-            if value.shape != want_shape:
-                raise RenderError(
-                    f"Renderer {name!r} returned {what} of shape {value.shape} for {n} scenes; its "
-                    f"{what}_spec "
-                    f"declares (n, *{tuple(spec.shape)}) = {want_shape} (seed {seed}).",
-                    renderer=name,
-                    field=what,
-                    scenes=_format_scene(scenes, None),
-                    seed=seed,
-                )
-            if value.dtype != want_dtype:
-                raise RenderError(
-                    f"Renderer {name!r} returned {what} of dtype {value.dtype}; its {what}_spec "
-                    "declares "
-                    f"{want_dtype} (seed {seed}). Cast in the renderer or fix the spec.",
-                    renderer=name,
-                    field=what,
-                    scenes=_format_scene(scenes, None),
-                    seed=seed,
-                )
+            parts = [
+                self._check_chunk_output(out, j, what, spec, scenes, n, a, b, seed)
+                for out, (a, b) in zip(outs, bounds)
+            ]
+            value = np.concatenate(parts)  # a copy: Ray's outputs are read-only views
             if np.issubdtype(value.dtype, np.inexact):
                 index = _first_bad_scene(~np.isfinite(value))
                 if index is not None:
-                    shown = _format_scene(scenes, index)
+                    shown = describe_scenes(scenes, index)
                     raise RenderError(
                         f"Renderer {name!r} returned non-finite {what} for scene {index} of {n} "
                         f"(seed {seed}); "
@@ -436,6 +402,45 @@ class Simulator:
                     )
             checked.append(value)
         return checked[0], checked[1]
+
+    def _check_chunk_output(self, out, j, what, spec, scenes, n, a, b, seed) -> np.ndarray:
+        """Output ``j`` (``what``) of the chunk of scenes ``a..b-1``, checked against ``spec``."""
+        name = self.name
+        where = f"scenes {a}..{b - 1} of {n}" if (a, b) != (0, n) else f"{n} scenes"
+        if not isinstance(out, tuple | list) or len(out) != 2:
+            raise RenderError(
+                f"Renderer {name!r} must return a pair (inputs, labels), got {type(out).__name__}"
+                f"{f' of length {len(out)}' if isinstance(out, tuple | list) else ''} for "
+                f"{where} (seed {seed}).",
+                renderer=name,
+                seed=seed,
+                scene_range=(a, b),
+            )
+        value = np.asarray(out[j])
+        want_shape, want_dtype = (b - a, *spec.shape), np.dtype(spec.dtype)
+        if value.shape != want_shape:
+            raise RenderError(
+                f"Renderer {name!r} returned {what} of shape {value.shape} for {where}; its "
+                f"{what}_spec declares (n, *{tuple(spec.shape)}) = {want_shape} for these "
+                f"{b - a} (seed {seed}).",
+                renderer=name,
+                field=what,
+                scenes=describe_scenes({k: v[a:b] for k, v in scenes.items()}),
+                seed=seed,
+                scene_range=(a, b),
+            )
+        if value.dtype != want_dtype:
+            raise RenderError(
+                f"Renderer {name!r} returned {what} of dtype {value.dtype} for {where}; its "
+                f"{what}_spec declares {want_dtype} (seed {seed}). Cast in the renderer or fix "
+                "the spec.",
+                renderer=name,
+                field=what,
+                scenes=describe_scenes({k: v[a:b] for k, v in scenes.items()}),
+                seed=seed,
+                scene_range=(a, b),
+            )
+        return value
 
     def _callback(self, dtypes, scene_dtypes, scenes, seed):
         """Host side of :meth:`render`; loops over the leading vmap axes (broadcast_all).
@@ -514,9 +519,10 @@ class Simulator:
     def simulate(self, key: jax.Array, psi, n: int) -> Simulation:
         """Samples ``n`` scenes from ``q_psi`` and renders them.
 
-        The key is split into a scene key and a render key; the renderer's seed is
-        ``jax.random.bits`` of the render key, so the call is a pure function of
-        ``(key, psi, n)``.
+        The key is split into a scene key and a render key; the batch's seed is
+        ``jax.random.bits`` of the render key, and chunk ``i`` of the batch is rendered with
+        ``chunk_seed(seed, i)``, so the call is a pure function of ``(key, psi, n)``, the same
+        with or without a pool, for any number of workers.
 
         Args:
           key: a JAX PRNG key.

@@ -188,7 +188,10 @@ ERROR_CASES = [
     (
         RaisingRenderer,
         None,
-        r"Renderer 'toy' raised ZeroDivisionError: light model blew up while rendering 8 scenes",
+        (
+            r"Renderer 'toy' raised ZeroDivisionError: light model blew up while rendering "
+            r"scenes 0\.\.7 of 8 with seed \d+"
+        ),
     ),
     (
         WrongShapeRenderer,
@@ -198,7 +201,7 @@ ERROR_CASES = [
     (
         WrongDtypeRenderer,
         "inputs",
-        r"returned inputs of dtype float64; its inputs_spec declares float32",
+        r"returned inputs of dtype float64 for 8 scenes; its inputs_spec declares float32",
     ),
     (
         NonFiniteRenderer,
@@ -367,3 +370,95 @@ def test_64_bit_scenes_and_outputs_under_thread_local_x64(x64):
     assert out.inputs.dtype == jnp.float64 and out.labels.dtype == jnp.int64
     _assert_matches_host_loop(sim, jax.random.split(key, 2), out)
     assert out.scenes["light"].dtype == jnp.float64
+
+
+# ------------------------------------------------------------------- chunks and seeds
+
+
+def _chunked_reference(renderer, scenes, seed, chunk_size):
+    """A batch rendered by hand: consecutive chunks, chunk i seeded by SeedSequence([seed, i])."""
+    n = len(next(iter(scenes.values())))
+    parts = []
+    for i, start in enumerate(range(0, n, chunk_size)):
+        part = {k: v[start:start + chunk_size] for k, v in scenes.items()}
+        chunk_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        parts.append(renderer.render(part, chunk_seed))
+    return tuple(np.concatenate([p[j] for p in parts]) for j in range(2))
+
+
+def _host_scenes(sim, n, key=0):
+    return {
+        k: np.array(v)
+        for k, v in sim.distribution.sample(jax.random.key(key), sim.distribution.init(), n).items()
+    }
+
+
+def test_render_numpy_renders_chunks_of_eight_with_their_own_seeds():
+    """19 scenes = chunks 0..7, 8..15, 16..18, each rendered with its own chunk seed; the
+    callback (simulate) renders exactly that."""
+    sim = _sim()
+    scenes = _host_scenes(sim, 19)
+    inputs, labels = sim.render_numpy(scenes, 5)
+    ref_inputs, ref_labels = _chunked_reference(ToyRenderer(), scenes, 5, 8)
+    np.testing.assert_array_equal(inputs, ref_inputs)
+    np.testing.assert_array_equal(labels, ref_labels)
+    whole_batch = ToyRenderer().render(scenes, 5)[0]  # the renders before chunking
+    assert not np.array_equal(inputs, whole_batch)
+
+    key = jax.random.key(11)
+    out = _simulate(sim, key, sim.distribution.init(), 19)
+    host = {k: np.asarray(v) for k, v in out.scenes.items()}
+    ref_inputs, _ = _chunked_reference(ToyRenderer(), host, _render_seed(key), 8)
+    np.testing.assert_array_equal(out.inputs, ref_inputs)
+
+
+def test_chunk_size_is_part_of_the_seeding():
+    """A serial pool of another chunk size renders the same scenes with other noise."""
+    from autosim_jax.render_pool import make_render_pool
+
+    renderer = ToyRenderer()
+    sim = _sim(renderer)
+    scenes = _host_scenes(sim, 12)
+    with make_render_pool(renderer, chunk_size=5) as pool:
+        five = sim.with_pool(pool).render_numpy(scenes, 3)
+    np.testing.assert_array_equal(five[0], _chunked_reference(renderer, scenes, 3, 5)[0])
+    assert not np.array_equal(five[0], sim.render_numpy(scenes, 3)[0])
+
+
+def test_errors_in_a_later_chunk_name_the_scene_in_the_whole_batch():
+    scenes = _host_scenes(_sim(), 19)
+    scenes["light"][:] = 0.5
+    scenes["light"][13] = 1.8  # chunk 8..15, index 5 there
+    with pytest.raises(RenderError, match=r"non-finite inputs for scene 13 of 19") as info:
+        _sim(NonFiniteRenderer()).render_numpy(scenes, 0)
+    assert info.value.scene_index == 13 and info.value.scenes["light"] == pytest.approx(1.8)
+
+    class ShortLastChunk(ToyRenderer):
+        def render(self, scenes, seed):
+            x, y = super().render(scenes, seed)
+            return (x[:-1], y) if len(x) < 8 else (x, y)
+
+    with pytest.raises(RenderError, match=r"shape \(2, 3, 4\) for scenes 16\.\.18 of 19") as info:
+        _sim(ShortLastChunk()).render_numpy(scenes, 0)
+    assert info.value.field == "inputs" and info.value.scene_range == (16, 19)
+
+    class RaisesOnBright(ToyRenderer):
+        def render(self, scenes, seed):
+            if (scenes["light"] > 1.5).any():
+                raise ArithmeticError("too bright")
+            return super().render(scenes, seed)
+
+    with pytest.raises(RenderError, match=r"raised ArithmeticError: too bright while rendering "
+                       r"scenes 8\.\.15 of 19") as info:
+        _sim(RaisesOnBright()).render_numpy(scenes, 0)
+    assert info.value.scene_range == (8, 16) and info.value.field is None
+    assert isinstance(info.value.__cause__, ArithmeticError)
+
+
+def test_pool_must_render_with_the_simulators_renderer():
+    from autosim_jax.render_pool import make_render_pool
+
+    with make_render_pool(ToyRenderer()) as pool, pytest.raises(ValueError, match="same one"):
+        _sim(ToyRenderer()).with_pool(pool)
+    with pytest.raises(ValueError, match="pool must be a RenderPool"):
+        Simulator(from_schema(SCHEMA), ToyRenderer(), pool="process")
