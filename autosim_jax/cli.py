@@ -1,23 +1,33 @@
-"""The ``autosim`` command line: list what exists, run an experiment into a run directory.
+"""The ``autosim`` command line: ``list``, ``run`` (here) and ``compare`` (:mod:`autosim_jax.compare`).
 
 ``autosim list`` prints the experiments, approximations and renderers.
 ``autosim run EXPERIMENT`` runs AutoSimulate on a named experiment (or on your own,
-``module:attr`` naming an :class:`~autosim_jax.experiments.Experiment`) and writes, under
-``--out`` only::
+``module:attr`` naming an :class:`~autosim_jax.experiments.Experiment`, found from the current
+directory or PYTHONPATH) and writes, under ``--out`` only::
 
-    config.json     the resolved configuration (optimisers described by their hyperparameters)
-    metrics.jsonl   one JSON line per outer step (losses, metrics, CG, timings, psi by field)
+    config.json     the resolved configuration: AutoSimConfig as data, seed, size, versions
+    metrics.jsonl   one JSON line per outer step (losses, metrics, CG, timings, raw psi)
     checkpoint.npz  the AutoSimState after the last completed step (atomic, see checkpoint.py)
-    summary.json    totals and the best validation metric (at the end)
-    val_metric.png, psi.png, samples.png
+    summary.json    totals, best validation metric, CG failures, the fresh-model assessment of
+                    the start, learned and reference psi and the gap closed G (at the end)
+    psi.json        the start, learned and reference psi in the fields' own units
+    assessed.json   cached fresh-model assessments (a resumed run does not redo them)
+    val_metric.png, psi.png (one panel per field, in its units), samples.png
 
-The outer step is pure; this module owns files, progress bars, plots and checkpoints.
+The run directory (locking, atomic files, checked resume, the step loop) is
+:mod:`autosim_jax.rundir`; this module parses, validates every option before the experiment is
+built, and prints progress, summaries and plots.
 
-Resuming. Each step appends its metrics line *before* the checkpoint is replaced, so after
-an interruption ``metrics.jsonl`` holds at least ``checkpoint.step`` complete lines;
-``--resume`` keeps exactly that many and continues from the checkpoint. The step is a
-deterministic function of the state, so a resumed run ends bitwise where an uninterrupted
-one would (same device and versions).
+Progress: a bar on a terminal; in a log or a pipe one line every ``--log-every`` steps or
+``--log-seconds`` seconds (step, images, validation metric, CG status, ETA without the first,
+compiling, step); the same for the assessment. Ctrl-C stops promptly (exit 130) and leaves a
+resumable directory.
+
+Resuming: ``--resume`` continues from the checkpoint with the configuration that started the
+run (other result-changing flags are refused, before anything is built); ``--iterations`` and
+``--budget-images`` default to the stored ones. A finished run says so and does nothing. The
+step is a deterministic function of the state, so a resumed run ends bitwise where an
+uninterrupted one would (same device and versions).
 
 Example:
   >>> main(["list"])  # doctest: +SKIP
@@ -28,221 +38,76 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import contextlib
-import json
-import logging
 import math
 import os
-import platform
-import re
 import sys
-import time
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from . import compare
 from .autosimulate import make_autosimulate
+from .checkpoint import TMP_PREFIX
 from .config import APPROXIMATIONS
-from .checkpoint import leaf_paths, load_checkpoint, save_checkpoint
-from .experiments import make_assessor
+from .distributions import describe_psi
+from .experiments import gap_closed, make_assessor
+from .rundir import (
+    ASSESSED,
+    CHECKPOINT,
+    CONFIG,
+    LOCK,
+    METRICS,
+    Interrupted,
+    Progress,
+    RenderFailed,
+    RunDir,
+    RunDirError,
+    UsageError,
+    add_progress_flags,
+    build_setup,
+    cached_assessment,
+    check_out_path,
+    check_progress_flags,
+    check_renderer,
+    check_resume_config,
+    check_seed,
+    check_size,
+    finite_or_none,
+    interrupt_guard,
+    is_interrupt,
+    make_config,
+    psi_from_record,
+    psi_record,
+    quiet_render_errors,
+    resolve_experiment,
+    run_loop,
+    seed_argument,
+    summarize,
+    write_json,
+)
 from .simulator import RenderError, reraise_render_errors
 
-CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.npz", "summary.json"
+__all__ = ["RunArgs", "RunDirError", "UsageError", "build_parser", "main", "resolve_experiment", "run_experiment"]
+
 # Config keys whose change alters the results; --resume refuses when any of them differs.
-RESULT_KEYS = ("experiment", "renderer", "approximation", "seed", "options")
+RESULT_KEYS = ("command", "experiment", "renderer", "approximation", "seed", "size", "options")
 SAMPLE_IMAGES = 8
+PSI_JSON = "psi.json"
 
 _EXISTS = (
     "{out} already holds a run ({what}). Continue it with --resume, or pass another --out "
     "(or delete the directory) to start afresh."
 )
-_RESUME_DIFFERS = (
-    "--resume refused: {key} is {new} now but {old} in {path}; a resumed run must use the "
-    "configuration that started it (pass the same flags), or start a new run with another --out."
-)
 
 
-class UsageError(Exception):
-    """A bad command line (exit code 2)."""
-
-
-class _DropRenderErrorLogs(logging.Filter):
-    """Drops JAX's "pure_callback failed" log record (a traceback) of a RenderError: the CLI
-    reports that error itself, in one message."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], RenderError))
-
-
-@contextlib.contextmanager
-def _quiet_render_errors():
-    logger, flt = logging.getLogger("jax._src.callback"), _DropRenderErrorLogs()
-    logger.addFilter(flt)
-    try:
-        yield
-    finally:
-        logger.removeFilter(flt)
-
-
-# ------------------------------------------------------------------------- experiments
-
-
-def _registry() -> dict[str, Any]:
-    from . import experiments
-
-    return experiments.EXPERIMENTS
-
-
-def resolve_experiment(spec: str):
-    """A registered experiment by name, or ``module:attr`` naming an Experiment object.
-
-    Raises:
-      UsageError: for an unknown name or an import that fails, listing the valid names.
-    """
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise UsageError(f"cannot load experiment {spec!r} ({type(err).__name__}: {err}).") from None
-        if not all(hasattr(obj, a) for a in ("name", "description", "renderers", "build")):
-            raise UsageError(f"{spec!r} is a {type(obj).__name__}, not an autosim_jax.experiments.Experiment.")
-        return obj
-    registry = _registry()
-    if spec not in registry:
-        raise UsageError(
-            f"unknown experiment {spec!r}; valid choices are {sorted(registry)} (or module:attr naming an "
-            "Experiment of your own)."
-        )
-    return registry[spec]
-
-
-# ------------------------------------------------------------------------------ config
-
-
-def _is_transformation(obj: Any) -> bool:
-    return isinstance(obj, tuple) and hasattr(obj, "init") and hasattr(obj, "update")
-
-
-def describe(obj: Any) -> Any:
-    """A JSON description of options: optax optimisers by name, learning rate and hyperparameters.
-
-    An optax ``GradientTransformation`` is a pair of closures; the factories' names and the
-    values they close over (learning rate, betas, schedule parameters) describe it fully, so
-    two optimisers with equal descriptions update equally.
-
-    Example:
-      >>> import optax
-      >>> describe({"opt": optax.sgd(0.1)})["opt"]["learning_rate"]
-      0.1
-    """
-    if isinstance(obj, dict):
-        return {str(k): describe(v) for k, v in obj.items()}
-    if _is_transformation(obj):
-        spec = _describe(obj.update, 1)
-        lr = _find_learning_rate(spec)
-        return {"name": _transform_name(spec), **({"learning_rate": lr} if lr is not None else {}), "spec": spec}
-    return _describe(obj, 0)
-
-
-def _describe(obj: Any, depth: int) -> Any:
-    if depth > 12:
-        return "..."
-    if obj is None or isinstance(obj, bool | int | str):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else str(obj)
-    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        if np.ndim(obj) == 0:
-            return _describe(np.asarray(obj).item(), depth + 1)
-        return np.asarray(obj).tolist() if np.size(obj) <= 16 else f"array{tuple(np.shape(obj))} {np.dtype(obj.dtype)}"
-    if isinstance(obj, dict):
-        return {str(k): _describe(v, depth + 1) for k, v in obj.items()}
-    if _is_transformation(obj):
-        return _describe(obj.update, depth + 1)
-    if isinstance(obj, list | tuple):
-        return [_describe(v, depth + 1) for v in obj]
-    if callable(obj) and hasattr(obj, "__code__"):
-        qualname = getattr(obj, "__qualname__", getattr(obj, "__name__", "function"))
-        factory = qualname.split(".<locals>")[0]
-        params = {}
-        for name, cell in zip(obj.__code__.co_freevars, obj.__closure__ or ()):
-            try:
-                params[name] = cell.cell_contents
-            except ValueError:  # a cell not yet filled (e.g. a closure over a later local)
-                params[name] = "<empty>"
-        if factory == "with_extra_args_support" and "tx" in params:  # optax wrapper: describe the inner one
-            return _describe(params["tx"], depth + 1)
-        if factory == "chain" and "update_fns" in params:
-            return {"chain": _describe(params["update_fns"], depth + 1)}
-        return {factory: {k: _describe(v, depth + 1) for k, v in params.items()}} if params else factory
-    return re.sub(r" at 0x[0-9a-f]+", "", repr(obj))
-
-
-def _transform_name(desc: Any) -> str:
-    if isinstance(desc, dict) and "chain" in desc:
-        return "chain(" + ", ".join(_transform_name(d) for d in desc["chain"]) + ")"
-    if isinstance(desc, dict) and len(desc) == 1:
-        return next(iter(desc))
-    return str(desc)
-
-
-def _find_learning_rate(desc: Any) -> Any:
-    """The learning rate inside a described optax chain (``-step_size`` of its ``scale``)."""
-    if isinstance(desc, dict):
-        for key, value in desc.items():
-            if key == "learning_rate":
-                return value
-            if key == "scale" and isinstance(value, dict) and isinstance(value.get("step_size"), float):
-                return -value["step_size"]
-            found = _find_learning_rate(value)
-            if found is not None:
-                return found
-    elif isinstance(desc, list):
-        for value in desc:
-            found = _find_learning_rate(value)
-            if found is not None:
-                return found
-    return None
-
-
-def _versions() -> dict[str, str]:
-    import flax
-    import optax
-
-    from . import __version__
-
-    return {
-        "autosim_jax": __version__, "jax": jax.__version__, "jaxlib": getattr(jax.lib, "__version__", "?"),
-        "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _device() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}:{getattr(d, 'device_kind', '?')} x{jax.device_count()}"
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: d}
-
-
-def _first_difference(old: dict, new: dict) -> tuple[str, Any, Any] | None:
-    old_flat = _flatten({k: old.get(k) for k in RESULT_KEYS})
-    new_flat = _flatten({k: new.get(k) for k in RESULT_KEYS})
-    for key in sorted(set(old_flat) | set(new_flat)):
-        if old_flat.get(key, "<absent>") != new_flat.get(key, "<absent>"):
-            return key, old_flat.get(key, "<absent>"), new_flat.get(key, "<absent>")
-    return None
+def _holds_files(path: str) -> list[str]:
+    """The entries of ``path`` other than its lock and stale temporary files."""
+    if not os.path.isdir(path):
+        return []
+    return [n for n in os.listdir(path) if n != LOCK and not n.startswith(TMP_PREFIX)]
 
 
 # --------------------------------------------------------------------------------- run
@@ -253,7 +118,7 @@ class RunArgs:
     """The options of ``autosim run`` (what argparse produces), usable without argparse."""
 
     approximation: str | None = None
-    iterations: int | None = None
+    iterations: int | None = None  # None: the experiment's (or, on --resume, the stored value)
     dataset_size: int | None = None
     finetune_epochs: int | None = None
     budget_images: int | None = None
@@ -262,119 +127,114 @@ class RunArgs:
     out: str | None = None
     resume: bool = False
     experiment_spec: str | None = None  # how the experiment was named (for config.json)
-    assess_images: int | None = None  # None: 16 x dataset_size; 0: skip the assessment
+    assess_images: int | None = None  # None: the experiment's; 0: skip the assessment
+    size: str | None = None  # None: the experiment's default (the flag is passed only when given)
+    log_every: int | None = None  # progress line every N steps (None: about 20 a run)
+    log_seconds: float = 30.0  # ... and at least every S seconds
 
 
-def _psi_record(psi) -> dict[str, list]:
-    return {name: np.asarray(leaf).ravel().tolist() for name, leaf in zip(leaf_paths(psi), jax.tree.leaves(psi))}
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What the command line resolves to before anything is built."""
+
+    renderer: str
+    approximation: str
+    out: str
+    spec: str
+    size: str | None
 
 
-def psi_from_record(template, record: dict[str, list]):
-    """The inverse of the ``psi`` field of a metrics line, shaped and typed like ``template``.
-
-    JSON keeps a float32's shortest repr, so the round trip is exact.
-    """
-    leaves, treedef = jax.tree.flatten(template)
-    return jax.tree.unflatten(treedef, [np.asarray(record[name], np.asarray(leaf).dtype).reshape(np.shape(leaf))
-                                        for name, leaf in zip(leaf_paths(template), leaves)])
-
-
-def _truncate_metrics(path: str, keep: int) -> list[dict]:
-    """Keeps the first ``keep`` lines of metrics.jsonl (those of checkpointed steps)."""
-    records = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if len(records) == keep:
-                    break
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-    if len(records) != keep:
-        raise UsageError(f"{path} holds {len(records)} complete steps but the checkpoint is at step {keep}; "
-                         "the run directory is inconsistent, start afresh with another --out.")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return records
-
-
-def resume_state(initial, ckpt_path: str, metrics_path: str, resume: bool) -> tuple[Any, list[dict]]:
-    """The state to continue from and the metrics lines it accounts for.
-
-    Without ``resume``: ``(initial, [])``. With it: the checkpoint (checked against
-    ``initial``'s structure) and ``metrics.jsonl`` cut to its step; a run killed before its
-    first checkpoint starts again from ``initial`` with no lines.
+def plan_run(experiment, args: RunArgs) -> _Plan:
+    """Validates every option that needs no build (in well under a second).
 
     Raises:
-      UsageError: when the checkpoint does not match ``initial`` (another experiment's run).
+      UsageError: naming the flag and the valid values.
     """
-    if not resume:
-        return initial, []
-    if not os.path.exists(ckpt_path):
-        return initial, _truncate_metrics(metrics_path, 0)
-    try:
-        state = load_checkpoint(ckpt_path, initial)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    return state, _truncate_metrics(metrics_path, int(state.step))
+    renderer = check_renderer(experiment, args.renderer)
+    approximation = args.approximation or APPROXIMATIONS[0]
+    if approximation not in APPROXIMATIONS:
+        raise UsageError(f"unknown approximation {approximation!r}; valid choices are {list(APPROXIMATIONS)}.")
+    for flag in ("iterations", "finetune_epochs", "budget_images"):
+        value = getattr(args, flag)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"--{flag.replace('_', '-')} must be an integer >= 1, got {value!r}.")
+    if args.dataset_size is not None and args.dataset_size < 2:
+        raise UsageError(f"--dataset-size must be >= 2 (the leave-one-out baseline of the score-function estimator "
+                         f"needs two renders per step), got {args.dataset_size}.")
+    if args.assess_images is not None and args.assess_images < 0:
+        raise UsageError(f"--assess-images must be >= 0 (0 skips the assessment), got {args.assess_images}.")
+    check_progress_flags(args.log_every, args.log_seconds)
+    check_seed(args.seed)
+    size = check_size(experiment, args.size)
+    out = args.out or os.path.join("runs", f"{experiment.name}-{approximation}-seed{args.seed}")
+    check_out_path(out)
+    if args.resume and not os.path.exists(os.path.join(out, CONFIG)):
+        raise UsageError(f"--resume: {out} holds no run ({CONFIG} is missing); drop --resume to start one.")
+    return _Plan(renderer, approximation, out, args.experiment_spec or experiment.name, size)
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _progress(total: int, initial: int):
-    from tqdm.auto import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (CI logs stay clean).
-    return tqdm(total=total, initial=initial, disable=None, unit="step", dynamic_ncols=True, file=sys.stderr)
+def _known_options(args: RunArgs, plan: _Plan) -> dict:
+    """The result keys the command line fixes, to check a --resume before building."""
+    options: dict[str, Any] = {"approximation": plan.approximation}
+    if args.dataset_size is not None:
+        options["dataset_size"] = args.dataset_size
+    if args.finetune_epochs is not None:
+        options["finetune_epochs"] = args.finetune_epochs
+    return {"command": "run", "experiment": plan.spec, "renderer": plan.renderer, "approximation": plan.approximation,
+            "seed": args.seed, "size": plan.size, "options": options}
 
 
 def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> int:
     """Runs ``experiment`` as ``autosim run`` does; returns the exit code.
 
     Raises:
-      UsageError: for a bad renderer, approximation, option, or run directory.
+      UsageError: for a bad renderer, approximation, option, or run directory (a
+        :class:`~autosim_jax.rundir.RunDirError` for the latter).
     """
-    stdout = stdout or sys.stdout
-    stderr = stderr or sys.stderr
-    renderer = args.renderer or experiment.renderers[0]
-    if renderer not in experiment.renderers:
-        raise UsageError(
-            f"renderer {renderer!r} is not one of experiment {experiment.name!r}'s renderers "
-            f"{list(experiment.renderers)}."
-        )
-    approximation = args.approximation or APPROXIMATIONS[0]
-    if approximation not in APPROXIMATIONS:
-        raise UsageError(f"unknown approximation {approximation!r}; valid choices are {list(APPROXIMATIONS)}.")
-    for flag in ("iterations", "dataset_size", "finetune_epochs", "budget_images"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {value}.")
-    if args.assess_images is not None and args.assess_images < 0:
-        raise UsageError(f"--assess-images must be >= 0 (0 skips the assessment), got {args.assess_images}.")
-    out = args.out or os.path.join("runs", f"{experiment.name}-{approximation}-seed{args.seed}")
-    config_path, metrics_path, ckpt_path = (os.path.join(out, n) for n in (CONFIG, METRICS, CHECKPOINT))
-    if args.resume:
-        if not os.path.exists(config_path):
-            raise UsageError(f"--resume: {out} holds no run ({CONFIG} is missing); drop --resume to start one.")
-    elif os.path.isdir(out) and os.listdir(out):
-        present = [n for n in (CONFIG, METRICS, CHECKPOINT) if os.path.exists(os.path.join(out, n))]
-        raise UsageError(_EXISTS.format(out=out, what=", ".join(present) or "other files"))
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    plan = plan_run(experiment, args)
+    out = plan.out
+    with RunDir.open(out) as run:
+        if run.removed_tmp:
+            print(f"autosim run: note: removed {len(run.removed_tmp)} stale temporary file(s) of an interrupted "
+                  f"write: {', '.join(run.removed_tmp)}", file=stderr)
+        old = None
+        iterations, budget, assess_images = args.iterations, args.budget_images, args.assess_images
+        if args.resume:
+            old = run.read_config()
+            check_resume_config(out, old, _known_options(args, plan), RESULT_KEYS)
+            iterations = iterations or old.get("iterations")
+            budget = budget if budget is not None else old.get("budget_images")
+            assess_images = assess_images if assess_images is not None else old.get("assess_images")
+            target = {"iterations": iterations, "budget_images": budget, "assess_images": assess_images}
+            finished = run.is_finished(target)
+            if finished is not None:
+                print(f"autosim run: {out} is finished ({finished['iterations']} steps, {finished['images']} images; "
+                      f"{os.path.join(out, 'summary.json')}); nothing to do. Pass a larger --iterations or "
+                      "--budget-images to extend it, or another --out to start afresh.", file=stderr)
+                print(_summary_table(finished, old.get("metric", "metric")), file=stdout)
+                return 0
+        elif _holds_files(out):
+            present = [n for n in (CONFIG, METRICS, CHECKPOINT) if os.path.exists(os.path.join(out, n))]
+            raise UsageError(_EXISTS.format(out=out, what=", ".join(present) or "other files"))
+        try:
+            return _run(experiment, args, plan, run, old, iterations, budget, assess_images, stdout, stderr)
+        except Interrupted as err:
+            print(f"\nautosim run: interrupted; {run.checkpoint_path} holds step {err.step}. Continue with --resume.",
+                  file=stderr)
+            return 130
+        except BaseException as err:  # Ctrl-C while building, assessing or plotting, however it surfaced
+            if not is_interrupt(err):
+                raise
+            print(f"\nautosim run: interrupted; {out} holds every completed step. Continue with --resume.",
+                  file=stderr)
+            return 130
 
-    setup = experiment.build(renderer=renderer, seed=args.seed)
-    changes: dict[str, Any] = {"approximation": approximation}
-    notes = []
+
+def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, iterations, budget, assess_images,
+         stdout, stderr) -> int:
+    setup = build_setup(experiment, renderer=plan.renderer, seed=args.seed, size=plan.size)
+    changes: dict[str, Any] = {"approximation": plan.approximation}
     if args.dataset_size is not None:
         changes["dataset_size"] = args.dataset_size
     if args.finetune_epochs is not None:
@@ -382,136 +242,188 @@ def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> in
     k, b = changes.get("dataset_size", setup.config.dataset_size), setup.config.batch_size
     if k % b:
         changes["batch_size"] = math.gcd(k, b)
-        notes.append(f"batch_size {b} does not divide dataset_size {k}: using batch_size {changes['batch_size']}")
-    run_config = setup.config.replace(**changes)
-    iterations = args.iterations or setup.iterations
-    config = {
-        "experiment": args.experiment_spec or experiment.name,
-        "renderer": renderer,
-        "approximation": approximation,
-        "seed": args.seed,
-        "options": run_config.to_dict(),
-        "iterations": iterations,
-        "budget_images": args.budget_images,
-        "metric": setup.task.metric_name,
-        "higher_is_better": bool(setup.task.higher_is_better),
-        "versions": _versions(),
-        "device": _device(),
-    }
-    if args.resume:
-        with open(config_path) as f:
-            old = json.load(f)
-        diff = _first_difference(old, config)
-        if diff is not None:
-            key, old_value, new_value = diff
-            raise UsageError(_RESUME_DIFFERS.format(key=key, old=json.dumps(old_value), new=json.dumps(new_value),
-                                                    path=config_path))
+        print(f"autosim run: note: batch_size {b} does not divide dataset_size {k}: using batch_size "
+              f"{changes['batch_size']}", file=stderr)
+    try:
+        run_config = setup.config.replace(**changes)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    iterations = iterations or setup.iterations
+    assess_images = setup.assess_images if assess_images is None else assess_images
+    target = {"iterations": iterations, "budget_images": budget, "assess_images": assess_images}
+    metric, higher = setup.task.metric_name, bool(setup.task.higher_is_better)
+    config = make_config(command="run", experiment=plan.spec, renderer=plan.renderer, seed=args.seed, size=plan.size,
+                         options=run_config.to_dict(), iterations=iterations, budget_images=budget,
+                         assess_images=assess_images, metric=metric, higher_is_better=higher)
+    if old is not None:
+        check_resume_config(run.path, old, config, RESULT_KEYS)
         for key in ("versions", "device"):
             if old.get(key) != config[key]:
                 print(f"autosim run: note: {key} changed since the run started ({old.get(key)} -> {config[key]}); "
                       "the continuation is not bitwise that of an uninterrupted run.", file=stderr)
-    for note in notes:
-        print(f"autosim run: note: {note}", file=stderr)
-
-    autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, run_config)
-    initial = autosim.init(args.seed)
-    os.makedirs(out, exist_ok=True)
-    state, records = resume_state(initial, ckpt_path, metrics_path, args.resume)
-    _write_json(config_path, config)
-
-    higher = bool(setup.task.higher_is_better)
-    x_test, y_test = setup.test_data
-    budget = args.budget_images
-    wall0 = records[-1]["wall_time"] if records else 0.0
-    start = time.perf_counter()
-    print(f"autosim run: {config['experiment']} / {approximation} / {renderer} / seed {args.seed} -> {out}"
-          + (f" (resuming at step {int(state.step)})" if args.resume else ""), file=stderr)
-    bar = _progress(iterations, min(int(state.step), iterations))
-    stopped_by = "iterations"
     try:
-        with open(metrics_path, "a") as metrics_file:
-            while int(state.step) < iterations:
-                if budget is not None and int(state.images) >= budget:
-                    stopped_by = "budget_images"
-                    break
-                step_no = int(state.step) + 1
-                t0 = time.perf_counter()
-                try:
-                    with _quiet_render_errors():
-                        state, step_info = autosim.step(state)
-                    info = step_info._asdict()
-                except RenderError as err:
-                    bar.close()
-                    where = (f"renderer {err.renderer!r}" + (f", field {err.field!r}" if err.field else "")
-                             + (f", scene {err.scene_index}" if err.scene_index is not None else ""))
-                    print(f"autosim run: rendering failed at step {step_no} ({where}): {err.message}\n"
-                          f"The checkpoint of step {step_no - 1} in {ckpt_path} is intact; after fixing the cause, "
-                          "continue with --resume.", file=stderr)
-                    return 1
-                test_loss, test_metric = autosim.inner.measure(state.theta, x_test, y_test)
-                record = {
-                    "step": int(state.step), "images": int(state.images),
-                    **{k: info[k] for k in ("val_loss", "val_metric")},
-                    "test_loss": float(test_loss), "test_metric": float(test_metric),
-                    **{k: v for k, v in info.items() if k not in ("val_loss", "val_metric")},
-                    "time_step": time.perf_counter() - t0,
-                    "wall_time": wall0 + time.perf_counter() - start,
-                    "psi": _psi_record(state.psi),
-                }
-                metrics_file.write(json.dumps(record) + "\n")  # metrics first, then the checkpoint
-                metrics_file.flush()
-                os.fsync(metrics_file.fileno())
-                save_checkpoint(ckpt_path, state)
-                records.append(record)
-                bar.set_postfix({setup.task.metric_name: f"{record['val_metric']:.4g}", "images": record["images"]},
-                                refresh=False)
-                bar.update(1)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"\nautosim run: interrupted; {ckpt_path} holds step {int(state.step)}. Continue with --resume.",
-              file=stderr)
-        return 130
-    bar.close()
-    if budget is not None and int(state.images) >= budget and int(state.step) < iterations:
-        stopped_by = "budget_images"
+        autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, run_config)
+    except ValueError as err:
+        raise UsageError(f"the experiment's setup is invalid: {err}") from None
+    write_json(run.config_path, config)
+    x_test, y_test = setup.test_data
 
-    summary = _summary(records, higher, stopped_by, state)
-    if args.assess_images != 0 and records:
-        summary["assessment"] = _assess(setup._replace(config=run_config), initial.psi, state.psi, args, stderr)
-    _write_json(os.path.join(out, SUMMARY), summary)
-    _write_plots(out, records, setup, initial.psi, state.psi, args.seed, stderr)
-    print(_summary_table(summary, setup.task.metric_name), file=stdout)
+    def monitor(state) -> dict:
+        test_loss, test_metric = autosim.inner.measure(state.theta, x_test, y_test)
+        return {"test_loss": float(test_loss), "test_metric": float(test_metric)}
+
+    progress: list[Progress] = []
+    cg = {"unconverged": 0, "no_descent": 0, "steps": 0, "kept": 0}
+
+    def count_cg(record: dict) -> None:
+        cg["steps"] += 1
+        cg["unconverged"] += not record["cg_converged"]
+        solved = record["cg_relative_residual"] != 0.0 or not record["cg_converged"]
+        cg["no_descent"] += solved and record["cg_model_value"] >= 0
+        cg["kept"] += not record.get("psi_updated", True)
+
+    def on_start(state, records) -> None:
+        for r in records:
+            count_cg(r)
+        print(f"autosim run: {plan.spec} / {plan.approximation} / {plan.renderer} / seed {args.seed} -> {run.path}"
+              + (f" (resuming at step {int(state.step)})" if args.resume else "")
+              + "; compiling the first step ...", file=stderr, flush=True)
+        progress.append(Progress(iterations, desc="autosim run", stream=stderr, initial=min(int(state.step), iterations),
+                                 every=args.log_every, seconds=args.log_seconds))
+
+    def on_step(record: dict, state) -> None:
+        count_cg(record)
+        cg_text = _cg_status(cg, plan.approximation)
+        progress[0].update(f"{record['images']} images, val {metric} {record['val_metric']:.4g}, {cg_text}",
+                           postfix={metric: f"{record['val_metric']:.4g}", "images": record["images"], "CG": cg_text})
+
+    try:
+        result = run_loop(autosim, run, seed=args.seed, resume=args.resume, iterations=iterations,
+                          budget_images=budget, monitor=monitor, on_start=on_start, on_step=on_step)
+    except RenderFailed as err:
+        print(f"autosim run: {err}\nThe checkpoint of step {err.step - 1} in {run.checkpoint_path} is intact; after "
+              "fixing the cause, continue with --resume.", file=stderr)
+        return 1
+    finally:
+        for p in progress:
+            p.close()
+    summary = summarize(result.records, higher=higher, stopped_by=result.stopped_by, state=result.state,
+                        target=target)
+    reference = setup.reference_psi
+    if assess_images and result.records:
+        summary["assessment"] = _assess(setup._replace(config=run_config), run, result, reference, args.seed,
+                                        assess_images, stderr, args)
+        summary["gap_closed"] = summary["assessment"].get("gap_closed", {}).get("val_metric")
+    psi_doc = _psi_document(setup, result.initial.psi, result.state.psi, reference)
+    write_json(os.path.join(run.path, PSI_JSON), psi_doc)
+    summary["psi_in_field_units"] = {k: psi_doc[k] for k in ("start", "learned", "reference")}
+    _write_plots(run.path, result.records, setup, result.initial.psi, result.state.psi, reference, args.seed, stderr)
+    write_json(run.summary_path, summary)  # last: a summary marks the run finished
+    print(_summary_table(summary, metric), file=stdout)
     return 0
 
 
-def _assess(setup, psi0, psi1, args: RunArgs, stderr) -> dict:
-    """Fresh models trained on equal budgets from the start and the learned psi (the fair test)."""
-    n, epochs = args.assess_images or setup.assess_images, setup.assess_epochs
-    print(f"autosim run: assessing: a fresh model on {n} images x {epochs} epochs from the start "
-          "and from the learned psi ...", file=stderr)
-    assess = make_assessor(setup, num_images=n, epochs=epochs)
-    return {"images": n, "epochs": epochs, "start_psi": assess(psi0, args.seed),
-            "learned_psi": assess(psi1, args.seed)}
+def _cg_status(cg: dict, approximation: str) -> str:
+    kept = f", psi kept {cg['kept']}" if cg["kept"] else ""
+    if approximation != "exact_quadratic":
+        return "CG: no solve" + kept
+    if not cg["unconverged"] and not cg["no_descent"]:
+        return f"CG ok {cg['steps']}/{cg['steps']}" + kept
+    return (f"CG unconverged {cg['unconverged']}/{cg['steps']}"
+            + (f", no better than zero {cg['no_descent']}" if cg["no_descent"] else "") + kept)
 
 
-def _summary(records: list[dict], higher: bool, stopped_by: str, state) -> dict:
-    summary: dict[str, Any] = {
-        "iterations": int(state.step), "images": int(state.images), "stopped_by": stopped_by,
-        "wall_time": records[-1]["wall_time"] if records else 0.0,
+def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, args: RunArgs) -> dict:
+    """Fresh models trained on equal budgets from the start, learned and reference psi (the fair test).
+
+    Cached in ``assessed.json`` (keys ``"0"`` for the start, the step for the learned psi,
+    ``"reference"``), so an interrupted or resumed run does not train them again.
+    """
+    epochs = setup.assess_epochs
+    protocol = {"images": n, "epochs": epochs, "seed": seed}
+    psis = [("start_psi", "0", result.initial.psi), ("learned_psi", str(int(result.state.step)), result.state.psi)]
+    if reference is not None:
+        psis.append(("reference_psi", "reference", reference))
+    print(f"autosim run: assessing {len(psis)} psi ({', '.join(p[0].replace('_', ' ') for p in psis)}): a fresh "
+          f"model on {n} images x {epochs} epochs each", file=stderr, flush=True)
+    progress = Progress(len(psis), desc="autosim run: assessing", stream=stderr, unit="psi", every=1,
+                        seconds=args.log_seconds)
+    assessor: list = []
+
+    def assess(psi):
+        if not assessor:
+            assessor.append(make_assessor(setup, num_images=n, epochs=epochs))
+        with quiet_render_errors(), reraise_render_errors():
+            return assessor[0](psi, seed)
+
+    out: dict[str, Any] = {"images": n, "epochs": epochs}
+    metric = setup.task.metric_name
+    try:
+        for name, key, psi in psis:
+            value, cached = cached_assessment(os.path.join(run.path, ASSESSED), key, protocol,
+                                              lambda psi=psi: assess(psi))
+            out[name] = value
+            progress.update(f"{name.replace('_', ' ')}: val {metric} {value['val_metric']:.4g}, test "
+                            f"{value['test_metric']:.4g}" + (" (cached)" if cached else ""))
+    finally:
+        progress.close()
+    if reference is not None:
+        out["gap_closed"] = {
+            m: finite_or_none(gap_closed(out["start_psi"][m], out["learned_psi"][m], out["reference_psi"][m]))
+            for m in ("val_metric", "test_metric")}
+    return out
+
+
+# ---------------------------------------------------------------------- psi in field units
+
+
+def _describe(setup, psi) -> dict | None:
+    try:
+        return describe_psi(setup.simulator.renderer.schema, jax.tree.map(np.asarray, psi))
+    except ValueError:
+        return None  # a distribution that is not from_schema's families: psi.json keeps the raw values
+
+
+def _psi_document(setup, start, learned, reference) -> dict:
+    described = {name: _describe(setup, psi) if psi is not None else None
+                 for name, psi in (("start", start), ("learned", learned), ("reference", reference))}
+    return {
+        "units": "each field in its own units (autosim_jax.describe_psi): mean/std/quantiles of continuous "
+                 "fields, probabilities per category of categorical ones",
+        **described,
+        "raw": {name: psi_record(psi) if psi is not None else None
+                for name, psi in (("start", start), ("learned", learned), ("reference", reference))},
     }
-    for k in ("time_render", "time_train", "time_outer"):
-        summary[k] = float(sum(r[k] for r in records))
-    if records:
-        vals = [r["val_metric"] for r in records]
-        best = int(np.nanargmax(vals) if higher else np.nanargmin(vals))
-        summary.update(
-            start_val_metric=vals[0], best_val_metric=vals[best], best_step=records[best]["step"],
-            best_images=records[best]["images"], test_metric_at_best=records[best]["test_metric"],
-            final_val_metric=vals[-1], final_test_metric=records[-1]["test_metric"],
-            cg_unconverged_steps=sum(not r["cg_converged"] for r in records),
-        )
-    summary["psi"] = _psi_record(state.psi)
-    return summary
+
+
+def _field_text(entry: dict) -> str:
+    """One field's distribution in a few characters: ``0.42 ± 0.05``, ``16 (0.45)`` or ``uniform``."""
+    if entry["kind"] == "continuous":
+        mean, std = float(np.mean(entry["mean"])), float(np.mean(entry["std"]))
+        decimals = int(np.clip(2 - math.floor(math.log10(max(std, 1e-12))), 0, 6))  # 3 digits of the std
+        return f"{round(mean, decimals) + 0.0:.{decimals}f} ± {std:.{decimals}f}"
+    probs = np.asarray(entry["probs"]).reshape(-1, len(entry["choices"])).mean(0)
+    if probs.max() - probs.min() < 1e-3:
+        return f"uniform over {len(probs)}"
+    top = int(np.argmax(probs))
+    return f"{entry['choices'][top]} ({probs[top]:.2f})"
+
+
+def _psi_rows(summary: dict) -> list[tuple[str, str]]:
+    described = summary.get("psi_in_field_units") or {}
+    start, learned, ref = described.get("start"), described.get("learned"), described.get("reference")
+    if not start or not learned:
+        return []
+    rows = [("psi in field units", "start -> learned" + (" (reference)" if ref else "")
+             + "; mean ± std, or most likely (p)")]
+    for name in learned:
+        shaped = " (mean of elements)" if learned[name]["shape"] else ""
+        rows.append((f"  {name}{shaped}", f"{_field_text(start[name])} -> {_field_text(learned[name])}"
+                     + (f" ({_field_text(ref[name])})" if ref else "")))
+    return rows
+
+
+# ------------------------------------------------------------------------------ summary
 
 
 def _summary_table(s: dict, metric: str) -> str:
@@ -520,18 +432,32 @@ def _summary_table(s: dict, metric: str) -> str:
 
     rows = [("iterations", s["iterations"]), ("images rendered", s["images"]), ("stopped by", s["stopped_by"]),
             ("wall time [s]", s["wall_time"])]
-    total = s["time_render"] + s["time_train"] + s["time_outer"] or 1.0
+    total = sum(s.get(f"time_{k}", 0.0) for k in ("render", "train", "outer")) or 1.0
     for k in ("render", "train", "outer"):
-        rows.append((f"  {k} [s]", f"{s['time_' + k]:.3f} ({100 * s['time_' + k] / total:.0f}%)"))
+        rows.append((f"  {k} [s]", f"{s.get('time_' + k, 0.0):.3f} ({100 * s.get('time_' + k, 0.0) / total:.0f}%)"))
     if "best_val_metric" in s:
-        rows += [(f"start val {metric}", s["start_val_metric"]),
+        rows += [(f"start val {metric} (after step 1's fine-tuning)", s["start_val_metric"]),
                  (f"best val {metric}", f"{s['best_val_metric']:.4f} (step {s['best_step']})"),
                  (f"test {metric} at best", s["test_metric_at_best"])]
+    if s.get("cg_solves"):
+        bad, worse = s["cg_unconverged_steps"], s["cg_no_descent_steps"]
+        rows.append(("CG solves", f"{s['cg_solves'] - bad}/{s['cg_solves']} converged"
+                     + (f", {worse} no better than zero" if worse else "")
+                     + ("; raise cg_maxiter or the damping in the experiment's AutoSimConfig" if bad or worse else "")))
+    if s.get("psi_kept_steps"):
+        rows.append(("steps that kept psi", f"{s['psi_kept_steps']} (an unusable solve or a non-finite update)"))
     if "assessment" in s:
         a = s["assessment"]
         rows.append((f"fresh model, {a['images']} images", f"val / test {metric}"))
-        for name in ("start_psi", "learned_psi"):
-            rows.append((f"  {name.replace('_', ' ')}", f"{a[name]['val_metric']:.4f} / {a[name]['test_metric']:.4f}"))
+        for name in ("start_psi", "learned_psi", "reference_psi"):
+            if name in a:
+                rows.append((f"  {name.replace('_', ' ')}",
+                             f"{a[name]['val_metric']:.4f} / {a[name]['test_metric']:.4f}"))
+        if "gap_closed" in a:
+            g = a["gap_closed"]
+            rows.append(("gap closed G (val / test)", " / ".join("n/a" if g[m] is None else f"{g[m]:.3f}"
+                                                                for m in ("val_metric", "test_metric"))))
+    rows += _psi_rows(s)
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {fmt(value)}" for name, value in rows)
 
@@ -539,11 +465,90 @@ def _summary_table(s: dict, metric: str) -> str:
 # ------------------------------------------------------------------------------- plots
 
 
-def _write_plots(out: str, records: list[dict], setup, psi0, psi1, seed: int, stderr) -> None:
+def _class_names(renderer, count: int) -> list[str]:
+    names = getattr(renderer, "class_names", None) or getattr(sys.modules.get(type(renderer).__module__),
+                                                              "CLASS_NAMES", None)
+    names = [str(n) for n in names] if names else []
+    return [names[i] if i < len(names) else str(i) for i in range(count)]
+
+
+def _plot_psi(out: str, records: list[dict], setup, psi0, psi1, reference) -> None:
+    """psi.png: one panel per field in its units, the reference dashed (see describe_psi)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    schema = setup.simulator.renderer.schema
+    steps = [0, *[r["step"] for r in records]]
+    psis = [psi0, *[psi_from_record(psi0, r["psi"]) for r in records]] if records else [psi0, psi1]
+    described = [_describe(setup, p) for p in psis]
+    ref = _describe(setup, reference) if reference is not None else None
+    if any(d is None for d in described):  # not from_schema's families: raw leaves, as before
+        names = list(psi_record(psi0))
+        ncols = min(4, max(1, len(names)))
+        fig = Figure(figsize=(3.4 * ncols, 2.6 * -(-len(names) // ncols)), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(-(-len(names) // ncols), ncols, squeeze=False)).ravel()
+        for ax, name in zip(axes, names):
+            ax.plot(steps, [psi_record(p)[name][:10] for p in psis])
+            ax.set_title(f"{name} (raw psi)", fontsize=8)
+            ax.set_xlabel("step", fontsize=8)
+        for ax in axes[len(names):]:
+            ax.axis("off")
+        fig.savefig(os.path.join(out, "psi.png"), dpi=100)
+        return
+    fields = list(schema.fields)
+    ncols = min(4, len(fields))
+    nrows = -(-len(fields) // ncols)
+    fig = Figure(figsize=(3.6 * ncols, 2.8 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, field in zip(axes, fields):
+        entries = [d[field.name] for d in described]
+        if field.kind == "continuous":
+            mean = np.array([np.ravel(e["mean"]) for e in entries])
+            lo = np.array([np.ravel(e["p05"]) for e in entries])
+            hi = np.array([np.ravel(e["p95"]) for e in entries])
+            shown = min(mean.shape[1], 6)
+            for j in range(shown):
+                label = f"[{j}]" if mean.shape[1] > 1 else "mean"
+                line, = ax.plot(steps, mean[:, j], label=label)
+                if mean.shape[1] == 1:
+                    ax.fill_between(steps, lo[:, j], hi[:, j], color=line.get_color(), alpha=0.2, label="5-95%")
+                if ref is not None:
+                    ax.axhline(np.ravel(ref[field.name]["mean"])[j], color=line.get_color(), ls="--", lw=1,
+                               label="reference" if j == 0 else None)
+            bounds = f"[{field.low:g}, {field.high:g}]"
+            ax.set_ylabel(f"value in {bounds}", fontsize=7)
+            extra = f", first {shown} of {mean.shape[1]}" if mean.shape[1] > shown else ""
+            ax.set_title(field.name + (f" {field.shape}{extra}" if field.shape else ""), fontsize=9)
+        else:
+            choices = [str(c) for c in field.choices]
+            probs = np.array([np.asarray(e["probs"]).reshape(-1, len(choices)).mean(0) for e in entries])
+            order = np.argsort(-probs[-1])[:10]
+            for j in order:
+                line, = ax.plot(steps, probs[:, j], label=choices[j])
+                if ref is not None:
+                    r = np.asarray(ref[field.name]["probs"]).reshape(-1, len(choices)).mean(0)
+                    ax.axhline(r[j], color=line.get_color(), ls="--", lw=1)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("probability", fontsize=7)
+            ax.set_title(field.name + (" (mean over elements)" if field.shape else "")
+                         + (f", top {len(order)} of {len(choices)}" if len(order) < len(choices) else ""), fontsize=9)
+        ax.set_xlabel("step", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, ncols=2 if field.kind == "categorical" else 1)
+    for ax in axes[len(fields):]:
+        ax.axis("off")
+    title = ("psi in each field's units against outer step (continuous: mean and 5-95% range; categorical: "
+             "probabilities)" + ("; dashed: the reference psi" if ref is not None else ""))
+    fig.suptitle(textwrap.fill(title, 55 * ncols), fontsize=9)
+    fig.savefig(os.path.join(out, "psi.png"), dpi=100)
+
+
+def _write_plots(out: str, records: list[dict], setup, psi0, psi1, reference, seed: int, stderr) -> None:
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     metric = setup.task.metric_name
-    steps = [r["step"] for r in records]
     fig = Figure(figsize=(10, 4), layout="constrained")
     for ax, xkey, xlabel in zip(fig.subplots(1, 2), ("images", "wall_time"), ("images rendered", "wall time [s]")):
         xs = [r[xkey] for r in records]
@@ -556,26 +561,12 @@ def _write_plots(out: str, records: list[dict], setup, psi0, psi1, seed: int, st
     fig.suptitle(f"{metric} of the fine-tuned model")
     fig.savefig(os.path.join(out, "val_metric.png"), dpi=100)
 
-    names = list(records[0]["psi"]) if records else list(_psi_record(psi0))
-    ncols = min(4, max(1, len(names)))
-    nrows = -(-len(names) // ncols)
-    fig = Figure(figsize=(3.2 * ncols, 2.4 * nrows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax, name in zip(axes, names):
-        values = np.array([[*_psi_record(psi0)[name]]] + [r["psi"][name] for r in records])
-        ax.plot([0, *steps], values[:, :10])
-        ax.set_title(name + (f" ({values.shape[1]} values, first 10)" if values.shape[1] > 10 else ""), fontsize=8)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in axes[len(names):]:
-        ax.axis("off")
-    fig.suptitle("psi by field (the distribution's own parametrisation) against outer step")
-    fig.savefig(os.path.join(out, "psi.png"), dpi=100)
+    _plot_psi(out, records, setup, psi0, psi1, reference)
 
-    fig = Figure(figsize=(1.4 * SAMPLE_IMAGES, 3.4), layout="constrained")
+    fig = Figure(figsize=(1.4 * SAMPLE_IMAGES, 3.6), layout="constrained")
     try:
         key = jax.random.PRNGKey(seed)
-        with _quiet_render_errors(), reraise_render_errors():
+        with quiet_render_errors(), reraise_render_errors():
             renders = [jax.block_until_ready(setup.simulator.simulate(key, psi, SAMPLE_IMAGES)) for psi in (psi0, psi1)]
     except RenderError as err:
         print(f"autosim run: samples.png: rendering failed: {err.message}", file=stderr)
@@ -586,20 +577,29 @@ def _write_plots(out: str, records: list[dict], setup, psi0, psi1, seed: int, st
         return
     inputs = [np.asarray(r.inputs) for r in renders]
     labels = [np.asarray(r.labels) for r in renders]
+    integer_labels = np.issubdtype(labels[0].dtype, np.integer)
+    renderer = setup.simulator.renderer
     if inputs[0].ndim == 4 and inputs[0].shape[-1] in (1, 3):
-        segmentation = labels[0].ndim == 3 and np.issubdtype(labels[0].dtype, np.integer)
+        segmentation = labels[0].ndim == 3 and integer_labels
         if segmentation:  # label maps under the images
-            fig.set_size_inches(1.4 * SAMPLE_IMAGES, 6.2)
+            fig.set_size_inches(1.4 * SAMPLE_IMAGES, 6.6)
         axes = fig.subplots(4 if segmentation else 2, SAMPLE_IMAGES, squeeze=False)
         if segmentation:
             top = max(int(np.max(y)) for y in labels)
-            for row, (label, y) in enumerate(zip(("labels, first", "labels, learned"), labels), start=2):
+            count = max(top + 1, 2)
+            for row, (label, y) in enumerate(zip(("labels, start", "labels, learned"), labels), start=2):
                 for col in range(SAMPLE_IMAGES):
-                    axes[row, col].imshow(y[col], cmap="tab10", vmin=0, vmax=max(top, 9), interpolation="nearest")
+                    axes[row, col].imshow(y[col], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
                     axes[row, col].set_xticks([])
                     axes[row, col].set_yticks([])
                 axes[row, 0].set_ylabel(label)
-        for row, (label, x) in enumerate(zip(("first psi", "learned psi"), inputs)):
+            from matplotlib import colormaps
+
+            cmap = colormaps["tab10"]
+            handles = [Patch(color=cmap(i / 9), label=name) for i, name in enumerate(_class_names(renderer, count))]
+            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize=8,
+                       title="label classes")
+        for row, (label, x, y) in enumerate(zip(("start psi", "learned psi"), inputs, labels)):
             lo, hi = float(np.min(x)), float(np.max(x))
             for col in range(SAMPLE_IMAGES):
                 ax = axes[row, col]
@@ -609,14 +609,18 @@ def _write_plots(out: str, records: list[dict], setup, psi0, psi1, seed: int, st
                     ax.imshow(x[col, ..., 0], cmap="gray", vmin=lo, vmax=hi)
                 ax.set_xticks([])
                 ax.set_yticks([])
+                if not segmentation and y.ndim == 1:  # classification: the class of each image
+                    value = int(y[col]) if integer_labels else float(y[col])
+                    name = _class_names(renderer, value + 1)[value] if integer_labels and value >= 0 else f"{value:g}"
+                    ax.set_title(f"class {name}", fontsize=8)
             axes[row, 0].set_ylabel(label)
     else:  # not images: histograms of the input values
         ax = fig.subplots()
-        for label, x in zip(("first psi", "learned psi"), inputs):
+        for label, x in zip(("start psi", "learned psi"), inputs):
             ax.hist(x.ravel(), bins=20, alpha=0.6, label=label)
         ax.set_xlabel(f"input values (inputs of shape {inputs[0].shape[1:]} are not images)")
-        ax.legend()
-    fig.suptitle(f"renders from the first and the learned psi (seed {seed})")
+        ax.legend(title="renders from")
+    fig.suptitle(f"renders from the start and the learned psi (seed {seed})")
     fig.savefig(os.path.join(out, "samples.png"), dpi=100)
 
 
@@ -624,10 +628,11 @@ def _write_plots(out: str, records: list[dict], setup, psi0, psi1, seed: int, st
 
 
 def _list(stdout) -> int:
+    from .experiments import EXPERIMENTS
     from .renderers import RENDERERS
 
     print("experiments:", file=stdout)
-    for name, exp in sorted(_registry().items()):
+    for name, exp in sorted(EXPERIMENTS.items()):
         print(f"  {name:<18} {exp.description}", file=stdout)
         print(f"  {'':<18} renderers: {', '.join(exp.renderers)} (default {exp.renderers[0]})", file=stdout)
     print("approximations:", file=stdout)
@@ -648,32 +653,38 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="run AutoSimulate on an experiment",
         description="Run AutoSimulate on an experiment into a run directory (config.json, metrics.jsonl, "
-                    "checkpoint.npz, summary.json, plots). Defaults come from the experiment.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "checkpoint.npz, summary.json, psi.json, plots). Defaults come from the experiment.")
     run.add_argument("experiment", metavar="EXPERIMENT",
                      help="a registered experiment (see `autosim list`), or module:attr naming an "
-                          "autosim_jax.experiments.Experiment of your own (importable from PYTHONPATH)")
+                          "autosim_jax.experiments.Experiment of your own (found in the current directory or on "
+                          "PYTHONPATH)")
     run.add_argument("--approximation", choices=APPROXIMATIONS, default=None,
                      help=f"Table 1 approximation (default {APPROXIMATIONS[0]})")
-    run.add_argument("--iterations", type=int, default=None, help="outer iterations (default: the experiment's)")
+    run.add_argument("--iterations", type=int, default=None,
+                     help="outer iterations (default: the experiment's; on --resume the stored value)")
     run.add_argument("--dataset-size", type=int, default=None,
-                     help="K, images rendered per step (default: the experiment's). When the experiment's "
+                     help="K, images rendered per step, >= 2 (default: the experiment's). When the experiment's "
                           "batch size does not divide K, the batch size becomes gcd(K, batch size), with a note")
-    run.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs per step")
+    run.add_argument("--finetune-epochs", type=int, default=None,
+                     help="fine-tuning epochs per step (default: the experiment's)")
     run.add_argument("--budget-images", type=int, default=None, metavar="N",
-                     help="stop once N images have been rendered (or at --iterations, whichever comes first)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the model init and of the run's PRNG key")
+                     help="stop once N images have been rendered, or at --iterations, whichever comes first "
+                          "(default: no budget)")
+    run.add_argument("--seed", type=seed_argument, default=0,
+                     help="seed of the model init and of the run's PRNG key, in [0, 2**32) (default 0)")
     run.add_argument("--renderer", default=None, help="one of the experiment's renderers (default: its first)")
+    run.add_argument("--size", choices=("cpu", "gpu"), default=None,
+                     help="the experiment's size: cpu (minutes on 2 cores) or gpu (paper scale) (default: the "
+                          "experiment's own, cpu for the built-in ones)")
     run.add_argument("--out", default=None, help="run directory (default runs/EXPERIMENT-APPROXIMATION-seedS)")
     run.add_argument("--assess-images", type=int, default=None, metavar="N",
-                     help="after the run, train fresh models on N images from the start psi and from the learned "
-                          "psi and report their validation/test metric (default 16 x dataset size; 0 skips)")
+                     help="after the run, train fresh models on N images from the start, the learned and (when the "
+                          "experiment has one) the reference psi, and report the gap closed (default: the "
+                          "experiment's; 0 skips)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its checkpoint (same configuration required)")
-    # --- autosim compare: AutoSimulate vs the baselines (the parser and the command live in compare.py) ---
-    from .compare import add_compare_parser
-
-    add_compare_parser(sub)
+    add_progress_flags(run)
+    compare.add_compare_parser(sub)
     return parser
 
 
@@ -690,18 +701,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `autosim list | head`: the reader left; not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-    if args.command == "compare":  # --- autosim compare (see compare.py) ---
-        from .compare import compare_main
-
-        return compare_main(args)
+    if args.command == "compare":
+        return compare.compare_main(args)
     try:
         experiment = resolve_experiment(args.experiment)
         run_args = RunArgs(
             approximation=args.approximation, iterations=args.iterations, dataset_size=args.dataset_size,
             finetune_epochs=args.finetune_epochs, budget_images=args.budget_images, seed=args.seed,
             renderer=args.renderer, out=args.out, resume=args.resume, experiment_spec=args.experiment,
-            assess_images=args.assess_images)
-        return run_experiment(experiment, run_args)
+            assess_images=args.assess_images, size=args.size, log_every=args.log_every,
+            log_seconds=args.log_seconds)
+        out = args.out or "the run directory"
+        with interrupt_guard(f"autosim run: interrupted; {out} holds every completed step. Continue with --resume.",
+                             stream=sys.stderr):
+            return run_experiment(experiment, run_args)
     except UsageError as err:
         print(f"autosim run: error: {err}", file=sys.stderr)
         return 2

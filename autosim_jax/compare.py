@@ -3,14 +3,16 @@
 Every method runs on the same experiment, model, fine-tuning options, image budget and seeds,
 one after the other, into ``--out``::
 
-    METHOD/seedS/          one run directory per method and seed: metrics.jsonl (one line per
-                           step, with psi), checkpoint.npz, config.json, summary.json,
-                           assessed.json; AutoSimulate's are written by ``autosim run`` itself
+    METHOD/seedS/          one run directory per method and seed (autosim_jax.rundir: locked,
+                           config.json, metrics.jsonl with psi per step, checkpoint.npz,
+                           summary.json when finished, assessed.json); AutoSimulate runs
+                           in this process through the same loop as ``autosim run``
     start_psi/seedS/       assessed.json of the start psi
+    reference_psi/seedS/   assessed.json of the experiment's reference psi (when it has one)
     compare.json           every row below, with per-seed values, the assessment and reach table
     compare.md             Table 2 (the methods, AutoSimulate with its first approximation),
-                           fresh models along the run, images to reach each baseline's best,
-                           and, with --approximations, Table 4
+                           fresh models along the run, the gap closed G, images to reach each
+                           baseline's best, and, with --approximations, Table 4
     val_vs_images.png, val_vs_time.png, assessed_vs_images.png
 
 Accounting, identical for all methods: ``images`` are counted where the simulator renders,
@@ -27,14 +29,17 @@ seeds with the min-max band shaded (each seed interpolated, as a step function, 
 grid).
 
 Fresh-model assessment (the fair measure of an answer, on by default): a fresh task model is
-trained on ``--assess-images`` images x 10 epochs from a psi and evaluated on the validation
-and test sets. Table 2's runs are assessed after ``budget / 2^(P-1), ..., budget`` images
-(``--assess-points P``), the start psi once per seed, Table 4's other approximations at the
-budget. The images-to-reach table (the paper's headline: AutoSimulate reaches Bayesian
-optimisation's best with >= 3x fewer images, REINFORCE's with >= 5x fewer) compares these
-mean-over-seeds curves; the in-run best-validation column cannot, because AutoSimulate and
-LTS warm-start the task model and random search and BO do not. Assessments are cached in each
-run directory, so ``--resume`` of a finished comparison only trains what is missing.
+trained on ``--assess-images`` images x the experiment's epochs from a psi and evaluated on
+the validation and test sets. Table 2's runs are assessed after ``budget / 2^(P-1), ...,
+budget`` images (``--assess-points P``), the start psi (and the reference psi) once per seed,
+Table 4's other approximations at the budget. The gap closed ``G = (m(final) - m(start)) /
+(m(reference) - m(start))`` of each run's final psi is tabulated per method (mean ± std over
+seeds) when the experiment has a reference psi. The images-to-reach table (the paper's
+headline: AutoSimulate reaches Bayesian optimisation's best with >= 3x fewer images,
+REINFORCE's with >= 5x fewer) compares these mean-over-seeds curves; the in-run
+best-validation column cannot, because AutoSimulate and LTS warm-start the task model and
+random search and BO do not. Assessments are cached, so ``--resume`` of a finished
+comparison only trains what is missing.
 
 Example:
   >>> main(["compare", "digits-sim2real", "--budget-images", "2048", "--out", "/tmp/c"])  # doctest: +SKIP
@@ -44,8 +49,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
-import json
 import math
 import os
 import sys
@@ -53,14 +56,46 @@ import time
 
 import numpy as np
 
+from .autosimulate import make_autosimulate
+from .checkpoint import TMP_PREFIX
 from .config import APPROXIMATIONS
-from .checkpoint import save_checkpoint
-from .cli import (RunArgs, UsageError, _psi_record, _write_json, psi_from_record,
-                  resolve_experiment, resume_state, run_experiment)
-from .experiments import make_assessor
+from .experiments import gap_closed, make_assessor
+from .rundir import ASSESSED as ASSESSED_FILE
+from .rundir import (
+    CONFIG,
+    LOCK,
+    Interrupted,
+    Progress,
+    RenderFailed,
+    RunDir,
+    UsageError,
+    add_progress_flags,
+    build_setup,
+    cached_assessment,
+    check_progress_flags,
+    check_renderer,
+    check_resume_config,
+    check_seed,
+    check_size,
+    finite_or_none,
+    interrupt_guard,
+    is_interrupt,
+    make_config,
+    psi_from_record,
+    quiet_render_errors,
+    read_config,
+    remove_stale_tmp,
+    resolve_experiment,
+    run_loop,
+    summarize,
+    write_json,
+)
+from .simulator import reraise_render_errors
 
 METHODS = ("autosimulate", "lts", "bo", "random")
-DONE = "summary.json"
+# Config keys of a compare run directory whose change alters its results (--resume refuses).
+RESULT_KEYS = ("command", "experiment", "renderer", "method", "approximation", "seed", "size", "options",
+               "budget_images", "search_radius", "lts_samples")
 
 
 @dataclasses.dataclass
@@ -77,8 +112,11 @@ class CompareArgs:
     lts_samples: int = 4
     search_radius: float = 3.0
     experiment_spec: str | None = None
-    assess_images: int | None = None  # None: 16 x dataset_size; 0: no assessment at all
+    assess_images: int | None = None  # None: the experiment's; 0: no assessment at all
     assess_points: int = 4  # Table 2 rows: psi assessed after budget/2^(P-1), ..., budget/2, budget images
+    size: str | None = None  # None: the experiment's default (passed to build only when given)
+    log_every: int | None = None
+    log_seconds: float = 30.0
 
 
 def _split_choices(text: str, valid: tuple[str, ...], flag: str) -> tuple[str, ...]:
@@ -90,10 +128,8 @@ def _split_choices(text: str, valid: tuple[str, ...], flag: str) -> tuple[str, .
 
 
 def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str | None]]]:
-    renderer = args.renderer or experiment.renderers[0]
-    if renderer not in experiment.renderers:
-        raise UsageError(f"renderer {renderer!r} is not one of experiment {experiment.name!r}'s renderers "
-                         f"{list(experiment.renderers)}.")
+    """Every option that needs no build; returns the renderer and the (method, approximation) runs."""
+    renderer = check_renderer(experiment, args.renderer)
     bad = [m for m in args.methods if m not in METHODS]
     if bad or not args.methods:
         raise UsageError(f"--methods: unknown {bad or '(empty)'}; valid choices are {list(METHODS)}.")
@@ -109,6 +145,9 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
     if args.seeds < 1 or args.lts_samples < 2 or not args.search_radius > 0:
         raise UsageError(f"need --seeds >= 1, --lts-samples >= 2 and --search-radius > 0, got {args.seeds}, "
                          f"{args.lts_samples}, {args.search_radius}.")
+    check_seed(args.seeds - 1, "--seeds (seeds 0 .. N-1)")
+    check_size(experiment, args.size)
+    check_progress_flags(args.log_every, args.log_seconds)
     if "bo" in args.methods:
         try:
             import bayes_opt  # noqa: F401
@@ -132,11 +171,6 @@ def _dirname(method: str, approximation: str | None) -> str:
     return f"autosimulate-{approximation}" if approximation else method
 
 
-def _lines(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _common(record: dict, train_steps_per_step: int | None = None) -> dict:
     """The fields every method's records share (AutoSimulate's ``time_outer`` is its "other")."""
     other = record.get("time_other", record.get("time_outer", 0.0))
@@ -150,24 +184,14 @@ def _common(record: dict, train_steps_per_step: int | None = None) -> dict:
     }
 
 
-def _run_autosimulate(experiment, args: CompareArgs, renderer, approximation, seed, out, config, stderr) -> list[dict]:
-    k = config.dataset_size
-    run_args = RunArgs(approximation=approximation, iterations=math.ceil(args.budget_images / k),
-                       budget_images=args.budget_images, seed=seed, renderer=renderer, out=out,
-                       resume=args.resume and os.path.exists(os.path.join(out, "config.json")),
-                       experiment_spec=args.experiment_spec, assess_images=0)
-    if not (run_args.resume and os.path.exists(os.path.join(out, DONE))):
-        code = run_experiment(experiment, run_args, stdout=io.StringIO(), stderr=stderr)
-        if code != 0:
-            raise RuntimeError(f"autosim run exited with {code} for {out}")
-    per_step = config.finetune_epochs * (k // config.batch_size)
-    return [_common(r, per_step) for r in _lines(os.path.join(out, "metrics.jsonl"))]
-
-
-def _build_baseline(method, setup, args: CompareArgs, budget_evaluations: int):
+def _build_method(method: str, approximation: str | None, setup, args: CompareArgs, budget_evaluations: int):
+    """``(init, step)`` of one method on ``setup``: AutoSimulate, or a baseline's BlackBox."""
+    if method == "autosimulate":
+        return make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
+                                 setup.config.replace(approximation=approximation))
     from . import baselines
 
-    kw = dict(config=setup.config, radius=args.search_radius)
+    kw = {"config": setup.config, "radius": args.search_radius}
     if method == "lts":
         kw.update(samples_per_step=args.lts_samples, outer_optimizer=setup.config.outer_optax())
     if method == "bo":
@@ -175,35 +199,93 @@ def _build_baseline(method, setup, args: CompareArgs, budget_evaluations: int):
     return baselines.BASELINES[method](setup.simulator, setup.model, setup.task, setup.val_data, setup.test_data, **kw)
 
 
-def _run_baseline(experiment, args: CompareArgs, renderer, method, seed, out, stderr) -> list[dict]:
-    metrics_path, ckpt_path = os.path.join(out, "metrics.jsonl"), os.path.join(out, "checkpoint.npz")
-    if args.resume and os.path.exists(os.path.join(out, DONE)):
-        return [_common(r) for r in _lines(metrics_path)]
-    setup = experiment.build(renderer=renderer, seed=seed)
-    k = setup.config.dataset_size
-    box = _build_baseline(method, setup, args, math.ceil(args.budget_images / k))
-    state = box.init(seed)
-    os.makedirs(out, exist_ok=True)
-    state, records = resume_state(state, ckpt_path, metrics_path, args.resume)
-    _write_json(os.path.join(out, "config.json"), {
-        "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "method": method, "seed": seed,
-        "budget_images": args.budget_images, "options": setup.config.to_dict(),
-        "search_radius": args.search_radius, "lts_samples": args.lts_samples if method == "lts" else None,
-        "search_space": list(box.space.names),
-    })
-    with open(metrics_path, "a") as f:
-        while int(state.images) < args.budget_images:
-            state, info = box.step(state)
-            # psi: the method's answer after this step (assessed later, as AutoSimulate's records).
-            record = {"step": int(state.step), **info, "psi": _psi_record(state.psi)}
-            f.write(json.dumps(record) + "\n")  # metrics first, then the checkpoint (as autosim run)
-            f.flush()
-            os.fsync(f.fileno())
-            save_checkpoint(ckpt_path, state)
-            records.append(record)
-    _write_json(os.path.join(out, DONE), {"steps": int(state.step), "images": int(state.images),
-                                          "evaluations": int(state.evaluations)})
-    return [_common(r) for r in records]
+def _known(experiment, args: CompareArgs, renderer: str, method: str, approximation: str | None, seed: int) -> dict:
+    """The result keys of one run that the command line fixes (checked on --resume before any build)."""
+    return {"command": "compare", "experiment": args.experiment_spec or experiment.name, "renderer": renderer,
+            "method": method, "approximation": approximation, "seed": seed, "size": args.size,
+            "budget_images": args.budget_images, "search_radius": args.search_radius,
+            "lts_samples": args.lts_samples if method == "lts" else None}
+
+
+def _check_resume(experiment, args: CompareArgs, renderer: str, runs, out: str) -> None:
+    """Every existing run directory's config against the command line, before anything is built."""
+    for method, approximation in runs:
+        for seed in range(args.seeds):
+            run_dir = os.path.join(out, _dirname(method, approximation), f"seed{seed}")
+            if os.path.exists(os.path.join(run_dir, CONFIG)):
+                check_resume_config(run_dir, read_config(run_dir),
+                                    _known(experiment, args, renderer, method, approximation, seed), RESULT_KEYS)
+
+
+def _run_method(experiment, args: CompareArgs, renderer: str, method: str, approximation: str | None, seed: int,
+                out: str, label: str, stderr) -> list[dict]:
+    """One method and seed in the run directory ``out`` through rundir's loop (reused when finished)."""
+    with RunDir.open(out) as run:
+        resume = os.path.exists(run.config_path)
+        if resume and not args.resume:
+            raise UsageError(f"{out} already holds a run; pass --resume to continue the comparison, or another --out.")
+        spec = args.experiment_spec or experiment.name
+        known = _known(experiment, args, renderer, method, approximation, seed)
+        old = None
+        if resume:
+            old = run.read_config()
+            check_resume_config(out, old, known, RESULT_KEYS)
+            finished = run.is_finished(old.get("target")) if old.get("target") is not None else None
+            if finished is not None:  # done with these flags: its records, nothing rebuilt
+                return [_common(r, old.get("train_steps_per_step")) for r in run.finished_records(finished)]
+        setup = build_setup(experiment, renderer=renderer, seed=seed, size=args.size)
+        k = setup.config.dataset_size
+        iterations = math.ceil(args.budget_images / k) if method == "autosimulate" else None
+        box = _build_method(method, approximation, setup, args, math.ceil(args.budget_images / k))
+        per_step = setup.config.finetune_epochs * (k // setup.config.batch_size) if method == "autosimulate" else None
+        target = {"iterations": iterations, "budget_images": args.budget_images}
+        config = make_config(command="compare", experiment=spec, renderer=renderer, seed=seed, size=args.size,
+                             options=setup.config.replace(approximation=approximation).to_dict() if approximation
+                             else setup.config.to_dict(), iterations=iterations, budget_images=args.budget_images,
+                             method=method, search_radius=args.search_radius,
+                             lts_samples=args.lts_samples if method == "lts" else None,
+                             search_space=list(box.space.names) if hasattr(box, "space") else None,
+                             train_steps_per_step=per_step, target=target)
+        config["approximation"] = approximation
+        if old is not None:
+            check_resume_config(out, old, config, RESULT_KEYS)
+        write_json(run.config_path, config)
+        monitor = None
+        if method == "autosimulate":
+            x_test, y_test = setup.test_data
+
+            def monitor(state) -> dict:
+                test_loss, test_metric = box.inner.measure(state.theta, x_test, y_test)
+                return {"test_loss": float(test_loss), "test_metric": float(test_metric)}
+
+        progress: list[Progress] = []
+        metric = setup.task.metric_name
+
+        def on_start(state, records) -> None:
+            progress.append(Progress(args.budget_images, desc=f"autosim compare: {label}, seed {seed}", stream=stderr,
+                                     initial=min(int(state.images), args.budget_images), unit="images",
+                                     every=(args.log_every or 0) * k or None, seconds=args.log_seconds))
+
+        def on_step(record: dict, state) -> None:
+            p = progress[0]
+            done = min(record["images"], args.budget_images)
+            status = f"step {record['step']}, val {metric} {record['val_metric']:.4g}"
+            if "cg_converged" in record and approximation == "exact_quadratic":
+                status += ", CG " + ("ok" if record["cg_converged"] else "unconverged")
+            p.update(status, n=done - p.done, postfix={metric: f"{record['val_metric']:.4g}"})
+
+        try:
+            result = run_loop(box, run, seed=seed, resume=resume, iterations=iterations,
+                              budget_images=args.budget_images, monitor=monitor, on_start=on_start, on_step=on_step)
+        finally:
+            for p in progress:
+                p.close()
+        summary = summarize(result.records, higher=bool(setup.task.higher_is_better), stopped_by=result.stopped_by,
+                            state=result.state, target=target)
+        if hasattr(result.state, "evaluations"):
+            summary["evaluations"] = int(result.state.evaluations)
+        write_json(run.summary_path, summary)
+        return [_common(r, per_step) for r in result.records]
 
 
 def summarize_run(records: list[dict], higher: bool) -> dict:
@@ -236,16 +318,23 @@ def _stats(values) -> dict:
 
 
 def _aggregate(per_seed: list[dict]) -> dict:
-    return {c: _stats([s[c] for s in per_seed]) for c in COLUMNS + ASSESSED if c in per_seed[0]}
+    agg = {c: _stats([s[c] for s in per_seed]) for c in COLUMNS + ASSESSED if c in per_seed[0]}
+    if "gap_closed" in per_seed[0]:  # None where a seed's start and reference measure the same
+        g = [s["gap_closed"] for s in per_seed if s["gap_closed"] is not None]
+        agg["gap_closed"] = {**(_stats(g) if g else {"mean": None, "std": None}), "seeds": len(g)}
+    return agg
 
 
 def _markdown(rows: list[dict], metric: str, title: str) -> str:
     assessed = all("assessed_val_metric" in r["aggregate"] for r in rows)
     head = (f"| method | time to best [s] | images to best | best val {metric} | test {metric} at best | "
             "images | evaluations | train steps | time [s] (render / train / other) |")
+    gap = all("gap_closed" in r["aggregate"] for r in rows)
     if assessed:
         head += f" fresh model on final psi: val / test {metric} |"
-    lines = [f"### {title}", "", head, "|" + " --- |" * (10 if assessed else 9)]
+    if gap:
+        head += " gap closed G |"
+    lines = [f"### {title}", "", head, "|" + " --- |" * (9 + assessed + gap)]
 
     def pm(row, c, fmt):
         a = row["aggregate"][c]
@@ -258,8 +347,15 @@ def _markdown(rows: list[dict], metric: str, title: str) -> str:
             f"{pm(r, 'best_val_metric', '.4f')} | {pm(r, 'test_metric_at_best', '.4f')} | {a['images']['mean']:.0f} | "
             f"{a['evaluations']['mean']:.0f} | {a['train_steps']['mean']:.0f} | {a['time']['mean']:.1f} "
             f"({a['time_render']['mean']:.1f} / {a['time_train']['mean']:.1f} / {a['time_other']['mean']:.1f}) |"
-            + (f" {pm(r, 'assessed_val_metric', '.4f')} / {pm(r, 'assessed_test_metric', '.4f')} |" if assessed else ""))
+            + (f" {pm(r, 'assessed_val_metric', '.4f')} / {pm(r, 'assessed_test_metric', '.4f')} |" if assessed else "")
+            + (f" {_gap_text(a['gap_closed'])} |" if gap else ""))
     return "\n".join(lines) + "\n"
+
+
+def _gap_text(g: dict) -> str:
+    if g["mean"] is None:
+        return "n/a (no gap)"
+    return f"{g['mean']:.3f} ± {g['std']:.3f}"
 
 
 def _plot(out: str, rows: list[dict], curves: dict, metric: str, higher: bool) -> None:
@@ -296,7 +392,6 @@ def _plot(out: str, rows: list[dict], curves: dict, metric: str, higher: bool) -
 
 # ------------------------------------------------------------ fresh-model assessment
 
-ASSESSED_FILE = "assessed.json"
 # The paper's headline (Sec. 5.1, Table 2): AutoSimulate reaches BO's best validation metric
 # with >= 3x fewer rendered images and REINFORCE's (here LTS) with >= 5x fewer.
 TARGETS = {"bo": 3.0, "lts": 5.0}
@@ -310,51 +405,6 @@ def assess_thresholds(budget: int, points: int) -> list[int]:
       [480, 960, 1920, 3840]
     """
     return [budget // 2**j for j in range(points - 1, -1, -1)]
-
-
-def _cached(path: str, protocol: dict) -> dict:
-    """The assessments stored at ``path`` if they were made with the same protocol, else ``{}``."""
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if all(stored.get(k) == v for k, v in protocol.items()):
-            return stored["results"]
-    return {}
-
-
-def _cached_assessment(path: str, key: str, protocol: dict, compute) -> dict:
-    """``compute()``, stored under ``key`` in the assessment file ``path`` (or read back from it).
-
-    ``protocol`` (``{"images": n, "epochs": e}``) must match the stored file's, else it is redone.
-    """
-    cache = _cached(path, protocol)
-    if key not in cache:
-        cache[key] = compute()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _write_json(path, {**protocol, "results": cache})
-    return cache[key]
-
-
-def _assess_run(run_dir, records, points, psi0, assess, seed, protocol) -> list[dict]:
-    """Fresh-model metrics of the psi a run held once it had rendered each of ``points`` images.
-
-    That psi is the one after the first step that reached the count (for the budget itself,
-    the run's final psi). Results are cached in ``RUN/assessed.json`` by step, so
-    ``--resume`` does not train them again.
-    """
-    curve = []
-    for t in points:
-        record = next((r for r in records if r["images"] >= t), records[-1])
-        result = _cached_assessment(os.path.join(run_dir, ASSESSED_FILE), str(record["step"]), protocol,
-                                    lambda: assess(psi_from_record(psi0, record["psi"]), seed))
-        curve.append({"images": t, "step": record["step"], "images_rendered": record["images"], **result})
-    return curve
-
-
-def _assess_start(out, psi0, assess, seed, protocol) -> dict:
-    """The same assessment of the start psi (shared by all methods), cached in ``OUT/start_psi``."""
-    return _cached_assessment(os.path.join(out, "start_psi", f"seed{seed}", ASSESSED_FILE), "0", protocol,
-                              lambda: assess(psi0, seed))
 
 
 def _mean_std(results: list[dict]) -> dict:
@@ -410,8 +460,8 @@ def _assessed_markdown(rows: list[dict], assessment: dict, metric: str) -> str:
     ts = assessment["thresholds"]
     start = assessment["start_psi"]["val"]
     lines = [f"### Fresh models along the run: val {metric} (mean ± std over seeds)", "",
-             f"A fresh model trained on {assessment['images']} images x {assessment['epochs']} epochs from the psi "
-             "each method held after N images (the same protocol for every method; the start psi is column 0).", "",
+             (f"A fresh model trained on {assessment['images']} images x {assessment['epochs']} epochs from the psi "
+             "each method held after N images (the same protocol for every method; the start psi is column 0)."), "",
              "| method | 0 | " + " | ".join(str(t) for t in ts) + " |", "|" + " --- |" * (len(ts) + 2)]
     for r in rows:
         cells = [f"{p['val']['mean']:.4f} ± {p['val']['std']:.4f}" for p in r["aggregate"]["assessed_curve"]]
@@ -439,8 +489,8 @@ def _reach_markdown(reach: list[dict], metric: str) -> str:
         target = f">= {e['target_ratio']:.0f}x: {verdict}" if e["target_ratio"] else "-"
         lines.append(f"| {e['baseline']} | {e['baseline_best_val']:.4f} | {e['baseline_images']} | {got} | {ratio} | "
                      f"{target} |")
-    lines += ["", f"AutoSimulate here is {reach[0]['autosimulate']}. The image grid is geometric (factor 2), so a "
-              "ratio is known only to within a factor of 2; the spread over seeds is in the table above."]
+    lines += ["", (f"AutoSimulate here is {reach[0]['autosimulate']}. The image grid is geometric (factor 2), so a "
+              "ratio is known only to within a factor of 2; the spread over seeds is in the table above.")]
     return "\n".join(lines) + "\n"
 
 
@@ -465,57 +515,83 @@ def _plot_assessed(out: str, rows: list[dict], assessment: dict, metric: str) ->
     fig.savefig(os.path.join(out, "assessed_vs_images.png"), dpi=100)
 
 
+def _assessment_plan(runs, table2, records_of, thresholds, seeds, has_reference):
+    """Every assessment the comparison needs: (where, key, what, seed, (method, approximation) or None)."""
+    jobs = []
+    for seed in range(seeds):
+        jobs.append(("start_psi", "0", "start psi", seed, None))
+        if has_reference:
+            jobs.append(("reference_psi", "reference", "reference psi", seed, None))
+    for method, approximation in runs:
+        points = thresholds if (method, approximation) in table2 else thresholds[-1:]
+        for seed in range(seeds):
+            records = records_of[(method, approximation, seed)]
+            for t in points:
+                record = next((r for r in records if r["images"] >= t), records[-1])
+                jobs.append(((method, approximation), str(record["step"]), (f"{_label(method, approximation)} after "
+                             f"{t} images"), seed, record))
+    return jobs
+
+
 def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> int:
     """Runs ``autosim compare``; returns the exit code.
 
     Raises:
-      UsageError: for bad options or a non-empty ``--out`` without ``--resume``.
+      UsageError: for bad options, a non-empty ``--out`` without ``--resume``, or an
+        unusable run directory (:class:`~autosim_jax.rundir.RunDirError`).
     """
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     renderer, runs = _validate(experiment, args)
     out = args.out or os.path.join("runs", f"compare-{experiment.name}")
-    if not args.resume and os.path.isdir(out) and os.listdir(out):
-        raise UsageError(f"{out} is not empty; pass --resume to continue that comparison, or another --out.")
-    setup0 = experiment.build(renderer=renderer, seed=0)
+    with RunDir.open(out) as top:  # checks --out is not a file; one comparison per directory at a time
+        held = [n for n in os.listdir(out) if n != LOCK and not n.startswith(TMP_PREFIX)]
+        if not args.resume and held:
+            raise UsageError(f"{out} is not empty; pass --resume to continue that comparison, or another --out.")
+        if args.resume:
+            _check_resume(experiment, args, renderer, runs, out)
+        for sub in ("start_psi", "reference_psi"):  # the run directories clean themselves when opened
+            for seed_dir in (os.listdir(os.path.join(out, sub)) if os.path.isdir(os.path.join(out, sub)) else ()):
+                remove_stale_tmp(os.path.join(out, sub, seed_dir))
+        try:
+            return _compare(experiment, args, renderer, runs, top.path, stdout, stderr)
+        except RenderFailed as err:
+            print(f"autosim compare: {err}\nThe run's checkpoint of step {err.step - 1} is intact; after fixing the "
+                  "cause, continue with --resume.", file=stderr)
+            return 1
+        except BaseException as err:
+            if not (isinstance(err, Interrupted) or is_interrupt(err)):
+                raise
+            print(f"\nautosim compare: interrupted; {out} holds every completed step and assessment. Continue with "
+                  "--resume.", file=stderr)
+            return 130
+
+
+def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, stdout, stderr) -> int:
+    setup0 = build_setup(experiment, renderer=renderer, seed=0, size=args.size)
     psi0 = setup0.simulator.distribution.init()
+    reference = setup0.reference_psi
     metric, higher = setup0.task.metric_name, bool(setup0.task.higher_is_better)
     assess_images = setup0.assess_images if args.assess_images is None else args.assess_images
     protocol = {"images": assess_images, "epochs": setup0.assess_epochs}
     thresholds = assess_thresholds(args.budget_images, args.assess_points)
     first_approximation = next((a for m, a in runs if m == "autosimulate"), None)
     table2 = [(m, a) for m, a in runs if m != "autosimulate" or a == first_approximation]
-    assessors: dict[int, object] = {}
 
-    def assessor(seed: int):
-        if seed not in assessors:  # one compilation per seed (the model's initialisation differs)
-            assessors[seed] = make_assessor(experiment.build(renderer=renderer, seed=seed), num_images=assess_images,
-                                            epochs=setup0.assess_epochs)
-        return assessors[seed]
-
-    def assess(psi, seed: int) -> dict:  # builds the seed's assessor only on a cache miss
-        return assessor(seed)(psi, seed)
-
-    os.makedirs(out, exist_ok=True)
+    # 1. The runs, one after the other (each resumable, a finished one read back).
+    overall = Progress(len(runs) * args.seeds, desc="autosim compare", stream=stderr, unit="run", every=1,
+                       seconds=args.log_seconds, bar=False)
+    records_of: dict = {}
     rows, curves = [], {}
     for method, approximation in runs:
         label = _label(method, approximation)
         per_seed, curves[label] = [], []
         for seed in range(args.seeds):
             run_dir = os.path.join(out, _dirname(method, approximation), f"seed{seed}")
-            print(f"autosim compare: {label}, seed {seed} -> {run_dir}", file=stderr)
+            print(f"autosim compare: {label}, seed {seed} -> {run_dir}", file=stderr, flush=True)
             t0 = time.perf_counter()
-            if method == "autosimulate":
-                records = _run_autosimulate(experiment, args, renderer, approximation, seed, run_dir, setup0.config, stderr)
-            else:
-                records = _run_baseline(experiment, args, renderer, method, seed, run_dir, stderr)
+            records = _run_method(experiment, args, renderer, method, approximation, seed, run_dir, label, stderr)
+            records_of[(method, approximation, seed)] = records
             s = summarize_run(records, higher)
-            if assess_images:
-                # The fair test of the answers: fresh models trained on equal budgets from the psi
-                # each method held (the best-validation column mixes in how each method trains).
-                points = thresholds if (method, approximation) in table2 else thresholds[-1:]
-                curve = _assess_run(run_dir, records, points, psi0, assess, seed, protocol)
-                s.update(assessed_val_metric=curve[-1]["val_metric"], assessed_test_metric=curve[-1]["test_metric"],
-                         assessed_curve=curve)
             s.update(seed=seed, wall_time=time.perf_counter() - t0)
             per_seed.append(s)
             curves[label].append({
@@ -523,43 +599,109 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
                 "time": np.cumsum([r["time_render"] + r["time_train"] + r["time_other"] for r in records]).tolist(),
                 "val": np.array([r["val_metric"] for r in records], float),
             })
+            overall.update(f"{label}, seed {seed}: best val {metric} {s['best_val_metric']:.4g} after "
+                           f"{s['images_to_best']} images")
         rows.append({"label": label, "method": method, "approximation": approximation, "seeds": per_seed,
-                     "aggregate": _aggregate(per_seed), "table2": (method, approximation) in table2})
+                     "table2": (method, approximation) in table2})
+    overall.close()
+
+    # 2. Fresh-model assessments (cached in the run directories).
     table2_rows = [r for r in rows if r["table2"]]
     assessment = None
     if assess_images:
-        start = [_assess_start(out, psi0, assess, seed, protocol) for seed in range(args.seeds)]
-        assessment = {"images": assess_images, "epochs": setup0.assess_epochs, "thresholds": thresholds,
-                      "start_psi": {"seeds": start, **_mean_std(start)}}
-        for r in table2_rows:
+        assessment = _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds, psi0, reference,
+                                 protocol, rows, out, metric, higher, stderr)
+    for r in rows:
+        r["aggregate"] = _aggregate(r["seeds"])
+        if assessment and r["table2"]:
             r["aggregate"]["assessed_curve"] = _aggregate_curve([s["assessed_curve"] for s in r["seeds"]])
+    if assessment:
         assessment["reach"] = reach_table(table2_rows, assessment["start_psi"]["val"]["mean"], higher)
     result = {
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "metric": metric,
-        "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds,
+        "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds, "size": args.size,
         "options": setup0.config.to_dict(), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
         "rows": rows, "assessment": assessment,
     }
-    _write_json(os.path.join(out, "compare.json"), result)
+    write_json(os.path.join(out, "compare.json"), result)
+    has_g = bool(assessment) and reference is not None
     md = [f"# {result['experiment']}: methods head to head", "",
           f"Budget {args.budget_images} images, {args.seeds} seed(s); mean ± standard deviation over seeds. "
           "Time: render + train + other, without the test metric and file I/O."
-          + (f" Last column: fresh models trained on {assess_images} images x {setup0.assess_epochs} epochs from each "
-             "run's final psi (the fair comparison of the answers)." if assess_images else ""), "",
+          + (f" Last columns: fresh models trained on {assess_images} images x {setup0.assess_epochs} epochs from "
+             "each run's final psi (the fair comparison of the answers)" if assess_images else "")
+          + ("; G: the share of the gap between the start and the reference psi that the final psi closes."
+             if has_g else "." if assess_images else "")
+          + ("" if not assess_images or reference is not None else
+             " The experiment has no reference psi, so the gap closed G is not defined."), "",
           _markdown(table2_rows, metric, "Table 2: methods")]
     if assessment:
-        md += [_assessed_markdown(table2_rows, assessment, metric),
-               _reach_markdown(assessment["reach"], metric)]
+        md += [_assessed_markdown(table2_rows, assessment, metric), _reach_markdown(assessment["reach"], metric)]
     if args.approximations:
         md.append(_markdown([r for r in rows if r["method"] == "autosimulate"], metric,
                             "Table 4: approximations of AutoSimulate"))
-    with open(os.path.join(out, "compare.md"), "w") as f:
-        f.write("\n".join(md))
+    write_text = "\n".join(md)
+    from .checkpoint import atomic_write
+
+    atomic_write(os.path.join(out, "compare.md"), lambda f: f.write(write_text.encode()))
     _plot(out, rows, curves, metric, higher)
     if assessment:
         _plot_assessed(out, table2_rows, assessment, metric)
-    print("\n".join(md), file=stdout)
+    print(write_text, file=stdout)
     return 0
+
+
+def _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds, psi0, reference, protocol, rows,
+                out, metric, higher, stderr) -> dict:
+    jobs = _assessment_plan(runs, table2, records_of, thresholds, args.seeds, reference is not None)
+    assessors: dict[int, object] = {}
+
+    def assess(psi, seed: int) -> dict:  # builds the seed's assessor only on a cache miss
+        if seed not in assessors:  # one compilation per seed (the model's initialisation differs)
+            setup = build_setup(experiment, renderer=renderer, seed=seed, size=args.size)
+            assessors[seed] = make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"])
+        with quiet_render_errors(), reraise_render_errors():
+            return assessors[seed](psi, seed)
+
+    progress = Progress(len(jobs), desc="autosim compare: assessing", stream=stderr, unit="assessment",
+                        every=args.log_every or None, seconds=args.log_seconds)
+    results: dict = {}
+    try:
+        for where, key, what, seed, record in jobs:
+            if record is None:
+                path = os.path.join(out, where, f"seed{seed}", ASSESSED_FILE)
+                psi = psi0 if where == "start_psi" else reference
+            else:
+                path = os.path.join(out, _dirname(*where), f"seed{seed}", ASSESSED_FILE)
+                psi = psi_from_record(psi0, record["psi"])
+            value, cached = cached_assessment(path, key, protocol, lambda psi=psi, seed=seed: assess(psi, seed))
+            results[(where, key, seed)] = value
+            progress.update(f"{what}, seed {seed}: val {metric} {value['val_metric']:.4g}"
+                            + (" (cached)" if cached else ""))
+    finally:
+        progress.close()
+    start = [results[("start_psi", "0", s)] for s in range(args.seeds)]
+    assessment = {"images": protocol["images"], "epochs": protocol["epochs"], "thresholds": thresholds,
+                  "start_psi": {"seeds": start, **_mean_std(start)}}
+    if reference is not None:
+        ref = [results[("reference_psi", "reference", s)] for s in range(args.seeds)]
+        assessment["reference_psi"] = {"seeds": ref, **_mean_std(ref)}
+    for row in rows:
+        where = (row["method"], row["approximation"])
+        points = thresholds if where in table2 else thresholds[-1:]
+        for s in row["seeds"]:
+            records = records_of[(*where, s["seed"])]
+            curve = []
+            for t in points:
+                record = next((r for r in records if r["images"] >= t), records[-1])
+                curve.append({"images": t, "step": record["step"], "images_rendered": record["images"],
+                              **results[(where, str(record["step"]), s["seed"])]})
+            s.update(assessed_val_metric=curve[-1]["val_metric"], assessed_test_metric=curve[-1]["test_metric"],
+                     assessed_curve=curve)
+            if reference is not None:
+                s["gap_closed"] = finite_or_none(gap_closed(start[s["seed"]]["val_metric"], s["assessed_val_metric"],
+                                                            ref[s["seed"]]["val_metric"]))
+    return assessment
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -571,26 +713,31 @@ def add_compare_parser(sub) -> None:
         "compare", help="run AutoSimulate and the baselines (LTS, BO, random search) head to head",
         description="Run each method on an experiment under the same image budget and seeds, then write "
                     "compare.md / compare.json (paper Tables 2 and 4) and plots of the validation metric "
-                    "against images and time.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "against images and time.")
     p.add_argument("experiment", metavar="EXPERIMENT", help="a registered experiment or module:attr")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 for every method")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 for every method (default 3)")
     p.add_argument("--budget-images", type=int, required=True, metavar="N", help="images each run may render")
     p.add_argument("--approximations", default=None,
                    help=f"comma-separated AutoSimulate approximations (of {','.join(APPROXIMATIONS)}); "
                         f"adds the Table 4 ablation (default: {APPROXIMATIONS[0]} only)")
     p.add_argument("--renderer", default=None, help="one of the experiment's renderers (default: its first)")
-    p.add_argument("--lts-samples", type=int, default=4, help="LTS policy samples (objective evaluations) per step")
+    p.add_argument("--size", choices=("cpu", "gpu"), default=None,
+                   help="the experiment's size (default: the experiment's own, cpu for the built-in ones)")
+    p.add_argument("--lts-samples", type=int, default=4,
+                   help="LTS policy samples (objective evaluations) per step (default 4)")
     p.add_argument("--search-radius", type=float, default=3.0,
-                   help="half-width of the box around the start psi searched by LTS/BO/random (see baselines/space.py)")
+                   help="half-width of the box around the start psi searched by LTS/BO/random (see baselines/space.py; "
+                        "default 3.0)")
     p.add_argument("--out", default=None, help="output directory (default runs/compare-EXPERIMENT)")
     p.add_argument("--resume", action="store_true", help="continue a comparison in --out (finished runs are reused)")
     p.add_argument("--assess-images", type=int, default=None, metavar="N",
-                   help="train fresh models on N images from each run's psi (default 16 x dataset size; 0 skips)")
+                   help="train fresh models on N images from each run's psi (default: the experiment's; 0 skips)")
     p.add_argument("--assess-points", type=int, default=4, metavar="P",
                    help="assess Table 2's runs after budget/2^(P-1), ..., budget/2, budget images (Table 4's "
-                        "other approximations at the budget only); gives the images-to-reach table")
+                        "other approximations at the budget only); gives the images-to-reach table (default 4)")
+    add_progress_flags(p)
 
 
 def compare_main(ns: argparse.Namespace) -> int:
@@ -604,8 +751,11 @@ def compare_main(ns: argparse.Namespace) -> int:
                             if ns.approximations else None),
             out=ns.out, renderer=ns.renderer, resume=ns.resume, lts_samples=ns.lts_samples,
             search_radius=ns.search_radius, experiment_spec=ns.experiment, assess_images=ns.assess_images,
-            assess_points=ns.assess_points)
-        return run_compare(experiment, args)
+            assess_points=ns.assess_points, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds)
+        out = args.out or "the output directory"
+        with interrupt_guard(f"autosim compare: interrupted; {out} holds every completed step. Continue with "
+                             "--resume.", stream=sys.stderr):
+            return run_compare(experiment, args)
     except UsageError as err:
         print(f"autosim compare: error: {err}", file=sys.stderr)
         return 2

@@ -111,3 +111,65 @@ def test_sigkill_during_writes_leaves_a_loadable_checkpoint(tmp_path):
     step = int(loaded["step"])
     assert step >= 3
     assert np.all(np.asarray(loaded["w"]) == step)
+
+
+def _saved(tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, _state())
+    return path
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda data: b"", "empty"),  # zero bytes (a full disk)
+        (lambda data: data[: len(data) // 2], "BadZipFile"),  # truncated
+        (lambda data: data[:30], "BadZipFile"),  # truncated inside the first member
+        (lambda data: b"step,psi\n1,0.5\n", "not a .npz"),  # a text file under the name
+        (lambda data: data[:200] + bytes(64) + data[264:], "readable"),  # a corrupt member
+    ],
+)
+def test_corrupt_files_raise_a_checkpoint_error(tmp_path, damage, needle):
+    """Truncated, zero-byte, corrupt or foreign files: a ValueError subclass, not BadZipFile/EOFError."""
+    from autosim_jax.checkpoint import CheckpointError
+
+    path = _saved(tmp_path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path, _state())
+    assert isinstance(err.value, ValueError) and str(path) in str(err.value)
+    assert needle in str(err.value) and "allow_pickle" not in str(err.value)
+
+
+def test_a_text_file_gives_no_pickle_advice(tmp_path):
+    """numpy would suggest allow_pickle=True (running code from the file); the docstring promises ValueError."""
+    path = tmp_path / "notes.npz"
+    path.write_text("these are notes, not arrays\n" * 20)
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(path, _state())
+    assert "allow_pickle" not in str(err.value) and "pickle" not in str(err.value)
+
+
+def test_foreign_npz_with_a_bad_meta_entry(tmp_path):
+    from autosim_jax.checkpoint import CheckpointError
+
+    path = tmp_path / "c.npz"
+    np.savez(path, __meta__=np.array("{not json"), leaf_00000=np.zeros(3))
+    with pytest.raises(CheckpointError, match="readable"):
+        load_checkpoint(path, _state())
+    np.savez(path, __meta__=np.array('{"format": "autosim_jax.checkpoint/1", "leaves": [1, 2]}'))
+    with pytest.raises(CheckpointError, match="malformed"):
+        load_checkpoint(path, _state())
+
+
+def test_atomic_write_replaces_whole_files_and_respects_the_umask(tmp_path):
+    from autosim_jax.checkpoint import atomic_write
+
+    path = tmp_path / "a.json"
+    atomic_write(path, lambda f: f.write(b"old"))
+    with pytest.raises(RuntimeError):  # a writer that fails midway leaves the old file and no temporary
+        atomic_write(path, lambda f: (f.write(b"new, half"), (_ for _ in ()).throw(RuntimeError("disk"))))
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["a.json"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600

@@ -31,13 +31,14 @@ def reference_run(toy_path, tmp_path_factory):
     return out
 
 
-def _toy_like(renderer="square"):
+def _toy_like(renderer="square", **options):
     import autosim_toy_experiment
 
     from autosim_jax.autosimulate import make_autosimulate
 
     setup = autosim_toy_experiment.build(renderer=renderer)
-    return make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config).init(0)
+    config = setup.config.replace(**options)
+    return make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, config).init(0)
 
 
 def _lines(path):
@@ -201,11 +202,12 @@ def test_resume_with_another_option_is_refused(toy_path, tmp_path, capsys):
 
 def test_render_failure_exits_1_and_keeps_the_last_checkpoint(toy_path, tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["run", TOY, "--renderer", "flaky", "--iterations", "5", "--out", str(out)]) == 1
+    # K = 8 is one render chunk (render_pool's chunk_size), so the flaky renderer's third call is step 3.
+    assert main(["run", TOY, "--renderer", "flaky", "--iterations", "5", "--dataset-size", "8", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "step 3" in err and "scene 1" in err and "non-finite inputs" in err and "Traceback" not in err
     assert len(_lines(out / "metrics.jsonl")) == 2
-    assert int(load_checkpoint(out / "checkpoint.npz", _toy_like("flaky")).step) == 2
+    assert int(load_checkpoint(out / "checkpoint.npz", _toy_like("flaky", dataset_size=8, batch_size=8)).step) == 2
 
 
 def test_python_dash_m_help():
@@ -230,7 +232,8 @@ def test_psi_record_round_trips_exactly():
     import jax.numpy as jnp
 
     from autosim_jax import bounded, categorical, gaussian, product
-    from autosim_jax.cli import _psi_record, psi_from_record
+    from autosim_jax.rundir import psi_from_record
+    from autosim_jax.rundir import psi_record as _psi_record
 
     dist = product({"pos": gaussian((2, 3)), "light": bounded(0.0, 5.0), "shape": categorical(3, (4,))})
     psi0 = dist.init()
@@ -243,3 +246,209 @@ def test_psi_record_round_trips_exactly():
     for a, b in zip(jax.tree.leaves(psi), jax.tree.leaves(back)):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ------------------------------------------------------------------------ new behaviour
+
+
+def _copy_run(src, tmp_path, name="copy"):
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+TOY_REF = "toy_reference:TOY_REF"  # the toy with a reference psi (tests/toy_reference.py)
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(toy_path, tmp_path, capsys):
+    assert main(["run", TOY, "--iterations", "5", "--log-every", "2", "--assess-images", "0",
+                 "--out", str(tmp_path / "r")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("autosim run: step")]
+    assert [line.split(",")[0] for line in lines] == [f"autosim run: step {i}/5" for i in (1, 3, 5)]
+    assert "32 images" in lines[0] and "val neg_mse" in lines[0] and "CG" in lines[0]
+    assert "ETA after the first (compiling) step" in lines[0] and "ETA" in lines[-1]
+
+
+def test_finished_run_says_so_on_resume_and_does_no_work(reference_run, toy_path, tmp_path, capsys, monkeypatch):
+    out = _copy_run(reference_run, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    from autosim_jax import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished run did work")
+
+    monkeypatch.setattr(cli, "run_loop", refuse)
+    monkeypatch.setattr(cli, "make_assessor", refuse)
+    monkeypatch.setattr(cli, "build_setup", refuse)
+    capsys.readouterr()
+    for argv in (["--iterations", str(N)], []):  # the stored iterations are the default on --resume
+        assert main(["run", TOY, *argv, "--out", str(out), "--resume"]) == 0
+        captured = capsys.readouterr()
+        assert "is finished" in captured.err and "best val neg_mse" in captured.out
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_locked_run_directory_is_refused_naming_the_holder(reference_run, toy_path, tmp_path, capsys):
+    import fcntl
+
+    out = _copy_run(reference_run, tmp_path)
+    with open(out / ".lock", "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.truncate(0)
+        f.write("4242\n")
+        f.flush()
+        for argv in (["--resume"], []):  # a resume, and a second run into the same --out
+            assert main(["run", TOY, "--iterations", str(N + 1), "--out", str(out), *argv]) == 2
+            err = capsys.readouterr().err
+            assert "pid 4242" in err and "in use" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, damage, needle", [
+    ("checkpoint.npz", lambda b: b[: len(b) // 3], "not a readable autosim_jax checkpoint"),
+    ("checkpoint.npz", lambda b: b"", "the file is empty"),
+    ("checkpoint.npz", lambda b: b"hello, not a checkpoint\n", "not a .npz"),
+    ("config.json", lambda b: b[: len(b) // 2], "not valid JSON"),
+    ("config.json", lambda b: b"", "it is empty"),
+])
+def test_corrupt_files_give_one_line_and_exit_2(reference_run, toy_path, tmp_path, capsys, name, damage, needle):
+    out = _copy_run(reference_run, tmp_path)
+    (out / name).write_bytes(damage((out / name).read_bytes()))
+    capsys.readouterr()
+    assert main(["run", TOY, "--iterations", str(N + 1), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and name in err and "Traceback" not in err and "allow_pickle" not in err
+    assert len([line for line in err.splitlines() if line.startswith("autosim run: error")]) == 1
+
+
+def test_stale_tmp_files_are_removed_at_the_next_start(reference_run, toy_path, tmp_path, capsys):
+    out = _copy_run(reference_run, tmp_path)
+    (out / ".tmp-checkpoint.npz-abc123").write_bytes(b"PK a killed write")
+    assert main(["run", TOY, "--iterations", str(N + 1), "--assess-images", "0", "--out", str(out), "--resume"]) == 0
+    assert not list(out.glob(".tmp-*"))
+    assert "removed 1 stale temporary file" in capsys.readouterr().err
+    assert [r["step"] for r in _lines(out / "metrics.jsonl")] == list(range(1, N + 2))
+
+
+def test_an_older_run_directory_is_refused_on_resume(reference_run, toy_path, tmp_path, capsys):
+    out = _copy_run(reference_run, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    del config["format"]
+    config["options"]["inner_optimizer"] = {"name": "adam", "learning_rate": 0.1, "spec": {"scale_by_adam": {}}}
+    (out / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["run", TOY, "--iterations", str(N + 1), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "older version of autosim_jax" in err and "another --out" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("seed", ["4294967296", "-1", "1e3"])
+def test_seeds_outside_the_prng_range_are_refused(toy_path, tmp_path, capsys, seed):
+    assert main(["run", TOY, "--seed", seed, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and "2**32" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_requests_fail_before_the_experiment_is_built(toy_path, tmp_path, capsys, monkeypatch):
+    """An --out that is a file, a mismatched --resume, a bad --size: refused in well under a second, unbuilt."""
+    import time
+
+    import autosim_toy_experiment
+
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--iterations", "1", "--assess-images", "0", "--out", str(out)]) == 0
+    (tmp_path / "file").write_text("not a directory")
+
+    def no_build(**kwargs):
+        raise AssertionError("built")
+
+    monkeypatch.setattr(autosim_toy_experiment, "TOY", autosim_toy_experiment.TOY._replace(build=no_build))
+    capsys.readouterr()
+    for argv, needle in [
+        (["--out", str(tmp_path / "file")], "is a file"),
+        (["--out", str(out), "--resume", "--finetune-epochs", "3"], "options.finetune_epochs"),
+        (["--out", str(out), "--resume", "--approximation", "linear"], "approximation"),
+        (["--out", str(out), "--resume", "--size", "gpu"], "size"),  # the toy's build takes no size
+        (["--out", str(tmp_path / "n"), "--dataset-size", "1"], "--dataset-size must be >= 2"),
+        (["--out", str(tmp_path / "n"), "--log-every", "0"], "--log-every"),
+    ]:
+        t0 = time.perf_counter()
+        assert main(["run", TOY, *argv]) == 2, argv
+        assert time.perf_counter() - t0 < 1.0, argv
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_module_in_the_current_directory_is_found(toy_path, tmp_path, monkeypatch):
+    (tmp_path / "my_cwd_experiment.py").write_text("from autosim_toy_experiment import TOY as EXP\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_cwd_experiment", raising=False)
+    assert main(["run", "my_cwd_experiment:EXP", "--iterations", "1", "--assess-images", "0",
+                 "--out", str(tmp_path / "r")]) == 0
+
+
+def test_help_shows_one_default_per_option(capsys):
+    import re
+
+    for command in ("run", "compare"):
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "(default: None)" not in text
+        options = re.split(r"\n  (?=-)", text.split("options:")[1])
+        assert len(options) > 8
+        for block in options:
+            assert block.count("default") <= 1, block
+        assert "--size" in text and "--log-every" in text
+
+
+def test_gap_closed_and_psi_in_field_units(toy_path, tmp_path, capsys):
+    """The start, learned and reference psi are assessed with fresh models; G and psi.json follow."""
+    from autosim_jax.experiments import gap_closed
+
+    out = tmp_path / "r"
+    assert main(["run", TOY_REF, "--iterations", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    a = summary["assessment"]
+    assert a["images"] == 64 and set(a) >= {"start_psi", "learned_psi", "reference_psi", "gap_closed"}
+    for m in ("val_metric", "test_metric"):
+        assert a["gap_closed"][m] == gap_closed(a["start_psi"][m], a["learned_psi"][m], a["reference_psi"][m])
+    assert summary["gap_closed"] == a["gap_closed"]["val_metric"]
+    assert "gap closed G" in printed and "reference psi" in printed and "psi in field units" in printed
+    psi = json.loads((out / "psi.json").read_text())
+    assert psi["start"]["x"]["mean"] == pytest.approx(-1.0) and psi["start"]["x"]["std"] == pytest.approx(0.5)
+    assert psi["reference"]["x"]["mean"] == pytest.approx(2.0) and psi["reference"]["x"]["std"] == pytest.approx(0.3)
+    last = _lines(out / "metrics.jsonl")[-1]["psi"]
+    assert psi["learned"]["x"]["mean"] == pytest.approx(last["x.loc"][0])
+    assert psi["raw"]["learned"] == last
+    assert json.loads((out / "assessed.json").read_text())["results"].keys() == {"0", "4", "reference"}
+
+
+def test_sigint_stops_a_hung_renderer_promptly_and_leaves_a_resumable_directory(toy_path, tmp_path):
+    """Ctrl-C while the renderer hangs inside a jitted callback: exit 130 within seconds, then --resume works."""
+    out = tmp_path / "r"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(toy_path), os.environ.get("PYTHONPATH", "")]),
+               AUTOSIM_TOY_SLEEP="120")
+    proc = subprocess.Popen([sys.executable, "-m", "autosim_jax", "run", TOY, "--iterations", "2", "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "compiling the first step" in line, line
+        time.sleep(1.0)  # inside the first step now: compiling, or the renderer's sleep
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        elapsed = time.monotonic() - t0
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert code == 130 and elapsed < 10, (code, elapsed, err)
+    assert "interrupted" in err and "--resume" in err
+    assert main(["run", TOY, "--iterations", "2", "--assess-images", "0", "--out", str(out), "--resume"]) == 0
+    assert [r["step"] for r in _lines(out / "metrics.jsonl")] == [1, 2]

@@ -151,3 +151,47 @@ def test_bad_options_exit_2_listing_the_choices(toy, tmp_path, capsys, extra, ne
 def test_budget_is_required(toy, capsys):
     assert main(["compare", toy]) == 2
     assert "--budget-images" in capsys.readouterr().err
+
+
+def test_gap_closed_per_method_and_progress_lines(toy, tmp_path, capsys):
+    """With a reference psi, compare tabulates G (mean ± std over seeds); progress reaches the log."""
+    import numpy as np
+    from toy_reference import SPEC
+
+    from autosim_jax.experiments import gap_closed
+
+    out = tmp_path / "c"
+    assert main(["compare", SPEC, "--methods", "autosimulate,random", "--seeds", "2", "--budget-images", "64",
+                 "--assess-points", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    result = json.loads((out / "compare.json").read_text())
+    a = result["assessment"]
+    assert len(a["reference_psi"]["seeds"]) == 2
+    for row in result["rows"]:
+        gs = []
+        for s in row["seeds"]:
+            start, ref = a["start_psi"]["seeds"][s["seed"]], a["reference_psi"]["seeds"][s["seed"]]
+            assert s["gap_closed"] == gap_closed(start["val_metric"], s["assessed_val_metric"], ref["val_metric"])
+            gs.append(s["gap_closed"])
+        agg = row["aggregate"]["gap_closed"]
+        assert agg["mean"] == pytest.approx(np.mean(gs)) and agg["std"] == pytest.approx(np.std(gs, ddof=1))
+    md = (out / "compare.md").read_text()
+    assert "gap closed G" in md and md.count("±") >= 6
+    # Progress in a log: the runs, their steps (by images) and the assessments, each with an ETA.
+    err = captured.err
+    assert "autosim compare: run 1/4" in err and "autosim compare: run 4/4" in err
+    assert "autosim compare: autosimulate (exact_quadratic), seed 0: images 32/64, step 1" in err
+    assert "autosim compare: assessing: assessment 1/" in err and "ETA" in err
+    # Every run directory is of this version's format, with a summary and a released lock.
+    for run in (out / "autosimulate-exact_quadratic" / "seed0", out / "random" / "seed1"):
+        config = json.loads((run / "config.json").read_text())
+        assert config["format"].startswith("autosim_jax.run/") and config["command"] == "compare"
+        assert json.loads((run / "summary.json").read_text())["target"] == config["target"]
+
+
+def test_resume_with_another_budget_is_refused(compared, toy, capsys):
+    argv = ["compare", toy, "--methods", "autosimulate,lts,bo,random", "--seeds", "2", "--budget-images", "256",
+            "--approximations", "linear,exact_quadratic", "--lts-samples", "2", "--out", str(compared), "--resume"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "budget_images" in err and "Traceback" not in err
