@@ -42,6 +42,7 @@ import math
 import os
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -233,7 +234,12 @@ def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> in
 
 def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, iterations, budget, assess_images,
          stdout, stderr) -> int:
+    t0 = time.perf_counter()
+    print(f"autosim run: building {plan.spec} (renderer {plan.renderer}"
+          + (f", size {plan.size}" if plan.size else "") + "; validation and test data, model) ...",
+          file=stderr, flush=True)
     setup = build_setup(experiment, renderer=plan.renderer, seed=args.seed, size=plan.size)
+    print(f"autosim run: built in {time.perf_counter() - t0:.1f} s", file=stderr, flush=True)
     changes: dict[str, Any] = {"approximation": plan.approximation}
     if args.dataset_size is not None:
         changes["dataset_size"] = args.dataset_size

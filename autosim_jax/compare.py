@@ -57,7 +57,7 @@ import time
 import numpy as np
 
 from .autosimulate import make_autosimulate
-from .checkpoint import TMP_PREFIX
+from .checkpoint import TMP_PREFIX, atomic_write
 from .config import APPROXIMATIONS
 from .experiments import gap_closed, make_assessor
 from .rundir import ASSESSED as ASSESSED_FILE
@@ -567,7 +567,12 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
 
 
 def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, stdout, stderr) -> int:
+    t0 = time.perf_counter()
+    print(f"autosim compare: building {args.experiment_spec or experiment.name} (renderer {renderer}"
+          + (f", size {args.size}" if args.size else "") + ") ...", file=stderr, flush=True)
     setup0 = build_setup(experiment, renderer=renderer, seed=0, size=args.size)
+    print(f"autosim compare: built in {time.perf_counter() - t0:.1f} s; {len(runs) * args.seeds} runs of "
+          f"{args.budget_images} images each", file=stderr, flush=True)
     psi0 = setup0.simulator.distribution.init()
     reference = setup0.reference_psi
     metric, higher = setup0.task.metric_name, bool(setup0.task.higher_is_better)
@@ -641,8 +646,6 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, stdou
         md.append(_markdown([r for r in rows if r["method"] == "autosimulate"], metric,
                             "Table 4: approximations of AutoSimulate"))
     write_text = "\n".join(md)
-    from .checkpoint import atomic_write
-
     atomic_write(os.path.join(out, "compare.md"), lambda f: f.write(write_text.encode()))
     _plot(out, rows, curves, metric, higher)
     if assessment:

@@ -29,6 +29,12 @@ Guarantees, each in one place:
   a checkpoint per step, and reports through callbacks; the CLI's progress and summaries are
   built on it.
 
+Also here, because both commands use them and neither imports the other's module: resolving
+an experiment (a name, or ``module:attr`` found from the current directory) and validating
+its renderer and size before the build, :class:`Progress` (a bar on a terminal, lines with an
+ETA in a log), :func:`interrupt_guard` (Ctrl-C that stops promptly with exit code 130) and
+:func:`cached_assessment` (fresh-model assessments stored next to the run).
+
 Example:
   >>> import tempfile
   >>> with RunDir.open(tempfile.mkdtemp()) as run:
