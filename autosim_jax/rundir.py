@@ -53,6 +53,7 @@ import errno
 import fcntl
 import importlib
 import inspect
+import io
 import json
 import logging
 import math
@@ -786,6 +787,14 @@ def finite_or_none(x: float | None) -> float | None:
 # ----------------------------------------------------------------------------- progress
 
 
+def _columns(stream: TextIO) -> int:
+    """The terminal width of ``stream`` (0 for a pseudo-terminal without a size, where a bar draws nothing)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return 0
+
+
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     return str(datetime.timedelta(seconds=seconds)) if seconds >= 60 else f"{seconds}s"
@@ -819,7 +828,7 @@ class Progress:
         self._last_line_item, self._last_line_time = initial, time.monotonic()
         self._bar = None
         if bar is None:
-            bar = bool(getattr(stream, "isatty", lambda: False)())
+            bar = bool(getattr(stream, "isatty", lambda: False)()) and _columns(stream) > 0
         if bar:
             from tqdm.auto import tqdm
 
