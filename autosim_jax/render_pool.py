@@ -9,8 +9,10 @@ each hold one copy of the renderer, built once and reused across steps:
   :class:`~autosim_jax.simulator.Simulator` without a pool does);
 * ``"process"``: local worker processes started with the ``spawn`` context (safe next to
   JAX's threads), each sent the pickled renderer once;
-* ``"ray"``: Ray actors (``num_gpus=0``) on a local Ray instance started by the pool, or on
-  the cluster that ``ray.init(address=...)`` reaches (``pip install "autosim_jax[distributed]"``).
+* ``"ray"``: Ray actors (``num_cpus=1, num_gpus=0``) on a local Ray instance started by the
+  pool, or on the cluster that ``ray.init(address=...)`` reaches (``pip install
+  "autosim_jax[distributed]"``). Each actor is sent up to two chunks at a time, which hides
+  Ray's per-task round trip; a process worker is sent one.
 
 **Seeding (results independent of workers and backend).** A batch of ``n`` scenes is cut
 into chunks of ``chunk_size`` consecutive scenes (the last one may be shorter); chunk ``i``
@@ -24,9 +26,11 @@ seed: pools of different chunk sizes render different noise. This changed the re
 given seed: before the pools existed, a batch was one ``render`` call with ``seed`` itself.
 
 **Failures** become a :class:`RenderError`: a renderer that raises (naming the renderer, the
-exception and the scene range in the whole batch), a worker that dies (killed, segfault; the
+exception and the scene range in the whole batch), a worker that dies (killed, segfault;
+naming the scenes it was rendering, or for a Ray actor the up to two chunks it held; the
 pool replaces it, so the next call runs normally), and, with ``timeout=``, a batch that is
-not done in time (the workers still rendering are killed and replaced). Checking the scenes
+not done in time (the workers still rendering are killed and replaced). When several chunks
+fail, the error of the lowest one is raised, as a serial run would raise it. Checking the scenes
 and the outputs against the renderer's schema and specs is the simulator's job
 (:meth:`~autosim_jax.simulator.Simulator.render_numpy`); a pool returns what the renderer
 returned. Workers ignore SIGINT: on Ctrl-C the parent raises ``KeyboardInterrupt`` and its
@@ -79,6 +83,11 @@ BACKENDS = ("serial", "process", "ray")
 STARTUP_TIMEOUT_S = 300.0
 # How long close() waits for a worker to exit by itself before killing it.
 CLOSE_GRACE_S = 2.0
+# Tasks submitted to one Ray actor at a time: the next chunk waits at the actor while the
+# driver collects the last one, hiding Ray's per-task round trip (~1 ms on one host). A process
+# worker is sent one chunk at a time: a second send could block on a full pipe while the
+# worker blocks on sending its result.
+RAY_QUEUE_DEPTH = 2
 
 _NOT_PICKLABLE = (
     "make_render_pool: the renderer {renderer!r} cannot be pickled ({error}); the {backend!r} "
@@ -109,7 +118,8 @@ class RenderError(RuntimeError):
         known, the scenes involved (field -> their values as printed by numpy, truncated).
       seed: the seed of the batch.
       scene_range: ``(start, stop)``, the scenes ``start..stop - 1`` of the batch that the
-        failing renderer call was given, or ``None`` when the whole batch is at fault.
+        failing renderer call was given, or ``None`` when the whole batch is at fault or, for
+        a Ray actor that died holding several chunks, when the message lists them.
     """
 
     def __init__(
@@ -417,17 +427,25 @@ class RenderPool:
             scene_range=(chunk.start, chunk.stop),
         )
 
-    def _died(self, chunk, n, seed, pid, how) -> RenderError:
+    def _died(self, chunks, n, seed, pid, how) -> RenderError:
+        """A worker died holding ``chunks`` of this call: the one it was rendering, or, for a
+        Ray actor, that one and the chunks queued behind it or finished but not yet sent."""
+        first = min(chunks, key=lambda c: c.index)
+        where = (
+            f"scenes {first.start}..{first.stop - 1} of {n} with seed {seed} (chunk "
+            f"{first.index}, chunk seed {first.seed})"
+            if len(chunks) == 1
+            else f"one of the chunks it held, scenes {_ranges(chunks)} of {n} with seed {seed}"
+        )
         return RenderError(
             f"A {self.backend} render worker of renderer {self.name!r} (pid {pid}) died ({how}) "
-            f"while rendering scenes {chunk.start}..{chunk.stop - 1} of {n} with seed {seed} "
-            f"(chunk {chunk.index}, chunk seed {chunk.seed}); nothing of this batch is kept. "
-            "The pool has replaced the worker, so the next call runs normally. A renderer that "
-            "crashes its process (segfault, out of memory) cannot report why: render those "
-            "scenes serially to see it.",
+            f"while rendering {where}; nothing of this batch is kept. The pool has replaced the "
+            "worker, so the next call runs normally. A renderer that crashes its process "
+            "(segfault, out of memory) cannot report why: render those scenes serially to see "
+            "it.",
             renderer=self.name,
             seed=seed,
-            scene_range=(chunk.start, chunk.stop),
+            scene_range=(first.start, first.stop) if len(chunks) == 1 else None,
         )
 
     def _timed_out(self, running, n, seed, pids) -> RenderError:
@@ -631,7 +649,7 @@ class ProcessPool(RenderPool):
                     w.process.join()
                     self._replace(w)
                     how = _how_it_died(w.process.exitcode)
-                    progress.fail(chunk, self._died(chunk, n, seed, w.pid, how), None)
+                    progress.fail(chunk, self._died([chunk], n, seed, w.pid, how), None)
                     continue
                 w.call, w.chunk = call, chunk
             busy = [w for w in self._workers if w.call is not None]
@@ -657,7 +675,7 @@ class ProcessPool(RenderPool):
                     self._replace(w)
                     if this_call:
                         how = _how_it_died(w.process.exitcode)
-                        progress.fail(chunk, self._died(chunk, n, seed, w.pid, how), None)
+                        progress.fail(chunk, self._died([chunk], n, seed, w.pid, how), None)
                     continue
                 w.call, w.chunk = None, None
                 if got_call != call:
@@ -755,8 +773,9 @@ class RayPool(RenderPool):
 
     def _spawn(self) -> dict[str, Any]:
         handle = self._actor_class.remote(self._renderer_ref)
+        # "queue": the actor's submitted tasks in order, object ref -> (call, chunk)
         return {"handle": handle, "pid": None, "pid_ref": handle.pid.remote(),
-                "call": None, "chunk": None, "ref": None}
+                "queue": collections.OrderedDict()}
 
     def _replace(self, actor) -> None:
         try:
@@ -792,44 +811,60 @@ class RayPool(RenderPool):
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         progress = _Progress(chunks)
         while not progress.finished():
+            self._submit(scenes, progress, call)
+            owner = {ref: a for a in self._actors for ref in a["queue"]}
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _ = ray.wait(list(owner), num_returns=1, timeout=left)
+            if not ready:  # past the deadline; busy actors of earlier calls are late too
+                busy = [a for a in self._actors if a["queue"]]
+                running = [next(iter(a["queue"].values())) for a in busy]
+                late = [chunk for c, chunk in running if c == call] or list(progress.pending)
+                for a in busy:
+                    self._replace(a)
+                raise self._timed_out(late, n, seed, [a["pid"] for a in busy])
+            a = owner[ready[0]]
+            try:
+                self._collect(a, ready[0], None, scenes, progress, call, n, seed)
+            except ray.exceptions.RayError as err:  # the actor died; a renderer's own
+                # exceptions come back as (False, ...). Keep what it finished before dying;
+                # the rest of its queue died with it, the lowest of those chunks is named.
+                lost = [c for k, c in a["queue"].values() if k == call]
+                for ref in list(a["queue"]):
+                    try:
+                        self._collect(a, ref, 0, scenes, progress, call, n, seed)
+                        lost = [c for c in lost if c.index not in progress.outs]
+                    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                        pass
+                self._replace(a)
+                if lost:  # Ray may fail a finished task whose reply the actor's death cut off
+                    lowest = min(lost, key=lambda c: c.index)
+                    how = type(err).__name__
+                    progress.fail(lowest, self._died(lost, n, seed, a["pid"], how), err)
+        return progress.result()
+
+    def _collect(self, actor, ref, timeout, scenes, progress, call, n, seed) -> None:
+        """Reads one finished task of ``actor`` into ``progress`` (raises Ray's errors)."""
+        ok, payload = self._ray.get(ref, timeout=timeout)
+        got_call, chunk = actor["queue"].pop(ref)
+        if got_call != call:
+            return  # a chunk of an earlier call that failed or was interrupted
+        if ok:
+            progress.outs[chunk.index] = payload
+        else:
+            error = self._raised(chunk, n, seed, scenes, payload)
+            progress.fail(chunk, error, RemoteTraceback(payload[2]))
+
+    def _submit(self, scenes, progress: _Progress, call: int) -> None:
+        """Tops up every actor's queue to RAY_QUEUE_DEPTH tasks, one round of actors at a time."""
+        for depth in range(1, RAY_QUEUE_DEPTH + 1):
             for a in self._actors:
-                if a["call"] is not None:
+                if len(a["queue"]) >= depth:
                     continue
                 chunk = progress.next_chunk()
                 if chunk is None:
-                    break
+                    return
                 part = {k: v[chunk.start:chunk.stop] for k, v in scenes.items()}
-                a["ref"] = a["handle"].render.remote(part, chunk.seed)
-                a["call"], a["chunk"] = call, chunk
-            busy = {a["ref"]: a for a in self._actors if a["call"] is not None}
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _ = ray.wait(list(busy), num_returns=1, timeout=left)
-            if not ready:  # past the deadline; busy actors of earlier calls are late too
-                for a in busy.values():
-                    self._replace(a)
-                late = [a["chunk"] for a in busy.values() if a["call"] == call]
-                raise self._timed_out(late or list(progress.pending), n, seed,
-                                      [a["pid"] for a in busy.values()])
-            for ref in ready:
-                a = busy[ref]
-                this_call, chunk = a["call"] == call, a["chunk"]
-                a["call"], a["chunk"], a["ref"] = None, None, None
-                try:
-                    ok, payload = ray.get(ref)
-                except ray.exceptions.RayError as err:  # the actor died; a renderer's own
-                    self._replace(a)  # exceptions come back as (False, ...)
-                    if this_call:
-                        how = type(err).__name__
-                        progress.fail(chunk, self._died(chunk, n, seed, a["pid"], how), err)
-                    continue
-                if not this_call:
-                    continue  # a chunk of an earlier call that failed or was interrupted
-                if ok:
-                    progress.outs[chunk.index] = payload
-                else:
-                    error = self._raised(chunk, n, seed, scenes, payload)
-                    progress.fail(chunk, error, RemoteTraceback(payload[2]))
-        return progress.result()
+                a["queue"][a["handle"].render.remote(part, chunk.seed)] = (call, chunk)
 
 
 # --------------------------------------------------------------------------- factory
