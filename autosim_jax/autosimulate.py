@@ -50,6 +50,7 @@ from flax import nnx
 from .config import AutoSimConfig
 from .estimators import reinforce_gradient, score_function_term
 from .inner import Inner, make_inner
+from .outer import add_entropy_bonus
 from .simulator import Simulator, reraise_render_errors
 from .table1 import SolveReport, approximation_vector, curvature_operator
 from .tasks import Task
@@ -89,6 +90,7 @@ class StepInfo(NamedTuple):
     cg_converged: bool  # the solve met cg_tol (True when there is no solve)
     cg_indefinite: bool  # negative curvature met (raise the damping)
     cg_model_value: float  # q(u) of Eq. 13a's quadratic; >= 0: the vector is no better than zero
+    psi_updated: bool  # False: the step kept psi (unusable solve, or a non-finite update)
     time_render: float  # seconds of each stage (wall clock, blocked)
     time_train: float
     time_outer: float
@@ -114,6 +116,11 @@ class AutoSimulate(NamedTuple):
     inner: Inner
     config: AutoSimConfig
     trace_counts: Callable[[], dict]
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def _split_optimizers(overrides: dict[str, Any]) -> dict[str, optax.GradientTransformation]:
@@ -244,8 +251,16 @@ def make_autosimulate(
     def outer(psi, outer_opt_state, theta, scenes, inputs, labels):
         traces["outer"] += 1
         hg = hypergradient(psi, theta, scenes, inputs, labels)
-        updates, outer_opt_state = outer_optimizer.update(hg.grad_psi, outer_opt_state, psi)
-        return optax.apply_updates(psi, updates), outer_opt_state, hg
+        grad = hg.grad_psi
+        if config.entropy_weight:
+            grad = add_entropy_bonus(psi, grad, config.entropy_weight)
+        updates, new_opt_state = outer_optimizer.update(grad, outer_opt_state, psi)
+        new_psi = optax.apply_updates(psi, updates)
+        # A vector no better than zero (q(u) >= 0: an indefinite or diverged solve) or a
+        # non-finite update never moves psi: the step keeps psi and the optimiser state.
+        ok = hg.solve.usable & _all_finite((new_psi, new_opt_state))
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        return keep(new_psi, psi), keep(new_opt_state, outer_opt_state), hg, ok
 
     def step(state: AutoSimState) -> tuple[AutoSimState, StepInfo]:
         key, sim_key, train_key = jax.random.split(state.key, 3)
@@ -257,8 +272,8 @@ def make_autosimulate(
             finetune(state.theta, state.inner_opt_state, inputs, labels, train_key)
         )
         t2 = time.perf_counter()
-        psi, outer_state, hg = jax.block_until_ready(outer(state.psi, state.outer_opt_state, theta, scenes, inputs,
-                                                           labels))
+        psi, outer_state, hg, ok = jax.block_until_ready(outer(state.psi, state.outer_opt_state, theta, scenes,
+                                                               inputs, labels))
         t3 = time.perf_counter()
         new_state = AutoSimState(psi, theta, inner_state, outer_state, key, state.step + 1,
                                  state.images + config.dataset_size)
@@ -266,7 +281,7 @@ def make_autosimulate(
             val_loss=float(hg.val_loss), val_metric=float(hg.val_metric), train_loss=float(train_loss),
             psi_grad_norm=float(optax.tree.norm(hg.grad_psi)),
             cg_relative_residual=float(hg.solve.relative_residual), cg_converged=bool(hg.solve.converged),
-            cg_indefinite=bool(hg.solve.indefinite), cg_model_value=float(hg.solve.model_value),
+            cg_indefinite=bool(hg.solve.indefinite), cg_model_value=float(hg.solve.model_value), psi_updated=bool(ok),
             time_render=t1 - t0, time_train=t2 - t1, time_outer=t3 - t2,
         )
         return new_state, info

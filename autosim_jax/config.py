@@ -26,11 +26,14 @@ from typing import Any
 
 import optax
 
+from .outer import natural_trust_region
+
 APPROXIMATIONS = ("exact_quadratic", "approx_quadratic", "linear", "no_val")
 CURVATURES = ("hessian", "gauss_newton", "empirical_fisher")
 ESTIMATORS = ("jvp", "per_sample")
 BASELINES = ("leave_one_out", None)
-OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}
+INNER_OPTIMIZERS = ("adam", "sgd")
+OUTER_OPTIMIZERS = ("adam", "sgd", "natural")
 
 _UNKNOWN_FIELD = (
     "Unknown AutoSimulate option(s) {names}; valid options are {valid}. "
@@ -67,7 +70,12 @@ class AutoSimConfig:
       finetune_epochs: ``epsilon`` epochs of fine-tuning per outer step.
       inner_optimizer, inner_learning_rate: optax optimiser of ``theta`` by name
         (``"adam"`` or ``"sgd"``) and its learning rate.
-      outer_optimizer, outer_learning_rate: the same for ``psi``.
+      outer_optimizer, outer_learning_rate: the optimiser of ``psi``: ``"adam"``, ``"sgd"``
+        or ``"natural"`` (natural gradient of ``q_psi`` in a KL trust region,
+        :func:`~autosim_jax.outer.natural_trust_region`), and its learning rate.
+      max_kl: the trust region of ``"natural"``: nats of ``KL(q_psi || q_psi')`` per step.
+      entropy_weight: an entropy bonus on ``q_psi``, relative to the hypergradient's norm
+        (:func:`~autosim_jax.outer.add_entropy_bonus`); 0 turns it off.
       damping: Levenberg ``lambda`` of ``H + lambda I`` (Section 4.2), ``>= 0``.
       curvature: ``"gauss_newton"`` (PSD), ``"hessian"`` (the paper's ``H``) or
         ``"empirical_fisher"``.
@@ -88,6 +96,8 @@ class AutoSimConfig:
     inner_learning_rate: float = 1e-3
     outer_optimizer: str = "adam"
     outer_learning_rate: float = 5e-2
+    max_kl: float = 0.05
+    entropy_weight: float = 0.0
     damping: float = 1e-2
     curvature: str = "gauss_newton"
     curvature_batch_size: int | None = None
@@ -102,8 +112,8 @@ class AutoSimConfig:
         _choices("curvature", self.curvature, CURVATURES)
         _choices("estimator", self.estimator, ESTIMATORS)
         _choices("baseline", self.baseline, BASELINES)
-        _choices("inner_optimizer", self.inner_optimizer, OPTIMIZERS)
-        _choices("outer_optimizer", self.outer_optimizer, OPTIMIZERS)
+        _choices("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
+        _choices("outer_optimizer", self.outer_optimizer, OUTER_OPTIMIZERS)
         for name in ("dataset_size", "batch_size", "finetune_epochs", "cg_maxiter"):
             _positive_int(name, getattr(self, name))
         if self.dataset_size % self.batch_size:
@@ -122,6 +132,8 @@ class AutoSimConfig:
             )
         _positive_float("inner_learning_rate", self.inner_learning_rate, "a learning rate")
         _positive_float("outer_learning_rate", self.outer_learning_rate, "a learning rate")
+        _positive_float("max_kl", self.max_kl, "nats of KL per step")
+        _positive_float("entropy_weight", self.entropy_weight, "relative entropy bonus", allow_zero=True)
         _positive_float("damping", self.damping, "Levenberg damping of H + lambda I", allow_zero=True)
         _positive_float("cg_tol", self.cg_tol, "a relative residual", allow_zero=True)
 
@@ -143,8 +155,10 @@ class AutoSimConfig:
 
     def inner_optax(self) -> optax.GradientTransformation:
         """The fine-tuning optimiser of ``theta`` this config names."""
-        return OPTIMIZERS[self.inner_optimizer](self.inner_learning_rate)
+        return {"adam": optax.adam, "sgd": optax.sgd}[self.inner_optimizer](self.inner_learning_rate)
 
     def outer_optax(self) -> optax.GradientTransformation:
         """The optimiser of ``psi`` this config names."""
-        return OPTIMIZERS[self.outer_optimizer](self.outer_learning_rate)
+        if self.outer_optimizer == "natural":
+            return natural_trust_region(self.outer_learning_rate, self.max_kl)
+        return {"adam": optax.adam, "sgd": optax.sgd}[self.outer_optimizer](self.outer_learning_rate)

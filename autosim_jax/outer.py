@@ -1,0 +1,241 @@
+r"""Step control for psi in distribution space: natural gradients and a KL trust region.
+
+AutoSimulate's psi are the parameters of ``q_psi`` (logits, pre-image means and
+log-scales). An optimiser that steps in those raw coordinates (Adam: about
+``learning_rate`` per coordinate per step, whatever the signal) moves a narrow Gaussian by
+many standard deviations, or a categorical onto one category, as easily as it makes a small
+change. :func:`natural_trust_region` measures the step by what it does to the
+distribution instead: it preconditions the (averaged) hypergradient with the inverse Fisher
+information of ``q_psi``, which has a closed form for every family of
+:mod:`autosim_jax.distributions`, and scales the step so that the quadratic model of
+``KL(q_psi || q_psi')`` is at most ``max_kl``.
+
+Fisher information per family (``psi`` leaves as built by :mod:`autosim_jax.distributions`):
+
+* :class:`~autosim_jax.NormalParams` ``(loc, log_scale)`` of a Gaussian or of the normal
+  pre-image of a bounded field (the Fisher is invariant under the bijection):
+  ``diag(1 / sigma^2, 2)`` per element;
+* :class:`~autosim_jax.CategoricalParams` ``logits``: ``diag(p) - p p^T`` per categorical,
+  whose pseudo-inverse applied to a gradient ``g`` with ``sum g = 0`` (every score-function
+  gradient of a softmax has it) is ``g / p`` centred to mean zero.
+
+References:
+  Amari (1998), natural gradient; Kakade (2002), natural policy gradient; Schulman et al.
+  (2015), trust regions in KL for score-function (policy) gradients.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from autosim_jax import NormalParams
+  >>> psi = {"x": NormalParams(jnp.array(0.0), jnp.log(jnp.array(2.0)))}
+  >>> grad = {"x": NormalParams(jnp.array(1.0), jnp.array(0.0))}
+  >>> nat, sq = natural_gradient(psi, grad)
+  >>> float(nat["x"].loc), float(sq)          # sigma^2 * g, and g^T F^-1 g
+  (4.0, 4.0)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .distributions import CategoricalParams, NormalParams
+
+PyTree = Any
+
+# Probabilities are floored here in F^-1 (a category of mass 1e-6 would otherwise take a
+# step of 1e6 times its gradient before the trust region could see it).
+_MIN_PROB = 1e-4
+
+_NOT_A_FAMILY = (
+    "natural_gradient: psi leaf at {path} is a {kind}, not NormalParams or CategoricalParams; "
+    "the closed-form Fisher is known only for the families of autosim_jax.distributions. "
+    "Use a plain optax optimiser (outer_optimizer='adam') for other parameterisations."
+)
+
+
+def _is_family(x: Any) -> bool:
+    return isinstance(x, (NormalParams, CategoricalParams))
+
+
+def natural_gradient(psi: PyTree, grad: PyTree) -> tuple[PyTree, jax.Array]:
+    """``F(psi)^+ grad`` for a ``psi`` of :mod:`~autosim_jax.distributions` families, and ``grad . F^+ grad``.
+
+    Args:
+      psi: the distribution's parameters (a pytree of ``NormalParams`` / ``CategoricalParams``).
+      grad: a gradient shaped like ``psi``.
+
+    Returns:
+      ``(natural gradient like psi, scalar g^T F^+ g)``; half the latter times a step size
+      squared is the KL that step costs to second order (categories' probabilities are
+      floored at 1e-4 in ``F^+``).
+
+    Raises:
+      ValueError: for a leaf of another family.
+    """
+    fams = jax.tree_util.tree_flatten_with_path(psi, is_leaf=_is_family)[0]
+    for path, leaf in fams:
+        if not _is_family(leaf):
+            raise ValueError(_NOT_A_FAMILY.format(path=jax.tree_util.keystr(path), kind=type(leaf).__name__))
+
+    def one(p, g):
+        if isinstance(p, NormalParams):
+            return NormalParams(jnp.exp(2 * p.log_scale) * g.loc, g.log_scale / 2.0)
+        prob = jnp.maximum(jax.nn.softmax(p.logits, axis=-1), _MIN_PROB)
+        d = g.logits / prob
+        return CategoricalParams(d - jnp.mean(d, axis=-1, keepdims=True))
+
+    nat = jax.tree.map(one, psi, grad, is_leaf=_is_family)
+    return nat, optax.tree.vdot(grad, nat)
+
+
+def kl_divergence(psi: PyTree, other: PyTree) -> jax.Array:
+    """``KL(q_psi || q_other)`` in closed form, summed over the fields of a product.
+
+    Normal (or a bounded field's normal pre-image; KL is invariant under the bijection):
+    ``log(s2/s1) + (s1^2 + (m1-m2)^2) / (2 s2^2) - 1/2``; categorical: ``sum p log(p/q)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from autosim_jax import CategoricalParams
+      >>> a, b = CategoricalParams(jnp.log(jnp.array([0.5, 0.5]))), CategoricalParams(jnp.log(jnp.array([0.9, 0.1])))
+      >>> round(float(kl_divergence({"c": a}, {"c": b})), 4)   # 0.5 log(0.5/0.9) + 0.5 log(0.5/0.1)
+      0.5108
+    """
+
+    def one(p, q):
+        if isinstance(p, NormalParams):
+            var_p, var_q = jnp.exp(2 * p.log_scale), jnp.exp(2 * q.log_scale)
+            return jnp.sum(q.log_scale - p.log_scale + (var_p + (p.loc - q.loc) ** 2) / (2 * var_q) - 0.5)
+        lp, lq = jax.nn.log_softmax(p.logits, axis=-1), jax.nn.log_softmax(q.logits, axis=-1)
+        return jnp.sum(jnp.exp(lp) * (lp - lq))
+
+    return sum(jax.tree.leaves(jax.tree.map(one, psi, other, is_leaf=_is_family)), jnp.zeros(()))
+
+
+def entropy(psi: PyTree) -> jax.Array:
+    """Entropy of ``q_psi`` in closed form (nats), summed over fields; bounded fields count
+    their normal pre-image's (a monotone function of its scale).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from autosim_jax import CategoricalParams
+      >>> round(float(entropy({"c": CategoricalParams(jnp.zeros(4))})), 4)   # log 4
+      1.3863
+    """
+
+    def one(p):
+        if isinstance(p, NormalParams):
+            return jnp.sum(p.log_scale + 0.5 * jnp.log(2 * jnp.pi * jnp.e))
+        logp = jax.nn.log_softmax(p.logits, axis=-1)
+        return -jnp.sum(jnp.exp(logp) * logp)
+
+    return sum(jax.tree.leaves(jax.tree.map(one, psi, is_leaf=_is_family)), jnp.zeros(()))
+
+
+def add_entropy_bonus(psi: PyTree, grad: PyTree, weight: float) -> PyTree:
+    r"""``grad - weight * ||grad|| * dH/dpsi / ||dH/dpsi||``: descend the hypergradient while
+    ascending the entropy of ``q_psi``, at ``weight`` times the hypergradient's own norm.
+
+    The hypergradient's scale is arbitrary (``u`` of Table 1 is ``g_val``, ``H g_val`` or
+    ``(H + lambda I)^-1 g_val``), so the bonus is relative to it: ``weight`` is the ratio of
+    the two pushes and means the same for every approximation.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from autosim_jax import NormalParams
+      >>> psi = {"x": NormalParams(jnp.array(0.0), jnp.array(0.0))}
+      >>> g = add_entropy_bonus(psi, {"x": NormalParams(jnp.array(2.0), jnp.array(0.0))}, 0.5)
+      >>> float(g["x"].loc), float(g["x"].log_scale)   # widen by half the gradient's norm
+      (2.0, -1.0)
+    """
+    dh = jax.grad(entropy)(psi)
+    scale = weight * optax.tree.norm(grad) / jnp.maximum(optax.tree.norm(dh), 1e-30)
+    return jax.tree.map(lambda g, d: g - scale * d, grad, dh)
+
+
+class NaturalTrustRegionState(NamedTuple):
+    """State of :func:`natural_trust_region`."""
+
+    momentum: PyTree  # EMA of the raw hypergradients, like psi
+    count: jax.Array  # int32[], updates done (for the EMA's bias correction)
+    last_kl: jax.Array  # f32[], the exact KL of the last step
+
+
+def natural_trust_region(learning_rate: float, max_kl: float, momentum: float = 0.9) -> optax.GradientTransformation:
+    r"""Natural-gradient descent on psi with a KL trust region, as an optax transformation.
+
+    .. math::
+        m_t = \beta m_{t-1} + (1 - \beta) g_t,\quad d_t = F^+ \hat m_t,\quad
+        \Delta\psi = -\min\Big(\eta, \sqrt{2\,\delta / (\hat m_t^\top d_t)}\Big)\, d_t
+
+    with ``hat m`` the bias-corrected average, ``eta = learning_rate`` and ``delta =
+    max_kl``: a step never costs more than ``max_kl`` nats of KL between consecutive
+    ``q_psi`` (to second order), and small, consistent gradients still move psi at the
+    natural-gradient rate ``eta``. The step is then halved until the exact KL
+    (:func:`kl_divergence`) is within ``max_kl`` as well, since the quadratic model is blind
+    to large logit moves of nearly empty categories. The update needs ``params`` (the Fisher
+    depends on psi).
+
+    Args:
+      learning_rate: ``eta``, the natural-gradient step size (``> 0``).
+      max_kl: ``delta``, the trust region in nats per step (``> 0``).
+      momentum: ``beta`` in ``[0, 1)``, averaging of the noisy score-function estimates.
+
+    Returns:
+      An ``optax.GradientTransformation``; ``state.last_kl`` reports the step's KL.
+
+    Raises:
+      ValueError: for a non-positive ``learning_rate`` / ``max_kl`` or ``momentum`` outside
+        ``[0, 1)``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from autosim_jax import CategoricalParams
+      >>> psi = {"c": CategoricalParams(jnp.zeros(3))}
+      >>> opt = natural_trust_region(learning_rate=10.0, max_kl=0.01, momentum=0.0)
+      >>> grad = {"c": CategoricalParams(jnp.array([1.0, -0.5, -0.5]))}
+      >>> updates, state = opt.update(grad, opt.init(psi), psi)
+      >>> bool(0.005 < float(state.last_kl) <= 0.01001)        # capped by the trust region
+      True
+    """
+    if not learning_rate > 0 or not max_kl > 0:
+        raise ValueError(f"natural_trust_region: learning_rate and max_kl must be > 0, got {learning_rate}, {max_kl}.")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"natural_trust_region: momentum must be in [0, 1), got {momentum}.")
+
+    def init(params):
+        return NaturalTrustRegionState(optax.tree.zeros_like(params), jnp.zeros((), jnp.int32),
+                                       jnp.zeros((), jnp.float32))
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("natural_trust_region needs params (the Fisher of q_psi depends on psi).")
+        m = jax.tree.map(lambda a, g: momentum * a + (1 - momentum) * g, state.momentum, grads)
+        count = state.count + 1
+        m_hat = jax.tree.map(lambda a: a / (1 - momentum ** count.astype(a.dtype)), m)
+        nat, sq = natural_gradient(params, m_hat)
+        sq = jnp.maximum(sq, 0.0)
+        step = jnp.minimum(learning_rate, jnp.sqrt(2 * max_kl / jnp.maximum(sq, 1e-30)))
+
+        # The second-order model of the KL underestimates it far from psi (a logit of a
+        # nearly empty category can jump by thousands at little modelled cost): halve the
+        # step until the exact KL is inside the trust region too (at most 30 halvings).
+        def kl_of(eta):
+            return kl_divergence(params, jax.tree.map(lambda x, d: x - eta * d, params, nat))
+
+        def shrink(carry):
+            eta, _ = carry
+            return eta / 2, kl_of(eta / 2)
+
+        def too_far(carry):
+            eta, kl = carry
+            return (kl > max_kl * (1 + 1e-3)) & (eta > step * 2.0**-30)
+
+        step, kl = jax.lax.while_loop(too_far, shrink, (step, kl_of(step)))
+        updates = jax.tree.map(lambda d: -step * d, nat)
+        return updates, NaturalTrustRegionState(m, count, kl.astype(jnp.float32))
+
+    return optax.GradientTransformation(init, update)

@@ -1,0 +1,280 @@
+"""Does the learned psi train good fresh models? The gap-closed ablation of issue 13.
+
+For each variant (a set of AutoSimConfig overrides) and seed, one AutoSimulate run of
+``--steps`` outer steps records psi after every step; fresh models (the experiment's
+assessment budget: the same model, initialisation, images and epochs for every psi) are then
+trained on the psi held after each of ``--assess-steps`` and on the average of the psi
+iterates over the second half of the run, and on the start and reference psi of the same
+seed. The measure is the gap closed,
+
+    G = (m(learned) - m(start)) / (m(reference) - m(start))
+
+of the fresh models' test metric (validation too), reported per seed and as mean and std.
+Runs are independent processes (rendering is host work; ``--jobs`` of them at once, spread
+round-robin over the visible GPUs).
+
+Usage (H200 host, 2 GPUs, 32 cores)::
+
+    python benchmarks/psi_learning.py --experiment clevr-seg --size gpu --steps 60 \\
+        --seeds 0,1,2 --jobs 28 --out benchmarks/results/psi_learning_clevr-seg_gpu
+
+Writes ``OUT.json`` (device, versions, precision, command, date, every figure and the psi
+trajectories) and ``OUT.png`` (G against steps per variant, mean and spread over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+
+# name -> (AutoSimConfig overrides, what the variant tests)
+VARIANTS = {
+    "default": ({}, "the experiment's config: exact quadratic, Gauss-Newton CG, Adam on psi"),
+    "linear": ({"approximation": "linear"}, "Table 1's linear row (no curvature)"),
+    "natural": ({"outer_optimizer": "natural", "outer_learning_rate": 1e3, "max_kl": 0.2},
+                "natural gradient of q_psi in a KL trust region of 0.2 nats per step"),
+    "linear_natural": ({"approximation": "linear", "outer_optimizer": "natural", "outer_learning_rate": 1e3,
+                        "max_kl": 0.2}, "the linear row with the natural-gradient trust region"),
+    "entropy0.3": ({"entropy_weight": 0.3}, "an entropy bonus of 0.3 times the hypergradient's norm"),
+    "entropy1": ({"entropy_weight": 1.0}, "an entropy bonus as strong as the hypergradient"),
+    "linear_entropy0.3": ({"approximation": "linear", "entropy_weight": 0.3}, "the linear row with the bonus"),
+    "adam_lr0.03": ({"outer_learning_rate": 0.03}, "a third of the psi step: is the drift step noise?"),
+    "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),
+    "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
+}
+
+
+def _tree_np(tree):
+    import jax
+
+    return jax.tree.map(np.asarray, tree)
+
+
+def _flat(psi) -> dict[str, list]:
+    import jax
+
+    return {jax.tree_util.keystr(p): np.asarray(v).ravel().tolist()
+            for p, v in jax.tree_util.tree_flatten_with_path(psi)[0]}
+
+
+def _job(spec: dict) -> dict:
+    """One process: a run and its assessments, or the start/reference assessments of a seed.
+
+    A failure is returned as ``{"error": ...}`` (and reported), so one job cannot lose the others.
+    """
+    try:
+        return _job_body(spec)
+    except Exception as err:  # noqa: BLE001 - reported in the results, never silently dropped
+        return {"variant": spec["variant"], "seed": spec["seed"], "field": spec.get("field"),
+                "error": f"{type(err).__name__}: {str(err)[:2000]}", "seconds": float("nan")}
+
+
+def _job_body(spec: dict) -> dict:
+    gpus = spec.get("gpus")
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[spec["index"] % len(gpus)])
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    import autosim_jax as asj
+
+    t0 = time.perf_counter()
+    exp = asj.get_experiment(spec["experiment"])
+    setup = exp.build(renderer=exp.renderers[0], seed=spec["seed"], size=spec["size"])
+    assess = asj.make_assessor(setup)
+    out = {"variant": spec["variant"], "seed": spec["seed"]}
+    if spec["variant"] == "_baseline":
+        out["start"] = assess(setup.simulator.distribution.init(), spec["seed"])
+        out["reference"] = assess(setup.reference_psi, spec["seed"])
+        out["seconds"] = time.perf_counter() - t0
+        return out
+    if spec["variant"] == "_field":
+        # Which fields carry the gap: the start with one field set to the reference's, and
+        # the reference with one field set back to the start's.
+        start, ref, f = setup.simulator.distribution.init(), setup.reference_psi, spec["field"]
+        out["field"] = f
+        out["start_plus_field"] = assess({**start, f: ref[f]}, spec["seed"])
+        out["reference_minus_field"] = assess({**ref, f: start[f]}, spec["seed"])
+        out["seconds"] = time.perf_counter() - t0
+        return out
+    overrides = VARIANTS[spec["variant"]][0]
+    autosim = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
+                                    **overrides)
+    state = autosim.init(spec["seed"])
+    psis, infos = [], []
+    for _ in range(spec["steps"]):
+        state, info = autosim.step(state)
+        psis.append(_tree_np(state.psi))
+        infos.append(info._asdict())
+    half = psis[len(psis) // 2:]
+    averaged = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *half)
+    out["assessed"] = {str(t): assess(psis[t - 1], spec["seed"]) for t in spec["assess_steps"]}
+    out["assessed"]["average_second_half"] = assess(averaged, spec["seed"])
+    out["infos"] = infos
+    out["psi"] = [_flat(p) for p in psis]
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _gap(start, learned, ref):
+    gap = ref - start
+    return (learned - start) / gap if gap != 0 else float("nan")
+
+
+def summarise(results: list[dict], metric_key: str) -> dict:
+    """G per variant and assessment point; ``selected``: the assessed psi with the best
+    *validation* metric (what a periodic fresh-model check on the validation set returns)."""
+    base = {r["seed"]: r for r in results if r["variant"] == "_baseline"}
+    table: dict[str, dict] = {}
+    for r in results:
+        if r["variant"].startswith("_"):
+            continue
+        b = base[r["seed"]]
+        row = table.setdefault(r["variant"], {})
+        points = {k: v for k, v in r["assessed"].items() if k.isdigit()}
+        best = max(points, key=lambda k: points[k]["val_metric"])
+        for point, m in [*r["assessed"].items(), ("selected_by_val", points[best])]:
+            row.setdefault(point, []).append(_gap(b["start"][metric_key], m[metric_key], b["reference"][metric_key]))
+    return {v: {p: {"mean": float(np.mean(g)), "std": float(np.std(g)), "per_seed": g} for p, g in row.items()}
+            for v, row in table.items()}
+
+
+def field_importance(results: list[dict], metric_key: str) -> dict:
+    """Per field: G of the start with that field set to the reference's, and of the reference
+    with that field set back to the start's (mean and per seed)."""
+    base = {r["seed"]: r for r in results if r["variant"] == "_baseline"}
+    out: dict[str, dict] = {}
+    for r in results:
+        if r["variant"] != "_field":
+            continue
+        b = base[r["seed"]]
+        g = lambda m: _gap(b["start"][metric_key], m[metric_key], b["reference"][metric_key])  # noqa: E731
+        row = out.setdefault(r["field"], {"start_plus_field": [], "reference_minus_field": []})
+        row["start_plus_field"].append(g(r["start_plus_field"]))
+        row["reference_minus_field"].append(g(r["reference_minus_field"]))
+    return {f: {k: {"mean": float(np.mean(v)), "per_seed": v} for k, v in row.items()} for f, row in out.items()}
+
+
+def cg_stats(results: list[dict]) -> dict:
+    out = {}
+    for r in results:
+        if r["variant"].startswith("_"):
+            continue
+        infos = r["infos"]
+        s = out.setdefault(r["variant"], {"converged": [], "updated": [], "residual": [], "step_s": []})
+        s["converged"].append(float(np.mean([i["cg_converged"] for i in infos])))
+        s["updated"].append(float(np.mean([i["psi_updated"] for i in infos])))
+        s["residual"].append(float(np.median([i["cg_relative_residual"] for i in infos])))
+        s["step_s"].append(float(np.median([i["time_render"] + i["time_train"] + i["time_outer"] for i in infos[1:]])))
+    return {v: {k: float(np.mean(x)) for k, x in s.items()} for v, s in out.items()}
+
+
+def plot(summary: dict, steps: list[int], path: str, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for name, row in summary.items():
+        mean = [row[str(t)]["mean"] for t in steps]
+        std = [row[str(t)]["std"] for t in steps]
+        line, = ax.plot(steps, mean, marker="o", label=name)
+        ax.fill_between(steps, np.subtract(mean, std), np.add(mean, std), color=line.get_color(), alpha=0.15)
+        avg = row["average_second_half"]
+        ax.errorbar([steps[-1] + 2], [avg["mean"]], [avg["std"]], color=line.get_color(), marker="s", capsize=3)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axhline(1, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("outer steps (square: average of psi over the second half)")
+    ax.set_ylabel("gap closed G (fresh models, test metric)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", default="clevr-seg")
+    p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--assess-steps", default=None, help="comma list (default: steps/3, 2 steps/3, steps)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--fields", default="", help="comma list of fields for the importance check ('all': every "
+                   "field of the reference psi); empty: none")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
+    p.add_argument("--out", required=True, help="output path without extension")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; valid: {list(VARIANTS)}")
+    steps = ([int(s) for s in args.assess_steps.split(",")] if args.assess_steps
+             else sorted({max(1, args.steps // 3), max(1, 2 * args.steps // 3), args.steps}))
+    common = dict(experiment=args.experiment, size=args.size, steps=args.steps, assess_steps=steps,
+                  gpus=list(range(args.gpus)) or None)
+    specs = [dict(common, variant="_baseline", seed=s) for s in seeds]
+    specs += [dict(common, variant=v, seed=s) for v in variants for s in seeds]
+    if args.fields:
+        fields = args.fields.split(",")
+        if fields == ["all"]:
+            import autosim_jax as asj
+
+            exp = asj.get_experiment(args.experiment)
+            fields = sorted(exp.build(renderer=exp.renderers[0], seed=0, size=args.size).reference_psi)
+        specs += [dict(common, variant="_field", field=f, seed=s) for f in fields for s in seeds]
+    for i, spec in enumerate(specs):
+        spec["index"] = i
+    t0 = time.perf_counter()
+    results = []
+    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+        for r in pool.imap_unordered(_job, specs):
+            if "error" in r:
+                print(f"FAILED {r['variant']} seed {r['seed']}: {r['error'][:300]}", flush=True)
+            results.append(r)
+            with open(args.out + ".partial.jsonl", "a") as f:  # survives a run cut short
+                f.write(json.dumps(r) + "\n")
+            print(f"[{time.perf_counter() - t0:7.1f} s] done {r['variant']} {r.get('field', '')} seed {r['seed']} "
+                  f"({r['seconds']:.0f} s) {len(results)}/{len(specs)}", flush=True)
+    import jax
+
+    import autosim_jax as asj
+
+    failed = [r for r in results if "error" in r]
+    results = [r for r in results if "error" not in r]
+    summary = {k: summarise(results, k) for k in ("test_metric", "val_metric")}
+    device = jax.devices()[0]
+    record = {
+        "benchmark": "psi_learning", "date": datetime.date.today().isoformat(),
+        "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+        "device": f"{device.platform}:{device.device_kind}", "host_cpus": os.cpu_count(), "jobs": args.jobs,
+        "jax_version": jax.__version__, "autosim_jax": asj.__version__, "precision": "float32, default matmul",
+        "experiment": args.experiment, "size": args.size, "steps": args.steps, "assess_steps": steps,
+        "seeds": seeds, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
+        "gap_closed": summary, "solve_and_time": cg_stats(results),
+        "field_importance": {k: field_importance(results, k) for k in ("test_metric", "val_metric")}, "wall_seconds": time.perf_counter() - t0,
+        "failed": failed, "runs": sorted(results, key=lambda r: (r["variant"], r["seed"])),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(record, f)
+    if summary["test_metric"]:
+        plot(summary["test_metric"], steps, args.out + ".png", f"{args.experiment} ({args.size}), {len(seeds)} seeds")
+    for f, row in record["field_importance"]["test_metric"].items():
+        print(f"field {f:>12}: start+field G {row['start_plus_field']['mean']:+.2f}   "
+              f"reference-field G {row['reference_minus_field']['mean']:+.2f}")
+    for name, row in summary["test_metric"].items():
+        print(f"{name:>14}: " + "  ".join(f"{k}: {v['mean']:+.2f}±{v['std']:.2f}" for k, v in row.items()))
+    print(json.dumps(record["solve_and_time"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Step control of psi (autosim_jax/outer.py) against independent computations, in float64.
+
+The Fisher information is built from the distributions' own ``log_prob`` (exact enumeration
+for categoricals, Gauss-Hermite quadrature for normals, exact for the polynomial scores of a
+normal), not from the closed forms under test. KL and entropy are checked against Monte
+Carlo averages of ``log_prob`` with 200,000 samples at 5 standard errors (probabilistic,
+fixed key).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from autosim_jax import CategoricalParams, NormalParams, Task, make_autosimulate
+from autosim_jax.distributions import categorical, from_schema, gaussian
+from autosim_jax.outer import add_entropy_bonus, entropy, kl_divergence, natural_gradient, natural_trust_region
+from autosim_jax.schema import Field, OutputSpec, SceneSchema
+from autosim_jax.simulator import Simulator
+
+
+def _categorical_fisher(logits):
+    q = categorical(logits.shape[-1])
+    psi = CategoricalParams(logits)
+    cats = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    scores = jax.vmap(lambda c: jax.grad(lambda p: q.log_prob(p, c[None])[0])(psi).logits)(cats)
+    probs = jax.nn.softmax(logits)
+    return jnp.einsum("c,ci,cj->ij", probs, scores, scores)
+
+
+def _normal_fisher(loc, log_scale):
+    q = gaussian()
+    psi = NormalParams(jnp.asarray(loc), jnp.asarray(log_scale))
+    z, w = np.polynomial.hermite_e.hermegauss(12)  # exact for polynomials of degree <= 23
+    x = loc + np.exp(log_scale) * z
+    score = jax.vmap(lambda xi: jnp.stack(jax.tree.leaves(jax.grad(lambda p: q.log_prob(p, xi[None])[0])(psi))))(
+        jnp.asarray(x))
+    return jnp.einsum("k,ki,kj->ij", jnp.asarray(w / w.sum()), score, score)
+
+
+def test_natural_gradient_is_the_pseudo_inverse_fisher_product(x64):
+    logits = jnp.array([0.3, -1.0, 2.0, 0.0])
+    g_cat = jnp.array([0.4, -0.1, -0.5, 0.2])  # sums to zero, as every softmax score gradient does
+    psi = {"c": CategoricalParams(logits), "x": NormalParams(jnp.array(0.7), jnp.array(-0.4))}
+    grad = {"c": CategoricalParams(g_cat), "x": NormalParams(jnp.array(1.3), jnp.array(-0.2))}
+    nat, sq = natural_gradient(psi, grad)
+    fc = _categorical_fisher(logits)
+    np.testing.assert_allclose(nat["c"].logits, jnp.linalg.pinv(fc) @ g_cat, rtol=1e-8, atol=1e-10)
+    fx = _normal_fisher(0.7, -0.4)
+    np.testing.assert_allclose([nat["x"].loc, nat["x"].log_scale], jnp.linalg.solve(fx, jnp.array([1.3, -0.2])),
+                               rtol=1e-8)
+    assert float(sq) == pytest.approx(float(g_cat @ jnp.linalg.pinv(fc) @ g_cat
+                                            + jnp.array([1.3, -0.2]) @ jnp.linalg.solve(fx, jnp.array([1.3, -0.2]))))
+
+
+def test_kl_and_entropy_match_monte_carlo(x64):
+    """Probabilistic (fixed key): 200k samples, tolerance 5 standard errors of the MC mean."""
+    n = 200_000
+    for q, p1, p2 in [
+        (gaussian(), NormalParams(jnp.array(0.3), jnp.array(-0.2)), NormalParams(jnp.array(-0.5), jnp.array(0.4))),
+        (categorical(3), CategoricalParams(jnp.array([0.0, 1.0, -2.0])), CategoricalParams(jnp.array([1.0, 0.0, 0.5]))),
+    ]:
+        s = q.sample(jax.random.PRNGKey(0), p1, n)
+        lp1, lp2 = q.log_prob(p1, s), q.log_prob(p2, s)
+        d = lp1 - lp2
+        assert abs(float(kl_divergence({"f": p1}, {"f": p2}) - d.mean())) < 5 * float(d.std()) / np.sqrt(n)
+        assert abs(float(entropy({"f": p1}) + lp1.mean())) < 5 * float(lp1.std()) / np.sqrt(n)
+
+
+def test_trust_region_bounds_the_exact_kl_even_for_nearly_empty_categories(x64):
+    psi = {"c": CategoricalParams(jnp.log(jnp.array([0.98, 1e-6, 0.02 - 1e-6]))),
+           "x": NormalParams(jnp.array(0.0), jnp.array(-3.0))}
+    grad = {"c": CategoricalParams(jnp.array([1.0, -0.9, -0.1])), "x": NormalParams(jnp.array(-5.0), jnp.array(1.0))}
+    for max_kl in (0.01, 0.2):
+        opt = natural_trust_region(learning_rate=1e6, max_kl=max_kl, momentum=0.0)
+        updates, state = opt.update(grad, opt.init(psi), psi)
+        new = optax.apply_updates(psi, updates)
+        kl = float(kl_divergence(psi, new))
+        assert kl <= max_kl * 1.001 and kl == pytest.approx(float(state.last_kl))
+        # Halvings stop at the first step inside the region: twice that step is outside it.
+        twice = jax.tree.map(lambda p, u: p + 2 * u, psi, updates)
+        assert float(kl_divergence(psi, twice)) > max_kl
+    # Far inside the region the step is the plain natural gradient times the learning rate.
+    opt = natural_trust_region(learning_rate=1e-3, max_kl=1.0, momentum=0.0)
+    updates, _ = opt.update(grad, opt.init(psi), psi)
+    nat, _ = natural_gradient(psi, grad)
+    for u, d in zip(jax.tree.leaves(updates), jax.tree.leaves(nat)):
+        np.testing.assert_allclose(u, -1e-3 * d, rtol=1e-10)
+
+
+def test_entropy_bonus_is_relative_to_the_hypergradient(x64):
+    psi = {"x": NormalParams(jnp.array(0.0), jnp.array(0.0)), "c": CategoricalParams(jnp.array([2.0, 0.0]))}
+    grad = jax.tree.map(lambda a: jnp.ones_like(a), psi)
+    for scale in (1e-3, 1e3):
+        g = jax.tree.map(lambda a: scale * a, grad)
+        out = add_entropy_bonus(psi, g, 0.5)
+        diff = jax.tree.map(lambda a, b: a - b, g, out)
+        assert float(optax.tree.norm(diff)) == pytest.approx(0.5 * float(optax.tree.norm(g)), rel=1e-10)
+        # The bonus ascends the entropy: -diff . dH > 0 would descend it.
+        assert float(optax.tree.vdot(diff, jax.grad(entropy)(psi))) > 0
+
+
+def test_natural_needs_known_families_and_valid_options():
+    with pytest.raises(ValueError, match="NormalParams or CategoricalParams"):
+        natural_gradient({"w": jnp.ones(2)}, {"w": jnp.ones(2)})
+    with pytest.raises(ValueError, match="max_kl must be > 0"):
+        natural_trust_region(1.0, 0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        natural_trust_region(1.0, 0.1, momentum=1.0)
+
+
+class _Square:
+    name = "square"
+    schema = SceneSchema((Field.continuous("x"),))
+    inputs_spec = OutputSpec((1,), np.float32)
+    labels_spec = OutputSpec((1,), np.float32)
+
+    def render(self, scenes, seed):
+        x = np.asarray(scenes["x"], np.float32)[:, None]
+        return x, x**2
+
+
+def _nan_updates():
+    return optax.GradientTransformation(lambda p: optax.EmptyState(),
+                                        lambda g, s, p=None: (jax.tree.map(lambda a: a * jnp.nan, g), s))
+
+
+def test_a_non_finite_update_never_moves_psi():
+    sim = Simulator(from_schema(_Square.schema, {"x": {"loc": -1.0, "scale": 0.5}}), _Square())
+    mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
+    task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
+    x = np.full((16, 1), 2.0, np.float32)
+    autosim = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32,
+                                batch_size=16, outer_optimizer=_nan_updates())
+    state = autosim.init(0)
+    new, info = autosim.step(state)
+    assert info.psi_updated is False and int(new.step) == 1
+    for a, b in zip(jax.tree.leaves(new.psi), jax.tree.leaves(state.psi)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("outer, extra", [("natural", {"max_kl": 0.05}), ("adam", {"entropy_weight": 0.3})])
+def test_step_control_options_run_through_make_autosimulate(outer, extra):
+    sim = Simulator(from_schema(_Square.schema, {"x": {"loc": -1.0, "scale": 0.5}}), _Square())
+    mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
+    task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
+    x = np.full((16, 1), 2.0, np.float32)
+    autosim = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32,
+                                batch_size=16, outer_optimizer=outer, outer_learning_rate=10.0, **extra)
+    state = autosim.init(0)
+    for _ in range(3):
+        state, info = autosim.step(state)
+        assert info.psi_updated
+    if outer == "natural":
+        assert float(state.outer_opt_state.last_kl) <= 0.05 * 1.001
