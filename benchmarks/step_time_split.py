@@ -5,11 +5,15 @@ callback transfer (the simulate stage minus the host render of the same scenes),
 and the outer stage (validation gradient, curvature solve, score-function term). That split
 decides what to optimise next.
 
-Usage:
-  python benchmarks/step_time_split.py clevr-seg --steps 20 [--out DIR]
+With ``--render-workers N`` the simulator renders through a process pool of N workers
+(:func:`autosim_jax.render_pool.make_render_pool`); the renders are bitwise those of the
+serial path, so the two runs time the same computation.
 
-Writes ``step_time_split_<experiment>_<platform>.json`` to ``--out`` (default
-``benchmarks/results``).
+Usage:
+  python benchmarks/step_time_split.py clevr-seg --steps 20 [--size gpu] [--render-workers 16] [--out DIR]
+
+Writes ``step_time_split_<experiment>_<size>_<platform>_w<workers>.json`` to ``--out``
+(default ``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 from autosim_jax.autosimulate import make_autosimulate
 from autosim_jax.experiments import get_experiment
+from autosim_jax.render_pool import make_render_pool
 
 
 def main(argv=None):
@@ -32,10 +37,16 @@ def main(argv=None):
     parser.add_argument("experiment")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--approximation", default="exact_quadratic")
+    parser.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
+    parser.add_argument("--render-workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     exp = get_experiment(args.experiment)
-    setup = exp.build(renderer=exp.renderers[0], seed=0)
+    setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
+    pool = None
+    if args.render_workers > 1:
+        pool = make_render_pool(setup.simulator.renderer, workers=args.render_workers, backend="process")
+        setup = setup._replace(simulator=setup.simulator.with_pool(pool))
     autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
                                 setup.config, approximation=args.approximation)
     state = autosim.init(0)
@@ -61,6 +72,7 @@ def main(argv=None):
     device = jax.devices()[0]
     result = {
         "benchmark": "step_time_split", "experiment": args.experiment, "approximation": args.approximation,
+        "size": args.size, "render_workers": args.render_workers,
         "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
         "precision": "float32, default matmul precision", "dataset_size": k, "steps": args.steps,
         "options": autosim.config.to_dict(),
@@ -68,7 +80,9 @@ def main(argv=None):
         "first_step_seconds_incl_compile": {key: rows[0][key] for key in keys}, "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"step_time_split_{args.experiment}_{device.platform}.json"
+    if pool is not None:
+        pool.close()
+    path = args.out / f"step_time_split_{args.experiment}_{args.size}_{device.platform}_w{args.render_workers}.json"
     path.write_text(json.dumps(result, indent=1))
     print(json.dumps({"median_seconds": med, "fraction": result["fraction"]}, indent=1))
     print(f"wrote {path}")
