@@ -49,3 +49,19 @@ def test_clevr_seg_runs_end_to_end_with_assessment(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "learned psi" in out and "start psi" in out
+
+
+def test_assessor_repeats_average_independent_fresh_models():
+    """repeats=2 is the mean of the single assessments with seeds s and s + 2 (each repeat
+    renders and orders its own minibatches), and reports the spread."""
+    from autosim_jax.experiments import make_assessor
+
+    setup = get_experiment("digits-sim2real").build(seed=0)
+    psi = setup.simulator.distribution.init()
+    one = make_assessor(setup, num_images=256, epochs=1)
+    two = make_assessor(setup, num_images=256, epochs=1, repeats=2)
+    a, b, both = one(psi, 3), one(psi, 5), two(psi, 3)
+    assert both["test_metric"] == pytest.approx((a["test_metric"] + b["test_metric"]) / 2, abs=1e-6)
+    assert both["test_metric_std"] == pytest.approx(abs(a["test_metric"] - b["test_metric"]) / 2, abs=1e-6)
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
+        make_assessor(setup, repeats=0)
