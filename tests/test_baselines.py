@@ -177,3 +177,20 @@ def test_search_space_round_trip_and_bad_options():
         _baseline("lts", samples_per_step=1)
     with pytest.raises(ValueError, match=r"valid choices are \['metric', 'neg_loss'\]"):
         _baseline("random", reward="accuracy")
+
+
+def test_search_space_covers_the_field_ranges_given_the_schema():
+    """With the schema, every bounded field's mean can reach the hand-set digits reference,
+    which a box of radius 1 around the start cannot; the box alone stays start +- radius."""
+    from autosim_jax.experiments import get_experiment
+
+    setup = get_experiment("digits-sim2real").build(seed=0)
+    psi0, schema = setup.simulator.distribution.init(), setup.simulator.renderer.schema
+    wide = make_search_space(psi0, radius=1.0, schema=schema)
+    narrow = make_search_space(psi0, radius=1.0)
+    ref = np.asarray(wide.encode(setup.reference_psi))
+    inside = lambda s: (ref >= s.lower - 1e-6) & (ref <= s.upper + 1e-6)  # noqa: E731
+    locs = np.array([".loc" in n for n in wide.names])
+    assert inside(wide)[locs].all()
+    assert not inside(narrow)[locs].all()
+    np.testing.assert_array_equal(narrow.lower, np.asarray(narrow.encode(psi0)) - 1.0)

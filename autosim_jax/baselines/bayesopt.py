@@ -105,7 +105,8 @@ def make_bayesopt(
         raise ValueError(f"acquisition_restarts must be >= 0 (0: random candidates only), got {acquisition_restarts}.")
     objective = make_objective(simulator, model, task, val_data, test_data, config, reward=reward)
     psi0 = simulator.distribution.init()
-    space = make_search_space(psi0, radius=radius, include_scales=include_scales)
+    space = make_search_space(psi0, radius=radius, include_scales=include_scales,
+                              schema=simulator.renderer.schema)
     d = space.dim
     keys = [f"x{i:04d}" for i in range(d)]  # sortable names: the package's order is ours
     pbounds = {k: (float(lo), float(hi)) for k, lo, hi in zip(keys, space.lower, space.upper)}

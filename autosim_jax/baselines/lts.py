@@ -90,7 +90,8 @@ def make_lts(
         raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}.")
     objective = make_objective(simulator, model, task, val_data, test_data, config, reward=reward)
     psi0 = simulator.distribution.init()
-    space = make_search_space(psi0, radius=radius, include_scales=include_scales)
+    space = make_search_space(psi0, radius=radius, include_scales=include_scales,
+                              schema=simulator.renderer.schema)
     outer_optimizer = outer_optimizer or optax.adam(5e-2)
     n, d = samples_per_step, space.dim
 

@@ -46,7 +46,8 @@ def make_random_search(
     """
     objective = make_objective(simulator, model, task, val_data, test_data, config, reward=reward)
     psi0 = simulator.distribution.init()
-    space = make_search_space(psi0, radius=radius, include_scales=include_scales)
+    space = make_search_space(psi0, radius=radius, include_scales=include_scales,
+                              schema=simulator.renderer.schema)
     lower, upper = jnp.asarray(space.lower), jnp.asarray(space.upper)
 
     @jax.jit

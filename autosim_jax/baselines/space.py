@@ -13,8 +13,12 @@ coordinates that say *where* the mass is and fixes the others at the start's val
   harmless inside a box).
 
 Each coordinate lives in ``[start - radius, start + radius]``: with the default ``radius=3``
-a logit can move a probability from 0.05 to ~0.9 and a bounded field's ``loc`` covers most
-of the field's range.
+a logit can move a probability from 0.05 to ~0.9. Given the renderer's ``schema``, the
+``loc`` of every field bounded on both sides is searched over at least ``[-4, 4]`` in the
+logit of its pre-image as well, i.e. means from 1.8% to 98.2% of the field's range: the
+baselines then search the same space as AutoSimulate, not only a box around a start that
+may sit far from every good setting (digits' start blur could not reach the real digits'
+blur before).
 
 Example:
   >>> from autosim_jax.distributions import product, gaussian, categorical
@@ -62,8 +66,20 @@ class SearchSpace(NamedTuple):
         return len(self.names)
 
 
-def make_search_space(psi0: PyTree, *, radius: float = 3.0, include_scales: bool = False) -> SearchSpace:
-    """The box ``psi0 +- radius`` over the searched coordinates of ``psi0``.
+# Logit half-width that a bounded field's pre-image mean is always searched over.
+FIELD_COVER = 4.0
+
+
+def make_search_space(psi0: PyTree, *, radius: float = 3.0, include_scales: bool = False,
+                      schema: Any = None) -> SearchSpace:
+    """The box ``psi0 +- radius`` over the searched coordinates of ``psi0``, widened to cover
+    the range of every field bounded on both sides when ``schema`` is given.
+
+    Args:
+      psi0: the start (a ``from_schema`` distribution's ``init()``).
+      radius: half-width of the box around the start, in psi's own coordinates.
+      include_scales: also search the ``log_scale`` coordinates.
+      schema: the renderer's :class:`~autosim_jax.SceneSchema` (``None``: the box alone).
 
     Raises:
       ValueError: for a non-positive radius or a psi with nothing to search.
@@ -83,6 +99,13 @@ def make_search_space(psi0: PyTree, *, radius: float = 3.0, include_scales: bool
     if idx.size == 0:
         raise ValueError("psi has no searchable coordinate (only log_scale leaves; pass include_scales=True).")
     x0 = np.asarray(flat0)[idx]
+    lower, upper = x0 - radius, x0 + radius
+    if schema is not None:
+        bounded = {f"{f.name}.loc" for f in schema.fields
+                   if f.kind == "continuous" and np.isfinite(f.low) and np.isfinite(f.high)}
+        covered = np.array([n.split("[")[0] in bounded for n in names])
+        lower = np.where(covered, np.minimum(lower, -FIELD_COVER), lower)
+        upper = np.where(covered, np.maximum(upper, FIELD_COVER), upper)
 
     def encode(psi):
         return ravel_pytree(psi)[0][idx]
@@ -90,4 +113,4 @@ def make_search_space(psi0: PyTree, *, radius: float = 3.0, include_scales: bool
     def decode(x):
         return unravel(flat0.at[idx].set(jnp.asarray(x, flat0.dtype)))
 
-    return SearchSpace(encode, decode, x0 - radius, x0 + radius, tuple(names))
+    return SearchSpace(encode, decode, lower, upper, tuple(names))
