@@ -10,11 +10,11 @@ from .autosimulate import AutoSimulate as AutoSimulate
 from .autosimulate import Hypergradient as Hypergradient
 from .autosimulate import StepInfo as StepInfo
 from .autosimulate import make_autosimulate as make_autosimulate
+from .checkpoint import load_checkpoint as load_checkpoint
+from .checkpoint import save_checkpoint as save_checkpoint
 from .config import APPROXIMATIONS as APPROXIMATIONS
 from .config import CURVATURES as CURVATURES
 from .config import AutoSimConfig as AutoSimConfig
-from .checkpoint import load_checkpoint as load_checkpoint
-from .checkpoint import save_checkpoint as save_checkpoint
 from .curvature import CurvatureOperator as CurvatureOperator
 from .curvature import empirical_fisher_operator as empirical_fisher_operator
 from .curvature import gauss_newton_operator as gauss_newton_operator
@@ -26,6 +26,7 @@ from .distributions import Distribution as Distribution
 from .distributions import NormalParams as NormalParams
 from .distributions import bounded as bounded
 from .distributions import categorical as categorical
+from .distributions import describe_psi as describe_psi
 from .distributions import from_schema as from_schema
 from .distributions import gaussian as gaussian
 from .distributions import product as product
@@ -44,6 +45,11 @@ from .inner import Inner as Inner
 from .inner import make_inner as make_inner
 from .models import SmallCNN as SmallCNN
 from .models import UNet as UNet
+from .outer import entropy as entropy
+from .outer import kl_divergence as kl_divergence
+from .outer import natural_trust_region as natural_trust_region
+from .render_pool import RenderPool as RenderPool
+from .render_pool import make_render_pool as make_render_pool
 from .schema import Field as Field
 from .schema import OutputSpec as OutputSpec
 from .schema import Renderer as Renderer

@@ -12,6 +12,8 @@ directory or PYTHONPATH) and writes, under ``--out`` only::
                     the start, learned and reference psi and the gap closed G (at the end)
     psi.json        the start, learned and reference psi in the fields' own units
     assessed.json   cached fresh-model assessments (a resumed run does not redo them)
+    tensorboard/    the metrics.jsonl records as TensorBoard scalars (with tensorboardX or
+                    tensorboard installed: ``pip install "autosim_jax[tensorboard]"``)
     val_metric.png, psi.png (one panel per field, in its units), samples.png
 
 The run directory (locking, atomic files, checked resume, the step loop) is
@@ -22,6 +24,15 @@ Progress: a bar on a terminal; in a log or a pipe one line every ``--log-every``
 ``--log-seconds`` seconds (step, images, validation metric, CG status, ETA without the first,
 compiling, step); the same for the assessment. Ctrl-C stops promptly (exit 130) and leaves a
 resumable directory.
+
+Rendering: ``--render-workers N`` renders each batch with N worker processes
+(``--render-backend process``, the default) or Ray actors (``--render-backend ray``, on a local
+Ray instance or the cluster at ``--ray-address``); ``--render-timeout S`` turns a batch that
+takes longer than S seconds into an error (exit 1, the directory resumable). The pool is
+created once, used by the steps, the fresh-model assessment and the sample plot, and closed on
+exit, on an error and on Ctrl-C. The renders do not depend on these options (see
+:mod:`autosim_jax.render_pool`), so config.json records them in a ``render`` section that
+``--resume`` does not compare: a run may continue with another worker count.
 
 Resuming: ``--resume`` continues from the checkpoint with the configuration that started the
 run (other result-changing flags are refused, before anything is built); ``--iterations`` and
@@ -64,18 +75,23 @@ from .rundir import (
     Interrupted,
     Progress,
     RenderFailed,
+    RenderOptions,
+    RenderPools,
     RunDir,
     RunDirError,
     UsageError,
     add_progress_flags,
+    add_render_flags,
     build_setup,
     cached_assessment,
     check_out_path,
     check_progress_flags,
+    check_render_options,
     check_renderer,
     check_resume_config,
     check_seed,
     check_size,
+    failure_line,
     finite_or_none,
     interrupt_guard,
     is_interrupt,
@@ -132,6 +148,10 @@ class RunArgs:
     size: str | None = None  # None: the experiment's default (the flag is passed only when given)
     log_every: int | None = None  # progress line every N steps (None: about 20 a run)
     log_seconds: float = 30.0  # ... and at least every S seconds
+    render_workers: int = 1  # worker processes / Ray actors (1 and no timeout: in this process)
+    render_backend: str | None = None  # "process" or "ray" (None: process when a pool is used)
+    ray_address: str | None = None  # with "ray": the cluster (None: a local Ray instance)
+    render_timeout: float | None = None  # seconds per batch of K images (None: no limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +163,7 @@ class _Plan:
     out: str
     spec: str
     size: str | None
+    render: RenderOptions
 
 
 def plan_run(experiment, args: RunArgs) -> _Plan:
@@ -166,12 +187,13 @@ def plan_run(experiment, args: RunArgs) -> _Plan:
         raise UsageError(f"--assess-images must be >= 0 (0 skips the assessment), got {args.assess_images}.")
     check_progress_flags(args.log_every, args.log_seconds)
     check_seed(args.seed)
+    render = check_render_options(args.render_workers, args.render_backend, args.ray_address, args.render_timeout)
     size = check_size(experiment, args.size)
     out = args.out or os.path.join("runs", f"{experiment.name}-{approximation}-seed{args.seed}")
     check_out_path(out)
     if args.resume and not os.path.exists(os.path.join(out, CONFIG)):
         raise UsageError(f"--resume: {out} holds no run ({CONFIG} is missing); drop --resume to start one.")
-    return _Plan(renderer, approximation, out, args.experiment_spec or experiment.name, size)
+    return _Plan(renderer, approximation, out, args.experiment_spec or experiment.name, size, render)
 
 
 def _known_options(args: RunArgs, plan: _Plan) -> dict:
@@ -219,12 +241,23 @@ def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> in
             present = [n for n in (CONFIG, METRICS, CHECKPOINT) if os.path.exists(os.path.join(out, n))]
             raise UsageError(_EXISTS.format(out=out, what=", ".join(present) or "other files"))
         try:
-            return _run(experiment, args, plan, run, old, iterations, budget, assess_images, stdout, stderr)
+            with RenderPools(plan.render, stream=stderr, desc="autosim run") as pools:  # closed on any exit
+                return _run(experiment, args, plan, run, old, iterations, budget, assess_images, pools, stdout,
+                            stderr)
         except Interrupted as err:
             print(f"\nautosim run: interrupted; {run.checkpoint_path} holds step {err.step}. Continue with --resume.",
                   file=stderr)
             return 130
+        except RenderFailed as err:
+            print(f"autosim run: error: {failure_line(err)}. The checkpoint of step {err.step - 1} in "
+                  f"{run.checkpoint_path} is intact; after fixing the cause, continue with --resume.", file=stderr)
+            return 1
         except BaseException as err:  # Ctrl-C while building, assessing or plotting, however it surfaced
+            if isinstance(err, RenderError) and not is_interrupt(err):  # in the fresh-model assessment
+                print(f"autosim run: error: rendering failed during the fresh-model assessment: "
+                      f"{failure_line(err.message)}. Every step is on disk; after fixing the cause, continue with "
+                      "--resume (it redoes the assessment only).", file=stderr)
+                return 1
             if not is_interrupt(err):
                 raise
             print(f"\nautosim run: interrupted; {out} holds every completed step. Continue with --resume.",
@@ -233,7 +266,7 @@ def run_experiment(experiment, args: RunArgs, *, stdout=None, stderr=None) -> in
 
 
 def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, iterations, budget, assess_images,
-         stdout, stderr) -> int:
+         pools: RenderPools, stdout, stderr) -> int:
     t0 = time.perf_counter()
     print(f"autosim run: building {plan.spec} (renderer {plan.renderer}"
           + (f", size {plan.size}" if plan.size else "") + "; validation and test data, model) ...",
@@ -260,13 +293,18 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     metric, higher = setup.task.metric_name, bool(setup.task.higher_is_better)
     config = make_config(command="run", experiment=plan.spec, renderer=plan.renderer, seed=args.seed, size=plan.size,
                          options=run_config.to_dict(), iterations=iterations, budget_images=budget,
-                         assess_images=assess_images, metric=metric, higher_is_better=higher)
+                         assess_images=assess_images, metric=metric, higher_is_better=higher,
+                         render=plan.render.to_dict())
     if old is not None:
         check_resume_config(run.path, old, config, RESULT_KEYS)
+        if old.get("render") is not None and old["render"] != config["render"]:
+            print(f"autosim run: note: rendering with {plan.render.describe()} now (was {old['render']}); the renders "
+                  "are the same bitwise.", file=stderr)
         for key in ("versions", "device"):
             if old.get(key) != config[key]:
                 print(f"autosim run: note: {key} changed since the run started ({old.get(key)} -> {config[key]}); "
                       "the continuation is not bitwise that of an uninterrupted run.", file=stderr)
+    setup = pools.attach(setup)  # the render pool of the steps, the assessment and the samples
     try:
         autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, run_config)
     except ValueError as err:
@@ -306,10 +344,6 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     try:
         result = run_loop(autosim, run, seed=args.seed, resume=args.resume, iterations=iterations,
                           budget_images=budget, monitor=monitor, on_start=on_start, on_step=on_step)
-    except RenderFailed as err:
-        print(f"autosim run: {err}\nThe checkpoint of step {err.step - 1} in {run.checkpoint_path} is intact; after "
-              "fixing the cause, continue with --resume.", file=stderr)
-        return 1
     finally:
         for p in progress:
             p.close()
@@ -317,8 +351,9 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
                         target=target)
     reference = setup.reference_psi
     if assess_images and result.records:
-        summary["assessment"] = _assess(setup._replace(config=run_config), run, result, reference, args.seed,
-                                        assess_images, stderr, args)
+        with pools.timeout_scaled(math.ceil(assess_images / run_config.dataset_size)):  # one batch of N images
+            summary["assessment"] = _assess(setup._replace(config=run_config), run, result, reference, args.seed,
+                                            assess_images, stderr, args)
         summary["gap_closed"] = summary["assessment"].get("gap_closed", {}).get("val_metric")
     psi_doc = _psi_document(setup, result.initial.psi, result.state.psi, reference)
     write_json(os.path.join(run.path, PSI_JSON), psi_doc)
@@ -690,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its checkpoint (same configuration required)")
     add_progress_flags(run)
+    add_render_flags(run)
     compare.add_compare_parser(sub)
     return parser
 
@@ -716,7 +752,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             finetune_epochs=args.finetune_epochs, budget_images=args.budget_images, seed=args.seed,
             renderer=args.renderer, out=args.out, resume=args.resume, experiment_spec=args.experiment,
             assess_images=args.assess_images, size=args.size, log_every=args.log_every,
-            log_seconds=args.log_seconds)
+            log_seconds=args.log_seconds, render_workers=args.render_workers, render_backend=args.render_backend,
+            ray_address=args.ray_address, render_timeout=args.render_timeout)
         out = args.out or "the run directory"
         with interrupt_guard(f"autosim run: interrupted; {out} holds every completed step. Continue with --resume.",
                              stream=sys.stderr):

@@ -41,6 +41,14 @@ best-validation column cannot, because AutoSimulate and LTS warm-start the task 
 random search and BO do not. Assessments are cached, so ``--resume`` of a finished
 comparison only trains what is missing.
 
+Rendering: ``--render-workers``, ``--render-backend``, ``--ray-address`` and
+``--render-timeout`` as for ``autosim run``. One pool serves every run and assessment of the
+comparison (a new one only for a renderer that does not compare equal to the last, as a
+plug-in renderer without ``__eq__`` across builds); each run's config.json records the options
+in its ``render`` section, which ``--resume`` does not compare. Every run directory also gets
+``tensorboard/`` when tensorboardX or tensorboard is installed (``tensorboard --logdir OUT``
+shows the methods side by side).
+
 Example:
   >>> main(["compare", "digits-sim2real", "--budget-images", "2048", "--out", "/tmp/c"])  # doctest: +SKIP
 """
@@ -67,16 +75,20 @@ from .rundir import (
     Interrupted,
     Progress,
     RenderFailed,
+    RenderPools,
     RunDir,
     UsageError,
     add_progress_flags,
+    add_render_flags,
     build_setup,
     cached_assessment,
     check_progress_flags,
+    check_render_options,
     check_renderer,
     check_resume_config,
     check_seed,
     check_size,
+    failure_line,
     finite_or_none,
     interrupt_guard,
     is_interrupt,
@@ -90,7 +102,7 @@ from .rundir import (
     summarize,
     write_json,
 )
-from .simulator import reraise_render_errors
+from .simulator import RenderError, reraise_render_errors
 
 METHODS = ("autosimulate", "lts", "bo", "random")
 # Config keys of a compare run directory whose change alters its results (--resume refuses).
@@ -117,6 +129,10 @@ class CompareArgs:
     size: str | None = None  # None: the experiment's default (passed to build only when given)
     log_every: int | None = None
     log_seconds: float = 30.0
+    render_workers: int = 1  # as autosim run's RunArgs
+    render_backend: str | None = None
+    ray_address: str | None = None
+    render_timeout: float | None = None
 
 
 def _split_choices(text: str, valid: tuple[str, ...], flag: str) -> tuple[str, ...]:
@@ -148,6 +164,7 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
     check_seed(args.seeds - 1, "--seeds (seeds 0 .. N-1)")
     check_size(experiment, args.size)
     check_progress_flags(args.log_every, args.log_seconds)
+    _render_options(args)
     if "bo" in args.methods:
         try:
             import bayes_opt  # noqa: F401
@@ -161,6 +178,10 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
         else:
             runs.append((m, None))
     return renderer, runs
+
+
+def _render_options(args: CompareArgs):
+    return check_render_options(args.render_workers, args.render_backend, args.ray_address, args.render_timeout)
 
 
 def _label(method: str, approximation: str | None) -> str:
@@ -218,7 +239,7 @@ def _check_resume(experiment, args: CompareArgs, renderer: str, runs, out: str) 
 
 
 def _run_method(experiment, args: CompareArgs, renderer: str, method: str, approximation: str | None, seed: int,
-                out: str, label: str, stderr) -> list[dict]:
+                out: str, label: str, pools: RenderPools, stderr) -> list[dict]:
     """One method and seed in the run directory ``out`` through rundir's loop (reused when finished)."""
     with RunDir.open(out) as run:
         resume = os.path.exists(run.config_path)
@@ -233,7 +254,7 @@ def _run_method(experiment, args: CompareArgs, renderer: str, method: str, appro
             finished = run.is_finished(old.get("target")) if old.get("target") is not None else None
             if finished is not None:  # done with these flags: its records, nothing rebuilt
                 return [_common(r, old.get("train_steps_per_step")) for r in run.finished_records(finished)]
-        setup = build_setup(experiment, renderer=renderer, seed=seed, size=args.size)
+        setup = pools.attach(build_setup(experiment, renderer=renderer, seed=seed, size=args.size))
         k = setup.config.dataset_size
         iterations = math.ceil(args.budget_images / k) if method == "autosimulate" else None
         box = _build_method(method, approximation, setup, args, math.ceil(args.budget_images / k))
@@ -245,7 +266,7 @@ def _run_method(experiment, args: CompareArgs, renderer: str, method: str, appro
                              method=method, search_radius=args.search_radius,
                              lts_samples=args.lts_samples if method == "lts" else None,
                              search_space=list(box.space.names) if hasattr(box, "space") else None,
-                             train_steps_per_step=per_step, target=target)
+                             train_steps_per_step=per_step, target=target, render=pools.options.to_dict())
         config["approximation"] = approximation
         if old is not None:
             check_resume_config(out, old, config, RESULT_KEYS)
@@ -553,12 +574,18 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
             for seed_dir in (os.listdir(os.path.join(out, sub)) if os.path.isdir(os.path.join(out, sub)) else ()):
                 remove_stale_tmp(os.path.join(out, sub, seed_dir))
         try:
-            return _compare(experiment, args, renderer, runs, top.path, stdout, stderr)
+            with RenderPools(_render_options(args), stream=stderr, desc="autosim compare") as pools:
+                return _compare(experiment, args, renderer, runs, top.path, pools, stdout, stderr)
         except RenderFailed as err:
-            print(f"autosim compare: {err}\nThe run's checkpoint of step {err.step - 1} is intact; after fixing the "
-                  "cause, continue with --resume.", file=stderr)
+            print(f"autosim compare: error: {failure_line(err)}. The run's checkpoint of step {err.step - 1} is "
+                  "intact; after fixing the cause, continue with --resume.", file=stderr)
             return 1
         except BaseException as err:
+            if isinstance(err, RenderError) and not is_interrupt(err):  # in a fresh-model assessment
+                print(f"autosim compare: error: rendering failed during a fresh-model assessment: "
+                      f"{failure_line(err.message)}. Every run and earlier assessment is on disk; after fixing the "
+                      "cause, continue with --resume.", file=stderr)
+                return 1
             if not (isinstance(err, Interrupted) or is_interrupt(err)):
                 raise
             print(f"\nautosim compare: interrupted; {out} holds every completed step and assessment. Continue with "
@@ -566,7 +593,8 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
             return 130
 
 
-def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, stdout, stderr) -> int:
+def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools: RenderPools, stdout,
+             stderr) -> int:
     t0 = time.perf_counter()
     print(f"autosim compare: building {args.experiment_spec or experiment.name} (renderer {renderer}"
           + (f", size {args.size}" if args.size else "") + ") ...", file=stderr, flush=True)
@@ -594,7 +622,8 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, stdou
             run_dir = os.path.join(out, _dirname(method, approximation), f"seed{seed}")
             print(f"autosim compare: {label}, seed {seed} -> {run_dir}", file=stderr, flush=True)
             t0 = time.perf_counter()
-            records = _run_method(experiment, args, renderer, method, approximation, seed, run_dir, label, stderr)
+            records = _run_method(experiment, args, renderer, method, approximation, seed, run_dir, label, pools,
+                                  stderr)
             records_of[(method, approximation, seed)] = records
             s = summarize_run(records, higher)
             s.update(seed=seed, wall_time=time.perf_counter() - t0)
@@ -615,7 +644,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, stdou
     assessment = None
     if assess_images:
         assessment = _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds, psi0, reference,
-                                 protocol, rows, out, metric, higher, stderr)
+                                 protocol, rows, out, metric, higher, pools, stderr)
     for r in rows:
         r["aggregate"] = _aggregate(r["seeds"])
         if assessment and r["table2"]:
@@ -655,16 +684,21 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, stdou
 
 
 def _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds, psi0, reference, protocol, rows,
-                out, metric, higher, stderr) -> dict:
-    jobs = _assessment_plan(runs, table2, records_of, thresholds, args.seeds, reference is not None)
-    assessors: dict[int, object] = {}
+                out, metric, higher, pools: RenderPools, stderr) -> dict:
+    # Seed by seed: a renderer that is not equal across builds gets a new pool per seed (RenderPools),
+    # which closes the last one, so a seed's assessor is never used again once the next is built.
+    jobs = sorted(_assessment_plan(runs, table2, records_of, thresholds, args.seeds, reference is not None),
+                  key=lambda job: job[3])
+    assessors: dict[int, tuple] = {}
 
     def assess(psi, seed: int) -> dict:  # builds the seed's assessor only on a cache miss
         if seed not in assessors:  # one compilation per seed (the model's initialisation differs)
-            setup = build_setup(experiment, renderer=renderer, seed=seed, size=args.size)
-            assessors[seed] = make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"])
-        with quiet_render_errors(), reraise_render_errors():
-            return assessors[seed](psi, seed)
+            setup = pools.attach(build_setup(experiment, renderer=renderer, seed=seed, size=args.size))
+            assessors[seed] = (make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"]),
+                               math.ceil(protocol["images"] / setup.config.dataset_size))
+        assessor, factor = assessors[seed]
+        with quiet_render_errors(), reraise_render_errors(), pools.timeout_scaled(factor):  # one batch of N images
+            return assessor(psi, seed)
 
     progress = Progress(len(jobs), desc="autosim compare: assessing", stream=stderr, unit="assessment",
                         every=args.log_every or None, seconds=args.log_seconds)
@@ -741,6 +775,7 @@ def add_compare_parser(sub) -> None:
                    help="assess Table 2's runs after budget/2^(P-1), ..., budget/2, budget images (Table 4's "
                         "other approximations at the budget only); gives the images-to-reach table (default 4)")
     add_progress_flags(p)
+    add_render_flags(p)
 
 
 def compare_main(ns: argparse.Namespace) -> int:
@@ -754,7 +789,9 @@ def compare_main(ns: argparse.Namespace) -> int:
                             if ns.approximations else None),
             out=ns.out, renderer=ns.renderer, resume=ns.resume, lts_samples=ns.lts_samples,
             search_radius=ns.search_radius, experiment_spec=ns.experiment, assess_images=ns.assess_images,
-            assess_points=ns.assess_points, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds)
+            assess_points=ns.assess_points, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds,
+            render_workers=ns.render_workers, render_backend=ns.render_backend, ray_address=ns.ray_address,
+            render_timeout=ns.render_timeout)
         out = args.out or "the output directory"
         with interrupt_guard(f"autosim compare: interrupted; {out} holds every completed step. Continue with "
                              "--resume.", stream=sys.stderr):

@@ -7,6 +7,8 @@ A run directory holds one run of one method (AutoSimulate, or a black-box baseli
     metrics.jsonl   one JSON line per completed step; line i is step i + 1
     checkpoint.npz  the state after the last completed step (see checkpoint.py)
     summary.json    totals, written when the run has finished (its ``target`` says for what)
+    tensorboard/    the records of metrics.jsonl as TensorBoard scalars, when tensorboardX or
+                    tensorboard is installed (``pip install "autosim_jax[tensorboard]"``)
     .lock           held (``fcntl.flock``) by the process using the directory; holds its pid
 
 Guarantees, each in one place:
@@ -27,13 +29,22 @@ Guarantees, each in one place:
 * **One loop.** :func:`run_loop` steps any ``(init, step)`` pair (an
   :class:`~autosim_jax.AutoSimulate` or a baseline's ``BlackBox``), appends a metrics line and
   a checkpoint per step, and reports through callbacks; the CLI's progress and summaries are
-  built on it.
+  built on it. The same records go to ``tensorboard/`` (:class:`TensorBoardLog`), rewritten
+  from ``metrics.jsonl`` at every start so that the two always agree.
+* **Render pools outside the results.** ``--render-workers`` / ``--render-backend`` /
+  ``--ray-address`` / ``--render-timeout`` (:class:`RenderOptions`) choose where scenes are
+  rendered; :class:`RenderPools` creates the pool once, hands it to every setup of the run
+  (steps and fresh-model assessments) and closes it on exit, on error and on Ctrl-C (also when
+  :func:`interrupt_guard` has to end a stuck process). The renders are the same bitwise for any
+  worker count and backend, so config.json records these options in its ``render`` section,
+  which ``--resume`` does not compare.
 
 Also here, because both commands use them and neither imports the other's module: resolving
 an experiment (a name, or ``module:attr`` found from the current directory) and validating
 its renderer and size before the build, :class:`Progress` (a bar on a terminal, lines with an
-ETA in a log), :func:`interrupt_guard` (Ctrl-C that stops promptly with exit code 130) and
-:func:`cached_assessment` (fresh-model assessments stored next to the run).
+ETA in a log), :func:`interrupt_guard` (Ctrl-C that stops promptly with exit code 130),
+:func:`cached_assessment` (fresh-model assessments stored next to the run) and the render
+options and pools.
 
 Example:
   >>> import tempfile
@@ -51,9 +62,12 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import glob
 import importlib
+import importlib.util
 import inspect
 import io
+import itertools
 import json
 import logging
 import math
@@ -65,7 +79,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple, Self, TextIO
 
 import jax
 import numpy as np
@@ -78,10 +92,12 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .render_pool import DEFAULT_CHUNK_SIZE, RenderPool, make_render_pool
 from .simulator import RenderError
 
 FORMAT = "autosim_jax.run/2"  # config.json's "format"; a directory without it predates this layout
 CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.json", "metrics.jsonl", "checkpoint.npz", "summary.json", ".lock"
+TENSORBOARD = "tensorboard"  # the run directory's TensorBoard event files
 SEED_LIMIT = 2**32  # jax.random.PRNGKey(seed) keeps 32 bits: larger seeds would alias smaller ones
 
 _OLD_FORMAT = (
@@ -114,6 +130,16 @@ class RenderFailed(RuntimeError):
                  + (f", scene {error.scene_index}" if error.scene_index is not None else ""))
         super().__init__(f"rendering failed at step {step} ({where}): {error.message}")
         self.step, self.error = step, error
+
+
+def failure_line(text: str) -> str:
+    r"""``text`` (a render failure's message) on one line, its hints in the command line's terms.
+
+    Example:
+      >>> failure_line("did not return within 5 s for scenes 0..7 of 32;\nraise timeout= or fix the renderer.")
+      'did not return within 5 s for scenes 0..7 of 32; raise --render-timeout or fix the renderer'
+    """
+    return " ".join(str(text).split()).replace("raise timeout=", "raise --render-timeout").rstrip(". ")
 
 
 class Interrupted(Exception):
@@ -171,6 +197,241 @@ def check_progress_flags(log_every: int | None, log_seconds: float) -> None:
         raise UsageError(f"--log-every must be an integer >= 1, got {log_every!r}.")
     if not log_seconds > 0:
         raise UsageError(f"--log-seconds must be > 0, got {log_seconds}.")
+
+
+# ------------------------------------------------------------------------- render pools
+
+RENDER_BACKENDS = ("process", "ray")
+_RAY_MISSING = (
+    '--render-backend ray needs Ray, which is not installed: pip install "autosim_jax[distributed]" '
+    "(ray>=2.9), or use --render-backend process (worker processes on this machine)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderOptions:
+    """Where a run renders its scenes (``--render-workers`` etc.); none of it changes the results.
+
+    Attributes:
+      workers: worker processes or Ray actors (1: in this process, unless ``timeout`` is set).
+      backend: ``"process"`` or ``"ray"``; ``None``: ``"process"`` when a pool is needed.
+      address: the Ray cluster (``ray.init(address=...)``); ``None``: a local Ray instance.
+      timeout: seconds one batch of K images may take; ``None``: no limit.
+
+    Example:
+      >>> RenderOptions().backend_used, RenderOptions(workers=4).backend_used
+      ('serial', 'process')
+      >>> RenderOptions(timeout=60.0).backend_used  # a hung renderer in this process cannot be stopped
+      'process'
+    """
+
+    workers: int = 1
+    backend: str | None = None
+    address: str | None = None
+    timeout: float | None = None
+
+    @property
+    def backend_used(self) -> str:
+        """``"serial"`` (no pool: one worker, no timeout, no backend asked for), else the backend."""
+        if self.backend is None and self.workers == 1 and self.timeout is None:
+            return "serial"
+        return self.backend or "process"
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json's ``render`` section (not compared on --resume: the renders do not depend on it)."""
+        return {"workers": self.workers, "backend": self.backend_used, "address": self.address,
+                "timeout": self.timeout, "chunk_size": DEFAULT_CHUNK_SIZE}
+
+    def describe(self) -> str:
+        """``"2 process workers, timeout 30 s per batch"``, for the start-up line."""
+        if self.backend_used == "serial":
+            return "in this process"
+        where = "Ray actors" if self.backend_used == "ray" else "process workers"
+        text = f"{self.workers} {where[:-1] if self.workers == 1 else where}"
+        if self.backend_used == "ray":
+            text += f" on {self.address}" if self.address else " on a local Ray instance"
+        return text + (f", timeout {self.timeout:g} s per batch" if self.timeout is not None else "")
+
+
+def add_render_flags(parser: argparse.ArgumentParser) -> None:
+    """``--render-workers``, ``--render-backend``, ``--ray-address``, ``--render-timeout``."""
+    parser.add_argument("--render-workers", type=int, default=1, metavar="N",
+                        help="render each batch's scenes with N worker processes or Ray actors; the renders are the "
+                             "same bitwise for any N, so a --resume may use another N (default 1: in this process)")
+    parser.add_argument("--render-backend", choices=RENDER_BACKENDS, default=None,
+                        help="where the workers run: process (this machine) or ray (pip install "
+                             "'autosim_jax[distributed]') (default process when a pool is used)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="with --render-backend ray, the cluster to join, as ray.init(address=ADDR) takes it, "
+                             "e.g. auto (default: start a local Ray instance)")
+    parser.add_argument("--render-timeout", type=float, default=None, metavar="S",
+                        help="fail with a clear error (exit 1, the directory resumable) when one batch of K images "
+                             "takes longer than S seconds (a fresh-model assessment's batch of N images gets N/K "
+                             "times as long); with one worker this renders in one worker process, since a hung "
+                             "renderer in this process cannot be stopped (default: no limit)")
+
+
+def check_render_options(workers: Any = 1, backend: str | None = None, address: str | None = None,
+                         timeout: Any = None) -> RenderOptions:
+    """The render flags, validated before anything is built.
+
+    Raises:
+      UsageError: naming the flag, for a worker count < 1, a timeout that is not a positive number,
+        an unknown backend, an address without ``--render-backend ray``, or ``ray`` asked for
+        but not installed (naming the extra ``autosim_jax[distributed]``).
+
+    Example:
+      >>> check_render_options(2)
+      RenderOptions(workers=2, backend=None, address=None, timeout=None)
+      >>> check_render_options(0)
+      Traceback (most recent call last):
+      ...
+      autosim_jax.rundir.UsageError: --render-workers must be an integer >= 1, got 0.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise UsageError(f"--render-workers must be an integer >= 1, got {workers!r}.")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not math.isfinite(timeout) or timeout <= 0):
+        raise UsageError(f"--render-timeout must be a positive number of seconds, got {timeout!r}.")
+    if backend is not None and backend not in RENDER_BACKENDS:
+        raise UsageError(f"--render-backend must be one of {list(RENDER_BACKENDS)}, got {backend!r}.")
+    if address is not None and backend != "ray":
+        raise UsageError(f"--ray-address {address} is a Ray cluster's address; pass --render-backend ray with it.")
+    if backend == "ray":
+        try:
+            found = importlib.util.find_spec("ray") is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise UsageError(_RAY_MISSING)
+    return RenderOptions(int(workers), backend, address, None if timeout is None else float(timeout))
+
+
+# Called, each bounded in time, by interrupt_guard's watcher just before it ends a stuck process.
+_FORCED_EXIT_CLEANUPS: list[Callable[[], None]] = []
+FORCED_CLEANUP_S = 2.0  # the most a forced exit waits for one cleanup
+
+
+@contextlib.contextmanager
+def on_forced_exit(cleanup: Callable[[], None]) -> Iterator[None]:
+    """Runs ``cleanup`` (from another thread, at most ``FORCED_CLEANUP_S`` seconds) if
+    :func:`interrupt_guard` ends the process with ``os._exit`` while this block is active
+    (``os._exit`` skips every ``finally`` and ``atexit``: worker processes would be left behind)."""
+    _FORCED_EXIT_CLEANUPS.append(cleanup)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            _FORCED_EXIT_CLEANUPS.remove(cleanup)
+
+
+def _run_forced_exit_cleanups() -> None:
+    for cleanup in _FORCED_EXIT_CLEANUPS[:]:  # a copy: the main thread may unregister meanwhile
+        thread = threading.Thread(target=cleanup, name="autosim-forced-cleanup", daemon=True)
+        thread.start()
+        thread.join(FORCED_CLEANUP_S)
+
+
+def _same_renderer(a, b) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except (ValueError, TypeError):  # an __eq__ that cannot answer (array fields): not the same
+        return False
+
+
+class RenderPools:
+    """The render pool of a run (or of a comparison): created once, shared, closed at the end.
+
+    :meth:`attach` gives a setup whose simulator renders through the pool, creating the pool
+    for the first setup and reusing it for every later setup of an equal renderer (the built-in
+    renderers are frozen dataclasses, equal across builds; a plug-in renderer that is not equal
+    gets a new pool, the old one closed). With ``RenderOptions().backend_used == "serial"``
+    nothing changes. Use it as a context manager: :meth:`close` ends the workers on exit, on an
+    error and on Ctrl-C; a forced exit by :func:`interrupt_guard` kills them too.
+
+    Example:
+      >>> with RenderPools(RenderOptions()) as pools:  # one worker, no timeout: no pool at all
+      ...     pools.pool is None
+      True
+    """
+
+    def __init__(self, options: RenderOptions, *, stream: TextIO | None = None, desc: str = "autosim"):
+        self.options, self.stream, self.desc = options, stream, desc
+        self.pool: RenderPool | None = None
+        self.created = 0  # pools created so far
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def attach(self, setup):
+        """``setup`` with ``simulator.with_pool(pool)`` (unchanged for serial rendering).
+
+        Raises:
+          UsageError: the renderer cannot go to workers (not picklable, its class not importable
+            by a fresh process) or Ray cannot be imported; the message says what to change.
+        """
+        if self.options.backend_used == "serial":
+            return setup
+        renderer = setup.simulator.renderer
+        if self.pool is None or not _same_renderer(self.pool.renderer, renderer):
+            self.close()
+            self.pool = self._open(renderer)
+        return setup._replace(simulator=setup.simulator.with_pool(self.pool))
+
+    def _open(self, renderer) -> RenderPool:
+        o = self.options
+        t0 = time.perf_counter()
+        try:
+            pool = make_render_pool(renderer, workers=o.workers, backend=o.backend_used, address=o.address,
+                                    timeout=o.timeout)
+        except ImportError as err:
+            raise UsageError(str(err)) from None
+        except (ValueError, RenderError) as err:
+            raise UsageError(f"cannot render with {o.describe()}: {err} (--render-workers 1 without "
+                             "--render-timeout renders in this process).") from None
+        self.created += 1
+        self._stack = contextlib.ExitStack()
+        self._stack.callback(pool.close)
+        self._stack.enter_context(on_forced_exit(lambda: _kill_pool(pool)))
+        if self.stream is not None:
+            print(f"{self.desc}: rendering with {o.describe()} (started in {time.perf_counter() - t0:.1f} s)",
+                  file=self.stream, flush=True)
+        return pool
+
+    @contextlib.contextmanager
+    def timeout_scaled(self, factor: float) -> Iterator[None]:
+        """The pool's timeout times ``factor`` inside the block (for batches ``factor`` times larger)."""
+        pool, base = self.pool, self.options.timeout
+        if pool is None or base is None or factor <= 1:
+            yield
+            return
+        pool.timeout = base * factor
+        try:
+            yield
+        finally:
+            pool.timeout = base
+
+    def close(self) -> None:
+        """Ends the pool's workers (idempotent)."""
+        self._stack.close()
+        self.pool = None
+
+
+def _kill_pool(pool: RenderPool) -> None:
+    """The forced-exit cleanup: SIGKILL of a process pool's workers (its pipes may be in use by the
+    stuck main thread), ``close()`` of a Ray pool (its actors are not this host's children)."""
+    if pool.backend == "process":
+        for pid in pool.worker_pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    else:
+        pool.close()
 
 
 # ------------------------------------------------------------------------------- files
@@ -591,6 +852,122 @@ def read_metrics(path: str) -> tuple[list[dict], int]:
     return records, len(lines)
 
 
+# ------------------------------------------------------------------------------ TensorBoard
+
+PSI_SCALARS = 16  # elements of a psi leaf written as scalars (the first ones of a larger leaf)
+_TAG_RENAMES = {"wall_time": "time/wall"}
+_EVENT_FILES = "events.out.tfevents.*"
+_writer_count = itertools.count(1)
+
+
+def _event_writer_api():
+    """``(EventFileWriter, Event, SessionLog, Summary)`` of tensorboardX (a small package: numpy and
+    protobuf), else of tensorboard's TensorFlow-free writer; ``None`` when neither is installed."""
+    try:
+        from tensorboardX.event_file_writer import EventFileWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.proto.summary_pb2 import Summary
+    except ImportError:
+        try:
+            from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+            from tensorboard.compat.proto.summary_pb2 import Summary
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        except ImportError:
+            return None
+    return EventFileWriter, Event, SessionLog, Summary
+
+
+def tensorboard_available() -> bool:
+    """Whether :class:`TensorBoardLog` can write (tensorboardX or tensorboard is installed)."""
+    return _event_writer_api() is not None
+
+
+def tensorboard_scalars(record: dict) -> dict[str, float]:
+    """The TensorBoard scalars of one metrics.jsonl record: tag -> value.
+
+    Every number and boolean of the record but ``step`` (the x axis), under a tag grouped by its
+    first word (``val_metric`` -> ``val/metric``, ``time_render`` -> ``time/render``,
+    ``cg_converged`` -> ``cg/converged``; ``wall_time`` -> ``time/wall``), and the raw psi
+    leaves under ``psi/`` (``psi/x.loc``; ``psi/x.loc/0`` ... for the first ``PSI_SCALARS``
+    elements of a larger leaf).
+
+    Example:
+      >>> tensorboard_scalars({"step": 3, "images": 96, "val_metric": 0.5, "cg_converged": True,
+      ...                      "psi": {"x.loc": [1.0], "p.logits": [0.0, 2.0]}})
+      {'images': 96.0, 'val/metric': 0.5, 'cg/converged': 1.0, 'psi/x.loc': 1.0, 'psi/p.logits/0': 0.0, 'psi/p.logits/1': 2.0}
+    """
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key == "step" or isinstance(value, (str, dict, list, tuple)) or value is None:
+            continue
+        if isinstance(value, (bool, int, float, np.integer, np.floating, np.bool_)):
+            out[_TAG_RENAMES.get(key, key.replace("_", "/", 1))] = float(value)
+    for name, values in (record.get("psi") or {}).items():
+        values = list(values)
+        if len(values) == 1:
+            out[f"psi/{name}"] = float(values[0])
+        else:
+            out.update({f"psi/{name}/{i}": float(v) for i, v in enumerate(values[:PSI_SCALARS])})
+    return out
+
+
+class TensorBoardLog:
+    """The records of ``metrics.jsonl`` as TensorBoard scalars in ``RUN/tensorboard/``.
+
+    Opened by :func:`run_loop` with the records a resume kept: it writes them all into a new
+    event file, then removes the older event files, so that the directory holds exactly the
+    records of ``metrics.jsonl`` (a step cut off by a kill and redone after ``--resume`` does not
+    appear twice), then one event per step, flushed with the step. The x axis is the step; an
+    event's time is the run's ``wall_time`` (TensorBoard's "relative" axis is the run's time,
+    without the pauses between resumes). ``tensorboard --logdir RUN`` (or a comparison's
+    ``--out``) shows them.
+
+    Build it with :meth:`open`, which returns ``None`` when neither tensorboardX nor tensorboard
+    is installed (``pip install "autosim_jax[tensorboard]"``).
+    """
+
+    def __init__(self, directory: str, records: Sequence[dict] = (), *, api=None):
+        self.directory = directory
+        writer_cls, self._event, self._session_log, self._summary = api or _event_writer_api()
+        os.makedirs(directory, exist_ok=True)
+        older = glob.glob(os.path.join(glob.escape(directory), _EVENT_FILES))
+        last_wall = records[-1].get("wall_time", 0.0) if records else 0.0
+        self._base = time.time() - (last_wall if isinstance(last_wall, (int, float)) else 0.0)
+        self._writer = writer_cls(directory, filename_suffix=f".{os.getpid()}.{next(_writer_count)}")
+        # A START at the first step discards earlier events of these steps in files left behind.
+        self._writer.add_event(self._event(wall_time=self._base, step=1,
+                                           session_log=self._session_log(status=self._session_log.START)))
+        for record in records:
+            self._add(record)
+        self._writer.flush()
+        for path in older:  # all their records are in the new file now
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    @classmethod
+    def open(cls, run_path: str, records: Sequence[dict] = ()) -> TensorBoardLog | None:
+        """The log of the run directory ``run_path`` holding ``records``; ``None`` without a writer package."""
+        api = _event_writer_api()
+        return None if api is None else cls(os.path.join(run_path, TENSORBOARD), records, api=api)
+
+    def _add(self, record: dict) -> None:
+        wall = record.get("wall_time")
+        values = [self._summary.Value(tag=tag, simple_value=value)
+                  for tag, value in tensorboard_scalars(record).items()]
+        self._writer.add_event(self._event(
+            wall_time=self._base + wall if isinstance(wall, (int, float)) else time.time(),
+            step=int(record["step"]), summary=self._summary(value=values)))
+
+    def write(self, record: dict) -> None:
+        """One step's record, on disk when this returns."""
+        self._add(record)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+
 # ----------------------------------------------------------------------------- run loop
 
 
@@ -638,12 +1015,14 @@ def run_loop(
     monitor: Callable[[Any], dict] | None = None,
     on_start: Callable[[Any, list[dict]], None] | None = None,
     on_step: Callable[[dict, Any], None] | None = None,
+    tensorboard: bool = True,
 ) -> LoopResult:
     """Steps ``method`` in the run directory ``run`` until ``iterations`` or ``budget_images``.
 
     Per step: ``state, info = method.step(state)``, a record ``{"step", "images", **info,
     **monitor(state), "time_step", "wall_time", "psi"}`` appended to ``metrics.jsonl`` (flushed
-    and ``fsync``\\ ed), then ``checkpoint.npz`` replaced, then ``on_step(record, state)``.
+    and ``fsync``\\ ed), then ``checkpoint.npz`` replaced, then the record written to
+    TensorBoard, then ``on_step(record, state)``.
 
     Args:
       method: an ``(init, step)`` pair: an :class:`~autosim_jax.AutoSimulate` (``info`` a
@@ -657,6 +1036,8 @@ def run_loop(
       monitor: ``state -> dict`` of extra record fields (e.g. the test metric), not timed.
       on_start: ``(state, records)`` after the resume, before the first step.
       on_step: ``(record, state)`` after each step is on disk.
+      tensorboard: also write the records to ``tensorboard/`` (:class:`TensorBoardLog`) when
+        tensorboardX or tensorboard is installed.
 
     Returns:
       A :class:`LoopResult`.
@@ -676,7 +1057,9 @@ def run_loop(
     wall0 = records[-1].get("wall_time", 0.0) if records else 0.0
     start = time.perf_counter()
     stopped_by = "iterations"
+    board = None
     try:
+        board = TensorBoardLog.open(run.path, records) if tensorboard else None
         with open(run.metrics_path, "a") as metrics:
             while True:
                 if budget_images is not None and int(state.images) >= budget_images:
@@ -705,10 +1088,15 @@ def run_loop(
                 save_checkpoint(run.checkpoint_path, new_state)
                 state = new_state
                 records.append(record)
+                if board is not None:
+                    board.write(record)
                 if on_step is not None:
                     on_step(record, state)
     except KeyboardInterrupt:
         raise Interrupted(int(state.step)) from None
+    finally:
+        if board is not None:
+            board.close()
     return LoopResult(initial, state, records, stopped_by, resumed_at)
 
 
@@ -907,7 +1295,9 @@ def interrupt_guard(message: str, *, stream: TextIO | None = None, grace: float 
     exit code 130 after ``message`` if the main thread has not left this block ``grace``
     seconds after the signal (at once on a second Ctrl-C). That is as safe as ``kill -9``:
     every file of a run directory is written atomically or appended and ``fsync``\\ ed before
-    the checkpoint, so the directory stays resumable.
+    the checkpoint, so the directory stays resumable. Before that exit it runs the cleanups
+    registered with :func:`on_forced_exit` (the render pools' workers), each for at most
+    ``FORCED_CLEANUP_S`` seconds.
 
     Outside the main thread (where signals cannot be handled) it does nothing.
     """
@@ -946,6 +1336,7 @@ def interrupt_guard(message: str, *, stream: TextIO | None = None, grace: float 
             with contextlib.suppress(Exception):
                 stream.write(f"\n{message}\n")
                 stream.flush()
+            _run_forced_exit_cleanups()  # worker processes: os._exit skips every finally
             os._exit(130)
 
     watcher = threading.Thread(target=watch, name="autosim-interrupt-guard", daemon=True)
