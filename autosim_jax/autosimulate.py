@@ -34,22 +34,31 @@ follows the text ("does not use the real validation set at all and just finds da
 gives minimum model loss"): it descends ``E_{s~q_psi}[l(r(s), theta_hat)]`` by REINFORCE.
 Psi is updated by ``psi <- optax_step(dL~/dpsi)``, so a plain SGD outer optimiser gives Eq.
 13b, ``psi + alpha S(v)``.
+
+Nothing fails silently. :func:`make_autosimulate` checks its options, the model and the
+validation set (:func:`~autosim_jax.inner.check_dataset`) before anything is compiled; a step
+refuses a state with a non-finite psi or theta (:class:`NonFiniteStateError`, naming the
+field), keeps psi when NaN or inf arises inside it (``StepInfo.psi_kept_reason``), and warns
+once per instance when it used an unconverged CG solve (:class:`UnconvergedSolveWarning`) or,
+with the Hessian, an indefinite system (:class:`IndefiniteCurvatureWarning`).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from .config import AutoSimConfig
 from .estimators import reinforce_gradient, score_function_term
-from .inner import Inner, make_inner
+from .inner import Inner, check_dataset, make_inner
 from .outer import add_entropy_bonus
 from .simulator import Simulator, reraise_render_errors
 from .table1 import SolveReport, approximation_vector, curvature_operator
@@ -90,10 +99,56 @@ class StepInfo(NamedTuple):
     cg_converged: bool  # the solve met cg_tol (True when there is no solve)
     cg_indefinite: bool  # negative curvature met (raise the damping)
     cg_model_value: float  # q(u) of Eq. 13a's quadratic; >= 0: the vector is no better than zero
-    psi_updated: bool  # False: the step kept psi (unusable solve, or a non-finite update)
+    psi_updated: bool  # False: the step kept psi and the outer optimiser state (psi_kept_reason says why)
+    psi_kept_reason: str  # "" when psi_updated, else one of KEPT_REASONS
     time_render: float  # seconds of each stage (wall clock, blocked)
     time_train: float
     time_outer: float
+
+
+# Why a step kept psi (StepInfo.psi_kept_reason), in the order they are checked.
+KEPT_REASONS = {
+    "finetune_nonfinite": "fine-tuning made theta non-finite; theta and its optimiser state were kept too",
+    "val_loss_nonfinite": "the validation loss at the fine-tuned theta is non-finite",
+    "solve_unusable": "the approximation vector is non-finite or no better than zero (q(u) >= 0)",
+    "update_nonfinite": "the psi update (or the outer optimiser state) is non-finite",
+}
+
+
+class AutoSimulateWarning(UserWarning):
+    """Base class of AutoSimulate's warnings (each is given once per :func:`make_autosimulate`)."""
+
+
+class UnconvergedSolveWarning(AutoSimulateWarning):
+    """A step used a CG solve of Eq. 13a that did not meet ``cg_tol`` within ``cg_maxiter``."""
+
+
+class IndefiniteCurvatureWarning(AutoSimulateWarning):
+    """With ``curvature="hessian"``, a step's damped Hessian ``H + lambda I`` was indefinite."""
+
+
+class NonFiniteStateError(ValueError):
+    """A step was given a state with non-finite psi, theta or optimiser state."""
+
+
+_NONFINITE_STATE = (
+    "AutoSimulate.step: state.{path} holds non-finite values ({value}) at the start of step "
+    "{step}{field}; nothing was rendered. A step never writes a non-finite {part} (it keeps the "
+    "previous one), so this state came from elsewhere: a checkpoint, or a state built or edited "
+    "by hand. Restore an earlier checkpoint, or start again from init(seed)."
+)
+_UNCONVERGED = (
+    "AutoSimulate step {step}: the CG solve of Eq. 13a did not converge ({why}); {action}. To converge, "
+    "raise cg_maxiter, raise damping (now {damping}) so that H + lambda I is better conditioned, or set "
+    "curvature_batch_size (now {curv_n}) so that each CG iteration is cheaper and more of them fit in a "
+    "step. StepInfo.cg_converged reports every step; this warning is given once per make_autosimulate."
+)
+_INDEFINITE = (
+    "AutoSimulate step {step}: the damped Hessian H + lambda I (damping={damping}) is indefinite: {evidence}, "
+    "so the CG vector is at best a saddle point of Eq. 13a's quadratic, not its minimiser; {action}. Raise "
+    "damping{above}, or use curvature='gauss_newton' (positive semi-definite). StepInfo.cg_indefinite "
+    "reports every step; this warning is given once per make_autosimulate."
+)
 
 
 class AutoSimulate(NamedTuple):
@@ -118,29 +173,45 @@ class AutoSimulate(NamedTuple):
     trace_counts: Callable[[], dict]
 
 
+def _inexact(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
 def _all_finite(tree: PyTree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if _inexact(x)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+@jax.jit
+def _finite_leaves(tree: PyTree) -> jax.Array:
+    """One flag per floating leaf of ``tree`` (in ``tree_flatten_with_path`` order)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if _inexact(x)]
+    return jnp.stack(flags) if flags else jnp.ones((0,), bool)
+
+
+def _check_state_finite(state: AutoSimState) -> None:
+    """Raises :class:`NonFiniteStateError` naming the first non-finite leaf of psi, theta or
+    the optimiser states (one fused reduction on the device; the details only on failure)."""
+    parts = {"psi": state.psi, "theta": state.theta, "inner_opt_state": state.inner_opt_state,
+             "outer_opt_state": state.outer_opt_state}
+    flags = np.asarray(_finite_leaves(parts))
+    if flags.all():
+        return
+    leaves = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(parts)[0] if _inexact(x)]
+    path, leaf = leaves[int(np.argmin(flags))]
+    value = np.asarray(leaf)
+    shown = value.tolist() if value.size <= 6 else f"{int((~np.isfinite(value)).sum())} of {value.size} entries"
+    part = path[0].key
+    field = f" (scene field {path[1].key!r})" if part == "psi" and len(path) > 1 and hasattr(path[1], "key") else ""
+    raise NonFiniteStateError(_NONFINITE_STATE.format(
+        path=part + jax.tree_util.keystr(tuple(path[1:])), value=shown, step=int(state.step) + 1, field=field,
+        part={"psi": "psi", "theta": "theta"}.get(part, "optimiser state")))
 
 
 def _split_optimizers(overrides: dict[str, Any]) -> dict[str, optax.GradientTransformation]:
     """Pulls optax transformations passed for ``inner_optimizer`` / ``outer_optimizer``."""
     return {k: overrides.pop(k) for k in ("inner_optimizer", "outer_optimizer")
             if isinstance(overrides.get(k), optax.GradientTransformation)}
-
-
-def _check_val_data(simulator: Simulator, val_data) -> tuple[jax.Array, jax.Array]:
-    if not isinstance(val_data, (tuple, list)) or len(val_data) != 2:
-        raise ValueError(f"val_data must be a pair (inputs, labels), got {type(val_data).__name__}"
-                         + (f" of length {len(val_data)}" if isinstance(val_data, (tuple, list)) else "") + ".")
-    x_val, y_val = (jnp.asarray(a) for a in val_data)
-    spec_in, spec_lab = simulator.renderer.inputs_spec, simulator.renderer.labels_spec
-    if x_val.shape[1:] != tuple(spec_in.shape) or y_val.shape[1:] != tuple(spec_lab.shape) or len(x_val) != len(y_val):
-        raise ValueError(
-            f"val_data shapes {x_val.shape} / {y_val.shape} do not match the renderer's outputs "
-            f"(n, *{spec_in.shape}) / (n, *{spec_lab.shape}) with the same n."
-        )
-    return x_val, y_val
 
 
 def make_autosimulate(
@@ -168,9 +239,24 @@ def make_autosimulate(
       An :class:`AutoSimulate`.
 
     Raises:
-      ValueError: for unknown or invalid options, a model that is not an ``nnx.Module`` or
-        holds non-``Param`` state, or validation data whose shapes do not match the
-        renderer's outputs.
+      ValueError: before anything is compiled, for unknown or invalid options, a model that
+        is not an ``nnx.Module`` or holds non-``Param`` state, or validation data that is not
+        a pair of numeric arrays, is empty, holds ``inf``/``NaN``, does not match the
+        renderer's outputs or the model, or has class labels outside ``[0, C)``
+        (:func:`~autosim_jax.inner.check_dataset`; each message names the argument, the
+        first offending example and the fix).
+
+    Warns:
+      UnconvergedSolveWarning: the first time a step's CG solve misses ``cg_tol`` (says
+        what to change); every step reports it in ``StepInfo.cg_converged``.
+      IndefiniteCurvatureWarning: with ``curvature="hessian"``, the first time ``H + lambda
+        I`` shows negative curvature (``StepInfo.cg_indefinite``).
+
+    ``step`` raises :class:`NonFiniteStateError` (a ``ValueError``) for a state whose psi,
+    theta or optimiser state is non-finite (e.g. loaded from a bad checkpoint), naming the
+    field. NaN or inf arising inside a step is caught there: the step keeps psi and the outer
+    optimiser state (and theta, if fine-tuning diverged) and says why in
+    ``StepInfo.psi_kept_reason`` (see :data:`KEPT_REASONS`).
 
     References:
       Behl et al., AutoSimulate (ECCV 2020): Algorithm 1, Eq. 11-13, Table 1.
@@ -193,20 +279,25 @@ def make_autosimulate(
       ...                             dataset_size=32, batch_size=16)
       >>> state = autosim.init(0)
       >>> state, info = autosim.step(state)
-      >>> int(state.step), info.cg_converged in (True, False)
-      (1, True)
+      >>> int(state.step), int(state.images), info.psi_updated, info.cg_converged
+      (1, 32, True, True)
+      >>> bad = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x_val[:0], x_val[:0]))
+      Traceback (most recent call last):
+      ...
+      ValueError: val_data is empty (0 inputs, 0 labels): the validation loss and metric would be NaN. Pass at least one example.
     """
     optimizers = _split_optimizers(overrides)
     config = (config or AutoSimConfig()).replace(**overrides)
     inner_optimizer = optimizers.get("inner_optimizer") or config.inner_optax()
     outer_optimizer = optimizers.get("outer_optimizer") or config.outer_optax()
-    x_val, y_val = _check_val_data(simulator, val_data)
     inner = make_inner(simulator, model, task, optimizer=inner_optimizer, dataset_size=config.dataset_size,
                        batch_size=config.batch_size, epochs=config.finetune_epochs,
                        val_batch_size=config.val_batch_size)
+    x_val, y_val = check_dataset(val_data, simulator, task, inner, name="val_data")
     distribution = simulator.distribution
     curv_n = config.curvature_batch_size or config.dataset_size
     traces = {"simulate": 0, "finetune": 0, "outer": 0}
+    warned: set[type] = set()  # each warning once per instance
 
     def init(seed: int) -> AutoSimState:
         psi = distribution.init()
@@ -242,13 +333,19 @@ def make_autosimulate(
         traces["simulate"] += 1
         return inner.simulate(key, psi)
 
+    def keep_if(ok, new, old):
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
     @jax.jit
     def finetune(theta, opt_state, inputs, labels, key):
         traces["finetune"] += 1
-        return inner.finetune(theta, opt_state, inputs, labels, key)
+        new_theta, new_opt_state, train_loss = inner.finetune(theta, opt_state, inputs, labels, key)
+        # Diverged fine-tuning (a NaN or inf in theta) is not carried into the next step.
+        theta_ok = _all_finite((new_theta, new_opt_state))
+        return keep_if(theta_ok, new_theta, theta), keep_if(theta_ok, new_opt_state, opt_state), train_loss, theta_ok
 
     @jax.jit
-    def outer(psi, outer_opt_state, theta, scenes, inputs, labels):
+    def outer(psi, outer_opt_state, theta, scenes, inputs, labels, theta_ok):
         traces["outer"] += 1
         hg = hypergradient(psi, theta, scenes, inputs, labels)
         grad = hg.grad_psi
@@ -256,34 +353,74 @@ def make_autosimulate(
             grad = add_entropy_bonus(psi, grad, config.entropy_weight)
         updates, new_opt_state = outer_optimizer.update(grad, outer_opt_state, psi)
         new_psi = optax.apply_updates(psi, updates)
-        # A vector no better than zero (q(u) >= 0: an indefinite or diverged solve) or a
-        # non-finite update never moves psi: the step keeps psi and the optimiser state.
-        ok = hg.solve.usable & _all_finite((new_psi, new_opt_state))
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        return keep(new_psi, psi), keep(new_opt_state, outer_opt_state), hg, ok
+        # Only a finite step along a usable vector moves psi: a diverged fine-tuning, a
+        # non-finite validation loss, a vector no better than zero (q(u) >= 0: an indefinite or
+        # diverged solve) or a non-finite update keeps psi and the optimiser state.
+        val_ok = jnp.isfinite(hg.val_loss) | (config.approximation == "no_val")
+        ok = hg.solve.usable & _all_finite((new_psi, new_opt_state)) & theta_ok & val_ok
+        # The flags as separate outputs: stacking them changed XLA's fusion of the optimiser
+        # update (a last-bit difference in Adam's second moment against earlier versions).
+        checks = (theta_ok, val_ok, hg.solve.usable, ok)
+        return keep_if(ok, new_psi, psi), keep_if(ok, new_opt_state, outer_opt_state), hg, checks
+
+    def warn_about_solve(step_number: int, info: StepInfo, solve: SolveReport) -> None:
+        if config.approximation != "exact_quadratic":
+            return
+        action = ("psi was updated along its vector" if info.psi_updated
+                  else f"psi was kept ({info.psi_kept_reason})")
+        if config.curvature == "hessian" and info.cg_indefinite:
+            if IndefiniteCurvatureWarning in warned:
+                return
+            warned.add(IndefiniteCurvatureWarning)
+            min_curv = float(solve.min_curvature)
+            if min_curv <= 0:
+                evidence = f"CG met the curvature p^T (H + lambda I) p / p^T p = {min_curv:.3g} <= 0"
+                above = f" above {config.damping - min_curv:.3g} (damping minus that curvature)"
+            else:
+                evidence = "u^T (H + lambda I) u <= 0 for CG's vector u"
+                above = ""
+            warnings.warn(_INDEFINITE.format(step=step_number, damping=config.damping, evidence=evidence,
+                                             action=action, above=above), IndefiniteCurvatureWarning, stacklevel=3)
+        elif not info.cg_converged and UnconvergedSolveWarning not in warned:
+            warned.add(UnconvergedSolveWarning)
+            curv = (f"{config.curvature_batch_size}" if config.curvature_batch_size
+                    else f"None: all {config.dataset_size} renders")
+            if info.cg_relative_residual > config.cg_tol or not np.isfinite(info.cg_relative_residual):
+                why = (f"relative residual {info.cg_relative_residual:.3g} > cg_tol={config.cg_tol} after "
+                       f"cg_maxiter={config.cg_maxiter} iterations")
+            else:
+                why = "it met negative curvature: the damped system is not positive definite"
+            warnings.warn(_UNCONVERGED.format(step=step_number, why=why, action=action, damping=config.damping,
+                                              curv_n=curv), UnconvergedSolveWarning, stacklevel=3)
 
     def step(state: AutoSimState) -> tuple[AutoSimState, StepInfo]:
+        _check_state_finite(state)
         key, sim_key, train_key = jax.random.split(state.key, 3)
         t0 = time.perf_counter()
         with reraise_render_errors():
             scenes, inputs, labels = jax.block_until_ready(simulate(sim_key, state.psi))
         t1 = time.perf_counter()
-        theta, inner_state, train_loss = jax.block_until_ready(
+        theta, inner_state, train_loss, theta_ok = jax.block_until_ready(
             finetune(state.theta, state.inner_opt_state, inputs, labels, train_key)
         )
         t2 = time.perf_counter()
-        psi, outer_state, hg, ok = jax.block_until_ready(outer(state.psi, state.outer_opt_state, theta, scenes,
-                                                               inputs, labels))
+        psi, outer_state, hg, checks = jax.block_until_ready(
+            outer(state.psi, state.outer_opt_state, theta, scenes, inputs, labels, theta_ok)
+        )
         t3 = time.perf_counter()
+        checks = [bool(c) for c in checks]  # theta, validation loss, solve, and all of them with the update
+        reason = "" if checks[-1] else list(KEPT_REASONS)[checks.index(False)]
         new_state = AutoSimState(psi, theta, inner_state, outer_state, key, state.step + 1,
                                  state.images + config.dataset_size)
         info = StepInfo(
             val_loss=float(hg.val_loss), val_metric=float(hg.val_metric), train_loss=float(train_loss),
             psi_grad_norm=float(optax.tree.norm(hg.grad_psi)),
             cg_relative_residual=float(hg.solve.relative_residual), cg_converged=bool(hg.solve.converged),
-            cg_indefinite=bool(hg.solve.indefinite), cg_model_value=float(hg.solve.model_value), psi_updated=bool(ok),
+            cg_indefinite=bool(hg.solve.indefinite), cg_model_value=float(hg.solve.model_value),
+            psi_updated=not reason, psi_kept_reason=reason,
             time_render=t1 - t0, time_train=t2 - t1, time_outer=t3 - t2,
         )
+        warn_about_solve(int(new_state.step), info, hg.solve)
         return new_state, info
 
     return AutoSimulate(init, step, jax.jit(hypergradient), inner, config, lambda: dict(traces))

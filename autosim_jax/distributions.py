@@ -156,6 +156,21 @@ def _check_scenes(scenes, shape: tuple[int, ...], family: str) -> jax.Array:
     return jnp.asarray(scenes)
 
 
+def _check_categories(idx: np.ndarray, num_categories: int, shape: tuple[int, ...]) -> None:
+    """Raises for a concrete category index outside ``[0, num_categories)``."""
+    if idx.ndim != 1 + len(shape) or not np.issubdtype(idx.dtype, np.integer):
+        return  # _check_scenes and the dtype check say what is wrong
+    bad = (idx < 0) | (idx >= num_categories)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        at = f" at element {where[1:]}" if len(where) > 1 else ""
+        raise ValueError(
+            f"categorical: scene {where[0]} has category index {int(idx[where])}{at}, outside "
+            f"[0, {num_categories}) (the distribution has {num_categories} categories). Scenes "
+            "must hold indices into the field's choices, not the choices themselves."
+        )
+
+
 def _checked(init, sample, log_prob) -> Distribution:
     """Wraps raw functions with the psi / n checks of every family."""
 
@@ -383,7 +398,11 @@ def categorical(num_categories: int, shape: Sequence[int] = (), *, probs=None) -
 
     Returns:
       A :class:`Distribution` with ``psi = CategoricalParams(logits)``, logits of shape
-      ``(*shape, C)``; samples are ``int32`` indices of shape ``(n, *shape)``.
+      ``(*shape, C)``; samples are ``int32`` indices of shape ``(n, *shape)``. ``log_prob``
+      of an index outside ``[0, C)`` raises ``ValueError`` (naming the scene and the index)
+      when the scenes are concrete; under ``jax.jit`` / ``jax.vmap`` they cannot be
+      inspected, and such a scene gets ``log q = -inf`` (probability zero, as
+      :func:`bounded` gives outside its range), never a finite value.
 
     References:
       Paper Sec. 5 (a categorical over scene cells) and Eq. 11 for discrete ``q_psi``.
@@ -429,6 +448,8 @@ def categorical(num_categories: int, shape: Sequence[int] = (), *, probs=None) -
         return jax.random.categorical(key, psi.logits, shape=(n, *shape)).astype(jnp.int32)
 
     def log_prob(psi, scenes):
+        if not isinstance(scenes, jax.core.Tracer):
+            _check_categories(np.asarray(scenes), num_categories, shape)
         idx = _check_scenes(scenes, shape, "categorical")
         if not jnp.issubdtype(idx.dtype, jnp.integer):
             raise ValueError(
@@ -436,8 +457,10 @@ def categorical(num_categories: int, shape: Sequence[int] = (), *, probs=None) -
             )
         logp = jax.nn.log_softmax(psi.logits, axis=-1)
         logp = jnp.broadcast_to(logp, (idx.shape[0], *logp.shape))
-        picked = jnp.take_along_axis(logp, idx[..., None], axis=-1)[..., 0]
-        return _sum_event(picked, shape)
+        inside = (idx >= 0) & (idx < num_categories)
+        safe = jnp.where(inside, idx, 0)  # a valid index in place of one outside (no NaN gradients)
+        picked = jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+        return _sum_event(jnp.where(inside, picked, -jnp.inf), shape)
 
     return _checked(init, sample, log_prob)
 

@@ -12,6 +12,9 @@ three stages of an objective evaluation are written:
 * ``measure_and_grad(theta, inputs, labels)``: the same plus ``g_val = dL_val/dtheta``
   (one forward and one backward pass per minibatch).
 
+:func:`check_dataset` checks a real dataset (the validation set) against the renderer, the
+model and the task before anything is compiled.
+
 AutoSimulate's step (:mod:`autosim_jax.autosimulate`), the black-box baselines' objective
 (:mod:`autosim_jax.baselines.objective`) and the fresh-model assessment
 (:func:`autosim_jax.experiments.make_assessor`) are all built on it, so their image and step
@@ -47,6 +50,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -233,3 +237,166 @@ def make_inner(
     finetune = jax.jit(functools.partial(train_epochs, mean_loss, optimizer, batch_size=batch_size, epochs=epochs))
     return Inner(theta0, optimizer.init, predict, per_sample_loss, mean_loss, simulate, finetune, measure,
                  measure_and_grad, dataset_size, epochs * (dataset_size // batch_size))
+
+
+# ------------------------------------------------------------------------- data checks
+
+_NOT_A_PAIR = (
+    "{name} must be a pair (inputs, labels) of arrays with one example per row, got {got}."
+)
+
+
+def _first_bad_row(bad: np.ndarray) -> tuple[int, tuple[int, ...]] | None:
+    """``(example, index within it)`` of the first True of ``bad`` (rows = examples), or None."""
+    if not bad.any():
+        return None
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    return where[0], where[1:]
+
+
+def _as_numeric(name: str, what: str, value: Any, spec_dtype: Any) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as err:  # ragged nested lists
+        raise ValueError(f"{name} {what} cannot be read as one array ({err}); pass a numpy or JAX array "
+                         f"of shape (n, ...).") from None
+    if array.dtype.kind not in "biuf":
+        kind = {"U": "strings", "S": "bytes", "O": "Python objects", "c": "complex numbers"}.get(
+            array.dtype.kind, f"dtype {array.dtype}")
+        raise ValueError(f"{name} {what} hold {kind} (dtype {array.dtype}), not real numbers; convert them, "
+                         f"e.g. np.asarray({what}, np.{np.dtype(spec_dtype).name}) (the renderer's "
+                         f"{what}_spec dtype).")
+    return array
+
+
+def _label_classes(task: Task, spec_classes: int | None, out: Any, labels: np.ndarray,
+                   name: str) -> tuple[int | None, str]:
+    """The class count the labels must respect, and where it comes from (for messages)."""
+    model_classes = None
+    if out is not None and np.issubdtype(labels.dtype, np.integer) \
+            and tuple(out.shape[:-1]) == (1, *labels.shape[1:]):
+        model_classes = int(out.shape[-1])
+    if task.num_classes is not None and model_classes is not None and model_classes != task.num_classes:
+        raise ValueError(f"The model outputs {model_classes} class scores per label of {name}, but "
+                         f"task.num_classes is {task.num_classes}; build the model with "
+                         f"{task.num_classes} outputs, or the task with num_classes={model_classes}.")
+    classes, source = task.num_classes, "task.num_classes"
+    if classes is None:
+        classes, source = model_classes, "the size of the model's last output axis"
+    if spec_classes is not None and classes is not None and spec_classes != classes:
+        raise ValueError(f"The renderer's labels_spec declares num_classes={spec_classes}, but {source} is "
+                         f"{classes}: the simulated and the validation labels would mean different classes. "
+                         "Make them agree.")
+    if classes is None and spec_classes is not None:
+        classes, source = spec_classes, "the renderer's labels_spec.num_classes"
+    return classes, source
+
+
+def check_dataset(data: Any, simulator: Simulator, task: Task, inner: Inner | None = None, *,
+                  name: str = "val_data") -> tuple[jax.Array, jax.Array]:
+    """Checks a real dataset ``(inputs, labels)`` before anything is compiled; returns it as arrays.
+
+    Every check names ``name`` (the argument) and says what to change:
+
+    * a pair of arrays of real numbers (not strings or objects), with the same number
+      ``n >= 1`` of examples;
+    * shapes ``(n, *inputs_spec.shape)`` and ``(n, *labels_spec.shape)`` of the renderer's
+      outputs; integer labels where the renderer's labels are integers;
+    * finite inputs and labels (an ``inf`` or ``NaN`` makes the validation loss, then psi,
+      non-finite), naming the first bad example;
+    * with ``inner``: the model applied to one example (``jax.eval_shape``, nothing is
+      compiled) and the task's loss on its output give one loss per example;
+    * class labels in ``[0, C)``, with ``C`` from ``task.num_classes``, else from the model's
+      output (integer labels, outputs ``(*labels, C)``), else from the renderer's
+      ``labels_spec.num_classes``; these must agree where several are known.
+
+    Args:
+      data: ``(inputs, labels)``.
+      simulator: the simulator whose renders the model is trained on.
+      task: the task (loss, metric, ``num_classes``).
+      inner: the :class:`Inner` stages of the model (``None``: skip the model checks).
+      name: the argument's name in messages.
+
+    Returns:
+      ``(inputs, labels)`` as JAX arrays.
+
+    Raises:
+      ValueError: naming ``name``, the check and the first offending example.
+
+    Example:
+      >>> import numpy as np
+      >>> from autosim_jax import Field, OutputSpec, SceneSchema, classification_task, from_schema
+      >>> class Digits:
+      ...     name, schema = "digits", SceneSchema((Field.categorical("digit", tuple(range(3))),))
+      ...     inputs_spec, labels_spec = OutputSpec((2,), np.float32), OutputSpec((), np.int32, num_classes=3)
+      ...     def render(self, scenes, seed):
+      ...         return np.ones((len(scenes["digit"]), 2), np.float32), scenes["digit"].astype(np.int32)
+      >>> sim = Simulator(from_schema(Digits.schema), Digits())
+      >>> x, y = check_dataset((np.zeros((4, 2)), np.array([0, 1, 2, 1])), sim, classification_task())
+      >>> check_dataset((np.zeros((4, 2)), np.array([0, 1, 7, 1])), sim, classification_task())
+      Traceback (most recent call last):
+      ...
+      ValueError: val_data labels must be class indices in [0, 3) (3 classes: the renderer's labels_spec.num_classes); example 2 has label 7. Fix or drop that example, or the class count.
+    """
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        got = type(data).__name__ + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        raise ValueError(_NOT_A_PAIR.format(name=name, got=got))
+    spec_in, spec_lab = simulator.renderer.inputs_spec, simulator.renderer.labels_spec
+    x = _as_numeric(name, "inputs", data[0], spec_in.dtype)
+    y = _as_numeric(name, "labels", data[1], spec_lab.dtype)
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"{name}: inputs and labels need a leading axis of examples, got shapes {x.shape} and "
+                         f"{y.shape}.")
+    if len(x) == 0 or len(y) == 0:
+        raise ValueError(f"{name} is empty ({len(x)} inputs, {len(y)} labels): the validation loss and metric "
+                         "would be NaN. Pass at least one example.")
+    if len(x) != len(y):
+        raise ValueError(f"{name} holds {len(x)} inputs but {len(y)} labels; they must pair up one to one.")
+    for what, array, spec in (("inputs", x, spec_in), ("labels", y, spec_lab)):
+        if array.shape[1:] != tuple(spec.shape):
+            raise ValueError(f"{name} {what} have shape {array.shape}; the renderer's {what} are "
+                             f"(n, *{tuple(spec.shape)}), so {name} {what} must be {(len(array), *spec.shape)}.")
+    if np.issubdtype(np.dtype(spec_lab.dtype), np.integer) and not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} labels have dtype {y.dtype}, but the renderer's labels are "
+                         f"{np.dtype(spec_lab.dtype)} (class indices); cast them: labels.astype(np."
+                         f"{np.dtype(spec_lab.dtype).name}).")
+    for what, array in (("inputs", x), ("labels", y)):
+        if array.dtype.kind == "f":
+            bad = _first_bad_row(~np.isfinite(array))
+            if bad is not None:
+                row, at = bad
+                raise ValueError(f"{name} {what} hold non-finite values: example {row} of {len(array)} has "
+                                 f"{array[(row, *at)]}{f' at {at}' if at else ''}. A non-finite example makes "
+                                 "the validation loss, its gradient and then psi non-finite; fix or drop it.")
+    out = None
+    if inner is not None:
+        one_x = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+        one_y = jax.ShapeDtypeStruct((1, *y.shape[1:]), y.dtype)
+        try:
+            out = jax.eval_shape(inner.predict, inner.theta0, one_x)
+        except Exception as err:
+            raise ValueError(f"The model fails on one example of {name} inputs (shape {one_x.shape}, dtype "
+                             f"{one_x.dtype}, the renderer's inputs_spec): {type(err).__name__}: {err}") from err
+        try:
+            loss = jax.eval_shape(task.per_sample_loss, out, one_y)
+            jax.eval_shape(task.metric_stats, out, one_y)
+        except Exception as err:
+            raise ValueError(f"The task's loss or metric fails on the model's output (shape {out.shape}) and one "
+                             f"example of {name} labels (shape {one_y.shape}, dtype {one_y.dtype}): "
+                             f"{type(err).__name__}: {err}") from err
+        if tuple(getattr(loss, "shape", ())) != (1,):
+            raise ValueError(f"task.per_sample_loss must give one loss per example: for one example of {name} "
+                             f"it returned shape {tuple(getattr(loss, 'shape', ()))}, not (1,). Sum or average "
+                             "over every axis but the first.")
+    classes, source = _label_classes(task, spec_lab.num_classes, out, y, name)
+    if classes is not None:
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{name} labels must be integer class indices ({classes} classes: {source}), got "
+                             f"dtype {y.dtype}; cast them with labels.astype(np.int32).")
+        bad = _first_bad_row((y < 0) | (y >= classes))
+        if bad is not None:
+            row, at = bad
+            raise ValueError(f"{name} labels must be class indices in [0, {classes}) ({classes} classes: {source}); "
+                             f"example {row} has label {y[(row, *at)]}{f' at {at}' if at else ''}. Fix or drop "
+                             "that example, or the class count.")
+    return jnp.asarray(data[0]), jnp.asarray(data[1])

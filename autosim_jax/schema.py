@@ -170,10 +170,39 @@ class SceneSchema:
 
 @dataclasses.dataclass(frozen=True)
 class OutputSpec:
-    """Per-scene shape and numpy dtype of one renderer output (inputs or labels)."""
+    """Per-scene shape and numpy dtype of one renderer output (inputs or labels).
+
+    Attributes:
+      shape: per-scene shape, e.g. ``(64, 64, 3)`` for an image, ``()`` for one label.
+      dtype: numpy dtype of the values.
+      num_classes: for an output of class indices (a label map, a digit), the number of
+        classes ``C``: every value must then lie in ``[0, C)``, and
+        :meth:`~autosim_jax.Simulator.render_numpy` rejects a render with a label outside
+        (such a label gives NaN losses, not an error, further down). ``None`` (default): the
+        values are not class indices, or are not range-checked (e.g. a void label 255).
+
+    Example:
+      >>> OutputSpec((8, 8), np.int32, num_classes=4).num_classes
+      4
+      >>> OutputSpec((8, 8), np.float32, num_classes=4)
+      Traceback (most recent call last):
+      ...
+      ValueError: OutputSpec: num_classes=4 declares class indices, which need an integer dtype, got float32.
+    """
 
     shape: tuple[int, ...]
     dtype: Any
+    num_classes: int | None = None
+
+    def __post_init__(self):
+        if self.num_classes is None:
+            return
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, (int, np.integer)) \
+                or self.num_classes < 1:
+            raise ValueError(f"OutputSpec: num_classes must be None or an int >= 1, got {self.num_classes!r}.")
+        if not np.issubdtype(np.dtype(self.dtype), np.integer):
+            raise ValueError(f"OutputSpec: num_classes={self.num_classes} declares class indices, which need an "
+                             f"integer dtype, got {np.dtype(self.dtype)}.")
 
 
 class Renderer(Protocol):

@@ -23,8 +23,9 @@ through ``jax.pure_callback``, so it runs under ``jax.jit`` and ``jax.vmap``.
   vmapped call (instead of one per element with ``"sequential"``) is the cheapest correct
   choice, and the result equals a Python loop over the batch.
 * **Errors.** :meth:`Simulator.render_numpy` is the single place that checks scenes and
-  outputs; every failure (the renderer raises, returns a wrong shape or dtype, or non-finite
-  values, or the scenes are out of the schema's range; with a pool also a worker that dies
+  outputs; every failure (the renderer raises, returns a wrong shape or dtype, non-finite
+  values, or labels outside ``[0, num_classes)`` of a spec that declares ``num_classes``, or
+  the scenes are out of the schema's range; with a pool also a worker that dies
   or a batch past the pool's timeout) becomes a :class:`RenderError` naming the renderer,
   the field and the offending scene (its index in the whole batch) or scene range. Called
   directly it raises that :class:`RenderError`. Through JAX (``simulate``/``render``, eager
@@ -246,10 +247,24 @@ class Simulator:
       Paper Eq. 9-10: ``p_psi(zeta) = int_{s: r(s) = zeta} q_psi(s) ds``.
 
     Example:
-      >>> sim = Simulator(distribution, renderer)  # doctest: +SKIP
-      >>> scenes, inputs, labels = sim.simulate(jax.random.key(0), psi, 32)  # doctest: +SKIP
-      >>> with make_render_pool(renderer, workers=4) as pool:  # doctest: +SKIP
-      ...     same = sim.with_pool(pool).simulate(jax.random.key(0), psi, 32)  # bitwise equal
+      >>> import jax, numpy as np
+      >>> from autosim_jax import Field, OutputSpec, SceneSchema, from_schema
+      >>> class Light:  # the "image" is the light level 4 times; the label, whether it is above 1
+      ...     name, schema = "light", SceneSchema((Field.continuous("light", 0.0, 2.0),))
+      ...     inputs_spec, labels_spec = OutputSpec((4,), np.float32), OutputSpec((), np.int32, num_classes=2)
+      ...     def render(self, scenes, seed):
+      ...         light = scenes["light"]
+      ...         return np.repeat(light[:, None], 4, 1).astype(np.float32), (light > 1).astype(np.int32)
+      >>> sim = Simulator(from_schema(Light.schema), Light())
+      >>> psi = sim.distribution.init()
+      >>> scenes, inputs, labels = sim.simulate(jax.random.key(0), psi, 32)
+      >>> inputs.shape, labels.shape, sorted(scenes)
+      ((32, 4), (32,), ['light'])
+      >>> from autosim_jax.render_pool import make_render_pool
+      >>> with make_render_pool(sim.renderer, workers=1) as pool:  # workers=16: 16 processes
+      ...     same = sim.with_pool(pool).simulate(jax.random.key(0), psi, 32)
+      >>> bool((same.inputs == inputs).all())  # the same renders with any pool
+      True
     """
 
     distribution: Distribution
@@ -302,9 +317,23 @@ class Simulator:
         they are computed changes. A new simulator is a new static argument, so a function
         jitted over the old one traces once more for it.
 
-        Example:
-          >>> with make_render_pool(sim.renderer, workers=2) as pool:  # doctest: +SKIP
-          ...     out = sim.with_pool(pool).simulate(key, psi, 64)
+        Example (a serial pool here; ``workers=2`` gives two processes, which a renderer
+        defined in a module, not in a notebook or doctest, can use):
+
+          >>> import jax, numpy as np
+          >>> from autosim_jax import Field, OutputSpec, SceneSchema, from_schema
+          >>> class Light:  # the "image" is the light level 4 times; the label, whether it is above 1
+          ...     name, schema = "light", SceneSchema((Field.continuous("light", 0.0, 2.0),))
+          ...     inputs_spec, labels_spec = OutputSpec((4,), np.float32), OutputSpec((), np.int32, num_classes=2)
+          ...     def render(self, scenes, seed):
+          ...         light = scenes["light"]
+          ...         return np.repeat(light[:, None], 4, 1).astype(np.float32), (light > 1).astype(np.int32)
+          >>> sim = Simulator(from_schema(Light.schema), Light())
+          >>> from autosim_jax.render_pool import make_render_pool
+          >>> with make_render_pool(sim.renderer, workers=1, backend="serial") as pool:
+          ...     out = sim.with_pool(pool).simulate(jax.random.key(0), sim.distribution.init(), 16)
+          >>> out.inputs.shape
+          (16, 4)
         """
         return dataclasses.replace(self, pool=pool)
 
@@ -328,16 +357,32 @@ class Simulator:
 
         Raises:
           RenderError: the scenes break the schema, the renderer raises, or an output has the
-            wrong shape, dtype, or non-finite values; with a pool also a worker that dies or a
-            batch past the pool's timeout. It names the renderer, the field and the offending
-            scene (its index in the whole batch) or scene range.
+            wrong shape, dtype, or non-finite values, or a class index outside ``[0,
+            num_classes)`` when its :class:`~autosim_jax.schema.OutputSpec` declares
+            ``num_classes``; with a pool also a worker that dies or a batch past the pool's
+            timeout. It names the renderer, the field and the offending scene (its index in
+            the whole batch) or scene range.
 
         References:
           Paper Eq. 10: ``zeta = r(s)``.
 
         Example:
-          >>> scenes = {"light": np.array([0.5])}
-          >>> inputs, labels = sim.render_numpy(scenes, seed=0)  # doctest: +SKIP
+          >>> import jax, numpy as np
+          >>> from autosim_jax import Field, OutputSpec, SceneSchema, from_schema
+          >>> class Light:  # the "image" is the light level 4 times; the label, whether it is above 1
+          ...     name, schema = "light", SceneSchema((Field.continuous("light", 0.0, 2.0),))
+          ...     inputs_spec, labels_spec = OutputSpec((4,), np.float32), OutputSpec((), np.int32, num_classes=2)
+          ...     def render(self, scenes, seed):
+          ...         light = scenes["light"]
+          ...         return np.repeat(light[:, None], 4, 1).astype(np.float32), (light > 1).astype(np.int32)
+          >>> sim = Simulator(from_schema(Light.schema), Light())
+          >>> inputs, labels = sim.render_numpy({"light": np.array([0.5, 1.5])}, seed=0)
+          >>> labels.tolist()
+          [0, 1]
+          >>> sim.render_numpy({"light": np.array([0.5, 2.5])}, seed=0)  # doctest: +ELLIPSIS
+          Traceback (most recent call last):
+          ...
+          autosim_jax.render_pool.RenderError: Renderer 'light' was given invalid scenes (seed 0): Scene field 'light' must be a finite value in [0.0, 2.0]; scene 1 has ...
         """
         name, schema = self.name, self.renderer.schema
         seed = int(seed)
@@ -400,8 +445,31 @@ class Simulator:
                         scenes=shown,
                         seed=seed,
                     )
+            if spec.num_classes is not None:
+                self._check_classes(value, what, spec.num_classes, scenes, n, seed)
             checked.append(value)
         return checked[0], checked[1]
+
+    def _check_classes(self, value, what, num_classes, scenes, n, seed) -> None:
+        """Raises a :class:`RenderError` for a class index outside ``[0, num_classes)``."""
+        bad = (value < 0) | (value >= num_classes)
+        index = _first_bad_scene(bad)
+        if index is None:
+            return
+        at = tuple(int(i) for i in np.argwhere(bad[index])[0]) if bad.ndim > 1 else ()
+        shown = describe_scenes(scenes, index)
+        raise RenderError(
+            f"Renderer {self.name!r} returned {what} {int(value[index][at])} "
+            f"{f'at {at} ' if at else ''}for scene {index} of {n} (seed {seed}); its {what}_spec declares "
+            f"num_classes={num_classes}, so every value must be a class index in [0, {num_classes}) (an "
+            f"out-of-range label gives NaN losses). Fix the renderer, or the spec's num_classes; that "
+            f"scene is {shown}.",
+            renderer=self.name,
+            field=what,
+            scene_index=index,
+            scenes=shown,
+            seed=seed,
+        )
 
     def _check_chunk_output(self, out, j, what, spec, scenes, n, a, b, seed) -> np.ndarray:
         """Output ``j`` (``what``) of the chunk of scenes ``a..b-1``, checked against ``spec``."""
@@ -486,7 +554,19 @@ class Simulator:
           Paper Eq. 10: ``zeta = r(s)``, the deterministic, non-differentiable renderer.
 
         Example:
-          >>> inputs, labels = sim.render(scenes, jnp.uint32(7))  # doctest: +SKIP
+          >>> import jax, numpy as np
+          >>> from autosim_jax import Field, OutputSpec, SceneSchema, from_schema
+          >>> class Light:  # the "image" is the light level 4 times; the label, whether it is above 1
+          ...     name, schema = "light", SceneSchema((Field.continuous("light", 0.0, 2.0),))
+          ...     inputs_spec, labels_spec = OutputSpec((4,), np.float32), OutputSpec((), np.int32, num_classes=2)
+          ...     def render(self, scenes, seed):
+          ...         light = scenes["light"]
+          ...         return np.repeat(light[:, None], 4, 1).astype(np.float32), (light > 1).astype(np.int32)
+          >>> sim = Simulator(from_schema(Light.schema), Light())
+          >>> scenes = {"light": jax.numpy.array([0.5, 1.5, 1.9])}
+          >>> inputs, labels = jax.jit(sim.render)(scenes, jax.numpy.uint32(7))
+          >>> inputs.shape, labels.tolist()
+          ((3, 4), [0, 1, 1])
         """
         n = _check_scene_structure(self.name, self.renderer.schema, scenes)
         seed = jnp.asarray(seed)
@@ -537,7 +617,19 @@ class Simulator:
           Paper Algorithm 1, line 2: sample a dataset of size K, ``D_train ~ p_psi(zeta)``.
 
         Example:
-          >>> scenes, inputs, labels = sim.simulate(jax.random.key(0), psi, 64)  # doctest: +SKIP
+          >>> import jax, numpy as np
+          >>> from autosim_jax import Field, OutputSpec, SceneSchema, from_schema
+          >>> class Light:  # the "image" is the light level 4 times; the label, whether it is above 1
+          ...     name, schema = "light", SceneSchema((Field.continuous("light", 0.0, 2.0),))
+          ...     inputs_spec, labels_spec = OutputSpec((4,), np.float32), OutputSpec((), np.int32, num_classes=2)
+          ...     def render(self, scenes, seed):
+          ...         light = scenes["light"]
+          ...         return np.repeat(light[:, None], 4, 1).astype(np.float32), (light > 1).astype(np.int32)
+          >>> sim = Simulator(from_schema(Light.schema), Light())
+          >>> simulate = jax.jit(sim.simulate, static_argnums=2)  # n is static
+          >>> scenes, inputs, labels = simulate(jax.random.key(0), sim.distribution.init(), 64)
+          >>> inputs.shape, labels.dtype
+          ((64, 4), dtype('int32'))
         """
         scene_key, render_key = jax.random.split(key)
         scenes = self.distribution.sample(scene_key, psi, n)

@@ -49,13 +49,14 @@ class SolveReport(NamedTuple):
     """How the approximation vector was obtained (all scalars; trivial when there is no solve)."""
 
     relative_residual: jax.Array  # f32[]: ||g - (H + lambda I) u|| / ||g||; 0 without a solve
-    converged: jax.Array  # bool[]: the residual met cg_tol (True without a solve)
-    indefinite: jax.Array  # bool[]: u^T (H + lambda I) u <= 0 was met
+    converged: jax.Array  # bool[]: the residual met cg_tol, the system showed no negative curvature
+    indefinite: jax.Array  # bool[]: u^T (H + lambda I) u <= 0 or a CG direction with p^T (H + lambda I) p <= 0
     model_value: jax.Array  # f32[]: q(u) = u^T (H + lambda I) u / 2 - g^T u; < 0 beats u = 0
+    min_curvature: jax.Array  # f32[]: min p^T (H + lambda I) p / p^T p over CG's directions; inf without a solve
 
     @classmethod
     def no_solve(cls) -> SolveReport:
-        return cls(jnp.float32(0), jnp.bool_(True), jnp.bool_(False), jnp.float32(0))
+        return cls(jnp.float32(0), jnp.bool_(True), jnp.bool_(False), jnp.float32(0), jnp.float32(jnp.inf))
 
     @property
     def usable(self) -> jax.Array:
@@ -140,4 +141,5 @@ def approximation_vector(
     if kind == "approx_quadratic":
         return op.matvec(g_val), SolveReport.no_solve()
     sol = solve_damped(op, g_val, damping, tol=cg_tol, maxiter=cg_maxiter)
-    return sol.x, SolveReport(sol.relative_residual, sol.converged, sol.indefinite, sol.model_value)
+    return sol.x, SolveReport(sol.relative_residual, sol.converged, sol.indefinite, sol.model_value,
+                              sol.min_curvature)

@@ -184,6 +184,12 @@ class Task(NamedTuple):
       metric_from_stats: ``stats -> scalar``.
       metric_name: for logs and plots.
       higher_is_better: the metric's direction.
+      num_classes: for a task whose labels are class indices into the last axis of the
+        model's outputs, the number of classes ``C``;
+        :func:`~autosim_jax.make_autosimulate` then checks that the validation labels lie in
+        ``[0, C)`` and that the model outputs ``C`` scores (an out-of-range label gives a NaN
+        loss, not an error, inside the step). ``None``: not declared; for integer labels and
+        outputs shaped ``(*labels, C)`` the class count is then read from the model.
 
     Example:
       >>> import jax.numpy as jnp
@@ -197,6 +203,7 @@ class Task(NamedTuple):
     metric_from_stats: Callable[[jax.Array], jax.Array]
     metric_name: str
     higher_is_better: bool = True
+    num_classes: int | None = None
 
     def metric(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
         """The metric of one batch."""
@@ -204,14 +211,15 @@ class Task(NamedTuple):
 
     @classmethod
     def from_per_sample(cls, per_sample_loss, per_sample_metric, metric_name: str,
-                        higher_is_better: bool = True) -> Task:
+                        higher_is_better: bool = True, num_classes: int | None = None) -> Task:
         """A task whose metric is the mean of ``per_sample_metric(logits, labels) -> [N]``."""
 
         def stats(logits, labels):
             m = jnp.asarray(per_sample_metric(logits, labels), jnp.float32)
             return jnp.stack([jnp.sum(m), jnp.float32(m.size)])
 
-        return cls(per_sample_loss, stats, lambda s: s[0] / s[1], metric_name, higher_is_better)
+        return cls(per_sample_loss, stats, lambda s: s[0] / s[1], metric_name, higher_is_better,
+                   _check_num_classes(num_classes, allow_none=True))
 
 
 def _iou_from_confusion(cm: jax.Array) -> jax.Array:
@@ -230,24 +238,38 @@ def segmentation_task(num_classes: int) -> Task:
       >>> task.metric_name, task.higher_is_better
       ('mIoU', True)
     """
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+    num_classes = _check_num_classes(num_classes, allow_none=False)
 
     def stats(logits, labels):
         return confusion_matrix(_predictions("mean_iou", logits, labels), labels, num_classes)
 
-    return Task(pixel_cross_entropy, stats, _iou_from_confusion, "mIoU")
+    return Task(pixel_cross_entropy, stats, _iou_from_confusion, "mIoU", num_classes=num_classes)
 
 
-def classification_task() -> Task:
+def classification_task(num_classes: int | None = None) -> Task:
     """Cross-entropy to train, accuracy to validate.
+
+    Args:
+      num_classes: the number of classes ``C`` (labels in ``[0, C)``), or ``None`` to read it
+        from the model's output at :func:`~autosim_jax.make_autosimulate`.
 
     Example:
       >>> classification_task().metric_name
       'accuracy'
+      >>> classification_task(10).num_classes
+      10
     """
 
     def correct(logits, labels):
         return _predictions("accuracy", logits, labels) == labels
 
-    return Task.from_per_sample(cross_entropy, correct, "accuracy")
+    return Task.from_per_sample(cross_entropy, correct, "accuracy", num_classes=num_classes)
+
+
+def _check_num_classes(num_classes, *, allow_none: bool) -> int | None:
+    if num_classes is None and allow_none:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int{' or None' if allow_none else ''}, "
+                         f"got {num_classes!r}.")
+    return num_classes

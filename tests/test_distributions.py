@@ -172,6 +172,23 @@ def test_categorical_log_prob_is_log_softmax(x64):
     )
 
 
+def test_categorical_log_prob_of_an_out_of_range_index():
+    """Issue 15, item 5: a concrete index outside [0, C) raises naming the scene; traced (under
+    jit, where it cannot raise) it has probability zero, log q = -inf, never NaN."""
+    q = categorical(3, (2,))
+    idx = np.array([[0, 1], [2, 0], [1, 7]])
+    with pytest.raises(ValueError, match=r"categorical: scene 2 has category index 7 at element \(1,\), outside "
+                                         r"\[0, 3\)"):
+        q.log_prob(q.init(), idx)
+    with pytest.raises(ValueError, match=r"field 'c': categorical: scene 0 has category index -1, outside"):
+        product({"c": categorical(3)}).log_prob({"c": categorical(3).init()}, {"c": np.array([-1, 0])})
+    traced = np.asarray(jax.jit(q.log_prob)(q.init(), jnp.asarray(idx)))
+    np.testing.assert_allclose(traced[:2], 2 * np.log(1 / 3), rtol=1e-6)
+    assert traced[2] == -np.inf
+    grad = jax.grad(lambda p: jax.jit(q.log_prob)(p, jnp.asarray(idx))[:2].sum())(q.init())
+    assert np.all(np.isfinite(grad.logits))
+
+
 def test_categorical_54_cells():
     q = categorical(2, (54,))
     s = q.sample(jax.random.key(0), q.init(), 16)

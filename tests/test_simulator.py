@@ -462,3 +462,59 @@ def test_pool_must_render_with_the_simulators_renderer():
         _sim(ToyRenderer()).with_pool(pool)
     with pytest.raises(ValueError, match="pool must be a RenderPool"):
         Simulator(from_schema(SCHEMA), ToyRenderer(), pool="process")
+
+
+class OutOfRangeLabelRenderer(ToyRenderer):
+    """Declares 3 classes (the quality index) but returns label 7 for scene 5."""
+
+    labels_spec = OutputSpec((), np.int32, num_classes=3)
+
+    def render(self, scenes, seed):
+        x, y = super().render(scenes, seed)
+        if len(y) > 5:
+            y[5] = 7
+        return x, y
+
+
+class LabelMapRenderer(ToyRenderer):
+    """A (3, 4) label map of 2 classes, with a -1 at pixel (2, 1) of the scenes whose light exceeds 1.5."""
+
+    labels_spec = OutputSpec((3, 4), np.int32, num_classes=2)
+
+    def render(self, scenes, seed):
+        x, _ = super().render(scenes, seed)
+        y = (x > x.mean()).astype(np.int32)
+        y[scenes["light"] > 1.5, 2, 1] = -1
+        return x, y
+
+
+def test_labels_outside_the_declared_classes_name_the_scene():
+    """Issue 15, item 5: a render's out-of-range label used to give NaN losses downstream."""
+    sim = _sim(OutOfRangeLabelRenderer())
+    scenes = sim.distribution.sample(jax.random.key(0), sim.distribution.init(), 6)
+    scenes = {k: np.asarray(v) for k, v in scenes.items()}
+    with pytest.raises(RenderError, match=r"Renderer 'toy' returned labels 7 for scene 5 of 6 \(seed 3\); its "
+                                          r"labels_spec declares num_classes=3, so every value must be a class "
+                                          r"index in \[0, 3\)") as err:
+        sim.render_numpy(scenes, 3)
+    assert err.value.field == "labels" and err.value.scene_index == 5
+    with pytest.raises(RenderError, match=r"returned labels 7 for scene 5 of 6"), reraise_render_errors():
+        jax.block_until_ready(_simulate(sim, jax.random.key(0), sim.distribution.init(), 6))
+
+
+def test_label_map_outside_the_classes_names_scene_and_pixel():
+    sim = _sim(LabelMapRenderer())
+    scenes = {k: np.asarray(v) for k, v in sim.distribution.sample(jax.random.key(0), sim.distribution.init(),
+                                                                    16).items()}
+    first = int(np.flatnonzero(scenes["light"] > 1.5)[0])
+    assert first >= 8  # in a later chunk: the index is the scene's in the whole batch
+    with pytest.raises(RenderError, match=rf"returned labels -1 at \(2, 1\) for scene {first} of 16"):
+        sim.render_numpy(scenes, 0)
+
+
+def test_output_spec_num_classes_is_checked():
+    assert OutputSpec((), np.int32).num_classes is None
+    with pytest.raises(ValueError, match="num_classes must be None or an int >= 1, got 0"):
+        OutputSpec((), np.int32, num_classes=0)
+    with pytest.raises(ValueError, match="declares class indices, which need an integer dtype, got float32"):
+        OutputSpec((), np.float32, num_classes=3)

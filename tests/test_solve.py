@@ -43,7 +43,12 @@ def test_pytree_operator_and_preconditioner(x64):
 
 
 def test_hessian_solve_matches_dense(x64):
-    """The curvature operator of a small regression net solved by CG equals the dense solve."""
+    """The curvature operator of a small regression net solved by CG equals the dense solve.
+
+    H has eigenvalues down to -1.29 here: the damping 2 makes H + 2 I positive definite.
+    (With damping 1 CG reaches the exact solution of the indefinite system, a saddle point of
+    the quadratic; that solve is now flagged indefinite and not converged.)
+    """
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     params = {"w1": jax.random.normal(k1, (3, 4)) / 2, "w2": jax.random.normal(k2, (4,)) / 2}
     x = jax.random.normal(k3, (16, 3))
@@ -53,14 +58,17 @@ def test_hessian_solve_matches_dense(x64):
 
     @jax.jit
     def solve(params):
-        return asj.solve_damped(asj.hessian_operator(loss, params, x, y), g, 1.0, tol=1e-12, maxiter=100)
+        return asj.solve_damped(asj.hessian_operator(loss, params, x, y), g, damping, tol=1e-12, maxiter=100)
 
+    damping = 2.0
     res = solve(params)
     op = asj.hessian_operator(loss, params, x, y)
     flat_g, unravel = jax.flatten_util.ravel_pytree(g)
-    expected = np.linalg.solve(np.asarray(op.as_dense()) + np.eye(flat_g.size), flat_g)
-    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(res.x)[0], expected, rtol=1e-9)
-    assert bool(res.converged)
+    dense = np.asarray(op.as_dense()) + damping * np.eye(flat_g.size)
+    assert np.linalg.eigvalsh(dense).min() > 0.5
+    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(res.x)[0], np.linalg.solve(dense, flat_g), rtol=1e-9)
+    assert bool(res.converged) and not bool(res.indefinite)
+    assert float(res.min_curvature) >= np.linalg.eigvalsh(dense).min() - 1e-12  # an upper bound on lambda_min
 
 
 def test_reports_non_convergence_when_out_of_iterations(x64):
@@ -71,28 +79,54 @@ def test_reports_non_convergence_when_out_of_iterations(x64):
     assert float(res.relative_residual) > 1e-10
 
 
+def _search_directions(A, b, k):
+    """CG's first k search directions on A x = b (no preconditioner), in float64."""
+    x, r = np.zeros_like(b), b.copy()
+    p, out = r.copy(), []
+    for _ in range(k):
+        out.append(p.copy())
+        ap = A @ p
+        alpha = (r @ r) / (p @ ap)
+        x, r_new = x + alpha * p, r - alpha * ap
+        p, r = r_new + (r_new @ r_new) / (r @ r) * p, r_new
+    return out
+
+
 def test_indefinite_system_is_reported_never_silent(x64):
-    """Indefinite A + lambda I: every answer is either flagged or the exact linear solution.
+    """Indefinite A + lambda I: every answer is flagged (indefinite, or not converged).
 
     CG may break down (large residual -> not converged), step along negative curvature
-    (x^T (A + lambda I) x <= 0 -> indefinite) or, having spanned the Krylov space, land on
-    the exact solution of the indefinite system. A converged answer must be that solution.
+    (p^T (A + lambda I) p <= 0 for a search direction p, or x^T (A + lambda I) x <= 0 ->
+    indefinite) or, having spanned the Krylov space, land on the exact solution of the
+    indefinite system: a saddle point of the quadratic, which the negative curvature met on
+    the way flags too (issue 15, item 9: it used to come back converged, not indefinite).
     """
-    flagged = converged = 0
+    flagged = 0
     for seed in range(20):
         A = _spd(12, 10.0, seed=seed, negative=1 + seed % 5)  # eigenvalues -1 ... -k, then positive
         b = jnp.asarray(np.random.default_rng(seed).normal(size=12))
         for damping in (0.0, 0.5):
             res = asj.solve_damped(lambda v: jnp.asarray(A) @ v, b, damping, tol=1e-8, maxiter=8)
-            quad = float(res.x @ (A @ res.x + damping * res.x))
-            assert bool(res.indefinite) == (quad <= 0)
-            if bool(res.converged):
-                converged += 1
-                np.testing.assert_allclose(res.x, np.linalg.solve(A + damping * np.eye(12), b), rtol=1e-6)
-            else:
-                flagged += 1
-                assert bool(res.indefinite) or float(res.relative_residual) > 1e-8
-    assert flagged > 20  # the flags do fire on most of these systems
+            shifted = A + damping * np.eye(12)
+            quad = float(res.x @ (shifted @ res.x))
+            curvatures = [p @ shifted @ p / (p @ p) for p in _search_directions(shifted, np.asarray(b), 8)]
+            np.testing.assert_allclose(float(res.min_curvature), min(curvatures), rtol=1e-6)
+            assert bool(res.indefinite) == (quad <= 0 or min(curvatures) <= 0)
+            assert not bool(res.converged)
+            flagged += bool(res.indefinite)
+    assert flagged == 40  # each system's Krylov space meets its negative curvature
+
+
+def test_saddle_point_of_an_indefinite_system_is_flagged(x64):
+    """Issue 15, item 9: on diag(3, -1) CG reaches the exact solution in two steps, with x^T A x
+    > 0 and a zero residual; only the negative curvature of its second search direction shows
+    that the answer is a saddle point of the quadratic, not its minimiser."""
+    A, b = jnp.diag(jnp.array([3.0, -1.0])), jnp.array([1.0, 0.1])
+    res = asj.solve_damped(lambda v: A @ v, b, tol=1e-10, maxiter=2)
+    np.testing.assert_allclose(res.x, [1 / 3, -0.1], rtol=1e-12)  # the exact solution
+    assert float(res.x @ (A @ res.x)) > 0 and float(res.relative_residual) < 1e-12
+    assert float(res.min_curvature) < 0
+    assert bool(res.indefinite) and not bool(res.converged)
     # Enough damping (more than the most negative eigenvalue's magnitude) makes it solvable.
     A = _spd(12, 10.0, seed=3, negative=4)
     b = jnp.ones(12)
@@ -136,6 +170,19 @@ def test_solve_does_not_retrace():
 def test_rejects_bad_damping(damping, match):
     with pytest.raises(ValueError, match=match):
         asj.solve_damped(lambda v: v, jnp.ones(3), damping)
+
+
+def test_matvec_of_the_wrong_shape_is_named():
+    """Issue 15, item 8: a matvec returning the wrong shape used to fail with a broadcasting error."""
+    A = jnp.eye(3)
+    with pytest.raises(ValueError, match=r"for b of shape \(3,\) and dtype float32 it returned shape \(3, 1\)"):
+        asj.solve_damped(lambda v: (A @ v)[:, None], jnp.ones(3))
+    with pytest.raises(ValueError, match=r"matvec must map a vector like b.*raised TypeError"):
+        asj.solve_damped(lambda v: jnp.ones((3, 4)) @ v, jnp.ones(3))
+    with pytest.raises(ValueError, match=r"for b\['w'\] of shape \(2,\) .* returned shape \(1,\)"):
+        asj.solve_damped(lambda v: {"w": v["w"][:1]}, {"w": jnp.ones(2)})
+    with pytest.raises(ValueError, match=r"returned shape \(3,\) and dtype int32"):
+        asj.solve_damped(lambda v: v.astype(jnp.int32), jnp.ones(3))
 
 
 def test_rejects_raw_matrix_and_bad_rhs():

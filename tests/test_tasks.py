@@ -134,3 +134,16 @@ def test_float_labels_and_predictions_are_refused():
         tasks.cross_entropy(jnp.zeros((3, 4)), jnp.zeros(3))
     with pytest.raises(ValueError, match="integers"):
         tasks.accuracy(jnp.zeros(3), jnp.zeros(3, int))
+
+
+def test_num_classes_of_the_tasks():
+    assert tasks.segmentation_task(4).num_classes == 4
+    assert tasks.classification_task().num_classes is None
+    assert tasks.classification_task(10).num_classes == 10
+    plain = tasks.Task.from_per_sample(lambda o, y: (o - y) ** 2, lambda o, y: -((o - y) ** 2), "neg_mse")
+    assert plain.num_classes is None and plain.higher_is_better
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match="num_classes must be a positive int or None"):
+            tasks.classification_task(bad)
+    with pytest.raises(ValueError, match=r"num_classes must be a positive int, got None"):
+        tasks.segmentation_task(None)

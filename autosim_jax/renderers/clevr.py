@@ -655,7 +655,9 @@ def declare_scene_and_outputs(renderer) -> None:
     size = renderer.image_size
     object.__setattr__(renderer, "schema", clevr_schema(renderer.max_objects))
     object.__setattr__(renderer, "inputs_spec", OutputSpec((size, size, 3), np.float32))
-    object.__setattr__(renderer, "labels_spec", OutputSpec((size, size), np.int32))
+    object.__setattr__(
+        renderer, "labels_spec", OutputSpec((size, size), np.int32, num_classes=len(CLASS_NAMES))
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -194,7 +194,7 @@ class GlyphRenderer:
         font_paths()  # fail at construction, naming the missing package or font
         object.__setattr__(self, "schema", glyph_schema())
         object.__setattr__(self, "inputs_spec", OutputSpec((OUT, OUT, 1), np.float32))
-        object.__setattr__(self, "labels_spec", OutputSpec((), np.int32))
+        object.__setattr__(self, "labels_spec", OutputSpec((), np.int32, num_classes=10))
 
     def example_scenes(self, n: int, seed: int, **fixed: Any) -> dict[str, np.ndarray]:
         """Scenes of a reasonable configuration (see :func:`example_glyph_scenes`)."""
