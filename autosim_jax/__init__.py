@@ -6,9 +6,13 @@ The public API, one name per line.
 import importlib.metadata
 
 from .autosimulate import AutoSimState as AutoSimState
+from .autosimulate import AutoSimulateWarning as AutoSimulateWarning
 from .autosimulate import AutoSimulate as AutoSimulate
 from .autosimulate import Hypergradient as Hypergradient
+from .autosimulate import IndefiniteCurvatureWarning as IndefiniteCurvatureWarning
+from .autosimulate import NonFiniteStateError as NonFiniteStateError
 from .autosimulate import StepInfo as StepInfo
+from .autosimulate import UnconvergedSolveWarning as UnconvergedSolveWarning
 from .autosimulate import make_autosimulate as make_autosimulate
 from .checkpoint import load_checkpoint as load_checkpoint
 from .checkpoint import save_checkpoint as save_checkpoint

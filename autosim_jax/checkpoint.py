@@ -156,7 +156,11 @@ def save_checkpoint(path: str | os.PathLike, state: PyTree) -> None:
       ValueError: for a typed PRNG key leaf.
 
     Example:
-      >>> save_checkpoint("run/checkpoint.npz", state)  # doctest: +SKIP
+      >>> import os, tempfile, jax.numpy as jnp
+      >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.npz")
+      >>> save_checkpoint(path, {"psi": jnp.arange(3.0), "step": jnp.int32(7)})
+      >>> int(load_checkpoint(path, {"psi": jnp.zeros(3), "step": jnp.int32(0)})["step"])
+      7
     """
     path = os.fspath(path)
     meta = {"format": FORMAT, "leaves": _fingerprint(state)}
@@ -184,7 +188,13 @@ def load_checkpoint(path: str | os.PathLike, like: PyTree) -> PyTree:
         names the first such leaf).
 
     Example:
-      >>> state = load_checkpoint("run/checkpoint.npz", autosim.init(0))  # doctest: +SKIP
+      >>> import os, tempfile, jax.numpy as jnp
+      >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.npz")
+      >>> save_checkpoint(path, {"w": jnp.ones(2)})
+      >>> load_checkpoint(path, {"w": jnp.zeros(3)})
+      Traceback (most recent call last):
+      ...
+      ValueError: ...
     """
     path = os.fspath(path)
     expected = _fingerprint(like)

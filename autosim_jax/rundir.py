@@ -78,6 +78,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Self, TextIO
 
@@ -92,6 +93,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .autosimulate import AutoSimulateWarning
 from .render_pool import DEFAULT_CHUNK_SIZE, RenderPool, make_render_pool
 from .simulator import RenderError
 
@@ -1004,6 +1006,19 @@ def _step_info(info: Any) -> dict:
     return info._asdict() if hasattr(info, "_asdict") else dict(info)
 
 
+def _relay_warnings(caught: list, told: set) -> None:
+    """AutoSimulate's warnings (an unconverged or indefinite solve) become one stderr note per
+    kind per run: the progress line and the summary already count the steps they concern.
+    Other warnings are re-issued unchanged."""
+    for w in caught:
+        if issubclass(w.category, AutoSimulateWarning):
+            if w.category not in told:
+                told.add(w.category)
+                print(f"autosim: note: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def run_loop(
     method: Any,
     run: RunDir,
@@ -1058,6 +1073,7 @@ def run_loop(
     start = time.perf_counter()
     stopped_by = "iterations"
     board = None
+    told: set[type] = set()
     try:
         board = TensorBoardLog.open(run.path, records) if tensorboard else None
         with open(run.metrics_path, "a") as metrics:
@@ -1069,8 +1085,10 @@ def run_loop(
                     break
                 t0 = time.perf_counter()
                 try:
-                    with quiet_render_errors():
+                    with quiet_render_errors(), warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", AutoSimulateWarning)
                         new_state, info = method.step(state)
+                    _relay_warnings(caught, told)
                 except RenderError as err:
                     raise RenderFailed(int(state.step) + 1, err) from None
                 except Exception as err:

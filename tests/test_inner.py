@@ -1,0 +1,55 @@
+"""The shared inner stages: minibatched validation equals one batch, in float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from autosim_jax import Field, OutputSpec, SceneSchema, Simulator, from_schema
+from autosim_jax.inner import make_inner, sum_over_batches
+from autosim_jax.models import UNet
+from autosim_jax.tasks import classification_task, segmentation_task
+
+
+class _Pixels:
+    """A 'renderer' of 8x8 three-channel images whose pixel classes follow the light."""
+
+    name = "pixels"
+    schema = SceneSchema((Field.continuous("light", 0.0, 1.0),))
+    inputs_spec = OutputSpec((8, 8, 3), np.float32)
+    labels_spec = OutputSpec((8, 8), np.int32, num_classes=4)
+
+    def render(self, scenes, seed):
+        rng = np.random.default_rng(seed)
+        x = (rng.random((len(scenes["light"]), 8, 8, 3)) * scenes["light"][:, None, None, None]).astype(np.float32)
+        return x, (x.sum(-1) * 4 / 3).astype(np.int32).clip(0, 3)
+
+
+@pytest.mark.parametrize("val_batch_size", [1, 3])
+def test_minibatched_validation_equals_one_batch(x64, val_batch_size):
+    """g_val, the loss and the mIoU (from summed confusion matrices) of 10 validation images in
+    batches of 1 and of 3 (a remainder of 1) equal the one-batch values."""
+    sim = Simulator(from_schema(_Pixels.schema), _Pixels())
+    model = UNet(in_channels=3, num_classes=4, base_channels=4, rngs=nnx.Rngs(0))
+    task = segmentation_task(4)
+    common = dict(optimizer=optax.sgd(0.1), dataset_size=8, batch_size=8, epochs=1)
+    one = make_inner(sim, model, task, **common)
+    mini = make_inner(sim, model, task, val_batch_size=val_batch_size, **common)
+    x, y = sim.render_numpy({"light": np.linspace(0.1, 1.0, 10)}, seed=0)
+    theta = jax.tree.map(lambda a: a.astype(jnp.float64), one.theta0)
+    (l1, m1), g1 = one.measure_and_grad(theta, x, y)
+    (l2, m2), g2 = mini.measure_and_grad(theta, x, y)
+    assert float(l2) == pytest.approx(float(l1), rel=1e-12) and float(m2) == pytest.approx(float(m1), rel=1e-12)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(mini.measure(theta, x, y)), np.asarray((l1, m1)), rtol=1e-12)
+
+
+def test_accuracy_statistics_add_up_over_batches():
+    task = classification_task()
+    logits = jax.random.normal(jax.random.key(0), (11, 5))
+    labels = jnp.arange(11) % 5
+    summed = sum_over_batches(task.metric_stats, logits, labels, 4)
+    assert float(task.metric_from_stats(summed)) == pytest.approx(float(task.metric(logits, labels)))
