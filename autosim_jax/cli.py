@@ -152,6 +152,7 @@ class RunArgs:
     render_backend: str | None = None  # "process" or "ray" (None: process when a pool is used)
     ray_address: str | None = None  # with "ray": the cluster (None: a local Ray instance)
     render_timeout: float | None = None  # seconds per batch of K images (None: no limit)
+    select_every: int = 0  # also assess the psi of every N-th step; return the best by validation (0: off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +186,8 @@ def plan_run(experiment, args: RunArgs) -> _Plan:
                          f"needs two renders per step), got {args.dataset_size}.")
     if args.assess_images is not None and args.assess_images < 0:
         raise UsageError(f"--assess-images must be >= 0 (0 skips the assessment), got {args.assess_images}.")
+    if isinstance(args.select_every, bool) or not isinstance(args.select_every, int) or args.select_every < 0:
+        raise UsageError(f"--select-every must be an integer >= 0 (0: off), got {args.select_every!r}.")
     check_progress_flags(args.log_every, args.log_seconds)
     check_seed(args.seed)
     render = check_render_options(args.render_workers, args.render_backend, args.ray_address, args.render_timeout)
@@ -355,6 +358,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
             summary["assessment"] = _assess(setup._replace(config=run_config), run, result, reference, args.seed,
                                             assess_images, stderr, args)
         summary["gap_closed"] = summary["assessment"].get("gap_closed", {}).get("val_metric")
+        if "selected_psi" in summary["assessment"]:
+            summary["selected_step"] = summary["assessment"]["selected_psi"]["step"]
     psi_doc = _psi_document(setup, result.initial.psi, result.state.psi, reference)
     write_json(os.path.join(run.path, PSI_JSON), psi_doc)
     summary["psi_in_field_units"] = {k: psi_doc[k] for k in ("start", "learned", "reference")}
@@ -385,6 +390,12 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
     psis = [("start_psi", "0", result.initial.psi), ("learned_psi", str(int(result.state.step)), result.state.psi)]
     if reference is not None:
         psis.append(("reference_psi", "reference", reference))
+    # --select-every N: the psi of every N-th step too; the one whose fresh model scores best on
+    # the *validation* set is returned as the selected psi (docs/learning.md: in every variant
+    # measured, at or above the final psi).
+    checks = [r for r in result.records if args.select_every and r["step"] % args.select_every == 0
+              and r["step"] != int(result.state.step)]
+    psis += [(f"step_{r['step']}", str(r["step"]), psi_from_record(result.initial.psi, r["psi"])) for r in checks]
     print(f"autosim run: assessing {len(psis)} psi ({', '.join(p[0].replace('_', ' ') for p in psis)}): a fresh "
           f"model on {n} images x {epochs} epochs each", file=stderr, flush=True)
     progress = Progress(len(psis), desc="autosim run: assessing", stream=stderr, unit="psi", every=1,
@@ -408,10 +419,21 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
                             f"{value['test_metric']:.4g}" + (" (cached)" if cached else ""))
     finally:
         progress.close()
+    if checks:
+        candidates = {int(r["step"]): out.pop(f"step_{r['step']}") for r in checks}
+        candidates[int(result.state.step)] = out["learned_psi"]
+        sign = 1 if setup.task.higher_is_better else -1
+        best = max(candidates, key=lambda step: sign * candidates[step]["val_metric"])
+        out["checked_steps"] = {str(step): v for step, v in sorted(candidates.items())}
+        out["selected_psi"] = {"step": best, **candidates[best]}
     if reference is not None:
         out["gap_closed"] = {
             m: finite_or_none(gap_closed(out["start_psi"][m], out["learned_psi"][m], out["reference_psi"][m]))
             for m in ("val_metric", "test_metric")}
+        if checks:
+            out["gap_closed_selected"] = {
+                m: finite_or_none(gap_closed(out["start_psi"][m], out["selected_psi"][m], out["reference_psi"][m]))
+                for m in ("val_metric", "test_metric")}
     return out
 
 
@@ -494,10 +516,15 @@ def _summary_table(s: dict, metric: str) -> str:
             if name in a:
                 rows.append((f"  {name.replace('_', ' ')}",
                              f"{a[name]['val_metric']:.4f} / {a[name]['test_metric']:.4f}"))
-        if "gap_closed" in a:
-            g = a["gap_closed"]
-            rows.append(("gap closed G (val / test)", " / ".join("n/a" if g[m] is None else f"{g[m]:.3f}"
-                                                                for m in ("val_metric", "test_metric"))))
+        if "selected_psi" in a:
+            sel = a["selected_psi"]
+            rows.append((f"  selected psi (step {sel['step']})", f"{sel['val_metric']:.4f} / {sel['test_metric']:.4f}"))
+        for key, label in (("gap_closed", "gap closed G (val / test)"),
+                           ("gap_closed_selected", "  ... by the selected psi")):
+            if key in a:
+                g = a[key]
+                rows.append((label, " / ".join("n/a" if g[m] is None else f"{g[m]:.3f}"
+                                               for m in ("val_metric", "test_metric"))))
     rows += _psi_rows(s)
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {fmt(value)}" for name, value in rows)
@@ -724,6 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "experiment's; 0 skips)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its checkpoint (same configuration required)")
+    run.add_argument("--select-every", type=int, default=0, metavar="N",
+                     help="also assess the psi after every N-th step and report the one whose fresh model does best "
+                          "on the validation set as the selected psi (each check trains one more fresh model; "
+                          "default 0: off)")
     add_progress_flags(run)
     add_render_flags(run)
     compare.add_compare_parser(sub)
@@ -753,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             renderer=args.renderer, out=args.out, resume=args.resume, experiment_spec=args.experiment,
             assess_images=args.assess_images, size=args.size, log_every=args.log_every,
             log_seconds=args.log_seconds, render_workers=args.render_workers, render_backend=args.render_backend,
-            ray_address=args.ray_address, render_timeout=args.render_timeout)
+            ray_address=args.ray_address, render_timeout=args.render_timeout, select_every=args.select_every)
         out = args.out or "the run directory"
         with interrupt_guard(f"autosim run: interrupted; {out} holds every completed step. Continue with --resume.",
                              stream=sys.stderr):

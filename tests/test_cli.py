@@ -454,3 +454,23 @@ def test_sigint_stops_a_hung_renderer_promptly_and_leaves_a_resumable_directory(
     assert "interrupted" in err and "--resume" in err
     assert main(["run", TOY, "--iterations", "2", "--assess-images", "0", "--out", str(out), "--resume"]) == 0
     assert [r["step"] for r in _lines(out / "metrics.jsonl")] == [1, 2]
+
+
+def test_select_every_returns_the_best_checked_psi_by_validation(toy_path, tmp_path, capsys):
+    """--select-every 2 on 4 steps assesses the psi of steps 2 and 4 (the final) too and selects
+    the one with the best *validation* metric; its G is reported beside the final psi's."""
+    from autosim_jax.experiments import gap_closed
+
+    out = tmp_path / "r"
+    assert main(["run", TOY_REF, "--iterations", "4", "--select-every", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    a = json.loads((out / "summary.json").read_text())["assessment"]
+    checked = a["checked_steps"]
+    assert set(checked) == {"2", "4"} and checked["4"] == a["learned_psi"]
+    best = max(checked, key=lambda s: checked[s]["val_metric"])  # the toy's neg_mse: higher is better
+    assert a["selected_psi"] == {"step": int(best), **checked[best]}
+    for m in ("val_metric", "test_metric"):
+        assert a["gap_closed_selected"][m] == gap_closed(a["start_psi"][m], a["selected_psi"][m],
+                                                         a["reference_psi"][m])
+    assert f"selected psi (step {best})" in printed
+    assert main(["run", TOY_REF, "--select-every", "-1", "--out", str(tmp_path / "bad")]) == 2
