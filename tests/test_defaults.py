@@ -1,0 +1,72 @@
+"""The library's defaults on the toy of tests/test_autosimulate.py (issue 12 item 5, issue 13).
+
+The toy with nothing but its simulator, model, task and validation set: ``make_autosimulate(sim,
+model, task, val)``, only the approximation chosen, 400 outer steps, seeds 0-4, final ``mu``
+against the brute-force optimum ``mu*`` (2.026). The start, ``mu = -1``, is 3.0 away.
+
+Measured with these defaults (``benchmarks/toy_defaults.py``, ``docs/defaults.md``; the same
+numbers on every run, the toy being deterministic for a seed), final ``|mu - mu*|`` for seeds 0-4:
+
+* exact quadratic: 0.034 0.027 0.032 0.028 0.023 (max 0.034): issue 13's target, asserted;
+* linear: 0.060 0.223 0.083 0.018 0.138 (3 of 5 within 0.1, max 0.223);
+* approximate quadratic: 0.204 0.351 0.478 0.382 0.411 (0 of 5, max 0.478).
+
+Issue 13 asks for all three rows within 0.1 on 5 seeds. No setting of AutoSimConfig's options
+measured does that (docs/defaults.md: Adam on psi stalls once the hypergradient shrinks, the
+natural-gradient trust region collapses sigma before mu moves); the linear and approximate
+rows are strict xfails of that target, so a change that meets it fails here as XPASS and the
+marker should go. Their regression guard is the second test (bounds a little above the
+measured worst). With the old defaults (K 64, 1 epoch of Adam 1e-3, Adam 0.05 on psi) every
+row ended 2.0-2.5 away.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+from flax import nnx
+from test_autosimulate import TOY_TASK, VAL, SquareRenderer, _optimal_mu
+
+from autosim_jax import AutoSimConfig, make_autosimulate
+from autosim_jax.distributions import from_schema
+from autosim_jax.simulator import Simulator
+
+STEPS = 400
+SEEDS = (0, 1, 2, 3, 4)
+TARGET = 0.1
+NOT_YET = "issue 13's toy target, not met by any measured defaults (docs/defaults.md)"
+
+
+@functools.cache
+def _final_errors(approximation: str) -> tuple[float, ...]:
+    """Final |mu - mu*| of each seed with the library's defaults (one compile per row)."""
+    q = from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}})
+    model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
+    autosim = make_autosimulate(Simulator(q, SquareRenderer()), model, TOY_TASK, VAL, approximation=approximation)
+    assert autosim.config == AutoSimConfig(approximation=approximation)  # nothing else set
+    mu_star, errors = _optimal_mu(), []
+    for seed in SEEDS:
+        state = autosim.init(seed)
+        for _ in range(STEPS):
+            state, _ = autosim.step(state)
+        errors.append(abs(float(state.psi["x"].loc) - mu_star))
+    return tuple(errors)
+
+
+@pytest.mark.parametrize("approximation", [
+    "exact_quadratic",
+    pytest.param("linear", marks=pytest.mark.xfail(strict=True, reason=NOT_YET)),
+    pytest.param("approx_quadratic", marks=pytest.mark.xfail(strict=True, reason=NOT_YET)),
+])
+def test_defaults_end_within_0_1_of_the_optimum_on_5_seeds(approximation):
+    errors = _final_errors(approximation)
+    assert max(errors) < TARGET, np.round(errors, 3)
+
+
+@pytest.mark.parametrize("approximation, bound", [("exact_quadratic", 0.1), ("linear", 0.3),
+                                                  ("approx_quadratic", 0.6)])
+def test_defaults_go_most_of_the_way_from_a_fresh_model(approximation, bound):
+    """Regression guard: every seed of every row ends within ``bound`` (measured worst: 0.034,
+    0.223, 0.478), i.e. at least 80% of the way from the start."""
+    errors = _final_errors(approximation)
+    assert max(errors) < bound, np.round(errors, 3)
