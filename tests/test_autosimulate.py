@@ -18,26 +18,13 @@ import autosim_jax as asj
 from autosim_jax.autosimulate import make_autosimulate
 from autosim_jax.tasks import Task
 from autosim_jax.distributions import from_schema
-from autosim_jax.schema import Field, OutputSpec, SceneSchema
 from autosim_jax.simulator import RenderError, Simulator
+from toys import SquareRenderer
 
 # Most toys here run a few CG iterations to a tight tolerance on purpose: their first
 # unconverged solve warns (once per instance), which pytest's "error" filter would raise.
 # tests/test_boundary.py checks the warning itself.
 pytestmark = pytest.mark.filterwarnings("ignore::autosim_jax.autosimulate.UnconvergedSolveWarning")
-
-
-class SquareRenderer:
-    """A deterministic host 'renderer' r(x) = (x, x^2)."""
-
-    name = "square"
-    schema = SceneSchema((Field.continuous("x", doc="the input value"),))
-    inputs_spec = OutputSpec((1,), np.float32)
-    labels_spec = OutputSpec((1,), np.float32)
-
-    def render(self, scenes, seed):
-        x = np.asarray(scenes["x"], np.float32)[:, None]
-        return x.copy(), x**2
 
 
 class BrokenRenderer(SquareRenderer):

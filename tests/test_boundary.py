@@ -29,19 +29,7 @@ from autosim_jax.autosimulate import (
 from autosim_jax.checkpoint import load_checkpoint, save_checkpoint
 from autosim_jax.schema import Field, OutputSpec, SceneSchema
 from autosim_jax.simulator import RenderError
-
-
-class SquareRenderer:
-    """r(x) = (x, x^2), the toy of tests/test_autosimulate.py."""
-
-    name = "square"
-    schema = SceneSchema((Field.continuous("x"),))
-    inputs_spec = OutputSpec((1,), np.float32)
-    labels_spec = OutputSpec((1,), np.float32)
-
-    def render(self, scenes, seed):
-        x = np.asarray(scenes["x"], np.float32)[:, None]
-        return x.copy(), x**2
+from toys import SquareRenderer
 
 
 class ColourRenderer:

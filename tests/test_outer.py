@@ -17,8 +17,8 @@ from flax import nnx
 from autosim_jax import CategoricalParams, NormalParams, Task, make_autosimulate
 from autosim_jax.distributions import categorical, from_schema, gaussian
 from autosim_jax.outer import add_entropy_bonus, entropy, kl_divergence, natural_gradient, natural_trust_region
-from autosim_jax.schema import Field, OutputSpec, SceneSchema
 from autosim_jax.simulator import Simulator
+from toys import SquareRenderer
 
 
 def _categorical_fisher(logits):
@@ -111,24 +111,13 @@ def test_natural_needs_known_families_and_valid_options():
         natural_trust_region(1.0, 0.1, momentum=1.0)
 
 
-class _Square:
-    name = "square"
-    schema = SceneSchema((Field.continuous("x"),))
-    inputs_spec = OutputSpec((1,), np.float32)
-    labels_spec = OutputSpec((1,), np.float32)
-
-    def render(self, scenes, seed):
-        x = np.asarray(scenes["x"], np.float32)[:, None]
-        return x, x**2
-
-
 def _nan_updates():
     return optax.GradientTransformation(lambda p: optax.EmptyState(),
                                         lambda g, s, p=None: (jax.tree.map(lambda a: a * jnp.nan, g), s))
 
 
 def test_a_non_finite_update_never_moves_psi():
-    sim = Simulator(from_schema(_Square.schema, {"x": {"loc": -1.0, "scale": 0.5}}), _Square())
+    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
     mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
     task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
     x = np.full((16, 1), 2.0, np.float32)
@@ -143,7 +132,7 @@ def test_a_non_finite_update_never_moves_psi():
 
 @pytest.mark.parametrize("outer, extra", [("natural", {"max_kl": 0.05}), ("adam", {"entropy_weight": 0.3})])
 def test_step_control_options_run_through_make_autosimulate(outer, extra):
-    sim = Simulator(from_schema(_Square.schema, {"x": {"loc": -1.0, "scale": 0.5}}), _Square())
+    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
     mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
     task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
     x = np.full((16, 1), 2.0, np.float32)
