@@ -328,9 +328,12 @@ class _Batch(NamedTuple):
     bound2: np.ndarray  # (m, K) squared bounding-sphere radius for culling; -inf: empty slot
     albedo: np.ndarray  # (m, K, 3)
     metal: np.ndarray  # (m, K) bool
+    floor: np.ndarray  # (m, 3) float32 floor albedo
+    checker: np.ndarray | None  # (m,) float32 contrast of 1-unit floor tiles; None: a plain floor
 
 
-def _batch(scenes: dict[str, np.ndarray], sel: np.ndarray) -> _Batch:
+def _batch(scenes: dict[str, np.ndarray], sel: np.ndarray, floor: np.ndarray | None = None,
+           checker: np.ndarray | None = None) -> _Batch:
     k = scenes["shape"].shape[1]
     shape = scenes["shape"][sel].astype(np.int64)
     radius = np.asarray(SIZE_RADIUS, _DT)[scenes["size"][sel]]
@@ -348,7 +351,9 @@ def _batch(scenes: dict[str, np.ndarray], sel: np.ndarray) -> _Batch:
         bounces=np.asarray(BOUNCE_CHOICES)[scenes["bounces"][sel]], active=active,
         shape=shape, center=center, size=size, cos=np.cos(theta), sin=np.sin(theta),
         bound2=np.where(active, bound2, -np.inf).astype(_DT), albedo=COLOR_RGB[scenes["color"][sel]],
-        metal=np.asarray([m == "metal" for m in MATERIALS])[scenes["material"][sel]])
+        metal=np.asarray([m == "metal" for m in MATERIALS])[scenes["material"][sel]],
+        floor=(np.full((len(sel), 3), FLOOR_ALBEDO, _DT) if floor is None else np.asarray(floor, _DT)[sel]),
+        checker=None if checker is None or not np.any(np.asarray(checker)[sel]) else np.asarray(checker, _DT)[sel])
 
 
 def _dot(a, b):
@@ -541,7 +546,12 @@ def _radiance(sb: _Batch, o, d, img, depth_left, rng):
     # Most rays hit the floor: start from it and gather object properties for the rest only.
     on_obj = np.nonzero(slot >= 0)
     img_obj, slot_obj = np.broadcast_to(img, shape)[on_obj], slot[on_obj]
-    albedo = np.full((3, *shape), FLOOR_ALBEDO, _DT)
+    albedo = np.empty((3, *shape), _DT)
+    albedo[...] = np.moveaxis(sb.floor[img], -1, 0)  # (3, *B): img broadcasts against B
+    if sb.checker is not None:  # 1-unit tiles, every other one darker by the scene's contrast
+        q = o + np.where(np.isfinite(t), t, 0) * d
+        odd = (np.floor(q[0]) + np.floor(q[1])) % 2 == 1
+        albedo *= np.where(odd, 1 - sb.checker[img], _DT(1))
     albedo[(slice(None), *on_obj)] = sb.albedo[img_obj, slot_obj].T
     metal = np.zeros(shape, bool)
     metal[on_obj] = sb.metal[img_obj, slot_obj]
@@ -648,6 +658,117 @@ def _label_pass(scenes, size):
     return labels.reshape(n, size, size)
 
 
+def render_images(scenes: dict[str, np.ndarray], *, size: int, resolution: np.ndarray, spp: np.ndarray,
+                  rng: np.random.Generator, floor: np.ndarray | None = None,
+                  checker: np.ndarray | None = None) -> np.ndarray:
+    """Tone-mapped images ``(n, size, size, 3)`` of validated scenes, at any resolution and spp.
+
+    The one render loop of :class:`ClevrRenderer` and of the detection scenes of
+    :mod:`~autosim_jax.renderers.clevr_det` (which render at resolutions outside the
+    ``resolution`` field's choices and on floors of their own): scenes of one (resolution,
+    spp) are traced together, about ``_RAYS_PER_CHUNK`` rays at once, then resampled to
+    ``size``.
+
+    Args:
+      scenes: a batch of :func:`clevr_schema` scenes (already validated).
+      size: the training size of the returned images.
+      resolution: ``(n,)`` render width = height in pixels of each scene.
+      spp: ``(n,)`` samples per pixel of each scene.
+      rng: drives the pixel jitter and the Monte Carlo ambient light.
+      floor: ``(n, 3)`` linear floor albedo of each scene (default: grey ``FLOOR_ALBEDO``).
+      checker: ``(n,)`` contrast in ``[0, 1)`` of 1-unit floor tiles (default: none).
+
+    Example:
+      >>> s = example_clevr_scenes(clevr_schema(2), 2, seed=0)
+      >>> x = render_images(s, size=16, resolution=np.array([8, 16]), spp=np.array([1, 2]),
+      ...                   rng=np.random.default_rng(0), floor=np.array([[0.6, 0.3, 0.2]] * 2))
+      >>> x.shape
+      (2, 16, 16, 3)
+    """
+    n = scenes["shape"].shape[0]
+    res_of, spp_of = np.broadcast_to(resolution, (n,)), np.broadcast_to(spp, (n,))
+    images = np.empty((n, size, size, 3), np.float32)
+    for res, s in sorted(set(zip(res_of.tolist(), spp_of.tolist()))):
+        group = np.flatnonzero((res_of == res) & (spp_of == s))
+        group = group[np.argsort(-scenes["num_objects"][group], kind="stable")]  # see _intersect
+        per_chunk = max(1, _RAYS_PER_CHUNK // (res * res * s))
+        for start in range(0, group.size, per_chunk):
+            sel = group[start:start + per_chunk]
+            images[sel] = _render_block(_batch(scenes, sel, floor, checker), res, s, size, rng)
+    return np.ascontiguousarray(tonemap(images))
+
+
+# --- Box labels -----------------------------------------------------------------------------
+
+BOX_COLUMNS = ("class", "x0", "y0", "x1", "y1", "valid")
+
+
+@functools.lru_cache(maxsize=1)
+def _unit_outlines() -> np.ndarray:
+    """``(3 shapes, P, 3)`` points whose projections bound each shape's silhouette (unit size).
+
+    Sphere: a 64 x 128 latitude-longitude grid of the unit sphere (the box it gives is short
+    of the exact silhouette's by at most ``1 - cos(pi / 128)``, 3e-4 of the radius); cube: its
+    8 corners (exact: a convex polytope projects to the hull of its vertices); cylinder: its
+    two cap circles at 256 angles (the convex hull of the caps is the cylinder). Rows are
+    padded by repeating points.
+    """
+    lat, lon = np.meshgrid(np.linspace(0, np.pi, 64), np.linspace(0, 2 * np.pi, 128, endpoint=False))
+    sphere = np.stack([np.sin(lat) * np.cos(lon), np.sin(lat) * np.sin(lon), np.cos(lat)], -1).reshape(-1, 3)
+    cube = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
+    a = np.linspace(0, 2 * np.pi, 256, endpoint=False)
+    circle = np.stack([np.cos(a), np.sin(a), np.ones_like(a)], -1)
+    cylinder = np.concatenate([circle, circle * [1, 1, -1]])
+    p = sphere.shape[0]
+    return np.stack([np.resize(v, (p, 3)) for v in (sphere, cube, cylinder)])
+
+
+def object_boxes(scenes: dict[str, np.ndarray], size: int, min_side: float = 1.0) -> np.ndarray:
+    """Box labels of every object slot: the projected extent of each object, in pixels.
+
+    A box is the axis-aligned bound of the object's whole silhouette (amodal: an occluded
+    object keeps its full box), clipped to the image. Row ``k`` of a scene describes slot
+    ``k``; its columns are :data:`BOX_COLUMNS`: the class (the shape index into
+    :data:`SHAPES`, 0 = sphere), ``x0, y0, x1, y1`` in pixels of the ``size x size`` image
+    (pixel ``i`` spans ``[i, i + 1)``, as in :func:`project`) and ``valid`` (1 for a drawn
+    object whose clipped box is at least ``min_side`` pixels wide and high, else 0; an invalid
+    row is all zeros).
+
+    Args:
+      scenes: a batch of :func:`clevr_schema` scenes.
+      size: image width and height in pixels.
+      min_side: the smallest visible side of a valid box, pixels.
+
+    Returns:
+      float32 ``(n, max_objects, 6)``.
+
+    Example:
+      >>> s = example_clevr_scenes(clevr_schema(2), 1, seed=0, num_objects=0, shape=0, size=1,
+      ...                          position=[[0.0, 0.0], [0.0, 0.0]])
+      >>> b = object_boxes(s, 64)[0]
+      >>> b[:, 5].tolist(), b[0, 0].item()  # one sphere drawn, slot 1 empty
+      ([1.0, 0.0], 0.0)
+    """
+    shape = np.asarray(scenes["shape"], np.int64)
+    n, k = shape.shape
+    radius = np.asarray(SIZE_RADIUS)[scenes["size"]]
+    half = np.where(shape == SHAPES.index("cube"), radius / np.sqrt(2.0), radius)  # (n, k)
+    theta = np.radians(np.asarray(scenes["rotation"], float))
+    c, s = np.cos(theta), np.sin(theta)
+    unit = _unit_outlines()[shape]  # (n, k, P, 3)
+    x = c[..., None] * unit[..., 0] - s[..., None] * unit[..., 1]
+    y = s[..., None] * unit[..., 0] + c[..., None] * unit[..., 1]
+    centre = np.concatenate([np.asarray(scenes["position"], float), half[..., None]], -1)  # (n, k, 3)
+    world = centre[..., None, :] + half[..., None, None] * np.stack([x, y, unit[..., 2]], -1)
+    uv = project(world, size)  # (n, k, P, 2)
+    lo = np.clip(uv.min(axis=2), 0, size)
+    hi = np.clip(uv.max(axis=2), 0, size)
+    drawn = np.arange(k)[None, :] <= np.asarray(scenes["num_objects"])[:, None]
+    valid = drawn & np.all(hi - lo >= min_side, axis=-1)
+    boxes = np.concatenate([shape[..., None], lo, hi, np.ones((n, k, 1))], -1)
+    return np.where(valid[..., None], boxes, 0).astype(np.float32)
+
+
 def declare_scene_and_outputs(renderer) -> None:
     """Sets the schema and output specs of a frozen CLEVR-scene renderer (numpy or Mitsuba)."""
     if int(renderer.image_size) < 4:
@@ -655,9 +776,13 @@ def declare_scene_and_outputs(renderer) -> None:
     size = renderer.image_size
     object.__setattr__(renderer, "schema", clevr_schema(renderer.max_objects))
     object.__setattr__(renderer, "inputs_spec", OutputSpec((size, size, 3), np.float32))
-    object.__setattr__(
-        renderer, "labels_spec", OutputSpec((size, size), np.int32, num_classes=len(CLASS_NAMES))
-    )
+    if getattr(renderer, "labels", "segmentation") == "boxes":
+        spec = OutputSpec((renderer.max_objects, len(BOX_COLUMNS)), np.float32)
+    elif getattr(renderer, "labels", "segmentation") == "segmentation":
+        spec = OutputSpec((size, size), np.int32, num_classes=len(CLASS_NAMES))
+    else:
+        raise ValueError(f"labels must be 'segmentation' or 'boxes', got {renderer.labels!r}.")
+    object.__setattr__(renderer, "labels_spec", spec)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -667,6 +792,9 @@ class ClevrRenderer:
     Args:
       image_size: width and height of the returned images and label maps (the training size).
       max_objects: object slots per scene (the ``num_objects`` field picks 1..max_objects).
+      labels: ``"segmentation"`` (class maps, the default) or ``"boxes"`` (detection labels
+        of fixed shape ``(max_objects, 6)``: one row per object slot, see
+        :func:`object_boxes`; the images are the same).
 
     ``render(scenes, seed)`` returns images float32 ``(n, image_size, image_size, 3)`` in
     ``[0, 1]`` and labels int32 ``(n, image_size, image_size)`` with classes
@@ -681,6 +809,7 @@ class ClevrRenderer:
 
     image_size: int = 64
     max_objects: int = 4
+    labels: str = "segmentation"
     name: ClassVar[str] = "clevr"
     schema: SceneSchema = dataclasses.field(init=False, repr=False)
     inputs_spec: OutputSpec = dataclasses.field(init=False, repr=False)
@@ -701,7 +830,9 @@ class ClevrRenderer:
           seed: drives the pixel jitter and the Monte Carlo ambient light.
 
         Returns:
-          ``(images, labels)``: float32 ``(n, H, W, 3)`` in ``[0, 1]``, int32 ``(n, H, W)``.
+          ``(images, labels)``: float32 ``(n, H, W, 3)`` in ``[0, 1]``, and int32 ``(n, H, W)``
+          class maps (``labels="segmentation"``) or float32 ``(n, max_objects, 6)`` boxes
+          (``labels="boxes"``, see :func:`object_boxes`).
 
         Raises:
           ValueError: for scenes that do not match the schema (missing field, wrong shape or
@@ -709,23 +840,14 @@ class ClevrRenderer:
         """
         n = self.schema.validate(scenes)
         scenes = {k: np.asarray(v) for k, v in scenes.items()}
-        rng = np.random.default_rng(seed)
         size = int(self.image_size)
-        res_of = np.asarray(RESOLUTION_CHOICES)[scenes["resolution"]]
-        spp_of = np.asarray(SPP_CHOICES)[scenes["spp"]]
-        images = np.empty((n, size, size, 3), np.float32)
-        # Scenes of one (resolution, spp) are traced together, about _RAYS_PER_CHUNK rays at once.
-        for res, spp in sorted(set(zip(res_of.tolist(), spp_of.tolist()))):
-            group = np.flatnonzero((res_of == res) & (spp_of == spp))
-            group = group[np.argsort(-scenes["num_objects"][group], kind="stable")]  # see _intersect
-            per_chunk = max(1, _RAYS_PER_CHUNK // (res * res * spp))
-            for start in range(0, group.size, per_chunk):
-                sel = group[start:start + per_chunk]
-                images[sel] = _render_block(_batch(scenes, sel), res, spp, size, rng)
-        images = tonemap(images)
+        images = render_images(scenes, size=size, resolution=np.asarray(RESOLUTION_CHOICES)[scenes["resolution"]],
+                               spp=np.asarray(SPP_CHOICES)[scenes["spp"]], rng=np.random.default_rng(seed))
+        if self.labels == "boxes":
+            return images, object_boxes(scenes, size)
         labels = np.empty((n, size, size), np.int32)
         per_chunk = max(1, _RAYS_PER_CHUNK // (size * size))
         for start in range(0, n, per_chunk):
             sel = np.arange(start, min(n, start + per_chunk))
             labels[sel] = _label_pass({k: v[sel] for k, v in scenes.items()}, size)
-        return np.ascontiguousarray(images), np.ascontiguousarray(labels)
+        return images, np.ascontiguousarray(labels)
