@@ -36,9 +36,10 @@ import zipfile
 from collections.abc import Callable
 from typing import IO, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+# JAX is imported by the functions that use it: rundir (and through it the command line's
+# parser) needs atomic_write and TMP_PREFIX without importing JAX (see autosim_jax/__init__.py).
 
 PyTree = Any
 
@@ -128,11 +129,16 @@ def leaf_paths(tree: PyTree) -> list[str]:
       >>> leaf_paths({"a": (1, 2), "b": 3})
       ['a.0', 'a.1', 'b']
     """
+    import jax
+
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return [".".join(_leaf_name(e) for e in path) for path, _ in flat]
 
 
 def _fingerprint(tree: PyTree) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
     leaves = jax.tree.leaves(tree)
     out = []
     for name, leaf in zip(leaf_paths(tree), leaves):
@@ -162,6 +168,8 @@ def save_checkpoint(path: str | os.PathLike, state: PyTree) -> None:
       >>> int(load_checkpoint(path, {"psi": jnp.zeros(3), "step": jnp.int32(0)})["step"])
       7
     """
+    import jax
+
     path = os.fspath(path)
     meta = {"format": FORMAT, "leaves": _fingerprint(state)}
     arrays = {f"leaf_{i:05d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(state))}
@@ -196,6 +204,9 @@ def load_checkpoint(path: str | os.PathLike, like: PyTree) -> PyTree:
       ...
       ValueError: ...
     """
+    import jax
+    import jax.numpy as jnp
+
     path = os.fspath(path)
     expected = _fingerprint(like)
     try:

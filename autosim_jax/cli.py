@@ -57,15 +57,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
+# JAX and the modules that import it (autosimulate, distributions, experiments, simulator) are
+# imported by the functions that use them, after the flags are parsed and validated: `autosim
+# --help` and a refused flag take a fraction of a second instead of JAX's 1.5 s import
+# (tests/test_cli.py checks that parsing leaves JAX unimported).
 from . import compare
-from .autosimulate import make_autosimulate
 from .checkpoint import TMP_PREFIX
 from .config import APPROXIMATIONS
-from .distributions import describe_psi
-from .experiments import gap_closed, make_assessor
+from .render_pool import RenderError
 from .rundir import (
     ASSESSED,
     CHECKPOINT,
@@ -105,7 +106,6 @@ from .rundir import (
     summarize,
     write_json,
 )
-from .simulator import RenderError, reraise_render_errors
 
 __all__ = ["RunArgs", "RunDirError", "UsageError", "build_parser", "main", "resolve_experiment", "run_experiment"]
 
@@ -309,6 +309,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
                       "the continuation is not bitwise that of an uninterrupted run.", file=stderr)
     setup = pools.attach(setup)  # the render pool of the steps, the assessment and the samples
     try:
+        from .autosimulate import make_autosimulate
+
         autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, run_config)
     except ValueError as err:
         raise UsageError(f"the experiment's setup is invalid: {err}") from None
@@ -385,6 +387,9 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
     Cached in ``assessed.json`` (keys ``"0"`` for the start, the step for the learned psi,
     ``"reference"``), so an interrupted or resumed run does not train them again.
     """
+    from .experiments import gap_closed, make_assessor
+    from .simulator import reraise_render_errors
+
     epochs = setup.assess_epochs
     protocol = {"images": n, "epochs": epochs, "seed": seed}
     psis = [("start_psi", "0", result.initial.psi), ("learned_psi", str(int(result.state.step)), result.state.psi)]
@@ -441,6 +446,10 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
 
 
 def _describe(setup, psi) -> dict | None:
+    import jax
+
+    from .distributions import describe_psi
+
     try:
         return describe_psi(setup.simulator.renderer.schema, jax.tree.map(np.asarray, psi))
     except ValueError:
@@ -613,8 +622,11 @@ def _plot_psi(out: str, records: list[dict], setup, psi0, psi1, reference) -> No
 
 
 def _write_plots(out: str, records: list[dict], setup, psi0, psi1, reference, seed: int, stderr) -> None:
+    import jax
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
+
+    from .simulator import reraise_render_errors
 
     metric = setup.task.metric_name
     fig = Figure(figsize=(10, 4), layout="constrained")

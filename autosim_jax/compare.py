@@ -64,10 +64,11 @@ import time
 
 import numpy as np
 
-from .autosimulate import make_autosimulate
+# JAX and the modules that import it are imported by the functions that use them, after the
+# flags are parsed and validated (see autosim_jax/cli.py).
 from .checkpoint import TMP_PREFIX, atomic_write
 from .config import APPROXIMATIONS
-from .experiments import gap_closed, make_assessor
+from .render_pool import RenderError
 from .rundir import ASSESSED as ASSESSED_FILE
 from .rundir import (
     CONFIG,
@@ -102,7 +103,6 @@ from .rundir import (
     summarize,
     write_json,
 )
-from .simulator import RenderError, reraise_render_errors
 
 METHODS = ("autosimulate", "lts", "bo", "random")
 # Config keys of a compare run directory whose change alters its results (--resume refuses).
@@ -208,6 +208,8 @@ def _common(record: dict, train_steps_per_step: int | None = None) -> dict:
 def _build_method(method: str, approximation: str | None, setup, args: CompareArgs, budget_evaluations: int):
     """``(init, step)`` of one method on ``setup``: AutoSimulate, or a baseline's BlackBox."""
     if method == "autosimulate":
+        from .autosimulate import make_autosimulate
+
         return make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
                                  setup.config.replace(approximation=approximation))
     from . import baselines
@@ -685,6 +687,9 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
 
 def _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds, psi0, reference, protocol, rows,
                 out, metric, higher, pools: RenderPools, stderr) -> dict:
+    from .experiments import gap_closed, make_assessor
+    from .simulator import reraise_render_errors
+
     # Seed by seed: a renderer that is not equal across builds gets a new pool per seed (RenderPools),
     # which closes the last one, so a seed's assessor is never used again once the next is built.
     jobs = sorted(_assessment_plan(runs, table2, records_of, thresholds, args.seeds, reference is not None),

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optax
+if TYPE_CHECKING:
+    import optax
 
-from .outer import natural_trust_region
+# optax (and with it JAX) is imported by the two builders below, not here: the command line
+# reads APPROXIMATIONS to parse its flags without importing JAX (see autosim_jax/__init__.py).
 
 APPROXIMATIONS = ("exact_quadratic", "approx_quadratic", "linear", "no_val")
 CURVATURES = ("hessian", "gauss_newton", "empirical_fisher")
@@ -165,10 +167,16 @@ class AutoSimConfig:
 
     def inner_optax(self) -> optax.GradientTransformation:
         """The fine-tuning optimiser of ``theta`` this config names."""
+        import optax
+
         return {"adam": optax.adam, "sgd": optax.sgd}[self.inner_optimizer](self.inner_learning_rate)
 
     def outer_optax(self) -> optax.GradientTransformation:
         """The optimiser of ``psi`` this config names."""
+        import optax
+
+        from .outer import natural_trust_region
+
         if self.outer_optimizer == "natural":
             return natural_trust_region(self.outer_learning_rate, self.max_kl)
         return {"adam": optax.adam, "sgd": optax.sgd}[self.outer_optimizer](self.outer_learning_rate)

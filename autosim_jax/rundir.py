@@ -82,9 +82,10 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Self, TextIO
 
-import jax
 import numpy as np
 
+# JAX, and the modules that import it, are imported by the functions that use them, so that the
+# command line parses and validates its flags without importing JAX (autosim_jax/__init__.py).
 from .checkpoint import (
     TMP_PREFIX,
     CheckpointError,
@@ -93,9 +94,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .autosimulate import AutoSimulateWarning
-from .render_pool import DEFAULT_CHUNK_SIZE, RenderPool, make_render_pool
-from .simulator import RenderError
+from .render_pool import DEFAULT_CHUNK_SIZE, RenderError, RenderPool, make_render_pool
 
 FORMAT = "autosim_jax.run/2"  # config.json's "format"; a directory without it predates this layout
 CONFIG, METRICS, CHECKPOINT, SUMMARY, LOCK = "config.json", "metrics.jsonl", "checkpoint.npz", "summary.json", ".lock"
@@ -568,12 +567,16 @@ def psi_record(psi) -> dict[str, list]:
       >>> psi_record({"x": (jnp.float32(0.5), jnp.zeros(2))})
       {'x.0': [0.5], 'x.1': [0.0, 0.0]}
     """
+    import jax
+
     return {name: np.asarray(leaf).ravel().tolist() for name, leaf in zip(leaf_paths(psi), jax.tree.leaves(psi))}
 
 
 def psi_from_record(template, record: dict[str, list]):
     """The inverse of :func:`psi_record`, shaped and typed like ``template`` (exact: JSON keeps
     a float32's shortest repr)."""
+    import jax
+
     leaves, treedef = jax.tree.flatten(template)
     return jax.tree.unflatten(treedef, [np.asarray(record[name], np.asarray(leaf).dtype).reshape(np.shape(leaf))
                                         for name, leaf in zip(leaf_paths(template), leaves)])
@@ -585,6 +588,7 @@ def psi_from_record(template, record: dict[str, list]):
 def versions() -> dict[str, str]:
     """Versions of the packages a run's results depend on."""
     import flax
+    import jax
     import optax
 
     from . import __version__
@@ -597,6 +601,8 @@ def versions() -> dict[str, str]:
 
 
 def device() -> str:
+    import jax
+
     d = jax.devices()[0]
     return f"{d.platform}:{getattr(d, 'device_kind', '?')} x{jax.device_count()}"
 
@@ -1010,6 +1016,8 @@ def _relay_warnings(caught: list, told: set) -> None:
     """AutoSimulate's warnings (an unconverged or indefinite solve) become one stderr note per
     kind per run: the progress line and the summary already count the steps they concern.
     Other warnings are re-issued unchanged."""
+    from .autosimulate import AutoSimulateWarning
+
     for w in caught:
         if issubclass(w.category, AutoSimulateWarning):
             if w.category not in told:
@@ -1062,6 +1070,8 @@ def run_loop(
       Interrupted: Ctrl-C (SIGINT); the directory holds every completed step.
       RunDirError: from the resume.
     """
+    from .autosimulate import AutoSimulateWarning
+
     if iterations is None and budget_images is None:
         raise ValueError("run_loop needs iterations or budget_images (else it never stops).")
     initial = method.init(seed)

@@ -215,6 +215,62 @@ def test_python_dash_m_help():
     assert result.returncode == 0 and "--budget-images" in result.stdout and "gcd" in result.stdout
 
 
+_NO_JAX_AFTER_PARSING = """
+import sys
+from autosim_jax.cli import main
+
+codes = [main(argv) for argv in (["--help"], ["run", "--help"], ["compare", "--help"], ["run", "x", "--bogus-flag"],
+                                  ["run", "x", "--render-workers", "two"], ["compare", "x"])]
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "optax", "flax"))
+print("CODES", codes, "LOADED", loaded[:5], file=sys.stderr)
+"""
+
+
+def test_parsing_the_command_line_does_not_import_jax():
+    """`autosim --help` and a flag argparse refuses never import JAX (1.5 s of the 1.5 s they took)."""
+    result = subprocess.run([sys.executable, "-c", _NO_JAX_AFTER_PARSING], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "CODES [0, 0, 0, 2, 2, 2] LOADED []" in result.stderr, result.stderr
+    assert "--render-workers" in result.stdout and "--budget-images" in result.stdout
+    assert "unrecognized arguments: --bogus-flag" in result.stderr
+
+
+_LAZY_PACKAGE = """
+import ast, sys, typing
+import autosim_jax
+
+assert "jax" not in sys.modules, "import autosim_jax imported jax"
+typed = set()
+for node in ast.parse(open(autosim_jax.__file__).read()).body:
+    if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+        typed |= {(f.module, a.name) for f in node.body for a in f.names}
+assert typed == {(m, n) for n, m in autosim_jax._EXPORTS.items()}, typed ^ {(m, n) for n, m in autosim_jax._EXPORTS.items()}
+assert set(autosim_jax.__all__) <= set(dir(autosim_jax))
+namespace = {}
+exec("from autosim_jax import *", namespace)
+for name in autosim_jax.__all__:
+    obj = namespace[name]
+    assert getattr(autosim_jax, name) is obj, name
+    module = sys.modules["autosim_jax." + autosim_jax._EXPORTS[name]]
+    assert getattr(module, name) is obj, name
+assert autosim_jax.rundir.FORMAT and autosim_jax.baselines  # submodules by attribute, as eager imports gave
+try:
+    autosim_jax.no_such_name
+except AttributeError as err:
+    assert "no_such_name" in str(err)
+else:
+    raise AssertionError("no AttributeError")
+print("OK", len(autosim_jax.__all__))
+"""
+
+
+def test_import_autosim_jax_is_lazy_and_exports_every_name():
+    """`import autosim_jax` alone imports no JAX; each of the 69 public names (and the typed list
+    for type checkers) resolves to its module's object on first use."""
+    result = subprocess.run([sys.executable, "-c", _LAZY_PACKAGE], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "OK 69" in result.stdout, result.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_digits_sim2real_two_iterations(tmp_path):
     out = tmp_path / "digits"
@@ -274,13 +330,13 @@ def test_progress_lines_when_stderr_is_not_a_terminal(toy_path, tmp_path, capsys
 def test_finished_run_says_so_on_resume_and_does_no_work(reference_run, toy_path, tmp_path, capsys, monkeypatch):
     out = _copy_run(reference_run, tmp_path)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    from autosim_jax import cli
+    from autosim_jax import cli, experiments
 
     def refuse(*a, **k):
         raise AssertionError("a finished run did work")
 
     monkeypatch.setattr(cli, "run_loop", refuse)
-    monkeypatch.setattr(cli, "make_assessor", refuse)
+    monkeypatch.setattr(experiments, "make_assessor", refuse)  # cli imports it from there when it assesses
     monkeypatch.setattr(cli, "build_setup", refuse)
     capsys.readouterr()
     for argv in (["--iterations", str(N)], []):  # the stored iterations are the default on --resume

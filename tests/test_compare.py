@@ -108,15 +108,15 @@ def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
             "--approximations", "linear,exact_quadratic", "--lts-samples", "2", "--out", str(compared)]
     assert main(argv) == 2  # not empty: needs --resume
     assert "--resume" in capsys.readouterr().err
-    import autosim_jax.compare as compare
+    from autosim_jax import experiments  # compare imports make_assessor from there when it assesses
 
-    calls, make_assessor = [], compare.make_assessor
+    calls, make_assessor = [], experiments.make_assessor
 
     def counting(setup, **kw):
         assess = make_assessor(setup, **kw)
         return lambda psi, seed: calls.append(seed) or assess(psi, seed)
 
-    monkeypatch.setattr(compare, "make_assessor", counting)
+    monkeypatch.setattr(experiments, "make_assessor", counting)
     assert main([*argv, "--resume"]) == 0
     assert calls == []  # every assessment came from the runs' assessed.json
     a, b = json.loads(before), json.loads((compared / "compare.json").read_text())
