@@ -60,6 +60,7 @@ from .config import AutoSimConfig
 from .estimators import reinforce_gradient, score_function_term
 from .inner import Inner, check_dataset, make_inner
 from .outer import add_entropy_bonus
+from .parallel import check_divisible, constrain_batch, make_mesh, replicate, shard_batch
 from .simulator import Simulator, reraise_render_errors
 from .table1 import SolveReport, approximation_vector, curvature_operator
 from .tasks import Task
@@ -220,6 +221,8 @@ def make_autosimulate(
     task: Task,
     val_data: tuple[jax.Array, jax.Array],
     config: AutoSimConfig | None = None,
+    *,
+    devices: int | Any | None = None,
     **overrides: Any,
 ) -> AutoSimulate:
     r"""Builds AutoSimulate's ``(init, step)`` for one simulator, model, task and validation set.
@@ -231,6 +234,13 @@ def make_autosimulate(
       task: a :class:`~autosim_jax.Task` (per-sample loss and metric on logits).
       val_data: ``(inputs, labels)`` of the (real) validation set.
       config: an :class:`~autosim_jax.AutoSimConfig` (default ``AutoSimConfig()``).
+      devices: data parallelism over local devices (:mod:`autosim_jax.parallel`): ``None``
+        or 1 (default) runs on one device, unchanged; ``N`` (the first N of ``jax.devices()``)
+        or a list of devices splits the K renders, each fine-tuning minibatch, the
+        curvature batch and the validation set (when its size is a multiple of N) over
+        them, with psi and theta replicated. Results equal the single-device ones to float32
+        rounding (the sums are added in another order). ``dataset_size``, ``batch_size`` and
+        ``curvature_batch_size`` must be multiples of N.
       **overrides: fields of ``config`` to change (``approximation="linear"``, ...).
         ``inner_optimizer`` / ``outer_optimizer`` also accept an optax transformation,
         used as given instead of the one the config names.
@@ -239,7 +249,9 @@ def make_autosimulate(
       An :class:`AutoSimulate`.
 
     Raises:
-      ValueError: before anything is compiled, for unknown or invalid options, a model that
+      ValueError: before anything is compiled, for unknown or invalid options (``devices``
+        more than JAX sees, or not dividing ``dataset_size``, ``batch_size`` or
+        ``curvature_batch_size``), a model that
         is not an ``nnx.Module`` or holds non-``Param`` state, or validation data that is not
         a pair of numeric arrays, is empty, holds ``inf``/``NaN``, does not match the
         renderer's outputs or the model, or has class labels outside ``[0, C)``
@@ -288,20 +300,31 @@ def make_autosimulate(
     """
     optimizers = _split_optimizers(overrides)
     config = (config or AutoSimConfig()).replace(**overrides)
+    mesh = make_mesh(devices)
+    curv_n = config.curvature_batch_size or config.dataset_size
+    n_dev = 1 if mesh is None else mesh.size
+    for what, value, fix in (
+            ("dataset_size (K, renders per step)", config.dataset_size,
+             f"Pass dataset_size={max(n_dev, config.dataset_size // n_dev * n_dev)} (autosim run --dataset-size)"),
+            ("batch_size", config.batch_size, f"Pass a batch_size that is a multiple of {n_dev}"),
+            ("curvature_batch_size", curv_n, f"Pass a curvature_batch_size that is a multiple of {n_dev}")):
+        check_divisible(mesh, what, value, f"{fix}, or fewer devices (autosim --devices).")
     inner_optimizer = optimizers.get("inner_optimizer") or config.inner_optax()
     outer_optimizer = optimizers.get("outer_optimizer") or config.outer_optax()
     inner = make_inner(simulator, model, task, optimizer=inner_optimizer, dataset_size=config.dataset_size,
                        batch_size=config.batch_size, epochs=config.finetune_epochs,
-                       val_batch_size=config.val_batch_size)
+                       val_batch_size=config.val_batch_size, mesh=mesh)
     x_val, y_val = check_dataset(val_data, simulator, task, inner, name="val_data")
+    if mesh is not None:  # the validation set split over the devices when it divides, else on each of them
+        place = shard_batch if x_val.shape[0] % mesh.size == 0 else replicate
+        x_val, y_val = place((x_val, y_val), mesh)
     distribution = simulator.distribution
-    curv_n = config.curvature_batch_size or config.dataset_size
     traces = {"simulate": 0, "finetune": 0, "outer": 0}
     warned: set[type] = set()  # each warning once per instance
 
     def init(seed: int) -> AutoSimState:
         psi = distribution.init()
-        return AutoSimState(
+        return replicate(AutoSimState(
             psi=psi,
             theta=inner.theta0,
             inner_opt_state=inner_optimizer.init(inner.theta0),
@@ -309,7 +332,7 @@ def make_autosimulate(
             key=jax.random.PRNGKey(seed),
             step=jnp.zeros((), jnp.int32),
             images=jnp.zeros((), jnp.int32),
-        )
+        ), mesh)
 
     def hypergradient(psi, theta, scenes, inputs, labels) -> Hypergradient:
         """Algorithm 1, lines 4-7: g_val, Table 1's vector u, and dL~/dpsi = -S(u)."""
@@ -321,7 +344,7 @@ def make_autosimulate(
         u, report = approximation_vector(
             config.approximation, g_val,
             lambda: curvature_operator(config.curvature, inner.predict, task.per_sample_loss, theta,
-                                       inputs[:curv_n], labels[:curv_n]),
+                                       *constrain_batch((inputs[:curv_n], labels[:curv_n]), mesh)),
             damping=config.damping, cg_tol=config.cg_tol, cg_maxiter=config.cg_maxiter,
         )
         s = score_function_term(distribution.log_prob, psi, scenes, inner.per_sample_loss, theta, u, inputs, labels,
@@ -398,7 +421,7 @@ def make_autosimulate(
         key, sim_key, train_key = jax.random.split(state.key, 3)
         t0 = time.perf_counter()
         with reraise_render_errors():
-            scenes, inputs, labels = jax.block_until_ready(simulate(sim_key, state.psi))
+            scenes, inputs, labels = jax.block_until_ready(shard_batch(simulate(sim_key, state.psi), mesh))
         t1 = time.perf_counter()
         theta, inner_state, train_loss, theta_ok = jax.block_until_ready(
             finetune(state.theta, state.inner_opt_state, inputs, labels, train_key)

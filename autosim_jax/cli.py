@@ -81,10 +81,12 @@ from .rundir import (
     RunDir,
     RunDirError,
     UsageError,
+    add_devices_flag,
     add_progress_flags,
     add_render_flags,
     build_setup,
     cached_assessment,
+    check_devices,
     check_out_path,
     check_progress_flags,
     check_render_options,
@@ -153,6 +155,7 @@ class RunArgs:
     ray_address: str | None = None  # with "ray": the cluster (None: a local Ray instance)
     render_timeout: float | None = None  # seconds per batch of K images (None: no limit)
     select_every: int = 0  # also assess the psi of every N-th step; return the best by validation (0: off)
+    devices: int = 1  # AutoSimulate's steps data parallel over this many local devices (autosim_jax.parallel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +168,7 @@ class _Plan:
     spec: str
     size: str | None
     render: RenderOptions
+    devices: int = 1
 
 
 def plan_run(experiment, args: RunArgs) -> _Plan:
@@ -192,11 +196,12 @@ def plan_run(experiment, args: RunArgs) -> _Plan:
     check_seed(args.seed)
     render = check_render_options(args.render_workers, args.render_backend, args.ray_address, args.render_timeout)
     size = check_size(experiment, args.size)
+    devices = check_devices(args.devices)
     out = args.out or os.path.join("runs", f"{experiment.name}-{approximation}-seed{args.seed}")
     check_out_path(out)
     if args.resume and not os.path.exists(os.path.join(out, CONFIG)):
         raise UsageError(f"--resume: {out} holds no run ({CONFIG} is missing); drop --resume to start one.")
-    return _Plan(renderer, approximation, out, args.experiment_spec or experiment.name, size, render)
+    return _Plan(renderer, approximation, out, args.experiment_spec or experiment.name, size, render, devices)
 
 
 def _known_options(args: RunArgs, plan: _Plan) -> dict:
@@ -297,12 +302,16 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     config = make_config(command="run", experiment=plan.spec, renderer=plan.renderer, seed=args.seed, size=plan.size,
                          options=run_config.to_dict(), iterations=iterations, budget_images=budget,
                          assess_images=assess_images, metric=metric, higher_is_better=higher,
-                         render=plan.render.to_dict())
+                         render=plan.render.to_dict(), parallel={"devices": plan.devices})
     if old is not None:
         check_resume_config(run.path, old, config, RESULT_KEYS)
         if old.get("render") is not None and old["render"] != config["render"]:
             print(f"autosim run: note: rendering with {plan.render.describe()} now (was {old['render']}); the renders "
                   "are the same bitwise.", file=stderr)
+        if (old.get("parallel") or {}).get("devices", 1) != plan.devices:
+            print(f"autosim run: note: data parallel over {plan.devices} device(s) now (was "
+                  f"{(old.get('parallel') or {}).get('devices', 1)}); the results agree to float32 rounding, not "
+                  "bitwise.", file=stderr)
         for key in ("versions", "device"):
             if old.get(key) != config[key]:
                 print(f"autosim run: note: {key} changed since the run started ({old.get(key)} -> {config[key]}); "
@@ -311,7 +320,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     try:
         from .autosimulate import make_autosimulate
 
-        autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, run_config)
+        autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, run_config,
+                                    devices=plan.devices if plan.devices > 1 else None)
     except ValueError as err:
         raise UsageError(f"the experiment's setup is invalid: {err}") from None
     write_json(run.config_path, config)
@@ -769,6 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "default 0: off)")
     add_progress_flags(run)
     add_render_flags(run)
+    add_devices_flag(run)
     compare.add_compare_parser(sub)
     return parser
 
@@ -796,7 +807,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             renderer=args.renderer, out=args.out, resume=args.resume, experiment_spec=args.experiment,
             assess_images=args.assess_images, size=args.size, log_every=args.log_every,
             log_seconds=args.log_seconds, render_workers=args.render_workers, render_backend=args.render_backend,
-            ray_address=args.ray_address, render_timeout=args.render_timeout, select_every=args.select_every)
+            ray_address=args.ray_address, render_timeout=args.render_timeout, select_every=args.select_every,
+            devices=args.devices)
         out = args.out or "the run directory"
         with interrupt_guard(f"autosim run: interrupted; {out} holds every completed step. Continue with --resume.",
                              stream=sys.stderr):

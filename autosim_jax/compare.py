@@ -79,10 +79,12 @@ from .rundir import (
     RenderPools,
     RunDir,
     UsageError,
+    add_devices_flag,
     add_progress_flags,
     add_render_flags,
     build_setup,
     cached_assessment,
+    check_devices,
     check_progress_flags,
     check_render_options,
     check_renderer,
@@ -133,6 +135,7 @@ class CompareArgs:
     render_backend: str | None = None
     ray_address: str | None = None
     render_timeout: float | None = None
+    devices: int = 1  # AutoSimulate's steps data parallel over this many local devices (not the baselines)
 
 
 def _split_choices(text: str, valid: tuple[str, ...], flag: str) -> tuple[str, ...]:
@@ -165,6 +168,7 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
     check_size(experiment, args.size)
     check_progress_flags(args.log_every, args.log_seconds)
     _render_options(args)
+    check_devices(args.devices)
     if "bo" in args.methods:
         try:
             import bayes_opt  # noqa: F401
@@ -211,7 +215,8 @@ def _build_method(method: str, approximation: str | None, setup, args: CompareAr
         from .autosimulate import make_autosimulate
 
         return make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                 setup.config.replace(approximation=approximation))
+                                 setup.config.replace(approximation=approximation),
+                                 devices=args.devices if args.devices > 1 else None)
     from . import baselines
 
     kw = {"config": setup.config, "radius": args.search_radius}
@@ -268,7 +273,8 @@ def _run_method(experiment, args: CompareArgs, renderer: str, method: str, appro
                              method=method, search_radius=args.search_radius,
                              lts_samples=args.lts_samples if method == "lts" else None,
                              search_space=list(box.space.names) if hasattr(box, "space") else None,
-                             train_steps_per_step=per_step, target=target, render=pools.options.to_dict())
+                             train_steps_per_step=per_step, target=target, render=pools.options.to_dict(),
+                             parallel={"devices": args.devices if method == "autosimulate" else 1})
         config["approximation"] = approximation
         if old is not None:
             check_resume_config(out, old, config, RESULT_KEYS)
@@ -781,6 +787,7 @@ def add_compare_parser(sub) -> None:
                         "other approximations at the budget only); gives the images-to-reach table (default 4)")
     add_progress_flags(p)
     add_render_flags(p)
+    add_devices_flag(p)
 
 
 def compare_main(ns: argparse.Namespace) -> int:
@@ -796,7 +803,7 @@ def compare_main(ns: argparse.Namespace) -> int:
             search_radius=ns.search_radius, experiment_spec=ns.experiment, assess_images=ns.assess_images,
             assess_points=ns.assess_points, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds,
             render_workers=ns.render_workers, render_backend=ns.render_backend, ray_address=ns.ray_address,
-            render_timeout=ns.render_timeout)
+            render_timeout=ns.render_timeout, devices=ns.devices)
         out = args.out or "the output directory"
         with interrupt_guard(f"autosim compare: interrupted; {out} holds every completed step. Continue with "
                              "--resume.", stream=sys.stderr):

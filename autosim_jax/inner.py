@@ -54,6 +54,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from .parallel import constrain_batch
 from .simulator import Simulation, Simulator
 from .tasks import Task
 from .training import train_epochs
@@ -100,12 +101,13 @@ def split_model(model: Any) -> tuple[Any, PyTree]:
 
 
 def sum_over_batches(fn: Callable[..., PyTree], inputs: jax.Array, labels: jax.Array,
-                     batch_size: int | None) -> PyTree:
+                     batch_size: int | None, mesh: jax.sharding.Mesh | None = None) -> PyTree:
     """``fn(inputs, labels)`` summed over minibatches of ``batch_size`` (``None``: one batch).
 
     ``fn`` must return additive quantities (sums, counts, confusion matrices, gradients of
     sums). Full batches go through one ``lax.scan``; a remainder is one more call, so the
-    result equals ``fn`` on the whole set up to float summation order.
+    result equals ``fn`` on the whole set up to float summation order. With a ``mesh``
+    (:mod:`autosim_jax.parallel`) every minibatch is split over its devices.
 
     Example:
       >>> import jax.numpy as jnp
@@ -115,18 +117,19 @@ def sum_over_batches(fn: Callable[..., PyTree], inputs: jax.Array, labels: jax.A
     """
     n = inputs.shape[0]
     if batch_size is None or batch_size >= n:
-        return fn(inputs, labels)
+        return fn(*constrain_batch((inputs, labels), mesh))
     full = n // batch_size
 
     def body(total, batch):
         return jax.tree.map(jnp.add, total, fn(*batch)), None
 
-    first = fn(inputs[:batch_size], labels[:batch_size])
+    first = fn(*constrain_batch((inputs[:batch_size], labels[:batch_size]), mesh))
     chunks = jax.tree.map(lambda a: a[batch_size: full * batch_size].reshape(full - 1, batch_size, *a.shape[1:]),
                           (inputs, labels))
-    total, _ = jax.lax.scan(body, first, chunks)
+    total, _ = jax.lax.scan(body, first, constrain_batch(chunks, mesh, axis=1))
     if n > full * batch_size:
-        total = jax.tree.map(jnp.add, total, fn(inputs[full * batch_size:], labels[full * batch_size:]))
+        rest = constrain_batch((inputs[full * batch_size:], labels[full * batch_size:]), mesh)
+        total = jax.tree.map(jnp.add, total, fn(*rest))
     return total
 
 
@@ -170,6 +173,7 @@ def make_inner(
     batch_size: int,
     epochs: int,
     val_batch_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Inner:
     """Builds the render / fine-tune / measure stages for one simulator, model and task.
 
@@ -182,6 +186,8 @@ def make_inner(
       batch_size: fine-tuning minibatch; must divide ``dataset_size``.
       epochs: fine-tuning epochs per ``finetune`` call.
       val_batch_size: minibatch of ``measure`` / ``measure_and_grad`` (``None``: one batch).
+      mesh: data parallelism (:mod:`autosim_jax.parallel`): fine-tuning and measuring
+        minibatches are split over its devices (``None``: one device).
 
     Returns:
       An :class:`Inner`.
@@ -220,7 +226,7 @@ def make_inner(
 
     @jax.jit
     def measure(theta, inputs, labels):
-        loss_sum, stats = sum_over_batches(functools.partial(sums, theta), inputs, labels, val_batch_size)
+        loss_sum, stats = sum_over_batches(functools.partial(sums, theta), inputs, labels, val_batch_size, mesh)
         return finish(loss_sum, stats, inputs.shape[0])
 
     @jax.jit
@@ -229,12 +235,13 @@ def make_inner(
             (loss_sum, stats), g = jax.value_and_grad(sums, has_aux=True)(theta, x, y)
             return loss_sum, stats, g
 
-        loss_sum, stats, g = sum_over_batches(batch, inputs, labels, val_batch_size)
+        loss_sum, stats, g = sum_over_batches(batch, inputs, labels, val_batch_size, mesh)
         n = inputs.shape[0]
         return finish(loss_sum, stats, n), jax.tree.map(lambda a: a / n, g)
 
     simulate = jax.jit(lambda key, psi: simulator.simulate(key, psi, dataset_size))
-    finetune = jax.jit(functools.partial(train_epochs, mean_loss, optimizer, batch_size=batch_size, epochs=epochs))
+    finetune = jax.jit(functools.partial(train_epochs, mean_loss, optimizer, batch_size=batch_size, epochs=epochs,
+                                         mesh=mesh))
     return Inner(theta0, optimizer.init, predict, per_sample_loss, mean_loss, simulate, finetune, measure,
                  measure_and_grad, dataset_size, epochs * (dataset_size // batch_size))
 

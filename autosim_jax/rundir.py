@@ -308,6 +308,41 @@ def check_render_options(workers: Any = 1, backend: str | None = None, address: 
     return RenderOptions(int(workers), backend, address, None if timeout is None else float(timeout))
 
 
+def add_devices_flag(parser: argparse.ArgumentParser) -> None:
+    """``--devices N``: AutoSimulate's steps data parallel over N local devices."""
+    parser.add_argument("--devices", type=int, default=1, metavar="N",
+                        help="split AutoSimulate's steps (the K renders, fine-tuning minibatches, curvature batch, "
+                             "validation set) over N local devices (autosim_jax.parallel); K and the batch sizes "
+                             "must be multiples of N. Results equal one device's to float32 rounding, so a "
+                             "--resume may use another N (default 1)")
+
+
+def check_devices(devices: Any) -> int:
+    """``--devices``, validated before anything is built (JAX is imported for the device count).
+
+    Raises:
+      UsageError: for a count < 1, or more devices than JAX sees.
+
+    Example:
+      >>> check_devices(1)
+      1
+      >>> check_devices(0)
+      Traceback (most recent call last):
+      ...
+      autosim_jax.rundir.UsageError: --devices must be an integer >= 1, got 0.
+    """
+    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
+        raise UsageError(f"--devices must be an integer >= 1, got {devices!r}.")
+    if devices > 1:
+        import jax
+
+        if devices > jax.device_count():
+            raise UsageError(f"--devices {devices}: JAX sees {jax.device_count()} device(s) ({device()}); pass "
+                             f"--devices <= {jax.device_count()} (on a CPU host, XLA_FLAGS="
+                             "--xla_force_host_platform_device_count=N makes N devices).")
+    return int(devices)
+
+
 # Called, each bounded in time, by interrupt_guard's watcher just before it ends a stuck process.
 _FORCED_EXIT_CLEANUPS: list[Callable[[], None]] = []
 FORCED_CLEANUP_S = 2.0  # the most a forced exit waits for one cleanup

@@ -13,6 +13,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
+
+from .parallel import constrain_batch
 
 PyTree = Any
 
@@ -28,6 +31,7 @@ def train_epochs(
     *,
     batch_size: int,
     epochs: int,
+    mesh: Mesh | None = None,
 ) -> tuple[PyTree, PyTree, jax.Array]:
     """``epochs`` passes of shuffled minibatch training over ``(inputs, labels)``.
 
@@ -42,6 +46,8 @@ def train_epochs(
       inputs, labels: the dataset, leading axis ``n >= batch_size``.
       key: PRNG key for the shuffles.
       batch_size, epochs: minibatch size and number of passes.
+      mesh: data parallelism (:mod:`autosim_jax.parallel`): each minibatch is split over the
+        mesh's devices (``None``: one device, no constraint).
 
     Returns:
       ``(theta, opt_state, mean loss of the last epoch)``.
@@ -72,7 +78,8 @@ def train_epochs(
 
     def epoch(carry, epoch_key):
         order = jax.random.permutation(epoch_key, n)[: num_batches * batch_size].reshape(num_batches, batch_size)
-        carry, losses = jax.lax.scan(train_step, carry, (inputs[order], labels[order]))
+        batches = constrain_batch((inputs[order], labels[order]), mesh, axis=1)  # minibatch axis over devices
+        carry, losses = jax.lax.scan(train_step, carry, batches)
         return carry, jnp.mean(losses)
 
     (theta, opt_state), losses = jax.lax.scan(epoch, (theta, opt_state), jax.random.split(key, epochs))
