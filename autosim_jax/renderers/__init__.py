@@ -17,9 +17,12 @@ from ..schema import SceneSchema as SceneSchema
 from .clevr import CLASS_NAMES as CLASS_NAMES
 from .clevr import ClevrRenderer as ClevrRenderer
 from .clevr import clevr_schema as clevr_schema
+from .clevr_det import ClevrDetRenderer as ClevrDetRenderer
 from .glyphs import GlyphRenderer as GlyphRenderer
 from .glyphs import glyph_schema as glyph_schema
 from .glyphs import load_real_digits as load_real_digits
+from .glyphs_det import DigitCanvasRenderer as DigitCanvasRenderer
+from .glyphs_det import real_digit_canvases as real_digit_canvases
 from .mitsuba_backend import MitsubaRenderer as MitsubaRenderer
 
 # Name -> constructor. The Mitsuba backend imports Mitsuba only when constructed.
@@ -27,11 +30,13 @@ RENDERERS: dict[str, Callable[..., Any]] = {
     ClevrRenderer.name: ClevrRenderer,
     MitsubaRenderer.name: MitsubaRenderer,
     GlyphRenderer.name: GlyphRenderer,
+    ClevrDetRenderer.name: ClevrDetRenderer,
+    DigitCanvasRenderer.name: DigitCanvasRenderer,
 }
 
 
 def get_renderer(name: str, **kwargs: Any) -> Renderer:
-    """Builds a renderer by name: ``"clevr"``, ``"mitsuba"`` or ``"glyphs"``.
+    """Builds a renderer by name: ``"clevr"``, ``"mitsuba"``, ``"glyphs"``, ``"clevr-det"`` or ``"digit-canvas"``.
 
     Args:
       name: a key of :data:`RENDERERS`.
