@@ -703,31 +703,53 @@ def render_images(scenes: dict[str, np.ndarray], *, size: int, resolution: np.nd
 BOX_COLUMNS = ("class", "x0", "y0", "x1", "y1", "valid")
 
 
+_OUTLINE_POINTS = 512
+
+
 @functools.lru_cache(maxsize=1)
 def _unit_outlines() -> np.ndarray:
-    """``(3 shapes, P, 3)`` points whose projections bound each shape's silhouette (unit size).
+    """``(3 shapes, 512, 3)`` points whose projections bound each shape's silhouette (unit size).
 
-    Sphere: a 64 x 128 latitude-longitude grid of the unit sphere (the box it gives is short
-    of the exact silhouette's by at most ``1 - cos(pi / 128)``, 3e-4 of the radius); cube: its
-    8 corners (exact: a convex polytope projects to the hull of its vertices); cylinder: its
-    two cap circles at 256 angles (the convex hull of the caps is the cylinder). Rows are
-    padded by repeating points.
+    Cube: its 8 corners (exact: a convex polytope projects to the hull of its vertices);
+    cylinder: its two cap circles at 256 angles (the convex hull of the caps is the cylinder;
+    the box is short by at most ``1 - cos(pi / 256)``, 8e-5 of the radius). The sphere's row
+    is unused: its outline depends on where the camera is (see :func:`_sphere_outlines`).
+    Rows are padded by repeating points.
     """
-    lat, lon = np.meshgrid(np.linspace(0, np.pi, 64), np.linspace(0, 2 * np.pi, 128, endpoint=False))
-    sphere = np.stack([np.sin(lat) * np.cos(lon), np.sin(lat) * np.sin(lon), np.cos(lat)], -1).reshape(-1, 3)
     cube = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
-    a = np.linspace(0, 2 * np.pi, 256, endpoint=False)
+    a = np.linspace(0, 2 * np.pi, _OUTLINE_POINTS // 2, endpoint=False)
     circle = np.stack([np.cos(a), np.sin(a), np.ones_like(a)], -1)
     cylinder = np.concatenate([circle, circle * [1, 1, -1]])
-    p = sphere.shape[0]
-    return np.stack([np.resize(v, (p, 3)) for v in (sphere, cube, cylinder)])
+    return np.stack([np.zeros((_OUTLINE_POINTS, 3)), np.resize(cube, (_OUTLINE_POINTS, 3)), cylinder])
+
+
+def _sphere_outlines(centre: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """``(..., 512, 3)`` points of the circle along which the camera's rays graze each sphere.
+
+    A point ``p`` of the sphere is on the silhouette when ``(p - c) . (p - o) = 0``, i.e.
+    ``(p - c) . w = R^2`` with ``w = o - c``: the circle of centre ``c + (R^2 / d^2) w`` and
+    radius ``R sqrt(1 - R^2 / d^2)`` across ``w`` (``d = |w|``). Its projection is the
+    silhouette; 512 points bound it to ``1 - cos(pi / 512)``, 2e-5 of the radius.
+    """
+    w = CAMERA_ORIGIN - centre
+    d2 = np.sum(w * w, -1, keepdims=True)
+    wh = w / np.sqrt(d2)
+    e1 = np.cross(wh, [0.0, 0.0, 1.0])
+    e1 /= np.linalg.norm(e1, axis=-1, keepdims=True)
+    e2 = np.cross(wh, e1)
+    r2 = radius[..., None] ** 2
+    mid = centre + r2 / d2 * w
+    rho = np.sqrt(r2 * (1 - r2 / d2))
+    a = np.linspace(0, 2 * np.pi, _OUTLINE_POINTS, endpoint=False)[:, None]
+    return mid[..., None, :] + rho[..., None, :] * (np.cos(a) * e1[..., None, :] + np.sin(a) * e2[..., None, :])
 
 
 def object_boxes(scenes: dict[str, np.ndarray], size: int, min_side: float = 1.0) -> np.ndarray:
     """Box labels of every object slot: the projected extent of each object, in pixels.
 
     A box is the axis-aligned bound of the object's whole silhouette (amodal: an occluded
-    object keeps its full box), clipped to the image. Row ``k`` of a scene describes slot
+    object keeps its full box), clipped to the image: the projection of the sphere's grazing
+    circle, of the cube's corners, of the cylinder's cap circles. Row ``k`` of a scene describes slot
     ``k``; its columns are :data:`BOX_COLUMNS`: the class (the shape index into
     :data:`SHAPES`, 0 = sphere), ``x0, y0, x1, y1`` in pixels of the ``size x size`` image
     (pixel ``i`` spans ``[i, i + 1)``, as in :func:`project`) and ``valid`` (1 for a drawn
@@ -760,6 +782,7 @@ def object_boxes(scenes: dict[str, np.ndarray], size: int, min_side: float = 1.0
     y = s[..., None] * unit[..., 0] + c[..., None] * unit[..., 1]
     centre = np.concatenate([np.asarray(scenes["position"], float), half[..., None]], -1)  # (n, k, 3)
     world = centre[..., None, :] + half[..., None, None] * np.stack([x, y, unit[..., 2]], -1)
+    world = np.where((shape == 0)[..., None, None], _sphere_outlines(centre, half), world)
     uv = project(world, size)  # (n, k, P, 2)
     lo = np.clip(uv.min(axis=2), 0, size)
     hi = np.clip(uv.max(axis=2), 0, size)
