@@ -25,9 +25,11 @@ def test_detection_experiment_runs_end_to_end_with_assessment(name, tmp_path, ca
     assert len(metrics) == 2 and all(0.0 <= m <= 1.0 for m in metrics)
 
 
+@pytest.mark.slow
 def test_detection_setups_hold_boxes_and_the_54_cell_psi():
+    setups = {name: get_experiment(name).build(size="cpu") for name in ("clevr-det", "digits-det")}
     for name, k in (("clevr-det", 3), ("digits-det", 10)):
-        setup = get_experiment(name).build(size="cpu")
+        setup = setups[name]
         psi = setup.simulator.distribution.init()
         assert list(psi) == ["cell"] and psi["cell"].logits.shape == (54,)
         assert setup.simulator.renderer.schema["cell"].choices == CELLS
@@ -36,7 +38,7 @@ def test_detection_setups_hold_boxes_and_the_54_cell_psi():
         assert setup.task.metric_name == "mAP@0.5"
         assert setup.model(x[:1]).shape == (1, *x.shape[1:3], k + 4)
     # clevr-det's start puts most mass on low quality, its hidden target on high quality.
-    setup = get_experiment("clevr-det").build(size="cpu")
+    setup = setups["clevr-det"]
     start = np.exp(np.asarray(setup.simulator.distribution.init()["cell"].logits))
     target = np.exp(np.asarray(setup.reference_psi["cell"].logits))
     high = np.array([c.endswith("/high") for c in CELLS])
