@@ -8,7 +8,7 @@ from autosim_jax.experiments import EXPERIMENTS, assess_psi, get_experiment
 
 
 def test_unknown_experiment_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"Unknown experiment 'mnist'; valid choices are \['clevr-seg', 'digits-sim2real'\]"):
+    with pytest.raises(ValueError, match=r"Unknown experiment 'mnist'; valid choices are \['clevr-det', 'clevr-seg', 'digits-det', 'digits-sim2real'\]"):
         get_experiment("mnist")
 
 
