@@ -44,6 +44,7 @@ _EXPORTS = {
     "hvp": "curvature",
     "CategoricalParams": "distributions",
     "Distribution": "distributions",
+    "ExploreParams": "distributions",
     "NormalParams": "distributions",
     "bounded": "distributions",
     "categorical": "distributions",
@@ -51,6 +52,7 @@ _EXPORTS = {
     "from_schema": "distributions",
     "gaussian": "distributions",
     "product": "distributions",
+    "with_exploration": "distributions",
     "apply_baseline": "estimators",
     "directional_derivatives": "estimators",
     "reinforce_gradient": "estimators",
@@ -118,6 +120,7 @@ if TYPE_CHECKING:
     from .curvature import hvp as hvp
     from .distributions import CategoricalParams as CategoricalParams
     from .distributions import Distribution as Distribution
+    from .distributions import ExploreParams as ExploreParams
     from .distributions import NormalParams as NormalParams
     from .distributions import bounded as bounded
     from .distributions import categorical as categorical
@@ -125,6 +128,7 @@ if TYPE_CHECKING:
     from .distributions import from_schema as from_schema
     from .distributions import gaussian as gaussian
     from .distributions import product as product
+    from .distributions import with_exploration as with_exploration
     from .estimators import apply_baseline as apply_baseline
     from .estimators import directional_derivatives as directional_derivatives
     from .estimators import reinforce_gradient as reinforce_gradient

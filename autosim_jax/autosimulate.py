@@ -59,7 +59,7 @@ from flax import nnx
 from .config import AutoSimConfig
 from .estimators import reinforce_gradient, score_function_term
 from .inner import Inner, check_dataset, make_inner
-from .outer import add_entropy_bonus
+from .outer import add_entropy_bonus, check_families
 from .parallel import check_divisible, constrain_batch, make_mesh, replicate, shard_batch
 from .simulator import Simulator, reraise_render_errors
 from .table1 import SolveReport, approximation_vector, curvature_operator
@@ -311,6 +311,12 @@ def make_autosimulate(
         check_divisible(mesh, what, value, f"{fix}, or fewer devices (autosim --devices).")
     inner_optimizer = optimizers.get("inner_optimizer") or config.inner_optax()
     outer_optimizer = optimizers.get("outer_optimizer") or config.outer_optax()
+    # The closed forms (Fisher, KL, entropy) exist for the plain families only: refuse other
+    # parameterisations (e.g. from_schema's explore mixtures) here, not at the first step's trace.
+    if "outer_optimizer" not in optimizers and config.outer_optimizer == "natural":
+        check_families(simulator.distribution.init(), "outer_optimizer='natural'")
+    if config.entropy_weight:
+        check_families(simulator.distribution.init(), f"entropy_weight={config.entropy_weight}")
     inner = make_inner(simulator, model, task, optimizer=inner_optimizer, dataset_size=config.dataset_size,
                        batch_size=config.batch_size, epochs=config.finetune_epochs,
                        val_batch_size=config.val_batch_size, mesh=mesh)

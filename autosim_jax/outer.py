@@ -50,14 +50,23 @@ PyTree = Any
 _MIN_PROB = 1e-4
 
 _NOT_A_FAMILY = (
-    "natural_gradient: psi leaf at {path} is a {kind}, not NormalParams or CategoricalParams; "
-    "the closed-form Fisher is known only for the families of autosim_jax.distributions. "
-    "Use a plain optax optimiser (outer_optimizer='adam') for other parameterisations."
+    "{what}: psi leaf at {path} is a {kind}, not NormalParams or CategoricalParams; "
+    "the closed form is known only for the plain families of autosim_jax.distributions (not for "
+    "with_exploration's mixtures, from_schema(..., explore=...)). Use a plain optax optimiser "
+    "(outer_optimizer='adam') and entropy_weight=0 for other parameterisations."
 )
 
 
 def _is_family(x: Any) -> bool:
     return isinstance(x, (NormalParams, CategoricalParams))
+
+
+def check_families(psi: PyTree, what: str) -> None:
+    """Raises a ValueError naming ``what`` and the leaf when ``psi`` is not made of the plain families."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(psi, is_leaf=_is_family)[0]:
+        if not _is_family(leaf):
+            raise ValueError(_NOT_A_FAMILY.format(what=what, path=jax.tree_util.keystr(path),
+                                                  kind=type(leaf).__name__))
 
 
 def natural_gradient(psi: PyTree, grad: PyTree) -> tuple[PyTree, jax.Array]:
@@ -75,10 +84,7 @@ def natural_gradient(psi: PyTree, grad: PyTree) -> tuple[PyTree, jax.Array]:
     Raises:
       ValueError: for a leaf of another family.
     """
-    fams = jax.tree_util.tree_flatten_with_path(psi, is_leaf=_is_family)[0]
-    for path, leaf in fams:
-        if not _is_family(leaf):
-            raise ValueError(_NOT_A_FAMILY.format(path=jax.tree_util.keystr(path), kind=type(leaf).__name__))
+    check_families(psi, "natural_gradient")
 
     def one(p, g):
         if isinstance(p, NormalParams):
@@ -104,6 +110,7 @@ def kl_divergence(psi: PyTree, other: PyTree) -> jax.Array:
       >>> round(float(kl_divergence({"c": a}, {"c": b})), 4)   # 0.5 log(0.5/0.9) + 0.5 log(0.5/0.1)
       0.5108
     """
+    check_families(psi, "kl_divergence")
 
     def one(p, q):
         if isinstance(p, NormalParams):
@@ -125,6 +132,7 @@ def entropy(psi: PyTree) -> jax.Array:
       >>> round(float(entropy({"c": CategoricalParams(jnp.zeros(4))})), 4)   # log 4
       1.3863
     """
+    check_families(psi, "entropy")
 
     def one(p):
         if isinstance(p, NormalParams):

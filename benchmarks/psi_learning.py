@@ -48,7 +48,11 @@ VARIANTS = {
     "adam_lr0.03": ({"outer_learning_rate": 0.03}, "a third of the psi step: is the drift step noise?"),
     "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),
     "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
+    # "explore": not an AutoSimConfig option but the distribution's: from_schema(..., explore=w).
+    "explore0.1": ({"explore": 0.1}, "a learned broad share (initially 10%) of every finite continuous field"),
+    "linear_explore0.1": ({"approximation": "linear", "explore": 0.1}, "the linear row with the broad share"),
 }
+STARTS = {"clevr-seg": "CLEVR_START", "digits-sim2real": "DIGITS_START"}  # experiments.py's start overrides
 
 
 def _tree_np(tree):
@@ -88,7 +92,7 @@ def _job_body(spec: dict) -> dict:
     t0 = time.perf_counter()
     exp = asj.get_experiment(spec["experiment"])
     setup = exp.build(renderer=exp.renderers[0], seed=spec["seed"], size=spec["size"])
-    assess = asj.make_assessor(setup)
+    assess = asj.make_assessor(setup, repeats=spec.get("repeats", 1))
     out = {"variant": spec["variant"], "seed": spec["seed"]}
     if spec["variant"] == "_baseline":
         out["start"] = assess(setup.simulator.distribution.init(), spec["seed"])
@@ -104,7 +108,13 @@ def _job_body(spec: dict) -> dict:
         out["reference_minus_field"] = assess({**ref, f: start[f]}, spec["seed"])
         out["seconds"] = time.perf_counter() - t0
         return out
-    overrides = VARIANTS[spec["variant"]][0]
+    overrides = dict(VARIANTS[spec["variant"]][0])
+    explore = overrides.pop("explore", None)
+    if explore:  # the same start, with a learned broad component per finite continuous field
+        start = getattr(asj.experiments, STARTS[spec["experiment"]])
+        dist = asj.from_schema(setup.simulator.renderer.schema, start, explore=explore)
+        setup = setup._replace(simulator=asj.Simulator(dist, setup.simulator.renderer))
+        assess = asj.make_assessor(setup, repeats=spec.get("repeats", 1))
     autosim = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
                                     **overrides)
     state = autosim.init(spec["seed"])
@@ -116,6 +126,8 @@ def _job_body(spec: dict) -> dict:
     half = psis[len(psis) // 2:]
     averaged = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *half)
     out["assessed"] = {str(t): assess(psis[t - 1], spec["seed"]) for t in spec["assess_steps"]}
+    if explore:  # the start with its broad share, before any learning
+        out["assessed"]["0"] = assess(setup.simulator.distribution.init(), spec["seed"])
     out["assessed"]["average_second_half"] = assess(averaged, spec["seed"])
     out["infos"] = infos
     out["psi"] = [_flat(p) for p in psis]
@@ -138,7 +150,7 @@ def summarise(results: list[dict], metric_key: str) -> dict:
             continue
         b = base[r["seed"]]
         row = table.setdefault(r["variant"], {})
-        points = {k: v for k, v in r["assessed"].items() if k.isdigit()}
+        points = {k: v for k, v in r["assessed"].items() if k.isdigit() and k != "0"}  # 0: before learning
         best = max(points, key=lambda k: points[k]["val_metric"])
         for point, m in [*r["assessed"].items(), ("selected_by_val", points[best])]:
             row.setdefault(point, []).append(_gap(b["start"][metric_key], m[metric_key], b["reference"][metric_key]))
@@ -207,6 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--fields", default="", help="comma list of fields for the importance check ('all': every "
                    "field of the reference psi); empty: none")
+    p.add_argument("--repeats", type=int, default=1, help="fresh models per assessment (their mean is used)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
     p.add_argument("--out", required=True, help="output path without extension")
@@ -218,7 +231,7 @@ def main(argv=None) -> int:
         p.error(f"unknown variants {unknown}; valid: {list(VARIANTS)}")
     steps = ([int(s) for s in args.assess_steps.split(",")] if args.assess_steps
              else sorted({max(1, args.steps // 3), max(1, 2 * args.steps // 3), args.steps}))
-    common = dict(experiment=args.experiment, size=args.size, steps=args.steps, assess_steps=steps,
+    common = dict(experiment=args.experiment, size=args.size, steps=args.steps, assess_steps=steps, repeats=args.repeats,
                   gpus=list(range(args.gpus)) or None)
     specs = [dict(common, variant="_baseline", seed=s) for s in seeds]
     specs += [dict(common, variant=v, seed=s) for v in variants for s in seeds]
@@ -257,7 +270,7 @@ def main(argv=None) -> int:
         "device": f"{device.platform}:{device.device_kind}", "host_cpus": os.cpu_count(), "jobs": args.jobs,
         "jax_version": jax.__version__, "autosim_jax": asj.__version__, "precision": "float32, default matmul",
         "experiment": args.experiment, "size": args.size, "steps": args.steps, "assess_steps": steps,
-        "seeds": seeds, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
+        "seeds": seeds, "repeats": args.repeats, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
         "gap_closed": summary, "solve_and_time": cg_stats(results),
         "field_importance": {k: field_importance(results, k) for k in ("test_metric", "val_metric")}, "wall_seconds": time.perf_counter() - t0,
         "failed": failed, "runs": sorted(results, key=lambda r: (r["variant"], r["seed"])),

@@ -293,3 +293,16 @@ def test_refused_before_anything_is_compiled(caplog):
         with pytest.raises(ValueError, match="example 3 has label 7"):
             make_autosimulate(colours, classifier, classification_task(3), _colour_val((0, 1, 2, 7)), **SMALL)
     assert not [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+
+
+@pytest.mark.parametrize("options", [{"outer_optimizer": "natural"}, {"entropy_weight": 0.3}])
+def test_closed_form_steps_refuse_an_exploration_mixture_before_any_work(options):
+    """The natural gradient and the entropy bonus have no closed form for with_exploration's
+    mixture: make_autosimulate says so (naming the option and the field), not the first step."""
+
+    class Bounded(SquareRenderer):
+        schema = SceneSchema((Field.continuous("x", -3.0, 3.0),))
+
+    sim = Simulator(from_schema(Bounded.schema, explore=0.1), Bounded())
+    with pytest.raises(ValueError, match=r"psi leaf at \['x'\]\.logit is a .*with_exploration"):
+        make_autosimulate(sim, _linear(), MSE, (X_VAL, X_VAL**2), **SMALL, **options)
