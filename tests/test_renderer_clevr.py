@@ -1,5 +1,6 @@
 """Tests of the numpy CLEVR-style renderer: contract, determinism, labels against geometry."""
 
+import jax
 import numpy as np
 import pytest
 from matplotlib.path import Path
@@ -7,6 +8,7 @@ from matplotlib.path import Path
 from autosim_jax.renderers import ClevrRenderer, OutputSpec, SceneSchema, get_renderer
 from autosim_jax.renderers import RENDERERS
 from autosim_jax.renderers import clevr
+from autosim_jax.distributions import from_schema
 
 SIZE = 32
 
@@ -274,7 +276,10 @@ def test_every_registered_renderer_follows_the_protocol(name):
     assert r.name == name
     assert isinstance(r.schema, SceneSchema)
     assert isinstance(r.inputs_spec, OutputSpec) and isinstance(r.labels_spec, OutputSpec)
-    x, y = r.render(r.example_scenes(2, seed=0), seed=0)
+    # Scenes drawn from the schema's default distribution: the contract, not a renderer's helper.
+    q = from_schema(r.schema)
+    scenes = {k: np.asarray(v) for k, v in q.sample(jax.random.PRNGKey(0), q.init(), 2).items()}
+    x, y = r.render(scenes, seed=0)
     assert x.shape == (2, *r.inputs_spec.shape) and x.dtype == r.inputs_spec.dtype
     assert y.shape == (2, *r.labels_spec.shape) and y.dtype == r.labels_spec.dtype
 
@@ -282,5 +287,5 @@ def test_every_registered_renderer_follows_the_protocol(name):
 def test_get_renderer_by_name():
     assert isinstance(get_renderer("clevr", image_size=16), ClevrRenderer)
     assert get_renderer("clevr", image_size=16).inputs_spec.shape == (16, 16, 3)
-    with pytest.raises(ValueError, match="valid names are \\['clevr', 'glyphs', 'mitsuba'\\]"):
+    with pytest.raises(ValueError, match="valid names are \\['clevr', 'clevr-det', 'digit-canvas', 'glyphs', 'mitsuba'\\]"):
         get_renderer("blender")
