@@ -15,6 +15,8 @@ directory or PYTHONPATH) and writes, under ``--out`` only::
     tensorboard/    the metrics.jsonl records as TensorBoard scalars (with tensorboardX or
                     tensorboard installed: ``pip install "autosim_jax[tensorboard]"``)
     val_metric.png, psi.png (one panel per field, in its units), samples.png
+    cells.png       a scene/location/quality categorical field (the detection experiments'
+                    54 cells) as heat maps: start, learned and reference psi
 
 The run directory (locking, atomic files, checked resume, the step loop) is
 :mod:`autosim_jax.rundir`; this module parses, validates every option before the experiment is
@@ -636,6 +638,7 @@ def _write_plots(out: str, records: list[dict], setup, psi0, psi1, reference, se
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
+    from .compare import write_cell_maps
     from .simulator import reraise_render_errors
 
     metric = setup.task.metric_name
@@ -652,6 +655,11 @@ def _write_plots(out: str, records: list[dict], setup, psi0, psi1, reference, se
     fig.savefig(os.path.join(out, "val_metric.png"), dpi=100)
 
     _plot_psi(out, records, setup, psi0, psi1, reference)
+    # cells.png: only for a scene/location/quality categorical field (the detection experiments)
+    write_cell_maps(out, setup.simulator.renderer.schema,
+                    [(name, _describe(setup, p)) for name, p in
+                     (("start psi", psi0), ("learned psi", psi1), ("target (reference psi)", reference)) if p is not None],
+                    title="the learned categorical next to the start's and the target's")
 
     fig = Figure(figsize=(1.4 * SAMPLE_IMAGES, 3.6), layout="constrained")
     try:

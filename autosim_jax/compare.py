@@ -14,6 +14,9 @@ one after the other, into ``--out``::
                            fresh models along the run, the gap closed G, images to reach each
                            baseline's best, and, with --approximations, Table 4
     val_vs_images.png, val_vs_time.png, assessed_vs_images.png
+    cells.png              when a scene field is a scene/location/quality categorical (the
+                           detection experiments' 54 cells): start, each method's final psi
+                           and the reference psi as 3 x 9 x 2 heat maps (cell_grid)
 
 Accounting, identical for all methods: ``images`` are counted where the simulator renders,
 ``time`` is the sum of the steps' render, train and other (psi update, validation) seconds,
@@ -60,6 +63,7 @@ import dataclasses
 import math
 import os
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -419,6 +423,146 @@ def _plot(out: str, rows: list[dict], curves: dict, metric: str, higher: bool) -
         fig.savefig(os.path.join(out, name), dpi=100)
 
 
+# ------------------------------------------------ the 54-cell categorical as a heat map
+
+CELLS_PNG = "cells.png"
+
+
+def cell_grid(field) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None:
+    """The axes of a categorical field whose choices form a ``scene/location/quality`` grid.
+
+    The detection experiments' psi is one categorical over 3 scenes x 9 locations x 2
+    qualities (paper Sec. 5.2), its choices named ``"scene2/top-left/high"``. A field is such a
+    grid when it is a scalar categorical field, every choice is a string of three
+    ``/``-separated parts, and the choices are the full product of the parts' distinct values
+    in row-major order (scene slowest, quality fastest). This looks at the schema's field only,
+    never at the experiment's name.
+
+    Args:
+      field: a :class:`~autosim_jax.schema.Field`.
+
+    Returns:
+      ``(scenes, locations, qualities)``, each in order of first appearance, or ``None``.
+
+    Example:
+      >>> from autosim_jax.renderers.clevr_det import detection_schema
+      >>> [len(a) for a in cell_grid(detection_schema()["cell"])]
+      [3, 9, 2]
+    """
+    if field.kind != "categorical" or field.shape or not all(isinstance(c, str) for c in field.choices):
+        return None
+    parts = [c.split("/") for c in field.choices]
+    if any(len(p) != 3 for p in parts):
+        return None
+    axes = tuple(tuple(dict.fromkeys(p[i] for p in parts)) for i in range(3))
+    product = [[a, b, c] for a in axes[0] for b in axes[1] for c in axes[2]]
+    return axes if product == parts else None
+
+
+def _cell_image(probs: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, int, int]:
+    """One panel's matrix: a row of blocks per scene, a block per quality (NaN gaps between).
+
+    Each block shows the locations as a square grid when their number is a square (9: the
+    3 x 3 anchors as they appear in the image), else as one row.
+    """
+    s, l, q = shape
+    side = round(float(np.sqrt(l)))
+    bh, bw = (side, side) if side * side == l else (1, l)
+    img = np.full((s * (bh + 1) - 1, q * (bw + 1) - 1), np.nan)
+    p = np.asarray(probs, float).reshape(s, l, q)
+    for i in range(s):
+        for k in range(q):
+            img[i * (bh + 1):i * (bh + 1) + bh, k * (bw + 1):k * (bw + 1) + bw] = p[i, :, k].reshape(bh, bw)
+    return img, bh, bw
+
+
+def write_cell_maps(out: str, schema, panels: list[tuple[str, dict | None]], *, title: str = "") -> str | None:
+    """``cells.png``: every scene/location/quality categorical of ``schema`` as heat maps.
+
+    One row of panels per such field (see :func:`cell_grid`), one panel per entry of
+    ``panels`` (e.g. the start, the learned and the target psi): a block row per scene, a
+    block column per quality, the locations of a block laid out as in the image (3 x 3 for
+    the 9 anchors), each cell printed in percent. All panels share one colour scale.
+
+    Args:
+      out: the directory to write ``cells.png`` into.
+      schema: the renderer's :class:`~autosim_jax.schema.SceneSchema`.
+      panels: ``(title, described)`` pairs, ``described`` as :func:`~autosim_jax.describe_psi`
+        returns it (``None`` entries are left out).
+      title: a line above the panels.
+
+    Returns:
+      The path written, or ``None`` when ``schema`` has no such field (nothing is written).
+    """
+    from matplotlib.figure import Figure
+
+    fields = [(f, cell_grid(f)) for f in schema.fields]
+    fields = [(f, axes) for f, axes in fields if axes is not None]
+    panels = [(name, d) for name, d in panels if d is not None]
+    if not fields or not panels:
+        return None
+    maps = [[np.asarray(d[f.name]["probs"], float) for _, d in panels] for f, _ in fields]
+    vmax = max(float(m.max()) for row in maps for m in row)
+    fig = Figure(figsize=(2.6 * len(panels) + 0.8, 3.4 * len(fields) + 0.5), layout="constrained")
+    axes_grid = fig.subplots(len(fields), len(panels), squeeze=False)
+    for (field, (scenes, locations, qualities)), row, axes in zip(fields, maps, axes_grid):
+        shape = (len(scenes), len(locations), len(qualities))
+        for ax, (name, _), probs in zip(axes, panels, row):
+            img, bh, bw = _cell_image(probs, shape)
+            im = ax.imshow(img, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
+            for (y, x), v in np.ndenumerate(img):
+                if np.isfinite(v):
+                    ax.text(x, y, f"{100 * v:.0f}", ha="center", va="center", fontsize=5,
+                            color="white" if v < 0.6 * vmax else "black")
+            ax.set_yticks([i * (bh + 1) + (bh - 1) / 2 for i in range(shape[0])], scenes, fontsize=7)
+            ax.set_xticks([k * (bw + 1) + (bw - 1) / 2 for k in range(shape[2])], qualities, fontsize=7)
+            ax.tick_params(length=0)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            top = max(range(len(probs)), key=lambda j: probs[j])
+            ax.set_title(f"{name}\nmost: {field.choices[top]} {100 * probs[top]:.0f}%", fontsize=7)
+        axes[0].set_ylabel(field.name, fontsize=8)
+        fig.colorbar(im, ax=list(axes), shrink=0.8, label="probability")
+    head = ("each block: the locations as they appear in the image (3 x 3 anchors); "
+            "numbers: percent of the renders")
+    width = 45 * len(panels) + 20
+    fig.suptitle("\n".join(textwrap.fill(t, width) for t in (title, head) if t), fontsize=8)
+    path = os.path.join(out, CELLS_PNG)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _plot_cells(out: str, setup, psi0, reference, rows: list[dict], records_of: dict) -> str | None:
+    """cells.png of a comparison: start, each method's final psi (mean of the seeds' cell
+    probabilities) and the reference (target) psi, for experiments with a cell-grid field."""
+    import jax
+
+    from .distributions import describe_psi
+
+    schema = setup.simulator.renderer.schema
+    if not any(cell_grid(f) for f in schema.fields):
+        return None
+
+    def describe(psi):
+        try:
+            return describe_psi(schema, jax.tree.map(np.asarray, psi))
+        except ValueError:  # not from_schema's families
+            return None
+
+    grid = [f.name for f in schema.fields if cell_grid(f)]
+    panels = [("start psi", describe(psi0))]
+    for r in rows:
+        finals = [records_of[(r["method"], r["approximation"], s["seed"])] for s in r["seeds"]]
+        described = [describe(psi_from_record(psi0, recs[-1]["psi"])) for recs in finals if recs]
+        if not described or any(d is None for d in described):
+            continue
+        mean = {name: {"probs": np.mean([d[name]["probs"] for d in described], axis=0)} for name in grid}
+        panels.append((f"{r['label']} (final, mean of {len(described)} seed{'s' * (len(described) > 1)})", mean))
+    if reference is not None:
+        panels.append(("target (reference psi)", describe(reference)))
+    return write_cell_maps(out, schema, panels, title="learned categorical of each method next to the target's")
+
+
 # ------------------------------------------------------------ fresh-model assessment
 
 # The paper's headline (Sec. 5.1, Table 2): AutoSimulate reaches BO's best validation metric
@@ -687,6 +831,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
     _plot(out, rows, curves, metric, higher)
     if assessment:
         _plot_assessed(out, table2_rows, assessment, metric)
+    _plot_cells(out, setup0, psi0, reference, rows, records_of)
     print(write_text, file=stdout)
     return 0
 

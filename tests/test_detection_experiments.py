@@ -23,6 +23,8 @@ def test_detection_experiment_runs_end_to_end_with_assessment(name, tmp_path, ca
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     metrics = [r["val_metric"] for r in records if "val_metric" in r]
     assert len(metrics) == 2 and all(0.0 <= m <= 1.0 for m in metrics)
+    # The 54-cell categorical as heat maps next to the target's (tests/test_detection_heatmap.py).
+    assert (out_dir / "cells.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
