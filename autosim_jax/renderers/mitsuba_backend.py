@@ -18,6 +18,14 @@ Mitsuba merging shapes of equal material, since those have the same class. Scene
 loaded with ``optimize=False`` so that nothing is merged. Mitsuba's ``cylinder`` has no caps:
 each cylinder gets a ``disk`` on top (the bottom one is never visible).
 
+Detection labels (``labels="boxes"``) are the numpy renderer's: :func:`.clevr.object_boxes`,
+the projection of the same scene geometry through the same camera, so the two backends give
+identical ``(max_objects, 6)`` boxes by construction. What a test must establish is that
+Mitsuba's camera is that camera: :func:`instance_masks` traces one more pass in which each
+object slot gets its own code (the floor and the sky read -1), and
+``tests/test_renderer_mitsuba.py`` checks that each object's box has IoU >= 0.9 with the
+pixel extent of that object in Mitsuba's mask (:func:`mask_boxes`).
+
 Mitsuba is imported when a renderer is built, so this module imports without it.
 
 Example:
@@ -25,6 +33,9 @@ Example:
   >>> images, labels = renderer.render(renderer.example_scenes(1, seed=0), seed=0)
   >>> images.shape, labels.shape
   ((1, 16, 16, 3), (1, 16, 16))
+  >>> MitsubaRenderer(image_size=16, max_objects=2, labels="boxes").render(
+  ...     renderer.example_scenes(1, seed=0), seed=0)[1].shape
+  (1, 2, 6)
 """
 
 from __future__ import annotations
@@ -105,7 +116,7 @@ def _rgb(value) -> dict:
 
 
 def scene_dict(scenes: dict[str, np.ndarray], index: int, *, labels: bool = False,
-               image_size: int = 64) -> dict:
+               instances: bool = False, image_size: int = 64) -> dict:
     """The Mitsuba scene dictionary of scene ``index`` of a validated CLEVR batch.
 
     Args:
@@ -113,6 +124,8 @@ def scene_dict(scenes: dict[str, np.ndarray], index: int, *, labels: bool = Fals
       index: which scene of the batch.
       labels: build the label pass instead (class-coded diffuse shapes, ``aov`` integrator,
         one unjittered sample through each pixel centre of an ``image_size`` film).
+      instances: build the instance pass (as ``labels``, but object slot ``k`` of ``K``
+        gets the code ``(k + 1) / (K + 1)`` and the floor 0; see :func:`instance_masks`).
       image_size: film size of the label pass (the RGB pass uses the scene's resolution).
 
     Returns:
@@ -126,6 +139,8 @@ def scene_dict(scenes: dict[str, np.ndarray], index: int, *, labels: bool = Fals
     """
     mi, _ = _import_mitsuba()
     T = mi.ScalarTransform4f
+    labels = labels or instances
+    slots = np.shape(scenes["shape"])[1]
     res = image_size if labels else clevr.RESOLUTION_CHOICES[int(scenes["resolution"][index])]
     spp = 1 if labels else clevr.SPP_CHOICES[int(scenes["spp"][index])]
     sampler = ({"type": "stratified", "sample_count": 1, "jitter": False} if labels
@@ -146,7 +161,9 @@ def scene_dict(scenes: dict[str, np.ndarray], index: int, *, labels: bool = Fals
         },
     }
 
-    def bsdf(cls: int, albedo, metal: bool) -> dict:
+    def bsdf(cls: int, albedo, metal: bool, slot: int = -1) -> dict:
+        if instances:
+            return {"type": "diffuse", "reflectance": _rgb((slot + 1) / (slots + 1))}
         if labels:
             return {"type": "diffuse", "reflectance": _rgb((cls + 1) / _CODE)}
         if metal:
@@ -158,7 +175,7 @@ def scene_dict(scenes: dict[str, np.ndarray], index: int, *, labels: bool = Fals
     d["floor"] = {"type": "rectangle", "to_world": T().scale([200.0, 200.0, 1.0]),
                   "bsdf": bsdf(0, clevr.FLOOR_ALBEDO, False)}
     for k, obj in enumerate(clevr.scene_objects(scenes, index)):
-        material = bsdf(obj.shape + 1, obj.albedo, obj.metal)
+        material = bsdf(obj.shape + 1, obj.albedo, obj.metal, slot=k)
         x, y, z = (float(v) for v in obj.center)
         kind = clevr.SHAPES[obj.shape]
         if kind == "sphere":
@@ -186,15 +203,72 @@ def scene_dict(scenes: dict[str, np.ndarray], index: int, *, labels: bool = Fals
     return d
 
 
+def instance_masks(scenes: dict[str, np.ndarray], image_size: int, *, variant: str = "scalar_rgb") -> np.ndarray:
+    """Which object slot Mitsuba sees through each pixel centre: ``(n, size, size)`` int32.
+
+    One unjittered sample per pixel centre through Mitsuba's own camera (the ``aov``
+    integrator's ``albedo`` of slot-coded diffuse shapes, exact at pixel centres); ``-1``
+    where the ray meets the floor or nothing. Occlusion is Mitsuba's: a slot's pixels are
+    the visible part of that object.
+
+    Args:
+      scenes: CLEVR scenes (the fields :func:`scene_dict` reads; ``resolution`` and ``spp``
+        are not needed), e.g. those of :meth:`.clevr_det.ClevrDetRenderer.clevr_scenes`.
+      image_size: width and height of the masks.
+      variant: the Mitsuba variant (see :func:`select_variant`).
+
+    Returns:
+      int32 ``(n, image_size, image_size)``: slot index ``k`` or ``-1``.
+
+    Example:
+      >>> s = clevr.example_clevr_scenes(clevr.clevr_schema(2), 1, seed=0, num_objects=0)
+      >>> m = instance_masks(s, 16)
+      >>> m.shape, sorted(np.unique(m).tolist())
+      ((1, 16, 16), [-1, 0])
+    """
+    mi, _ = _import_mitsuba()
+    mi.set_variant(select_variant(variant))
+    n, slots = np.shape(scenes["shape"])
+    masks = np.empty((n, image_size, image_size), np.int32)
+    for i in range(n):
+        scene = mi.load_dict(scene_dict(scenes, i, instances=True, image_size=image_size), optimize=False)
+        code = np.array(mi.render(scene, seed=0), dtype=np.float32)[..., 0]
+        masks[i] = np.rint(code * (slots + 1)).astype(np.int32) - 1
+    return masks
+
+
+def mask_boxes(masks: np.ndarray, slots: int) -> np.ndarray:
+    """The pixel extent of each slot in instance masks: ``(n, slots, 4)`` float ``x0, y0, x1, y1``.
+
+    Pixel ``i`` spans ``[i, i + 1)``, as in :func:`.clevr.object_boxes`; a slot with no
+    pixels gets NaN.
+
+    Example:
+      >>> m = np.full((1, 4, 4), -1); m[0, 1:3, 2] = 0
+      >>> mask_boxes(m, 2)[0].tolist()
+      [[2.0, 1.0, 3.0, 3.0], [nan, nan, nan, nan]]
+    """
+    masks = np.asarray(masks)
+    out = np.full((masks.shape[0], slots, 4), np.nan)
+    for i, k in np.ndindex(masks.shape[0], slots):
+        rows, cols = np.nonzero(masks[i] == k)
+        if rows.size:
+            out[i, k] = cols.min(), rows.min(), cols.max() + 1, rows.max() + 1
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class MitsubaRenderer:
-    """CLEVR-style segmentation scenes rendered by Mitsuba 3's path tracer.
+    """CLEVR-style segmentation (or detection) scenes rendered by Mitsuba 3's path tracer.
 
     Args:
       image_size: width and height of the returned images and label maps (the training size).
       max_objects: object slots per scene, as in :class:`.clevr.ClevrRenderer`.
       variant: Mitsuba variant; ``"scalar_rgb"`` needs nothing else. ``"llvm_ad_rgb"`` is
         only used when libLLVM >= 19 is found (see :func:`select_variant`).
+      labels: ``"segmentation"`` (class maps from Mitsuba's label pass, the default) or
+        ``"boxes"`` (float32 ``(max_objects, 6)`` rows of :func:`.clevr.object_boxes`, the
+        numpy renderer's boxes of the same scenes; no label pass is traced).
 
     Raises:
       ImportError: when Mitsuba is not installed (naming the ``autosim_jax[mitsuba]`` extra).
@@ -209,6 +283,7 @@ class MitsubaRenderer:
     image_size: int = 64
     max_objects: int = 4
     variant: str = "scalar_rgb"
+    labels: str = "segmentation"
     name: ClassVar[str] = "mitsuba"
     schema: SceneSchema = dataclasses.field(init=False, repr=False)
     inputs_spec: OutputSpec = dataclasses.field(init=False, repr=False)
@@ -250,7 +325,8 @@ class MitsubaRenderer:
           seed: seeds Mitsuba's samplers; the same seed gives the same images.
 
         Returns:
-          ``(images, labels)``: float32 ``(n, H, W, 3)`` in ``[0, 1]``, int32 ``(n, H, W)``.
+          ``(images, labels)``: float32 ``(n, H, W, 3)`` in ``[0, 1]``, and int32 ``(n, H, W)``
+          class maps or (``labels="boxes"``) float32 ``(n, max_objects, 6)`` boxes.
 
         Raises:
           ValueError: for scenes that do not match the schema, naming the field.
@@ -260,9 +336,12 @@ class MitsubaRenderer:
         size = int(self.image_size)
         linear = self.render_linear(scenes, seed)
         images = np.empty((n, size, size, 3), np.float32)
-        labels = np.empty((n, size, size), np.int32)
         for i in range(n):
             images[i] = clevr.resample(linear[i][None], size)[0]
+        if self.labels == "boxes":
+            return np.ascontiguousarray(clevr.tonemap(images)), clevr.object_boxes(scenes, size)
+        labels = np.empty((n, size, size), np.int32)
+        for i in range(n):
             scene = mi.load_dict(scene_dict(scenes, i, labels=True, image_size=size), optimize=False)
             code = np.array(mi.render(scene, seed=0), dtype=np.float32)[..., 0]
             labels[i] = np.clip(np.rint(code * _CODE) - 1, 0, len(clevr.CLASS_NAMES) - 1)
