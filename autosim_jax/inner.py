@@ -57,7 +57,7 @@ from flax import nnx
 from .parallel import constrain_batch
 from .simulator import Simulation, Simulator
 from .tasks import Task
-from .training import train_epochs
+from .training import SCHEDULES, train_epochs
 
 PyTree = Any
 
@@ -173,6 +173,7 @@ def make_inner(
     batch_size: int,
     epochs: int,
     val_batch_size: int | None = None,
+    schedule: str = "constant",
     mesh: jax.sharding.Mesh | None = None,
 ) -> Inner:
     """Builds the render / fine-tune / measure stages for one simulator, model and task.
@@ -186,6 +187,8 @@ def make_inner(
       batch_size: fine-tuning minibatch; must divide ``dataset_size``.
       epochs: fine-tuning epochs per ``finetune`` call.
       val_batch_size: minibatch of ``measure`` / ``measure_and_grad`` (``None``: one batch).
+      schedule: the learning rate within each ``finetune`` call,
+        ``"constant"`` or ``"linear_decay"`` (:func:`~autosim_jax.training.train_epochs`).
       mesh: data parallelism (:mod:`autosim_jax.parallel`): fine-tuning and measuring
         minibatches are split over its devices (``None``: one device).
 
@@ -204,6 +207,8 @@ def make_inner(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
     if dataset_size % batch_size:
         raise ValueError(f"dataset_size ({dataset_size}) must be a multiple of batch_size ({batch_size}).")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {schedule!r}; valid choices are {list(SCHEDULES)}.")
     if val_batch_size is not None and (not isinstance(val_batch_size, int) or val_batch_size < 1):
         raise ValueError(f"val_batch_size must be None or an integer >= 1, got {val_batch_size!r}.")
     graphdef, theta0 = split_model(model)
@@ -241,7 +246,7 @@ def make_inner(
 
     simulate = jax.jit(lambda key, psi: simulator.simulate(key, psi, dataset_size))
     finetune = jax.jit(functools.partial(train_epochs, mean_loss, optimizer, batch_size=batch_size, epochs=epochs,
-                                         mesh=mesh))
+                                         schedule=schedule, mesh=mesh))
     return Inner(theta0, optimizer.init, predict, per_sample_loss, mean_loss, simulate, finetune, measure,
                  measure_and_grad, dataset_size, epochs * (dataset_size // batch_size))
 

@@ -19,6 +19,10 @@ from .parallel import constrain_batch
 
 PyTree = Any
 
+# How the learning rate evolves within one ``train_epochs`` call (it restarts at every call;
+# the optimiser's state, e.g. Adam's moments, is carried over unchanged).
+SCHEDULES = ("constant", "linear_decay")
+
 
 def train_epochs(
     loss_fn: Callable[[PyTree, jax.Array, jax.Array], jax.Array],
@@ -31,6 +35,7 @@ def train_epochs(
     *,
     batch_size: int,
     epochs: int,
+    schedule: str = "constant",
     mesh: Mesh | None = None,
 ) -> tuple[PyTree, PyTree, jax.Array]:
     """``epochs`` passes of shuffled minibatch training over ``(inputs, labels)``.
@@ -46,6 +51,11 @@ def train_epochs(
       inputs, labels: the dataset, leading axis ``n >= batch_size``.
       key: PRNG key for the shuffles.
       batch_size, epochs: minibatch size and number of passes.
+      schedule: ``"constant"`` (the optimiser's own rate) or ``"linear_decay"``: the update
+        of the ``t``-th of this call's ``T`` steps is scaled by ``(T - t) / T`` (1 at the
+        first step, ``1/T`` at the last), so that a warm-started model settles at the
+        minimiser of this dataset's loss instead of circling it at the optimiser's constant
+        rate. It restarts at every call; the optimiser state (Adam's moments) is carried as is.
       mesh: data parallelism (:mod:`autosim_jax.parallel`): each minibatch is split over the
         mesh's devices (``None``: one device, no constraint).
 
@@ -68,13 +78,19 @@ def train_epochs(
     n = inputs.shape[0]
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size must be in [1, {n}] (the dataset size), got {batch_size}.")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {schedule!r}; valid choices are {list(SCHEDULES)}.")
     num_batches = n // batch_size
+    total = epochs * num_batches
 
     def train_step(carry, batch):
-        theta, opt_state = carry
+        theta, opt_state, t = carry
         loss, grads = jax.value_and_grad(loss_fn)(theta, *batch)
         updates, opt_state = optimizer.update(grads, opt_state, theta)
-        return (optax.apply_updates(theta, updates), opt_state), loss
+        if schedule == "linear_decay":
+            scale = (total - t) / total
+            updates = jax.tree.map(lambda u: (u * scale).astype(u.dtype), updates)
+        return (optax.apply_updates(theta, updates), opt_state, t + 1), loss
 
     def epoch(carry, epoch_key):
         order = jax.random.permutation(epoch_key, n)[: num_batches * batch_size].reshape(num_batches, batch_size)
@@ -82,5 +98,6 @@ def train_epochs(
         carry, losses = jax.lax.scan(train_step, carry, batches)
         return carry, jnp.mean(losses)
 
-    (theta, opt_state), losses = jax.lax.scan(epoch, (theta, opt_state), jax.random.split(key, epochs))
+    carry = (theta, opt_state, jnp.zeros((), jnp.int32))
+    (theta, opt_state, _), losses = jax.lax.scan(epoch, carry, jax.random.split(key, epochs))
     return theta, opt_state, losses[-1]

@@ -60,6 +60,13 @@ def _adam(k, batch, epochs, inner_lr, outer_lr=0.1):
             f"K {k}, batch {batch}, {epochs} epochs, Adam {inner_lr} on theta / {outer_lr} on psi")
 
 
+def _s5(**changes):
+    """Session 5: the session-3 defaults (K 256, batch 32, 4 epochs Adam 3e-2, Adam 0.1 on psi)
+    with ``changes`` (the new options ``finetune_schedule``, ``outer_beta2``, ...)."""
+    base, _ = _adam(256, 32, 4, 0.03)
+    return {**base, **changes}, "session-3 defaults + " + ", ".join(f"{k}={v}" for k, v in changes.items())
+
+
 # name -> (changes to OLD, what the candidate tests); "library" means AutoSimConfig() itself.
 CANDIDATES = {
     "old": ({}, "the old defaults"),
@@ -90,6 +97,20 @@ CANDIDATES = {
     "mb_K512_b32_e4_lr0.03": _adam(512, 32, 4, 0.03),
     "mb_K512_b16_e4_lr0.03": _adam(512, 16, 4, 0.03),
     "mb_K512_b32_e4_lr0.03_o0.15": _adam(512, 32, 4, 0.03, 0.15),
+    # -- session 5: the new options (changes to the session-3 defaults, mb_K256_b32_e4_lr0.03)
+    **{f"s5_{name}": _s5(**changes) for name, changes in {
+        "decay": {"finetune_schedule": "linear_decay"},
+        "b2_0.99": {"outer_beta2": 0.99},
+        "b2_0.9": {"outer_beta2": 0.9},
+        "decay_b2_0.99": {"finetune_schedule": "linear_decay", "outer_beta2": 0.99},
+        "decay_b2_0.9": {"finetune_schedule": "linear_decay", "outer_beta2": 0.9},
+        "decay_lr0.1": {"finetune_schedule": "linear_decay", "inner_learning_rate": 0.1},
+        "decay_o0.2_b2_0.95": {"finetune_schedule": "linear_decay", "outer_learning_rate": 0.2, "outer_beta2": 0.95},
+        "decay_o0.2_b2_0.99": {"finetune_schedule": "linear_decay", "outer_learning_rate": 0.2, "outer_beta2": 0.99},
+        "decay_o0.3": {"finetune_schedule": "linear_decay", "outer_learning_rate": 0.3},
+        "decay_b2_0.99_e8": {"finetune_schedule": "linear_decay", "outer_beta2": 0.99, "finetune_epochs": 8},
+        "decay_b2_0.98": {"finetune_schedule": "linear_decay", "outer_beta2": 0.98},
+    }.items()},
 }
 
 
