@@ -842,6 +842,13 @@ def read_config(path: str) -> dict:
             raise RunDirError(f"{config_path} has format {config['format']!r}; this version of autosim_jax reads "
                               f"{FORMAT!r}. Start a new run with another --out.")
         raise RunDirError(_OLD_FORMAT.format(path=config_path, fmt=FORMAT))
+    if isinstance(config.get("options"), dict):
+        # An option added after this run was written is absent from its file; every new
+        # AutoSimConfig option defaults to the behaviour before it existed, so the run used
+        # the default (e.g. finetune_schedule, outer_beta2 of session 5).
+        from .config import AutoSimConfig
+
+        config["options"] = {**AutoSimConfig().to_dict(), **config["options"]}
     return config
 
 

@@ -298,3 +298,16 @@ def test_interrupt_guard_ends_a_process_whose_main_thread_is_stuck_outside_pytho
     proc.stderr.close()
     assert code == 130 and 0.9 <= elapsed < 5, (code, elapsed, err)
     assert "continue with --resume" in err and "not reached" not in out
+
+
+def test_an_option_added_later_reads_as_its_default(tmp_path):
+    """A run written before an AutoSimConfig option existed resumes: the option reads as its
+    default, the behaviour the run had (e.g. finetune_schedule and outer_beta2 of session 5)."""
+    from autosim_jax.config import AutoSimConfig
+    from autosim_jax.rundir import CONFIG, FORMAT, read_config
+
+    old = AutoSimConfig(approximation="linear").to_dict()
+    del old["finetune_schedule"], old["outer_beta2"]
+    (tmp_path / CONFIG).write_text(json.dumps({"format": FORMAT, "options": old}))
+    options = read_config(str(tmp_path))["options"]
+    assert options == AutoSimConfig(approximation="linear").to_dict()
