@@ -58,12 +58,13 @@ from flax import nnx
 
 from .config import AutoSimConfig
 from .estimators import reinforce_gradient, score_function_term
-from .inner import Inner, check_dataset, make_inner
+from .inner import Inner, check_dataset, make_inner, split_model
 from .outer import add_entropy_bonus, check_families
 from .parallel import check_divisible, constrain_batch, make_mesh, replicate, shard_batch
 from .simulator import Simulator, reraise_render_errors
 from .table1 import SolveReport, approximation_vector, curvature_operator
 from .tasks import Task
+from .trainable import make_partition
 
 PyTree = Any
 
@@ -249,7 +250,8 @@ def make_autosimulate(
       An :class:`AutoSimulate`.
 
     Raises:
-      ValueError: before anything is compiled, for unknown or invalid options (``devices``
+      ValueError: before anything is compiled, for unknown or invalid options (``trainable``
+        not a valid regular expression or matching no parameter path, ``devices``
         more than JAX sees, or not dividing ``dataset_size``, ``batch_size`` or
         ``curvature_batch_size``), a model that
         is not an ``nnx.Module`` or holds non-``Param`` state, or validation data that is not
@@ -317,9 +319,13 @@ def make_autosimulate(
         check_families(simulator.distribution.init(), "outer_optimizer='natural'")
     if config.entropy_weight:
         check_families(simulator.distribution.init(), f"entropy_weight={config.entropy_weight}")
+    # Freezing layers (Table 5): fine-tuning, g_val, the curvature and the score-function term act
+    # on the trainable leaves only, closing over the frozen ones (autosim_jax/trainable.py).
+    partition = None if config.trainable is None else make_partition(split_model(model)[1], config.trainable)
     inner = make_inner(simulator, model, task, optimizer=inner_optimizer, dataset_size=config.dataset_size,
                        batch_size=config.batch_size, epochs=config.finetune_epochs,
-                       val_batch_size=config.val_batch_size, schedule=config.finetune_schedule, mesh=mesh)
+                       val_batch_size=config.val_batch_size, schedule=config.finetune_schedule, mesh=mesh,
+                       partition=partition)
     x_val, y_val = check_dataset(val_data, simulator, task, inner, name="val_data")
     if mesh is not None:  # the validation set split over the devices when it divides, else on each of them
         place = shard_batch if x_val.shape[0] % mesh.size == 0 else replicate
@@ -333,7 +339,7 @@ def make_autosimulate(
         return replicate(AutoSimState(
             psi=psi,
             theta=inner.theta0,
-            inner_opt_state=inner_optimizer.init(inner.theta0),
+            inner_opt_state=inner.init_opt(inner.theta0),
             outer_opt_state=outer_optimizer.init(psi),
             key=jax.random.PRNGKey(seed),
             step=jnp.zeros((), jnp.int32),
@@ -347,13 +353,17 @@ def make_autosimulate(
             losses = inner.per_sample_loss(theta, inputs, labels)
             grad = reinforce_gradient(distribution.log_prob, psi, scenes, losses, baseline=config.baseline)
             return Hypergradient(grad, val_loss, val_metric, SolveReport.no_solve())
+        predict, per_sample_loss, point = inner.predict, inner.per_sample_loss, theta
+        if partition is not None:  # g_val is already the trainable leaves' gradient
+            point, frozen = partition.split(theta)
+            predict, per_sample_loss = partition.restrict(predict, frozen), partition.restrict(per_sample_loss, frozen)
         u, report = approximation_vector(
             config.approximation, g_val,
-            lambda: curvature_operator(config.curvature, inner.predict, task.per_sample_loss, theta,
+            lambda: curvature_operator(config.curvature, predict, task.per_sample_loss, point,
                                        *constrain_batch((inputs[:curv_n], labels[:curv_n]), mesh)),
             damping=config.damping, cg_tol=config.cg_tol, cg_maxiter=config.cg_maxiter,
         )
-        s = score_function_term(distribution.log_prob, psi, scenes, inner.per_sample_loss, theta, u, inputs, labels,
+        s = score_function_term(distribution.log_prob, psi, scenes, per_sample_loss, point, u, inputs, labels,
                                 method=config.estimator, baseline=config.baseline)
         return Hypergradient(jax.tree.map(jnp.negative, s), val_loss, val_metric, report)
 

@@ -97,6 +97,11 @@ class AutoSimConfig:
         (:func:`~autosim_jax.training.train_epochs`).
       outer_beta2: Adam's second-moment decay for ``psi`` (``outer_optimizer="adam"`` only):
         its memory is about ``1 / (1 - outer_beta2)`` steps (0.999: ~1000).
+      trainable: freezing layers (Table 5): a regular expression searched (``re.search``) in
+        each parameter's path (``jax.tree_util.keystr`` of ``theta``'s leaves, e.g.
+        ``"['up2']['conv']['kernel'].value"``); only the matching parameters are fine-tuned,
+        and ``g_val``, the curvature and its solve, and the score-function term act on them
+        alone (:mod:`autosim_jax.trainable`). ``None`` (default): all parameters.
 
     The defaults (K = 256 renders in minibatches of 32, 4 epochs of Adam 3e-2 on ``theta``,
     Adam 0.1 on ``psi``, exact quadratic with damping 1e-2) were measured on the 1-D toy of
@@ -132,6 +137,7 @@ class AutoSimConfig:
     val_batch_size: int | None = None
     finetune_schedule: str = "constant"
     outer_beta2: float = 0.999
+    trainable: str | None = None
 
     def __post_init__(self):
         _choices("approximation", self.approximation, APPROXIMATIONS)
@@ -167,6 +173,9 @@ class AutoSimConfig:
         if self.outer_beta2 >= 1:
             raise ValueError(f"AutoSimConfig.outer_beta2 must be < 1 (Adam's second-moment decay, in (0, 1)), "
                              f"got {self.outer_beta2!r}.")
+        if self.trainable is not None and not isinstance(self.trainable, str):
+            raise ValueError(f"AutoSimConfig.trainable must be None (all parameters) or a regular expression "
+                             f"matched against parameter paths, got {self.trainable!r}.")
 
     def replace(self, **changes: Any) -> AutoSimConfig:
         """A copy with ``changes`` applied (validated; unknown names raise ``ValueError``)."""

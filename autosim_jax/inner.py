@@ -57,6 +57,7 @@ from flax import nnx
 from .parallel import constrain_batch
 from .simulator import Simulation, Simulator
 from .tasks import Task
+from .trainable import Partition
 from .training import SCHEDULES, train_epochs
 
 PyTree = Any
@@ -175,6 +176,7 @@ def make_inner(
     val_batch_size: int | None = None,
     schedule: str = "constant",
     mesh: jax.sharding.Mesh | None = None,
+    partition: Partition | None = None,
 ) -> Inner:
     """Builds the render / fine-tune / measure stages for one simulator, model and task.
 
@@ -191,6 +193,11 @@ def make_inner(
         ``"constant"`` or ``"linear_decay"`` (:func:`~autosim_jax.training.train_epochs`).
       mesh: data parallelism (:mod:`autosim_jax.parallel`): fine-tuning and measuring
         minibatches are split over its devices (``None``: one device).
+      partition: freezing layers (:mod:`autosim_jax.trainable`, built from ``theta0``):
+        ``finetune`` updates only the trainable leaves, its optimiser state (``init_opt``)
+        holds only them, and ``measure_and_grad`` returns the gradient with respect to them
+        (the tuple ``partition.split(theta)[0]``); ``theta`` stays the full tree. ``None``
+        (default): every parameter.
 
     Returns:
       An :class:`Inner`.
@@ -237,7 +244,12 @@ def make_inner(
     @jax.jit
     def measure_and_grad(theta, inputs, labels):
         def batch(x, y):
-            (loss_sum, stats), g = jax.value_and_grad(sums, has_aux=True)(theta, x, y)
+            if partition is None:
+                (loss_sum, stats), g = jax.value_and_grad(sums, has_aux=True)(theta, x, y)
+            else:
+                trainable, frozen = partition.split(theta)
+                (loss_sum, stats), g = jax.value_and_grad(partition.restrict(sums, frozen), has_aux=True)(
+                    trainable, x, y)
             return loss_sum, stats, g
 
         loss_sum, stats, g = sum_over_batches(batch, inputs, labels, val_batch_size, mesh)
@@ -245,9 +257,22 @@ def make_inner(
         return finish(loss_sum, stats, n), jax.tree.map(lambda a: a / n, g)
 
     simulate = jax.jit(lambda key, psi: simulator.simulate(key, psi, dataset_size))
-    finetune = jax.jit(functools.partial(train_epochs, mean_loss, optimizer, batch_size=batch_size, epochs=epochs,
-                                         schedule=schedule, mesh=mesh))
-    return Inner(theta0, optimizer.init, predict, per_sample_loss, mean_loss, simulate, finetune, measure,
+    if partition is None:
+        finetune = jax.jit(functools.partial(train_epochs, mean_loss, optimizer, batch_size=batch_size,
+                                             epochs=epochs, schedule=schedule, mesh=mesh))
+        init_opt = optimizer.init
+    else:
+        @jax.jit
+        def finetune(theta, opt_state, inputs, labels, key):
+            trainable, frozen = partition.split(theta)  # differentiate w.r.t. the trainable leaves only
+            trainable, opt_state, loss = train_epochs(partition.restrict(mean_loss, frozen), optimizer, trainable,
+                                                      opt_state, inputs, labels, key, batch_size=batch_size,
+                                                      epochs=epochs, schedule=schedule, mesh=mesh)
+            return partition.merge(trainable, frozen), opt_state, loss
+
+        def init_opt(theta):
+            return optimizer.init(partition.split(theta)[0])
+    return Inner(theta0, init_opt, predict, per_sample_loss, mean_loss, simulate, finetune, measure,
                  measure_and_grad, dataset_size, epochs * (dataset_size // batch_size))
 
 
