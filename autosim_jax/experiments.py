@@ -34,7 +34,7 @@ from flax import nnx
 
 from .config import AutoSimConfig
 from .distributions import from_schema
-from .inner import make_inner
+from .inner import make_inner, split_model
 from .models import SmallCNN, UNet
 from .renderers import get_renderer, load_real_digits
 from .simulator import Simulator
@@ -309,8 +309,40 @@ def get_experiment(name: str) -> Experiment:
         raise ValueError(f"Unknown experiment {name!r}; valid choices are {sorted(EXPERIMENTS)}.") from None
 
 
+_ASSESS_MODEL_FAILS = (
+    "make_assessor: model= ({name}) cannot take the experiment's validation inputs, shape {shape}: {error} "
+    "Build it for the experiment's images (for the detection experiments detection.centernet(in_channels, "
+    "num_classes, base_channels) with the in_channels and num_classes of setup.model)."
+)
+_ASSESS_MODEL_SHAPE = (
+    "make_assessor: model= ({name}) gives outputs of shape {got} for validation inputs {shape}, where the "
+    "experiment's model gives {want}; the task's loss and metric read outputs of that shape. For a detector, build "
+    "the larger one with detection.centernet(in_channels, num_classes, base_channels) for the same in_channels and "
+    "num_classes and a wider base_channels."
+)
+
+
+def _check_assessment_model(setup: ExperimentSetup, model: nnx.Module) -> None:
+    """``model`` takes the validation inputs and gives outputs shaped like ``setup.model``'s
+    (abstract evaluation of one image: nothing is compiled or run)."""
+    x = setup.val_data[0]
+    one = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+
+    def output_shape(graphdef, theta):
+        return jax.eval_shape(lambda t, inputs: nnx.merge(graphdef, t)(inputs), theta, one).shape
+
+    want = output_shape(*split_model(setup.model))
+    split = split_model(model)  # a ValueError naming what a model must be
+    try:
+        got = output_shape(*split)
+    except (TypeError, ValueError) as err:
+        raise ValueError(_ASSESS_MODEL_FAILS.format(name=type(model).__name__, shape=one.shape, error=err)) from err
+    if got != want:
+        raise ValueError(_ASSESS_MODEL_SHAPE.format(name=type(model).__name__, got=got, shape=one.shape, want=want))
+
+
 def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epochs: int | None = None,
-                  repeats: int = 1) -> Callable[..., dict[str, float]]:
+                  repeats: int = 1, model: nnx.Module | None = None) -> Callable[..., dict[str, float]]:
     """``assess(psi, seed=0)``: trains a *fresh* copy of the task model on ``num_images`` from ``psi``.
 
     This is the fair comparison of two simulator settings: the same model, initialisation,
@@ -325,30 +357,54 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
     start-to-reference gap. ``repeats`` trains that many models (different images and
     minibatch orders) and reports their mean, with the spread.
 
+    ``model`` is the network-size ablation of paper Table 6: psi learned with the setup's
+    (small) model, assessed by training another, e.g. a wider detector, on it. It is
+    ``setup._replace(model=model)`` after two checks made before anything is compiled or
+    rendered: ``model`` is a flax module of ``nnx.Param`` state only, and it maps the
+    validation inputs to outputs of the shape ``setup.model`` gives (what the task's loss
+    and metric read). The same images, budget and schedule as for the setup's model.
+
     Args:
       setup: the experiment.
       num_images, epochs: the budget (default: the experiment's ``assess_images`` and
         ``assess_epochs``).
       repeats: fresh models per assessment (``>= 1``); the metrics are their means.
+      model: the model to train (``None``: ``setup.model``), with its given initialisation.
 
     Returns:
       ``assess(psi, seed)`` -> ``{"val_metric": ..., "test_metric": ...}`` of the trained
       model(s), plus ``"test_metric_std"`` / ``"val_metric_std"`` over the repeats when
       ``repeats > 1``. Repeat ``r`` renders with ``PRNGKey(seed + 2 r)`` and orders the
-      minibatches with ``PRNGKey(seed + 2 r + 1)``; the model's initialisation is the setup's.
+      minibatches with ``PRNGKey(seed + 2 r + 1)``; the model's initialisation is the model's own.
+
+    Raises:
+      ValueError: for ``repeats < 1``, or a ``model`` that is not an ``nnx.Module`` of
+        parameters, cannot take the validation inputs or gives outputs of another shape.
 
     Example:
       >>> setup = get_experiment("digits-sim2real").build(seed=0)
       >>> assess = make_assessor(setup, num_images=256, epochs=1)
       >>> sorted(assess(setup.simulator.distribution.init(), seed=0))
       ['test_metric', 'val_metric']
+
+      Table 6's assessment with a larger model than the one psi is learned with (the cpu
+      setup's CNN has 16 channels; for the detection experiments a wider
+      ``detection.centernet``):
+
+      >>> wide = make_assessor(setup, num_images=256, epochs=1,
+      ...                      model=SmallCNN(1, 10, channels=32, rngs=nnx.Rngs(0)))
+      >>> sorted(wide(setup.reference_psi, seed=0))
+      ['test_metric', 'val_metric']
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}.")
+    if model is not None:
+        _check_assessment_model(setup, model)
     num_images = num_images or setup.assess_images
     epochs = epochs or setup.assess_epochs
     cfg = setup.config
-    inner = make_inner(setup.simulator, nnx.clone(setup.model), setup.task, optimizer=cfg.inner_optax(),
+    model = setup.model if model is None else model
+    inner = make_inner(setup.simulator, nnx.clone(model), setup.task, optimizer=cfg.inner_optax(),
                        dataset_size=num_images, batch_size=cfg.batch_size, epochs=epochs,
                        val_batch_size=cfg.val_batch_size)
 
