@@ -51,6 +51,7 @@ _EXPORTS = {
     "describe_psi": "distributions",
     "from_schema": "distributions",
     "gaussian": "distributions",
+    "histogram": "distributions",
     "product": "distributions",
     "with_exploration": "distributions",
     "apply_baseline": "estimators",
@@ -127,6 +128,7 @@ if TYPE_CHECKING:
     from .distributions import describe_psi as describe_psi
     from .distributions import from_schema as from_schema
     from .distributions import gaussian as gaussian
+    from .distributions import histogram as histogram
     from .distributions import product as product
     from .distributions import with_exploration as with_exploration
     from .estimators import apply_baseline as apply_baseline

@@ -17,7 +17,9 @@ Fisher information per family (``psi`` leaves as built by :mod:`autosim_jax.dist
   ``diag(1 / sigma^2, 2)`` per element;
 * :class:`~autosim_jax.CategoricalParams` ``logits``: ``diag(p) - p p^T`` per categorical,
   whose pseudo-inverse applied to a gradient ``g`` with ``sum g = 0`` (every score-function
-  gradient of a softmax has it) is ``g / p`` centred to mean zero.
+  gradient of a softmax has it) is ``g / p`` centred to mean zero. A
+  :func:`~autosim_jax.histogram` field has these parameters too and the same Fisher, KL and
+  (up to a constant) entropy: its within-bin law does not depend on psi.
 
 References:
   Amari (1998), natural gradient; Kakade (2002), natural policy gradient; Schulman et al.

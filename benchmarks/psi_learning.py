@@ -51,6 +51,9 @@ VARIANTS = {
     # "explore": not an AutoSimConfig option but the distribution's: from_schema(..., explore=w).
     "explore0.1": ({"explore": 0.1}, "a learned broad share (initially 10%) of every finite continuous field"),
     "linear_explore0.1": ({"approximation": "linear", "explore": 0.1}, "the linear row with the broad share"),
+    # "bins": the distribution's too: the field becomes a histogram (from_schema's "bins" override).
+    "bins6": ({"bins": {"position": 6}}, "positions as a histogram of 6 bins per axis (global signal)"),
+    "linear_bins6": ({"approximation": "linear", "bins": {"position": 6}}, "the linear row with the histogram"),
 }
 STARTS = {"clevr-seg": "CLEVR_START", "digits-sim2real": "DIGITS_START"}  # experiments.py's start overrides
 
@@ -109,9 +112,11 @@ def _job_body(spec: dict) -> dict:
         out["seconds"] = time.perf_counter() - t0
         return out
     overrides = dict(VARIANTS[spec["variant"]][0])
-    explore = overrides.pop("explore", None)
-    if explore:  # the same start, with a learned broad component per finite continuous field
-        start = getattr(asj.experiments, STARTS[spec["experiment"]])
+    explore, bins = overrides.pop("explore", None), overrides.pop("bins", {})
+    new_family = bool(explore or bins)
+    if new_family:  # the same start, in another family: a learned broad share, or histograms
+        start = dict(getattr(asj.experiments, STARTS[spec["experiment"]]))
+        start.update({f: {**start[f], "bins": b} for f, b in bins.items()})
         dist = asj.from_schema(setup.simulator.renderer.schema, start, explore=explore)
         setup = setup._replace(simulator=asj.Simulator(dist, setup.simulator.renderer))
         assess = asj.make_assessor(setup, repeats=spec.get("repeats", 1))
@@ -126,7 +131,7 @@ def _job_body(spec: dict) -> dict:
     half = psis[len(psis) // 2:]
     averaged = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *half)
     out["assessed"] = {str(t): assess(psis[t - 1], spec["seed"]) for t in spec["assess_steps"]}
-    if explore:  # the start with its broad share, before any learning
+    if new_family:  # the start in the new family, before any learning
         out["assessed"]["0"] = assess(setup.simulator.distribution.init(), spec["seed"])
     out["assessed"]["average_second_half"] = assess(averaged, spec["seed"])
     out["infos"] = infos

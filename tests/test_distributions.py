@@ -23,6 +23,7 @@ from autosim_jax.distributions import (
     describe_psi,
     from_schema,
     gaussian,
+    histogram,
     product,
     with_exploration,
 )
@@ -78,6 +79,94 @@ def test_from_schema_explore_wraps_finite_continuous_fields_and_describes_them()
         from_schema(schema, explore={"t": 0.1})
     with pytest.raises(ValueError, match=r"weight must lie in \(0, 1\)"):
         from_schema(schema, explore=1.0)
+
+
+# ----------------------------------------------------------------------------- histogram
+
+_HIST_PROBS = (0.05, 0.1, 0.15, 0.2, 0.2, 0.3)
+
+
+def test_histogram_density_is_piecewise_constant_and_integrates_to_one(x64):
+    q = histogram(-3.0, 3.0, 6, probs=_HIST_PROBS)
+    x = np.linspace(-3.0, 3.0, 600_001)[1:-1]
+    dens = np.exp(np.asarray(q.log_prob(q.init(), x)))
+    assert np.trapezoid(dens, x) == pytest.approx(1.0, abs=1e-5)
+    centres = np.arange(-2.5, 3.0, 1.0)
+    np.testing.assert_allclose(np.exp(np.asarray(q.log_prob(q.init(), centres))), _HIST_PROBS, rtol=1e-12)
+    assert np.all(np.isneginf(np.asarray(q.log_prob(q.init(), np.array([-3.0, 3.0, 7.0])))))
+
+
+def test_histogram_samples_follow_the_bins_and_are_uniform_inside():
+    """Bin frequencies within 5 standard errors sqrt(p (1 - p) / N) of the probabilities; inside
+    the last bin (p = 0.3, width 1) the mean is its centre within 5 sqrt(1/12 / (0.3 N))."""
+    q = histogram(-3.0, 3.0, 6, probs=_HIST_PROBS)
+    x = np.asarray(q.sample(jax.random.key(3), q.init(), N))
+    freq = np.histogram(x, bins=np.linspace(-3.0, 3.0, 7))[0] / N
+    p = np.asarray(_HIST_PROBS)
+    assert np.all(np.abs(freq - p) < SIGMAS * np.sqrt(p * (1 - p) / N))
+    last = x[x > 2.0]
+    assert abs(last.mean() - 2.5) < SIGMAS * math.sqrt(1 / 12 / last.size)
+    assert x.min() > -3.0 and x.max() < 3.0
+
+
+def test_histogram_start_from_loc_scale_is_the_bounded_law_binned():
+    """An independent computation: the bin fractions of N draws of bounded(loc, scale), mixed
+    with the floor as documented, within 5 standard errors of histogram's initial probabilities."""
+    floor = 0.01
+    q = histogram(-3.0, 3.0, 6, loc=2.2, scale=0.3, floor=floor)
+    probs = np.asarray(jax.nn.softmax(q.init().logits))
+    b = bounded(-3.0, 3.0, loc=2.2, scale=0.3)
+    mass = np.histogram(np.asarray(b.sample(jax.random.key(4), b.init(), N)), bins=np.linspace(-3, 3, 7))[0] / N
+    expected = (1 - 6 * floor) * mass + floor
+    se = (1 - 6 * floor) * np.sqrt(mass * (1 - mass) / N)
+    assert np.all(np.abs(probs - expected) <= SIGMAS * se + 1e-6)
+    assert probs.min() >= floor - 1e-7 and probs.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_histogram_score_function_gradient_matches_closed_form():
+    """d/dlogit_b E[s] = p_b (c_b - E[s]) (c_b the bin centre: within-bin draws are uniform).
+    The score-function estimate on N scenes, against 5 of its own standard errors per bin."""
+    q = histogram(-3.0, 3.0, 6, probs=_HIST_PROBS)
+    psi = q.init()
+    x = q.sample(jax.random.key(5), psi, N)
+    est = np.asarray(jax.grad(lambda ps: jnp.mean(x * q.log_prob(ps, x)))(psi).logits)
+    per_scene = np.asarray(jax.vmap(jax.grad(lambda ps, xi: xi * q.log_prob(ps, xi[None])[0]), (None, 0))(psi, x).logits)
+    se = per_scene.std(axis=0) / math.sqrt(N)
+    p, c = np.asarray(_HIST_PROBS), np.arange(-2.5, 3.0, 1.0)
+    exact = p * (c - (p * c).sum())
+    assert np.all(np.abs(est - exact) < SIGMAS * se)
+
+
+def test_histogram_from_schema_describe_psi_and_step_control():
+    from autosim_jax.outer import kl_divergence, natural_gradient
+
+    schema = SceneSchema((Field.continuous("pos", -3.0, 3.0, shape=(2,)), Field.continuous("t", 0.0)))
+    q = from_schema(schema, {"pos": {"bins": 6, "loc": 2.2, "scale": 0.3}})
+    psi = q.init()
+    assert isinstance(psi["pos"], CategoricalParams) and psi["pos"].logits.shape == (2, 6)
+    d = describe_psi(schema, psi)["pos"]
+    x = np.asarray(q.sample(jax.random.key(6), psi, N)["pos"])
+    assert d["family"] == "histogram" and d["edges"] == pytest.approx(np.linspace(-3, 3, 7).tolist())
+    std = x.std(axis=0)
+    np.testing.assert_allclose(d["mean"], x.mean(axis=0), atol=SIGMAS * std.max() / math.sqrt(N))
+    np.testing.assert_allclose(d["std"], std, atol=SIGMAS * std.max() ** 2 * math.sqrt(2 / N) / std.min())
+    np.testing.assert_allclose(d["median"], np.median(x, axis=0), atol=0.01)
+    np.testing.assert_allclose(d["p05"], np.quantile(x, 0.05, axis=0), atol=0.02)
+    # The bins' categorical is the family for the step control (natural gradient, KL).
+    nat, sq = natural_gradient({"pos": psi["pos"]}, {"pos": CategoricalParams(jnp.ones((2, 6)) - 1.0)})
+    assert float(sq) == 0.0 and float(kl_divergence({"pos": psi["pos"]}, {"pos": psi["pos"]})) == 0.0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(low=0.0, high=np.inf, bins=4), "finite low < high"),
+    (dict(low=0.0, high=1.0, bins=1), "bins must be an int >= 2"),
+    (dict(low=0.0, high=1.0, bins=4, probs=(0.25,) * 4, loc=0.5), "either probs or loc/scale"),
+    (dict(low=0.0, high=1.0, bins=4, loc=0.5, scale=0.1, floor=0.3), r"floor must lie in \(0, 1/bins\)"),
+    (dict(low=0.0, high=1.0, bins=4, probs=(0.5, 0.5, 0.0, 0.0)), "must be positive"),
+])
+def test_histogram_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        histogram(**kwargs)
 
 
 # ------------------------------------------------------------------------------ gaussian
