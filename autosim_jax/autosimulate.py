@@ -439,8 +439,13 @@ def make_autosimulate(
         with reraise_render_errors():
             scenes, inputs, labels = jax.block_until_ready(shard_batch(simulate(sim_key, state.psi), mesh))
         t1 = time.perf_counter()
+        theta, inner_state = state.theta, state.inner_opt_state
+        reset = config.theta_reset_every
+        if reset and int(state.step) and int(state.step) % reset == 0:  # the host knows the step count
+            fresh = init(0)
+            theta, inner_state = fresh.theta, fresh.inner_opt_state
         theta, inner_state, train_loss, theta_ok = jax.block_until_ready(
-            finetune(state.theta, state.inner_opt_state, inputs, labels, train_key)
+            finetune(theta, inner_state, inputs, labels, train_key)
         )
         t2 = time.perf_counter()
         psi, outer_state, hg, checks = jax.block_until_ready(

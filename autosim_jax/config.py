@@ -97,6 +97,11 @@ class AutoSimConfig:
         (:func:`~autosim_jax.training.train_epochs`).
       outer_beta2: Adam's second-moment decay for ``psi`` (``outer_optimizer="adam"`` only):
         its memory is about ``1 / (1 - outer_beta2)`` steps (0.999: ~1000).
+      theta_reset_every: every this-many outer steps, ``theta`` and its optimiser state go
+        back to their initial values before the step's fine-tuning (0: never; 1: every step
+        fine-tunes a fresh model). Why: the hypergradient of a barely trained warm model points
+        psi the right way where a well-trained one does not (``docs/learning.md``, session 5
+        diagnosis), and a warm model that trains across all steps becomes well trained.
       trainable: freezing layers (Table 5): a regular expression searched (``re.search``) in
         each parameter's path (``jax.tree_util.keystr`` of ``theta``'s leaves, e.g.
         ``"['up2']['conv']['kernel'].value"``); only the matching parameters are fine-tuned,
@@ -138,6 +143,7 @@ class AutoSimConfig:
     finetune_schedule: str = "constant"
     outer_beta2: float = 0.999
     trainable: str | None = None
+    theta_reset_every: int = 0
 
     def __post_init__(self):
         _choices("approximation", self.approximation, APPROXIMATIONS)
@@ -149,6 +155,7 @@ class AutoSimConfig:
         _choices("finetune_schedule", self.finetune_schedule, FINETUNE_SCHEDULES)
         for name in ("dataset_size", "batch_size", "finetune_epochs", "cg_maxiter"):
             _positive_int(name, getattr(self, name))
+        _positive_int("theta_reset_every", self.theta_reset_every, minimum=0)
         if self.dataset_size % self.batch_size:
             raise ValueError(
                 f"AutoSimConfig.dataset_size ({self.dataset_size}) must be a multiple of batch_size "
