@@ -48,6 +48,7 @@ VARIANTS = {
     "adam_lr0.03": ({"outer_learning_rate": 0.03}, "a third of the psi step: is the drift step noise?"),
     "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),
     "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
+    "warm": ({"theta_reset_every": 0}, "the model warm-started across all steps (the experiments' setting before 2026-12-01)"),
     "reset1": ({"theta_reset_every": 1}, "every step fine-tunes a fresh theta: no co-adaptation, a barely trained model"),
     "reset10": ({"theta_reset_every": 10}, "theta starts again every 10 steps"),
     "linear_reset10": ({"approximation": "linear", "theta_reset_every": 10}, "the linear row, theta reset every 10 steps"),
