@@ -333,6 +333,7 @@ def make_autosimulate(
     distribution = simulator.distribution
     traces = {"simulate": 0, "finetune": 0, "outer": 0}
     warned: set[type] = set()  # each warning once per instance
+    initial_theta: list = []  # (theta0, its optimiser state) for theta_reset_every, built on first use
 
     def init(seed: int) -> AutoSimState:
         psi = distribution.init()
@@ -442,8 +443,10 @@ def make_autosimulate(
         theta, inner_state = state.theta, state.inner_opt_state
         reset = config.theta_reset_every
         if reset and int(state.step) and int(state.step) % reset == 0:  # the host knows the step count
-            fresh = init(0)
-            theta, inner_state = fresh.theta, fresh.inner_opt_state
+            if not initial_theta:  # built once: arrays are immutable, so every reset can share them
+                fresh = init(0)
+                initial_theta.extend((fresh.theta, fresh.inner_opt_state))
+            theta, inner_state = initial_theta
         theta, inner_state, train_loss, theta_ok = jax.block_until_ready(
             finetune(theta, inner_state, inputs, labels, train_key)
         )

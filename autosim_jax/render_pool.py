@@ -8,7 +8,11 @@ each hold one copy of the renderer, built once and reused across steps:
 * ``"serial"``: the chunks in this process, one after the other (what a
   :class:`~autosim_jax.simulator.Simulator` without a pool does);
 * ``"process"``: local worker processes started with the ``spawn`` context (safe next to
-  JAX's threads), each sent the pickled renderer once;
+  JAX's threads), each sent the pickled renderer once. Each worker's BLAS / OpenMP thread
+  pools are capped at ``cpu_count // workers`` threads (:data:`THREAD_ENV_VARS`, unless the
+  user set them): uncapped, every worker's numpy starts one thread per core, and on 2 cores
+  2 workers rendered clevr-seg's 256 start scenes in 0.40-0.70 s, slower than one process
+  (0.35 s), against 0.14-0.23 s capped (``docs/benchmarks.md``);
 * ``"ray"``: Ray actors (``num_cpus=1, num_gpus=0``) on a local Ray instance started by the
   pool, or on the cluster that ``ray.init(address=...)`` reaches (``pip install
   "autosim_jax[distributed]"``). Each actor is sent up to two chunks at a time, which hides
@@ -78,6 +82,10 @@ from typing import Any
 import numpy as np
 
 DEFAULT_CHUNK_SIZE = 8
+# The thread-pool sizes of numpy's BLAS and OpenMP that a process worker inherits from its
+# environment at start (read once, when numpy loads).
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+_ENV_LOCK = threading.Lock()  # os.environ is process-wide: one spawn at a time edits it
 BACKENDS = ("serial", "process", "ray")
 # How long a worker may take to start (import the package, unpickle the renderer).
 STARTUP_TIMEOUT_S = 300.0
@@ -588,7 +596,15 @@ class ProcessPool(RenderPool):
             name=f"autosim-render-{self.name}",
             daemon=True,
         )
-        process.start()
+        threads = str(max(1, (os.cpu_count() or 1) // self.workers))
+        with _ENV_LOCK:  # spawn copies os.environ at start: set the caps for the child only
+            unset = [v for v in THREAD_ENV_VARS if v not in os.environ]
+            os.environ.update({v: threads for v in unset})
+            try:
+                process.start()
+            finally:
+                for v in unset:
+                    os.environ.pop(v, None)
         child.close()
         return _Worker(process, parent, process.pid)
 

@@ -66,3 +66,14 @@ def scenes(n: int, *, seed: int = 0, **triggers: float) -> dict[str, np.ndarray]
     for name, value in triggers.items():
         out["x"][int(name.removeprefix("at_"))] = value
     return out
+
+
+class ThreadEnvRenderer(NoisyRenderer):
+    """inputs: the worker's OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS (-1: unset)."""
+
+    name = "thread-env"
+
+    def render(self, scenes, seed):
+        n = len(scenes["x"])
+        values = [float(os.environ.get(v, -1)) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")]
+        return np.tile(np.asarray(values, np.float32), (n, 1)), np.asarray(scenes["kind"], np.int32)

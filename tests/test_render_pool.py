@@ -98,6 +98,22 @@ def _pools(request, names):
     return {name: serial if name == "serial" else request.getfixturevalue(name) for name in names}
 
 
+def test_process_workers_cap_their_blas_threads_unless_the_user_did(monkeypatch):
+    """Each worker gets cpu_count // workers BLAS/OpenMP threads for the variables the user left
+    unset, keeps the user's value where one is set, and the parent's environment is unchanged."""
+    from autosim_jax.render_pool import THREAD_ENV_VARS
+
+    for var in THREAD_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    scenes = {"x": np.zeros(4), "kind": np.zeros(4, np.int32)}
+    with make_render_pool(helpers.ThreadEnvRenderer(), workers=2, chunk_size=2) as pool:
+        inputs, _ = pool.render(scenes, seed=0)
+    cap = max(1, (os.cpu_count() or 1) // 2)
+    np.testing.assert_array_equal(inputs, np.tile([cap, 3, cap], (4, 1)))
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["OPENBLAS_NUM_THREADS"] == "3"
+
+
 # ------------------------------------------------------------------------- seeding
 
 
