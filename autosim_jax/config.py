@@ -102,6 +102,9 @@ class AutoSimConfig:
         fine-tunes a fresh model). Why: the hypergradient of a barely trained warm model points
         psi the right way where a well-trained one does not (``docs/learning.md``, session 5
         diagnosis), and a warm model that trains across all steps becomes well trained.
+        The registered experiments use 1 (digits-sim2real at gpu size: G -1.70 -> +2.06);
+        the default stays 0 because on the 1-D toy, whose line model needs a settled
+        theta, 1 drives every row away from the optimum (``docs/defaults.md``, session 6).
       trainable: freezing layers (Table 5): a regular expression searched (``re.search``) in
         each parameter's path (``jax.tree_util.keystr`` of ``theta``'s leaves, e.g.
         ``"['up2']['conv']['kernel'].value"``); only the matching parameters are fine-tuned,
