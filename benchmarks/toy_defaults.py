@@ -70,7 +70,9 @@ def _s5(**changes):
 # name -> (changes to OLD, what the candidate tests); "library" means AutoSimConfig() itself.
 CANDIDATES = {
     # -- session 6: a fresh model per step (what the registered experiments use since 2026-12-01)
+    "s6_reset0": _s5(theta_reset_every=0),
     "s6_reset1": _s5(theta_reset_every=1),
+    "s6_reset5": _s5(theta_reset_every=5),
     "s6_reset10": _s5(theta_reset_every=10),
     "old": ({}, "the old defaults"),
     "library": (None, "AutoSimConfig() of the installed package, no overrides"),
