@@ -50,6 +50,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -793,7 +794,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``autosim`` and ``python -m autosim_jax``; returns the exit code."""
+    """Entry point of ``autosim`` and ``python -m autosim_jax``; returns the exit code.
+
+    After a Ctrl-C (exit code 130) the process ends here, at once, with ``os._exit(130)``:
+    a renderer that hung inside a JAX callback may still hold a thread, and finalising the
+    interpreter under it can crash (SIGSEGV, seen once in CI right after the "interrupted"
+    message). Every file of the run directory is already on disk by then.
+    """
+    code = _main(argv)
+    if code == 130:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(130)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
