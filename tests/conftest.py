@@ -12,6 +12,20 @@ import jax
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache, in a fresh directory of this test process.
+
+    Many tests compile programs identical to earlier ones under new jitted functions (every
+    ``autosim run`` of the toy builds and compiles its steps afresh); a hit loads the compiled
+    program instead of running XLA again. Every program is cached, not only those that took
+    over the default second to compile. The directory is this process's alone (subprocesses and
+    notebook kernels do not inherit it), so no other process writes into it or is killed mid-write.
+    """
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-compilation-cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 @pytest.fixture
 def x64():
     """Runs a test with float64 enabled (dense references need it); restores the default after."""
