@@ -18,7 +18,7 @@
 # shows renders and label maps from the deliberately poor start $\psi$ next to the
 # validation images, runs AutoSimulate with the `linear` approximation, plots the validation
 # mIoU and a few fields of $\psi$ as they move, and shows renders from the learned $\psi$.
-# It takes under a minute on 2 CPU cores (about 35 s at the test size, which runs only a few
+# It takes under a minute on 2 CPU cores (about 25 s at the test size, which runs only two
 # steps; building the experiment and compiling the first step take most of that).
 
 # %%
@@ -35,7 +35,7 @@ from autosim_jax.experiments import CLEVR_START, CLEVR_TARGET
 from autosim_jax.renderers import CLASS_NAMES
 
 SMALL = os.environ.get("AUTOSIM_NOTEBOOK_SMALL") == "1"  # a few steps only under test
-STEPS = 6 if SMALL else 60
+STEPS = 2 if SMALL else 60  # 2: the mean time of the steps after the compiling first needs one
 SEED = 0
 
 # %% [markdown]

@@ -31,7 +31,7 @@ import autosim_jax as asj
 from autosim_jax.renderers import load_real_digits
 
 SMALL = os.environ.get("AUTOSIM_NOTEBOOK_SMALL") == "1"  # fewer steps and a smaller assessment under test
-STEPS = 10 if SMALL else 150
+STEPS = 3 if SMALL else 150
 ASSESS_IMAGES, ASSESS_EPOCHS = (512, 5) if SMALL else (4096, 10)
 SEED = 0
 

@@ -20,7 +20,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 SCRIPTS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
-# Per notebook, kernel start included; each takes 7-35 s on 2 CPU cores at the test size.
+# Per notebook, kernel start included; each takes 7-30 s on 2 CPU cores at the test size.
 NOTEBOOK_TIMEOUT_S = 300
 
 
