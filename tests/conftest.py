@@ -12,6 +12,19 @@ import jax
 import pytest
 
 
+def pytest_collection_modifyitems(items):
+    """Files with an end-to-end (``slow``) test run first, each file's tests in their order.
+
+    pytest-xdist (``--dist loadfile --no-loadscope-reorder``, pyproject's addopts) hands the
+    files to its two workers in this order, the next whenever a worker runs low. Its default
+    order (most tests first) put files of a few 20-50 s tests last, where one worker ran them
+    while the other sat idle; started first, they leave the many short files and doctest
+    modules to even out the end.
+    """
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)  # stable
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """JAX's persistent compilation cache, in a fresh directory of this test process.
