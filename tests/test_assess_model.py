@@ -55,13 +55,17 @@ def test_the_larger_model_is_the_one_trained(setup, monkeypatch):
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, nnx.state(wide, nnx.Param)))
 
 
-@pytest.mark.parametrize("model, match", [
-    (centernet(3, 5, 8, rngs=nnx.Rngs(0)), r"outputs of shape \(1, 32, 32, 9\).*model gives \(1, 32, 32, 7\)"),
-    (centernet(1, 3, 8, rngs=nnx.Rngs(0)), r"cannot take the experiment's validation inputs, shape \(1, 32, 32, 3\)"),
-    (lambda x: x, "nnx.Module"),
-    (nnx.BatchNorm(3, rngs=nnx.Rngs(0)), "BatchStat"),
+# Each model is built when its test runs: built here, at collection, the two centernets cost
+# every xdist worker 8 s, the one that never runs this file too.
+@pytest.mark.parametrize("build, match", [
+    (lambda: centernet(3, 5, 8, rngs=nnx.Rngs(0)), r"outputs of shape \(1, 32, 32, 9\).*model gives \(1, 32, 32, 7\)"),
+    (lambda: centernet(1, 3, 8, rngs=nnx.Rngs(0)), r"cannot take the experiment's validation inputs, shape \(1, 32, 32, 3\)"),
+    (lambda: lambda x: x, "nnx.Module"),
+    (lambda: nnx.BatchNorm(3, rngs=nnx.Rngs(0)), "BatchStat"),
 ])
-def test_a_model_that_does_not_fit_is_refused_before_any_work(setup, monkeypatch, model, match):
+def test_a_model_that_does_not_fit_is_refused_before_any_work(setup, monkeypatch, build, match):
+    model = build()
+
     def fail(*args, **kwargs):
         raise AssertionError("make_inner reached: the check must come first")
 
