@@ -17,8 +17,9 @@ def pytest_collection_modifyitems(items):
 
     pytest-xdist (``--dist loadfile --no-loadscope-reorder``, pyproject's addopts) hands the
     files to its two workers in this order, the next whenever a worker runs low. Its default
-    order (most tests first) put files of a few 20-50 s tests last, where one worker ran them
-    while the other sat idle; started first, they leave the many short files and doctest
+    order (most tests first) hands out files of a few 20-50 s tests last (the detection
+    end-to-end file ran last in a measured run), where one worker can be left running one while
+    the other has nothing left; started first, they leave the many short files and doctest
     modules to even out the end.
     """
     slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
