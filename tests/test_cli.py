@@ -5,6 +5,8 @@ an affine model) is written to a module on sys.path and named as ``module:attr``
 user runs an experiment of their own; subprocesses find it through PYTHONPATH.
 """
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -24,10 +26,25 @@ N = 12  # iterations of the reference run
 
 
 @pytest.fixture(scope="session")
-def reference_run(toy_path, tmp_path_factory):
-    """An uninterrupted run of N steps (the seed is the default, 0)."""
+def reference(toy_path, tmp_path_factory):
+    """An uninterrupted run of N steps (the seed is the default, 0) and what it printed."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    assert main(["run", TOY, "--iterations", str(N), "--out", str(out)]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", TOY, "--iterations", str(N), "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def reference_run(reference):
+    return reference[0]
+
+
+@pytest.fixture(scope="module")
+def one_step_run(toy_path, tmp_path_factory):
+    """A run of one step, shared by the tests of requests refused before they change it."""
+    out = tmp_path_factory.mktemp("one_step") / "r"
+    assert main(["run", TOY, "--iterations", "1", "--assess-images", "0", "--out", str(out)]) == 0
     return out
 
 
@@ -103,9 +120,8 @@ def test_run_writes_the_run_directory(reference_run):
     assert int(state.step) == N and int(state.images) == 32 * N
 
 
-def test_summary_table_is_printed(toy_path, tmp_path, capsys):
-    assert main(["run", TOY, "--iterations", "2", "--out", str(tmp_path / "r")]) == 0
-    out = capsys.readouterr().out
+def test_summary_table_is_printed(reference):
+    out = reference[1]
     for text in ("iterations", "images rendered", "wall time", "render", "train", "outer",
                  "best val neg_mse", "test neg_mse at best", "start val neg_mse"):
         assert text in out, text
@@ -180,19 +196,15 @@ def test_bad_names_exit_2_listing_the_choices(toy_path, tmp_path, capsys, argv, 
     assert not (tmp_path / "r").exists()
 
 
-def test_existing_run_dir_needs_resume(toy_path, tmp_path, capsys):
-    out = tmp_path / "r"
-    assert main(["run", TOY, "--iterations", "1", "--out", str(out)]) == 0
-    capsys.readouterr()
+def test_existing_run_dir_needs_resume(one_step_run, capsys):
+    out = one_step_run
     assert main(["run", TOY, "--iterations", "2", "--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert len(_lines(out / "metrics.jsonl")) == 1
 
 
-def test_resume_with_another_option_is_refused(toy_path, tmp_path, capsys):
-    out = tmp_path / "r"
-    assert main(["run", TOY, "--iterations", "1", "--out", str(out)]) == 0
-    capsys.readouterr()
+def test_resume_with_another_option_is_refused(one_step_run, tmp_path, capsys):
+    out = one_step_run
     assert main(["run", TOY, "--iterations", "2", "--finetune-epochs", "3", "--out", str(out), "--resume"]) == 2
     assert "options.finetune_epochs" in capsys.readouterr().err
     assert main(["run", TOY, "--iterations", "2", "--seed", "1", "--out", str(out), "--resume"]) == 2
@@ -409,14 +421,13 @@ def test_seeds_outside_the_prng_range_are_refused(toy_path, tmp_path, capsys, se
     assert not (tmp_path / "r").exists()
 
 
-def test_bad_requests_fail_before_the_experiment_is_built(toy_path, tmp_path, capsys, monkeypatch):
+def test_bad_requests_fail_before_the_experiment_is_built(one_step_run, tmp_path, capsys, monkeypatch):
     """An --out that is a file, a mismatched --resume, a bad --size: refused in well under a second, unbuilt."""
     import time
 
     import autosim_toy_experiment
 
-    out = tmp_path / "r"
-    assert main(["run", TOY, "--iterations", "1", "--assess-images", "0", "--out", str(out)]) == 0
+    out = one_step_run
     (tmp_path / "file").write_text("not a directory")
 
     def no_build(**kwargs):
