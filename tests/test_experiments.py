@@ -1,5 +1,7 @@
 """The registered experiments build real setups; the assessment of psi is deterministic."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -12,10 +14,15 @@ def test_unknown_experiment_lists_the_valid_ones():
         get_experiment("mnist")
 
 
+@functools.cache
+def _build(name, renderer, seed):
+    """An experiment's setup, built once per (name, renderer, seed): the tests below only read it."""
+    return get_experiment(name).build(renderer=renderer, seed=seed)
+
+
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_setups_match_their_renderers(name):
-    exp = get_experiment(name)
-    setup = exp.build(renderer=exp.renderers[0], seed=0)
+    setup = _build(name, get_experiment(name).renderers[0], 0)
     spec_in, spec_lab = setup.simulator.renderer.inputs_spec, setup.simulator.renderer.labels_spec
     for x, y in (setup.val_data, setup.test_data):
         assert x.shape[1:] == spec_in.shape and y.shape[1:] == spec_lab.shape and len(x) == len(y)
@@ -25,8 +32,8 @@ def test_setups_match_their_renderers(name):
 
 def test_clevr_eval_sets_are_fixed_and_distinct():
     """Validation and test come from the hidden target with their own seeds, not the run's."""
-    a = get_experiment("clevr-seg").build(renderer="clevr", seed=0)
-    b = get_experiment("clevr-seg").build(renderer="clevr", seed=7)
+    a = _build("clevr-seg", "clevr", 0)
+    b = _build("clevr-seg", "clevr", 7)
     np.testing.assert_array_equal(a.val_data[0], b.val_data[0])
     assert not np.array_equal(a.val_data[0], a.test_data[0])
     # Every class appears in the evaluation labels.
@@ -34,7 +41,7 @@ def test_clevr_eval_sets_are_fixed_and_distinct():
 
 
 def test_assess_psi_is_deterministic():
-    setup = get_experiment("digits-sim2real").build(renderer="glyphs", seed=0)
+    setup = _build("digits-sim2real", "glyphs", 0)
     psi = setup.simulator.distribution.init()
     r1 = assess_psi(setup, psi, num_images=128, epochs=2)
     r2 = assess_psi(setup, psi, num_images=128, epochs=2)
@@ -56,7 +63,7 @@ def test_assessor_repeats_average_independent_fresh_models():
     renders and orders its own minibatches), and reports the spread."""
     from autosim_jax.experiments import make_assessor
 
-    setup = get_experiment("digits-sim2real").build(seed=0)
+    setup = _build("digits-sim2real", "glyphs", 0)
     psi = setup.simulator.distribution.init()
     one = make_assessor(setup, num_images=256, epochs=1)
     two = make_assessor(setup, num_images=256, epochs=1, repeats=2)
