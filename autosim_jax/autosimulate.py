@@ -333,7 +333,9 @@ def make_autosimulate(
     distribution = simulator.distribution
     traces = {"simulate": 0, "finetune": 0, "outer": 0}
     warned: set[type] = set()  # each warning once per instance
-    initial_theta: list = []  # (theta0, its optimiser state) for theta_reset_every, built on first use
+    # (theta0, its optimiser state), where theta_reset_every sends theta back; arrays are
+    # immutable, so every reset shares them.
+    initial_theta = replicate((inner.theta0, inner.init_opt(inner.theta0)), mesh) if config.theta_reset_every else None
 
     def init(seed: int) -> AutoSimState:
         psi = distribution.init()
@@ -443,9 +445,6 @@ def make_autosimulate(
         theta, inner_state = state.theta, state.inner_opt_state
         reset = config.theta_reset_every
         if reset and int(state.step) and int(state.step) % reset == 0:  # the host knows the step count
-            if not initial_theta:  # built once: arrays are immutable, so every reset can share them
-                fresh = init(0)
-                initial_theta.extend((fresh.theta, fresh.inner_opt_state))
             theta, inner_state = initial_theta
         theta, inner_state, train_loss, theta_ok = jax.block_until_ready(
             finetune(theta, inner_state, inputs, labels, train_key)

@@ -10,9 +10,8 @@ each hold one copy of the renderer, built once and reused across steps:
 * ``"process"``: local worker processes started with the ``spawn`` context (safe next to
   JAX's threads), each sent the pickled renderer once. Each worker's BLAS / OpenMP thread
   pools are capped at ``cpu_count // workers`` threads (:data:`THREAD_ENV_VARS`, unless the
-  user set them): uncapped, every worker's numpy starts one thread per core, and on 2 cores
-  2 workers rendered clevr-seg's 256 start scenes in 0.40-0.70 s, slower than one process
-  (0.35 s), against 0.14-0.23 s capped (``docs/benchmarks.md``);
+  user set them): uncapped, every worker's numpy starts one thread per core, so 16 workers
+  ran about 256 threads on 16 cores (``docs/benchmarks.md``, end-to-end step time);
 * ``"ray"``: Ray actors (``num_cpus=1, num_gpus=0``) on a local Ray instance started by the
   pool, or on the cluster that ``ray.init(address=...)`` reaches (``pip install
   "autosim_jax[distributed]"``). Each actor is sent up to two chunks at a time, which hides
