@@ -58,6 +58,10 @@ VARIANTS = {
     # "bins": the distribution's too: the field becomes a histogram (from_schema's "bins" override).
     "bins6": ({"bins": {"position": 6}}, "positions as a histogram of 6 bins per axis (global signal)"),
     "linear_bins6": ({"approximation": "linear", "bins": {"position": 6}}, "the linear row with the histogram"),
+    "bins6_reset1": ({"bins": {"position": 6}, "theta_reset_every": 1},
+                     "the histogram with a fresh model per step (both session-6 findings together)"),
+    "linear_bins6_reset1": ({"approximation": "linear", "bins": {"position": 6}, "theta_reset_every": 1},
+                            "the linear row, histogram and a fresh model per step"),
 }
 STARTS = {"clevr-seg": "CLEVR_START", "digits-sim2real": "DIGITS_START"}  # experiments.py's start overrides
 
@@ -99,7 +103,8 @@ def _job_body(spec: dict) -> dict:
     t0 = time.perf_counter()
     exp = asj.get_experiment(spec["experiment"])
     setup = exp.build(renderer=exp.renderers[0], seed=spec["seed"], size=spec["size"])
-    assess = asj.make_assessor(setup, repeats=spec.get("repeats", 1))
+    assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
+                                repeats=spec.get("repeats", 1))
     out = {"variant": spec["variant"], "seed": spec["seed"]}
     if spec["variant"] == "_baseline":
         out["start"] = assess(setup.simulator.distribution.init(), spec["seed"])
@@ -123,7 +128,8 @@ def _job_body(spec: dict) -> dict:
         start.update({f: {**start[f], "bins": b} for f, b in bins.items()})
         dist = asj.from_schema(setup.simulator.renderer.schema, start, explore=explore)
         setup = setup._replace(simulator=asj.Simulator(dist, setup.simulator.renderer))
-        assess = asj.make_assessor(setup, repeats=spec.get("repeats", 1))
+        assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
+                                repeats=spec.get("repeats", 1))
     autosim = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
                                     **overrides)
     state = autosim.init(spec["seed"])
@@ -229,6 +235,8 @@ def main(argv=None) -> int:
     p.add_argument("--fields", default="", help="comma list of fields for the importance check ('all': every "
                    "field of the reference psi); empty: none")
     p.add_argument("--repeats", type=int, default=1, help="fresh models per assessment (their mean is used)")
+    p.add_argument("--assess-images", type=int, default=None, help="images per fresh model (default: the experiment's)")
+    p.add_argument("--assess-epochs", type=int, default=None, help="epochs per fresh model (default: the experiment's)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
     p.add_argument("--out", required=True, help="output path without extension")
@@ -241,6 +249,7 @@ def main(argv=None) -> int:
     steps = ([int(s) for s in args.assess_steps.split(",")] if args.assess_steps
              else sorted({max(1, args.steps // 3), max(1, 2 * args.steps // 3), args.steps}))
     common = dict(experiment=args.experiment, size=args.size, steps=args.steps, assess_steps=steps, repeats=args.repeats,
+                  assess_images=args.assess_images, assess_epochs=args.assess_epochs,
                   gpus=list(range(args.gpus)) or None)
     specs = [dict(common, variant="_baseline", seed=s) for s in seeds]
     specs += [dict(common, variant=v, seed=s) for v in variants for s in seeds]
@@ -279,7 +288,8 @@ def main(argv=None) -> int:
         "device": f"{device.platform}:{device.device_kind}", "host_cpus": os.cpu_count(), "jobs": args.jobs,
         "jax_version": jax.__version__, "autosim_jax": asj.__version__, "precision": "float32, default matmul",
         "experiment": args.experiment, "size": args.size, "steps": args.steps, "assess_steps": steps,
-        "seeds": seeds, "repeats": args.repeats, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
+        "seeds": seeds, "repeats": args.repeats,
+        "assess_images": args.assess_images, "assess_epochs": args.assess_epochs, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
         "gap_closed": summary, "solve_and_time": cg_stats(results),
         "field_importance": {k: field_importance(results, k) for k in ("test_metric", "val_metric")}, "wall_seconds": time.perf_counter() - t0,
         "failed": failed, "runs": sorted(results, key=lambda r: (r["variant"], r["seed"])),
