@@ -214,6 +214,15 @@ DIGITS_DET_REFERENCE = {"scene1/*/low": 1.0}
 DIGITS_DET_START = {"scene2/*/high": 0.6, "scene3/*/high": 0.25, "*": 0.15}
 
 
+# A fresh gpu-size detector trained for 8 epochs on 2048 images is far from converged, and its
+# mAP@0.5 is as noisy as the whole start-to-reference gap (2026-12-01, H200, 4 seeds x 2 models,
+# benchmarks/results/psi_learning/assessment_noise_clevr-det_gpu_e*.json): reference 0.535 +- 0.104
+# over seeds (up to 0.11 between two models of one seed), start 0.301. At 24 epochs: reference
+# 0.905 +- 0.023 (<= 0.024 between two models), start 0.566, so one assessment's noise is a tenth
+# of the gap; the render of the 2048 images, not the training, is most of an assessment's time.
+_CLEVR_DET_GPU_ASSESS_EPOCHS = 24
+
+
 def _detection_config(gpu: bool) -> AutoSimConfig:
     if gpu:
         return AutoSimConfig(dataset_size=256, batch_size=32, finetune_epochs=2, inner_learning_rate=3e-3,
@@ -230,7 +239,8 @@ def build_clevr_det(*, renderer: str = "clevr-det", seed: int = 0, size: str = "
 
     Validation and test images come from :data:`CLEVR_DET_TARGET` (high quality, fixed
     seeds). ``size="cpu"``: 32 px, a detector on a UNet of 8 base channels, K = 32, 48 images
-    each; ``"gpu"``: 64 px, 32 base channels, K = 256, 256 images, assessments on 2048.
+    each; ``"gpu"``: 64 px, 32 base channels, K = 256, 256 images, assessments on 2048
+    images x 24 epochs.
     """
     from .detection import centernet, detection_task
     from .renderers.clevr_det import cell_probs
@@ -247,7 +257,7 @@ def build_clevr_det(*, renderer: str = "clevr-det", seed: int = 0, size: str = "
     model = centernet(3, k, 32 if gpu else 8, rngs=nnx.Rngs(seed))
     return ExperimentSetup(simulator, model, detection_task(k), val, test, _detection_config(gpu),
                            iterations=120 if gpu else 40, assess_images=2048 if gpu else 256,
-                           assess_epochs=8 if gpu else 15, reference_psi=psi_target)
+                           assess_epochs=_CLEVR_DET_GPU_ASSESS_EPOCHS if gpu else 15, reference_psi=psi_target)
 
 
 def build_digits_det(*, renderer: str = "digit-canvas", seed: int = 0, size: str = "cpu") -> ExperimentSetup:
