@@ -11,7 +11,9 @@ each hold one copy of the renderer, built once and reused across steps:
   JAX's threads), each sent the pickled renderer once. Each worker's BLAS / OpenMP thread
   pools are capped at ``cpu_count // workers`` threads (:data:`THREAD_ENV_VARS`, unless the
   user set them): uncapped, every worker's numpy starts one thread per core, so 16 workers
-  ran about 256 threads on 16 cores (``docs/benchmarks.md``, end-to-end step time);
+  ran about 256 threads on 16 cores (``docs/benchmarks.md``, end-to-end step time). The same
+  cap is in :data:`RENDER_THREADS_ENV` for renderers that run their own thread pool (the
+  Mitsuba backend sizes Dr.Jit's by it);
 * ``"ray"``: Ray actors (``num_cpus=1, num_gpus=0``) on a local Ray instance started by the
   pool, or on the cluster that ``ray.init(address=...)`` reaches (``pip install
   "autosim_jax[distributed]"``). Each actor is sent up to two chunks at a time, which hides
@@ -83,7 +85,11 @@ import numpy as np
 DEFAULT_CHUNK_SIZE = 8
 # The thread-pool sizes of numpy's BLAS and OpenMP that a process worker inherits from its
 # environment at start (read once, when numpy loads).
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+# AUTOSIM_RENDER_THREADS carries the same cap to renderers with a thread pool of their own
+# (Dr.Jit's, which reads none of the others): they read it with render_threads().
+RENDER_THREADS_ENV = "AUTOSIM_RENDER_THREADS"
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                   RENDER_THREADS_ENV)
 _ENV_LOCK = threading.Lock()  # os.environ is process-wide: one spawn at a time edits it
 BACKENDS = ("serial", "process", "ray")
 # How long a worker may take to start (import the package, unpickle the renderer).
@@ -209,6 +215,25 @@ def chunk_seed(seed: int, index: int) -> int:
             f"{index}; pass the seed as an unsigned integer (e.g. seed % 2**32)."
         )
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def render_threads() -> int | None:
+    """The thread count a renderer's own thread pool should use in this process, or ``None``.
+
+    A process pool sets :data:`RENDER_THREADS_ENV` in each worker to ``cpu_count // workers``
+    (unless the user set it), so that a renderer which starts a thread per core (Mitsuba's
+    Dr.Jit) does not oversubscribe the machine when several workers render at once. ``None``
+    outside a pool: use every core.
+
+    Example:
+      >>> import os
+      >>> os.environ[RENDER_THREADS_ENV] = "4"; render_threads()
+      4
+      >>> del os.environ[RENDER_THREADS_ENV]; render_threads() is None
+      True
+    """
+    value = os.environ.get(RENDER_THREADS_ENV, "")
+    return max(1, int(value)) if value.strip().isdigit() else None
 
 
 def describe_scenes(scenes: Mapping[str, Any], index: int | None = None) -> dict[str, Any]:

@@ -69,11 +69,16 @@ def scenes(n: int, *, seed: int = 0, **triggers: float) -> dict[str, np.ndarray]
 
 
 class ThreadEnvRenderer(NoisyRenderer):
-    """inputs: the worker's OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS (-1: unset)."""
+    """inputs: the worker's OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and
+    render_threads() (-1: unset)."""
 
     name = "thread-env"
+    inputs_spec = OutputSpec((4,), np.float32)
 
     def render(self, scenes, seed):
         n = len(scenes["x"])
+        from autosim_jax.render_pool import render_threads
+
         values = [float(os.environ.get(v, -1)) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")]
+        values.append(float(render_threads() or -1))
         return np.tile(np.asarray(values, np.float32), (n, 1)), np.asarray(scenes["kind"], np.int32)

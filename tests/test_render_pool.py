@@ -110,7 +110,7 @@ def test_process_workers_cap_their_blas_threads_unless_the_user_did(monkeypatch)
     with make_render_pool(helpers.ThreadEnvRenderer(), workers=2, chunk_size=2) as pool:
         inputs, _ = pool.render(scenes, seed=0)
     cap = max(1, (os.cpu_count() or 1) // 2)
-    np.testing.assert_array_equal(inputs, np.tile([cap, 3, cap], (4, 1)))
+    np.testing.assert_array_equal(inputs, np.tile([cap, 3, cap, cap], (4, 1)))
     assert "OMP_NUM_THREADS" not in os.environ and os.environ["OPENBLAS_NUM_THREADS"] == "3"
 
 

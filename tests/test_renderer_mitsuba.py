@@ -209,3 +209,23 @@ def test_visible_pixels_lie_inside_the_amodal_boxes(det_scenes):
     assert np.array_equal(seen, boxes[..., 5] == 1)  # every drawn object is seen, no other slot
     inside = np.concatenate([extent[seen][:, :2] - boxes[seen][:, 1:3], boxes[seen][:, 3:5] - extent[seen][:, 2:]])
     assert inside.min() >= -0.75
+
+
+def test_a_pool_workers_thread_share_sizes_drjits_pool(monkeypatch):
+    """In a process-pool worker (render_pool.RENDER_THREADS_ENV set) Dr.Jit gets that many
+    threads, not one per core; outside a pool its thread count is left alone."""
+    import drjit as dr
+
+    from autosim_jax.render_pool import RENDER_THREADS_ENV
+
+    before = dr.thread_count()
+    try:
+        monkeypatch.setenv(RENDER_THREADS_ENV, "1")
+        mitsuba_backend._import_mitsuba()
+        assert dr.thread_count() == 1
+        monkeypatch.delenv(RENDER_THREADS_ENV)
+        dr.set_thread_count(before)
+        mitsuba_backend._import_mitsuba()
+        assert dr.thread_count() == before
+    finally:
+        dr.set_thread_count(before)

@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import clevr
+from ..render_pool import render_threads
 from ..schema import OutputSpec, SceneSchema
 
 MITSUBA_MISSING = (
@@ -69,6 +70,9 @@ def _import_mitsuba():
         import mitsuba as mi
     except ImportError as err:
         raise ImportError(MITSUBA_MISSING) from err
+    threads = render_threads()  # in a pool worker: its share of the cores, not all of them
+    if threads is not None and dr.thread_count() != threads:
+        dr.set_thread_count(threads)
     return mi, dr
 
 
