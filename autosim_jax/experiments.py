@@ -238,9 +238,10 @@ def build_clevr_det(*, renderer: str = "clevr-det", seed: int = 0, size: str = "
     """The ``clevr-det`` experiment: CLEVR objects, psi the 54-cell categorical, mAP@0.5.
 
     Validation and test images come from :data:`CLEVR_DET_TARGET` (high quality, fixed
-    seeds). ``size="cpu"``: 32 px, a detector on a UNet of 8 base channels, K = 32, 48 images
-    each; ``"gpu"``: 64 px, 32 base channels, K = 256, 256 images, assessments on 2048
-    images x 24 epochs.
+    seeds), rendered by ``renderer`` as the training images are: ``"clevr-det"`` (the numpy
+    tracer) or ``"mitsuba-det"`` (Mitsuba 3; the same scenes and boxes). ``size="cpu"``:
+    32 px, a detector on a UNet of 8 base channels, K = 32, 48 images each; ``"gpu"``: 64 px,
+    32 base channels, K = 256, 256 images, assessments on 2048 images x 24 epochs.
     """
     from .detection import centernet, detection_task
     from .renderers.clevr_det import cell_probs
@@ -302,7 +303,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         "clevr-det",
         "CLEVR object detection, psi one 54-way categorical (3 scenes x 9 locations x 2 qualities), validation "
         "rendered from a hidden target mixture; mAP@0.5",
-        ("clevr-det",),
+        ("clevr-det", "mitsuba-det"),
         build_clevr_det,
     ),
     "digits-det": Experiment(

@@ -23,20 +23,23 @@ from .glyphs import glyph_schema as glyph_schema
 from .glyphs import load_real_digits as load_real_digits
 from .glyphs_det import DigitCanvasRenderer as DigitCanvasRenderer
 from .glyphs_det import real_digit_canvases as real_digit_canvases
+from .mitsuba_backend import MitsubaDetRenderer as MitsubaDetRenderer
 from .mitsuba_backend import MitsubaRenderer as MitsubaRenderer
 
-# Name -> constructor. The Mitsuba backend imports Mitsuba only when constructed.
+# Name -> constructor. The Mitsuba backends import Mitsuba only when constructed.
 RENDERERS: dict[str, Callable[..., Any]] = {
     ClevrRenderer.name: ClevrRenderer,
     MitsubaRenderer.name: MitsubaRenderer,
     GlyphRenderer.name: GlyphRenderer,
     ClevrDetRenderer.name: ClevrDetRenderer,
+    MitsubaDetRenderer.name: MitsubaDetRenderer,
     DigitCanvasRenderer.name: DigitCanvasRenderer,
 }
 
 
 def get_renderer(name: str, **kwargs: Any) -> Renderer:
-    """Builds a renderer by name: ``"clevr"``, ``"mitsuba"``, ``"glyphs"``, ``"clevr-det"`` or ``"digit-canvas"``.
+    """Builds a renderer by name: ``"clevr"``, ``"mitsuba"``, ``"glyphs"``, ``"clevr-det"``, ``"mitsuba-det"``
+    or ``"digit-canvas"``.
 
     Args:
       name: a key of :data:`RENDERERS`.

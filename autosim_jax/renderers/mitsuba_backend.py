@@ -26,6 +26,12 @@ object slot gets its own code (the floor and the sky read -1), and
 ``tests/test_renderer_mitsuba.py`` checks that each object's box has IoU >= 0.9 with the
 pixel extent of that object in Mitsuba's mask (:func:`mask_boxes`).
 
+The 54-cell detection scenes of :mod:`.clevr_det` are rendered by
+:class:`MitsubaDetRenderer` (``"mitsuba-det"``): :meth:`.clevr_det.ClevrDetRenderer.clevr_scenes`
+builds the scenes, :func:`scene_dict` takes their render size, samples per pixel, floor albedo
+and 1-unit checker tiles (a ``checkerboard`` texture), and the boxes are again
+:func:`.clevr.object_boxes`.
+
 Mitsuba is imported when a renderer is built, so this module imports without it.
 
 Example:
@@ -47,12 +53,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import clevr
+from .clevr_det import ClevrDetRenderer
 from ..render_pool import render_threads
 from ..schema import OutputSpec, SceneSchema
 
 MITSUBA_MISSING = (
     'The Mitsuba backend needs Mitsuba 3 (and Dr.Jit): pip install "autosim_jax[mitsuba]". '
-    "The built-in numpy renderer (get_renderer('clevr')) draws the same scenes without it."
+    "The built-in numpy renderers (get_renderer('clevr'), or 'clevr-det' for 'mitsuba-det') draw the "
+    "same scenes without it."
 )
 LLVM_TOO_OLD = (
     "Mitsuba variant {variant!r} needs libLLVM >= 19 (Dr.Jit found {found}); without it the "
@@ -119,34 +127,67 @@ def _rgb(value) -> dict:
     return {"type": "rgb", "value": [float(v) for v in np.broadcast_to(value, 3)]}
 
 
+# Half-side of the square floor: large enough to fill the view up to the top of the image.
+_FLOOR_HALF = 200.0
+
+
 def scene_dict(scenes: dict[str, np.ndarray], index: int, *, labels: bool = False,
-               instances: bool = False, image_size: int = 64) -> dict:
+               instances: bool = False, image_size: int = 64, resolution: int | None = None,
+               spp: int | None = None, floor: Any = None, checker: float = 0.0) -> dict:
     """The Mitsuba scene dictionary of scene ``index`` of a validated CLEVR batch.
 
     Args:
-      scenes: a batch valid for :func:`.clevr.clevr_schema`.
+      scenes: a batch valid for :func:`.clevr.clevr_schema` (``resolution`` and ``spp`` may
+        be missing when both are given as arguments, as for :mod:`.clevr_det`'s scenes).
       index: which scene of the batch.
       labels: build the label pass instead (class-coded diffuse shapes, ``aov`` integrator,
         one unjittered sample through each pixel centre of an ``image_size`` film).
       instances: build the instance pass (as ``labels``, but object slot ``k`` of ``K``
         gets the code ``(k + 1) / (K + 1)`` and the floor 0; see :func:`instance_masks`).
       image_size: film size of the label pass (the RGB pass uses the scene's resolution).
+      resolution: film width = height of the RGB pass in pixels (default: the scene's
+        ``resolution`` field).
+      spp: samples per pixel of the RGB pass (default: the scene's ``spp`` field).
+      floor: linear RGB albedo of the floor, 3 values (or one) in ``[0, 1]`` (default:
+        :data:`.clevr.FLOOR_ALBEDO`).
+      checker: contrast in ``[0, 1)`` of 1-unit floor tiles: the tile ``[i, i + 1) x [j, j + 1)``
+        is darker by this fraction when ``i + j`` is odd, as in :func:`.clevr.render_images`
+        (0: a plain floor).
 
     Returns:
       A dict for ``mitsuba.load_dict(..., optimize=False)``; plain Python values and Mitsuba
       transforms only (the current variant must be set).
 
+    Raises:
+      ValueError: for a resolution or spp below 1, a floor albedo outside ``[0, 1]`` or a
+        checker contrast outside ``[0, 1)``.
+
     Example:
       >>> d = scene_dict(clevr.example_clevr_scenes(clevr.clevr_schema(2), 1, 0), 0)
       >>> d["integrator"]["type"]
       'path'
+      >>> d = scene_dict(clevr.example_clevr_scenes(clevr.clevr_schema(2), 1, 0), 0, resolution=16, spp=2,
+      ...                floor=[0.55, 0.42, 0.3], checker=0.5)
+      >>> d["sensor"]["film"]["width"], d["floor"]["bsdf"]["reflectance"]["type"]
+      (16, 'checkerboard')
     """
     mi, _ = _import_mitsuba()
     T = mi.ScalarTransform4f
     labels = labels or instances
     slots = np.shape(scenes["shape"])[1]
-    res = image_size if labels else clevr.RESOLUTION_CHOICES[int(scenes["resolution"][index])]
-    spp = 1 if labels else clevr.SPP_CHOICES[int(scenes["spp"][index])]
+    if (resolution is not None and int(resolution) < 1) or (spp is not None and int(spp) < 1):
+        raise ValueError(f"resolution and spp must be at least 1, got {resolution} and {spp}.")
+    floor = np.broadcast_to(clevr.FLOOR_ALBEDO if floor is None else np.asarray(floor, float), 3)
+    if not np.all((floor >= 0) & (floor <= 1)):
+        raise ValueError(f"floor albedo must lie in [0, 1], got {floor.tolist()}.")
+    if not 0 <= float(checker) < 1:
+        raise ValueError(f"checker contrast must lie in [0, 1), got {checker}.")
+    if labels:
+        res, spp = image_size, 1
+    else:
+        res = (int(resolution) if resolution is not None
+               else clevr.RESOLUTION_CHOICES[int(scenes["resolution"][index])])
+        spp = int(spp) if spp is not None else clevr.SPP_CHOICES[int(scenes["spp"][index])]
     sampler = ({"type": "stratified", "sample_count": 1, "jitter": False} if labels
                else {"type": "independent", "sample_count": spp})
     d: dict[str, Any] = {
@@ -175,9 +216,17 @@ def scene_dict(scenes: dict[str, np.ndarray], index: int, *, labels: bool = Fals
                     "specular_reflectance": _rgb(albedo)}
         return {"type": "diffuse", "reflectance": _rgb(albedo)}
 
-    # The floor: large enough to fill the view up to the top of the image.
-    d["floor"] = {"type": "rectangle", "to_world": T().scale([200.0, 200.0, 1.0]),
-                  "bsdf": bsdf(0, clevr.FLOOR_ALBEDO, False)}
+    d["floor"] = {"type": "rectangle", "to_world": T().scale([_FLOOR_HALF, _FLOOR_HALF, 1.0]),
+                  "bsdf": bsdf(0, floor, False)}
+    if checker and not labels:
+        # The rectangle's uv is (x / F + 1) / 2 for half-side F, and Mitsuba's checkerboard
+        # has 2 x 2 tiles per uv unit with color0 where both uv fractions are <= 0.5: mapping
+        # uv to (x / 2, y / 2) makes its tiles the numpy tracer's 1-unit ones, color0 where
+        # floor(x) + floor(y) is even.
+        d["floor"]["bsdf"]["reflectance"] = {
+            "type": "checkerboard", "color0": _rgb(floor), "color1": _rgb(floor * (1 - float(checker))),
+            "to_uv": T().translate([-_FLOOR_HALF / 2, -_FLOOR_HALF / 2, 0.0])
+            .scale([_FLOOR_HALF, _FLOOR_HALF, 1.0])}
     for k, obj in enumerate(clevr.scene_objects(scenes, index)):
         material = bsdf(obj.shape + 1, obj.albedo, obj.metal, slot=k)
         x, y, z = (float(v) for v in obj.center)
@@ -312,14 +361,8 @@ class MitsubaRenderer:
           One float32 ``(res_i, res_i, 3)`` array per scene.
         """
         self.schema.validate(scenes)
-        mi, _ = _import_mitsuba()
-        mi.set_variant(self.variant)  # process-global in Mitsuba: set before every use
         seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=len(scenes["spp"]))
-        out = []
-        for i, s in enumerate(seeds):
-            scene = mi.load_dict(scene_dict(scenes, i), optimize=False)
-            out.append(np.array(mi.render(scene, seed=int(s)), dtype=np.float32)[..., :3])
-        return out
+        return _render_linear(scenes, seeds, self.variant)
 
     def render(self, scenes: dict[str, np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Renders a batch of scenes (one Mitsuba scene at a time).
@@ -338,15 +381,101 @@ class MitsubaRenderer:
         n = self.schema.validate(scenes)
         mi, _ = _import_mitsuba()
         size = int(self.image_size)
-        linear = self.render_linear(scenes, seed)
-        images = np.empty((n, size, size, 3), np.float32)
-        for i in range(n):
-            images[i] = clevr.resample(linear[i][None], size)[0]
+        images = _training_images(self.render_linear(scenes, seed), size)
         if self.labels == "boxes":
-            return np.ascontiguousarray(clevr.tonemap(images)), clevr.object_boxes(scenes, size)
+            return images, clevr.object_boxes(scenes, size)
         labels = np.empty((n, size, size), np.int32)
         for i in range(n):
             scene = mi.load_dict(scene_dict(scenes, i, labels=True, image_size=size), optimize=False)
             code = np.array(mi.render(scene, seed=0), dtype=np.float32)[..., 0]
             labels[i] = np.clip(np.rint(code * _CODE) - 1, 0, len(clevr.CLASS_NAMES) - 1)
-        return np.ascontiguousarray(clevr.tonemap(images)), labels
+        return images, labels
+
+
+def _render_linear(scenes: dict[str, np.ndarray], seeds: np.ndarray, variant: str,
+                   **per_scene: np.ndarray) -> list[np.ndarray]:
+    """Linear RGB renders of each scene at its own film size, scene ``i`` with seed ``seeds[i]``.
+
+    ``per_scene``: ``(n, ...)`` arrays of :func:`scene_dict`'s keyword arguments (``resolution``,
+    ``spp``, ``floor``, ``checker``); scene ``i`` gets row ``i`` of each.
+    """
+    mi, _ = _import_mitsuba()
+    mi.set_variant(variant)  # process-global in Mitsuba: set before every use
+    out = []
+    for i, s in enumerate(seeds):
+        d = scene_dict(scenes, i, **{k: v[i] for k, v in per_scene.items()})
+        scene = mi.load_dict(d, optimize=False)
+        out.append(np.array(mi.render(scene, seed=int(s)), dtype=np.float32)[..., :3])
+    return out
+
+
+def _training_images(linear: list[np.ndarray], size: int) -> np.ndarray:
+    """Tone-mapped float32 ``(n, size, size, 3)``: each render resampled to the training size as
+    the numpy tracer resamples its own (area average down, bilinear up)."""
+    images = np.empty((len(linear), size, size, 3), np.float32)
+    for i, x in enumerate(linear):
+        images[i] = clevr.resample(x[None], size)[0]
+    return np.ascontiguousarray(clevr.tonemap(images))
+
+
+@dataclasses.dataclass(frozen=True)
+class MitsubaDetRenderer(ClevrDetRenderer):
+    """The clevr-det scenes (the 54-cell categorical) rendered by Mitsuba 3's path tracer.
+
+    A variant of :class:`.clevr_det.ClevrDetRenderer` with the same schema
+    (:func:`.clevr_det.detection_schema`), the same scenes
+    (:meth:`~.clevr_det.ClevrDetRenderer.clevr_scenes`, drawn from the render seed first, so
+    that one seed gives both backends the same objects and lights) and the same boxes
+    (:func:`.clevr.object_boxes`). Mitsuba traces each scene's floor albedo, its 1-unit
+    checker tiles and its light rig, at the cell's quality: ``low`` renders 1 sample per pixel
+    at half the training size with no bounce, then upsamples bilinearly as the numpy path
+    does; ``high`` 8 samples per pixel at the full size with 2 bounces
+    (:data:`.clevr_det.QUALITY_SETTINGS`).
+
+    Args:
+      image_size: training width and height in pixels (even, at least 8).
+      max_objects: at most this many objects per image (the box label rows).
+      variant: Mitsuba variant (see :func:`select_variant`).
+
+    Raises:
+      ImportError: when Mitsuba is not installed (naming the ``autosim_jax[mitsuba]`` extra).
+
+    Example:
+      >>> r = MitsubaDetRenderer(image_size=16)
+      >>> x, y = r.render({"cell": np.array([0, 53])}, seed=0)
+      >>> x.shape, x.dtype, y.shape
+      ((2, 16, 16, 3), dtype('float32'), (2, 3, 6))
+    """
+
+    variant: str = "scalar_rgb"
+    name: ClassVar[str] = "mitsuba-det"
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "variant", select_variant(self.variant))
+
+    def render(self, scenes: dict[str, np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Renders ``scenes["cell"]`` (``(n,)`` indices into :data:`.clevr_det.CELLS`).
+
+        Args:
+          scenes: ``{"cell": (n,) int}``, as declared by ``self.schema``.
+          seed: draws the objects and light variation, then seeds Mitsuba's samplers; the
+            same seed gives the same images.
+
+        Returns:
+          ``(images, boxes)``: float32 ``(n, size, size, 3)`` in ``[0, 1]`` and float32
+          ``(n, max_objects, 6)``.
+
+        Raises:
+          ValueError: for scenes that do not match the schema, naming the field.
+        """
+        self.schema.validate(scenes)
+        rng = np.random.default_rng(seed)
+        c = self.clevr_scenes(np.asarray(scenes["cell"]), rng)
+        # Sampler seeds drawn after the scenes, where the numpy renderer draws its jitter: the
+        # scenes, and so the boxes, are those of clevr-det for the same seed.
+        seeds = rng.integers(0, 2**31 - 1, size=len(c["spp"]))
+        linear = _render_linear(c["scenes"], seeds, self.variant, resolution=c["resolution"], spp=c["spp"],
+                                floor=c["floor"], checker=c["checker"])
+        size = int(self.image_size)
+        return _training_images(linear, size), clevr.object_boxes(c["scenes"], size)
