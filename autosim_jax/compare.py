@@ -1,7 +1,8 @@
 """``autosim compare``: AutoSimulate and the black-box baselines head to head (paper Tables 2, 4).
 
 Every method runs on the same experiment, model, fine-tuning options, image budget and seeds,
-one after the other, into ``--out``::
+one after the other (or ``--jobs N`` runs at once, each in a spawned process of its own with its
+own render pool; the runs are the same, only the wall time changes), into ``--out``::
 
     METHOD/seedS/          one run directory per method and seed (autosim_jax.rundir: locked,
                            config.json, metrics.jsonl with psi per step, checkpoint.npz,
@@ -140,6 +141,7 @@ class CompareArgs:
     ray_address: str | None = None
     render_timeout: float | None = None
     devices: int = 1  # AutoSimulate's steps data parallel over this many local devices (not the baselines)
+    jobs: int = 1  # runs at once, each in a process of its own (1: one after the other in this process)
 
 
 def _split_choices(text: str, valid: tuple[str, ...], flag: str) -> tuple[str, ...]:
@@ -172,6 +174,14 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
     check_size(experiment, args.size)
     check_progress_flags(args.log_every, args.log_seconds)
     _render_options(args)
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1 (1: the runs one after the other in this process), got {args.jobs}.")
+    if args.jobs > 1 and args.devices > 1:
+        raise UsageError("--jobs > 1 runs each run in a process of its own, which would claim every device: use "
+                         "--devices 1 with --jobs, or --jobs 1 with --devices.")
+    if args.jobs > 1 and args.render_backend == "ray":
+        raise UsageError("--jobs > 1 with --render-backend ray would start one Ray instance per run: use "
+                         "--render-backend process with --jobs, or --jobs 1 with Ray.")
     check_devices(args.devices)
     if "bo" in args.methods:
         try:
@@ -745,8 +755,62 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
             return 130
 
 
+def _run_in_process(job: tuple) -> str | None:
+    """One run of ``--jobs``, in a spawned process: ``None`` when it finished, else its error.
+
+    The process builds its own setup and render pool; the run directory holds everything it
+    did, which the parent reads back as a finished run (``_run_method``).
+    """
+    spec, args, renderer, method, approximation, seed, run_dir = job
+    # Several processes share one GPU: each takes memory as it needs it instead of JAX's
+    # default 75% per process. Set before anything here imports JAX (the parent has not).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    try:
+        experiment = resolve_experiment(spec)
+        with RenderPools(_render_options(args), stream=sys.stderr, desc="autosim compare") as pools:
+            _run_method(experiment, args, renderer, method, approximation, seed, run_dir,
+                        _label(method, approximation), pools, sys.stderr)
+        return None
+    except Exception as err:  # reported by the parent, which names the run
+        return f"{type(err).__name__}: {str(err).rstrip('.')}"
+
+
+def _run_parallel(experiment, args: CompareArgs, renderer: str, runs, out: str, stderr) -> list[str]:
+    """Every run of the comparison, ``args.jobs`` at a time in spawned processes (``--jobs``).
+
+    Returns one line per run that failed (empty when all finished). Runs before this process
+    builds anything, so that JAX is initialised only in the workers while they run.
+    """
+    import multiprocessing
+
+    spec = args.experiment_spec or experiment.name
+    jobs = [(spec, args, renderer, m, a, seed, os.path.join(out, _dirname(m, a), f"seed{seed}"))
+            for m, a in runs for seed in range(args.seeds)]
+    print(f"autosim compare: {len(jobs)} runs, {min(args.jobs, len(jobs))} at a time in processes of their own "
+          f"(each with {args.render_workers} render worker(s))", file=stderr, flush=True)
+    failures = []
+    context = multiprocessing.get_context("spawn")  # safe next to JAX's threads, as the render pool
+    # maxtasksperchild=1: each run gets a fresh process, so its device memory is freed when it ends.
+    with context.Pool(min(args.jobs, len(jobs)), maxtasksperchild=1) as workers:
+        for i, (job, error) in enumerate(zip(jobs, workers.imap(_run_in_process, jobs)), 1):
+            label, seed = _label(job[3], job[4]), job[5]
+            if error is not None:
+                failures.append(f"{label}, seed {seed} ({job[6]}): {error}")
+            print(f"autosim compare: run {i}/{len(jobs)}: {label}, seed {seed} "
+                  + ("failed" if error else "finished"), file=stderr, flush=True)
+    return failures
+
+
 def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools: RenderPools, stdout,
              stderr) -> int:
+    if args.jobs > 1:
+        failures = _run_parallel(experiment, args, renderer, runs, out, stderr)
+        if failures:
+            print(f"autosim compare: error: {len(failures)} run(s) failed in their processes:\n  "
+                  + "\n  ".join(failures) + "\nEvery finished step is on disk; after fixing the cause, continue "
+                  "with --resume.", file=stderr)
+            return 1
+        args = dataclasses.replace(args, resume=True)  # the runs just written are read back below
     t0 = time.perf_counter()
     print(f"autosim compare: building {args.experiment_spec or experiment.name} (renderer {renderer}"
           + (f", size {args.size}" if args.size else "") + ") ...", file=stderr, flush=True)
@@ -930,6 +994,10 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--assess-points", type=int, default=4, metavar="P",
                    help="assess Table 2's runs after budget/2^(P-1), ..., budget/2, budget images (Table 4's "
                         "other approximations at the budget only); gives the images-to-reach table (default 4)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N of the comparison's runs at once, each in a process of its own (with its own "
+                        "--render-workers pool: N x W render processes in all); the results are those of --jobs 1. "
+                        "On one GPU the processes share it (default 1: one after the other in this process)")
     add_progress_flags(p)
     add_render_flags(p)
     add_devices_flag(p)
@@ -948,7 +1016,7 @@ def compare_main(ns: argparse.Namespace) -> int:
             search_radius=ns.search_radius, experiment_spec=ns.experiment, assess_images=ns.assess_images,
             assess_points=ns.assess_points, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds,
             render_workers=ns.render_workers, render_backend=ns.render_backend, ray_address=ns.ray_address,
-            render_timeout=ns.render_timeout, devices=ns.devices)
+            render_timeout=ns.render_timeout, devices=ns.devices, jobs=ns.jobs)
         out = args.out or "the output directory"
         with interrupt_guard(f"autosim compare: interrupted; {out} holds every completed step. Continue with "
                              "--resume.", stream=sys.stderr):

@@ -136,6 +136,8 @@ def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
         (["--seeds", "0"], ["--seeds"]),
         (["--budget-images", "0"], ["--budget-images"]),
         (["--assess-points", "0"], ["--assess-points"]),
+        (["--jobs", "0"], ["--jobs"]),
+        (["--jobs", "2", "--devices", "2"], ["--jobs", "--devices 1"]),
     ],
 )
 def test_bad_options_exit_2_listing_the_choices(toy, tmp_path, capsys, extra, needles):
@@ -195,3 +197,37 @@ def test_resume_with_another_budget_is_refused(compared, toy, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "budget_images" in err and "Traceback" not in err
+
+
+def test_jobs_run_in_processes_with_the_results_of_one_process(toy, tmp_path, capsys):
+    """--jobs 2 runs each (method, seed) in a spawned process; every run's records (metrics and
+    psi per step) and the assessments equal those of the same comparison in one process."""
+    argv = ["compare", toy, "--methods", "autosimulate,random", "--seeds", "2", "--budget-images", "64",
+            "--assess-points", "1"]
+    assert main([*argv, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")]) == 0
+    err = capsys.readouterr().err
+    assert "4 runs, 2 at a time in processes of their own" in err and "run 4/4" in err
+
+    def records(root, run):
+        lines = (root / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: r[k] for k in ("step", "images", "val_metric", "psi")} for r in map(json.loads, lines)]
+
+    for run in ("autosimulate-exact_quadratic/seed0", "autosimulate-exact_quadratic/seed1", "random/seed0",
+                "random/seed1"):
+        assert records(tmp_path / "serial", run) == records(tmp_path / "jobs", run), run
+    a, b = (json.loads((tmp_path / d / "compare.json").read_text()) for d in ("serial", "jobs"))
+    assert a["assessment"] == b["assessment"]
+
+
+def test_a_run_that_fails_in_its_process_is_named_and_resumable(toy, tmp_path, capsys):
+    """--jobs: a run whose renderer returns garbage fails in its process; the comparison exits 1
+    naming the run and the cause, with its finished steps on disk for --resume."""
+    out = tmp_path / "c"
+    argv = ["compare", toy, "--renderer", "flaky", "--methods", "random", "--seeds", "2", "--budget-images", "160",
+            "--jobs", "2", "--assess-images", "0", "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "random, seed 0" in err and "random, seed 1" in err and "--resume" in err and "Traceback" not in err
+    assert "non-finite" in err or "NaN" in err or "nan" in err, err
+    assert (out / "random" / "seed0" / "config.json").exists()  # the run directory, ready for --resume
