@@ -114,7 +114,7 @@ from .rundir import (
 METHODS = ("autosimulate", "lts", "bo", "random")
 # Config keys of a compare run directory whose change alters its results (--resume refuses).
 RESULT_KEYS = ("command", "experiment", "renderer", "method", "approximation", "seed", "size", "options",
-               "budget_images", "search_radius", "lts_samples")
+               "budget_images", "search_radius", "lts_samples", "search_scales")
 
 
 @dataclasses.dataclass
@@ -130,6 +130,7 @@ class CompareArgs:
     resume: bool = False
     lts_samples: int = 4
     search_radius: float = 3.0
+    search_scales: bool = False  # the baselines also search each continuous field's log-scale
     experiment_spec: str | None = None
     assess_images: int | None = None  # None: the experiment's; 0: no assessment at all
     assess_points: int = 4  # Table 2 rows: psi assessed after budget/2^(P-1), ..., budget/2, budget images
@@ -233,7 +234,7 @@ def _build_method(method: str, approximation: str | None, setup, args: CompareAr
                                  devices=args.devices if args.devices > 1 else None)
     from . import baselines
 
-    kw = {"config": setup.config, "radius": args.search_radius}
+    kw = {"config": setup.config, "radius": args.search_radius, "include_scales": args.search_scales}
     if method == "lts":
         kw.update(samples_per_step=args.lts_samples, outer_optimizer=setup.config.outer_optax())
     if method == "bo":
@@ -246,7 +247,9 @@ def _known(experiment, args: CompareArgs, renderer: str, method: str, approximat
     return {"command": "compare", "experiment": args.experiment_spec or experiment.name, "renderer": renderer,
             "method": method, "approximation": approximation, "seed": seed, "size": args.size,
             "budget_images": args.budget_images, "search_radius": args.search_radius,
-            "lts_samples": args.lts_samples if method == "lts" else None}
+            "lts_samples": args.lts_samples if method == "lts" else None,
+            # None unless set, so that run directories written before the flag existed resume.
+            "search_scales": (args.search_scales or None) if method != "autosimulate" else None}
 
 
 def _check_resume(experiment, args: CompareArgs, renderer: str, runs, out: str) -> None:
@@ -285,6 +288,7 @@ def _run_method(experiment, args: CompareArgs, renderer: str, method: str, appro
                              options=setup.config.replace(approximation=approximation).to_dict() if approximation
                              else setup.config.to_dict(), iterations=iterations, budget_images=args.budget_images,
                              method=method, search_radius=args.search_radius,
+                             search_scales=(args.search_scales or None) if method != "autosimulate" else None,
                              lts_samples=args.lts_samples if method == "lts" else None,
                              search_space=list(box.space.names) if hasattr(box, "space") else None,
                              train_steps_per_step=per_step, target=target, render=pools.options.to_dict(),
@@ -871,6 +875,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "metric": metric,
         "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds, "size": args.size,
         "options": setup0.config.to_dict(), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
+        "search_scales": args.search_scales,
         "rows": rows, "assessment": assessment,
     }
     write_json(os.path.join(out, "compare.json"), result)
@@ -987,6 +992,9 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--search-radius", type=float, default=3.0,
                    help="half-width of the box around the start psi searched by LTS/BO/random (see baselines/space.py; "
                         "default 3.0)")
+    p.add_argument("--search-scales", action="store_true",
+                   help="LTS/BO/random also search each continuous field's log-scale, as AutoSimulate learns it "
+                        "(doubles those coordinates; default: the means only, scales at the start's)")
     p.add_argument("--out", default=None, help="output directory (default runs/compare-EXPERIMENT)")
     p.add_argument("--resume", action="store_true", help="continue a comparison in --out (finished runs are reused)")
     p.add_argument("--assess-images", type=int, default=None, metavar="N",
@@ -1013,7 +1021,7 @@ def compare_main(ns: argparse.Namespace) -> int:
             approximations=(_split_choices(ns.approximations, APPROXIMATIONS, "--approximations")
                             if ns.approximations else None),
             out=ns.out, renderer=ns.renderer, resume=ns.resume, lts_samples=ns.lts_samples,
-            search_radius=ns.search_radius, experiment_spec=ns.experiment, assess_images=ns.assess_images,
+            search_radius=ns.search_radius, search_scales=ns.search_scales, experiment_spec=ns.experiment, assess_images=ns.assess_images,
             assess_points=ns.assess_points, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds,
             render_workers=ns.render_workers, render_backend=ns.render_backend, ray_address=ns.ray_address,
             render_timeout=ns.render_timeout, devices=ns.devices, jobs=ns.jobs)

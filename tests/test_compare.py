@@ -231,3 +231,18 @@ def test_a_run_that_fails_in_its_process_is_named_and_resumable(toy, tmp_path, c
     assert "random, seed 0" in err and "random, seed 1" in err and "--resume" in err and "Traceback" not in err
     assert "non-finite" in err or "NaN" in err or "nan" in err, err
     assert (out / "random" / "seed0" / "config.json").exists()  # the run directory, ready for --resume
+
+
+def test_search_scales_adds_the_log_scales_to_the_baselines_space(toy, tmp_path, capsys):
+    """--search-scales: the baselines' space holds each continuous field's log-scale too (config.json
+    lists it), and a --resume without the flag is refused (the runs would differ)."""
+    out = tmp_path / "c"
+    argv = ["compare", toy, "--methods", "autosimulate,random", "--seeds", "1", "--budget-images", "64",
+            "--assess-images", "0", "--out", str(out)]
+    assert main([*argv, "--search-scales"]) == 0
+    config = json.loads((out / "random" / "seed0" / "config.json").read_text())
+    assert config["search_scales"] is True and any("log_scale" in n for n in config["search_space"])
+    assert json.loads((out / "autosimulate-exact_quadratic" / "seed0" / "config.json").read_text())["search_scales"] is None
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    assert "search_scales" in capsys.readouterr().err
