@@ -2,7 +2,8 @@
 
 Every method runs on the same experiment, model, fine-tuning options, image budget and seeds,
 one after the other (or ``--jobs N`` runs at once, each in a spawned process of its own with its
-own render pool; the runs are the same, only the wall time changes), into ``--out``::
+own render pool, and then the assessments of N seeds at once; the results are the same, only the
+wall time changes), into ``--out``::
 
     METHOD/seedS/          one run directory per method and seed (autosim_jax.rundir: locked,
                            config.json, metrics.jsonl with psi per step, checkpoint.npz,
@@ -99,6 +100,7 @@ from .rundir import (
     failure_line,
     finite_or_none,
     interrupt_guard,
+    is_assessed,
     is_interrupt,
     make_config,
     psi_from_record,
@@ -785,24 +787,29 @@ def _run_parallel(experiment, args: CompareArgs, renderer: str, runs, out: str, 
     Returns one line per run that failed (empty when all finished). Runs before this process
     builds anything, so that JAX is initialised only in the workers while they run.
     """
-    import multiprocessing
-
     spec = args.experiment_spec or experiment.name
     jobs = [(spec, args, renderer, m, a, seed, os.path.join(out, _dirname(m, a), f"seed{seed}"))
             for m, a in runs for seed in range(args.seeds)]
     print(f"autosim compare: {len(jobs)} runs, {min(args.jobs, len(jobs))} at a time in processes of their own "
           f"(each with {args.render_workers} render worker(s))", file=stderr, flush=True)
     failures = []
-    context = multiprocessing.get_context("spawn")  # safe next to JAX's threads, as the render pool
-    # maxtasksperchild=1: each run gets a fresh process, so its device memory is freed when it ends.
-    with context.Pool(min(args.jobs, len(jobs)), maxtasksperchild=1) as workers:
-        for i, (job, error) in enumerate(zip(jobs, workers.imap(_run_in_process, jobs)), 1):
-            label, seed = _label(job[3], job[4]), job[5]
-            if error is not None:
-                failures.append(f"{label}, seed {seed} ({job[6]}): {error}")
-            print(f"autosim compare: run {i}/{len(jobs)}: {label}, seed {seed} "
-                  + ("failed" if error else "finished"), file=stderr, flush=True)
+    for i, (job, error) in enumerate(_map_in_processes(_run_in_process, jobs, args.jobs), 1):
+        label, seed = _label(job[3], job[4]), job[5]
+        if error is not None:
+            failures.append(f"{label}, seed {seed} ({job[6]}): {error}")
+        print(f"autosim compare: run {i}/{len(jobs)}: {label}, seed {seed} "
+              + ("failed" if error else "finished"), file=stderr, flush=True)
     return failures
+
+
+def _map_in_processes(fn, jobs: list, processes: int):
+    """Yields ``(job, fn(job))`` in order, ``processes`` jobs at a time in spawned processes."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # safe next to JAX's threads, as the render pool
+    # maxtasksperchild=1: each job gets a fresh process, so its device memory is freed when it ends.
+    with context.Pool(min(processes, len(jobs)), maxtasksperchild=1) as workers:
+        yield from zip(jobs, workers.imap(fn, jobs))
 
 
 def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools: RenderPools, stdout,
@@ -815,6 +822,9 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
                   "with --resume.", file=stderr)
             return 1
         args = dataclasses.replace(args, resume=True)  # the runs just written are read back below
+        # The assessments run in processes too, while this one holds the comparison's own setup:
+        # every process takes device memory as it needs it (effective where JAX starts here).
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     t0 = time.perf_counter()
     print(f"autosim compare: building {args.experiment_spec or experiment.name} (renderer {renderer}"
           + (f", size {args.size}" if args.size else "") + ") ...", file=stderr, flush=True)
@@ -905,37 +915,84 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
     return 0
 
 
+def _seed_assessor(experiment, renderer: str, seed: int, args: CompareArgs, protocol: dict, pools: RenderPools):
+    """``assess(psi)``: fresh models on ``psi`` with seed ``seed``'s setup (compiled once per seed,
+    as the model's initialisation differs between seeds)."""
+    from .experiments import make_assessor
+    from .simulator import reraise_render_errors
+
+    setup = pools.attach(build_setup(experiment, renderer=renderer, seed=seed, size=args.size))
+    assessor = make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"])
+    factor = math.ceil(protocol["images"] / setup.config.dataset_size)
+
+    def assess(psi) -> dict:
+        with quiet_render_errors(), reraise_render_errors(), pools.timeout_scaled(factor):  # one batch of N images
+            return assessor(psi, seed)
+
+    return assess
+
+
+def _assess_in_process(job: tuple) -> str | None:
+    """One seed's missing assessments of ``--jobs``, in a spawned process: ``None``, or the error.
+
+    Each result lands in its run directory's assessment file, where the parent reads it back.
+    """
+    spec, args, renderer, seed, protocol, items = job
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # as _run_in_process
+    try:
+        experiment = resolve_experiment(spec)
+        with RenderPools(_render_options(args), stream=sys.stderr, desc="autosim compare") as pools:
+            assess = None
+            for path, key, psi in items:
+                if not is_assessed(path, key, protocol):
+                    assess = assess or _seed_assessor(experiment, renderer, seed, args, protocol, pools)
+                    cached_assessment(path, key, protocol, lambda psi=psi: assess(psi))
+        return None
+    except Exception as err:  # the parent redoes what is missing in its own process, where it raises
+        return f"{type(err).__name__}: {str(err).rstrip('.')}"
+
+
 def _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds, psi0, reference, protocol, rows,
                 out, metric, higher, pools: RenderPools, stderr) -> dict:
-    from .experiments import gap_closed, make_assessor
-    from .simulator import reraise_render_errors
+    from .experiments import gap_closed
 
     # Seed by seed: a renderer that is not equal across builds gets a new pool per seed (RenderPools),
     # which closes the last one, so a seed's assessor is never used again once the next is built.
-    jobs = sorted(_assessment_plan(runs, table2, records_of, thresholds, args.seeds, reference is not None),
-                  key=lambda job: job[3])
-    assessors: dict[int, tuple] = {}
+    jobs = []
+    for where, key, what, seed, record in sorted(
+            _assessment_plan(runs, table2, records_of, thresholds, args.seeds, reference is not None),
+            key=lambda job: job[3]):
+        if record is None:
+            path = os.path.join(out, where, f"seed{seed}", ASSESSED_FILE)
+            psi = psi0 if where == "start_psi" else reference
+        else:
+            path = os.path.join(out, _dirname(*where), f"seed{seed}", ASSESSED_FILE)
+            psi = psi_from_record(psi0, record["psi"])
+        jobs.append((where, key, what, seed, path, psi))
+    missing = sorted({seed for _, key, _, seed, path, _ in jobs if not is_assessed(path, key, protocol)})
+    if args.jobs > 1 and missing:  # each seed's assessments in a process of its own, then read back below
+        import jax
+
+        spec = args.experiment_spec or experiment.name
+        groups = [(spec, args, renderer, s, protocol,
+                   [(path, key, jax.tree.map(np.asarray, psi)) for _, key, _, seed, path, psi in jobs if seed == s])
+                  for s in missing]
+        for group, error in _map_in_processes(_assess_in_process, groups, args.jobs):
+            print(f"autosim compare: assessments of seed {group[3]} "
+                  + (f"failed in their process ({error}); what is missing is done here" if error
+                     else "done in a process of their own"), file=stderr, flush=True)
+    assessors: dict = {}
 
     def assess(psi, seed: int) -> dict:  # builds the seed's assessor only on a cache miss
-        if seed not in assessors:  # one compilation per seed (the model's initialisation differs)
-            setup = pools.attach(build_setup(experiment, renderer=renderer, seed=seed, size=args.size))
-            assessors[seed] = (make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"]),
-                               math.ceil(protocol["images"] / setup.config.dataset_size))
-        assessor, factor = assessors[seed]
-        with quiet_render_errors(), reraise_render_errors(), pools.timeout_scaled(factor):  # one batch of N images
-            return assessor(psi, seed)
+        if seed not in assessors:
+            assessors[seed] = _seed_assessor(experiment, renderer, seed, args, protocol, pools)
+        return assessors[seed](psi)
 
     progress = Progress(len(jobs), desc="autosim compare: assessing", stream=stderr, unit="assessment",
                         every=args.log_every or None, seconds=args.log_seconds)
     results: dict = {}
     try:
-        for where, key, what, seed, record in jobs:
-            if record is None:
-                path = os.path.join(out, where, f"seed{seed}", ASSESSED_FILE)
-                psi = psi0 if where == "start_psi" else reference
-            else:
-                path = os.path.join(out, _dirname(*where), f"seed{seed}", ASSESSED_FILE)
-                psi = psi_from_record(psi0, record["psi"])
+        for where, key, what, seed, path, psi in jobs:
             value, cached = cached_assessment(path, key, protocol, lambda psi=psi, seed=seed: assess(psi, seed))
             results[(where, key, seed)] = value
             progress.update(f"{what}, seed {seed}: val {metric} {value['val_metric']:.4g}"
@@ -1004,8 +1061,9 @@ def add_compare_parser(sub) -> None:
                         "other approximations at the budget only); gives the images-to-reach table (default 4)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run N of the comparison's runs at once, each in a process of its own (with its own "
-                        "--render-workers pool: N x W render processes in all); the results are those of --jobs 1. "
-                        "On one GPU the processes share it (default 1: one after the other in this process)")
+                        "--render-workers pool: N x W render processes in all), then its fresh-model assessments, "
+                        "a process per seed; the results are those of --jobs 1. On one GPU the processes share it "
+                        "(default 1: everything one after the other in this process)")
     add_progress_flags(p)
     add_render_flags(p)
     add_devices_flag(p)

@@ -1218,17 +1218,27 @@ def cg_counts(records: Sequence[dict]) -> dict[str, int]:
 ASSESSED = "assessed.json"
 
 
+def _assessment_cache(path: str, protocol: dict) -> dict:
+    """The results stored in the assessment file ``path`` under this ``protocol`` (else none)."""
+    if os.path.exists(path):
+        stored = read_json(path, "cached assessments")
+        if isinstance(stored, dict) and all(stored.get(k) == v for k, v in protocol.items()):
+            return dict(stored.get("results", {}))
+    return {}
+
+
+def is_assessed(path: str, key: str, protocol: dict) -> bool:
+    """Whether :func:`cached_assessment` would read ``key`` back from ``path`` without computing."""
+    return key in _assessment_cache(path, protocol)
+
+
 def cached_assessment(path: str, key: str, protocol: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:
     """``compute()`` stored under ``key`` in the assessment file ``path``, or read back from it.
 
     ``protocol`` (``{"images": n, "epochs": e}``) must match the stored file's, else every
     entry is redone. Returns ``(result, cached)``.
     """
-    cache: dict = {}
-    if os.path.exists(path):
-        stored = read_json(path, "cached assessments")
-        if isinstance(stored, dict) and all(stored.get(k) == v for k, v in protocol.items()):
-            cache = dict(stored.get("results", {}))
+    cache = _assessment_cache(path, protocol)
     if key in cache:
         return cache[key], True
     cache[key] = compute()

@@ -200,14 +200,15 @@ def test_resume_with_another_budget_is_refused(compared, toy, capsys):
 
 
 def test_jobs_run_in_processes_with_the_results_of_one_process(toy, tmp_path, capsys):
-    """--jobs 2 runs each (method, seed) in a spawned process; every run's records (metrics and
-    psi per step) and the assessments equal those of the same comparison in one process."""
+    """--jobs 2 runs each (method, seed) in a spawned process, then each seed's assessments; every
+    run's records (metrics and psi per step) and the assessments equal those of one process."""
     argv = ["compare", toy, "--methods", "autosimulate,random", "--seeds", "2", "--budget-images", "64",
             "--assess-points", "1"]
     assert main([*argv, "--out", str(tmp_path / "serial")]) == 0
     assert main([*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")]) == 0
     err = capsys.readouterr().err
     assert "4 runs, 2 at a time in processes of their own" in err and "run 4/4" in err
+    assert "assessments of seed 0 done in a process of their own" in err and "seed 1 done" in err
 
     def records(root, run):
         lines = (root / run / "metrics.jsonl").read_text().splitlines()
