@@ -941,12 +941,15 @@ def _assess_in_process(job: tuple) -> str | None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # as _run_in_process
     try:
         experiment = resolve_experiment(spec)
+        todo = [(path, key, psi) for path, key, psi in items if not is_assessed(path, key, protocol)]
         with RenderPools(_render_options(args), stream=sys.stderr, desc="autosim compare") as pools:
-            assess = None
-            for path, key, psi in items:
-                if not is_assessed(path, key, protocol):
-                    assess = assess or _seed_assessor(experiment, renderer, seed, args, protocol, pools)
-                    cached_assessment(path, key, protocol, lambda psi=psi: assess(psi))
+            assess = _seed_assessor(experiment, renderer, seed, args, protocol, pools)
+            t0 = time.perf_counter()
+            for i, (path, key, psi) in enumerate(todo, 1):
+                value, _ = cached_assessment(path, key, protocol, lambda psi=psi: assess(psi))
+                where = os.path.basename(os.path.dirname(os.path.dirname(path)))  # METHOD of METHOD/seedS/
+                print(f"autosim compare: assessing seed {seed}: {i}/{len(todo)} ({where}, {key}): val "
+                      f"{value['val_metric']:.4g}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         return None
     except Exception as err:  # the parent redoes what is missing in its own process, where it raises
         return f"{type(err).__name__}: {str(err).rstrip('.')}"
