@@ -805,11 +805,22 @@ def _run_parallel(experiment, args: CompareArgs, renderer: str, runs, out: str, 
 def _map_in_processes(fn, jobs: list, processes: int):
     """Yields ``(job, fn(job))`` in order, ``processes`` jobs at a time in spawned processes."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    context = multiprocessing.get_context("spawn")  # safe next to JAX's threads, as the render pool
-    # maxtasksperchild=1: each job gets a fresh process, so its device memory is freed when it ends.
-    with context.Pool(min(processes, len(jobs)), maxtasksperchild=1) as workers:
-        yield from zip(jobs, workers.imap(fn, jobs))
+    # Not multiprocessing.Pool: its workers are daemonic and may not start the render pool's
+    # processes (--render-workers). Spawn is safe next to JAX's threads, as the render pool; one
+    # job per process, so that a run's device memory is freed when it ends.
+    workers = ProcessPoolExecutor(min(processes, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                                  max_tasks_per_child=1)
+    try:
+        yield from zip(jobs, workers.map(fn, jobs))
+    except BaseException:  # Ctrl-C or an error here: start no further job, end the running ones
+        workers.shutdown(wait=False, cancel_futures=True)
+        for process in list(getattr(workers, "_processes", {}).values()):
+            process.kill()  # their run directories hold every finished step (--resume)
+        raise
+    finally:
+        workers.shutdown(wait=True)
 
 
 def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools: RenderPools, stdout,

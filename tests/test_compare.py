@@ -222,11 +222,11 @@ def test_jobs_run_in_processes_with_the_results_of_one_process(toy, tmp_path, ca
 
 
 def test_a_run_that_fails_in_its_process_is_named_and_resumable(toy, tmp_path, capsys):
-    """--jobs: a run whose renderer returns garbage fails in its process; the comparison exits 1
-    naming the run and the cause, with its finished steps on disk for --resume."""
+    """--jobs: a run whose renderer returns garbage fails in its process (which can start its own
+    render pool); the comparison exits 1 naming the run and the cause, its steps on disk for --resume."""
     out = tmp_path / "c"
     argv = ["compare", toy, "--renderer", "flaky", "--methods", "random", "--seeds", "2", "--budget-images", "160",
-            "--jobs", "2", "--assess-images", "0", "--out", str(out)]
+            "--jobs", "2", "--render-workers", "2", "--assess-images", "0", "--out", str(out)]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "random, seed 0" in err and "random, seed 1" in err and "--resume" in err and "Traceback" not in err
