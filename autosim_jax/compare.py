@@ -761,23 +761,28 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
             return 130
 
 
-def _run_in_process(job: tuple) -> str | None:
-    """One run of ``--jobs``, in a spawned process: ``None`` when it finished, else its error.
+def _run_in_process(job: tuple) -> None:
+    """One run of ``--jobs`` (see :func:`_job_process`).
 
     The process builds its own setup and render pool; the run directory holds everything it
     did, which the parent reads back as a finished run (``_run_method``).
     """
     spec, args, renderer, method, approximation, seed, run_dir = job
+    with RenderPools(_render_options(args), stream=sys.stderr, desc="autosim compare") as pools:
+        _run_method(resolve_experiment(spec), args, renderer, method, approximation, seed, run_dir,
+                    _label(method, approximation), pools, sys.stderr)
+
+
+def _job_process(fn, job: tuple) -> str | None:
+    """``fn(job)`` in a spawned process of ``--jobs``: ``None`` when it finished, else its error
+    as one line (the parent names the job)."""
     # Several processes share one GPU: each takes memory as it needs it instead of JAX's
-    # default 75% per process. Set before anything here imports JAX (the parent has not).
+    # default 75% per process. Set before anything here imports JAX.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
-        experiment = resolve_experiment(spec)
-        with RenderPools(_render_options(args), stream=sys.stderr, desc="autosim compare") as pools:
-            _run_method(experiment, args, renderer, method, approximation, seed, run_dir,
-                        _label(method, approximation), pools, sys.stderr)
+        fn(job)
         return None
-    except Exception as err:  # reported by the parent, which names the run
+    except Exception as err:
         return f"{type(err).__name__}: {str(err).rstrip('.')}"
 
 
@@ -803,7 +808,9 @@ def _run_parallel(experiment, args: CompareArgs, renderer: str, runs, out: str, 
 
 
 def _map_in_processes(fn, jobs: list, processes: int):
-    """Yields ``(job, fn(job))`` in order, ``processes`` jobs at a time in spawned processes."""
+    """Yields ``(job, error)`` in order: ``fn(job)``, ``processes`` jobs at a time in spawned
+    processes (:func:`_job_process`); ``error`` is ``None`` or the job's error line."""
+    import functools
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -813,7 +820,7 @@ def _map_in_processes(fn, jobs: list, processes: int):
     workers = ProcessPoolExecutor(min(processes, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
                                   max_tasks_per_child=1)
     try:
-        yield from zip(jobs, workers.map(fn, jobs))
+        yield from zip(jobs, workers.map(functools.partial(_job_process, fn), jobs))
     except BaseException:  # Ctrl-C or an error here: start no further job, end the running ones
         workers.shutdown(wait=False, cancel_futures=True)
         for process in list(getattr(workers, "_processes", {}).values()):
@@ -943,27 +950,22 @@ def _seed_assessor(experiment, renderer: str, seed: int, args: CompareArgs, prot
     return assess
 
 
-def _assess_in_process(job: tuple) -> str | None:
-    """One seed's missing assessments of ``--jobs``, in a spawned process: ``None``, or the error.
+def _assess_in_process(job: tuple) -> None:
+    """One seed's missing assessments of ``--jobs`` (see :func:`_job_process`).
 
-    Each result lands in its run directory's assessment file, where the parent reads it back.
+    Each result lands in its run directory's assessment file, where the parent reads it back
+    (and redoes, in its own process, what a failed process left missing).
     """
     spec, args, renderer, seed, protocol, items = job
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # as _run_in_process
-    try:
-        experiment = resolve_experiment(spec)
-        todo = [(path, key, psi) for path, key, psi in items if not is_assessed(path, key, protocol)]
-        with RenderPools(_render_options(args), stream=sys.stderr, desc="autosim compare") as pools:
-            assess = _seed_assessor(experiment, renderer, seed, args, protocol, pools)
-            t0 = time.perf_counter()
-            for i, (path, key, psi) in enumerate(todo, 1):
-                value, _ = cached_assessment(path, key, protocol, lambda psi=psi: assess(psi))
-                where = os.path.basename(os.path.dirname(os.path.dirname(path)))  # METHOD of METHOD/seedS/
-                print(f"autosim compare: assessing seed {seed}: {i}/{len(todo)} ({where}, {key}): val "
-                      f"{value['val_metric']:.4g}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        return None
-    except Exception as err:  # the parent redoes what is missing in its own process, where it raises
-        return f"{type(err).__name__}: {str(err).rstrip('.')}"
+    todo = [(path, key, psi) for path, key, psi in items if not is_assessed(path, key, protocol)]
+    with RenderPools(_render_options(args), stream=sys.stderr, desc="autosim compare") as pools:
+        assess = _seed_assessor(resolve_experiment(spec), renderer, seed, args, protocol, pools)
+        t0 = time.perf_counter()
+        for i, (path, key, psi) in enumerate(todo, 1):
+            value, _ = cached_assessment(path, key, protocol, lambda psi=psi: assess(psi))
+            where = os.path.basename(os.path.dirname(os.path.dirname(path)))  # METHOD of METHOD/seedS/
+            print(f"autosim compare: assessing seed {seed}: {i}/{len(todo)} ({where}, {key}): val "
+                  f"{value['val_metric']:.4g}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
 def _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds, psi0, reference, protocol, rows,
