@@ -80,10 +80,12 @@ def test_error_decreases_with_samples_per_pixel(renderers):
 
 
 def test_cylinders_get_a_cap():
+    mitsuba_backend._import_mitsuba()[0].set_variant("scalar_rgb")  # scene_dict builds transforms
     scenes = clevr.example_clevr_scenes(clevr.clevr_schema(2), 1, seed=0, shape=2, num_objects=0)
     d = mitsuba_backend.scene_dict(scenes, 0)
     assert d["object_0"]["type"] == "cylinder" and d["object_0_cap"]["type"] == "disk"
-    assert d["integrator"] == {"type": "path", "max_depth": 3}  # 1 bounce (example default)
+    # 1 bounce (example default); a fixed block size, so no image depends on the thread count
+    assert d["integrator"] == {"type": "path", "max_depth": 3, "block_size": 8}
     labels = mitsuba_backend.scene_dict(scenes, 0, labels=True, image_size=8)
     assert labels["integrator"]["type"] == "aov" and labels["sensor"]["sampler"]["jitter"] is False
 
@@ -231,6 +233,25 @@ def test_a_pool_workers_thread_share_sizes_drjits_pool(monkeypatch):
         assert dr.thread_count() == before
     finally:
         dr.set_thread_count(before)
+
+
+def test_images_do_not_depend_on_drjits_thread_count(renderers):
+    """A pool worker renders with its share of the cores: the images must be those of one
+    process with every core (Mitsuba's automatic block size, and with it each pixel's seed,
+    followed the thread count; 1 and 8 threads gave different images before the fix)."""
+    import drjit as dr
+
+    _, mit = renderers
+    scenes = _fast(mit.example_scenes(2, seed=4))
+    before = dr.thread_count()
+    try:
+        images = []
+        for threads in (1, 8):
+            dr.set_thread_count(threads)
+            images.append(mit.render(scenes, seed=7)[0])
+    finally:
+        dr.set_thread_count(before)
+    np.testing.assert_array_equal(images[0], images[1])
 
 
 # --- mitsuba-det: the 54-cell detection scenes rendered by Mitsuba --------------------------

@@ -71,6 +71,9 @@ LLVM_TOO_OLD = (
 # nothing reads 0 and decodes to the background.
 _CODE = 8.0
 
+# Pixels per side of the image blocks Mitsuba renders in parallel (see scene_dict).
+_BLOCK_SIZE = 8
+
 
 def _import_mitsuba():
     try:
@@ -190,10 +193,15 @@ def scene_dict(scenes: dict[str, np.ndarray], index: int, *, labels: bool = Fals
         spp = int(spp) if spp is not None else clevr.SPP_CHOICES[int(scenes["spp"][index])]
     sampler = ({"type": "stratified", "sample_count": 1, "jitter": False} if labels
                else {"type": "independent", "sample_count": spp})
+    # A fixed block size: left at 0, Mitsuba halves its blocks until there is one per thread,
+    # and a pixel's sampler seed depends on its block, so the image would change with the
+    # thread count (a pool worker gets its share of the cores; measured: 2 workers on the
+    # 16-core host rendered other images than one process).
+    integrator = ({"type": "aov", "aovs": "albedo:albedo"} if labels else
+                  {"type": "path", "max_depth": clevr.BOUNCE_CHOICES[int(scenes["bounces"][index])] + 2})
     d: dict[str, Any] = {
         "type": "scene",
-        "integrator": ({"type": "aov", "aovs": "albedo:albedo"} if labels else
-                       {"type": "path", "max_depth": clevr.BOUNCE_CHOICES[int(scenes["bounces"][index])] + 2}),
+        "integrator": {**integrator, "block_size": _BLOCK_SIZE},
         "sensor": {
             "type": "perspective", "fov": clevr.CAMERA_FOV_DEG, "fov_axis": "x",
             "near_clip": 0.01, "far_clip": 1000.0,
