@@ -74,6 +74,8 @@ CANDIDATES = {
     "s6_reset1": _s5(theta_reset_every=1),
     "s6_reset5": _s5(theta_reset_every=5),
     "s6_reset10": _s5(theta_reset_every=10),
+    # -- session 8: a fresh model per step fine-tuned longer (is N = 1's fixed point short-horizon?)
+    **{f"s8_reset1_e{e}": _s5(theta_reset_every=1, finetune_epochs=e) for e in (8, 12, 16, 32)},
     "old": ({}, "the old defaults"),
     "library": (None, "AutoSimConfig() of the installed package, no overrides"),
     # -- the toy's own test options (tests/test_autosimulate.py::_toy), as names
