@@ -20,6 +20,9 @@ Usage (H200 host, 2 GPUs, 32 cores)::
 
 Writes ``OUT.json`` (device, versions, precision, command, date, every figure and the psi
 trajectories) and ``OUT.png`` (G against steps per variant, mean and spread over seeds).
+Each finished job is also appended to ``OUT.partial.jsonl`` at once. On a device with a time
+limit give ``--deadline SECONDS``: the jobs still running then are stopped and the summary of
+the finished ones is written (the unfinished are listed under ``failed``).
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def _job(spec: dict) -> dict:
     try:
         return _job_body(spec)
     except Exception as err:  # noqa: BLE001 - reported in the results, never silently dropped
-        return {"variant": spec["variant"], "seed": spec["seed"], "field": spec.get("field"),
+        return {"variant": spec["variant"], "seed": spec["seed"], "field": spec.get("field"), "index": spec["index"],
                 "error": f"{type(err).__name__}: {str(err)[:2000]}", "seconds": float("nan")}
 
 
@@ -106,7 +109,7 @@ def _job_body(spec: dict) -> dict:
     setup = exp.build(renderer=exp.renderers[0], seed=spec["seed"], size=spec["size"])
     assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                 repeats=spec.get("repeats", 1))
-    out = {"variant": spec["variant"], "seed": spec["seed"]}
+    out = {"variant": spec["variant"], "seed": spec["seed"], "index": spec["index"]}
     if spec["variant"] == "_baseline":
         out["start"] = assess(setup.simulator.distribution.init(), spec["seed"])
         out["reference"] = assess(setup.reference_psi, spec["seed"])
@@ -164,7 +167,9 @@ def summarise(results: list[dict], metric_key: str) -> dict:
     for r in results:
         if r["variant"].startswith("_"):
             continue
-        b = base[r["seed"]]
+        b = base.get(r["seed"])
+        if b is None:  # its seed's baseline did not finish (--deadline): no G to give
+            continue
         row = table.setdefault(r["variant"], {})
         points = {k: v for k, v in r["assessed"].items() if k.isdigit() and k != "0"}  # 0: before learning
         best = max(points, key=lambda k: points[k]["val_metric"])
@@ -180,9 +185,9 @@ def field_importance(results: list[dict], metric_key: str) -> dict:
     base = {r["seed"]: r for r in results if r["variant"] == "_baseline"}
     out: dict[str, dict] = {}
     for r in results:
-        if r["variant"] != "_field":
+        b = base.get(r["seed"])
+        if r["variant"] != "_field" or b is None:
             continue
-        b = base[r["seed"]]
         g = lambda m: _gap(b["start"][metric_key], m[metric_key], b["reference"][metric_key])  # noqa: E731
         row = out.setdefault(r["field"], {"start_plus_field": [], "reference_minus_field": []})
         row["start_plus_field"].append(g(r["start_plus_field"]))
@@ -240,6 +245,9 @@ def main(argv=None) -> int:
     p.add_argument("--assess-epochs", type=int, default=None, help="epochs per fresh model (default: the experiment's)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="stop the jobs still running after this many seconds and write the summary of the "
+                        "finished ones (the unfinished are listed under 'failed')")
     p.add_argument("--out", required=True, help="output path without extension")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -266,8 +274,15 @@ def main(argv=None) -> int:
         spec["index"] = i
     t0 = time.perf_counter()
     results = []
-    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-        for r in pool.imap_unordered(_job, specs):
+    pool = mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1)
+    pending = pool.imap_unordered(_job, specs)
+    try:
+        while len(results) < len(specs):
+            left = None if args.deadline is None else max(0.0, args.deadline - (time.perf_counter() - t0))
+            try:
+                r = pending.next(left)
+            except mp.TimeoutError:
+                break
             if "error" in r:
                 print(f"FAILED {r['variant']} seed {r['seed']}: {r['error'][:300]}", flush=True)
             results.append(r)
@@ -275,6 +290,15 @@ def main(argv=None) -> int:
                 f.write(json.dumps(r) + "\n")
             print(f"[{time.perf_counter() - t0:7.1f} s] done {r['variant']} {r.get('field', '')} seed {r['seed']} "
                   f"({r['seconds']:.0f} s) {len(results)}/{len(specs)}", flush=True)
+    finally:
+        pool.terminate()  # on the deadline, an error or Ctrl-C: no job outlives this process
+        pool.join()
+    done = {r["index"] for r in results}
+    for spec in specs:
+        if spec["index"] not in done:
+            results.append({**{k: spec[k] for k in ("variant", "seed", "index")}, "seconds": args.deadline,
+                            "error": f"not finished within --deadline {args.deadline:g} s"})
+            print(f"UNFINISHED {spec['variant']} seed {spec['seed']}", flush=True)
     import jax
 
     import autosim_jax as asj
