@@ -11,7 +11,8 @@ seed. The measure is the gap closed,
 
 of the fresh models' test metric (validation too), reported per seed and as mean and std.
 Runs are independent processes (rendering is host work; ``--jobs`` of them at once, spread
-round-robin over the visible GPUs).
+round-robin over the visible GPUs), each rendering through ``--render-workers`` processes of
+its own (the same renders as serial; on the 16-core H200 host, jobs x workers <= 16).
 
 Usage (H200 host, 2 GPUs, 32 cores)::
 
@@ -34,6 +35,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, TimeoutError, as_completed
 
 import numpy as np
 
@@ -50,6 +52,8 @@ VARIANTS = {
     "linear_entropy0.3": ({"approximation": "linear", "entropy_weight": 0.3}, "the linear row with the bonus"),
     "adam_lr0.03": ({"outer_learning_rate": 0.03}, "a third of the psi step: is the drift step noise?"),
     "adam_lr0.3": ({"outer_learning_rate": 0.3}, "three times the psi step: does a still-rising G get there sooner?"),
+    "k1024": ({"dataset_size": 1024, "batch_size": 128},
+              "4x the renders per step, the same number of fine-tuning steps: is the signal too weak?"),
     "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),
     "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
     "warm": ({"theta_reset_every": 0}, "the model warm-started across all steps (the experiments' setting before 2026-12-01)"),
@@ -100,13 +104,22 @@ def _job_body(spec: dict) -> dict:
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[spec["index"] % len(gpus)])
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    import jax
-
     import autosim_jax as asj
+    from autosim_jax.render_pool import make_render_pool
 
     t0 = time.perf_counter()
     exp = asj.get_experiment(spec["experiment"])
     setup = exp.build(renderer=exp.renderers[0], seed=spec["seed"], size=spec["size"])
+    with make_render_pool(setup.simulator.renderer, workers=spec.get("render_workers", 1)) as pool:
+        return _measure(spec, setup._replace(simulator=setup.simulator.with_pool(pool)), t0)
+
+
+def _measure(spec: dict, setup, t0: float) -> dict:
+    """The job's measurements with ``setup`` (its simulator renders through the job's pool)."""
+    import jax
+
+    import autosim_jax as asj
+
     assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                 repeats=spec.get("repeats", 1))
     out = {"variant": spec["variant"], "seed": spec["seed"], "index": spec["index"]}
@@ -131,7 +144,7 @@ def _job_body(spec: dict) -> dict:
         start = dict(getattr(asj.experiments, STARTS[spec["experiment"]]))
         start.update({f: {**start[f], "bins": b} for f, b in bins.items()})
         dist = asj.from_schema(setup.simulator.renderer.schema, start, explore=explore)
-        setup = setup._replace(simulator=asj.Simulator(dist, setup.simulator.renderer))
+        setup = setup._replace(simulator=asj.Simulator(dist, setup.simulator.renderer, pool=setup.simulator.pool))
         assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                 repeats=spec.get("repeats", 1))
     autosim = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
@@ -245,6 +258,8 @@ def main(argv=None) -> int:
     p.add_argument("--assess-epochs", type=int, default=None, help="epochs per fresh model (default: the experiment's)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
+    p.add_argument("--render-workers", type=int, default=1,
+                   help="render processes per job (runs and assessments; the same renders as serial)")
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
                    help="stop the jobs still running after this many seconds and write the summary of the "
                         "finished ones (the unfinished are listed under 'failed')")
@@ -259,7 +274,7 @@ def main(argv=None) -> int:
              else sorted({max(1, args.steps // 3), max(1, 2 * args.steps // 3), args.steps}))
     common = dict(experiment=args.experiment, size=args.size, steps=args.steps, assess_steps=steps, repeats=args.repeats,
                   assess_images=args.assess_images, assess_epochs=args.assess_epochs,
-                  gpus=list(range(args.gpus)) or None)
+                  gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
     specs = [dict(common, variant="_baseline", seed=s) for s in seeds]
     specs += [dict(common, variant=v, seed=s) for v in variants for s in seeds]
     if args.fields:
@@ -274,15 +289,14 @@ def main(argv=None) -> int:
         spec["index"] = i
     t0 = time.perf_counter()
     results = []
-    pool = mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1)
-    pending = pool.imap_unordered(_job, specs)
+    # Not multiprocessing.Pool: its workers are daemonic and may not start a job's render pool
+    # (--render-workers). One job per process, so that its device memory is freed when it ends.
+    executor = ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1)
+    futures = [executor.submit(_job, spec) for spec in specs]
+    cut_short = True
     try:
-        while len(results) < len(specs):
-            left = None if args.deadline is None else max(0.0, args.deadline - (time.perf_counter() - t0))
-            try:
-                r = pending.next(left)
-            except mp.TimeoutError:
-                break
+        for future in as_completed(futures, timeout=args.deadline):
+            r = future.result()
             if "error" in r:
                 print(f"FAILED {r['variant']} seed {r['seed']}: {r['error'][:300]}", flush=True)
             results.append(r)
@@ -290,9 +304,15 @@ def main(argv=None) -> int:
                 f.write(json.dumps(r) + "\n")
             print(f"[{time.perf_counter() - t0:7.1f} s] done {r['variant']} {r.get('field', '')} seed {r['seed']} "
                   f"({r['seconds']:.0f} s) {len(results)}/{len(specs)}", flush=True)
+        cut_short = False
+    except TimeoutError:
+        pass  # --deadline: the unfinished are listed below
     finally:
-        pool.terminate()  # on the deadline, an error or Ctrl-C: no job outlives this process
-        pool.join()
+        if cut_short:  # the deadline, an error or Ctrl-C: no job outlives this process
+            executor.shutdown(wait=False, cancel_futures=True)
+            for process in list((getattr(executor, "_processes", None) or {}).values()):
+                process.kill()
+        executor.shutdown(wait=True)
     done = {r["index"] for r in results}
     for spec in specs:
         if spec["index"] not in done:
