@@ -17,7 +17,7 @@ statistic over ``--estimates`` (positive: the step moves mass into the corner).
 
 With ``--psi-from JSON:VARIANT:SEED --psi-steps 0,20,40`` the same is measured at the psi a
 ``psi_learning.py`` histogram run held after those steps (the corner stays the start's most
-likely bin), to find where along a run the push into the corner begins.
+likely bin), to follow the signal along a run.
 
 Usage (H200, 16 host cores):
   python benchmarks/position_signal.py --size gpu --epochs 2,8,32 --estimates 16 --render-workers 14 --out $OUT/ps
@@ -112,15 +112,18 @@ def main(argv=None) -> int:
     logits = np.asarray(start_psi["position"].logits)
     corner = logits.reshape(-1, args.bins).argmax(1)  # the start's corner bins, at every psi
     source = args.psi_from.rsplit(":", 2) if args.psi_from else None
-    rows = {}
+    rows, built = {}, {}
     for step in [int(t) for t in args.psi_steps.split(",")]:
         psi = (psi_from_run(source[0], source[1], int(source[2]), step, start_psi) if source else start_psi)
         for epochs in [int(e) for e in args.epochs.split(",")]:
             cfg = setup.config.replace(finetune_epochs=epochs)
             for approx in args.approximations.split(","):
-                autosim = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg, approximation=approx)
+                if (epochs, approx) not in built:  # built once, compiled once, for every step's psi
+                    autosim = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg,
+                                                    approximation=approx)
+                    built[epochs, approx] = autosim, jax.jit(autosim.inner.simulate), jax.jit(autosim.inner.finetune)
+                autosim, simulate, finetune = built[epochs, approx]
                 inner = autosim.inner
-                simulate, finetune = jax.jit(inner.simulate), jax.jit(inner.finetune)
                 values, val_metrics = [], []
                 for i in range(args.estimates):
                     scenes, x, y = simulate(jax.random.PRNGKey(10_000 + i), psi)
