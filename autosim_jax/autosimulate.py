@@ -62,6 +62,7 @@ from .inner import Inner, check_dataset, make_inner, split_model
 from .outer import add_entropy_bonus, check_families
 from .parallel import check_divisible, constrain_batch, make_mesh, replicate, shard_batch
 from .simulator import Simulator, reraise_render_errors
+from .solve import solve_damped
 from .table1 import SolveReport, approximation_vector, curvature_operator
 from .tasks import Task
 from .trainable import make_partition
@@ -360,12 +361,21 @@ def make_autosimulate(
         if partition is not None:  # g_val is already the trainable leaves' gradient
             point, frozen = partition.split(theta)
             predict, per_sample_loss = partition.restrict(predict, frozen), partition.restrict(per_sample_loss, frozen)
-        u, report = approximation_vector(
-            config.approximation, g_val,
-            lambda: curvature_operator(config.curvature, predict, task.per_sample_loss, point,
-                                       *constrain_batch((inputs[:curv_n], labels[:curv_n]), mesh)),
-            damping=config.damping, cg_tol=config.cg_tol, cg_maxiter=config.cg_maxiter,
-        )
+        def make_operator(at):
+            return lambda: curvature_operator(config.curvature, predict, task.per_sample_loss, at,
+                                              *constrain_batch((inputs[:curv_n], labels[:curv_n]), mesh))
+
+        newton = None
+        if config.val_gradient_at == "newton_point":  # Eq. 13 where the Newton step lands (config.py)
+            g_tr = jax.grad(lambda t: jnp.mean(per_sample_loss(t, inputs, labels)))(point)
+            newton = solve_damped(make_operator(point)(), g_tr, config.damping, tol=config.cg_tol,
+                                  maxiter=config.cg_maxiter)
+            point = jax.tree.map(jnp.subtract, point, newton.x)
+            _, g_val = inner.measure_and_grad(point, x_val, y_val)
+        u, report = approximation_vector(config.approximation, g_val, make_operator(point), damping=config.damping,
+                                          cg_tol=config.cg_tol, cg_maxiter=config.cg_maxiter)
+        if newton is not None:
+            report = report.and_(SolveReport.of_solve(newton))
         s = score_function_term(distribution.log_prob, psi, scenes, per_sample_loss, point, u, inputs, labels,
                                 method=config.estimator, baseline=config.baseline)
         return Hypergradient(jax.tree.map(jnp.negative, s), val_loss, val_metric, report)

@@ -37,6 +37,7 @@ BASELINES = ("leave_one_out", None)
 INNER_OPTIMIZERS = ("adam", "sgd")
 FINETUNE_SCHEDULES = ("constant", "linear_decay")  # autosim_jax.training.SCHEDULES (no JAX import here)
 OUTER_OPTIMIZERS = ("adam", "sgd", "natural")
+VAL_GRADIENT_POINTS = ("theta", "newton_point")
 
 _UNKNOWN_FIELD = (
     "Unknown AutoSimulate option(s) {names}; valid options are {valid}. "
@@ -105,6 +106,15 @@ class AutoSimConfig:
         The registered experiments use 1 (digits-sim2real at gpu size: G -1.70 -> +2.06);
         the default stays 0 because on the 1-D toy, whose line model needs a settled
         theta, 1 drives every row away from the optimum (``docs/defaults.md``, session 6).
+      val_gradient_at: where Eq. 13 is taken. ``"theta"`` (the paper): at the fine-tuned
+        ``theta_hat``, which assumes it is at the training optimum (``g_tr = 0``).
+        ``"newton_point"``: at ``theta_N = theta_hat - (H + lambda I)^-1 g_tr``, where the
+        Newton step on the step's renders lands (one more CG solve per step; exact quadratic
+        only): ``g_val``, the curvature and the score-function term are taken there, which is
+        the implicit-function-theorem derivative at ``theta_N``. For a model whose training
+        loss is quadratic in ``theta`` (and ``lambda -> 0``) ``theta_N`` is the optimum for
+        ``q_psi``, so the step is the true hypergradient whatever ``theta_hat`` is, e.g. for a
+        fresh ``theta`` per step (``theta_reset_every=1``).
       trainable: freezing layers (Table 5): a regular expression searched (``re.search``) in
         each parameter's path (``jax.tree_util.keystr`` of ``theta``'s leaves, e.g.
         ``"['up2']['conv']['kernel'].value"``); only the matching parameters are fine-tuned,
@@ -147,6 +157,7 @@ class AutoSimConfig:
     outer_beta2: float = 0.999
     trainable: str | None = None
     theta_reset_every: int = 0
+    val_gradient_at: str = "theta"
 
     def __post_init__(self):
         _choices("approximation", self.approximation, APPROXIMATIONS)
@@ -159,6 +170,12 @@ class AutoSimConfig:
         for name in ("dataset_size", "batch_size", "finetune_epochs", "cg_maxiter"):
             _positive_int(name, getattr(self, name))
         _positive_int("theta_reset_every", self.theta_reset_every, minimum=0)
+        _choices("val_gradient_at", self.val_gradient_at, VAL_GRADIENT_POINTS)
+        if self.val_gradient_at == "newton_point" and (self.approximation != "exact_quadratic" or self.trainable):
+            raise ValueError(
+                "AutoSimConfig.val_gradient_at='newton_point' needs approximation='exact_quadratic' (the Newton "
+                f"point is its step) and all parameters trainable; got approximation={self.approximation!r}, "
+                f"trainable={self.trainable!r}. Use val_gradient_at='theta' otherwise.")
         if self.dataset_size % self.batch_size:
             raise ValueError(
                 f"AutoSimConfig.dataset_size ({self.dataset_size}) must be a multiple of batch_size "

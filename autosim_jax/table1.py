@@ -58,6 +58,19 @@ class SolveReport(NamedTuple):
     def no_solve(cls) -> SolveReport:
         return cls(jnp.float32(0), jnp.bool_(True), jnp.bool_(False), jnp.float32(0), jnp.float32(jnp.inf))
 
+    @classmethod
+    def of_solve(cls, sol) -> SolveReport:
+        """The report of a :class:`~autosim_jax.solve.SolveResult`."""
+        return cls(sol.relative_residual, sol.converged, sol.indefinite, sol.model_value, sol.min_curvature)
+
+    def and_(self, other: SolveReport) -> SolveReport:
+        """Two solves that one vector needs: usable and converged only if both are (the worse
+        residual, model value and curvature of the two)."""
+        return SolveReport(jnp.maximum(self.relative_residual, other.relative_residual),
+                           self.converged & other.converged, self.indefinite | other.indefinite,
+                           jnp.maximum(self.model_value, other.model_value),
+                           jnp.minimum(self.min_curvature, other.min_curvature))
+
     @property
     def usable(self) -> jax.Array:
         """True unless the vector is non-finite or no better than zero (``q(u) >= 0``)."""
@@ -141,5 +154,4 @@ def approximation_vector(
     if kind == "approx_quadratic":
         return op.matvec(g_val), SolveReport.no_solve()
     sol = solve_damped(op, g_val, damping, tol=cg_tol, maxiter=cg_maxiter)
-    return sol.x, SolveReport(sol.relative_residual, sol.converged, sol.indefinite, sol.model_value,
-                              sol.min_curvature)
+    return sol.x, SolveReport.of_solve(sol)

@@ -52,6 +52,8 @@ VARIANTS = {
     "linear_entropy0.3": ({"approximation": "linear", "entropy_weight": 0.3}, "the linear row with the bonus"),
     "adam_lr0.03": ({"outer_learning_rate": 0.03}, "a third of the psi step: is the drift step noise?"),
     "adam_lr0.3": ({"outer_learning_rate": 0.3}, "three times the psi step: does a still-rising G get there sooner?"),
+    "newton_point": ({"val_gradient_at": "newton_point"},
+                     "Eq. 13 at the Newton point of the fresh theta (one more CG solve per step)"),
     "k1024": ({"dataset_size": 1024, "batch_size": 128},
               "4x the renders per step, the same number of fine-tuning steps: is the signal too weak?"),
     "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),

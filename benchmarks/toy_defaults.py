@@ -76,6 +76,9 @@ CANDIDATES = {
     "s6_reset10": _s5(theta_reset_every=10),
     # -- session 8: a fresh model per step fine-tuned longer (is N = 1's fixed point short-horizon?)
     **{f"s8_reset1_e{e}": _s5(theta_reset_every=1, finetune_epochs=e) for e in (8, 12, 16, 32)},
+    # -- session 8: Eq. 13 at the Newton point (exact quadratic only: --approximations exact_quadratic)
+    "s8_newton_reset0": _s5(val_gradient_at="newton_point"),
+    "s8_newton_reset1": _s5(val_gradient_at="newton_point", theta_reset_every=1),
     "old": ({}, "the old defaults"),
     "library": (None, "AutoSimConfig() of the installed package, no overrides"),
     # -- the toy's own test options (tests/test_autosimulate.py::_toy), as names

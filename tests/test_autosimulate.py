@@ -173,3 +173,35 @@ def test_val_data_shape_mismatch():
 
 def test_public_api():
     assert asj.make_autosimulate is make_autosimulate
+
+
+def test_eq13_at_the_newton_point_is_the_derivative_at_the_optimum_from_any_theta(x64):
+    """``val_gradient_at="newton_point"`` takes Eq. 13 at ``theta_hat - (H + lambda I)^-1 g_tr``.
+    The toy's line model has a training loss quadratic in theta, so that point is the
+    least-squares optimum theta* of the step's renders from any theta_hat: the step must be
+    the same from two far-apart thetas, and equal to the paper's Eq. 13 taken at theta* itself
+    (theta* by numpy least squares in float64). The paper's form at theta_hat is not."""
+    options = dict(damping=1e-9, curvature="hessian", cg_maxiter=4, cg_tol=1e-12)
+    at_newton, at_theta = (_toy("exact_quadratic", val_gradient_at=v, **options) for v in ("newton_point", "theta"))
+    state = at_newton.init(0)
+    scenes, x, y = jax.jit(at_newton.inner.simulate)(jax.random.PRNGKey(3), state.psi)
+    design = np.c_[np.asarray(x, np.float64), np.ones(len(x))]
+    (kernel, bias), *_ = np.linalg.lstsq(design, np.asarray(y, np.float64)[:, 0], rcond=None)
+    theta_star = jax.tree.map(lambda a: a, state.theta)
+    theta_star["kernel"][...] = jnp.full((1, 1), kernel, jnp.float32)
+    theta_star["bias"][...] = jnp.full((1,), bias, jnp.float32)
+    far = jax.tree.map(lambda a: a + 0.7, state.theta)
+
+    def grad(autosim, theta):
+        return np.array(jax.tree.leaves(autosim.hypergradient(state.psi, theta, scenes, x, y).grad_psi))
+
+    reference = grad(at_theta, theta_star)
+    for theta in (state.theta, far):
+        np.testing.assert_allclose(grad(at_newton, theta), reference, rtol=1e-4)
+        assert np.abs(grad(at_theta, theta) - reference).max() > 0.1 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("kw", [{"approximation": "linear"}, {"trainable": "kernel"}])
+def test_newton_point_is_refused_where_it_has_no_newton_step(kw):
+    with pytest.raises(ValueError, match="val_gradient_at='newton_point' needs approximation='exact_quadratic'"):
+        asj.AutoSimConfig(val_gradient_at="newton_point", **kw)
