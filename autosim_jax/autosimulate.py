@@ -352,7 +352,11 @@ def make_autosimulate(
 
     def hypergradient(psi, theta, scenes, inputs, labels) -> Hypergradient:
         """Algorithm 1, lines 4-7: g_val, Table 1's vector u, and dL~/dpsi = -S(u)."""
-        (val_loss, val_metric), g_val = inner.measure_and_grad(theta, x_val, y_val)
+        at_newton_point = config.val_gradient_at == "newton_point"
+        if at_newton_point:  # g_val is taken at the Newton point below; here theta_hat's metrics only
+            val_loss, val_metric = inner.measure(theta, x_val, y_val)
+        else:
+            (val_loss, val_metric), g_val = inner.measure_and_grad(theta, x_val, y_val)
         if config.approximation == "no_val":
             losses = inner.per_sample_loss(theta, inputs, labels)
             grad = reinforce_gradient(distribution.log_prob, psi, scenes, losses, baseline=config.baseline)
@@ -361,13 +365,14 @@ def make_autosimulate(
         if partition is not None:  # g_val is already the trainable leaves' gradient
             point, frozen = partition.split(theta)
             predict, per_sample_loss = partition.restrict(predict, frozen), partition.restrict(per_sample_loss, frozen)
+
         def make_operator(at):
             return lambda: curvature_operator(config.curvature, predict, task.per_sample_loss, at,
                                               *constrain_batch((inputs[:curv_n], labels[:curv_n]), mesh))
 
         newton = None
-        if config.val_gradient_at == "newton_point":  # Eq. 13 where the Newton step lands (config.py)
-            g_tr = jax.grad(lambda t: jnp.mean(per_sample_loss(t, inputs, labels)))(point)
+        if at_newton_point:  # Eq. 13 where the Newton step lands (config.py; no partition there)
+            g_tr = jax.grad(inner.mean_loss)(point, inputs, labels)
             newton = solve_damped(make_operator(point)(), g_tr, config.damping, tol=config.cg_tol,
                                   maxiter=config.cg_maxiter)
             point = jax.tree.map(jnp.subtract, point, newton.x)
