@@ -114,7 +114,10 @@ class AutoSimConfig:
         the implicit-function-theorem derivative at ``theta_N``. For a model whose training
         loss is quadratic in ``theta`` (and ``lambda -> 0``) ``theta_N`` is the optimum for
         ``q_psi``, so the step is the true hypergradient whatever ``theta_hat`` is, e.g. for a
-        fresh ``theta`` per step (``theta_reset_every=1``).
+        fresh ``theta`` per step (``theta_reset_every=1``). Measured (``docs/defaults.md``,
+        ``docs/learning.md``, session 8): it brings the toy's fresh-theta exact row to the
+        optimum, but on digits-sim2real at cpu size, where its first solve stops at half its
+        residual, it closed less of the gap than ``"theta"`` (G -0.01 against +0.77, 3 seeds).
       trainable: freezing layers (Table 5): a regular expression searched (``re.search``) in
         each parameter's path (``jax.tree_util.keystr`` of ``theta``'s leaves, e.g.
         ``"['up2']['conv']['kernel'].value"``); only the matching parameters are fine-tuned,
