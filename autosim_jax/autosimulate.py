@@ -251,7 +251,7 @@ def make_autosimulate(
       An :class:`AutoSimulate`.
 
     Raises:
-      ValueError: before anything is compiled, for unknown or invalid options (``trainable``
+      ValueError: before anything is compiled, for unknown or invalid options (``trainable`` or ``psi_trainable``
         not a valid regular expression or matching no parameter path, ``devices``
         more than JAX sees, or not dividing ``dataset_size``, ``batch_size`` or
         ``curvature_batch_size``), a model that
@@ -323,6 +323,9 @@ def make_autosimulate(
     # Freezing layers (Table 5): fine-tuning, g_val, the curvature and the score-function term act
     # on the trainable leaves only, closing over the frozen ones (autosim_jax/trainable.py).
     partition = None if config.trainable is None else make_partition(split_model(model)[1], config.trainable)
+    # The fields of q_psi to learn (AutoSimConfig.psi_trainable): a mask with psi's structure.
+    psi_mask = (None if config.psi_trainable is None else
+                make_partition(simulator.distribution.init(), config.psi_trainable, "psi_trainable").mask_tree())
     inner = make_inner(simulator, model, task, optimizer=inner_optimizer, dataset_size=config.dataset_size,
                        batch_size=config.batch_size, epochs=config.finetune_epochs,
                        val_batch_size=config.val_batch_size, schedule=config.finetune_schedule, mesh=mesh,
@@ -408,8 +411,12 @@ def make_autosimulate(
         grad = hg.grad_psi
         if config.entropy_weight:
             grad = add_entropy_bonus(psi, grad, config.entropy_weight)
+        if psi_mask is not None:  # frozen fields get no gradient (Adam's moments stay zero) and never move
+            grad = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grad, psi_mask)
         updates, new_opt_state = outer_optimizer.update(grad, outer_opt_state, psi)
         new_psi = optax.apply_updates(psi, updates)
+        if psi_mask is not None:
+            new_psi = jax.tree.map(lambda new, old, m: new if m else old, new_psi, psi, psi_mask)
         # Only a finite step along a usable vector moves psi: a diverged fine-tuning, a
         # non-finite validation loss, a vector no better than zero (q(u) >= 0: an indefinite or
         # diverged solve) or a non-finite update keeps psi and the optimiser state.

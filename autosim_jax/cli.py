@@ -54,6 +54,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import sys
 import textwrap
 import time
@@ -143,6 +144,7 @@ class RunArgs:
     iterations: int | None = None  # None: the experiment's (or, on --resume, the stored value)
     dataset_size: int | None = None
     finetune_epochs: int | None = None
+    psi_trainable: str | None = None  # a regex over psi's leaf paths: the fields to learn (None: all)
     budget_images: int | None = None
     seed: int = 0
     renderer: str | None = None
@@ -193,6 +195,12 @@ def plan_run(experiment, args: RunArgs) -> _Plan:
                          f"needs two renders per step), got {args.dataset_size}.")
     if args.assess_images is not None and args.assess_images < 0:
         raise UsageError(f"--assess-images must be >= 0 (0 skips the assessment), got {args.assess_images}.")
+    if args.psi_trainable is not None:
+        try:
+            re.compile(args.psi_trainable)
+        except re.error as err:
+            raise UsageError(f"--psi-trainable {args.psi_trainable!r} is not a valid regular expression ({err}); it "
+                             "is searched in each psi path such as ['position'].loc.") from None
     if isinstance(args.select_every, bool) or not isinstance(args.select_every, int) or args.select_every < 0:
         raise UsageError(f"--select-every must be an integer >= 0 (0: off), got {args.select_every!r}.")
     check_progress_flags(args.log_every, args.log_seconds)
@@ -214,6 +222,8 @@ def _known_options(args: RunArgs, plan: _Plan) -> dict:
         options["dataset_size"] = args.dataset_size
     if args.finetune_epochs is not None:
         options["finetune_epochs"] = args.finetune_epochs
+    if args.psi_trainable is not None:
+        options["psi_trainable"] = args.psi_trainable
     return {"command": "run", "experiment": plan.spec, "renderer": plan.renderer, "approximation": plan.approximation,
             "seed": args.seed, "size": plan.size, "options": options}
 
@@ -289,6 +299,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         changes["dataset_size"] = args.dataset_size
     if args.finetune_epochs is not None:
         changes["finetune_epochs"] = args.finetune_epochs
+    if args.psi_trainable is not None:
+        changes["psi_trainable"] = args.psi_trainable
     k, b = changes.get("dataset_size", setup.config.dataset_size), setup.config.batch_size
     if k % b:
         changes["batch_size"] = math.gcd(k, b)
@@ -766,6 +778,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "batch size does not divide K, the batch size becomes gcd(K, batch size), with a note")
     run.add_argument("--finetune-epochs", type=int, default=None,
                      help="fine-tuning epochs per step (default: the experiment's)")
+    run.add_argument("--psi-trainable", default=None, metavar="REGEX",
+                     help="learn only the fields of psi whose path matches REGEX (re.search in paths such as "
+                          "['position'].loc, ['key_light'].log_scale; e.g. 'position|key_light'); the others keep the "
+                          "start's values (default: every field)")
     run.add_argument("--budget-images", type=int, default=None, metavar="N",
                      help="stop once N images have been rendered, or at --iterations, whichever comes first "
                           "(default: no budget)")
@@ -828,7 +844,8 @@ def _main(argv: Sequence[str] | None) -> int:
         experiment = resolve_experiment(args.experiment)
         run_args = RunArgs(
             approximation=args.approximation, iterations=args.iterations, dataset_size=args.dataset_size,
-            finetune_epochs=args.finetune_epochs, budget_images=args.budget_images, seed=args.seed,
+            finetune_epochs=args.finetune_epochs, psi_trainable=args.psi_trainable, budget_images=args.budget_images,
+            seed=args.seed,
             renderer=args.renderer, out=args.out, resume=args.resume, experiment_spec=args.experiment,
             assess_images=args.assess_images, size=args.size, log_every=args.log_every,
             log_seconds=args.log_seconds, render_workers=args.render_workers, render_backend=args.render_backend,

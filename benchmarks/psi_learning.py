@@ -56,6 +56,17 @@ VARIANTS = {
                      "Eq. 13 at the Newton point of the fresh theta (one more CG solve per step)"),
     "k1024": ({"dataset_size": 1024, "batch_size": 128},
               "4x the renders per step, the same number of fine-tuning steps: is the signal too weak?"),
+    "pos_only": ({"start_from_reference_but": "position", "psi_trainable": r"\['position'\]"},
+                 "the reference with the start's positions, positions learned alone: can the position signal do it?"),
+    "pos_only_linear": ({"start_from_reference_but": "position", "psi_trainable": r"\['position'\]",
+                         "approximation": "linear"}, "the same with Table 1's linear row"),
+    "pos_only_k1024": ({"start_from_reference_but": "position", "psi_trainable": r"\['position'\]",
+                        "dataset_size": 1024, "batch_size": 128}, "positions alone with 4x the renders per step"),
+    "beta2_0.99": ({"outer_beta2": 0.99}, "Adam on psi with a 100-step memory of the squared hypergradient: "
+                   "do the early steps' large hypergradients stall the later ones?"),
+    "staged50": ({"stages": [[50, r"^\['(?!position')"], [None, None]]},
+                 "every field but the positions for 50 steps, then all of them: do the positions move once the "
+                 "rest is right (as they do alone, variant pos_only)?"),
     "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),
     "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
     "warm": ({"theta_reset_every": 0}, "the model warm-started across all steps (the experiments' setting before 2026-12-01)"),
@@ -141,30 +152,44 @@ def _measure(spec: dict, setup, t0: float) -> dict:
         return out
     overrides = dict(VARIANTS[spec["variant"]][0])
     explore, bins = overrides.pop("explore", None), overrides.pop("bins", {})
+    but = overrides.pop("start_from_reference_but", None)
     new_family = bool(explore or bins)
-    if new_family:  # the same start, in another family: a learned broad share, or histograms
+    new_start = new_family or but is not None
+    if but is not None:  # the reference psi with one field back at the start's: a study of that field alone
+        dist = setup.simulator.distribution
+        start = {**setup.reference_psi, but: dist.init()[but]}
+        setup = setup._replace(simulator=asj.Simulator(dist._replace(init=lambda: start), setup.simulator.renderer,
+                                                       pool=setup.simulator.pool))
+    elif new_family:  # the same start, in another family: a learned broad share, or histograms
         start = dict(getattr(asj.experiments, STARTS[spec["experiment"]]))
         start.update({f: {**start[f], "bins": b} for f, b in bins.items()})
         dist = asj.from_schema(setup.simulator.renderer.schema, start, explore=explore)
         setup = setup._replace(simulator=asj.Simulator(dist, setup.simulator.renderer, pool=setup.simulator.pool))
         assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                 repeats=spec.get("repeats", 1))
-    autosim = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
-                                    **overrides)
-    state = autosim.init(spec["seed"])
+    # stages: [[steps, psi_trainable], ...], the last one's steps None (to the end); one AutoSimulate
+    # per stage, the state carried over (psi_trainable changes only which leaves the outer step moves).
+    stages = overrides.pop("stages", [[None, overrides.pop("psi_trainable", None)]])
+    autosims = [asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
+                                      **overrides, psi_trainable=learned) for _, learned in stages]
+    ends = np.cumsum([n or spec["steps"] for n, _ in stages])
+    state = autosims[0].init(spec["seed"])
     psis, infos = [], []
-    for _ in range(spec["steps"]):
-        state, info = autosim.step(state)
+    for t in range(spec["steps"]):
+        state, info = autosims[int(np.searchsorted(ends, t, side="right"))].step(state)
         psis.append(_tree_np(state.psi))
         infos.append(info._asdict())
     half = psis[len(psis) // 2:]
     averaged = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *half)
-    out["assessed"] = {str(t): assess(psis[t - 1], spec["seed"]) for t in spec["assess_steps"]}
-    if new_family:  # the start in the new family, before any learning
-        out["assessed"]["0"] = assess(setup.simulator.distribution.init(), spec["seed"])
-    out["assessed"]["average_second_half"] = assess(averaged, spec["seed"])
     out["infos"] = infos
     out["psi"] = [_flat(p) for p in psis]
+    if not spec["assess_steps"]:  # --no-assess: the trajectory alone
+        out["seconds"] = time.perf_counter() - t0
+        return out
+    out["assessed"] = {str(t): assess(psis[t - 1], spec["seed"]) for t in spec["assess_steps"]}
+    if new_start:  # the start in the new family, or the reference but one field, before any learning
+        out["assessed"]["0"] = assess(setup.simulator.distribution.init(), spec["seed"])
+    out["assessed"]["average_second_half"] = assess(averaged, spec["seed"])
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -179,19 +204,21 @@ def summarise(results: list[dict], metric_key: str) -> dict:
     *validation* metric (what a periodic fresh-model check on the validation set returns)."""
     base = {r["seed"]: r for r in results if r["variant"] == "_baseline"}
     table: dict[str, dict] = {}
-    for r in results:
+    seeds: dict[str, list] = {}
+    for r in sorted(results, key=lambda r: r["seed"]):  # per_seed in seed order, not the order jobs finished
         if r["variant"].startswith("_"):
             continue
         b = base.get(r["seed"])
-        if b is None:  # its seed's baseline did not finish (--deadline): no G to give
+        if b is None or "assessed" not in r:  # no baseline (--deadline, --no-assess) or no assessment: no G
             continue
         row = table.setdefault(r["variant"], {})
+        seeds.setdefault(r["variant"], []).append(r["seed"])
         points = {k: v for k, v in r["assessed"].items() if k.isdigit() and k != "0"}  # 0: before learning
         best = max(points, key=lambda k: points[k]["val_metric"])
         for point, m in [*r["assessed"].items(), ("selected_by_val", points[best])]:
             row.setdefault(point, []).append(_gap(b["start"][metric_key], m[metric_key], b["reference"][metric_key]))
-    return {v: {p: {"mean": float(np.mean(g)), "std": float(np.std(g)), "per_seed": g} for p, g in row.items()}
-            for v, row in table.items()}
+    return {v: {p: {"mean": float(np.mean(g)), "std": float(np.std(g)), "per_seed": g, "seeds": seeds[v]}
+                for p, g in row.items()} for v, row in table.items()}
 
 
 def field_importance(results: list[dict], metric_key: str) -> dict:
@@ -199,7 +226,7 @@ def field_importance(results: list[dict], metric_key: str) -> dict:
     with that field set back to the start's (mean and per seed)."""
     base = {r["seed"]: r for r in results if r["variant"] == "_baseline"}
     out: dict[str, dict] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: r["seed"]):
         b = base.get(r["seed"])
         if r["variant"] != "_field" or b is None:
             continue
@@ -222,6 +249,20 @@ def cg_stats(results: list[dict]) -> dict:
         s["residual"].append(float(np.median([i["cg_relative_residual"] for i in infos])))
         s["step_s"].append(float(np.median([i["time_render"] + i["time_train"] + i["time_outer"] for i in infos[1:]])))
     return {v: {k: float(np.mean(x)) for k, x in s.items()} for v, s in out.items()}
+
+
+def movement(results: list[dict]) -> dict:
+    """Per variant and psi leaf: the mean absolute change per step in each quarter of the run
+    (mean over coordinates and seeds). A field whose steps shrink late is stalling."""
+    out: dict[str, dict] = {}
+    for r in results:
+        if r["variant"].startswith("_") or "psi" not in r:
+            continue
+        for leaf in r["psi"][0]:
+            steps = np.abs(np.diff(np.array([p[leaf] for p in r["psi"]]), axis=0)).mean(axis=1)
+            quarters = [float(q.mean()) for q in np.array_split(steps, 4)]
+            out.setdefault(r["variant"], {}).setdefault(leaf, []).append(quarters)
+    return {v: {leaf: np.mean(q, axis=0).tolist() for leaf, q in row.items()} for v, row in out.items()}
 
 
 def plot(summary: dict, steps: list[int], path: str, title: str) -> None:
@@ -255,6 +296,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--fields", default="", help="comma list of fields for the importance check ('all': every "
                    "field of the reference psi); empty: none")
+    p.add_argument("--no-assess", action="store_true",
+                   help="no fresh models (and no start/reference baselines): the psi trajectories and step "
+                        "information only, e.g. to see how fast a field moves")
     p.add_argument("--repeats", type=int, default=1, help="fresh models per assessment (their mean is used)")
     p.add_argument("--assess-images", type=int, default=None, help="images per fresh model (default: the experiment's)")
     p.add_argument("--assess-epochs", type=int, default=None, help="epochs per fresh model (default: the experiment's)")
@@ -272,12 +316,12 @@ def main(argv=None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; valid: {list(VARIANTS)}")
-    steps = ([int(s) for s in args.assess_steps.split(",")] if args.assess_steps
+    steps = ([] if args.no_assess else [int(s) for s in args.assess_steps.split(",")] if args.assess_steps
              else sorted({max(1, args.steps // 3), max(1, 2 * args.steps // 3), args.steps}))
     common = dict(experiment=args.experiment, size=args.size, steps=args.steps, assess_steps=steps, repeats=args.repeats,
                   assess_images=args.assess_images, assess_epochs=args.assess_epochs,
                   gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
-    specs = [dict(common, variant="_baseline", seed=s) for s in seeds]
+    specs = [] if args.no_assess else [dict(common, variant="_baseline", seed=s) for s in seeds]
     specs += [dict(common, variant=v, seed=s) for v in variants for s in seeds]
     if args.fields:
         fields = args.fields.split(",")
@@ -338,7 +382,8 @@ def main(argv=None) -> int:
         "seeds": seeds, "repeats": args.repeats,
         "assess_images": args.assess_images, "assess_epochs": args.assess_epochs, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
         "gap_closed": summary, "solve_and_time": cg_stats(results),
-        "field_importance": {k: field_importance(results, k) for k in ("test_metric", "val_metric")}, "wall_seconds": time.perf_counter() - t0,
+        "field_importance": {k: field_importance(results, k) for k in ("test_metric", "val_metric")},
+        "step_per_quarter": movement(results), "wall_seconds": time.perf_counter() - t0,
         "failed": failed, "runs": sorted(results, key=lambda r: (r["variant"], r["seed"])),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -438,6 +438,8 @@ def test_bad_requests_fail_before_the_experiment_is_built(one_step_run, tmp_path
     for argv, needle in [
         (["--out", str(tmp_path / "file")], "is a file"),
         (["--out", str(out), "--resume", "--finetune-epochs", "3"], "options.finetune_epochs"),
+        (["--out", str(out), "--resume", "--psi-trainable", "loc"], "options.psi_trainable"),
+        (["--out", str(tmp_path / "n"), "--psi-trainable", "loc("], "--psi-trainable 'loc(' is not a valid regular"),
         (["--out", str(out), "--resume", "--approximation", "linear"], "approximation"),
         (["--out", str(out), "--resume", "--size", "gpu"], "size"),  # the toy's build takes no size
         (["--out", str(tmp_path / "n"), "--dataset-size", "1"], "--dataset-size must be >= 2"),
@@ -448,6 +450,18 @@ def test_bad_requests_fail_before_the_experiment_is_built(one_step_run, tmp_path
         assert time.perf_counter() - t0 < 1.0, argv
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err, (argv, err)
+
+
+def test_psi_trainable_keeps_the_other_fields(toy_path, tmp_path):
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--iterations", "2", "--assess-images", "0", "--psi-trainable", "loc",
+                 "--out", str(out)]) == 0
+    start, state = _toy_like(), load_checkpoint(out / "checkpoint.npz", _toy_like())
+    assert json.loads((out / "config.json").read_text())["options"]["psi_trainable"] == "loc"
+    np.testing.assert_array_equal(state.psi["x"].log_scale, start.psi["x"].log_scale)
+    assert float(state.psi["x"].loc) != float(start.psi["x"].loc)
+    assert main(["run", TOY, "--iterations", "1", "--assess-images", "0", "--psi-trainable", "nothing",
+                 "--out", str(tmp_path / "bad")]) == 2  # matches no path: refused before any step
 
 
 def test_a_module_in_the_current_directory_is_found(toy_path, tmp_path, monkeypatch):

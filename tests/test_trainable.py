@@ -114,7 +114,7 @@ def test_restricted_curvature_is_the_trainable_block(x64, kind):
 
 @pytest.mark.parametrize("pattern, match", [
     ("dense(", "not a valid regular expression"),
-    ("conv", "matches none of the model's 4 parameters"),
+    ("conv", "matches none of theta's 4 paths"),
 ])
 def test_bad_filters_raise_before_compiling(pattern, match):
     with pytest.raises(ValueError, match=match) as err:
@@ -129,3 +129,30 @@ def test_config_records_the_filter():
     assert AutoSimConfig.from_dict(old).trainable is None
     with pytest.raises(ValueError, match="AutoSimConfig.trainable"):
         AutoSimConfig(trainable=3)
+
+
+def test_psi_trainable_learns_the_matching_fields_only():
+    """One step from the same state: the learned leaf moves exactly as in a run that learns
+    every field (Adam's update of a leaf depends on that leaf's gradient alone), the other
+    leaf keeps its start value bit for bit, on every step."""
+    full, part = _toy(), _toy(psi_trainable=r"\.loc")
+    state0 = part.init(0)
+    (full1, _), (part1, info) = _run(full, steps=1), _run(part, steps=1)
+    assert info.psi_updated
+    assert float(part1.psi["x"].loc) != float(state0.psi["x"].loc)
+    np.testing.assert_allclose(part1.psi["x"].loc, full1.psi["x"].loc, rtol=1e-6)
+    assert float(full1.psi["x"].log_scale) != float(state0.psi["x"].log_scale)
+    part3, _ = _run(part, steps=3)
+    np.testing.assert_array_equal(part3.psi["x"].log_scale, state0.psi["x"].log_scale)
+
+
+@pytest.mark.parametrize("pattern, match", [
+    ("loc(", "not a valid regular expression"),
+    ("position", "matches none of psi's 2 paths"),
+])
+def test_bad_psi_filters_raise_before_compiling(pattern, match):
+    with pytest.raises(ValueError, match=match) as err:
+        _toy(psi_trainable=pattern)
+    assert "AutoSimConfig.psi_trainable" in str(err.value) and "['x'].loc" in str(err.value)
+    with pytest.raises(ValueError, match="AutoSimConfig.psi_trainable must be None"):
+        AutoSimConfig(psi_trainable=3)
