@@ -1,0 +1,188 @@
+"""Which renders does one AutoSimulate step favour? (issue 13, clevr-seg)
+
+The step raises ``q_psi`` where the per-sample weight of Eq. 13,
+
+    c_k = u . d l(r(s_k), theta_hat) / d theta,     u = (H + lambda I)^-1 g_val (Table 1's vector),
+
+is large: ``-c_k`` is render ``k``'s first-order share of the validation-loss change of the
+Newton step on the step's renders. On clevr-seg the learned count of objects overshoots (0.97
+of the mass on four objects where the target spreads it over two to four) and the first
+object moves towards the camera early in a run (``docs/learning.md``, sessions 8 and 9). One
+reading: with a fresh, barely trained theta per step (it predicts background everywhere), any
+render with more foreground pixels teaches more, whatever its positions. If so, ``c_k``
+correlates with the render's foreground fraction, and position signal is what is left over.
+
+This measures exactly a ``theta_reset_every=1`` step at the experiment's start psi: each
+estimate renders K scenes, fine-tunes a fresh theta on them for E epochs, computes ``u`` as the
+step does, and the K weights ``c_k`` (:func:`autosim_jax.estimators.directional_derivatives`).
+Per estimate it reports the Pearson correlation of ``c_k`` with each render's foreground
+fraction, its object count, and its objects' mean floor distance to the camera (the same with
+the foreground fraction's linear effect removed: the partial correlation), then the mean and
+standard error of each over ``--estimates``.
+
+Usage:
+  python benchmarks/influence_features.py --size gpu --epochs 2,8 --estimates 8 --out benchmarks/results/influence_features_clevr-seg_gpu
+  python benchmarks/influence_features.py --size cpu --epochs 2 --estimates 2 --out /tmp/if   # smoke
+
+Writes ``OUT.json`` (device, versions, command, date, every estimate) and ``OUT.png`` (the
+weights against the foreground fraction, standardised per estimate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import autosim_jax as asj
+from autosim_jax.estimators import directional_derivatives
+from autosim_jax.renderers.clevr import CAMERA_ORIGIN
+from autosim_jax.render_pool import make_render_pool
+from autosim_jax.table1 import approximation_vector, curvature_operator
+
+FEATURES = ("foreground", "objects", "camera_distance")
+
+
+def features(scenes: dict, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per render: foreground pixel fraction, number of objects, and the present objects' mean
+    floor distance to the camera.
+
+    Example:
+      >>> scenes = {"num_objects": np.array([0, 1]), "position": np.zeros((2, 4, 2))}
+      >>> f = features(scenes, np.array([[[0, 1], [0, 0]], [[2, 2], [0, 3]]]))
+      >>> f["foreground"].tolist(), f["objects"].tolist()
+      ([0.25, 0.75], [1.0, 2.0])
+    """
+    n = np.asarray(scenes["num_objects"]) + 1  # index 0: one object (the first slots are drawn)
+    pos = np.asarray(scenes["position"])
+    dist = np.linalg.norm(pos - CAMERA_ORIGIN[:2], axis=-1)  # (K, slots)
+    present = np.arange(pos.shape[1])[None, :] < n[:, None]
+    return {"foreground": (np.asarray(labels) != 0).reshape(len(n), -1).mean(1),
+            "objects": n.astype(float),
+            "camera_distance": (dist * present).sum(1) / n}
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def partial_correlation(a: np.ndarray, b: np.ndarray, control: np.ndarray) -> float:
+    """Correlation of ``a`` and ``b`` after removing each one's least-squares line in ``control``."""
+    design = np.stack([np.ones_like(control), control], 1)
+    resid = lambda v: v - design @ np.linalg.lstsq(design, v, rcond=None)[0]  # noqa: E731
+    return correlation(resid(a), resid(b))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", default="2", help="fine-tuning epochs of the fresh theta (comma list)")
+    p.add_argument("--estimates", type=int, default=8)
+    p.add_argument("--approximations", default="exact_quadratic,linear")
+    p.add_argument("--render-workers", type=int, default=1)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    setup = asj.get_experiment("clevr-seg").build(renderer="clevr", seed=args.seed, size=args.size)
+    pool = make_render_pool(setup.simulator.renderer, workers=args.render_workers) if args.render_workers > 1 else None
+    sim = setup.simulator.with_pool(pool) if pool is not None else setup.simulator
+    psi = sim.distribution.init()
+    rows = {}
+    for epochs in [int(e) for e in args.epochs.split(",")]:
+        cfg = setup.config.replace(finetune_epochs=epochs)
+        inner = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg).inner
+        simulate, finetune = jax.jit(inner.simulate), jax.jit(inner.finetune)
+        x_val, y_val = (jnp.asarray(a) for a in setup.val_data)
+        curv_n = cfg.curvature_batch_size or cfg.dataset_size
+
+        def weights(theta, x, y, approximation):
+            (_, metric), g_val = inner.measure_and_grad(theta, x_val, y_val)
+            op = lambda: curvature_operator(cfg.curvature, inner.predict, setup.task.per_sample_loss, theta,  # noqa: E731
+                                            x[:curv_n], y[:curv_n])
+            u, report = approximation_vector(approximation, g_val, op, damping=cfg.damping, cg_tol=cfg.cg_tol,
+                                             cg_maxiter=cfg.cg_maxiter)
+            return directional_derivatives(inner.per_sample_loss, theta, u, x, y), metric, report.relative_residual
+
+        weights = jax.jit(weights, static_argnums=3)
+        for approximation in args.approximations.split(","):
+            estimates = []
+            for i in range(args.estimates):
+                scenes, x, y = simulate(jax.random.PRNGKey(20_000 + i), psi)
+                theta, _, _ = finetune(inner.theta0, inner.init_opt(inner.theta0), x, y, jax.random.PRNGKey(i))
+                c, metric, residual = jax.block_until_ready(weights(theta, x, y, approximation))
+                c, f = np.asarray(c, np.float64), features(jax.tree.map(np.asarray, scenes), np.asarray(y))
+                est = {"r": {k: correlation(c, v) for k, v in f.items()},
+                       "r_given_foreground": {k: partial_correlation(c, v, f["foreground"])
+                                              for k, v in f.items() if k != "foreground"},
+                       "val_metric_of_theta": float(metric), "relative_residual": float(residual),
+                       "weights": c.tolist(), **{k: v.tolist() for k, v in f.items()}}
+                estimates.append(est)
+                print(f"[{time.perf_counter() - t0:6.0f}s] E={epochs} {approximation} #{i}: r(c, foreground) "
+                      f"{est['r']['foreground']:+.2f}, r(c, objects) {est['r']['objects']:+.2f}, r(c, camera distance)"
+                      f" {est['r']['camera_distance']:+.2f} (given foreground "
+                      f"{est['r_given_foreground']['camera_distance']:+.2f})", flush=True)
+            rows[f"e{epochs}/{approximation}"] = {"epochs": epochs, "approximation": approximation,
+                                                  "summary": summarise(estimates), "estimates": estimates}
+            write(args, setup, rows, t0)  # after every row: a run cut short keeps what it measured
+    if pool is not None:
+        pool.close()
+    result = write(args, setup, rows, t0)
+    plot(result, args.out + ".png")
+    for key, row in rows.items():
+        print(key, json.dumps(row["summary"]))
+    return 0
+
+
+def summarise(estimates: list[dict]) -> dict:
+    """Mean, standard error and t of each correlation over the estimates."""
+    out = {}
+    for group in ("r", "r_given_foreground"):
+        for k in estimates[0][group]:
+            v = np.array([e[group][k] for e in estimates])
+            se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+            out[f"{group}/{k}"] = {"mean": float(v.mean()), "stderr": se,
+                                   "t": float(v.mean() / se) if se > 0 else float("nan")}
+    return out
+
+
+def write(args, setup, rows: dict, t0: float) -> dict:
+    result = {"benchmark": "influence_features", "date": datetime.date.today().isoformat(),
+              "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
+              "jax_version": jax.__version__, "precision": str(jnp.zeros(()).dtype), "size": args.size,
+              "seed": args.seed, "estimates": args.estimates, "config": setup.config.to_dict(), "rows": rows,
+              "seconds": time.perf_counter() - t0}
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def plot(result: dict, path: str) -> None:
+    from matplotlib.figure import Figure
+
+    rows = list(result["rows"].items())
+    fig = Figure(figsize=(4 * len(rows), 3.6))
+    for j, (key, row) in enumerate(rows):
+        ax = fig.add_subplot(1, len(rows), j + 1)
+        for est in row["estimates"]:
+            c, fg = np.asarray(est["weights"]), np.asarray(est["foreground"])
+            ax.scatter(fg, (c - c.mean()) / (c.std() or 1.0), s=4, alpha=0.4)
+        r = row["summary"]["r/foreground"]
+        ax.set_title(f"{key}: r = {r['mean']:+.2f} +- {r['stderr']:.2f}", fontsize=9)
+        ax.set_xlabel("foreground fraction of the render")
+        ax.set_ylabel("weight c_k (standardised per estimate)" if j == 0 else "")
+    fig.suptitle(f"clevr-seg {result['size']}: which renders does one step favour?", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
