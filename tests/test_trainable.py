@@ -112,14 +112,18 @@ def test_restricted_curvature_is_the_trainable_block(x64, kind):
     np.testing.assert_allclose(column(jnp.eye(t_flat.size, dtype=jnp.float64)), _dense_block(full, mask_flat), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("pattern, match", [
-    ("dense(", "not a valid regular expression"),
-    ("conv", "matches none of theta's 4 paths"),
+@pytest.mark.parametrize("option, pattern, match, a_path", [
+    ("trainable", "dense(", "not a valid regular expression", "['dense1']['bias']"),
+    ("trainable", "conv", "matches none of theta's 4 paths", "['dense1']['bias']"),
+    ("psi_trainable", "loc(", "not a valid regular expression", "['x'].loc"),
+    ("psi_trainable", "position", "matches none of psi's 2 paths", "['x'].loc"),
 ])
-def test_bad_filters_raise_before_compiling(pattern, match):
+def test_bad_filters_raise_before_compiling(option, pattern, match, a_path):
     with pytest.raises(ValueError, match=match) as err:
-        _toy(trainable=pattern)
-    assert "AutoSimConfig.trainable" in str(err.value) and "['dense1']['bias']" in str(err.value)
+        _toy(**{option: pattern})
+    assert f"AutoSimConfig.{option}" in str(err.value) and a_path in str(err.value)
+    with pytest.raises(ValueError, match=f"AutoSimConfig.{option} must be None"):
+        AutoSimConfig(**{option: 3})
 
 
 def test_config_records_the_filter():
@@ -144,15 +148,3 @@ def test_psi_trainable_learns_the_matching_fields_only():
     assert float(full1.psi["x"].log_scale) != float(state0.psi["x"].log_scale)
     part3, _ = _run(part, steps=3)
     np.testing.assert_array_equal(part3.psi["x"].log_scale, state0.psi["x"].log_scale)
-
-
-@pytest.mark.parametrize("pattern, match", [
-    ("loc(", "not a valid regular expression"),
-    ("position", "matches none of psi's 2 paths"),
-])
-def test_bad_psi_filters_raise_before_compiling(pattern, match):
-    with pytest.raises(ValueError, match=match) as err:
-        _toy(psi_trainable=pattern)
-    assert "AutoSimConfig.psi_trainable" in str(err.value) and "['x'].loc" in str(err.value)
-    with pytest.raises(ValueError, match="AutoSimConfig.psi_trainable must be None"):
-        AutoSimConfig(psi_trainable=3)
