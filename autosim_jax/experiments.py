@@ -392,6 +392,9 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
 
     Returns:
       ``assess(psi, seed)`` -> ``{"val_metric": ..., "test_metric": ...}`` of the trained
+      model(s). ``psi`` may also be a list of psi, e.g. a run's trajectory: the images are then
+      the equal mixture over them (:meth:`~autosim_jax.Simulator.simulate_mixture`), what the
+      run rendered, the "replay" product of a run; the metrics are those of the trained
       model(s), plus ``"test_metric_std"`` / ``"val_metric_std"`` over the repeats when
       ``repeats > 1``. Repeat ``r`` renders with ``PRNGKey(seed + 2 r)`` and orders the
       minibatches with ``PRNGKey(seed + 2 r + 1)``; the model's initialisation is the model's own.
@@ -427,8 +430,12 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
                        dataset_size=num_images, batch_size=cfg.batch_size, epochs=epochs,
                        val_batch_size=cfg.val_batch_size)
 
+    simulate_mixture = jax.jit(setup.simulator.simulate_mixture, static_argnums=2)
+
     def one(psi, seed: int) -> tuple[float, float]:
-        _, inputs, labels = inner.simulate(jax.random.PRNGKey(seed), psi)
+        key = jax.random.PRNGKey(seed)
+        _, inputs, labels = (simulate_mixture(key, psi, num_images) if isinstance(psi, (list, tuple))
+                             else inner.simulate(key, psi))
         theta, _, _ = inner.finetune(inner.theta0, inner.init_opt(inner.theta0), inputs, labels,
                                      jax.random.PRNGKey(seed + 1))
         return float(inner.measure(theta, *setup.val_data)[1]), float(inner.measure(theta, *setup.test_data)[1])

@@ -72,7 +72,7 @@ import functools
 import itertools
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -636,3 +636,39 @@ class Simulator:
         seed = jax.random.bits(render_key, (), jnp.uint32)
         inputs, labels = self.render(scenes, seed)
         return Simulation(scenes, inputs, labels)
+
+    def simulate_mixture(self, key: jax.Array, psis: Sequence[Any], n: int) -> Simulation:
+        """``n`` scenes from the equal mixture of ``q_psi`` over ``psis``, rendered.
+
+        Part ``i`` is :meth:`simulate` of ``psis[i]`` with the ``i``-th key of
+        ``jax.random.split(key, len(psis))``, for rows ``[n i / T, n (i + 1) / T)`` (rounded
+        down; ``T = len(psis)``), so the parts' sizes differ by at most one. This is the data a
+        run's psi trajectory rendered, one psi per step: a model trained on it is the "replay"
+        product of a run, beside a model trained on the final psi (issue 13).
+
+        Raises:
+          ValueError: for no psi, or more psis than scenes (a part would be empty).
+
+        Example:
+          >>> import jax, numpy as np
+          >>> from autosim_jax import Field, OutputSpec, SceneSchema, from_schema
+          >>> class Light:
+          ...     name, schema = "light", SceneSchema((Field.continuous("light", 0.0, 2.0),))
+          ...     inputs_spec, labels_spec = OutputSpec((4,), np.float32), OutputSpec((), np.int32, num_classes=2)
+          ...     def render(self, scenes, seed):
+          ...         light = scenes["light"]
+          ...         return np.repeat(light[:, None], 4, 1).astype(np.float32), (light > 1).astype(np.int32)
+          >>> sim = Simulator(from_schema(Light.schema), Light())
+          >>> dark, bright = sim.distribution.init(), sim.distribution.init()
+          >>> mix = jax.jit(sim.simulate_mixture, static_argnums=2)(jax.random.key(0), [dark, bright], 5)
+          >>> mix.inputs.shape  # rows 0-1 from the first psi, rows 2-4 from the second
+          (5, 4)
+        """
+        psis = list(psis)
+        if not psis or len(psis) > n:
+            raise ValueError(f"simulate_mixture: needs 1 to n={n} psis (one part of the {n} scenes each), "
+                             f"got {len(psis)}.")
+        bounds = [n * i // len(psis) for i in range(len(psis) + 1)]
+        keys = jax.random.split(key, len(psis))
+        parts = [self.simulate(k, psi, b - a) for k, psi, a, b in zip(keys, psis, bounds, bounds[1:])]
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)

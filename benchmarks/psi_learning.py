@@ -4,8 +4,9 @@ For each variant (a set of AutoSimConfig overrides) and seed, one AutoSimulate r
 ``--steps`` outer steps records psi after every step; fresh models (the experiment's
 assessment budget: the same model, initialisation, images and epochs for every psi) are then
 trained on the psi held after each of ``--assess-steps`` and on the average of the psi
-iterates over the second half of the run, and on the start and reference psi of the same
-seed. The measure is the gap closed,
+iterates over the second half of the run (with ``--assess-trajectory`` also on the mixture
+of every step's psi, the data the run rendered), and on the start and reference psi of the
+same seed. The measure is the gap closed,
 
     G = (m(learned) - m(start)) / (m(reference) - m(start))
 
@@ -193,6 +194,8 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     if new_start:  # the start in the new family, or the reference but one field, before any learning
         out["assessed"]["0"] = assess(setup.simulator.distribution.init(), spec["seed"])
     out["assessed"]["average_second_half"] = assess(averaged, spec["seed"])
+    if spec.get("assess_trajectory"):  # the "replay" product: the mixture of every step's psi
+        out["assessed"]["trajectory"] = assess(psis, spec["seed"])
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -280,9 +283,12 @@ def plot(summary: dict, steps: list[int], path: str, title: str) -> None:
         ax.fill_between(steps, np.subtract(mean, std), np.add(mean, std), color=line.get_color(), alpha=0.15)
         avg = row["average_second_half"]
         ax.errorbar([steps[-1] + 2], [avg["mean"]], [avg["std"]], color=line.get_color(), marker="s", capsize=3)
+        if "trajectory" in row:
+            mix = row["trajectory"]
+            ax.errorbar([steps[-1] + 4], [mix["mean"]], [mix["std"]], color=line.get_color(), marker="^", capsize=3)
     ax.axhline(0, color="k", lw=0.8)
     ax.axhline(1, color="k", lw=0.8, ls="--")
-    ax.set_xlabel("outer steps (square: average of psi over the second half)")
+    ax.set_xlabel("outer steps (square: psi averaged over the second half; triangle: the run's mixture)")
     ax.set_ylabel("gap closed G (fresh models, test metric)")
     ax.set_title(title)
     ax.legend(fontsize=8)
@@ -302,6 +308,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-assess", action="store_true",
                    help="no fresh models (and no start/reference baselines): the psi trajectories and step "
                         "information only, e.g. to see how fast a field moves")
+    p.add_argument("--assess-trajectory", action="store_true",
+                   help="also assess the run's replay product: fresh models on the equal mixture of every "
+                        "step's psi (what the run rendered), beside those on the final psi")
     p.add_argument("--repeats", type=int, default=1, help="fresh models per assessment (their mean is used)")
     p.add_argument("--baseline-repeats", type=int, default=None,
                    help="fresh models for the start and reference psi of each seed (default: --repeats); one "
@@ -325,7 +334,8 @@ def main(argv=None) -> int:
     steps = ([] if args.no_assess else [int(s) for s in args.assess_steps.split(",")] if args.assess_steps
              else sorted({max(1, args.steps // 3), max(1, 2 * args.steps // 3), args.steps}))
     common = dict(experiment=args.experiment, size=args.size, steps=args.steps, assess_steps=steps, repeats=args.repeats,
-                  baseline_repeats=args.baseline_repeats, assess_images=args.assess_images, assess_epochs=args.assess_epochs,
+                  baseline_repeats=args.baseline_repeats, assess_trajectory=args.assess_trajectory,
+                  assess_images=args.assess_images, assess_epochs=args.assess_epochs,
                   gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
     specs = [] if args.no_assess else [dict(common, variant="_baseline", seed=s) for s in seeds]
     specs += [dict(common, variant=v, seed=s) for v in variants for s in seeds]

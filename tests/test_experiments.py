@@ -72,3 +72,25 @@ def test_assessor_repeats_average_independent_fresh_models():
     assert both["test_metric_std"] == pytest.approx(abs(a["test_metric"] - b["test_metric"]) / 2, abs=1e-6)
     with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
         make_assessor(setup, repeats=0)
+
+
+def test_assessor_trains_on_the_mixture_of_a_list_of_psi(monkeypatch):
+    """A list of psi (a run's trajectory) is assessed on the equal mixture of its members,
+    rendered once per repeat with the assessment's whole budget."""
+    from autosim_jax.experiments import make_assessor
+    from autosim_jax.simulator import Simulator
+
+    setup = _build("digits-sim2real", "glyphs", 0)
+    start, reference = setup.simulator.distribution.init(), setup.reference_psi
+    calls, mixture = [], Simulator.simulate_mixture
+
+    def spy(self, key, psis, n):
+        calls.append((len(psis), n))
+        return mixture(self, key, psis, n)
+
+    monkeypatch.setattr(Simulator, "simulate_mixture", spy)
+    assess = make_assessor(setup, num_images=128, epochs=1)
+    got = assess([start, reference, reference], 0)
+    assert calls == [(3, 128)]  # traced once: the 3-member mixture of 128 images
+    assert got == assess([start, reference, reference], 0) and 0.0 <= got["test_metric"] <= 1.0
+    assert got != assess(start, 0)

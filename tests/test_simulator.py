@@ -93,6 +93,25 @@ def test_simulate_shapes_dtypes_and_determinism():
     assert not np.array_equal(out.inputs, other.inputs)
 
 
+def test_simulate_mixture_renders_each_psi_in_its_own_rows():
+    """7 scenes over 3 psi: rows 0-1, 2-3 and 4-6, each exactly simulate() of its psi with the
+    i-th split key; lights far apart tell the parts apart."""
+    sim = _sim()
+    psis = [sim.distribution.init() for _ in range(3)]
+    psis = [{**p, "light": p["light"]._replace(loc=p["light"].loc + shift)} for p, shift in zip(psis, (-4, 0, 4))]
+    key = jax.random.key(5)
+    mix = jax.jit(sim.simulate_mixture, static_argnums=2)(key, psis, 7)
+    assert mix.inputs.shape == (7, 3, 4)
+    for k, psi, (a, b) in zip(jax.random.split(key, 3), psis, [(0, 2), (2, 4), (4, 7)]):
+        part = _simulate(sim, k, psi, b - a)
+        jax.tree.map(lambda m, p, a=a, b=b: np.testing.assert_array_equal(m[a:b], p), mix, part)
+    light = np.asarray(mix.scenes["light"])
+    assert light[:2].max() < light[2:4].min() and light[2:4].max() < light[4:].min()
+    for bad in ([], psis * 3):
+        with pytest.raises(ValueError, match="simulate_mixture: needs 1 to n=7 psis"):
+            sim.simulate_mixture(key, bad, 7)
+
+
 def test_callback_equals_render_numpy_with_the_derived_seed():
     """The seed is jax.random.bits of the second half of the key split, passed to the host."""
     sim = _sim()
