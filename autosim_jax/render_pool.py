@@ -77,7 +77,7 @@ import time
 import traceback
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,6 +96,8 @@ BACKENDS = ("serial", "process", "ray")
 STARTUP_TIMEOUT_S = 300.0
 # How long close() waits for a worker to exit by itself before killing it.
 CLOSE_GRACE_S = 2.0
+# The longest a pool waits for its workers without returning to the interpreter (_wait_until).
+SIGNAL_CHECK_S = 0.5
 # Tasks submitted to one Ray actor at a time: the next chunk waits at the actor while the
 # driver collects the last one, hiding Ray's per-task round trip (~1 ms on one host). A process
 # worker is sent one chunk at a time: a second send could block on a full pipe while the
@@ -585,6 +587,22 @@ def _end_workers(workers: list[_Worker], grace: float) -> None:
     workers.clear()
 
 
+def _wait_until(wait: Callable[[float], list], deadline: float | None) -> list:
+    """``wait(timeout)`` in slices of at most ``SIGNAL_CHECK_S`` seconds until it returns
+    something ready, or ``[]`` once ``deadline`` (``time.monotonic()``; ``None``: never) passes.
+
+    Why slices: Ctrl-C is a process-directed SIGINT, which the kernel may deliver to any thread
+    that does not block it (a BLAS or JAX worker thread, say). Python then runs its handler, and
+    raises ``KeyboardInterrupt``, only when the main thread next executes bytecode, and a main
+    thread blocked in ``poll()`` on a hung renderer never would.
+    """
+    while True:
+        left = SIGNAL_CHECK_S if deadline is None else max(0.0, min(SIGNAL_CHECK_S, deadline - time.monotonic()))
+        ready = wait(left)
+        if ready or (deadline is not None and time.monotonic() >= deadline):
+            return ready
+
+
 class ProcessPool(RenderPool):
     """Local worker processes (``spawn``), each holding a renderer."""
 
@@ -643,10 +661,8 @@ class ProcessPool(RenderPool):
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         for w in self._workers:
             while not w.ready:
-                left = deadline - time.monotonic()
-                if left <= 0 or not multiprocessing.connection.wait(
-                    [w.conn, w.process.sentinel], left
-                ):
+                handles = [w.conn, w.process.sentinel]
+                if not _wait_until(lambda t, h=handles: multiprocessing.connection.wait(h, t), deadline):
                     raise RenderError(
                         f"A process render worker of renderer {self.name!r} did not start within "
                         f"{STARTUP_TIMEOUT_S:g} s.",
@@ -697,8 +713,7 @@ class ProcessPool(RenderPool):
                 self._await_ready()
                 continue
             handles = {h: w for w in busy for h in (w.conn, w.process.sentinel)}
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = multiprocessing.connection.wait(list(handles), left)
+            ready = _wait_until(lambda t, h=list(handles): multiprocessing.connection.wait(h, t), deadline)
             if not ready:  # past the deadline; busy workers of earlier calls are late too
                 for w in busy:
                     self._replace(w)
@@ -853,8 +868,7 @@ class RayPool(RenderPool):
         while not progress.finished():
             self._submit(scenes, progress, call)
             owner = {ref: a for a in self._actors for ref in a["queue"]}
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _ = ray.wait(list(owner), num_returns=1, timeout=left)
+            ready = _wait_until(lambda t, refs=list(owner): ray.wait(refs, num_returns=1, timeout=t)[0], deadline)
             if not ready:  # past the deadline; busy actors of earlier calls are late too
                 busy = [a for a in self._actors if a["queue"]]
                 running = [next(iter(a["queue"].values())) for a in busy]
