@@ -38,7 +38,8 @@ not done in time (the workers still rendering are killed and replaced). When sev
 fail, the error of the lowest one is raised, as a serial run would raise it. Checking the scenes
 and the outputs against the renderer's schema and specs is the simulator's job
 (:meth:`~autosim_jax.simulator.Simulator.render_numpy`); a pool returns what the renderer
-returned. Workers ignore SIGINT: on Ctrl-C the parent raises ``KeyboardInterrupt`` and its
+returned. Workers ignore SIGINT: on Ctrl-C the parent raises ``KeyboardInterrupt`` (within
+``SIGNAL_CHECK_S``, even while its workers hang) and its
 exit (``weakref.finalize``, run at interpreter exit) ends them; a worker also exits when its
 parent dies. ``close()`` ends them at once.
 
