@@ -301,6 +301,14 @@ def test_ctrl_c_in_the_parent_leaves_no_worker_behind(tmp_path, lands_on):
         from autosim_jax.render_pool import make_render_pool
 
         if __name__ == "__main__":
+            import signal
+            # A terminal's process takes Ctrl-C; a child of the test runner may inherit SIGINT
+            # ignored or blocked (a clean-clone CI run hung here in both variants), so say what
+            # came in and start from a terminal's state.
+            inherited = signal.getsignal(signal.SIGINT), sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+            print("inherited SIGINT handler and blocked signals:", *inherited, file=sys.stderr, flush=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGINT}})
             pool = make_render_pool(helpers.NoisyRenderer(), workers=2)
             {_ANOTHER_THREAD if lands_on == "another thread" else ""}
             print(*pool.worker_pids, flush=True)
@@ -319,8 +327,10 @@ def test_ctrl_c_in_the_parent_leaves_no_worker_behind(tmp_path, lands_on):
             _, stderr = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             alive = {p: _wait_channel(p) for p in (proc.pid, *pids) if _alive(p)}
+            os.killpg(proc.pid, signal.SIGKILL)
             raise AssertionError(f"30 s after SIGINT these processes (pid: kernel wait channel) were alive: "
-                                 f"{alive}; parent {proc.pid}, workers {pids}") from None
+                                 f"{alive}; parent {proc.pid}, workers {pids}; the parent's stderr: "
+                                 f"{proc.communicate()[1][-2000:]}") from None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
