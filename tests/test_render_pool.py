@@ -291,8 +291,8 @@ def test_ctrl_c_in_the_parent_leaves_no_worker_behind(tmp_path, lands_on):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a batch is
     rendering: the parent exits with KeyboardInterrupt and its workers are gone, also when the
     signal lands on a thread other than the main one, which waits for the hung workers (the
-    pool waits in slices of SIGNAL_CHECK_S so that Python runs the handler; a single blocking
-    poll() hung there: a clean-clone CI run saw it)."""
+    pool waits in slices of SIGNAL_CHECK_S so that Python runs the handler; with one blocking
+    poll() the parent hung there)."""
     script = tmp_path / "interrupted.py"
     script.write_text(textwrap.dedent(f"""
         import sys
