@@ -173,8 +173,10 @@ def _measure(spec: dict, setup, t0: float) -> dict:
                                 repeats=spec.get("repeats", 1))
     # stages: [[steps, psi_trainable], ...], the last one's steps None (to the end); one AutoSimulate
     # per stage, the state carried over (psi_trainable changes only which leaves the outer step moves).
-    learned = overrides.pop("psi_trainable", None)
-    stages = overrides.pop("stages", None) or [[None, learned]]
+    learned, stages = overrides.pop("psi_trainable", None), overrides.pop("stages", None)
+    if learned is not None and stages is not None:
+        raise ValueError(f"variant {spec['variant']!r}: give psi_trainable inside its stages, not beside them")
+    stages = stages or [[None, learned]]
     autosims = [asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
                                       **overrides, psi_trainable=learned) for _, learned in stages]
     ends = np.cumsum([n or spec["steps"] for n, _ in stages])
