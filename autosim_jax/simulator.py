@@ -659,10 +659,11 @@ class Simulator:
           ...         light = scenes["light"]
           ...         return np.repeat(light[:, None], 4, 1).astype(np.float32), (light > 1).astype(np.int32)
           >>> sim = Simulator(from_schema(Light.schema), Light())
-          >>> dark, bright = sim.distribution.init(), sim.distribution.init()
+          >>> psi = sim.distribution.init()
+          >>> dark, bright = ({"light": psi["light"]._replace(loc=psi["light"].loc + s)} for s in (-3.0, 3.0))
           >>> mix = jax.jit(sim.simulate_mixture, static_argnums=2)(jax.random.key(0), [dark, bright], 5)
-          >>> mix.inputs.shape  # rows 0-1 from the first psi, rows 2-4 from the second
-          (5, 4)
+          >>> mix.labels.tolist()  # rows 0-1 from the dark psi, rows 2-4 from the bright one
+          [0, 0, 1, 1, 1]
         """
         psis = list(psis)
         if not psis or len(psis) > n:
