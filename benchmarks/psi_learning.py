@@ -68,6 +68,8 @@ VARIANTS = {
     "staged50": ({"stages": [[50, r"^\['(?!position')"], [None, None]]},
                  "every field but the positions for 50 steps, then all of them: do the positions move once the "
                  "rest is right (as they do alone, variant pos_only)?"),
+    "staged25": ({"stages": [[25, r"^\['(?!position')"], [None, None]]},
+                 "the same with 25 steps for the rest: do the positions get there within 60 steps?"),
     "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),
     "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
     "warm": ({"theta_reset_every": 0}, "the model warm-started across all steps (the experiments' setting before 2026-12-01)"),
