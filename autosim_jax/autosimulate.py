@@ -67,6 +67,8 @@ from .table1 import SolveReport, approximation_vector, curvature_operator
 from .tasks import Task
 from .trainable import make_partition
 
+_PRETRAIN_STREAM = 0x70726574  # fold_in tag of AutoSimConfig.pretrain_rounds' keys ("pret")
+
 PyTree = Any
 
 
@@ -80,6 +82,9 @@ class AutoSimState(NamedTuple):
     key: jax.Array  # uint32[2] raw PRNG key, split once per step
     step: jax.Array  # int32[], outer iterations done
     images: jax.Array  # int32[], images rendered so far
+    # Where theta_reset_every sends theta after pretraining (AutoSimConfig.pretrain_rounds);
+    # None: the random initialisation (a closure constant, not checkpointed).
+    theta_anchor: PyTree = None
 
 
 class Hypergradient(NamedTuple):
@@ -339,19 +344,43 @@ def make_autosimulate(
     warned: set[type] = set()  # each warning once per instance
     # (theta0, its optimiser state), where theta_reset_every sends theta back; arrays are
     # immutable, so every reset shares them.
-    initial_theta = replicate((inner.theta0, inner.init_opt(inner.theta0)), mesh) if config.theta_reset_every else None
+    initial_theta = (replicate((inner.theta0, inner.init_opt(inner.theta0)), mesh)
+                     if config.theta_reset_every and not config.pretrain_rounds else None)
+    init_opt = jax.jit(inner.init_opt)  # a reset to the pretrained anchor: its fresh optimiser state
 
     def init(seed: int) -> AutoSimState:
-        psi = distribution.init()
+        psi, key = distribution.init(), jax.random.PRNGKey(seed)
+        theta = pretrain(key, psi) if config.pretrain_rounds else inner.theta0
         return replicate(AutoSimState(
             psi=psi,
-            theta=inner.theta0,
-            inner_opt_state=inner.init_opt(inner.theta0),
+            theta=theta,
+            inner_opt_state=inner.init_opt(theta),
             outer_opt_state=outer_optimizer.init(psi),
-            key=jax.random.PRNGKey(seed),
+            key=key,
             step=jnp.zeros((), jnp.int32),
-            images=jnp.zeros((), jnp.int32),
+            images=jnp.asarray(config.pretrain_rounds * config.dataset_size, jnp.int32),
+            theta_anchor=theta if config.pretrain_rounds and config.theta_reset_every else None,
         ), mesh)
+
+    def pretrain(key, psi) -> PyTree:
+        """``theta`` after ``config.pretrain_rounds`` of the step's render-and-fine-tune at ``psi``.
+
+        The rounds' keys come from their own stream of ``key`` (``fold_in``), so the steps that
+        follow draw exactly the renders of a run without pretraining.
+        """
+        theta, opt_state = replicate((inner.theta0, inner.init_opt(inner.theta0)), mesh)
+        keys = jax.random.split(jax.random.fold_in(key, _PRETRAIN_STREAM), config.pretrain_rounds)
+        for i, round_key in enumerate(keys):
+            sim_key, train_key = jax.random.split(round_key)
+            with reraise_render_errors():
+                _, inputs, labels = jax.block_until_ready(shard_batch(simulate(sim_key, psi), mesh))
+            theta, opt_state, _, theta_ok = finetune(theta, opt_state, inputs, labels, train_key)
+            if not bool(theta_ok):
+                raise FloatingPointError(
+                    f"AutoSimConfig.pretrain_rounds: round {i + 1} of {config.pretrain_rounds} made theta non-finite "
+                    f"(fine-tuning diverged at inner_learning_rate={config.inner_learning_rate}). Lower "
+                    f"inner_learning_rate, or pass pretrain_rounds=0.")
+        return theta
 
     def hypergradient(psi, theta, scenes, inputs, labels) -> Hypergradient:
         """Algorithm 1, lines 4-7: g_val, Table 1's vector u, and dL~/dpsi = -S(u)."""
@@ -467,7 +496,8 @@ def make_autosimulate(
         theta, inner_state = state.theta, state.inner_opt_state
         reset = config.theta_reset_every
         if reset and int(state.step) and int(state.step) % reset == 0:  # the host knows the step count
-            theta, inner_state = initial_theta
+            theta, inner_state = (initial_theta if state.theta_anchor is None
+                                  else (state.theta_anchor, init_opt(state.theta_anchor)))
         theta, inner_state, train_loss, theta_ok = jax.block_until_ready(
             finetune(theta, inner_state, inputs, labels, train_key)
         )
@@ -479,7 +509,7 @@ def make_autosimulate(
         checks = [bool(c) for c in checks]  # theta, validation loss, solve, and all of them with the update
         reason = "" if checks[-1] else list(KEPT_REASONS)[checks.index(False)]
         new_state = AutoSimState(psi, theta, inner_state, outer_state, key, state.step + 1,
-                                 state.images + config.dataset_size)
+                                 state.images + config.dataset_size, state.theta_anchor)
         info = StepInfo(
             val_loss=float(hg.val_loss), val_metric=float(hg.val_metric), train_loss=float(train_loss),
             psi_grad_norm=float(optax.tree.norm(hg.grad_psi)),

@@ -145,6 +145,7 @@ class RunArgs:
     dataset_size: int | None = None
     finetune_epochs: int | None = None
     psi_trainable: str | None = None  # a regex over psi's leaf paths: the fields to learn (None: all)
+    pretrain_rounds: int | None = None  # AutoSimConfig.pretrain_rounds (None: the experiment's)
     budget_images: int | None = None
     seed: int = 0
     renderer: str | None = None
@@ -190,6 +191,10 @@ def plan_run(experiment, args: RunArgs) -> _Plan:
         value = getattr(args, flag)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"--{flag.replace('_', '-')} must be an integer >= 1, got {value!r}.")
+    if args.pretrain_rounds is not None and (isinstance(args.pretrain_rounds, bool)
+                                             or not isinstance(args.pretrain_rounds, int) or args.pretrain_rounds < 0):
+        raise UsageError(f"--pretrain-rounds must be an integer >= 0 (0: the random initialisation), got "
+                         f"{args.pretrain_rounds!r}.")
     if args.dataset_size is not None and args.dataset_size < 2:
         raise UsageError(f"--dataset-size must be >= 2 (the leave-one-out baseline of the score-function estimator "
                          f"needs two renders per step), got {args.dataset_size}.")
@@ -224,6 +229,8 @@ def _known_options(args: RunArgs, plan: _Plan) -> dict:
         options["finetune_epochs"] = args.finetune_epochs
     if args.psi_trainable is not None:
         options["psi_trainable"] = args.psi_trainable
+    if args.pretrain_rounds is not None:
+        options["pretrain_rounds"] = args.pretrain_rounds
     return {"command": "run", "experiment": plan.spec, "renderer": plan.renderer, "approximation": plan.approximation,
             "seed": args.seed, "size": plan.size, "options": options}
 
@@ -301,6 +308,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         changes["finetune_epochs"] = args.finetune_epochs
     if args.psi_trainable is not None:
         changes["psi_trainable"] = args.psi_trainable
+    if args.pretrain_rounds is not None:
+        changes["pretrain_rounds"] = args.pretrain_rounds
     k, b = changes.get("dataset_size", setup.config.dataset_size), setup.config.batch_size
     if k % b:
         changes["batch_size"] = math.gcd(k, b)
@@ -371,6 +380,9 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         progress[0].update(f"{record['images']} images, val {metric} {record['val_metric']:.4g}, {cg_text}",
                            postfix={metric: f"{record['val_metric']:.4g}", "images": record["images"], "CG": cg_text})
 
+    if run_config.pretrain_rounds:  # inside init(seed), before the first step: minutes at gpu size
+        print(f"autosim run: pretraining theta: {run_config.pretrain_rounds} rounds of {run_config.dataset_size} "
+              f"renders x {run_config.finetune_epochs} epochs at the start psi ...", file=stderr, flush=True)
     try:
         result = run_loop(autosim, run, seed=args.seed, resume=args.resume, iterations=iterations,
                           budget_images=budget, monitor=monitor, on_start=on_start, on_step=on_step)
@@ -782,6 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="learn only the fields of psi whose path matches REGEX (re.search in paths such as "
                           "['position'].loc, ['key_light'].log_scale; e.g. 'position|key_light'); the others keep the "
                           "start's values (default: every field)")
+    run.add_argument("--pretrain-rounds", type=int, default=None, metavar="N",
+                     help="train theta first for N rounds of the step's render-and-fine-tune at the start psi (the "
+                          "renders count in the images); resets of a fresh theta per step then start from it "
+                          "(AutoSimConfig.pretrain_rounds; default: the experiment's, 0 for the built-in ones)")
     run.add_argument("--budget-images", type=int, default=None, metavar="N",
                      help="stop once N images have been rendered, or at --iterations, whichever comes first "
                           "(default: no budget)")
@@ -844,7 +860,8 @@ def _main(argv: Sequence[str] | None) -> int:
         experiment = resolve_experiment(args.experiment)
         run_args = RunArgs(
             approximation=args.approximation, iterations=args.iterations, dataset_size=args.dataset_size,
-            finetune_epochs=args.finetune_epochs, psi_trainable=args.psi_trainable, budget_images=args.budget_images,
+            finetune_epochs=args.finetune_epochs, psi_trainable=args.psi_trainable,
+            pretrain_rounds=args.pretrain_rounds, budget_images=args.budget_images,
             seed=args.seed,
             renderer=args.renderer, out=args.out, resume=args.resume, experiment_spec=args.experiment,
             assess_images=args.assess_images, size=args.size, log_every=args.log_every,

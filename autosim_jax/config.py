@@ -106,6 +106,18 @@ class AutoSimConfig:
         The registered experiments use 1 (digits-sim2real at gpu size: G -1.70 -> +2.06);
         the default stays 0 because on the 1-D toy, whose line model needs a settled
         theta, 1 drives every row away from the optimum (``docs/defaults.md``, session 6).
+      pretrain_rounds: before the first step, ``theta`` is trained for this many rounds at the
+        start psi, each round the step's own render-and-fine-tune (``dataset_size`` new renders,
+        ``finetune_epochs`` epochs, ``theta`` warm across rounds, psi not updated); the renders
+        count in ``images``. With ``theta_reset_every``, the resets go back to this trained
+        *anchor* (with a fresh optimiser state) instead of the random initialisation, so
+        every step's ``theta_hat`` starts from a model that already does the task without
+        adapting to psi's moves. Why: a barely trained fresh ``theta`` (on clevr-seg at gpu size
+        it predicts background everywhere) makes the per-render weights of the step favour
+        whatever raises the foreground (correlation 0.35 with exact quadratic, 0.78 with linear),
+        and fine-tuning from a trained anchor removes most of that (0.12, 0.16;
+        ``benchmarks/influence_features.py``, ``docs/learning.md``, session 10). 0 (default):
+        no pretraining.
       val_gradient_at: where Eq. 13 is taken. ``"theta"`` (the paper): at the fine-tuned
         ``theta_hat``, which assumes it is at the training optimum (``g_tr = 0``).
         ``"newton_point"``: at ``theta_N = theta_hat - (H + lambda I)^-1 g_tr``, where the
@@ -166,6 +178,7 @@ class AutoSimConfig:
     trainable: str | None = None
     psi_trainable: str | None = None
     theta_reset_every: int = 0
+    pretrain_rounds: int = 0
     val_gradient_at: str = "theta"
 
     def __post_init__(self):
@@ -179,6 +192,7 @@ class AutoSimConfig:
         for name in ("dataset_size", "batch_size", "finetune_epochs", "cg_maxiter"):
             _positive_int(name, getattr(self, name))
         _positive_int("theta_reset_every", self.theta_reset_every, minimum=0)
+        _positive_int("pretrain_rounds", self.pretrain_rounds, minimum=0)
         _choices("val_gradient_at", self.val_gradient_at, VAL_GRADIENT_POINTS)
         if self.val_gradient_at == "newton_point" and (self.approximation != "exact_quadratic" or self.trainable):
             raise ValueError(

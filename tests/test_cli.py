@@ -443,6 +443,8 @@ def test_bad_requests_fail_before_the_experiment_is_built(one_step_run, tmp_path
         (["--out", str(out), "--resume", "--approximation", "linear"], "approximation"),
         (["--out", str(out), "--resume", "--size", "gpu"], "size"),  # the toy's build takes no size
         (["--out", str(tmp_path / "n"), "--dataset-size", "1"], "--dataset-size must be >= 2"),
+        (["--out", str(tmp_path / "n"), "--pretrain-rounds", "-1"], "--pretrain-rounds must be an integer >= 0"),
+        (["--out", str(out), "--resume", "--pretrain-rounds", "1"], "options.pretrain_rounds"),
         (["--out", str(tmp_path / "n"), "--log-every", "0"], "--log-every"),
     ]:
         t0 = time.perf_counter()
@@ -462,6 +464,17 @@ def test_psi_trainable_keeps_the_other_fields(toy_path, tmp_path):
     assert float(state.psi["x"].loc) != float(start.psi["x"].loc)
     assert main(["run", TOY, "--iterations", "1", "--assess-images", "0", "--psi-trainable", "nothing",
                  "--out", str(tmp_path / "bad")]) == 2  # matches no path: refused before any step
+
+
+def test_pretrain_rounds_are_announced_counted_and_recorded(toy_path, tmp_path, capsys):
+    plain, pre = tmp_path / "plain", tmp_path / "pre"
+    for out, extra in ((plain, []), (pre, ["--pretrain-rounds", "2"])):
+        assert main(["run", TOY, "--iterations", "1", "--assess-images", "0", "--out", str(out), *extra]) == 0
+    err = capsys.readouterr().err
+    assert err.count("pretraining theta: 2 rounds of") == 1
+    k = json.loads((plain / "config.json").read_text())["options"]["dataset_size"]
+    assert _lines(pre / "metrics.jsonl")[0]["images"] == _lines(plain / "metrics.jsonl")[0]["images"] + 2 * k
+    assert json.loads((pre / "config.json").read_text())["options"]["pretrain_rounds"] == 2
 
 
 def test_a_module_in_the_current_directory_is_found(toy_path, tmp_path, monkeypatch):

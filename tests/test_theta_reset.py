@@ -1,5 +1,6 @@
 """AutoSimConfig.theta_reset_every: theta (and its optimiser state) start again from their
-initial values every N outer steps, before that step's fine-tuning; nothing else changes."""
+initial values every N outer steps, before that step's fine-tuning; nothing else changes.
+AutoSimConfig.pretrain_rounds: those initial values are a model first trained at the start psi."""
 
 import jax
 import jax.numpy as jnp
@@ -18,10 +19,10 @@ TASK = Task.from_per_sample(lambda out, y: jnp.sum((out - y) ** 2, axis=-1),
                             lambda out, y: -jnp.sum((out - y) ** 2, axis=-1), "neg_mse")
 
 
-def _autosim(reset: int):
+def _autosim(reset: int, pretrain: int = 0):
     sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
     config = AutoSimConfig(dataset_size=32, batch_size=16, finetune_epochs=2, inner_learning_rate=0.1,
-                           cg_maxiter=3, theta_reset_every=reset)
+                           cg_maxiter=3, theta_reset_every=reset, pretrain_rounds=pretrain)
     return make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TASK, (X_VAL, X_VAL**2), config)
 
 
@@ -54,6 +55,69 @@ def test_reset_every_two_restarts_theta_at_steps_two_and_four():
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True])
-def test_theta_reset_every_must_be_a_count(bad):
-    with pytest.raises(ValueError, match=r"AutoSimConfig.theta_reset_every must be an integer >= 0"):
-        AutoSimConfig(theta_reset_every=bad)
+@pytest.mark.parametrize("option", ["theta_reset_every", "pretrain_rounds"])
+def test_counts_must_be_counts(option, bad):
+    with pytest.raises(ValueError, match=rf"AutoSimConfig.{option} must be an integer >= 0"):
+        AutoSimConfig(**{option: bad})
+
+
+def _pretrained_by_hand(autosim, seed: int, rounds: int):
+    """What pretrain_rounds must do, written out: per round, K renders of the start psi with
+    the round's own key and the step's fine-tuning, theta warm across rounds."""
+    from autosim_jax.autosimulate import _PRETRAIN_STREAM
+
+    inner, psi = autosim.inner, autosim.init(seed).psi
+    theta, opt = inner.theta0, inner.init_opt(inner.theta0)
+    for key in jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), _PRETRAIN_STREAM), rounds):
+        sim_key, train_key = jax.random.split(key)
+        _, x, y = inner.simulate(sim_key, psi)
+        theta, opt, _ = inner.finetune(theta, opt, x, y, train_key)
+    return theta
+
+
+def test_pretrain_rounds_train_theta_at_the_start_psi_and_count_the_renders():
+    plain, pre = _autosim(0), _autosim(0, pretrain=3)
+    s_plain, s_pre = plain.init(0), pre.init(0)
+    for a, b in zip(_leaves(s_pre.theta), _leaves(_pretrained_by_hand(pre, 0, 3))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert int(s_pre.images) == 3 * 32 and int(s_plain.images) == 0
+    assert s_pre.theta_anchor is None  # warm theta: no resets, nothing to keep
+    # the steps' key stream is that of a run without pretraining, and theta learned the start's
+    # renders (new ones; the validation set, at x ~ 2 not -1, is not what it trains for)
+    np.testing.assert_array_equal(s_pre.key, s_plain.key)
+    _, x, y = pre.inner.simulate(jax.random.PRNGKey(99), s_pre.psi)
+    assert float(pre.inner.measure(s_pre.theta, x, y)[0]) < 0.5 * float(plain.inner.measure(s_plain.theta, x, y)[0])
+
+
+def test_resets_go_back_to_the_pretrained_anchor():
+    """With a reset every step, step t >= 1 fine-tunes the anchor (with a fresh optimiser
+    state) on its own renders, and the anchor itself never changes."""
+    autosim = _autosim(1, pretrain=2)
+    state = autosim.init(0)
+    anchor = _leaves(state.theta_anchor)
+    for a, b in zip(anchor, _leaves(state.theta)):
+        np.testing.assert_array_equal(a, b)
+    state, _ = autosim.step(state)
+    for _ in range(2):
+        _, sim_key, train_key = jax.random.split(state.key, 3)
+        _, x, y = autosim.inner.simulate(sim_key, state.psi)
+        expected, _, _ = autosim.inner.finetune(state.theta_anchor, autosim.inner.init_opt(state.theta_anchor), x, y,
+                                                train_key)
+        state, info = autosim.step(state)
+        for a, b in zip(_leaves(state.theta), _leaves(expected)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        for a, b in zip(_leaves(state.theta_anchor), anchor):
+            np.testing.assert_array_equal(a, b)
+    assert int(state.images) == (2 + 3) * 32 and info.psi_updated
+
+
+def test_the_anchor_survives_a_checkpoint(tmp_path):
+    from autosim_jax.checkpoint import load_checkpoint, save_checkpoint
+
+    autosim = _autosim(1, pretrain=1)
+    state, _ = autosim.step(autosim.init(0))
+    save_checkpoint(tmp_path / "c.npz", state)
+    back = load_checkpoint(tmp_path / "c.npz", autosim.init(0))
+    for a, b in zip(_leaves(back), _leaves(state)):
+        np.testing.assert_array_equal(a, b)
+    assert back.theta_anchor is not None
