@@ -163,7 +163,8 @@ class AutoSimulate(NamedTuple):
     """The functions built by :func:`make_autosimulate`.
 
     Attributes:
-      init: ``init(seed) -> AutoSimState``.
+      init: ``init(seed) -> AutoSimState`` (with ``AutoSimConfig.pretrain_rounds``, it renders and
+        trains theta first).
       step: ``step(state) -> (state, StepInfo)``: one outer iteration of Algorithm 1.
       hypergradient: ``(psi, theta, scenes, inputs, labels) -> Hypergradient``, jitted and
         pure: the outer stage on renders of your own (Algorithm 1, lines 4-7).
