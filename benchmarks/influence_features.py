@@ -188,8 +188,8 @@ def write(args, setup, rows: dict, t0: float) -> dict:
     result = {"benchmark": "influence_features", "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": str(jnp.zeros(()).dtype), "size": args.size,
-              "seed": args.seed, "estimates": args.estimates, "anchor_epochs": args.anchor_epochs, "config": setup.config.to_dict(), "rows": rows,
-              "seconds": time.perf_counter() - t0}
+              "seed": args.seed, "estimates": args.estimates, "anchor_epochs": args.anchor_epochs,
+              "config": setup.config.to_dict(), "rows": rows, "seconds": time.perf_counter() - t0}
     with open(args.out + ".json", "w") as f:
         json.dump(result, f)
     return result
