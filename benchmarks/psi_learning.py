@@ -73,6 +73,8 @@ VARIANTS = {
     "anchor32": ({"pretrain_rounds": 32},
                  "each step's fresh theta fine-tuned from a model first trained for 32 rounds at the start psi: "
                  "without the untrained theta's preference for foreground, do the positions move from the start?"),
+    "linear_anchor32": ({"approximation": "linear", "pretrain_rounds": 32},
+                        "the linear row from the anchor (its foreground preference fell most: 0.78 -> 0.16)"),
     "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),
     "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
     "warm": ({"theta_reset_every": 0}, "the model warm-started across all steps (the experiments' setting before 2026-12-01)"),
