@@ -146,8 +146,9 @@ def _optimal_mu(x_val: np.ndarray) -> float:
     return float(grid[np.argmin(d2.var(axis=1))])
 
 
-def toy(config):
-    """The toy's simulator, model, task and validation data with ``config``: an AutoSimulate."""
+def toy(config, **overrides):
+    """The toy's simulator, model, task and validation data with ``config`` (and
+    ``make_autosimulate``'s ``overrides``, e.g. an optax ``outer_optimizer``): an AutoSimulate."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -172,7 +173,7 @@ def toy(config):
                                 lambda out, y: -jnp.sum((out - y) ** 2, axis=-1), "neg_mse")
     sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
     model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
-    return make_autosimulate(sim, model, task, (x_val, x_val**2), config), _optimal_mu(x_val)
+    return make_autosimulate(sim, model, task, (x_val, x_val**2), config, **overrides), _optimal_mu(x_val)
 
 
 def run_one(autosim, mu_star, seed, steps, every):
