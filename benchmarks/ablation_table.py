@@ -1,0 +1,193 @@
+"""Issue 13's ablation table: every mechanism measured on clevr-seg at gpu size, in one place.
+
+The mechanisms were measured over several sessions, each call of ``psi_learning.py`` with its
+own start and reference assessments, and with one of two bases: the task model warm-started
+across steps (the experiments' setting until session 6) or a fresh theta fine-tuned every step
+(``theta_reset_every=1``, the setting since). This script reads the committed JSON of those
+calls (``benchmarks/results/psi_learning/``) and writes one table and one plot of the gap
+closed G (test mIoU, fresh models) per mechanism, next to its control: the plain run of the
+same base, from the *same call* where there was one (then the difference is paired: the same
+seeds, start and reference assessments), else from the nearest call (marked; compare such
+rows only by more than the spread).
+
+No device is needed; the numbers are those in the files. Usage::
+
+    python benchmarks/ablation_table.py --out benchmarks/results/psi_learning/ablation_clevr-seg_gpu
+
+Writes ``OUT.md`` (the table), ``OUT.json`` (every row with its per-seed G, CG statistics and
+source file) and ``OUT.png`` (G per row, mean +- std with the seeds as dots, the control's mean
+as a line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+
+import numpy as np
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "psi_learning")
+
+# (mechanism, base, file, variant, control (file, variant) or None). The base names what every
+# step's theta was; "default" in a file is the experiment's configuration of that day.
+WARM, FRESH = "warm theta", "fresh theta per step"
+CONTROLS = {WARM: ("clevr-seg_gpu_explore.json", "default"), FRESH: ("clevr-seg_gpu_staged25.json", "default")}
+ROWS = [
+    # the warm-started model (sessions 3-6)
+    ("plain exact quadratic (control)", WARM, "clevr-seg_gpu_run1.json", "default", None),
+    ("linear row (Table 1)", WARM, "clevr-seg_gpu_run1.json", "linear", ("clevr-seg_gpu_run1.json", "default")),
+    ("natural gradient in a KL trust region", WARM, "clevr-seg_gpu_run1.json", "natural",
+     ("clevr-seg_gpu_run1.json", "default")),
+    ("Adam 0.03 on psi (a third of the step)", WARM, "clevr-seg_gpu_run1.json", "adam_lr0.03",
+     ("clevr-seg_gpu_run1.json", "default")),
+    ("6 fine-tuning epochs per step", WARM, "clevr-seg_gpu_run1.json", "finetune6", ("clevr-seg_gpu_run1.json", "default")),
+    ("a converged solve (CG 30, damping 0.1)", WARM, "clevr-seg_gpu_run1.json", "cg30_damp0.1",
+     ("clevr-seg_gpu_run1.json", "default")),
+    ("plain exact quadratic (control)", WARM, "clevr-seg_gpu_run3.json", "default", None),
+    ("entropy bonus 0.3", WARM, "clevr-seg_gpu_run3.json", "entropy0.3", ("clevr-seg_gpu_run3.json", "default")),
+    ("entropy bonus 1.0", WARM, "clevr-seg_gpu_run3.json", "entropy1", ("clevr-seg_gpu_run3.json", "default")),
+    ("linear + entropy bonus 0.3", WARM, "clevr-seg_gpu_run3.json", "linear_entropy0.3",
+     ("clevr-seg_gpu_run3.json", "default")),
+    ("plain exact quadratic (control)", WARM, "clevr-seg_gpu_explore.json", "default", None),
+    ("learned broad share 0.1 (exploration)", WARM, "clevr-seg_gpu_explore.json", "explore0.1",
+     ("clevr-seg_gpu_explore.json", "default")),
+    ("linear + broad share 0.1", WARM, "clevr-seg_gpu_explore.json", "linear_explore0.1",
+     ("clevr-seg_gpu_explore.json", "default")),
+    ("positions as a 6-bin histogram", WARM, "clevr-seg_gpu_bins6.json", "bins6", CONTROLS[WARM]),
+    ("linear + 6-bin histogram", WARM, "clevr-seg_gpu_bins6.json", "linear_bins6", CONTROLS[WARM]),
+    ("theta reset every 10 steps", WARM, "clevr-seg_gpu_reset.json", "reset10", CONTROLS[WARM]),
+    ("theta reset every step (became the base)", WARM, "clevr-seg_gpu_reset.json", "reset1", CONTROLS[WARM]),
+    # a fresh theta per step (sessions 6-11)
+    ("plain exact quadratic (control)", FRESH, "clevr-seg_gpu_staged25.json", "default", None),
+    ("positions held back for 25 steps", FRESH, "clevr-seg_gpu_staged25.json", "staged25",
+     ("clevr-seg_gpu_staged25.json", "default")),
+    ("Adam 0.3 on psi (three times the step; seeds 1, 2)", FRESH, "clevr-seg_gpu_adam_lr0.3_fresh.json", "adam_lr0.3",
+     CONTROLS[FRESH]),
+    ("anchor: 32 pretraining rounds at the start psi", FRESH, "clevr-seg_gpu_anchor32.json", "anchor32", CONTROLS[FRESH]),
+    ("linear + anchor", FRESH, "clevr-seg_gpu_anchor32.json", "linear_anchor32", CONTROLS[FRESH]),
+    ("6-bin histogram", FRESH, "clevr-seg_gpu_bins6_reset1.json", "bins6_reset1", CONTROLS[FRESH]),
+    ("linear + 6-bin histogram", FRESH, "clevr-seg_gpu_bins6_reset1.json", "linear_bins6_reset1", CONTROLS[FRESH]),
+    ("K = 1024 renders per step", FRESH, "clevr-seg_gpu_k1024.json", "k1024", CONTROLS[FRESH]),
+    ("6 fine-tuning epochs per step", FRESH, "clevr-seg_gpu_finetune6_reset1.json", "finetune6",
+     CONTROLS[FRESH]),
+    ("positions held back for 50 steps", FRESH, "clevr-seg_gpu_staged50.json", "staged50", CONTROLS[FRESH]),
+    ("plain, 200 steps", FRESH, "clevr-seg_gpu_200steps.json", "default", CONTROLS[FRESH]),
+]
+
+
+def _load(name: str, cache: dict) -> dict:
+    if name not in cache:
+        with open(os.path.join(RESULTS, name)) as f:
+            cache[name] = json.load(f)
+    return cache[name]
+
+
+def _point(row: dict, at: int | None) -> str:
+    """The assessment point to report: ``at`` if assessed, else the last step assessed."""
+    steps = sorted(int(k) for k in row if k.isdigit() and k != "0")
+    return str(at if at in steps else steps[-1])
+
+
+def collect(rows=ROWS, at: int = 60) -> list[dict]:
+    """One record per row: G (test metric) at ``at`` steps (or the run's last point), its control's
+    G at the same point, whether the control shares the call, and the CG statistics."""
+    cache: dict = {}
+    out = []
+    for mechanism, base, name, variant, control in rows:
+        record = _load(name, cache)
+        g = record["gap_closed"]["test_metric"][variant]
+        point = _point(g, at)
+        entry = {
+            "mechanism": mechanism, "base": base, "file": name, "variant": variant, "step": int(point),
+            "overrides": record["variants"][variant]["overrides"], "command": record["command"],
+            "date": record["date"], "G": g[point], "G_selected_by_val": g.get("selected_by_val"),
+            "solve": record.get("solve_and_time", {}).get(variant),
+        }
+        if control is not None:
+            c = _load(control[0], cache)["gap_closed"]["test_metric"][control[1]]
+            cpoint = point if point in c else _point(c, at)
+            entry["control"] = {"file": control[0], "variant": control[1], "step": int(cpoint), "G": c[cpoint],
+                                "same_call": control[0] == name}
+        out.append(entry)
+    return out
+
+
+def _fmt(g: dict) -> str:
+    return f"{g['mean']:+.2f} +- {g['std']:.2f}"
+
+
+def table(entries: list[dict]) -> str:
+    lines = [
+        "| base | mechanism | steps | G (test mIoU) | per seed | control's G | difference | G selected by val | "
+        "CG converged | source |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in entries:
+        c = e.get("control")
+        if c is None:
+            ctl, diff = "(this is the control)", ""
+        else:
+            ctl = _fmt(c["G"]) + ("" if c["same_call"] else f" (other call, {c['step']} steps)")
+            diff = (f"{np.mean(np.subtract(e['G']['per_seed'], c['G']['per_seed'])):+.2f}" if c["same_call"]
+                    else "not paired")
+        solve = e["solve"]
+        conv = ("no solve" if e["overrides"].get("approximation") == "linear"  # Table 1's linear row: no CG
+                else f"{solve['converged']:.0%}" if solve else "")
+        sel = _fmt(e["G_selected_by_val"]) if e["G_selected_by_val"] else ""
+        seeds = " / ".join(f"{x:.2f}" for x in e["G"]["per_seed"])
+        lines.append(f"| {e['base']} | {e['mechanism']} | {e['step']} | {_fmt(e['G'])} | {seeds} | {ctl} | {diff} | "
+                     f"{sel} | {conv} | `{e['file']}` ({e['variant']}) |")
+    return "\n".join(lines)
+
+
+def plot(entries: list[dict], path: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 0.32 * len(entries) + 1.2))
+    ax = fig.add_subplot()
+    colors = {WARM: "tab:gray", FRESH: "tab:blue"}
+    for i, e in enumerate(entries):
+        y = len(entries) - 1 - i
+        ax.errorbar([e["G"]["mean"]], [y], xerr=[e["G"]["std"]], color=colors[e["base"]], marker="o", capsize=3)
+        ax.scatter(e["G"]["per_seed"], [y] * len(e["G"]["per_seed"]), color=colors[e["base"]], s=8, alpha=0.6)
+        if e.get("control"):
+            ax.plot([e["control"]["G"]["mean"]] * 2, [y - 0.35, y + 0.35], color="k",
+                    ls="-" if e["control"]["same_call"] else ":")
+    ax.set_yticks(range(len(entries)))
+    ax.set_yticklabels([f"{e['mechanism']} [{e['step']}]" for e in reversed(entries)], fontsize=7)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.axvline(0.8, color="tab:green", lw=0.8, ls="--")
+    ax.set_xlabel("gap closed G, test mIoU (fresh models; dots: seeds; bar: the control, dotted if another call)")
+    ax.set_title("clevr-seg gpu: each mechanism against its control (grey: warm theta, blue: fresh theta per step)",
+                 fontsize=9)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--at", type=int, default=60, help="the step to report (a run's last point if it was not assessed)")
+    p.add_argument("--out", required=True, help="output path without extension")
+    args = p.parse_args(argv)
+    entries = collect(at=args.at)
+    text = (f"# clevr-seg at gpu size: the ablation of issue 13\n\nWritten {datetime.date.today().isoformat()} by "
+            f"`python benchmarks/ablation_table.py --at {args.at}` from the committed JSON of "
+            "`benchmarks/psi_learning.py` (each file holds the command that made it). G of the test mIoU of fresh "
+            "models (2048 images x 8 epochs), mean +- std over seeds 0-2, at the step given (a run's last "
+            "assessed point when it was not assessed there). 'difference': the mean over seeds of the paired "
+            "difference to the control, given only when the control ran in the same call. The target is "
+            "G >= 0.8 on every seed within 60 steps.\n\n" + table(entries) + "\n")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".md", "w") as f:
+        f.write(text)
+    with open(args.out + ".json", "w") as f:
+        json.dump({"benchmark": "ablation_table", "date": datetime.date.today().isoformat(), "at": args.at,
+                   "rows": entries}, f, indent=1)
+    plot(entries, args.out + ".png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
