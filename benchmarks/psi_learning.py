@@ -24,7 +24,10 @@ Writes ``OUT.json`` (device, versions, precision, command, date, every figure an
 trajectories) and ``OUT.png`` (G against steps per variant, mean and spread over seeds).
 Each finished job is also appended to ``OUT.partial.jsonl`` at once. On a device with a time
 limit give ``--deadline SECONDS``: the jobs still running then are stopped and the summary of
-the finished ones is written (the unfinished are listed under ``failed``).
+the finished ones is written (the unfinished are listed under ``failed``). ``--baselines-from
+OUT.json`` reuses an earlier call's start and reference assessments (same experiment, size,
+assessment budget and baseline repeats) instead of training them again: a device call then
+spends its time on the runs; the G of such a call is not paired with its baselines in one call.
 """
 
 from __future__ import annotations
@@ -305,6 +308,28 @@ def plot(summary: dict, steps: list[int], path: str, title: str) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
+def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
+    """The ``_baseline`` runs of an earlier ``OUT.json`` for ``seeds``, checked against this call's
+    options (``--baselines-from``). Raises ``SystemExit`` naming the mismatch, before any job starts."""
+    with open(path) as f:
+        old = json.load(f)
+    want = {"experiment": args.experiment, "size": args.size, "assess_images": args.assess_images,
+            "assess_epochs": args.assess_epochs, "baseline_repeats": args.baseline_repeats or args.repeats}
+    have = {k: old.get(k) for k in want}
+    have["baseline_repeats"] = old.get("baseline_repeats") or old.get("repeats") or 1
+    wrong = {k: (have[k], v) for k, v in want.items() if have[k] != v}
+    if wrong:
+        diff = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in wrong.items())
+        raise SystemExit(f"--baselines-from {path}: its options differ from this call's ({diff}); "
+                         "run the baselines again (drop the flag).")
+    found = {r["seed"]: r for r in old["runs"] if r["variant"] == "_baseline" and "error" not in r}
+    missing = [s for s in seeds if s not in found]
+    if missing:
+        raise SystemExit(f"--baselines-from {path}: no start/reference assessment for seeds {missing} "
+                         f"(it has {sorted(found)}); give those seeds' baselines a call of their own or drop the flag.")
+    return [{**found[s], "index": -1 - i, "reused_from": path} for i, s in enumerate(seeds)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
@@ -327,6 +352,10 @@ def main(argv=None) -> int:
                         "clevr-seg reference model's std is 0.042 mIoU, a sixth of the gap")
     p.add_argument("--assess-images", type=int, default=None, help="images per fresh model (default: the experiment's)")
     p.add_argument("--assess-epochs", type=int, default=None, help="epochs per fresh model (default: the experiment's)")
+    p.add_argument("--baselines-from", default=None, metavar="JSON",
+                   help="reuse the start and reference assessments of an earlier run of this script (its OUT.json: "
+                        "the same experiment, size, assessment budget and baseline repeats, every seed present) "
+                        "instead of training them again; G is then not paired within one call")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
     p.add_argument("--render-workers", type=int, default=1,
@@ -347,7 +376,8 @@ def main(argv=None) -> int:
                   baseline_repeats=args.baseline_repeats, assess_trajectory=args.assess_trajectory,
                   assess_images=args.assess_images, assess_epochs=args.assess_epochs,
                   gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
-    specs = [] if args.no_assess else [dict(common, variant="_baseline", seed=s) for s in seeds]
+    reused = [] if args.no_assess or not args.baselines_from else load_baselines(args.baselines_from, args, seeds)
+    specs = [] if args.no_assess or reused else [dict(common, variant="_baseline", seed=s) for s in seeds]
     specs += [dict(common, variant=v, seed=s) for v in variants for s in seeds]
     if args.fields:
         fields = args.fields.split(",")
@@ -360,7 +390,7 @@ def main(argv=None) -> int:
     for i, spec in enumerate(specs):
         spec["index"] = i
     t0 = time.perf_counter()
-    results = []
+    results = list(reused)
     # Not multiprocessing.Pool: its workers are daemonic and may not start a job's render pool
     # (--render-workers). One job per process, so that its device memory is freed when it ends.
     executor = ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1)
@@ -375,7 +405,7 @@ def main(argv=None) -> int:
             with open(args.out + ".partial.jsonl", "a") as f:  # survives a run cut short
                 f.write(json.dumps(r) + "\n")
             print(f"[{time.perf_counter() - t0:7.1f} s] done {r['variant']} {r.get('field', '')} seed {r['seed']} "
-                  f"({r['seconds']:.0f} s) {len(results)}/{len(specs)}", flush=True)
+                  f"({r['seconds']:.0f} s) {len(results) - len(reused)}/{len(specs)}", flush=True)
         cut_short = False
     except TimeoutError:
         pass  # --deadline: the unfinished are listed below
@@ -406,7 +436,8 @@ def main(argv=None) -> int:
         "jax_version": jax.__version__, "autosim_jax": asj.__version__, "precision": "float32, default matmul",
         "experiment": args.experiment, "size": args.size, "steps": args.steps, "assess_steps": steps,
         "seeds": seeds, "repeats": args.repeats, "baseline_repeats": args.baseline_repeats or args.repeats,
-        "assess_images": args.assess_images, "assess_epochs": args.assess_epochs, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
+        "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
+        "baselines_from": args.baselines_from, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
         "gap_closed": summary, "solve_and_time": cg_stats(results),
         "field_importance": {k: field_importance(results, k) for k in ("test_metric", "val_metric")},
         "step_per_quarter": movement(results), "wall_seconds": time.perf_counter() - t0,
