@@ -173,8 +173,8 @@ print(f"  shape      {np.round(shape_probs(psi0), 2)} -> {np.round(shape_probs(s
 # The metric logged during AutoSimulate is that of a model warm-started across steps: it
 # improves with training time whatever $\psi$ does. The fair test of a learned $\psi$ trains
 # a *fresh* model on equal budgets from the start and the learned $\psi$
-# (`autosim_jax.assess_psi`, which `autosim run` does after its steps; the README's
-# quickstart reports it for this experiment). Notebook 04 shows it on the digits.
+# (`autosim_jax.assess_psi`, which `autosim run` does after its steps; `autosim run clevr-seg`
+# reports it for this experiment). Notebook 04 shows it on the digits, as the README's quickstart does.
 #
 # ## Renders from the learned $\psi$
 #
