@@ -114,6 +114,14 @@ def collect(rows=ROWS, at: int = 60) -> list[dict]:
     return out
 
 
+def _paired(g: dict, control: dict) -> float:
+    """Mean over the seeds both rows share of the per-seed difference in G (files written before
+    per-point seed lists existed list every seed of the call, in order)."""
+    mine = dict(zip(g.get("seeds", range(len(g["per_seed"]))), g["per_seed"]))
+    theirs = dict(zip(control.get("seeds", range(len(control["per_seed"]))), control["per_seed"]))
+    return float(np.mean([mine[s] - theirs[s] for s in mine if s in theirs]))
+
+
 def _fmt(g: dict) -> str:
     return f"{g['mean']:+.2f} +- {g['std']:.2f}"
 
@@ -130,8 +138,7 @@ def table(entries: list[dict]) -> str:
             ctl, diff = "(this is the control)", ""
         else:
             ctl = _fmt(c["G"]) + ("" if c["same_call"] else f" (other call, {c['step']} steps)")
-            diff = (f"{np.mean(np.subtract(e['G']['per_seed'], c['G']['per_seed'])):+.2f}" if c["same_call"]
-                    else "not paired")
+            diff = f"{_paired(e['G'], c['G']):+.2f}" if c["same_call"] else "not paired"
         solve = e["solve"]
         conv = ("no solve" if e["overrides"].get("approximation") == "linear"  # Table 1's linear row: no CG
                 else f"{solve['converged']:.0%}" if solve else "")
