@@ -73,6 +73,9 @@ VARIANTS = {
                  "rest is right (as they do alone, variant pos_only)?"),
     "staged25": ({"stages": [[25, r"^\['(?!position')"], [None, None]]},
                  "the same with 25 steps for the rest: do the positions get there within 60 steps?"),
+    "staged25_lr0.3": ({"stages": [[25, r"^\['(?!position')"], [None, None]], "outer_learning_rate": 0.3},
+                       "the two best 60-step means together: positions held back for 25 steps, three times the "
+                       "psi step"),
     "anchor32": ({"pretrain_rounds": 32},
                  "each step's fresh theta fine-tuned from a model first trained for 32 rounds at the start psi: "
                  "without the untrained theta's preference for foreground, do the positions move from the start?"),
