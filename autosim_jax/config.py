@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,11 @@ def _positive_float(name: str, value: Any, what: str, allow_zero: bool = False) 
         raise ValueError(f"AutoSimConfig.{name} must be {bound} ({what}), got {value!r}.")
 
 
+def _inverse_time(learning_rate: float, decay_steps: int, count):
+    """``learning_rate / (1 + count / decay_steps)``: the schedule of ``outer_decay_steps``."""
+    return learning_rate / (1.0 + count / decay_steps)
+
+
 @dataclasses.dataclass(frozen=True)
 class AutoSimConfig:
     """The options of one AutoSimulate run (paper Algorithm 1 and Table 1).
@@ -98,6 +104,13 @@ class AutoSimConfig:
         (:func:`~autosim_jax.training.train_epochs`).
       outer_beta2: Adam's second-moment decay for ``psi`` (``outer_optimizer="adam"`` only):
         its memory is about ``1 / (1 - outer_beta2)`` steps (0.999: ~1000).
+      outer_decay_steps: the psi step's learning rate decays as ``outer_learning_rate / (1 + t /
+        outer_decay_steps)`` at outer step ``t`` (a Robbins-Monro schedule; it needs no run
+        length, so a resumed or extended run keeps it), for ``"adam"`` and ``"sgd"``. Why: with a
+        noisy hypergradient a constant step keeps psi hovering at a distance that grows with the
+        step; on clevr-seg at gpu size three times the step closed more of the gap by step 30
+        than the default but lost it again by step 60 (``docs/learning.md``, session 12).
+        0 (default): constant.
       theta_reset_every: every this-many outer steps, ``theta`` and its optimiser state go
         back to their initial values before the step's fine-tuning (0: never; 1: every step
         fine-tunes a fresh model). Why: the hypergradient of a barely trained warm model points
@@ -178,6 +191,7 @@ class AutoSimConfig:
     val_batch_size: int | None = None
     finetune_schedule: str = "constant"
     outer_beta2: float = 0.999
+    outer_decay_steps: int = 0
     trainable: str | None = None
     psi_trainable: str | None = None
     theta_reset_every: int = 0
@@ -195,6 +209,11 @@ class AutoSimConfig:
         for name in ("dataset_size", "batch_size", "finetune_epochs", "cg_maxiter"):
             _positive_int(name, getattr(self, name))
         _positive_int("theta_reset_every", self.theta_reset_every, minimum=0)
+        _positive_int("outer_decay_steps", self.outer_decay_steps, minimum=0)
+        if self.outer_decay_steps and self.outer_optimizer == "natural":
+            raise ValueError(
+                "AutoSimConfig.outer_decay_steps schedules the learning rate of outer_optimizer='adam' or 'sgd'; "
+                "'natural' takes steps of max_kl nats instead. Set outer_decay_steps=0 or another outer_optimizer.")
         _positive_int("pretrain_rounds", self.pretrain_rounds, minimum=0)
         _choices("val_gradient_at", self.val_gradient_at, VAL_GRADIENT_POINTS)
         if self.val_gradient_at == "newton_point" and (self.approximation != "exact_quadratic" or self.trainable):
@@ -262,6 +281,9 @@ class AutoSimConfig:
 
         if self.outer_optimizer == "natural":
             return natural_trust_region(self.outer_learning_rate, self.max_kl)
+        lr = self.outer_learning_rate
+        if self.outer_decay_steps:  # optax counts the updates applied: t = 0 at the first step
+            lr = functools.partial(_inverse_time, lr, self.outer_decay_steps)
         if self.outer_optimizer == "adam":
-            return optax.adam(self.outer_learning_rate, b2=self.outer_beta2)
-        return optax.sgd(self.outer_learning_rate)
+            return optax.adam(lr, b2=self.outer_beta2)
+        return optax.sgd(lr)

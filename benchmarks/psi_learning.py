@@ -56,6 +56,9 @@ VARIANTS = {
     "linear_entropy0.3": ({"approximation": "linear", "entropy_weight": 0.3}, "the linear row with the bonus"),
     "adam_lr0.03": ({"outer_learning_rate": 0.03}, "a third of the psi step: is the drift step noise?"),
     "adam_lr0.3": ({"outer_learning_rate": 0.3}, "three times the psi step: does a still-rising G get there sooner?"),
+    "lr0.3_decay20": ({"outer_learning_rate": 0.3, "outer_decay_steps": 20},
+                      "three times the psi step, decaying as 1 / (1 + t / 20) (0.075 by step 60): the early "
+                      "gain of Adam 0.3 without its hovering later?"),
     "newton_point": ({"val_gradient_at": "newton_point"},
                      "Eq. 13 at the Newton point of the fresh theta (one more CG solve per step)"),
     "k1024": ({"dataset_size": 1024, "batch_size": 128},

@@ -119,3 +119,27 @@ def test_new_options_are_validated_and_recorded():
             u1, s1 = ours.update(g, s1)
             u2, s2 = ref.update(g, s2)
         np.testing.assert_array_equal(u1["a"], u2["a"])
+
+
+def test_outer_decay_steps_is_an_inverse_time_schedule_of_the_psi_step():
+    """SGD with ``outer_decay_steps=2``: the t-th update (t = 0, 1, ...) is ``-lr / (1 + t / 2)``
+    times the gradient, a resumed optimiser state continues the schedule, and Adam gets the
+    same factor (its normalised step of a constant gradient is the learning rate)."""
+    import jax.numpy as jnp
+
+    g, p = {"a": jnp.array([1.0, -3.0])}, {"a": jnp.zeros(2)}
+    sgd = AutoSimConfig(outer_optimizer="sgd", outer_learning_rate=0.3, outer_decay_steps=2).outer_optax()
+    state = sgd.init(p)
+    for t in range(4):
+        u, state = sgd.update(g, state)
+        np.testing.assert_allclose(u["a"], -0.3 / (1 + t / 2) * g["a"], rtol=1e-6)
+    adam = AutoSimConfig(outer_learning_rate=0.3, outer_decay_steps=2).outer_optax()
+    state = adam.init(p)
+    for t in range(3):
+        u, state = adam.update(g, state)
+        np.testing.assert_allclose(np.abs(u["a"]), 0.3 / (1 + t / 2), rtol=1e-4)
+    assert AutoSimConfig.from_dict({**AutoSimConfig(outer_decay_steps=20).to_dict()}).outer_decay_steps == 20
+    for bad, match in (({"outer_decay_steps": -1}, "outer_decay_steps"),
+                       ({"outer_decay_steps": 10, "outer_optimizer": "natural"}, "max_kl nats")):
+        with pytest.raises(ValueError, match=match):
+            AutoSimConfig(**bad)
