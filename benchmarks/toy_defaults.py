@@ -79,6 +79,9 @@ CANDIDATES = {
     # -- session 8: Eq. 13 at the Newton point (exact quadratic only: --approximations exact_quadratic)
     "s8_newton_reset0": _s5(val_gradient_at="newton_point"),
     "s8_newton_reset1": _s5(val_gradient_at="newton_point", theta_reset_every=1),
+    # -- session 12: a decaying psi step (outer_decay_steps; lr / (1 + t / tau)): less drift after mu*?
+    **{f"s12_o{lr}_t{tau}": _s5(outer_learning_rate=lr, outer_decay_steps=tau)
+       for lr, tau in ((0.1, 50), (0.1, 100), (0.2, 50), (0.3, 20), (0.2, 100), (0.3, 50), (0.2, 25), (0.15, 100))},
     "old": ({}, "the old defaults"),
     "library": (None, "AutoSimConfig() of the installed package, no overrides"),
     # -- the toy's own test options (tests/test_autosimulate.py::_toy), as names
