@@ -94,6 +94,7 @@ class Hypergradient(NamedTuple):
     val_loss: jax.Array  # L_val(theta_hat(psi_t))
     val_metric: jax.Array  # the task metric on the validation set at theta_hat(psi_t)
     solve: SolveReport  # how Table 1's vector was obtained
+    stderr: PyTree = None  # grad_psi's standard error per coordinate (only with outer_snr_gate)
 
 
 class StepInfo(NamedTuple):
@@ -320,6 +321,12 @@ def make_autosimulate(
         check_divisible(mesh, what, value, f"{fix}, or fewer devices (autosim --devices).")
     inner_optimizer = optimizers.get("inner_optimizer") or config.inner_optax()
     outer_optimizer = optimizers.get("outer_optimizer") or config.outer_optax()
+    with_stderr = bool(config.outer_snr_gate)  # the gate reads the hypergradient's standard error
+    if with_stderr and "outer_optimizer" in optimizers:
+        raise ValueError(
+            f"AutoSimConfig.outer_snr_gate={config.outer_snr_gate} is chained after the optimiser the config "
+            "names ('adam' or 'sgd'), not after an optax transformation passed as outer_optimizer. Pass "
+            "outer_snr_gate=0, or name the optimiser (outer_optimizer='adam', outer_learning_rate=...).")
     # The closed forms (Fisher, KL, entropy) exist for the plain families only: refuse other
     # parameterisations (e.g. from_schema's explore mixtures) here, not at the first step's trace.
     if "outer_optimizer" not in optimizers and config.outer_optimizer == "natural":
@@ -392,8 +399,10 @@ def make_autosimulate(
             (val_loss, val_metric), g_val = inner.measure_and_grad(theta, x_val, y_val)
         if config.approximation == "no_val":
             losses = inner.per_sample_loss(theta, inputs, labels)
-            grad = reinforce_gradient(distribution.log_prob, psi, scenes, losses, baseline=config.baseline)
-            return Hypergradient(grad, val_loss, val_metric, SolveReport.no_solve())
+            grad = reinforce_gradient(distribution.log_prob, psi, scenes, losses, baseline=config.baseline,
+                                      return_stderr=with_stderr)
+            grad, stderr = grad if with_stderr else (grad, None)
+            return Hypergradient(grad, val_loss, val_metric, SolveReport.no_solve(), stderr)
         predict, per_sample_loss, point = inner.predict, inner.per_sample_loss, theta
         if partition is not None:  # g_val is already the trainable leaves' gradient
             point, frozen = partition.split(theta)
@@ -415,8 +424,9 @@ def make_autosimulate(
         if newton is not None:
             report = report.and_(SolveReport.of_solve(newton))
         s = score_function_term(distribution.log_prob, psi, scenes, per_sample_loss, point, u, inputs, labels,
-                                method=config.estimator, baseline=config.baseline)
-        return Hypergradient(jax.tree.map(jnp.negative, s), val_loss, val_metric, report)
+                                method=config.estimator, baseline=config.baseline, return_stderr=with_stderr)
+        s, stderr = s if with_stderr else (s, None)
+        return Hypergradient(jax.tree.map(jnp.negative, s), val_loss, val_metric, report, stderr)
 
     @jax.jit
     def simulate(key, psi):
@@ -443,7 +453,8 @@ def make_autosimulate(
             grad = add_entropy_bonus(psi, grad, config.entropy_weight)
         if psi_mask is not None:  # frozen fields get no gradient (Adam's moments stay zero) and never move
             grad = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grad, psi_mask)
-        updates, new_opt_state = outer_optimizer.update(grad, outer_opt_state, psi)
+        extra = {"hypergradient": grad, "hypergradient_stderr": hg.stderr} if with_stderr else {}
+        updates, new_opt_state = outer_optimizer.update(grad, outer_opt_state, psi, **extra)
         new_psi = optax.apply_updates(psi, updates)
         if psi_mask is not None:
             new_psi = jax.tree.map(lambda new, old, m: new if m else old, new_psi, psi, psi_mask)

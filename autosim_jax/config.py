@@ -111,6 +111,14 @@ class AutoSimConfig:
         step; on clevr-seg at gpu size three times the step closed more of the gap by step 30
         than the default but lost it again by step 60 (``docs/learning.md``, session 12).
         0 (default): constant.
+      outer_snr_gate: each psi coordinate's update is scaled by ``max(0, 1 - z^2 V / m^2)``, ``m``
+        the hypergradient averaged over about the last 100 steps and ``V`` the variance of its
+        noise from the score-function samples' own standard errors, ``z`` this value (e.g. 2;
+        :func:`~autosim_jax.outer.snr_gate` with decay 0.99, chained after ``"adam"`` or
+        ``"sgd"``). Why: Adam moves a coordinate whose hypergradient is pure noise in a random
+        walk of about ``lr sqrt(T)`` over ``T`` steps, so fields that were right drift off (on
+        clevr-seg at gpu size the colour, material, size and rotation fields start at the
+        target's and leave it in every run; ``docs/learning.md``, session 12). 0 (default): off.
       theta_reset_every: every this-many outer steps, ``theta`` and its optimiser state go
         back to their initial values before the step's fine-tuning (0: never; 1: every step
         fine-tunes a fresh model). Why: the hypergradient of a barely trained warm model points
@@ -192,6 +200,7 @@ class AutoSimConfig:
     finetune_schedule: str = "constant"
     outer_beta2: float = 0.999
     outer_decay_steps: int = 0
+    outer_snr_gate: float = 0.0
     trainable: str | None = None
     psi_trainable: str | None = None
     theta_reset_every: int = 0
@@ -210,6 +219,11 @@ class AutoSimConfig:
             _positive_int(name, getattr(self, name))
         _positive_int("theta_reset_every", self.theta_reset_every, minimum=0)
         _positive_int("outer_decay_steps", self.outer_decay_steps, minimum=0)
+        _positive_float("outer_snr_gate", self.outer_snr_gate, "standard errors", allow_zero=True)
+        if self.outer_snr_gate and self.outer_optimizer == "natural":
+            raise ValueError(
+                "AutoSimConfig.outer_snr_gate gates the steps of outer_optimizer='adam' or 'sgd'; 'natural' "
+                "already scales its step by the Fisher of q_psi. Set outer_snr_gate=0 or another outer_optimizer.")
         if self.outer_decay_steps and self.outer_optimizer == "natural":
             raise ValueError(
                 "AutoSimConfig.outer_decay_steps schedules the learning rate of outer_optimizer='adam' or 'sgd'; "
@@ -277,13 +291,14 @@ class AutoSimConfig:
         """The optimiser of ``psi`` this config names."""
         import optax
 
-        from .outer import natural_trust_region
+        from .outer import natural_trust_region, snr_gate
 
         if self.outer_optimizer == "natural":
             return natural_trust_region(self.outer_learning_rate, self.max_kl)
         lr = self.outer_learning_rate
         if self.outer_decay_steps:  # optax counts the updates applied: t = 0 at the first step
             lr = functools.partial(_inverse_time, lr, self.outer_decay_steps)
-        if self.outer_optimizer == "adam":
-            return optax.adam(lr, b2=self.outer_beta2)
-        return optax.sgd(lr)
+        base = optax.adam(lr, b2=self.outer_beta2) if self.outer_optimizer == "adam" else optax.sgd(lr)
+        if self.outer_snr_gate:  # its update needs the hypergradient and its standard error (extra args)
+            return optax.chain(base, snr_gate(self.outer_snr_gate, decay=0.99))
+        return base

@@ -143,7 +143,8 @@ def reinforce_gradient(
     rewards: jax.Array,
     *,
     baseline: str | None | jax.Array = "leave_one_out",
-) -> PyTree:
+    return_stderr: bool = False,
+) -> PyTree | tuple[PyTree, PyTree]:
     """REINFORCE estimate of ``d/dpsi E_{s ~ q_psi}[f(s)]`` from samples and their rewards.
 
     .. math:: \\frac{1}{K} \\sum_k (f(s_k) - b_k) \\nabla_\\psi \\log q_\\psi(s_k)
@@ -151,15 +152,24 @@ def reinforce_gradient(
     computed as the gradient of the surrogate ``mean_k stop_gradient(f_k - b_k) log q(s_k)``
     (one backward pass through ``log_prob_fn``, whatever the size of ``psi``).
 
+    With ``return_stderr=True`` it also returns each coordinate's standard error, the sample
+    standard deviation (``ddof=1``) of the ``K`` terms ``(f(s_k) - b_k) grad log q(s_k)`` over
+    ``sqrt(K)``; the per-sample scores come from a ``jax.vmap`` of ``jax.grad`` over the samples
+    (``K x`` the size of psi, small next to the network). The leave-one-out baseline makes the
+    terms weakly dependent (each ``b_k`` holds the other rewards), which this ignores: an
+    approximation of order ``1/K``.
+
     Args:
       log_prob_fn: ``(psi, samples) -> [K]`` log-densities, e.g. ``Distribution.log_prob``.
       psi: the distribution's parameters.
       samples: ``K`` samples drawn from ``q_psi`` (a pytree with leading axis ``K``).
       rewards: ``[K]`` values ``f(s_k)``; treated as constants.
       baseline: see :func:`apply_baseline`.
+      return_stderr: also return the standard error of each coordinate (above).
 
     Returns:
-      A pytree like ``psi``: the gradient of the expectation (ascend it to maximise ``E[f]``).
+      A pytree like ``psi``: the gradient of the expectation (ascend it to maximise ``E[f]``);
+      with ``return_stderr``, ``(gradient, standard_error)``, both like ``psi``.
 
     Raises:
       ValueError: mismatched ``K``, or an unknown baseline.
@@ -198,7 +208,22 @@ def reinforce_gradient(
         logq = log_prob_fn(p, samples)
         return jnp.mean(centred.astype(logq.dtype) * logq)
 
-    return jax.grad(surrogate)(psi)
+    grad = jax.grad(surrogate)(psi)
+    if not return_stderr:
+        return grad
+    if k < 2:
+        raise ValueError(f"A standard error needs at least 2 samples, got K={k}.")
+
+    def score(sample):  # grad_psi log q(s) of one sample, as a batch of one
+        return jax.grad(lambda p: log_prob_fn(p, jax.tree.map(lambda x: x[None], sample))[0])(psi)
+
+    scores = jax.vmap(score)(samples)  # like psi, each leaf with a leading axis K
+
+    def stderr(leaf):
+        terms = centred.astype(leaf.dtype).reshape((k,) + (1,) * (leaf.ndim - 1)) * leaf
+        return jnp.std(terms, axis=0, ddof=1) / jnp.sqrt(jnp.asarray(k, leaf.dtype))
+
+    return grad, jax.tree.map(stderr, scores)
 
 
 def _check_chunk_size(chunk_size: int | None) -> None:
@@ -340,7 +365,8 @@ def score_function_term(
     method: str = "jvp",
     baseline: str | None | jax.Array = "leave_one_out",
     chunk_size: int | None = None,
-) -> PyTree:
+    return_stderr: bool = False,
+) -> PyTree | tuple[PyTree, PyTree]:
     """Estimate of ``d/dpsi E_{s ~ q_psi}[d l(r(s), theta) / d theta] . v``.
 
     .. math:: \\frac{1}{K} \\sum_k \\nabla_\\psi \\log q_\\psi(s_k)
@@ -362,10 +388,12 @@ def score_function_term(
       chunk_size: ``None`` (default, one pass over the ``K`` samples) or a positive int: compute
         the ``c_k`` that many samples at a time, to bound the memory by the chunk rather than
         ``K``; see :func:`directional_derivatives`.
+      return_stderr: also return each coordinate's standard error (:func:`reinforce_gradient`).
 
     Returns:
-      A pytree like ``psi``. The outer update of Eq. 13b is ``psi + alpha * (this)`` with
-      ``v`` the CG solution (the sign conventions of Table 1 are the caller's).
+      A pytree like ``psi`` (with ``return_stderr``, the pair ``(estimate, standard_error)``).
+      The outer update of Eq. 13b is ``psi + alpha * (this)`` with ``v`` the CG solution (the
+      sign conventions of Table 1 are the caller's).
 
     Raises:
       ValueError: unknown method or baseline, bad ``chunk_size``, mismatched ``K`` between
@@ -393,4 +421,5 @@ def score_function_term(
     c = directional_derivatives(
         per_sample_loss_fn, theta, v, inputs, labels, method=method, chunk_size=chunk_size
     )
-    return reinforce_gradient(log_prob_fn, psi, scenes, jax.lax.stop_gradient(c), baseline=baseline)
+    return reinforce_gradient(log_prob_fn, psi, scenes, jax.lax.stop_gradient(c), baseline=baseline,
+                              return_stderr=return_stderr)

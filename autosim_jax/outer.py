@@ -249,3 +249,85 @@ def natural_trust_region(learning_rate: float, max_kl: float, momentum: float = 
         return updates, NaturalTrustRegionState(m, count, kl.astype(jnp.float32))
 
     return optax.GradientTransformation(init, update)
+
+
+class SnrGateState(NamedTuple):
+    """:func:`snr_gate`'s state: the average hypergradient and the variance of its noise."""
+
+    mean: PyTree  # m_t = decay m_{t-1} + (1 - decay) g_t
+    noise_var: PyTree  # Var[m_t] if each step's noise were independent with variance se_t^2
+
+
+def snr_gate(threshold: float = 2.0, decay: float = 0.99) -> optax.GradientTransformationExtraArgs:
+    r"""Scales each coordinate's psi update by how far its averaged hypergradient stands above noise.
+
+    Adam divides each coordinate's step by the root of its recent squared gradients, so a
+    coordinate whose hypergradient is pure noise (a field that does not change the validation
+    loss, or the position of an object that is rarely rendered) still steps by about the
+    learning rate, in a random direction: over ``T`` steps it wanders ``~ lr sqrt(T)`` away,
+    and a field that was right drifts off (``docs/learning.md``, session 12). The score-function
+    estimate knows its own noise: every step's ``K`` samples give each coordinate's standard
+    error ``se_t`` (:func:`~autosim_jax.estimators.reinforce_gradient` with
+    ``return_stderr=True``). This transformation, chained *after* the optimiser, keeps
+
+    .. math::
+
+        m_t = d\, m_{t-1} + (1 - d)\, g_t, \qquad
+        V_t = d^2 V_{t-1} + (1 - d)^2 se_t^2 \quad (m_0 = V_0 = 0),
+
+    the average hypergradient and the variance its noise would have if the steps' noise were
+    independent, and multiplies the update by the positive-part James-Stein factor
+
+    .. math:: w_t = \max\big(0,\ 1 - \text{threshold}^2\, V_t / m_t^2\big),
+
+    0 when the averaged signal is within ``threshold`` standard errors of zero, near 1 when it
+    is many standard errors away. Both ``m`` and ``V`` start at 0 with the same weights, so
+    their ratio needs no bias correction; for ``t << 1 / (1 - d)`` steps ``|m| / sqrt(V)`` is the
+    t-statistic of the plain mean, so a weak but consistent signal passes once it has gathered
+    (half a standard error per step: ``threshold`` 2 after 16 steps, factor 0.5 after 32).
+
+    A noise coordinate passes only when its average strays beyond ``threshold`` standard
+    errors. Simulated with Adam 0.1 over 200 steps (30 keys; a coordinate of pure noise, and one
+    with half a standard error of signal per step), the noise coordinate's rms travel and the
+    signal coordinate's mean travel, gated against plain Adam's 1.16 and 8.6: threshold 1 /
+    decay 0.9: 0.55 and 6.6; 2 / 0.9: 0.15 and 3.0; 2 / 0.99 (the default): 0.056 and 6.3.
+
+    Args:
+      threshold: standard errors below which a coordinate does not move (``> 0``).
+      decay: ``d``, the memory of the average (``0 <= d < 1``).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes the keyword
+      arguments ``hypergradient`` and ``hypergradient_stderr`` (pytrees like psi).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> opt = optax.chain(optax.sgd(1.0), snr_gate(threshold=1.0, decay=0.9))
+      >>> psi = {"a": jnp.zeros(2)}
+      >>> g, se = {"a": jnp.array([1.0, 0.1])}, {"a": jnp.array([0.1, 1.0])}
+      >>> state = opt.init(psi)
+      >>> updates, state = opt.update(g, state, psi, hypergradient=g, hypergradient_stderr=se)
+      >>> [round(float(u), 3) for u in updates["a"]]  # 10 standard errors: kept; 0.1: stopped
+      [-0.99, -0.0]
+    """
+    if not threshold > 0:
+        raise ValueError(f"snr_gate: threshold must be > 0 (standard errors), got {threshold!r}.")
+    if not 0 <= decay < 1:
+        raise ValueError(f"snr_gate: decay must be in [0, 1), got {decay!r}.")
+
+    def init(params):
+        return SnrGateState(optax.tree.zeros_like(params), optax.tree.zeros_like(params))
+
+    def update(updates, state, params=None, *, hypergradient, hypergradient_stderr, **_):
+        del params
+        mean = jax.tree.map(lambda m, g: decay * m + (1 - decay) * g, state.mean, hypergradient)
+        var = jax.tree.map(lambda v, se: decay**2 * v + (1 - decay) ** 2 * se**2, state.noise_var,
+                           hypergradient_stderr)
+
+        def gate(u, m, v):
+            ratio = jnp.where(m != 0, threshold**2 * v / jnp.where(m != 0, m * m, 1.0), jnp.inf)
+            return u * jnp.maximum(0.0, 1.0 - ratio)
+
+        return jax.tree.map(gate, updates, mean, var), SnrGateState(mean, var)
+
+    return optax.GradientTransformationExtraArgs(init, update)

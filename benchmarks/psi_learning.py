@@ -59,6 +59,9 @@ VARIANTS = {
     "lr0.3_decay20": ({"outer_learning_rate": 0.3, "outer_decay_steps": 20},
                       "three times the psi step, decaying as 1 / (1 + t / 20) (0.075 by step 60): the early "
                       "gain of Adam 0.3 without its hovering later?"),
+    "snr_gate2": ({"outer_snr_gate": 2.0},
+                  "each psi coordinate's Adam step scaled by max(0, 1 - 4 V / m^2) (outer.snr_gate): do fields whose "
+                  "hypergradient is noise stop drifting, and does G rise?"),
     "newton_point": ({"val_gradient_at": "newton_point"},
                      "Eq. 13 at the Newton point of the fresh theta (one more CG solve per step)"),
     "k1024": ({"dataset_size": 1024, "batch_size": 128},

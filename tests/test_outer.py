@@ -16,7 +16,8 @@ from flax import nnx
 
 from autosim_jax import CategoricalParams, NormalParams, Task, make_autosimulate
 from autosim_jax.distributions import categorical, from_schema, gaussian
-from autosim_jax.outer import add_entropy_bonus, entropy, kl_divergence, natural_gradient, natural_trust_region
+from autosim_jax.outer import (add_entropy_bonus, entropy, kl_divergence, natural_gradient, natural_trust_region,
+                               snr_gate)
 from autosim_jax.simulator import Simulator
 from toys import SquareRenderer
 
@@ -144,3 +145,102 @@ def test_step_control_options_run_through_make_autosimulate(outer, extra):
         assert info.psi_updated
     if outer == "natural":
         assert float(state.outer_opt_state.last_kl) <= 0.05 * 1.001
+
+
+def test_snr_gate_first_step_is_the_positive_part_james_stein_factor():
+    """After one step m = (1 - d) g and V = (1 - d)^2 se^2, so the factor is max(0, 1 - z^2 se^2 / g^2)
+    whatever d: checked coordinate by coordinate against that closed form (sgd(1): update = -g)."""
+    g = jnp.array([1.0, -0.5, 0.2, 0.0, 3.0])
+    se = jnp.array([0.1, 0.5, 0.4, 0.3, 1.0])
+    for z, d in ((1.0, 0.9), (2.0, 0.5)):
+        opt = optax.chain(optax.sgd(1.0), snr_gate(threshold=z, decay=d))
+        updates, _ = opt.update({"a": g}, opt.init({"a": g}), None, hypergradient={"a": g},
+                                hypergradient_stderr={"a": se})
+        factor = np.maximum(0.0, 1.0 - z**2 * np.asarray(se) ** 2 / np.maximum(np.asarray(g) ** 2, 1e-30))
+        np.testing.assert_allclose(updates["a"], -np.asarray(g) * factor, rtol=1e-6, atol=1e-7)
+
+
+def test_snr_gate_stops_pure_noise_and_passes_a_consistent_signal():
+    """Coordinate 0: a true gradient of 0 plus noise of standard error 1; coordinate 1: a true
+    gradient of 0.5 with the same noise (half a standard error per step). Adam 0.1, 200 steps,
+    30 noise draws (fixed keys). Plain Adam's expected travel: the noise coordinate's rms ~ lr
+    sqrt(T) = 1.4, the signal's ~ lr T = 20 less Adam's shrinkage. With the default gate
+    (threshold 2, decay 0.99; measured 0.056 and 6.3 against 1.16 and 8.6) the noise travels less
+    than a tenth of plain Adam's rms, and the signal keeps more than half of its travel."""
+    truth, se = jnp.array([0.0, 0.5]), {"a": jnp.ones(2)}
+
+    def travel(gated, noise):
+        opt = optax.chain(optax.adam(0.1), snr_gate()) if gated else optax.adam(0.1)
+
+        def step(carry, n):
+            params, state = carry
+            g = {"a": truth + n}
+            extra = {"hypergradient": g, "hypergradient_stderr": se} if gated else {}
+            updates, state = opt.update(g, state, params, **extra)
+            return (optax.apply_updates(params, updates), state), None
+
+        params = {"a": jnp.zeros(2)}
+        (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), noise)
+        return np.abs(np.asarray(params["a"]))
+
+    noises = [jax.random.normal(jax.random.key(k), (200, 2)) for k in range(30)]
+    plain = np.array([travel(False, n) for n in noises])
+    gated = np.array([travel(True, n) for n in noises])
+    rms = lambda x: float(np.sqrt(np.mean(x**2)))  # noqa: E731
+    assert 0.8 < rms(plain[:, 0]) < 2.0, rms(plain[:, 0])  # the random walk the gate is for
+    assert rms(gated[:, 0]) < 0.1 * rms(plain[:, 0]), (rms(gated[:, 0]), rms(plain[:, 0]))
+    assert gated[:, 1].mean() > 0.5 * plain[:, 1].mean(), (gated[:, 1].mean(), plain[:, 1].mean())
+
+
+def test_snr_gate_options_are_validated():
+    from autosim_jax import AutoSimConfig
+
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        snr_gate(0.0)
+    with pytest.raises(ValueError, match="decay"):
+        snr_gate(1.0, decay=1.0)
+    for bad, match in (({"outer_snr_gate": -1.0}, "outer_snr_gate"),
+                       ({"outer_snr_gate": 1.0, "outer_optimizer": "natural"}, "Fisher")):
+        with pytest.raises(ValueError, match=match):
+            AutoSimConfig(**bad)
+    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
+    mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
+    task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
+    x = np.full((16, 1), 2.0, np.float32)
+    with pytest.raises(ValueError, match="outer_snr_gate=2.0 is chained after the optimiser the config names"):
+        make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32, batch_size=16,
+                          outer_snr_gate=2.0, outer_optimizer=optax.adam(0.1))
+
+
+class _SquareWithJunk(SquareRenderer):
+    """The toy with a second scene field, ``junk``, that the renderer ignores: its hypergradient is noise."""
+
+    from autosim_jax.schema import Field, SceneSchema
+
+    schema = SceneSchema((Field.continuous("x", doc="the input value"),
+                          Field.continuous("junk", doc="ignored by the renderer")))
+
+
+def test_snr_gate_keeps_a_field_without_signal_in_place_through_make_autosimulate():
+    """End to end (the toy, exact quadratic, Adam 0.1 on psi, 40 steps, 3 seeds): the ignored
+    field's mean wanders ungated (a random walk of Adam's steps) and stays within a third of that
+    distance with outer_snr_gate=2, while x still moves by more than 1 towards the validation
+    data at 2."""
+    sim = Simulator(from_schema(_SquareWithJunk.schema, {"x": {"loc": -1.0, "scale": 0.5},
+                                                         "junk": {"loc": 0.0, "scale": 1.0}}), _SquareWithJunk())
+    mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
+    task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
+    x = (2.0 + 0.3 * np.random.default_rng(0).standard_normal((64, 1))).astype(np.float32)
+    drift, moved = {}, {}
+    for gate in (0.0, 2.0):
+        autosim = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=128,
+                                    batch_size=32, finetune_epochs=4, inner_learning_rate=3e-2, outer_snr_gate=gate)
+        drift[gate], moved[gate] = [], []
+        for seed in range(3):
+            state = autosim.init(seed)
+            for _ in range(40):
+                state, info = autosim.step(state)
+            drift[gate].append(abs(float(state.psi["junk"].loc)))
+            moved[gate].append(float(state.psi["x"].loc) + 1.0)
+    assert np.mean(drift[2.0]) < np.mean(drift[0.0]) / 3, drift
+    assert min(moved[2.0]) > 1.0, moved
