@@ -1,0 +1,125 @@
+"""Which fields of psi move towards the reference, and which drift away? KL per field along runs.
+
+Reads the psi trajectories that ``benchmarks/psi_learning.py`` records (every step's psi of every
+run) and computes, for each scene field, ``KL(q_reference || q_psi_t)`` in closed form
+(:func:`~autosim_jax.outer.kl_divergence`; for a bounded field, that of its normal pre-image) at
+the start and at the steps asked for. A field the start already has right (KL 0) and that ends
+with a positive KL drifted: its hypergradient moved it although the reference is where it was.
+No device is needed.
+
+Usage::
+
+    python benchmarks/field_drift.py --experiment clevr-seg --size gpu --steps 30,60 \\
+        --runs benchmarks/results/psi_learning/clevr-seg_gpu_lr0.3_s012.json:default,adam_lr0.3 \\
+        --out benchmarks/results/psi_learning/field_drift_clevr-seg_gpu
+
+``--runs FILE:VARIANT,VARIANT`` may be repeated (seeds of one variant in several files are
+pooled). Writes ``OUT.json`` (per variant, field and step: every seed's KL and the median) and
+``OUT.png`` (the median KL of each field against the step, one panel per variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def field_kls(reference, psi) -> dict[str, float]:
+    """``{field: KL(q_reference[field] || q_psi[field])}`` for every field of the reference."""
+    from autosim_jax.outer import kl_divergence
+
+    return {f: float(kl_divergence({f: reference[f]}, {f: psi[f]})) for f in reference}
+
+
+def unflatten(flat: dict[str, list], like):
+    """A psi like ``like`` from ``psi_learning.py``'s flat record (``keystr(path) -> values``)."""
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    values = [np.asarray(flat[jax.tree_util.keystr(p)], np.float32).reshape(np.shape(v)) for p, v in leaves]
+    return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", default="clevr-seg")
+    p.add_argument("--size", default="gpu", choices=("cpu", "gpu"))
+    p.add_argument("--runs", action="append", required=True, metavar="FILE:VARIANT[,VARIANT]")
+    p.add_argument("--steps", default="30,60", help="comma list of steps (the start, step 0, is always added)")
+    p.add_argument("--out", required=True, help="output path without extension")
+    args = p.parse_args(argv)
+    import jax
+
+    import autosim_jax as asj
+
+    steps = [0] + [int(s) for s in args.steps.split(",")]
+    exp = asj.get_experiment(args.experiment)
+    setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
+    reference, start = setup.reference_psi, setup.simulator.distribution.init()
+    table: dict[str, dict[str, dict[str, dict]]] = {}
+    for spec in args.runs:
+        path, _, variants = spec.rpartition(":")
+        if not path or not variants:
+            p.error(f"--runs {spec!r}: write FILE:VARIANT[,VARIANT]")
+        with open(path) as f:
+            record = json.load(f)
+        if (record["experiment"], record["size"]) != (args.experiment, args.size):
+            p.error(f"{path} is {record['experiment']} at {record['size']} size, not {args.experiment} at {args.size}")
+        for variant in variants.split(","):
+            runs = [r for r in record["runs"] if r["variant"] == variant and "psi" in r]
+            if not runs:
+                p.error(f"{path} holds no trajectory of variant {variant!r}")
+            for run in runs:
+                for t in steps:
+                    if t > len(run["psi"]):
+                        p.error(f"{path}: {variant} seed {run['seed']} has {len(run['psi'])} steps, not {t}")
+                    psi = start if t == 0 else unflatten(run["psi"][t - 1], start)
+                    for field, kl in field_kls(reference, psi).items():
+                        cell = table.setdefault(variant, {}).setdefault(field, {}).setdefault(str(t), {"per_seed": {}})
+                        cell["per_seed"][str(run["seed"])] = kl
+    for fields in table.values():
+        for cells in fields.values():
+            for cell in cells.values():
+                cell["median"] = float(np.median(list(cell["per_seed"].values())))
+    record = {"benchmark": "field_drift", "date": datetime.date.today().isoformat(),
+              "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+              "jax_version": jax.__version__, "autosim_jax": asj.__version__, "experiment": args.experiment,
+              "size": args.size, "steps": steps, "kl_reference_to_psi": table}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(record, f, indent=1)
+    plot(table, steps, args.out + ".png", f"{args.experiment} ({args.size}): KL(reference || psi_t) per field")
+    fields = sorted(next(iter(table.values())))
+    print("median KL(reference || psi) per field at steps " + " / ".join(map(str, steps)))
+    for variant, cells in table.items():
+        print(f"{variant}:")
+        for field in fields:
+            print(f"  {field:>12}: " + " / ".join(f"{cells[field][str(t)]['median']:.3g}" for t in steps))
+    return 0
+
+
+def plot(table: dict, steps: list[int], path: str, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * len(table), 4.2))
+    for i, (variant, cells) in enumerate(table.items()):
+        ax = fig.add_subplot(1, len(table), i + 1)
+        for field, by_step in sorted(cells.items()):
+            ax.plot(steps, [max(by_step[str(t)]["median"], 1e-3) for t in steps], marker="o", label=field)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(variant, fontsize=9)
+        if i == 0:
+            ax.set_ylabel("median KL(reference || psi_t) (floored at 1e-3)")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
