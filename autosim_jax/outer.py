@@ -1,4 +1,4 @@
-r"""Step control for psi in distribution space: natural gradients and a KL trust region.
+r"""Step control for psi: natural gradients and a KL trust region in distribution space, and a noise gate.
 
 AutoSimulate's psi are the parameters of ``q_psi`` (logits, pre-image means and
 log-scales). An optimiser that steps in those raw coordinates (Adam: about
@@ -20,6 +20,9 @@ Fisher information per family (``psi`` leaves as built by :mod:`autosim_jax.dist
   gradient of a softmax has it) is ``g / p`` centred to mean zero. A
   :func:`~autosim_jax.histogram` field has these parameters too and the same Fisher, KL and
   (up to a constant) entropy: its within-bin law does not depend on psi.
+
+:func:`snr_gate` is the other kind of step control: it moves a coordinate only as far as its
+averaged hypergradient stands above the noise the score-function samples themselves measure.
 
 References:
   Amari (1998), natural gradient; Kakade (2002), natural policy gradient; Schulman et al.
