@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, TimeoutError, as_completed
 
 import numpy as np
+from psi_learning import run_jobs  # the same process pool, deadline and partial results
 
 
 def parse_candidate(text: str) -> tuple[str, dict[str, float]]:
@@ -54,7 +53,7 @@ def _job(spec: dict) -> dict:
     try:
         return _job_body(spec)
     except Exception as err:  # noqa: BLE001 - reported in the results, never silently dropped
-        return {**{k: spec[k] for k in ("candidate", "seed")}, "error": f"{type(err).__name__}: {str(err)[:2000]}"}
+        return {**{k: spec[k] for k in ("candidate", "seed", "index")}, "error": f"{type(err).__name__}: {str(err)[:2000]}"}
 
 
 def _job_body(spec: dict) -> dict:
@@ -76,7 +75,7 @@ def _job_body(spec: dict) -> dict:
         psi = asj.from_schema(setup.simulator.renderer.schema, {"cell": {"probs": cell_probs(spec["weights"])}}).init()
     assess = asj.make_assessor(setup, num_images=spec["assess_images"], epochs=spec["assess_epochs"],
                                 repeats=spec["repeats"])
-    return {"candidate": spec["candidate"], "seed": spec["seed"], **assess(psi, spec["seed"]),
+    return {"candidate": spec["candidate"], "seed": spec["seed"], "index": spec["index"], **assess(psi, spec["seed"]),
             "seconds": time.perf_counter() - t0}
 
 
@@ -131,32 +130,18 @@ def main(argv=None) -> int:
                   gpus=list(range(args.gpus)) or None) for c in order for s in seeds]
     for i, spec in enumerate(specs):
         spec["index"] = i
-    t0, results = time.perf_counter(), []
-    executor = ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1)
-    futures = [executor.submit(_job, spec) for spec in specs]
-    cut_short = True
-    try:
-        for future in as_completed(futures, timeout=args.deadline):
-            r = future.result()
-            results.append(r)
-            with open(args.out + ".partial.jsonl", "a") as f:
-                f.write(json.dumps(r) + "\n")
-            shown = r.get("error", "")[:300] or f"test {r['test_metric']:.3f}  val {r['val_metric']:.3f}"
-            print(f"[{time.perf_counter() - t0:7.1f} s] {r['candidate']} seed {r['seed']}: {shown} "
-                  f"({len(results)}/{len(specs)})", flush=True)
-        cut_short = False
-    except TimeoutError:
-        pass
-    finally:
-        if cut_short:
-            executor.shutdown(wait=False, cancel_futures=True)
-            for process in list((getattr(executor, "_processes", None) or {}).values()):
-                process.kill()
-        executor.shutdown(wait=True)
-    done = {(r["candidate"], r["seed"]) for r in results}
+    t0 = time.perf_counter()
+
+    def report(r: dict, done: int) -> None:
+        shown = r.get("error", "")[:300] or f"test {r['test_metric']:.3f}  val {r['val_metric']:.3f}"
+        print(f"[{time.perf_counter() - t0:7.1f} s] {r['candidate']} seed {r['seed']}: {shown} ({done}/{len(specs)})",
+              flush=True)
+
+    results, unfinished = run_jobs(_job, specs, jobs=args.jobs, deadline=args.deadline,
+                                   partial_path=args.out + ".partial.jsonl", report=report)
     failed = [r for r in results if "error" in r] + [
         {"candidate": s["candidate"], "seed": s["seed"], "error": f"not finished within --deadline {args.deadline:g} s"}
-        for s in specs if (s["candidate"], s["seed"]) not in done]
+        for s in unfinished]
     results = [r for r in results if "error" not in r]
     table = {}
     for name in order:

@@ -59,6 +59,7 @@ VARIANTS = {
     "lr0.3_decay20": ({"outer_learning_rate": 0.3, "outer_decay_steps": 20},
                       "three times the psi step, decaying as 1 / (1 + t / 20) (0.075 by step 60): the early "
                       "gain of Adam 0.3 without its hovering later?"),
+    "snr_gate1": ({"outer_snr_gate": 1.0}, "the gate at one standard error: more of the weak signals pass, and more noise"),
     "snr_gate2": ({"outer_snr_gate": 2.0},
                   "each psi coordinate's Adam step scaled by max(0, 1 - 4 V / m^2) (outer.snr_gate): do fields whose "
                   "hypergradient is noise stop drifting, and does G rise?"),
@@ -339,6 +340,40 @@ def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
     return [{**found[s], "index": -1 - i, "reused_from": path} for i, s in enumerate(seeds)]
 
 
+def run_jobs(job, specs: list[dict], *, jobs: int, deadline: float | None, partial_path: str,
+             report) -> tuple[list[dict], list[dict]]:
+    """``job(spec)`` for every spec, each in a fresh spawned process, ``jobs`` at once.
+
+    Each result is appended to ``partial_path`` (JSON lines) as it arrives, so a run cut short
+    keeps what finished, and passed to ``report(result, number_done)``. At ``deadline`` seconds
+    (``None``: no limit), on an error or on Ctrl-C, the processes still running are killed: no
+    job outlives the call. Returns ``(results, unfinished_specs)``; specs and results carry the
+    same ``"index"``.
+    """
+    # Not multiprocessing.Pool: its workers are daemonic and may not start a job's render pool
+    # (--render-workers). One job per process, so that its device memory is freed when it ends.
+    executor = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1)
+    futures = [executor.submit(job, spec) for spec in specs]
+    results, cut_short = [], True
+    try:
+        for future in as_completed(futures, timeout=deadline):
+            results.append(future.result())
+            with open(partial_path, "a") as f:
+                f.write(json.dumps(results[-1]) + "\n")
+            report(results[-1], len(results))
+        cut_short = False
+    except TimeoutError:
+        pass  # the deadline: the caller lists the unfinished
+    finally:
+        if cut_short:
+            executor.shutdown(wait=False, cancel_futures=True)
+            for process in list((getattr(executor, "_processes", None) or {}).values()):
+                process.kill()
+        executor.shutdown(wait=True)
+    done = {r["index"] for r in results}
+    return results, [spec for spec in specs if spec["index"] not in done]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
@@ -399,37 +434,20 @@ def main(argv=None) -> int:
     for i, spec in enumerate(specs):
         spec["index"] = i
     t0 = time.perf_counter()
-    results = list(reused)
-    # Not multiprocessing.Pool: its workers are daemonic and may not start a job's render pool
-    # (--render-workers). One job per process, so that its device memory is freed when it ends.
-    executor = ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1)
-    futures = [executor.submit(_job, spec) for spec in specs]
-    cut_short = True
-    try:
-        for future in as_completed(futures, timeout=args.deadline):
-            r = future.result()
-            if "error" in r:
-                print(f"FAILED {r['variant']} seed {r['seed']}: {r['error'][:300]}", flush=True)
-            results.append(r)
-            with open(args.out + ".partial.jsonl", "a") as f:  # survives a run cut short
-                f.write(json.dumps(r) + "\n")
-            print(f"[{time.perf_counter() - t0:7.1f} s] done {r['variant']} {r.get('field', '')} seed {r['seed']} "
-                  f"({r['seconds']:.0f} s) {len(results) - len(reused)}/{len(specs)}", flush=True)
-        cut_short = False
-    except TimeoutError:
-        pass  # --deadline: the unfinished are listed below
-    finally:
-        if cut_short:  # the deadline, an error or Ctrl-C: no job outlives this process
-            executor.shutdown(wait=False, cancel_futures=True)
-            for process in list((getattr(executor, "_processes", None) or {}).values()):
-                process.kill()
-        executor.shutdown(wait=True)
-    done = {r["index"] for r in results}
-    for spec in specs:
-        if spec["index"] not in done:
-            results.append({**{k: spec[k] for k in ("variant", "seed", "index")}, "seconds": args.deadline,
-                            "error": f"not finished within --deadline {args.deadline:g} s"})
-            print(f"UNFINISHED {spec['variant']} seed {spec['seed']}", flush=True)
+
+    def report(r: dict, done: int) -> None:
+        if "error" in r:
+            print(f"FAILED {r['variant']} seed {r['seed']}: {r['error'][:300]}", flush=True)
+        print(f"[{time.perf_counter() - t0:7.1f} s] done {r['variant']} {r.get('field', '')} seed {r['seed']} "
+              f"({r['seconds']:.0f} s) {done}/{len(specs)}", flush=True)
+
+    finished, unfinished = run_jobs(_job, specs, jobs=args.jobs, deadline=args.deadline,
+                                    partial_path=args.out + ".partial.jsonl", report=report)
+    results = list(reused) + finished
+    for spec in unfinished:
+        results.append({**{k: spec[k] for k in ("variant", "seed", "index")}, "seconds": args.deadline,
+                        "error": f"not finished within --deadline {args.deadline:g} s"})
+        print(f"UNFINISHED {spec['variant']} seed {spec['seed']}", flush=True)
     import jax
 
     import autosim_jax as asj
