@@ -72,6 +72,7 @@ _EXPORTS = {
     "entropy": "outer",
     "kl_divergence": "outer",
     "natural_trust_region": "outer",
+    "snr_gate": "outer",
     "RenderPool": "render_pool",
     "make_render_pool": "render_pool",
     "Field": "schema",
@@ -149,6 +150,7 @@ if TYPE_CHECKING:
     from .outer import entropy as entropy
     from .outer import kl_divergence as kl_divergence
     from .outer import natural_trust_region as natural_trust_region
+    from .outer import snr_gate as snr_gate
     from .render_pool import RenderPool as RenderPool
     from .render_pool import make_render_pool as make_render_pool
     from .schema import Field as Field
