@@ -73,6 +73,16 @@ VARIANTS = {
                          "approximation": "linear"}, "the same with Table 1's linear row"),
     "pos_only_k1024": ({"start_from_reference_but": "position", "psi_trainable": r"\['position'\]",
                         "dataset_size": 1024, "batch_size": 128}, "positions alone with 4x the renders per step"),
+    # which wrong field turns the positions away? (session 12: the full run's positions move away
+    # from the target, positions alone move towards it); every field learned, trajectories only
+    "ref_but_pos": ({"start_from_reference_but": ["position"]},
+                    "the reference with the start's positions, every field learned"),
+    "ref_but_pos_lights": ({"start_from_reference_but": ["position", "key_light", "ambient", "back_light"]},
+                           "the reference with the start's positions and lights, every field learned"),
+    "ref_but_pos_count": ({"start_from_reference_but": ["position", "num_objects"]},
+                          "the reference with the start's positions and object count, every field learned"),
+    "ref_but_pos_shape": ({"start_from_reference_but": ["position", "shape"]},
+                          "the reference with the start's positions and shapes, every field learned"),
     "beta2_0.99": ({"outer_beta2": 0.99}, "Adam on psi with a 100-step memory of the squared hypergradient: "
                    "do the early steps' large hypergradients stall the later ones?"),
     "staged50": ({"stages": [[50, r"^\['(?!position')"], [None, None]]},
@@ -179,9 +189,9 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     but = overrides.pop("start_from_reference_but", None)
     new_family = bool(explore or bins)
     new_start = new_family or but is not None
-    if but is not None:  # the reference psi with one field back at the start's: a study of that field alone
+    if but is not None:  # the reference psi with some fields back at the start's: a study of those fields
         dist = setup.simulator.distribution
-        start = {**setup.reference_psi, but: dist.init()[but]}
+        start = {**setup.reference_psi, **{f: dist.init()[f] for f in ([but] if isinstance(but, str) else but)}}
         setup = setup._replace(simulator=asj.Simulator(dist._replace(init=lambda: start), setup.simulator.renderer,
                                                        pool=setup.simulator.pool))
     elif new_family:  # the same start, in another family: a learned broad share, or histograms
