@@ -74,11 +74,15 @@ def main(argv=None) -> int:
             runs = [r for r in record["runs"] if r["variant"] == variant and "psi" in r]
             if not runs:
                 p.error(f"{path} holds no trajectory of variant {variant!r}")
+            # psi_learning.py's variants that start from the reference with some fields at the start's
+            but = record["variants"][variant]["overrides"].get("start_from_reference_but")
+            first = start if but is None else {**reference, **{f: start[f] for f in ([but] if isinstance(but, str)
+                                                                                      else but)}}
             for run in runs:
                 for t in steps:
                     if t > len(run["psi"]):
                         p.error(f"{path}: {variant} seed {run['seed']} has {len(run['psi'])} steps, not {t}")
-                    psi = start if t == 0 else unflatten(run["psi"][t - 1], start)
+                    psi = first if t == 0 else unflatten(run["psi"][t - 1], start)
                     for field, kl in field_kls(reference, psi).items():
                         cell = table.setdefault(variant, {}).setdefault(field, {}).setdefault(str(t), {"per_seed": {}})
                         cell["per_seed"][str(run["seed"])] = kl
