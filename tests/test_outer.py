@@ -244,3 +244,30 @@ def test_snr_gate_keeps_a_field_without_signal_in_place_through_make_autosimulat
             moved[gate].append(float(state.psi["x"].loc) + 1.0)
     assert np.mean(drift[2.0]) < np.mean(drift[0.0]) / 3, drift
     assert min(moved[2.0]) > 1.0, moved
+
+
+def test_gated_and_decaying_runs_resume_from_a_checkpoint_bitwise(tmp_path):
+    """The gate's state (its averages) and the decay's step count live in the outer optimiser's
+    state, so 2 steps + checkpoint + 2 steps equals 4 uninterrupted steps to the last bit."""
+    from autosim_jax.checkpoint import load_checkpoint, save_checkpoint
+
+    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
+    mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
+    task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
+    x = np.full((16, 1), 2.0, np.float32)
+    autosim = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32,
+                                batch_size=16, outer_snr_gate=1.0, outer_decay_steps=3)
+    straight = autosim.init(0)
+    for _ in range(4):
+        straight, _ = autosim.step(straight)
+    state = autosim.init(0)
+    for _ in range(2):
+        state, _ = autosim.step(state)
+    save_checkpoint(tmp_path / "c.npz", state)
+    state = load_checkpoint(tmp_path / "c.npz", autosim.init(0))
+    for _ in range(2):
+        state, _ = autosim.step(state)
+    for a, b in zip(jax.tree.leaves((straight.psi, straight.outer_opt_state)),
+                    jax.tree.leaves((state.psi, state.outer_opt_state))):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    assert float(jnp.abs(straight.psi["x"].loc + 1.0)) > 0  # psi moved
