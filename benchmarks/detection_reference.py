@@ -53,7 +53,8 @@ def _job(spec: dict) -> dict:
     try:
         return _job_body(spec)
     except Exception as err:  # noqa: BLE001 - reported in the results, never silently dropped
-        return {**{k: spec[k] for k in ("candidate", "seed", "index")}, "error": f"{type(err).__name__}: {str(err)[:2000]}"}
+        return {**{k: spec[k] for k in ("candidate", "seed", "index")},
+                "error": f"{type(err).__name__}: {str(err)[:2000]}"}
 
 
 def _job_body(spec: dict) -> dict:

@@ -59,7 +59,8 @@ VARIANTS = {
     "lr0.3_decay20": ({"outer_learning_rate": 0.3, "outer_decay_steps": 20},
                       "three times the psi step, decaying as 1 / (1 + t / 20) (0.075 by step 60): the early "
                       "gain of Adam 0.3 without its hovering later?"),
-    "snr_gate1": ({"outer_snr_gate": 1.0}, "the gate at one standard error: more of the weak signals pass, and more noise"),
+    "snr_gate1": ({"outer_snr_gate": 1.0},
+                  "the gate at one standard error: more of the weak signals pass, and more noise"),
     "lr0.3_snr_gate2": ({"outer_learning_rate": 0.3, "outer_snr_gate": 2.0},
                         "three times the psi step with the gate: the gate stops the noise that made the larger step "
                         "wander, the larger step makes up for the gate's slower signals?"),
