@@ -82,6 +82,9 @@ CANDIDATES = {
     # -- session 12: a decaying psi step (outer_decay_steps; lr / (1 + t / tau)): less drift after mu*?
     **{f"s12_o{lr}_t{tau}": _s5(outer_learning_rate=lr, outer_decay_steps=tau)
        for lr, tau in ((0.1, 50), (0.1, 100), (0.2, 50), (0.3, 20), (0.2, 100), (0.3, 50), (0.2, 25), (0.15, 100))},
+    # -- session 12: the noise gate (outer_snr_gate), alone and with three times the step
+    "s12_gate2": _s5(outer_snr_gate=2.0),
+    "s12_gate2_o0.3": _s5(outer_snr_gate=2.0, outer_learning_rate=0.3),
     "old": ({}, "the old defaults"),
     "library": (None, "AutoSimConfig() of the installed package, no overrides"),
     # -- the toy's own test options (tests/test_autosimulate.py::_toy), as names
