@@ -85,6 +85,8 @@ CANDIDATES = {
     # -- session 12: the noise gate (outer_snr_gate), alone and with three times the step
     "s12_gate2": _s5(outer_snr_gate=2.0),
     "s12_gate2_o0.3": _s5(outer_snr_gate=2.0, outer_learning_rate=0.3),
+    **{f"s12_gate2_o{lr}_t{tau}": _s5(outer_snr_gate=2.0, outer_learning_rate=lr, outer_decay_steps=tau)
+       for lr, tau in ((0.2, 50), (0.2, 25), (0.15, 100))},
     "old": ({}, "the old defaults"),
     "library": (None, "AutoSimConfig() of the installed package, no overrides"),
     # -- the toy's own test options (tests/test_autosimulate.py::_toy), as names
