@@ -125,6 +125,10 @@ class AutoSimConfig:
         steps (z = 2: 0.68 against 0.93; z = 1: 0.80; 5 seeds); on the 1-D toy (z = 2) the
         linear row ends within 0.04 of the optimum on 5 of 5 seeds, against 3 of 5 without
         (``tests/test_defaults.py``). 0 (default): off.
+      outer_snr_gate_per: ``"coordinate"`` (default): the gate's test per psi coordinate;
+        ``"leaf"``: once per psi leaf on all its coordinates together (the vector James-Stein
+        factor, :func:`~autosim_jax.outer.snr_gate`), so that a signal spread over many
+        coordinates (a 54-cell categorical's logits) passes.
       theta_reset_every: every this-many outer steps, ``theta`` and its optimiser state go
         back to their initial values before the step's fine-tuning (0: never; 1: every step
         fine-tunes a fresh model). Why: the hypergradient of a barely trained warm model points
@@ -207,6 +211,7 @@ class AutoSimConfig:
     outer_beta2: float = 0.999
     outer_decay_steps: int = 0
     outer_snr_gate: float = 0.0
+    outer_snr_gate_per: str = "coordinate"
     trainable: str | None = None
     psi_trainable: str | None = None
     theta_reset_every: int = 0
@@ -226,6 +231,7 @@ class AutoSimConfig:
         _positive_int("theta_reset_every", self.theta_reset_every, minimum=0)
         _positive_int("outer_decay_steps", self.outer_decay_steps, minimum=0)
         _positive_float("outer_snr_gate", self.outer_snr_gate, "standard errors", allow_zero=True)
+        _choices("outer_snr_gate_per", self.outer_snr_gate_per, ("coordinate", "leaf"))
         if self.outer_snr_gate and self.outer_optimizer == "natural":
             raise ValueError(
                 "AutoSimConfig.outer_snr_gate gates the steps of outer_optimizer='adam' or 'sgd'; 'natural' "
@@ -306,5 +312,5 @@ class AutoSimConfig:
             lr = functools.partial(_inverse_time, lr, self.outer_decay_steps)
         base = optax.adam(lr, b2=self.outer_beta2) if self.outer_optimizer == "adam" else optax.sgd(lr)
         if self.outer_snr_gate:  # its update needs the hypergradient and its standard error (extra args)
-            return optax.chain(base, snr_gate(self.outer_snr_gate, decay=0.99))
+            return optax.chain(base, snr_gate(self.outer_snr_gate, decay=0.99, per=self.outer_snr_gate_per))
         return base

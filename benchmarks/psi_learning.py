@@ -64,6 +64,9 @@ VARIANTS = {
     "lr0.3_snr_gate2": ({"outer_learning_rate": 0.3, "outer_snr_gate": 2.0},
                         "three times the psi step with the gate: the gate stops the noise that made the larger step "
                         "wander, the larger step makes up for the gate's slower signals?"),
+    "snr_gate2_leaf": ({"outer_snr_gate": 2.0, "outer_snr_gate_per": "leaf"},
+                       "the gate tested once per psi leaf on all its coordinates (vector James-Stein): does a "
+                       "signal spread over many coordinates pass?"),
     "snr_gate2": ({"outer_snr_gate": 2.0},
                   "each psi coordinate's Adam step scaled by max(0, 1 - 4 V / m^2) (outer.snr_gate): do fields whose "
                   "hypergradient is noise stop drifting, and does G rise?"),

@@ -160,6 +160,29 @@ def test_snr_gate_first_step_is_the_positive_part_james_stein_factor():
         np.testing.assert_allclose(updates["a"], -np.asarray(g) * factor, rtol=1e-6, atol=1e-7)
 
 
+def test_snr_gate_per_leaf_is_the_vector_james_stein_factor():
+    """per="leaf", first step: one factor max(0, 1 - z^2 n / sum_i g_i^2 / se_i^2) for all n
+    coordinates of a leaf (checked against that closed form, a leaf of one coordinate included,
+    where it is the per-coordinate factor); and 54 coordinates each 1.5 standard errors away,
+    stopped per coordinate at threshold 2, pass together per leaf at threshold 1.2 with the
+    factor 1 - 1.2^2 / 1.5^2."""
+    g = {"a": jnp.array([1.0, -0.5, 0.2]), "b": jnp.array([0.3])}
+    se = {"a": jnp.array([0.1, 0.5, 0.4]), "b": jnp.array([0.2])}
+    opt = optax.chain(optax.sgd(1.0), snr_gate(threshold=1.5, decay=0.9, per="leaf"))
+    updates, _ = opt.update(g, opt.init(g), None, hypergradient=g, hypergradient_stderr=se)
+    for k in ("a", "b"):
+        t2 = float(np.sum((np.asarray(g[k]) / np.asarray(se[k])) ** 2))
+        factor = max(0.0, 1.0 - 1.5**2 * g[k].size / t2)
+        np.testing.assert_allclose(updates[k], -np.asarray(g[k]) * factor, rtol=1e-6)
+    many, ones = {"c": jnp.full(54, 3.0)}, {"c": jnp.full(54, 2.0)}  # 1.5 standard errors each
+    for per, expected in (("coordinate", 0.0), ("leaf", 1.0 - 1.2**2 / 1.5**2)):
+        opt = optax.chain(optax.sgd(1.0), snr_gate(threshold=1.2 if per == "leaf" else 2.0, decay=0.9, per=per))
+        updates, _ = opt.update(many, opt.init(many), None, hypergradient=many, hypergradient_stderr=ones)
+        np.testing.assert_allclose(updates["c"], -3.0 * expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="per must be"):
+        snr_gate(per="field")
+
+
 def test_snr_gate_stops_pure_noise_and_passes_a_consistent_signal():
     """Coordinate 0: a true gradient of 0 plus noise of standard error 1; coordinate 1: a true
     gradient of 0.5 with the same noise (half a standard error per step). Adam 0.1, 200 steps,
