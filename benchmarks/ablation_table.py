@@ -35,6 +35,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "p
 WARM, FRESH = "warm theta", "fresh theta per step"
 CONTROLS = {WARM: ("clevr-seg_gpu_explore.json", "default"), FRESH: ("clevr-seg_gpu_staged25.json", "default")}
 FIVE_SEED_CONTROL = (("clevr-seg_gpu_lr0.3_s012.json", "clevr-seg_gpu_lr0.3_decay20_s34.json"), "default")
+GATE_CALLS = ("clevr-seg_gpu_snr_gate_s012.json", "clevr-seg_gpu_snr_gate_s34.json")
 ROWS = [
     # the warm-started model (sessions 3-6)
     ("plain exact quadratic (control)", WARM, "clevr-seg_gpu_run1.json", "default", None),
@@ -87,6 +88,11 @@ ROWS = [
      ("clevr-seg_gpu_staged25.json", "clevr-seg_gpu_lr0.3_staged25_s34.json"), "staged25", FIVE_SEED_CONTROL),
     ("positions held back 25 steps + Adam 0.3 (seed 2)", FRESH, "clevr-seg_gpu_lr0.3_s012.json", "staged25_lr0.3",
      FIVE_SEED_CONTROL),
+    # session 13: the noise gate beside its own control in each call (seeds 0-2 and 3-4)
+    ("plain exact quadratic (control of the gate, 5 seeds)", FRESH, GATE_CALLS, "default", None),
+    ("noise gate z = 2 (outer_snr_gate=2)", FRESH, GATE_CALLS, "snr_gate2", (GATE_CALLS, "default")),
+    ("noise gate z = 2 + Adam 0.3 (seeds 3, 4)", FRESH, "clevr-seg_gpu_snr_gate_s34.json", "lr0.3_snr_gate2",
+     (GATE_CALLS, "default")),
 ]
 
 
