@@ -208,10 +208,18 @@ CLEVR_DET_TARGET = {"scene2/centre/high": 0.3, "scene2/left/high": 0.25, "scene2
                     "scene2/right/high": 0.2}
 # The start spreads its mass the wrong way: mostly the other two scenes at low quality.
 CLEVR_DET_START = {"scene1/*/low": 0.55, "scene3/*/low": 0.3, "*": 0.15}
-# digits-det: the real digits are 8 x 8 scans (blocky when upsampled) of bright ink on black,
-# at every location: scene1, low quality, anywhere is the hand-set reference.
-DIGITS_DET_REFERENCE = {"scene1/*/low": 1.0}
-DIGITS_DET_START = {"scene2/*/high": 0.6, "scene3/*/high": 0.25, "*": 0.15}
+# digits-det: at the gpu size's detector budget (8192 images x 24 epochs) variety wins over
+# resemblance: the uniform psi is the best of 7 candidates and the hand-set "looks like the real
+# canvases" one (scene1, low quality) is below it (docs/detection.md, sessions 11-13). The start
+# puts the objects at one location of one scene, 0.17 mAP@0.5 below the uniform psi on every
+# seed (0.227 +- 0.016 against 0.395 +- 0.009, 3 seeds x 2 detectors, H200, 2026-12-01;
+# benchmarks/results/detection_reference/digits-det_gpu_start_candidates.json), so the issue's
+# +0.15 over the start is reachable and measures the learner.
+DIGITS_DET_REFERENCE = {"*": 1.0}
+DIGITS_DET_START = {"scene2/centre/*": 1.0}
+# The budget at which those were measured (at 4096 x 8 the ranking of start and reference flips
+# from seed to seed).
+_DIGITS_DET_GPU_ASSESS = (8192, 24)
 
 
 # A fresh gpu-size detector trained for 8 epochs on 2048 images is far from converged, and its
@@ -267,7 +275,9 @@ def build_digits_det(*, renderer: str = "digit-canvas", seed: int = 0, size: str
     Validation and test canvases hold scikit-learn's real digits (its two halves,
     :func:`~autosim_jax.renderers.real_digit_canvases`). ``size="cpu"``: 32 px canvases, 8
     base channels, K = 32, 96 real canvases each; ``"gpu"``: 64 px, 32 base channels, K = 256,
-    512 canvases, assessments on 4096 images.
+    512 canvases, assessments on 8192 images x 24 epochs. The start (:data:`DIGITS_DET_START`)
+    holds one location of one scene; the reference (:data:`DIGITS_DET_REFERENCE`) is uniform
+    over the 54 cells, the best psi measured at the gpu budget.
     """
     from .detection import centernet, detection_task
     from .renderers import real_digit_canvases
@@ -282,8 +292,8 @@ def build_digits_det(*, renderer: str = "digit-canvas", seed: int = 0, size: str
     test = real_digit_canvases("test", n_eval, size=image_size, seed=2)
     model = centernet(1, 10, 32 if gpu else 8, rngs=nnx.Rngs(seed))
     return ExperimentSetup(simulator, model, detection_task(10), val, test, _detection_config(gpu),
-                           iterations=120 if gpu else 40, assess_images=4096 if gpu else 512,
-                           assess_epochs=8 if gpu else 10, reference_psi=reference)
+                           iterations=120 if gpu else 40, assess_images=_DIGITS_DET_GPU_ASSESS[0] if gpu else 512,
+                           assess_epochs=_DIGITS_DET_GPU_ASSESS[1] if gpu else 10, reference_psi=reference)
 
 
 EXPERIMENTS: dict[str, Experiment] = {
