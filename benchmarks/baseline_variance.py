@@ -45,11 +45,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from hypergradient_quality import field_slices  # the same field order as ravel_pytree(psi)
 from jax.flatten_util import ravel_pytree
+from psi_learning import job_setup  # the experiment's setup with a render pool of its own
 
 import autosim_jax as asj
-from autosim_jax.render_pool import make_render_pool
-from hypergradient_quality import field_slices  # the same field order as ravel_pytree(psi)
 
 ESTIMATORS = ("none", "leave_one_out", "optimal_loo", "optimal_scalar_loo")
 
@@ -83,6 +83,37 @@ def estimates(c: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
             "optimal_scalar_loo": ((c - scalar)[:, None] * scores).mean(0)}
 
 
+def sample_estimates(setup, seed: int, n: int, t0: float) -> tuple[dict, float, dict, int]:
+    """``n`` independent steps' samples at the start psi and the first step's theta: every
+    estimator of :data:`ESTIMATORS` on each, and the largest relative difference between the
+    reconstructed leave-one-out estimate and the library's."""
+    cfg = setup.config
+    k = cfg.dataset_size
+    dist = setup.simulator.distribution
+    plain = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, cfg)
+    probe = asj.make_autosimulate(asj.Simulator(tagged(dist, k), setup.simulator.renderer, pool=setup.simulator.pool),
+                                  setup.model, setup.task, setup.val_data, cfg.replace(baseline=None))
+    state, _ = plain.step(plain.init(seed))  # theta of the first step, as the run has it
+    psi = dist.init()
+    psi_tagged = {"psi": psi, "tag": jnp.zeros((k,), jnp.float32)}
+    simulate = jax.jit(plain.inner.simulate)
+    flat_scores = jax.jit(jax.vmap(
+        lambda s: ravel_pytree(jax.grad(lambda q: dist.log_prob(q, jax.tree.map(lambda x: x[None], s))[0])(psi))[0]))
+    rows = {name: [] for name in ESTIMATORS}
+    worst = 0.0
+    for i in range(n):
+        scenes, x, y = simulate(jax.random.PRNGKey(10_000 + i), psi)
+        c = -k * np.asarray(probe.hypergradient(psi_tagged, state.theta, scenes, x, y).grad_psi["tag"], np.float64)
+        scores = np.asarray(flat_scores(scenes), np.float64)
+        est = estimates(c, scores)
+        library = -np.asarray(ravel_pytree(plain.hypergradient(psi, state.theta, scenes, x, y).grad_psi)[0])
+        worst = max(worst, float(np.abs(est["leave_one_out"] - library).max() / np.abs(library).max()))
+        for name in ESTIMATORS:
+            rows[name].append(est[name])
+        print(f"[{time.perf_counter() - t0:5.0f}s] estimate {i + 1}/{n}", flush=True)
+    return rows, worst, psi, k
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
@@ -96,38 +127,10 @@ def main(argv=None) -> int:
     # would make differ by ~1e-3; the variances do not need the speed.
     jax.config.update("jax_default_matmul_precision", "highest")
     t0 = time.perf_counter()
-    exp = asj.get_experiment(args.experiment)
-    setup = exp.build(renderer=exp.renderers[0], seed=args.seed, size=args.size)
-    pool = None
-    if args.render_workers > 1:
-        pool = make_render_pool(setup.simulator.renderer, workers=args.render_workers, backend="process")
-        setup = setup._replace(simulator=setup.simulator.with_pool(pool))
-    cfg = setup.config
-    k = cfg.dataset_size
-    dist = setup.simulator.distribution
-    plain = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, cfg)
-    probe = asj.make_autosimulate(asj.Simulator(tagged(dist, k), setup.simulator.renderer, pool=pool), setup.model,
-                                  setup.task, setup.val_data, cfg.replace(baseline=None))
-    state, _ = plain.step(plain.init(args.seed))  # theta of the first step, as the run has it
-    psi = dist.init()
-    psi_tagged = {"psi": psi, "tag": jnp.zeros((k,), jnp.float32)}
-    simulate = jax.jit(plain.inner.simulate)
-    flat_scores = jax.jit(jax.vmap(
-        lambda s: ravel_pytree(jax.grad(lambda q: dist.log_prob(q, jax.tree.map(lambda x: x[None], s))[0])(psi))[0]))
-    rows = {name: [] for name in ESTIMATORS}
-    worst = 0.0
-    for i in range(args.estimates):
-        scenes, x, y = simulate(jax.random.PRNGKey(10_000 + i), psi)
-        c = -k * np.asarray(probe.hypergradient(psi_tagged, state.theta, scenes, x, y).grad_psi["tag"], np.float64)
-        scores = np.asarray(flat_scores(scenes), np.float64)
-        est = estimates(c, scores)
-        library = -np.asarray(ravel_pytree(plain.hypergradient(psi, state.theta, scenes, x, y).grad_psi)[0])
-        worst = max(worst, float(np.abs(est["leave_one_out"] - library).max() / np.abs(library).max()))
-        for name in ESTIMATORS:
-            rows[name].append(est[name])
-        print(f"[{time.perf_counter() - t0:5.0f}s] estimate {i + 1}/{args.estimates}", flush=True)
-    if pool is not None:
-        pool.close()
+    spec = {"experiment": args.experiment, "seed": args.seed, "size": args.size, "index": 0,
+            "render_workers": args.render_workers}
+    with job_setup(spec) as setup:
+        rows, worst, psi, k = sample_estimates(setup, args.seed, args.estimates, t0)
     if worst > 1e-4:
         raise AssertionError(f"the reconstructed leave-one-out estimate differs from the library's by {worst:.2e}")
     slices = field_slices(psi)

@@ -29,7 +29,8 @@ import sys
 import time
 
 import numpy as np
-from psi_learning import run_jobs  # the same process pool, deadline and partial results
+# the same jobs as psi_learning.py: process pool, GPU, render pool, deadline
+from psi_learning import job_setup, run_jobs
 
 
 def parse_candidate(text: str) -> tuple[str, dict[str, float]]:
@@ -58,15 +59,15 @@ def _job(spec: dict) -> dict:
 
 
 def _job_body(spec: dict) -> dict:
-    if spec["gpus"]:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(spec["gpus"][spec["index"] % len(spec["gpus"])])
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    t0 = time.perf_counter()
+    with job_setup(spec) as setup:
+        return _assess_candidate(spec, setup, t0)
+
+
+def _assess_candidate(spec: dict, setup, t0: float) -> dict:
     import autosim_jax as asj
     from autosim_jax.renderers.clevr_det import cell_probs
 
-    t0 = time.perf_counter()
-    exp = asj.get_experiment(spec["experiment"])
-    setup = exp.build(renderer=exp.renderers[0], seed=spec["seed"], size=spec["size"])
     dist = setup.simulator.distribution
     if spec["candidate"] == "start":
         psi = dist.init()

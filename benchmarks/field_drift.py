@@ -45,6 +45,22 @@ def unflatten(flat: dict[str, list], like):
     return jax.tree_util.tree_unflatten(treedef, values)
 
 
+def read_runs(spec: str, experiment: str, size: str) -> tuple[str, dict, list[str]]:
+    """``FILE:VARIANT[,VARIANT]`` -> ``(FILE, its psi_learning.py record, [VARIANT, ...])``.
+
+    Raises:
+      ValueError: a malformed ``spec``, or a record of another experiment or size.
+    """
+    path, _, variants = spec.rpartition(":")
+    if not path or not variants:
+        raise ValueError(f"--runs {spec!r}: write FILE:VARIANT[,VARIANT]")
+    with open(path) as f:
+        record = json.load(f)
+    if (record["experiment"], record["size"]) != (experiment, size):
+        raise ValueError(f"{path} is {record['experiment']} at {record['size']} size, not {experiment} at {size}")
+    return path, record, variants.split(",")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
@@ -63,14 +79,11 @@ def main(argv=None) -> int:
     reference, start = setup.reference_psi, setup.simulator.distribution.init()
     table: dict[str, dict[str, dict[str, dict]]] = {}
     for spec in args.runs:
-        path, _, variants = spec.rpartition(":")
-        if not path or not variants:
-            p.error(f"--runs {spec!r}: write FILE:VARIANT[,VARIANT]")
-        with open(path) as f:
-            record = json.load(f)
-        if (record["experiment"], record["size"]) != (args.experiment, args.size):
-            p.error(f"{path} is {record['experiment']} at {record['size']} size, not {args.experiment} at {args.size}")
-        for variant in variants.split(","):
+        try:
+            path, record, variants = read_runs(spec, args.experiment, args.size)
+        except ValueError as err:
+            p.error(str(err))
+        for variant in variants:
             runs = [r for r in record["runs"] if r["variant"] == variant and "psi" in r]
             if not runs:
                 p.error(f"{path} holds no trajectory of variant {variant!r}")

@@ -33,6 +33,7 @@ spends its time on the runs; the G of such a call is not paired with its baselin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import multiprocessing as mp
@@ -150,19 +151,28 @@ def _job(spec: dict) -> dict:
                 "error": f"{type(err).__name__}: {str(err)[:2000]}", "seconds": float("nan")}
 
 
-def _job_body(spec: dict) -> dict:
+@contextlib.contextmanager
+def job_setup(spec: dict):
+    """Inside a job's process: the experiment's setup for the spec's seed and size, on the job's
+    GPU (round-robin over ``spec["gpus"]`` by ``spec["index"]``), rendering through a pool of
+    ``spec["render_workers"]`` processes of its own (closed on exit)."""
     gpus = spec.get("gpus")
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[spec["index"] % len(gpus)])
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # jobs share a GPU
     import autosim_jax as asj
     from autosim_jax.render_pool import make_render_pool
 
-    t0 = time.perf_counter()
     exp = asj.get_experiment(spec["experiment"])
     setup = exp.build(renderer=exp.renderers[0], seed=spec["seed"], size=spec["size"])
     with make_render_pool(setup.simulator.renderer, workers=spec.get("render_workers", 1)) as pool:
-        return _measure(spec, setup._replace(simulator=setup.simulator.with_pool(pool)), t0)
+        yield setup._replace(simulator=setup.simulator.with_pool(pool))
+
+
+def _job_body(spec: dict) -> dict:
+    t0 = time.perf_counter()
+    with job_setup(spec) as setup:
+        return _measure(spec, setup, t0)
 
 
 def _measure(spec: dict, setup, t0: float) -> dict:

@@ -34,27 +34,19 @@ import sys
 import time
 
 import numpy as np
-
-from field_drift import unflatten  # the flat psi record of psi_learning.py back into a psi
-from psi_learning import run_jobs  # the same process pool, deadline and partial results
+from field_drift import read_runs, unflatten  # psi_learning.py's records and their flat psi
+# the same jobs as psi_learning.py: process pool, GPU, render pool, deadline
+from psi_learning import job_setup, run_jobs
 
 
 def _job(spec: dict) -> dict:
     """One process: the new fresh models of one psi (or of a seed's start and reference)."""
     try:
-        gpus = spec.get("gpus")
-        if gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[spec["index"] % len(gpus)])
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        import autosim_jax as asj
-        from autosim_jax.render_pool import make_render_pool
-
         t0 = time.perf_counter()
-        exp = asj.get_experiment(spec["experiment"])
-        setup = exp.build(renderer=exp.renderers[0], seed=spec["seed"], size=spec["size"])
         key_seed = spec["seed"] + spec["seed_offset"]
-        with make_render_pool(setup.simulator.renderer, workers=spec["render_workers"]) as pool:
-            setup = setup._replace(simulator=setup.simulator.with_pool(pool))
+        with job_setup(spec) as setup:
+            import autosim_jax as asj
+
             assess = asj.make_assessor(setup, num_images=spec["assess_images"], epochs=spec["assess_epochs"],
                                         repeats=spec["repeats"])
             if spec["kind"] == "baseline":
@@ -80,8 +72,9 @@ def pooled(old_mean: float, old_n: int, new_mean: float, new_n: int) -> float:
 def _records(p, args) -> list[dict]:
     """One item per (file, variant, seed) of ``--runs``: its recorded psi at ``--step`` and its
     recorded assessments; checked before any job starts."""
-    import autosim_jax as asj
     import jax
+
+    import autosim_jax as asj
 
     exp = asj.get_experiment(args.experiment)
     like = exp.build(renderer=exp.renderers[0], seed=0, size=args.size).simulator.distribution.init()
@@ -89,18 +82,15 @@ def _records(p, args) -> list[dict]:
     seeds = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
     items = []
     for spec in args.runs:
-        path, _, variants = spec.rpartition(":")
-        if not path or not variants:
-            p.error(f"--runs {spec!r}: write FILE:VARIANT[,VARIANT]")
-        with open(path) as f:
-            record = json.load(f)
-        if (record["experiment"], record["size"]) != (args.experiment, args.size):
-            p.error(f"{path} is {record['experiment']} at {record['size']} size, not {args.experiment} at {args.size}")
+        try:
+            path, record, variants = read_runs(spec, args.experiment, args.size)
+        except ValueError as err:
+            p.error(str(err))
         if (record.get("assess_images"), record.get("assess_epochs")) != (args.assess_images, args.assess_epochs):
             p.error(f"{path} assessed on --assess-images {record.get('assess_images')} --assess-epochs "
                     f"{record.get('assess_epochs')}; give the same here, or its models cannot be pooled")
         base = {r["seed"]: r for r in record["runs"] if r["variant"] == "_baseline" and "error" not in r}
-        for variant in variants.split(","):
+        for variant in variants:
             runs = [r for r in record["runs"] if r["variant"] == variant and "psi" in r
                     and (seeds is None or r["seed"] in seeds)]
             if not runs:
@@ -162,8 +152,9 @@ def main(argv=None) -> int:
                                    partial_path=args.out + ".partial.jsonl", report=report)
     new_base = {r["seed"]: r["new"] for r in results if r["kind"] == "baseline" and "error" not in r}
     new_learned = {r["item"]: r["new"]["learned"] for r in results if r["kind"] == "learned" and "error" not in r}
-    import autosim_jax as asj
     import jax
+
+    import autosim_jax as asj
 
     rows = []
     for i, it in enumerate(items):
