@@ -83,10 +83,13 @@ def estimates(c: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
             "optimal_scalar_loo": ((c - scalar)[:, None] * scores).mean(0)}
 
 
-def sample_estimates(setup, seed: int, n: int, t0: float) -> tuple[dict, float, dict, int]:
-    """``n`` independent steps' samples at the start psi and the first step's theta: every
-    estimator of :data:`ESTIMATORS` on each, and the largest relative difference between the
-    reconstructed leave-one-out estimate and the library's."""
+def sample_estimates(setup, seed: int, n: int, t0: float, theta_per_step: bool = False
+                     ) -> tuple[dict, float, dict, int]:
+    """``n`` independent steps' samples at the start psi: every estimator of :data:`ESTIMATORS`
+    on each, and the largest relative difference between the reconstructed leave-one-out
+    estimate and the library's. theta is the first step's for every estimate, or with
+    ``theta_per_step`` a fresh one per estimate, fine-tuned on that estimate's renders from
+    ``theta0`` (a step of ``theta_reset_every=1``), so that the estimates vary as steps do."""
     cfg = setup.config
     k = cfg.dataset_size
     dist = setup.simulator.distribution
@@ -101,8 +104,13 @@ def sample_estimates(setup, seed: int, n: int, t0: float) -> tuple[dict, float, 
         lambda s: ravel_pytree(jax.grad(lambda q: dist.log_prob(q, jax.tree.map(lambda x: x[None], s))[0])(psi))[0]))
     rows = {name: [] for name in ESTIMATORS}
     worst = 0.0
+    finetune = jax.jit(plain.inner.finetune)
     for i in range(n):
         scenes, x, y = simulate(jax.random.PRNGKey(10_000 + i), psi)
+        if theta_per_step:
+            theta0 = plain.inner.theta0
+            theta, _, _ = finetune(theta0, plain.inner.init_opt(theta0), x, y, jax.random.PRNGKey(20_000 + i))
+            state = state._replace(theta=theta)
         c = -k * np.asarray(probe.hypergradient(psi_tagged, state.theta, scenes, x, y).grad_psi["tag"], np.float64)
         scores = np.asarray(flat_scores(scenes), np.float64)
         est = estimates(c, scores)
@@ -121,6 +129,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--estimates", type=int, default=24)
     p.add_argument("--render-workers", type=int, default=1, help="render pool processes (1: render in-process)")
+    p.add_argument("--theta", default="first_step", choices=("first_step", "per_step"),
+                   help="the first step's theta for every estimate, or a fresh one fine-tuned on each "
+                        "estimate's renders (as every step of theta_reset_every=1 has)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     # Full float32 dots: the check below compares two programs, which TF32 (the GPU default)
@@ -130,7 +141,7 @@ def main(argv=None) -> int:
     spec = {"experiment": args.experiment, "seed": args.seed, "size": args.size, "index": 0,
             "render_workers": args.render_workers}
     with job_setup(spec) as setup:
-        rows, worst, psi, k = sample_estimates(setup, args.seed, args.estimates, t0)
+        rows, worst, psi, k = sample_estimates(setup, args.seed, args.estimates, t0, args.theta == "per_step")
     if worst > 1e-4:
         raise AssertionError(f"the reconstructed leave-one-out estimate differs from the library's by {worst:.2e}")
     slices = field_slices(psi)
@@ -139,14 +150,16 @@ def main(argv=None) -> int:
     fields = {}
     for field, sl in slices.items():
         base = var["leave_one_out"][sl].sum()
-        fields[field] = {"snr_leave_one_out": float((mean[sl] ** 2).sum() / base),
+        fields[field] = {"variance_leave_one_out": float(base), "snr_leave_one_out": float((mean[sl] ** 2).sum() / base),
                          **{f"variance_ratio_{n}": float(var[n][sl].sum() / base) for n in ESTIMATORS}}
     total = {n: float(var[n].sum() / var["leave_one_out"].sum()) for n in ESTIMATORS}
     result = {"benchmark": "baseline_variance", "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": "float32 estimates (matmul precision highest), ratios in float64",
-              "experiment": args.experiment, "size": args.size, "seed": args.seed, "K": k,
+              "experiment": args.experiment, "size": args.size, "seed": args.seed, "K": k, "theta": args.theta,
               "estimates": args.estimates, "check_max_relative_error_leave_one_out": worst,
+              "variance_leave_one_out_all": float(var["leave_one_out"].sum()),
+              "snr_leave_one_out_all": float((mean ** 2).sum() / var["leave_one_out"].sum()),
               "variance_ratio_all": total, "fields": fields, "seconds": time.perf_counter() - t0}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
