@@ -161,6 +161,7 @@ class RunArgs:
     ray_address: str | None = None  # with "ray": the cluster (None: a local Ray instance)
     render_timeout: float | None = None  # seconds per batch of K images (None: no limit)
     select_every: int = 0  # also assess the psi of every N-th step; return the best by validation (0: off)
+    assess_models: int = 1  # fresh models per assessed psi (their mean is reported, with their std)
     devices: int = 1  # AutoSimulate's steps data parallel over this many local devices (autosim_jax.parallel)
 
 
@@ -206,6 +207,8 @@ def plan_run(experiment, args: RunArgs) -> _Plan:
         except re.error as err:
             raise UsageError(f"--psi-trainable {args.psi_trainable!r} is not a valid regular expression ({err}); it "
                              "is searched in each psi path such as ['position'].loc.") from None
+    if isinstance(args.assess_models, bool) or not isinstance(args.assess_models, int) or args.assess_models < 1:
+        raise UsageError(f"--assess-models must be an integer >= 1, got {args.assess_models!r}.")
     if isinstance(args.select_every, bool) or not isinstance(args.select_every, int) or args.select_every < 0:
         raise UsageError(f"--select-every must be an integer >= 0 (0: off), got {args.select_every!r}.")
     check_progress_flags(args.log_every, args.log_seconds)
@@ -427,8 +430,9 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
     from .experiments import gap_closed, make_assessor
     from .simulator import reraise_render_errors
 
-    epochs = setup.assess_epochs
-    protocol = {"images": n, "epochs": epochs, "seed": seed}
+    epochs, models = setup.assess_epochs, args.assess_models
+    # "models" only when > 1, so that the assessed.json of a run from before the flag stays valid.
+    protocol = {"images": n, "epochs": epochs, "seed": seed, **({"models": models} if models > 1 else {})}
     psis = [("start_psi", "0", result.initial.psi), ("learned_psi", str(int(result.state.step)), result.state.psi)]
     if reference is not None:
         psis.append(("reference_psi", "reference", reference))
@@ -438,19 +442,20 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
     checks = [r for r in result.records if args.select_every and r["step"] % args.select_every == 0
               and r["step"] != int(result.state.step)]
     psis += [(f"step_{r['step']}", str(r["step"]), psi_from_record(result.initial.psi, r["psi"])) for r in checks]
-    print(f"autosim run: assessing {len(psis)} psi ({', '.join(p[0].replace('_', ' ') for p in psis)}): a fresh "
-          f"model on {n} images x {epochs} epochs each", file=stderr, flush=True)
+    each = "a fresh model" if models == 1 else f"{models} fresh models (their mean)"
+    print(f"autosim run: assessing {len(psis)} psi ({', '.join(p[0].replace('_', ' ') for p in psis)}): {each} "
+          f"on {n} images x {epochs} epochs each", file=stderr, flush=True)
     progress = Progress(len(psis), desc="autosim run: assessing", stream=stderr, unit="psi", every=1,
                         seconds=args.log_seconds)
     assessor: list = []
 
     def assess(psi):
         if not assessor:
-            assessor.append(make_assessor(setup, num_images=n, epochs=epochs))
+            assessor.append(make_assessor(setup, num_images=n, epochs=epochs, repeats=models))
         with quiet_render_errors(), reraise_render_errors():
             return assessor[0](psi, seed)
 
-    out: dict[str, Any] = {"images": n, "epochs": epochs}
+    out: dict[str, Any] = {"images": n, "epochs": epochs, "models": models}
     metric = setup.task.metric_name
     try:
         for name, key, psi in psis:
@@ -557,14 +562,23 @@ def _summary_table(s: dict, metric: str) -> str:
         rows.append(("steps that kept psi", f"{s['psi_kept_steps']} (an unusable solve or a non-finite update)"))
     if "assessment" in s:
         a = s["assessment"]
-        rows.append((f"fresh model, {a['images']} images", f"val / test {metric}"))
+        models = a.get("models", 1)
+        rows.append((f"fresh model, {a['images']} images" if models == 1 else
+                     f"{models} fresh models, {a['images']} images", f"val / test {metric}"
+                     + ("" if models == 1 else " (mean +- std over the models)")))
+
+        def pair(v: dict) -> str:
+            if models == 1:
+                return f"{v['val_metric']:.4f} / {v['test_metric']:.4f}"
+            return (f"{v['val_metric']:.4f} +- {v['val_metric_std']:.4f} / "
+                    f"{v['test_metric']:.4f} +- {v['test_metric_std']:.4f}")
+
         for name in ("start_psi", "learned_psi", "reference_psi"):
             if name in a:
-                rows.append((f"  {name.replace('_', ' ')}",
-                             f"{a[name]['val_metric']:.4f} / {a[name]['test_metric']:.4f}"))
+                rows.append((f"  {name.replace('_', ' ')}", pair(a[name])))
         if "selected_psi" in a:
             sel = a["selected_psi"]
-            rows.append((f"  selected psi (step {sel['step']})", f"{sel['val_metric']:.4f} / {sel['test_metric']:.4f}"))
+            rows.append((f"  selected psi (step {sel['step']})", pair(sel)))
         for key, label in (("gap_closed", "gap closed G (val / test)"),
                            ("gap_closed_selected", "  ... by the selected psi")):
             if key in a:
@@ -818,6 +832,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also assess the psi after every N-th step and report the one whose fresh model does best "
                           "on the validation set as the selected psi (each check trains one more fresh model; "
                           "default 0: off)")
+    run.add_argument("--assess-models", type=int, default=1, metavar="N",
+                     help="fresh models per assessed psi; their mean is reported, with the std over them (default "
+                          "1; on clevr-seg at gpu size one seed's G moves by a std of about 0.14 with 2 models, "
+                          "docs/learning.md: use 4 or more to compare settings)")
     add_progress_flags(run)
     add_render_flags(run)
     add_devices_flag(run)
@@ -867,7 +885,7 @@ def _main(argv: Sequence[str] | None) -> int:
             assess_images=args.assess_images, size=args.size, log_every=args.log_every,
             log_seconds=args.log_seconds, render_workers=args.render_workers, render_backend=args.render_backend,
             ray_address=args.ray_address, render_timeout=args.render_timeout, select_every=args.select_every,
-            devices=args.devices)
+            assess_models=args.assess_models, devices=args.devices)
         out = args.out or "the run directory"
         with interrupt_guard(f"autosim run: interrupted; {out} holds every completed step. Continue with --resume.",
                              stream=sys.stderr):

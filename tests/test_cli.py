@@ -523,6 +523,27 @@ def test_gap_closed_and_psi_in_field_units(toy_path, tmp_path, capsys):
     assert json.loads((out / "assessed.json").read_text())["results"].keys() == {"0", "4", "reference"}
 
 
+def test_assess_models_reports_the_mean_and_std_of_several_fresh_models(toy_path, tmp_path, capsys):
+    """--assess-models 2: each psi's metrics are the mean of 2 fresh models, the first of which is
+    the one-model assessment's (the same keys), so each std (ddof 0) is |mean of 2 - that one|."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["run", TOY_REF, "--iterations", "2", "--out", str(one)]) == 0
+    assert main(["run", TOY_REF, "--iterations", "2", "--assess-models", "2", "--out", str(two)]) == 0
+    printed = capsys.readouterr().out
+    a1 = json.loads((one / "summary.json").read_text())["assessment"]
+    a2 = json.loads((two / "summary.json").read_text())["assessment"]
+    assert a1["models"] == 1 and a2["models"] == 2
+    for name in ("start_psi", "learned_psi", "reference_psi"):
+        for m in ("val_metric", "test_metric"):
+            assert a2[name][f"{m}_std"] == pytest.approx(abs(a2[name][m] - a1[name][m]), rel=1e-5, abs=1e-7)
+        assert a2[name]["test_metric_std"] > 0  # two models on different renders differ
+    assert "2 fresh models" in printed and "+-" in printed
+    assert json.loads((two / "assessed.json").read_text())["models"] == 2
+    assert "models" not in json.loads((one / "assessed.json").read_text())  # an older run's cache stays valid
+    assert main(["run", TOY_REF, "--assess-models", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--assess-models must be an integer >= 1" in capsys.readouterr().err
+
+
 def test_sigint_stops_a_hung_renderer_promptly_and_leaves_a_resumable_directory(toy_path, tmp_path):
     """Ctrl-C while the renderer hangs inside a jitted callback: exit 130 within seconds, then --resume works."""
     out = tmp_path / "r"
