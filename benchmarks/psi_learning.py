@@ -417,7 +417,9 @@ def main(argv=None) -> int:
     p.add_argument("--assess-trajectory", action="store_true",
                    help="also assess the run's replay product: fresh models on the equal mixture of every "
                         "step's psi (what the run rendered), beside those on the final psi")
-    p.add_argument("--repeats", type=int, default=1, help="fresh models per assessment (their mean is used)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="fresh models per assessment (their mean is used); with 2, one clevr-seg gpu seed's G moves "
+                        "by a std of 0.14 between calls (docs/learning.md, session 13): 4 or more to compare variants")
     p.add_argument("--baseline-repeats", type=int, default=None,
                    help="fresh models for the start and reference psi of each seed (default: --repeats); one "
                         "clevr-seg reference model's std is 0.042 mIoU, a sixth of the gap")
