@@ -1,0 +1,158 @@
+"""Does the network's initialisation bias every step the same way? (issue 13, measured before built)
+
+With ``theta_reset_every=1`` every step fine-tunes theta from the *same* ``theta0`` (the run's
+model, initialised from its seed) on that step's renders. Whatever ``theta0`` favours then
+enters every step's hypergradient alike: noise from the renders averages out over steps, a
+bias of the initialisation does not. On clevr-seg at gpu size one seed's lights went the wrong
+way for 40-60 steps in two calls (``docs/learning.md``, session 13); the seed sets only the
+model's initialisation there (the validation and test sets are fixed).
+
+This takes ``--inits`` initialisations (the experiment built with seeds 0, 1, ...) and, for each,
+``--estimates`` steps' hypergradients at the start psi, each on its own renders (the same render
+and minibatch keys for every initialisation) with theta fine-tuned from that ``theta0`` as a
+step does. Per field it reports (sums over the field's coordinates):
+
+* ``signal``: ``|mean over all|^2``, what every initialisation agrees on;
+* ``init_bias``: the variance between the initialisations' means less the part their finite
+  estimates explain (``within / estimates``), i.e. what one initialisation adds to every step;
+* ``within``: one step's variance for a fixed initialisation (the render noise).
+
+``init_bias / signal`` near or above 1 means a run's direction depends on its initialisation as
+much as on psi; ``init_bias * 60 / within`` above 1 means the bias outweighs 60 steps of averaged
+render noise. Also the sign of the key coordinates per initialisation (``--watch``).
+
+Usage::
+
+    python benchmarks/init_bias.py --experiment clevr-seg --size cpu --inits 8 --estimates 16 \\
+        --out benchmarks/results/init_bias/clevr-seg_cpu     # 2-core CPU, 86 s
+    python benchmarks/init_bias.py --experiment clevr-seg --size gpu --inits 8 --estimates 8 \\
+        --render-workers 14 --out $OUT/init_bias_clevr-seg_gpu   # H200, 16 host cores
+
+Writes ``OUT.json`` (device, versions, command, date, every figure) and ``OUT.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from hypergradient_quality import field_slices  # the same field order as ravel_pytree(psi)
+from jax.flatten_util import ravel_pytree
+from psi_learning import job_setup  # the experiment's setup with a render pool of its own
+
+import autosim_jax as asj
+from autosim_jax.inner import split_model
+
+
+def decompose(grads: np.ndarray) -> dict[str, np.ndarray]:
+    """Per coordinate, from ``grads`` of shape ``[inits, estimates, n]``: ``signal`` (squared grand
+    mean), ``init_bias`` (between-initialisation variance of the means, less ``within / estimates``,
+    floored at 0) and ``within`` (the pooled variance of one estimate about its initialisation's mean).
+
+    Example:
+      >>> g = np.array([[[1.0], [3.0]], [[5.0], [7.0]]])   # 2 inits x 2 estimates x 1 coordinate
+      >>> {k: float(v[0]) for k, v in decompose(g).items()}
+      {'signal': 16.0, 'init_bias': 7.0, 'within': 2.0}
+    """
+    inits, n_est = grads.shape[:2]
+    means = grads.mean(1)
+    within = grads.var(1, ddof=1).mean(0)
+    between = means.var(0, ddof=1) if inits > 1 else np.zeros_like(within)
+    return {"signal": grads.mean((0, 1)) ** 2, "init_bias": np.maximum(between - within / n_est, 0.0),
+            "within": within}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", default="clevr-seg")
+    p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--inits", type=int, default=6, help="initialisations: the experiment built with seeds 0..N-1")
+    p.add_argument("--estimates", type=int, default=12, help="steps' hypergradients per initialisation")
+    p.add_argument("--watch", default="key_light,ambient,back_light",
+                   help="fields whose loc's sign per initialisation is reported")
+    p.add_argument("--render-workers", type=int, default=1, help="render pool processes (1: render in-process)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.inits < 2 or args.estimates < 2:
+        p.error("--inits and --estimates must be >= 2 (a variance needs two)")
+    t0 = time.perf_counter()
+    spec = {"experiment": args.experiment, "seed": 0, "size": args.size, "index": 0,
+            "render_workers": args.render_workers}
+    with job_setup(spec) as setup:
+        result = measure(args, setup, t0)
+    result["command"] = "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    plot(result, args.out + ".png")
+    print(f"{'field':>12}  {'signal':>9}  {'init_bias':>9}  {'within':>9}")
+    for f, v in result["fields"].items():
+        print(f"{f:>12}  {v['signal']:9.3g}  {v['init_bias']:9.3g}  {v['within']:9.3g}")
+    for f, w in result["watch"].items():
+        print(f"{f} loc step per init: " + ", ".join(f"{d:+.3g} (se {s:.2g})" for d, s in
+                                                     zip(w["loc_step_direction_per_init"],
+                                                         w["loc_standard_error_per_init"])))
+    return 0
+
+
+def measure(args, setup, t0: float) -> dict:
+    """The decomposition for ``setup`` (seed 0's experiment, rendering through its pool)."""
+    exp = asj.get_experiment(args.experiment)
+    auto = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config)
+    psi = setup.simulator.distribution.init()
+    simulate, finetune = jax.jit(auto.inner.simulate), jax.jit(auto.inner.finetune)
+    grads = np.zeros((args.inits, args.estimates, ravel_pytree(psi)[0].size))
+    for i in range(args.inits):
+        # The same architecture from another seed: only theta0 differs (one compiled program).
+        _, theta0 = split_model(exp.build(renderer=exp.renderers[0], seed=i, size=args.size).model)
+        for r in range(args.estimates):
+            scenes, x, y = simulate(jax.random.PRNGKey(10_000 + r), psi)
+            theta, _, _ = finetune(theta0, auto.inner.init_opt(theta0), x, y, jax.random.PRNGKey(20_000 + r))
+            grads[i, r] = np.asarray(ravel_pytree(auto.hypergradient(psi, theta, scenes, x, y).grad_psi)[0])
+        print(f"[{time.perf_counter() - t0:5.0f}s] initialisation {i + 1}/{args.inits}", flush=True)
+    parts = decompose(grads)
+    slices = field_slices(psi)
+    fields = {f: {k: float(v[sl].sum()) for k, v in parts.items()} for f, sl in slices.items()}
+    watch = {}
+    for f in [w for w in args.watch.split(",") if w in slices]:
+        loc = slices[f].start  # a NormalParams field ravels loc first (its first element, for a field with a shape)
+        # descent moves psi along -grad: a positive mean raises the loc (brighter for a light)
+        watch[f] = {"loc_step_direction_per_init": [float(-grads[i, :, loc].mean()) for i in range(args.inits)],
+                    "loc_standard_error_per_init": [float(grads[i, :, loc].std(ddof=1) / np.sqrt(args.estimates))
+                                                    for i in range(args.inits)]}
+    result = {"benchmark": "init_bias", "date": datetime.date.today().isoformat(),
+              "device": str(jax.devices()[0]), "jax_version": jax.__version__, "autosim_jax": asj.__version__,
+              "precision": "float32, default matmul", "experiment": args.experiment, "size": args.size,
+              "inits": args.inits, "estimates": args.estimates, "K": setup.config.dataset_size,
+              "all": {k: float(v.sum()) for k, v in parts.items()}, "fields": fields, "watch": watch,
+              "render_workers": args.render_workers, "seconds": time.perf_counter() - t0}
+    return result
+
+
+def plot(result: dict, path: str) -> None:
+    from matplotlib.figure import Figure
+
+    fields = list(result["fields"])
+    fig = Figure(figsize=(1.0 + 0.6 * len(fields), 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.27
+    for j, key in enumerate(("signal", "init_bias", "within")):
+        ax.bar(np.arange(len(fields)) + j * width, [max(result["fields"][f][key], 1e-12) for f in fields], width,
+               label=key)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(fields)) + width, fields, rotation=45, ha="right")
+    ax.set_ylabel("sum over the field's coordinates")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{result['experiment']} {result['size']}: {result['inits']} initialisations x "
+                 f"{result['estimates']} steps at the start ({result['date']})", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
