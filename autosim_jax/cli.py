@@ -85,11 +85,14 @@ from .rundir import (
     RunDir,
     RunDirError,
     UsageError,
+    add_assess_models_flag,
     add_devices_flag,
     add_progress_flags,
     add_render_flags,
+    assess_protocol,
     build_setup,
     cached_assessment,
+    check_assess_models,
     check_devices,
     check_out_path,
     check_progress_flags,
@@ -207,8 +210,7 @@ def plan_run(experiment, args: RunArgs) -> _Plan:
         except re.error as err:
             raise UsageError(f"--psi-trainable {args.psi_trainable!r} is not a valid regular expression ({err}); it "
                              "is searched in each psi path such as ['position'].loc.") from None
-    if isinstance(args.assess_models, bool) or not isinstance(args.assess_models, int) or args.assess_models < 1:
-        raise UsageError(f"--assess-models must be an integer >= 1, got {args.assess_models!r}.")
+    check_assess_models(args.assess_models)
     if isinstance(args.select_every, bool) or not isinstance(args.select_every, int) or args.select_every < 0:
         raise UsageError(f"--select-every must be an integer >= 0 (0: off), got {args.select_every!r}.")
     check_progress_flags(args.log_every, args.log_seconds)
@@ -431,8 +433,7 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
     from .simulator import reraise_render_errors
 
     epochs, models = setup.assess_epochs, args.assess_models
-    # "models" only when > 1, so that the assessed.json of a run from before the flag stays valid.
-    protocol = {"images": n, "epochs": epochs, "seed": seed, **({"models": models} if models > 1 else {})}
+    protocol = assess_protocol(n, epochs, models, seed=seed)
     psis = [("start_psi", "0", result.initial.psi), ("learned_psi", str(int(result.state.step)), result.state.psi)]
     if reference is not None:
         psis.append(("reference_psi", "reference", reference))
@@ -832,10 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also assess the psi after every N-th step and report the one whose fresh model does best "
                           "on the validation set as the selected psi (each check trains one more fresh model; "
                           "default 0: off)")
-    run.add_argument("--assess-models", type=int, default=1, metavar="N",
-                     help="fresh models per assessed psi; their mean is reported, with the std over them (default "
-                          "1; on clevr-seg at gpu size one seed's G moves by a std of about 0.14 with 2 models, "
-                          "docs/learning.md: use 4 or more to compare settings)")
+    add_assess_models_flag(run)
     add_progress_flags(run)
     add_render_flags(run)
     add_devices_flag(run)

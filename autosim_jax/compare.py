@@ -85,11 +85,14 @@ from .rundir import (
     RenderPools,
     RunDir,
     UsageError,
+    add_assess_models_flag,
     add_devices_flag,
     add_progress_flags,
     add_render_flags,
+    assess_protocol,
     build_setup,
     cached_assessment,
+    check_assess_models,
     check_devices,
     check_progress_flags,
     check_render_options,
@@ -136,6 +139,7 @@ class CompareArgs:
     experiment_spec: str | None = None
     assess_images: int | None = None  # None: the experiment's; 0: no assessment at all
     assess_points: int = 4  # Table 2 rows: psi assessed after budget/2^(P-1), ..., budget/2, budget images
+    assess_models: int = 1  # fresh models per assessed psi (their mean)
     size: str | None = None  # None: the experiment's default (passed to build only when given)
     log_every: int | None = None
     log_seconds: float = 30.0
@@ -166,6 +170,7 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
             raise UsageError(f"--approximations: unknown {a!r}; valid choices are {list(APPROXIMATIONS)}.")
     if args.assess_images is not None and args.assess_images < 0:
         raise UsageError(f"--assess-images must be >= 0 (0 skips the assessment), got {args.assess_images}.")
+    check_assess_models(args.assess_models)
     if args.assess_points < 1:
         raise UsageError(f"--assess-points must be >= 1 (1: the final psi only), got {args.assess_points}.")
     if args.budget_images is None or args.budget_images < 1:
@@ -853,7 +858,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
     reference = setup0.reference_psi
     metric, higher = setup0.task.metric_name, bool(setup0.task.higher_is_better)
     assess_images = setup0.assess_images if args.assess_images is None else args.assess_images
-    protocol = {"images": assess_images, "epochs": setup0.assess_epochs}
+    protocol = assess_protocol(assess_images, setup0.assess_epochs, args.assess_models)
     thresholds = assess_thresholds(args.budget_images, args.assess_points)
     first_approximation = next((a for m, a in runs if m == "autosimulate"), None)
     table2 = [(m, a) for m, a in runs if m != "autosimulate" or a == first_approximation]
@@ -903,7 +908,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "metric": metric,
         "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds, "size": args.size,
         "options": setup0.config.to_dict(), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
-        "search_scales": args.search_scales,
+        "search_scales": args.search_scales, "assess_models": args.assess_models,
         "rows": rows, "assessment": assessment,
     }
     write_json(os.path.join(out, "compare.json"), result)
@@ -912,7 +917,9 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
           f"Budget {args.budget_images} images, {args.seeds} seed(s); mean ± standard deviation over seeds. "
           "Time: render + train + other, without the test metric and file I/O."
           + (f" Last columns: fresh models trained on {assess_images} images x {setup0.assess_epochs} epochs from "
-             "each run's final psi (the fair comparison of the answers)" if assess_images else "")
+             "each run's final psi (the fair comparison of the answers"
+             + (f"; the mean of {args.assess_models} models per psi" if args.assess_models > 1 else "") + ")"
+             if assess_images else "")
           + ("; G: the share of the gap between the start and the reference psi that the final psi closes."
              if has_g else "." if assess_images else "")
           + ("" if not assess_images or reference is not None else
@@ -940,7 +947,8 @@ def _seed_assessor(experiment, renderer: str, seed: int, args: CompareArgs, prot
     from .simulator import reraise_render_errors
 
     setup = pools.attach(build_setup(experiment, renderer=renderer, seed=seed, size=args.size))
-    assessor = make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"])
+    assessor = make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"],
+                             repeats=protocol.get("models", 1))
     factor = math.ceil(protocol["images"] / setup.config.dataset_size)
 
     def assess(psi) -> dict:
@@ -1075,6 +1083,7 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--assess-points", type=int, default=4, metavar="P",
                    help="assess Table 2's runs after budget/2^(P-1), ..., budget/2, budget images (Table 4's "
                         "other approximations at the budget only); gives the images-to-reach table (default 4)")
+    add_assess_models_flag(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run N of the comparison's runs at once, each in a process of its own (with its own "
                         "--render-workers pool: N x W render processes in all), then its fresh-model assessments, "
@@ -1096,7 +1105,7 @@ def compare_main(ns: argparse.Namespace) -> int:
                             if ns.approximations else None),
             out=ns.out, renderer=ns.renderer, resume=ns.resume, lts_samples=ns.lts_samples,
             search_radius=ns.search_radius, search_scales=ns.search_scales, experiment_spec=ns.experiment, assess_images=ns.assess_images,
-            assess_points=ns.assess_points, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds,
+            assess_points=ns.assess_points, assess_models=ns.assess_models, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds,
             render_workers=ns.render_workers, render_backend=ns.render_backend, ray_address=ns.ray_address,
             render_timeout=ns.render_timeout, devices=ns.devices, jobs=ns.jobs)
         out = args.out or "the output directory"

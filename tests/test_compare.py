@@ -247,3 +247,22 @@ def test_search_scales_adds_the_log_scales_to_the_baselines_space(toy, tmp_path,
     capsys.readouterr()
     assert main([*argv, "--resume"]) == 2
     assert "search_scales" in capsys.readouterr().err
+
+
+def test_assess_models_averages_several_fresh_models_per_psi(toy, tmp_path, capsys):
+    """--assess-models 2: each assessed psi is the mean of 2 fresh models, the first of which is the
+    one-model comparison's (the same keys): mean of 2 - that one = half their difference, != 0."""
+    from toy_reference import SPEC
+
+    common = ["compare", SPEC, "--methods", "random", "--seeds", "1", "--budget-images", "32", "--assess-points", "1"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--assess-models", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / d / "compare.json").read_text()) for d in ("one", "two"))
+    assert one["assess_models"] == 1 and two["assess_models"] == 2
+    s1, s2 = one["assessment"]["start_psi"]["seeds"][0], two["assessment"]["start_psi"]["seeds"][0]
+    assert s2["test_metric_std"] == pytest.approx(abs(s2["test_metric"] - s1["test_metric"]), rel=1e-5, abs=1e-7)
+    assert s2["test_metric_std"] > 0
+    assert "the mean of 2 models per psi" in (tmp_path / "two" / "compare.md").read_text()
+    assert main([*common, "--assess-models", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--assess-models must be an integer >= 1" in capsys.readouterr().err
+

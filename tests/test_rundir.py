@@ -311,3 +311,20 @@ def test_an_option_added_later_reads_as_its_default(tmp_path):
     (tmp_path / CONFIG).write_text(json.dumps({"format": FORMAT, "options": old}))
     options = read_config(str(tmp_path))["options"]
     assert options == AutoSimConfig(approximation="linear").to_dict()
+
+
+def test_assessment_cache_is_kept_per_model_count(tmp_path):
+    """An assessed.json is read back only under the same protocol: a file of 2 models per psi is
+    not one of 1, and a file written before --assess-models (no "models" key) is one of 1."""
+    from autosim_jax.rundir import assess_protocol, cached_assessment, is_assessed
+
+    path = str(tmp_path / "assessed.json")
+    two = assess_protocol(64, 3, 2, seed=0)
+    value, cached = cached_assessment(path, "0", two, lambda: {"val_metric": 0.5, "test_metric": 0.4})
+    assert not cached and is_assessed(path, "0", two)
+    assert not is_assessed(path, "0", assess_protocol(64, 3, 1, seed=0))
+    assert not is_assessed(path, "0", assess_protocol(64, 3, 4, seed=0))
+    old = tmp_path / "old.json"  # as written before the flag existed
+    old.write_text(json.dumps({"images": 64, "epochs": 3, "seed": 0, "results": {"0": value}}))
+    assert is_assessed(str(old), "0", assess_protocol(64, 3, 1, seed=0))
+    assert not is_assessed(str(old), "0", two)
