@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -224,6 +224,41 @@ def _split_optimizers(overrides: dict[str, Any]) -> dict[str, optax.GradientTran
             if isinstance(overrides.get(k), optax.GradientTransformation)}
 
 
+def _check_reset_models(model: nnx.Module, reset_models: Sequence[nnx.Module], config: AutoSimConfig) -> list:
+    """The parameters of ``reset_models`` (``make_autosimulate``), checked against ``model``."""
+    reset_models = list(reset_models)
+    if not reset_models:
+        return []
+    if not config.theta_reset_every:
+        raise ValueError(
+            f"reset_models ({len(reset_models)} models) are the initialisations that theta_reset_every cycles "
+            "through, but AutoSimConfig.theta_reset_every=0 never resets theta. Pass theta_reset_every=N > 0, "
+            "or no reset_models.")
+    if config.pretrain_rounds:
+        raise ValueError(
+            f"reset_models and AutoSimConfig.pretrain_rounds={config.pretrain_rounds} both say where a reset "
+            "goes (the pretrained anchor, or another initialisation). Pass one of them.")
+    graphdef, theta = split_model(model)
+    out = []
+    for i, other in enumerate(reset_models):
+        try:
+            other_graphdef, other_theta = split_model(other)
+        except ValueError as err:
+            raise ValueError(f"reset_models[{i}]: {err}") from None
+        mine = {jax.tree_util.keystr(p): (np.shape(x), jnp.result_type(x))
+                for p, x in jax.tree_util.tree_flatten_with_path(theta)[0]}
+        theirs = {jax.tree_util.keystr(p): (np.shape(x), jnp.result_type(x))
+                  for p, x in jax.tree_util.tree_flatten_with_path(other_theta)[0]}
+        if other_graphdef != graphdef or mine != theirs:
+            diff = sorted(set(mine.items()) ^ set(theirs.items()), key=str)[:2]
+            raise ValueError(
+                f"reset_models[{i}] is not another initialisation of model: its structure or parameter "
+                f"shapes differ (e.g. {diff or 'the module graph'}). Build it with the same constructor and "
+                "arguments and another seed, e.g. nnx.Rngs(seed + 1).")
+        out.append(other_theta)
+    return out
+
+
 def make_autosimulate(
     simulator: Simulator,
     model: nnx.Module,
@@ -232,6 +267,7 @@ def make_autosimulate(
     config: AutoSimConfig | None = None,
     *,
     devices: int | Any | None = None,
+    reset_models: Sequence[nnx.Module] = (),
     **overrides: Any,
 ) -> AutoSimulate:
     r"""Builds AutoSimulate's ``(init, step)`` for one simulator, model, task and validation set.
@@ -250,6 +286,12 @@ def make_autosimulate(
         them, with psi and theta replicated. Results equal the single-device ones to float32
         rounding (the sums are added in another order). ``dataset_size``, ``batch_size`` and
         ``curvature_batch_size`` must be multiples of N.
+      reset_models: other initialisations of ``model`` (the same structure, other parameters)
+        for ``AutoSimConfig.theta_reset_every``: reset ``j`` (at step ``j N``) starts theta again
+        from ``(model, *reset_models)[j % (1 + len(reset_models))]`` instead of from ``model``
+        every time, so that what one initialisation favours does not push every step the same
+        way (``benchmarks/init_bias.py``). Default ``()``: always ``model``. Which one a reset
+        uses follows from the step count, so a resumed run resets as the original did.
       **overrides: fields of ``config`` to change (``approximation="linear"``, ...).
         ``inner_optimizer`` / ``outer_optimizer`` also accept an optax transformation,
         used as given instead of the one the config names.
@@ -336,6 +378,7 @@ def make_autosimulate(
     # Freezing layers (Table 5): fine-tuning, g_val, the curvature and the score-function term act
     # on the trainable leaves only, closing over the frozen ones (autosim_jax/trainable.py).
     partition = None if config.trainable is None else make_partition(split_model(model)[1], config.trainable)
+    reset_thetas = _check_reset_models(model, reset_models, config)
     # The fields of q_psi to learn (AutoSimConfig.psi_trainable): a mask with psi's structure.
     psi_mask = (None if config.psi_trainable is None else
                 make_partition(simulator.distribution.init(), config.psi_trainable, "psi_trainable").mask_tree())
@@ -352,8 +395,8 @@ def make_autosimulate(
     warned: set[type] = set()  # each warning once per instance
     # (theta0, its optimiser state), where theta_reset_every sends theta back; arrays are
     # immutable, so every reset shares them.
-    initial_theta = (replicate((inner.theta0, inner.init_opt(inner.theta0)), mesh)
-                     if config.theta_reset_every and not config.pretrain_rounds else None)
+    initial_thetas = ([replicate((theta, inner.init_opt(theta)), mesh) for theta in (inner.theta0, *reset_thetas)]
+                      if config.theta_reset_every and not config.pretrain_rounds else None)
     init_opt = jax.jit(inner.init_opt)  # a reset to the pretrained anchor: its fresh optimiser state
 
     def init(seed: int) -> AutoSimState:
@@ -508,8 +551,8 @@ def make_autosimulate(
         theta, inner_state = state.theta, state.inner_opt_state
         reset = config.theta_reset_every
         if reset and int(state.step) and int(state.step) % reset == 0:  # the host knows the step count
-            theta, inner_state = (initial_theta if state.theta_anchor is None
-                                  else (state.theta_anchor, init_opt(state.theta_anchor)))
+            theta, inner_state = (initial_thetas[int(state.step) // reset % len(initial_thetas)]
+                                  if state.theta_anchor is None else (state.theta_anchor, init_opt(state.theta_anchor)))
         theta, inner_state, train_loss, theta_ok = jax.block_until_ready(
             finetune(theta, inner_state, inputs, labels, train_key)
         )

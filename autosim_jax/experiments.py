@@ -56,6 +56,7 @@ class ExperimentSetup(NamedTuple):
     assess_images: int  # images a fresh model is trained on to assess a psi
     assess_epochs: int  # epochs of that training
     reference_psi: Any = None  # the "good" psi of the gap-closed measure (None: not known)
+    make_model: Callable[[int], nnx.Module] | None = None  # model_seed -> a model like `model` (other inits)
 
 
 class Experiment(NamedTuple):
@@ -133,20 +134,23 @@ def build_clevr_seg(*, renderer: str = "clevr", seed: int = 0, size: str = "cpu"
     val = _render_fixed_set(target, psi_target, n_eval, seed=1001)
     test = _render_fixed_set(target, psi_target, n_eval, seed=2002)
     simulator = Simulator(from_schema(render.schema, CLEVR_START), render)
-    model = UNet(in_channels=3, num_classes=4, base_channels=32 if gpu else 8, rngs=nnx.Rngs(seed))
+    def make_model(model_seed: int) -> nnx.Module:
+        return UNet(in_channels=3, num_classes=4, base_channels=32 if gpu else 8, rngs=nnx.Rngs(model_seed))
+
+    model = make_model(seed)
     if gpu:
         config = AutoSimConfig(dataset_size=256, batch_size=32, finetune_epochs=2, inner_learning_rate=3e-3,
                                outer_learning_rate=0.1, curvature_batch_size=64, cg_maxiter=10, val_batch_size=64,
                                theta_reset_every=_THETA_RESET_EVERY)
         return ExperimentSetup(simulator, model, segmentation_task(4), val, test, config, iterations=120,
-                               assess_images=2048, assess_epochs=8, reference_psi=psi_target)
+                               assess_images=2048, assess_epochs=8, reference_psi=psi_target, make_model=make_model)
     # Curvature on a quarter of the batch with 5 CG iterations: on 2 CPU cores a full
     # 32-image, 10-iteration Gauss-Newton solve of the UNet costs ~4 s per step, this ~0.5 s.
     config = AutoSimConfig(dataset_size=32, batch_size=16, finetune_epochs=2, inner_learning_rate=3e-3,
                            outer_learning_rate=0.1, damping=1e-2, curvature="gauss_newton", curvature_batch_size=8,
                            cg_maxiter=5, cg_tol=1e-3, theta_reset_every=_THETA_RESET_EVERY)
     return ExperimentSetup(simulator, model, segmentation_task(4), val, test, config, iterations=40,
-                           assess_images=512, assess_epochs=10, reference_psi=psi_target)
+                           assess_images=512, assess_epochs=10, reference_psi=psi_target, make_model=make_model)
 
 
 # ----------------------------------------------------------------------- digits-sim2real
@@ -191,13 +195,17 @@ def build_digits_sim2real(*, renderer: str = "glyphs", seed: int = 0, size: str 
     render = get_renderer(renderer)
     simulator = Simulator(from_schema(render.schema, DIGITS_START), render)
     reference = from_schema(render.schema, DIGITS_REFERENCE).init()
-    model = SmallCNN(in_channels=1, num_classes=10, channels=64 if gpu else 16, rngs=nnx.Rngs(seed))
+    def make_model(model_seed: int) -> nnx.Module:
+        return SmallCNN(in_channels=1, num_classes=10, channels=64 if gpu else 16, rngs=nnx.Rngs(model_seed))
+
+    model = make_model(seed)
     config = AutoSimConfig(dataset_size=1024 if gpu else 256, batch_size=64 if gpu else 32, finetune_epochs=3,
                            inner_learning_rate=3e-3, outer_learning_rate=0.1, damping=1e-2,
                            curvature="gauss_newton", cg_maxiter=10, cg_tol=1e-3, theta_reset_every=_THETA_RESET_EVERY)
     return ExperimentSetup(
         simulator, model, classification_task(), load_real_digits("validation"), load_real_digits("test"),
         config, iterations=60, assess_images=8192 if gpu else 4096, assess_epochs=10, reference_psi=reference,
+        make_model=make_model,
     )
 
 
@@ -263,10 +271,13 @@ def build_clevr_det(*, renderer: str = "clevr-det", seed: int = 0, size: str = "
     test = _render_fixed_set(target, psi_target, n_eval, seed=2002)
     simulator = Simulator(from_schema(render.schema, {"cell": {"probs": cell_probs(CLEVR_DET_START)}}), render)
     k = len(render.class_names)
-    model = centernet(3, k, 32 if gpu else 8, rngs=nnx.Rngs(seed))
-    return ExperimentSetup(simulator, model, detection_task(k), val, test, _detection_config(gpu),
+    def make_model(model_seed: int) -> nnx.Module:
+        return centernet(3, k, 32 if gpu else 8, rngs=nnx.Rngs(model_seed))
+
+    return ExperimentSetup(simulator, make_model(seed), detection_task(k), val, test, _detection_config(gpu),
                            iterations=120 if gpu else 40, assess_images=2048 if gpu else 256,
-                           assess_epochs=_CLEVR_DET_GPU_ASSESS_EPOCHS if gpu else 15, reference_psi=psi_target)
+                           assess_epochs=_CLEVR_DET_GPU_ASSESS_EPOCHS if gpu else 15, reference_psi=psi_target,
+                           make_model=make_model)
 
 
 def build_digits_det(*, renderer: str = "digit-canvas", seed: int = 0, size: str = "cpu") -> ExperimentSetup:
@@ -290,10 +301,13 @@ def build_digits_det(*, renderer: str = "digit-canvas", seed: int = 0, size: str
     reference = from_schema(render.schema, {"cell": {"probs": cell_probs(DIGITS_DET_REFERENCE)}}).init()
     val = real_digit_canvases("validation", n_eval, size=image_size, seed=1)
     test = real_digit_canvases("test", n_eval, size=image_size, seed=2)
-    model = centernet(1, 10, 32 if gpu else 8, rngs=nnx.Rngs(seed))
-    return ExperimentSetup(simulator, model, detection_task(10), val, test, _detection_config(gpu),
+    def make_model(model_seed: int) -> nnx.Module:
+        return centernet(1, 10, 32 if gpu else 8, rngs=nnx.Rngs(model_seed))
+
+    return ExperimentSetup(simulator, make_model(seed), detection_task(10), val, test, _detection_config(gpu),
                            iterations=120 if gpu else 40, assess_images=_DIGITS_DET_GPU_ASSESS[0] if gpu else 512,
-                           assess_epochs=_DIGITS_DET_GPU_ASSESS[1] if gpu else 10, reference_psi=reference)
+                           assess_epochs=_DIGITS_DET_GPU_ASSESS[1] if gpu else 10, reference_psi=reference,
+                           make_model=make_model)
 
 
 EXPERIMENTS: dict[str, Experiment] = {

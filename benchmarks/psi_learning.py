@@ -122,6 +122,9 @@ VARIANTS = {
                      "the histogram with a fresh model per step (both session-6 findings together)"),
     "linear_bins6_reset1": ({"approximation": "linear", "bins": {"position": 6}, "theta_reset_every": 1},
                             "the linear row, histogram and a fresh model per step"),
+    "inits8": ({"reset_inits": 8},
+               "each reset fine-tunes from one of 8 initialisations in turn, not always the run's own: does an "
+               "initialisation's bias (init_bias.py) stop pushing every step the same way?"),
 }
 STARTS = {"clevr-seg": "CLEVR_START", "digits-sim2real": "DIGITS_START"}  # experiments.py's start overrides
 
@@ -224,8 +227,13 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     if learned is not None and stages is not None:
         raise ValueError(f"variant {spec['variant']!r}: give psi_trainable inside its stages, not beside them")
     stages = stages or [[None, learned]]
+    # reset_inits: n initialisations that theta_reset_every cycles through (the run's model and n - 1
+    # others of the experiment's make_model, seeds 1000 j + seed)
+    n_inits = overrides.pop("reset_inits", 1)
+    reset_models = [setup.make_model(1000 * j + spec["seed"]) for j in range(1, n_inits)]
     autosims = [asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
-                                      **overrides, psi_trainable=learned) for _, learned in stages]
+                                      **overrides, psi_trainable=learned, reset_models=reset_models)
+                for _, learned in stages]
     ends = np.cumsum([n or spec["steps"] for n, _ in stages])
     state = autosims[0].init(spec["seed"])
     psis, infos = [], []

@@ -2,6 +2,7 @@
 
 import functools
 
+import jax
 import numpy as np
 import pytest
 
@@ -28,6 +29,17 @@ def test_setups_match_their_renderers(name):
         assert x.shape[1:] == spec_in.shape and y.shape[1:] == spec_lab.shape and len(x) == len(y)
         assert np.isfinite(x).all()
     assert setup.config.dataset_size % setup.config.batch_size == 0
+    # make_model(seed) rebuilds the setup's model (the same seed: the same parameters); another
+    # seed gives another initialisation of the same structure (make_autosimulate's reset_models).
+    from autosim_jax.inner import split_model
+
+    same, other = split_model(setup.make_model(0)), split_model(setup.make_model(1))
+    mine = split_model(setup.model)
+    assert same[0] == mine[0] == other[0]
+    for a, b, c in zip(jax.tree.leaves(mine[1]), jax.tree.leaves(same[1]), jax.tree.leaves(other[1])):
+        np.testing.assert_array_equal(a, b)
+        assert a.shape == c.shape
+    assert any(not np.array_equal(a, c) for a, c in zip(jax.tree.leaves(mine[1]), jax.tree.leaves(other[1])))
 
 
 def test_clevr_eval_sets_are_fixed_and_distinct():

@@ -121,3 +121,64 @@ def test_the_anchor_survives_a_checkpoint(tmp_path):
     for a, b in zip(_leaves(back), _leaves(state)):
         np.testing.assert_array_equal(a, b)
     assert back.theta_anchor is not None
+
+
+def _cycling(reset: int, others: int, pretrain: int = 0):
+    """``_autosim`` whose resets cycle through the model and ``others`` initialisations (seeds 1, 2, ...)."""
+    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
+    config = AutoSimConfig(dataset_size=32, batch_size=16, finetune_epochs=2, inner_learning_rate=0.1,
+                           cg_maxiter=3, theta_reset_every=reset, pretrain_rounds=pretrain)
+    return make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TASK, (X_VAL, X_VAL**2), config,
+                             reset_models=[nnx.Linear(1, 1, rngs=nnx.Rngs(j)) for j in range(1, others + 1)])
+
+
+def test_reset_models_are_cycled_through_by_step_count():
+    """reset_models=[m1, m2], N = 1: step t's fresh theta is one fine-tuning of (model, m1, m2)[t % 3]
+    on that step's renders; step 0 starts from the model as without reset_models."""
+    plain, cycling = _autosim(1), _cycling(1, 2)
+    inits = [_leaves(nnx.split(nnx.Linear(1, 1, rngs=nnx.Rngs(j)), nnx.Param)[1]) for j in range(3)]
+    s_plain, s_cyc = plain.init(0), cycling.init(0)
+    for t in range(5):
+        _, sim_key, train_key = jax.random.split(s_cyc.key, 3)
+        _, x, y = cycling.inner.simulate(sim_key, s_cyc.psi)
+        start = jax.tree.unflatten(jax.tree.structure(s_cyc.theta), [jnp.asarray(a) for a in inits[t % 3]])
+        expected, _, _ = cycling.inner.finetune(start, cycling.inner.init_opt(start), x, y, train_key)
+        s_cyc, _ = cycling.step(s_cyc)
+        s_plain, _ = plain.step(s_plain)
+        for a, b in zip(_leaves(s_cyc.theta), _leaves(expected)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        if t == 0:  # the first step fine-tunes the model itself: the same as without reset_models
+            for a, b in zip(_leaves(s_cyc.theta), _leaves(s_plain.theta)):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_reset_models_resume_as_the_original_run():
+    """The reset a step makes follows from its step count: a new AutoSimulate continuing a state
+    after 2 steps ends bit for bit where 4 steps of one instance end."""
+    straight = _cycling(1, 2)
+    s = straight.init(0)
+    for _ in range(4):
+        s, _ = straight.step(s)
+    first = _cycling(1, 2)
+    r = first.init(0)
+    for _ in range(2):
+        r, _ = first.step(r)
+    second = _cycling(1, 2)  # as after a restart: another instance, the saved state
+    for _ in range(2):
+        r, _ = second.step(r)
+    for a, b in zip(_leaves((s.psi, s.theta, s.outer_opt_state)), _leaves((r.psi, r.theta, r.outer_opt_state))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_reset_models_are_checked_before_anything_compiles():
+    with pytest.raises(ValueError, match=r"theta_reset_every=0 never resets theta"):
+        _cycling(0, 1)
+    with pytest.raises(ValueError, match=r"reset_models and AutoSimConfig.pretrain_rounds=2"):
+        _cycling(1, 1, pretrain=2)
+    sim = Simulator(from_schema(SquareRenderer.schema), SquareRenderer())
+    with pytest.raises(ValueError, match=r"reset_models\[0\] is not another initialisation of model"):
+        make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TASK, (X_VAL, X_VAL**2), theta_reset_every=1,
+                          reset_models=[nnx.Linear(1, 2, rngs=nnx.Rngs(1))])
+    with pytest.raises(ValueError, match=r"reset_models\[0\]: "):
+        make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TASK, (X_VAL, X_VAL**2), theta_reset_every=1,
+                          reset_models=[object()])
