@@ -238,17 +238,19 @@ def _check_reset_models(model: nnx.Module, reset_models: Sequence[nnx.Module], c
         raise ValueError(
             f"reset_models and AutoSimConfig.pretrain_rounds={config.pretrain_rounds} both say where a reset "
             "goes (the pretrained anchor, or another initialisation). Pass one of them.")
+    def signature(theta):  # path -> (shape, dtype) of every parameter
+        return {jax.tree_util.keystr(p): (np.shape(x), jnp.result_type(x))
+                for p, x in jax.tree_util.tree_flatten_with_path(theta)[0]}
+
     graphdef, theta = split_model(model)
+    mine = signature(theta)
     out = []
     for i, other in enumerate(reset_models):
         try:
             other_graphdef, other_theta = split_model(other)
         except ValueError as err:
             raise ValueError(f"reset_models[{i}]: {err}") from None
-        mine = {jax.tree_util.keystr(p): (np.shape(x), jnp.result_type(x))
-                for p, x in jax.tree_util.tree_flatten_with_path(theta)[0]}
-        theirs = {jax.tree_util.keystr(p): (np.shape(x), jnp.result_type(x))
-                  for p, x in jax.tree_util.tree_flatten_with_path(other_theta)[0]}
+        theirs = signature(other_theta)
         if other_graphdef != graphdef or mine != theirs:
             diff = sorted(set(mine.items()) ^ set(theirs.items()), key=str)[:2]
             raise ValueError(

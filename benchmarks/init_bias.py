@@ -7,7 +7,7 @@ bias of the initialisation does not. On clevr-seg at gpu size one seed's lights 
 way for 40-60 steps in two calls (``docs/learning.md``, session 13); the seed sets only the
 model's initialisation there (the validation and test sets are fixed).
 
-This takes ``--inits`` initialisations (the experiment built with seeds 0, 1, ...) and, for each,
+This takes ``--inits`` initialisations (``ExperimentSetup.make_model(0, 1, ...)``) and, for each,
 ``--estimates`` steps' hypergradients at the start psi, each on its own renders (the same render
 and minibatch keys for every initialisation) with theta fine-tuned from that ``theta0`` as a
 step does. Per field it reports (sums over the field's coordinates):
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
     p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
-    p.add_argument("--inits", type=int, default=6, help="initialisations: the experiment built with seeds 0..N-1")
+    p.add_argument("--inits", type=int, default=6, help="initialisations: the experiment's make_model(0..N-1)")
     p.add_argument("--estimates", type=int, default=12, help="steps' hypergradients per initialisation")
     p.add_argument("--watch", default="key_light,ambient,back_light",
                    help="fields whose loc's sign per initialisation is reported")
@@ -103,14 +103,13 @@ def main(argv=None) -> int:
 
 def measure(args, setup, t0: float) -> dict:
     """The decomposition for ``setup`` (seed 0's experiment, rendering through its pool)."""
-    exp = asj.get_experiment(args.experiment)
     auto = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config)
     psi = setup.simulator.distribution.init()
     simulate, finetune = jax.jit(auto.inner.simulate), jax.jit(auto.inner.finetune)
     grads = np.zeros((args.inits, args.estimates, ravel_pytree(psi)[0].size))
     for i in range(args.inits):
         # The same architecture from another seed: only theta0 differs (one compiled program).
-        _, theta0 = split_model(exp.build(renderer=exp.renderers[0], seed=i, size=args.size).model)
+        _, theta0 = split_model(setup.make_model(i))
         for r in range(args.estimates):
             scenes, x, y = simulate(jax.random.PRNGKey(10_000 + r), psi)
             theta, _, _ = finetune(theta0, auto.inner.init_opt(theta0), x, y, jax.random.PRNGKey(20_000 + r))
