@@ -36,6 +36,7 @@ WARM, FRESH = "warm theta", "fresh theta per step"
 CONTROLS = {WARM: ("clevr-seg_gpu_explore.json", "default"), FRESH: ("clevr-seg_gpu_staged25.json", "default")}
 FIVE_SEED_CONTROL = (("clevr-seg_gpu_lr0.3_s012.json", "clevr-seg_gpu_lr0.3_decay20_s34.json"), "default")
 GATE_CALLS = ("clevr-seg_gpu_snr_gate_s012.json", "clevr-seg_gpu_snr_gate_s34.json")
+INITS_CALLS = ("clevr-seg_gpu_inits8_s012.json", "clevr-seg_gpu_inits8_s34.json")
 ROWS = [
     # the warm-started model (sessions 3-6)
     ("plain exact quadratic (control)", WARM, "clevr-seg_gpu_run1.json", "default", None),
@@ -93,6 +94,10 @@ ROWS = [
     ("noise gate z = 2 (outer_snr_gate=2)", FRESH, GATE_CALLS, "snr_gate2", (GATE_CALLS, "default")),
     ("noise gate z = 2 + Adam 0.3 (seeds 3, 4)", FRESH, "clevr-seg_gpu_snr_gate_s34.json", "lr0.3_snr_gate2",
      (GATE_CALLS, "default")),
+    # session 14: resets cycling through initialisations beside their own control; 4 fresh models per psi
+    ("plain exact quadratic (control of inits8, 5 seeds, 4 models per psi)", FRESH, INITS_CALLS, "default", None),
+    ("resets cycle through 8 initialisations (reset_models)", FRESH, INITS_CALLS, "inits8",
+     (INITS_CALLS, "default")),
 ]
 
 
