@@ -19,7 +19,12 @@ step does. Per field it reports (sums over the field's coordinates):
 
 ``init_bias / signal`` near or above 1 means a run's direction depends on its initialisation as
 much as on psi; ``init_bias * 60 / within`` above 1 means the bias outweighs 60 steps of averaged
-render noise. Also the sign of the key coordinates per initialisation (``--watch``).
+render noise. Also the sign of the key coordinates per initialisation (``--watch``), and how far
+the library's outer optimiser (Adam with ``AutoSimConfig``'s default rate and beta2) would move
+each of them in ``--travel-steps`` steps if every step's hypergradient were drawn as measured at
+the start: from one initialisation throughout (a run's own theta0) or cycling through all of
+them (``make_autosimulate(..., reset_models=...)``). ``--from-json`` adds that prediction to an
+earlier measurement without a device.
 
 Usage::
 
@@ -27,6 +32,9 @@ Usage::
         --out benchmarks/results/init_bias/clevr-seg_cpu     # 2-core CPU, 86 s
     python benchmarks/init_bias.py --experiment clevr-seg --size gpu --inits 8 --estimates 8 \\
         --render-workers 14 --out $OUT/init_bias_clevr-seg_gpu   # H200, 16 host cores
+
+    python benchmarks/init_bias.py --from-json benchmarks/results/init_bias/clevr-seg_gpu.json \
+        --out benchmarks/results/init_bias/clevr-seg_gpu  # seconds, no device
 
 Writes ``OUT.json`` (device, versions, command, date, every figure) and ``OUT.png``.
 """
@@ -68,6 +76,52 @@ def decompose(grads: np.ndarray) -> dict[str, np.ndarray]:
             "within": within}
 
 
+def adam_travel(means, stderrs, estimates: int, *, cycle: bool, steps: int, draws: int = 400,
+                seed: int = 0) -> np.ndarray:
+    """Travel of one psi coordinate under the library's outer Adam for ``steps`` steps, each step's
+    hypergradient ``-N(means[i], (stderrs[i] sqrt(estimates))^2)`` (a measured mean step and the
+    standard error of that mean over ``estimates`` steps); ``i`` fixed per row of the result
+    (``cycle=False``: one row per initialisation) or ``i = t mod n`` (``cycle=True``: one row).
+    Returns ``[rows, draws]`` travels (positive: along the measured mean step's sign convention).
+
+    Example:
+      >>> t = adam_travel([1.0, 0.01], [0.0, 0.0], 4, cycle=False, steps=10)
+      >>> np.round(t.mean(1), 3).tolist()   # a steady hypergradient moves at the full rate, whatever its size
+      [1.0, 1.0]
+    """
+    import jax.numpy as jnp
+    import optax
+
+    config = asj.AutoSimConfig()
+    opt = optax.adam(config.outer_learning_rate, b2=config.outer_beta2)
+    means, sds = np.asarray(means, float), np.asarray(stderrs, float) * np.sqrt(estimates)
+    index = np.arange(steps) % len(means)
+    rows = [index] if cycle else [np.full(steps, i) for i in range(len(means))]
+    noise = np.random.default_rng(seed).standard_normal((steps, draws))
+
+    def run(mu, sd):  # [steps] each; the draws ride along as the parameter's shape
+        def step(carry, gs):
+            x, state = carry
+            updates, state = opt.update(-gs, state, x)  # the hypergradient; descent moves along its minus
+            return (optax.apply_updates(x, updates), state), None
+        x0 = jnp.zeros(draws)
+        (x, _), _ = jax.lax.scan(step, (x0, opt.init(x0)), jnp.asarray(mu[:, None] + sd[:, None] * noise))
+        return np.asarray(x)
+
+    return np.stack([run(means[r], sds[r]) for r in rows])
+
+
+def add_predicted_travel(result: dict, steps: int) -> dict:
+    """``result["watch"][field]["adam_travel"]``: :func:`adam_travel`'s mean and std per
+    initialisation and cycling through all of them, for every watched field."""
+    for w in result["watch"].values():
+        args = (w["loc_step_direction_per_init"], w["loc_standard_error_per_init"], result["estimates"])
+        own, cycled = adam_travel(*args, cycle=False, steps=steps), adam_travel(*args, cycle=True, steps=steps)
+        w["adam_travel"] = {"steps": steps, "per_init_mean": own.mean(1).tolist(), "per_init_std": own.std(1).tolist(),
+                            "cycled_mean": float(cycled.mean()), "cycled_std": float(cycled.std())}
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
@@ -77,16 +131,26 @@ def main(argv=None) -> int:
     p.add_argument("--watch", default="key_light,ambient,back_light",
                    help="fields whose loc's sign per initialisation is reported")
     p.add_argument("--render-workers", type=int, default=1, help="render pool processes (1: render in-process)")
+    p.add_argument("--travel-steps", type=int, default=60, help="outer steps of the predicted Adam travel")
+    p.add_argument("--from-json", default=None, metavar="JSON",
+                   help="add the predicted travel to this earlier result instead of measuring (no device)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.inits < 2 or args.estimates < 2:
         p.error("--inits and --estimates must be >= 2 (a variance needs two)")
-    t0 = time.perf_counter()
-    spec = {"experiment": args.experiment, "seed": 0, "size": args.size, "index": 0,
-            "render_workers": args.render_workers}
-    with job_setup(spec) as setup:
-        result = measure(args, setup, t0)
-    result["command"] = "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])
+    command = "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])
+    if args.from_json:
+        with open(args.from_json) as f:
+            result = json.load(f)
+        result["travel_command"] = command  # "command" stays the measurement's
+    else:
+        t0 = time.perf_counter()
+        spec = {"experiment": args.experiment, "seed": 0, "size": args.size, "index": 0,
+                "render_workers": args.render_workers}
+        with job_setup(spec) as setup:
+            result = measure(args, setup, t0)
+        result["command"] = command
+    add_predicted_travel(result, args.travel_steps)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
@@ -98,6 +162,9 @@ def main(argv=None) -> int:
         print(f"{f} loc step per init: " + ", ".join(f"{d:+.3g} (se {s:.2g})" for d, s in
                                                      zip(w["loc_step_direction_per_init"],
                                                          w["loc_standard_error_per_init"])))
+        t = w["adam_travel"]
+        print(f"{f} Adam travel in {t['steps']} steps, own initialisation: "
+              + ", ".join(f"{m:+.2f}" for m in t["per_init_mean"]) + f"; cycling: {t['cycled_mean']:+.2f}")
     return 0
 
 
@@ -138,8 +205,9 @@ def plot(result: dict, path: str) -> None:
     from matplotlib.figure import Figure
 
     fields = list(result["fields"])
-    fig = Figure(figsize=(1.0 + 0.6 * len(fields), 3.8))
-    ax = fig.add_subplot(1, 1, 1)
+    watch = {f: w for f, w in result["watch"].items() if "adam_travel" in w}
+    fig = Figure(figsize=(1.0 + 0.6 * len(fields) + (1.2 + 0.8 * len(watch) if watch else 0), 3.8))
+    ax = fig.add_subplot(1, 2 if watch else 1, 1)
     width = 0.27
     for j, key in enumerate(("signal", "init_bias", "within")):
         ax.bar(np.arange(len(fields)) + j * width, [max(result["fields"][f][key], 1e-12) for f in fields], width,
@@ -150,6 +218,19 @@ def plot(result: dict, path: str) -> None:
     ax.legend(fontsize=7)
     ax.set_title(f"{result['experiment']} {result['size']}: {result['inits']} initialisations x "
                  f"{result['estimates']} steps at the start ({result['date']})", fontsize=9)
+    if watch:
+        ax = fig.add_subplot(1, 2, 2)
+        for k, (f, w) in enumerate(watch.items()):
+            t = w["adam_travel"]
+            ax.scatter(np.full(len(t["per_init_mean"]), k), t["per_init_mean"], s=14, color="C0",
+                       label="own initialisation (one per dot)" if k == 0 else None)
+            ax.errorbar(k + 0.25, t["cycled_mean"], yerr=t["cycled_std"], fmt="s", color="C3", capsize=3,
+                        label="cycling through all" if k == 0 else None)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xticks(np.arange(len(watch)), list(watch), rotation=45, ha="right")
+        ax.set_ylabel(f"loc travel after {next(iter(watch.values()))['adam_travel']['steps']} Adam steps")
+        ax.legend(fontsize=7)
+        ax.set_title("if every step's hypergradient were the start's", fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
