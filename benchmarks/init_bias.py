@@ -32,8 +32,9 @@ Usage::
         --out benchmarks/results/init_bias/clevr-seg_cpu     # 2-core CPU, 86 s
     python benchmarks/init_bias.py --experiment clevr-seg --size gpu --inits 8 --estimates 8 \\
         --render-workers 14 --out $OUT/init_bias_clevr-seg_gpu   # H200, 16 host cores
-
-    python benchmarks/init_bias.py --from-json benchmarks/results/init_bias/clevr-seg_gpu.json \
+    python benchmarks/init_bias.py --experiment clevr-seg --size cpu --inits 8 --estimates 16 \\
+        --config finetune_epochs=6 --out benchmarks/results/init_bias/clevr-seg_cpu_finetune6
+    python benchmarks/init_bias.py --from-json benchmarks/results/init_bias/clevr-seg_gpu.json \\
         --out benchmarks/results/init_bias/clevr-seg_gpu  # seconds, no device
 
 Writes ``OUT.json`` (device, versions, command, date, every figure) and ``OUT.png``.
@@ -131,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--watch", default="key_light,ambient,back_light",
                    help="fields whose loc's sign per initialisation is reported")
     p.add_argument("--render-workers", type=int, default=1, help="render pool processes (1: render in-process)")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the experiment's AutoSimConfig (repeatable), e.g. finetune_epochs=6")
     p.add_argument("--travel-steps", type=int, default=60, help="outer steps of the predicted Adam travel")
     p.add_argument("--from-json", default=None, metavar="JSON",
                    help="add the predicted travel to this earlier result instead of measuring (no device)")
@@ -138,6 +141,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.inits < 2 or args.estimates < 2:
         p.error("--inits and --estimates must be >= 2 (a variance needs two)")
+    try:
+        asj.AutoSimConfig().replace(**parse_config(args.config))  # a typo fails here, not after the renders
+    except (ValueError, TypeError) as e:
+        p.error(str(e))
     command = "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])
     if args.from_json:
         with open(args.from_json) as f:
@@ -168,19 +175,42 @@ def main(argv=None) -> int:
     return 0
 
 
+def parse_config(items: list[str]) -> dict:
+    """``["KEY=VALUE", ...]`` -> AutoSimConfig changes (VALUE read as JSON, else kept as a string).
+
+    Example:
+      >>> parse_config(["finetune_epochs=6", "approximation=linear"])
+      {'finetune_epochs': 6, 'approximation': 'linear'}
+    """
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--config {item!r}: write KEY=VALUE, e.g. finetune_epochs=6")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+    return changes
+
+
 def measure(args, setup, t0: float) -> dict:
     """The decomposition for ``setup`` (seed 0's experiment, rendering through its pool)."""
-    auto = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config)
+    config = setup.config.replace(**parse_config(args.config))  # validated before anything compiles
+    auto = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, config)
     psi = setup.simulator.distribution.init()
     simulate, finetune = jax.jit(auto.inner.simulate), jax.jit(auto.inner.finetune)
     grads = np.zeros((args.inits, args.estimates, ravel_pytree(psi)[0].size))
+    residuals, converged = np.zeros((args.inits, args.estimates)), np.zeros((args.inits, args.estimates), bool)
     for i in range(args.inits):
         # The same architecture from another seed: only theta0 differs (one compiled program).
         _, theta0 = split_model(setup.make_model(i))
         for r in range(args.estimates):
             scenes, x, y = simulate(jax.random.PRNGKey(10_000 + r), psi)
             theta, _, _ = finetune(theta0, auto.inner.init_opt(theta0), x, y, jax.random.PRNGKey(20_000 + r))
-            grads[i, r] = np.asarray(ravel_pytree(auto.hypergradient(psi, theta, scenes, x, y).grad_psi)[0])
+            hyper = auto.hypergradient(psi, theta, scenes, x, y)
+            grads[i, r] = np.asarray(ravel_pytree(hyper.grad_psi)[0])
+            residuals[i, r], converged[i, r] = float(hyper.solve.relative_residual), bool(hyper.solve.converged)
         print(f"[{time.perf_counter() - t0:5.0f}s] initialisation {i + 1}/{args.inits}", flush=True)
     parts = decompose(grads)
     slices = field_slices(psi)
@@ -195,7 +225,10 @@ def measure(args, setup, t0: float) -> dict:
     result = {"benchmark": "init_bias", "date": datetime.date.today().isoformat(),
               "device": str(jax.devices()[0]), "jax_version": jax.__version__, "autosim_jax": asj.__version__,
               "precision": "float32, default matmul", "experiment": args.experiment, "size": args.size,
-              "inits": args.inits, "estimates": args.estimates, "K": setup.config.dataset_size,
+              "inits": args.inits, "estimates": args.estimates, "K": config.dataset_size,
+              "config_changes": parse_config(args.config),
+              "solve": {"converged": int(converged.sum()), "of": int(converged.size),
+                        "relative_residual_median_per_init": np.median(residuals, 1).tolist()},
               "all": {k: float(v.sum()) for k, v in parts.items()}, "fields": fields, "watch": watch,
               "render_workers": args.render_workers, "seconds": time.perf_counter() - t0}
     return result
@@ -216,7 +249,8 @@ def plot(result: dict, path: str) -> None:
     ax.set_xticks(np.arange(len(fields)) + width, fields, rotation=45, ha="right")
     ax.set_ylabel("sum over the field's coordinates")
     ax.legend(fontsize=7)
-    ax.set_title(f"{result['experiment']} {result['size']}: {result['inits']} initialisations x "
+    changes = "".join(f", {k}={v}" for k, v in result.get("config_changes", {}).items())
+    ax.set_title(f"{result['experiment']} {result['size']}{changes}: {result['inits']} initialisations x "
                  f"{result['estimates']} steps at the start ({result['date']})", fontsize=9)
     if watch:
         ax = fig.add_subplot(1, 2, 2)

@@ -107,7 +107,14 @@ VARIANTS = {
     "linear_anchor32": ({"approximation": "linear", "pretrain_rounds": 32},
                         "the linear row from the anchor (its foreground preference fell most: 0.78 -> 0.16)"),
     "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),
+    "finetune1": ({"finetune_epochs": 1},
+                  "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
+                  "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
     "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
+    "damp1": ({"damping": 1.0},
+              "100x the damping: init_bias.py at cpu size found the damped Newton vector, not the validation "
+              "gradient, turning the lights darker for most initialisations once theta is trained longer "
+              "(session 14); does every seed's step then point the same way?"),
     "warm": ({"theta_reset_every": 0}, "the model warm-started across all steps (the experiments' setting before 2026-12-01)"),
     "reset1": ({"theta_reset_every": 1}, "every step fine-tunes a fresh theta: no co-adaptation, a barely trained model"),
     "reset10": ({"theta_reset_every": 10}, "theta starts again every 10 steps"),
