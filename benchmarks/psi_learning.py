@@ -107,6 +107,9 @@ VARIANTS = {
     "linear_anchor32": ({"approximation": "linear", "pretrain_rounds": 32},
                         "the linear row from the anchor (its foreground preference fell most: 0.78 -> 0.16)"),
     "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),
+    "linear_finetune6": ({"approximation": "linear", "finetune_epochs": 6},
+                         "the linear row with the longer fine-tune: at cpu size init_bias.py found the Newton vector, "
+                         "not the validation gradient, turning the lights darker from some initialisations then"),
     "finetune1": ({"finetune_epochs": 1},
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
