@@ -114,6 +114,8 @@ VARIANTS = {
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
     "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
+    "damp0.1": ({"damping": 0.1}, "10x the damping: between the Newton vector that digits needs and the "
+                                  "gradient-like vector that keeps clevr-seg's lights one way (session 14)"),
     "damp1": ({"damping": 1.0},
               "100x the damping: init_bias.py at cpu size found the damped Newton vector, not the validation "
               "gradient, turning the lights darker for most initialisations once theta is trained longer "
