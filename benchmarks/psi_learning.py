@@ -68,6 +68,9 @@ VARIANTS = {
     "snr_gate2_leaf": ({"outer_snr_gate": 2.0, "outer_snr_gate_per": "leaf"},
                        "the gate tested once per psi leaf on all its coordinates (vector James-Stein): does a "
                        "signal spread over many coordinates pass?"),
+    "linear_snr_gate2": ({"approximation": "linear", "outer_snr_gate": 2.0},
+                         "the linear row with the gate: the linear row finds the lights and the count in 30 steps "
+                         "(gpu, session 15), then the start-right fields drift; does the gate keep them?"),
     "snr_gate2": ({"outer_snr_gate": 2.0},
                   "each psi coordinate's Adam step scaled by max(0, 1 - 4 V / m^2) (outer.snr_gate): do fields whose "
                   "hypergradient is noise stop drifting, and does G rise?"),
@@ -110,6 +113,10 @@ VARIANTS = {
     "linear_finetune6": ({"approximation": "linear", "finetune_epochs": 6},
                          "the linear row with the longer fine-tune: at cpu size init_bias.py found the Newton vector, "
                          "not the validation gradient, turning the lights darker from some initialisations then"),
+    "inner_lr1e-3": ({"inner_learning_rate": 1e-3},
+                     "a third of the fine-tuning step: on clevr-det the warm detector of seed 1 collapsed at step 72 "
+                     "of 120 (train loss 160 -> 540, validation mAP 0 for the rest; session 15); does a smaller "
+                     "step keep it alive?"),
     "finetune1": ({"finetune_epochs": 1},
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
