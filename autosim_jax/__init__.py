@@ -25,11 +25,13 @@ _EXPORTS = {
     "AutoSimState": "autosimulate",
     "AutoSimulateWarning": "autosimulate",
     "AutoSimulate": "autosimulate",
+    "FinetuneLossJumpWarning": "autosimulate",
     "Hypergradient": "autosimulate",
     "IndefiniteCurvatureWarning": "autosimulate",
     "NonFiniteStateError": "autosimulate",
     "StepInfo": "autosimulate",
     "UnconvergedSolveWarning": "autosimulate",
+    "finetune_loss_jumps": "autosimulate",
     "make_autosimulate": "autosimulate",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
@@ -103,11 +105,13 @@ if TYPE_CHECKING:
     from .autosimulate import AutoSimState as AutoSimState
     from .autosimulate import AutoSimulate as AutoSimulate
     from .autosimulate import AutoSimulateWarning as AutoSimulateWarning
+    from .autosimulate import FinetuneLossJumpWarning as FinetuneLossJumpWarning
     from .autosimulate import Hypergradient as Hypergradient
     from .autosimulate import IndefiniteCurvatureWarning as IndefiniteCurvatureWarning
     from .autosimulate import NonFiniteStateError as NonFiniteStateError
     from .autosimulate import StepInfo as StepInfo
     from .autosimulate import UnconvergedSolveWarning as UnconvergedSolveWarning
+    from .autosimulate import finetune_loss_jumps as finetune_loss_jumps
     from .autosimulate import make_autosimulate as make_autosimulate
     from .checkpoint import load_checkpoint as load_checkpoint
     from .checkpoint import save_checkpoint as save_checkpoint

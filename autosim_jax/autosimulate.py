@@ -110,6 +110,7 @@ class StepInfo(NamedTuple):
     cg_model_value: float  # q(u) of Eq. 13a's quadratic; >= 0: the vector is no better than zero
     psi_updated: bool  # False: the step kept psi and the outer optimiser state (psi_kept_reason says why)
     psi_kept_reason: str  # "" when psi_updated, else one of KEPT_REASONS
+    train_loss_before: float  # mean loss of the step's renders at the theta it started from
     time_render: float  # seconds of each stage (wall clock, blocked)
     time_train: float
     time_outer: float
@@ -134,6 +135,59 @@ class UnconvergedSolveWarning(AutoSimulateWarning):
 
 class IndefiniteCurvatureWarning(AutoSimulateWarning):
     """With ``curvature="hessian"``, a step's damped Hessian ``H + lambda I`` was indefinite."""
+
+
+class FinetuneLossJumpWarning(AutoSimulateWarning):
+    """A step's fine-tuning loss rose far above the lowest of the same theta's earlier steps."""
+
+
+# Fine-tuning lowers the loss of a step's renders. When clevr-det's warm detector collapsed (gpu
+# size, docs/detection.md, session 15) the step's loss went from 158 (the step before) to 375 and
+# then to an untrained model's ~570, where it stayed: about 2.4x within one step (estimated from
+# consecutive steps; train_loss_before was not recorded then). A factor 2 leaves room for noise.
+LOSS_JUMP_FACTOR = 2.0
+
+
+def finetune_loss_jumps(train_loss: Sequence[float], train_loss_before: Sequence[float], *,
+                        factor: float = LOSS_JUMP_FACTOR) -> list[int]:
+    """The steps whose fine-tuning raised the loss of their own renders ``factor``-fold or more.
+
+    Fine-tuning (Algorithm 1, line 3) trains theta on the step's renders, so their loss falls:
+    :attr:`StepInfo.train_loss` (the last epoch's mean) is below
+    :attr:`StepInfo.train_loss_before` (their mean loss at the theta the step started from).
+    A step whose fine-tuning multiplied it instead diverged while staying finite (the model
+    collapsed to a constant prediction, say), which no check of :data:`KEPT_REASONS` catches, and
+    the hypergradient of such a model says nothing about psi. The comparison is within one step,
+    on the same renders, so a psi that makes the renders harder does not count.
+
+    Args:
+      train_loss, train_loss_before: the two :class:`StepInfo` fields of consecutive steps.
+      factor: how many times the loss before counts as a jump (> 1).
+
+    Returns:
+      The indices of the steps that jumped (non-finite losses never do: ``KEPT_REASONS`` has them).
+
+    Example:
+      >>> finetune_loss_jumps([0.5, 0.4, 9.0, 8.8], [2.0, 0.6, 0.5, 9.1])
+      [2]
+    """
+    if len(train_loss) != len(train_loss_before):
+        raise ValueError(f"finetune_loss_jumps: {len(train_loss)} losses after but {len(train_loss_before)} before.")
+    if not factor > 1:
+        raise ValueError(f"finetune_loss_jumps: factor must be > 1, got {factor!r}.")
+    after, before = np.asarray(train_loss, float), np.asarray(train_loss_before, float)
+    with np.errstate(invalid="ignore"):
+        jumped = np.isfinite(after) & np.isfinite(before) & (after > factor * before)
+    return [int(i) for i in np.flatnonzero(jumped)]
+
+
+_LOSS_JUMP = (
+    "AutoSimulate step {step}: fine-tuning raised the loss of the step's own renders {ratio:.1f}-fold ({before:.4g} -> "
+    "{after:.4g}); it may have diverged (a collapsed model stays finite, and its hypergradient says nothing about "
+    "psi). Lower {lr}, or set theta_reset_every so that theta starts afresh. StepInfo.train_loss and "
+    "train_loss_before report every step (finetune_loss_jumps counts them); this warning is given once per "
+    "make_autosimulate."
+)
 
 
 class NonFiniteStateError(ValueError):
@@ -427,7 +481,7 @@ def make_autosimulate(
             sim_key, train_key = jax.random.split(round_key)
             with reraise_render_errors():
                 _, inputs, labels = jax.block_until_ready(shard_batch(simulate(sim_key, psi), mesh))
-            theta, opt_state, _, theta_ok = finetune(theta, opt_state, inputs, labels, train_key)
+            theta, opt_state, _, _, theta_ok = finetune(theta, opt_state, inputs, labels, train_key)
             if not bool(theta_ok):
                 raise FloatingPointError(
                     f"AutoSimConfig.pretrain_rounds: round {i + 1} of {config.pretrain_rounds} made theta non-finite "
@@ -484,10 +538,15 @@ def make_autosimulate(
     @jax.jit
     def finetune(theta, opt_state, inputs, labels, key):
         traces["finetune"] += 1
+        # The renders' loss before fine-tuning tells a fine-tuning that diverged (finetune_loss_jumps);
+        # one forward pass over them, at most 1/(3 finetune_epochs) of the fine-tuning's cost (one
+        # minibatch was too noisy: a toy at its optimum read 2.2x on a healthy step).
+        loss_before, _ = inner.measure(theta, inputs, labels)
         new_theta, new_opt_state, train_loss = inner.finetune(theta, opt_state, inputs, labels, key)
         # Diverged fine-tuning (a NaN or inf in theta) is not carried into the next step.
         theta_ok = _all_finite((new_theta, new_opt_state))
-        return keep_if(theta_ok, new_theta, theta), keep_if(theta_ok, new_opt_state, opt_state), train_loss, theta_ok
+        return (keep_if(theta_ok, new_theta, theta), keep_if(theta_ok, new_opt_state, opt_state), train_loss,
+                loss_before, theta_ok)
 
     @jax.jit
     def outer(psi, outer_opt_state, theta, scenes, inputs, labels, theta_ok):
@@ -543,6 +602,17 @@ def make_autosimulate(
             warnings.warn(_UNCONVERGED.format(step=step_number, why=why, action=action, damping=config.damping,
                                               curv_n=curv), UnconvergedSolveWarning, stacklevel=3)
 
+    lr_text = ("the learning rate of the inner_optimizer passed" if "inner_optimizer" in optimizers
+               else f"inner_learning_rate (now {config.inner_learning_rate})")
+
+    def warn_about_loss_jump(step_number: int, info: StepInfo) -> None:
+        if FinetuneLossJumpWarning in warned or not finetune_loss_jumps([info.train_loss], [info.train_loss_before]):
+            return
+        warned.add(FinetuneLossJumpWarning)
+        warnings.warn(_LOSS_JUMP.format(step=step_number, ratio=info.train_loss / info.train_loss_before,
+                                        before=info.train_loss_before, after=info.train_loss, lr=lr_text),
+                      FinetuneLossJumpWarning, stacklevel=3)
+
     def step(state: AutoSimState) -> tuple[AutoSimState, StepInfo]:
         _check_state_finite(state)
         key, sim_key, train_key = jax.random.split(state.key, 3)
@@ -555,7 +625,7 @@ def make_autosimulate(
         if reset and int(state.step) and int(state.step) % reset == 0:  # the host knows the step count
             theta, inner_state = (initial_thetas[int(state.step) // reset % len(initial_thetas)]
                                   if state.theta_anchor is None else (state.theta_anchor, init_opt(state.theta_anchor)))
-        theta, inner_state, train_loss, theta_ok = jax.block_until_ready(
+        theta, inner_state, train_loss, loss_before, theta_ok = jax.block_until_ready(
             finetune(theta, inner_state, inputs, labels, train_key)
         )
         t2 = time.perf_counter()
@@ -572,10 +642,11 @@ def make_autosimulate(
             psi_grad_norm=float(optax.tree.norm(hg.grad_psi)),
             cg_relative_residual=float(hg.solve.relative_residual), cg_converged=bool(hg.solve.converged),
             cg_indefinite=bool(hg.solve.indefinite), cg_model_value=float(hg.solve.model_value),
-            psi_updated=not reason, psi_kept_reason=reason,
+            psi_updated=not reason, psi_kept_reason=reason, train_loss_before=float(loss_before),
             time_render=t1 - t0, time_train=t2 - t1, time_outer=t3 - t2,
         )
         warn_about_solve(int(new_state.step), info, hg.solve)
+        warn_about_loss_jump(int(new_state.step), info)
         return new_state, info
 
     return AutoSimulate(init, step, jax.jit(hypergradient), inner, config, lambda: dict(traces))

@@ -561,6 +561,10 @@ def _summary_table(s: dict, metric: str) -> str:
                      + ("; raise cg_maxiter or the damping in the experiment's AutoSimConfig" if bad or worse else "")))
     if s.get("psi_kept_steps"):
         rows.append(("steps that kept psi", f"{s['psi_kept_steps']} (an unusable solve or a non-finite update)"))
+    if s.get("finetune_loss_jump_steps"):
+        jumps = (f"{s['finetune_loss_jump_steps']} steps raised their renders' loss {s['finetune_loss_jump_factor']:g}x "
+                 f"or more (first at step {s['first_finetune_loss_jump_step']}); lower inner_learning_rate")
+        rows.append(("fine-tuning loss jumps", jumps))
     if "assessment" in s:
         a = s["assessment"]
         models = a.get("models", 1)

@@ -1219,6 +1219,7 @@ def summarize(records: list[dict], *, higher: bool, stopped_by: str, state, targ
             final_val_metric=vals[-1], final_test_metric=records[-1].get("test_metric"),
         )
         summary.update(cg_counts(records))
+        summary.update(loss_jump_counts(records))
     summary["psi"] = psi_record(state.psi)
     return summary
 
@@ -1236,6 +1237,18 @@ def cg_counts(records: Sequence[dict]) -> dict[str, int]:
     if "psi_updated" in records[0]:  # AutoSimulate versions that keep psi on an unusable step
         counts["psi_kept_steps"] = sum(not r["psi_updated"] for r in records)
     return counts
+
+
+def loss_jump_counts(records: Sequence[dict]) -> dict[str, Any]:
+    """Steps whose fine-tuning raised its own renders' loss (:func:`~autosim_jax.autosimulate.finetune_loss_jumps`)
+    and the first of them; ``{}`` for records without ``train_loss_before`` (written before it existed)."""
+    from .autosimulate import LOSS_JUMP_FACTOR, finetune_loss_jumps
+
+    if not records or "train_loss_before" not in records[0]:
+        return {}
+    jumps = finetune_loss_jumps([r["train_loss"] for r in records], [r["train_loss_before"] for r in records])
+    return {"finetune_loss_jump_steps": len(jumps), "finetune_loss_jump_factor": LOSS_JUMP_FACTOR,
+            "first_finetune_loss_jump_step": records[jumps[0]]["step"] if jumps else None}
 
 
 # -------------------------------------------------------------------------- assessments

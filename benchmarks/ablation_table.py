@@ -98,6 +98,16 @@ ROWS = [
     ("plain exact quadratic (control of inits8, 5 seeds, 4 models per psi)", FRESH, INITS_CALLS, "default", None),
     ("resets cycle through 8 initialisations (reset_models)", FRESH, INITS_CALLS, "inits8",
      (INITS_CALLS, "default")),
+    # session 15: the fixes of the initialisation's push, against session 14's control (other calls,
+    # the same baselines)
+    ("linear row (5 seeds, 4 models per psi)", FRESH,
+     ("clevr-seg_gpu_linear_finetune1_s012.json", "clevr-seg_gpu_linear_damp1_s34.json"), "linear",
+     (INITS_CALLS, "default")),
+    ("one fine-tuning epoch per step (E = 1)", FRESH, "clevr-seg_gpu_linear_finetune1_s012.json", "finetune1",
+     (INITS_CALLS, "default")),
+    ("damping 1 (seeds 3, 4)", FRESH, "clevr-seg_gpu_linear_damp1_s34.json", "damp1", (INITS_CALLS, "default")),
+    ("linear + noise gate z = 2", FRESH, "clevr-seg_gpu_linear_snr_gate2_s012.json", "linear_snr_gate2",
+     (INITS_CALLS, "default")),
 ]
 
 

@@ -321,17 +321,23 @@ def field_importance(results: list[dict], metric_key: str) -> dict:
 
 
 def cg_stats(results: list[dict]) -> dict:
+    from autosim_jax import finetune_loss_jumps
+
     out = {}
     for r in results:
         if r["variant"].startswith("_"):
             continue
         infos = r["infos"]
-        s = out.setdefault(r["variant"], {"converged": [], "updated": [], "residual": [], "step_s": []})
+        s = out.setdefault(r["variant"], {"converged": [], "updated": [], "residual": [], "step_s": [],
+                                          "finetune_loss_jumps": []})
         s["converged"].append(float(np.mean([i["cg_converged"] for i in infos])))
         s["updated"].append(float(np.mean([i["psi_updated"] for i in infos])))
         s["residual"].append(float(np.median([i["cg_relative_residual"] for i in infos])))
         s["step_s"].append(float(np.median([i["time_render"] + i["time_train"] + i["time_outer"] for i in infos[1:]])))
-    return {v: {k: float(np.mean(x)) for k, x in s.items()} for v, s in out.items()}
+        if "train_loss_before" in infos[0]:  # recorded since session 15
+            s["finetune_loss_jumps"].append(len(finetune_loss_jumps([i["train_loss"] for i in infos],
+                                                                    [i["train_loss_before"] for i in infos])))
+    return {v: {k: float(np.mean(x)) for k, x in s.items() if x} for v, s in out.items()}
 
 
 def movement(results: list[dict]) -> dict:

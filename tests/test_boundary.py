@@ -22,11 +22,14 @@ from flax import nnx
 from autosim_jax import Simulator, Task, classification_task, from_schema, make_autosimulate
 from autosim_jax.autosimulate import (
     KEPT_REASONS,
+    FinetuneLossJumpWarning,
     IndefiniteCurvatureWarning,
     NonFiniteStateError,
     UnconvergedSolveWarning,
+    finetune_loss_jumps,
 )
 from autosim_jax.checkpoint import load_checkpoint, save_checkpoint
+from autosim_jax.rundir import loss_jump_counts
 from autosim_jax.schema import Field, OutputSpec, SceneSchema
 from autosim_jax.simulator import RenderError
 from toys import SquareRenderer
@@ -306,3 +309,57 @@ def test_closed_form_steps_refuse_an_exploration_mixture_before_any_work(options
     sim = Simulator(from_schema(Bounded.schema, explore=0.1), Bounded())
     with pytest.raises(ValueError, match=r"psi leaf at \['x'\]\.logit is a .*with_exploration"):
         make_autosimulate(sim, _linear(), MSE, (X_VAL, X_VAL**2), **SMALL, **options)
+
+
+# ------------------------------------------------------- a fine-tuning that diverges but stays finite
+
+
+def _sgd_jolted_at(update: int, by: float) -> optax.GradientTransformation:
+    """SGD (0.05) whose ``update``-th update also shifts every parameter by ``by``: a finite divergence."""
+
+    def init(params):
+        return {"count": jnp.zeros((), jnp.int32)}
+
+    def update_fn(grads, state, params=None):
+        shift = jnp.where(state["count"] == update, by, 0.0)
+        return jax.tree.map(lambda g: -0.05 * g + shift, grads), {"count": state["count"] + 1}
+
+    return optax.GradientTransformation(init, update_fn)
+
+
+def test_finetune_loss_jumps_compares_each_step_with_its_own_start():
+    after = [0.5, 0.4, 9.0, 8.8, np.nan, 1.0, 3.0]
+    before = [2.0, 0.6, 0.5, 9.1, 0.5, np.inf, 1.0]
+    # step 2 tripled-plus its loss; a dead model's next steps (3) no longer rise; non-finite never counts
+    assert finetune_loss_jumps(after, before) == [2, 6]
+    assert finetune_loss_jumps(after, before, factor=5.0) == [2]
+    with pytest.raises(ValueError, match="factor must be > 1"):
+        finetune_loss_jumps(after, before, factor=1.0)
+    with pytest.raises(ValueError, match="7 losses after but 6 before"):
+        finetune_loss_jumps(after, before[:-1])
+
+
+def test_a_finite_divergence_of_the_fine_tuning_warns_once_and_is_counted():
+    """A model that collapses stays finite, so no kept-psi check sees it (clevr-det's warm detector,
+    docs/detection.md, session 15); fine-tuning that raises its own renders' loss is reported."""
+    plain = make_autosimulate(_square(), _linear(), MSE, (X_VAL, X_VAL**2), approximation="linear",
+                              inner_optimizer=optax.sgd(0.05), **SMALL)
+    infos, caught = _steps_recording(plain, 8)
+    assert caught == [] and finetune_loss_jumps([i.train_loss for i in infos],
+                                                [i.train_loss_before for i in infos]) == []
+
+    jolted = make_autosimulate(_square(), _linear(), MSE, (X_VAL, X_VAL**2), approximation="linear",
+                               inner_optimizer=_sgd_jolted_at(8, 5.0), **SMALL)
+    infos, caught = _steps_recording(jolted, 8)
+    after, before = [i.train_loss for i in infos], [i.train_loss_before for i in infos]
+    jumps = finetune_loss_jumps(after, before)
+    assert len(jumps) == 1 and np.all(np.isfinite(after)), (after, before)  # the jolted step only
+    assert [w.category for w in caught] == [FinetuneLossJumpWarning]
+    message = str(caught[0].message)
+    for part in (f"step {jumps[0] + 1}:", "raised the loss of the step's own renders",
+                 "Lower the learning rate of the inner_optimizer passed", "theta_reset_every",
+                 "once per make_autosimulate"):
+        assert part in message, (part, message)
+    records = [{"step": n + 1, **info._asdict()} for n, info in enumerate(infos)]
+    assert loss_jump_counts(records) == {"finetune_loss_jump_steps": 1, "finetune_loss_jump_factor": 2.0,
+                                         "first_finetune_loss_jump_step": jumps[0] + 1}
