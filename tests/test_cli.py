@@ -127,6 +127,16 @@ def test_summary_table_is_printed(reference):
         assert text in out, text
 
 
+def test_summary_table_names_fine_tuning_loss_jumps():
+    from autosim_jax.cli import _summary_table
+
+    summary = {"iterations": 3, "images": 96, "stopped_by": "iterations", "wall_time": 1.0,
+               "finetune_loss_jump_steps": 2, "finetune_loss_jump_factor": 2.0, "first_finetune_loss_jump_step": 7}
+    row = next(line for line in _summary_table(summary, "mIoU").splitlines() if "fine-tuning loss jumps" in line)
+    assert "2 steps raised their renders' loss 2x or more (first at step 7); lower inner_learning_rate" in row
+    assert "fine-tuning loss jumps" not in _summary_table({**summary, "finetune_loss_jump_steps": 0}, "mIoU")
+
+
 def test_resume_after_sigkill_equals_the_uninterrupted_run(reference_run, toy_path, tmp_path):
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(toy_path), os.environ.get("PYTHONPATH", "")]),
