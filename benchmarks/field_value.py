@@ -1,0 +1,189 @@
+"""What each field of a learned psi costs: the reference with one field set where a run left it (issue 13).
+
+On clevr-seg the runs find the lights and the object count, and leave other fields where fresh
+models may or may not care: the resolution and the positions stay at the start, material and
+size drift off the reference (docs/learning.md, session 15). Which of them holds G down? This
+assesses, per seed of the given runs, the experiment's reference psi with *one* field replaced
+by the run's value at ``--step`` (everything else as the reference), beside the start and the
+reference themselves, all with the same ``--repeats`` fresh models. ``G_with`` of a field is
+the gap closed by that psi, so ``1 - G_with`` is what the field alone costs (0: nothing); fields
+that interact are not separated. Nothing is learned: the runs' psi are read from their JSON.
+
+Usage (H200, 16 host cores; a job per psi)::
+
+    python benchmarks/field_value.py --experiment clevr-seg --size gpu --step 60 --repeats 4 \\
+        --runs benchmarks/results/psi_learning/clevr-seg_gpu_linear_finetune1_s012.json:linear \\
+        --fields size,material,resolution,position,shape --seeds 0,1,2 \\
+        --jobs 6 --gpus 1 --render-workers 2 --deadline 540 --out $OUT/field_value_clevr-seg_gpu
+    python benchmarks/field_value.py --experiment clevr-seg --size cpu --step 40 --repeats 1 \\
+        --runs benchmarks/results/psi_learning/clevr-seg_cpu_linear_snr_gate_trajectory.json:linear \\
+        --fields size --seeds 0 --out /tmp/field_value   # smoke, 2-core CPU
+
+Writes ``OUT.json`` (device, versions, command, date, every assessment, ``G_with`` per field and
+seed, mean +- std over seeds) and ``OUT.png`` (the cost ``1 - G_with`` per field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from field_drift import read_runs  # psi_learning.py's records
+from psi_learning import run_jobs  # process pool, GPU, render pool, deadline
+from reassess import _job  # one process: fresh models on a flat psi, or on a seed's start and reference
+
+
+def with_field(reference: dict[str, list], learned: dict[str, list], field: str) -> dict[str, list]:
+    """The flat psi ``reference`` with every leaf of ``field`` taken from ``learned``.
+
+    Example:
+      >>> with_field({"['a'].loc": [0.0], "['b'].loc": [1.0]}, {"['a'].loc": [5.0], "['b'].loc": [7.0]}, "b")
+      {"['a'].loc": [0.0], "['b'].loc": [7.0]}
+    """
+    prefix = f"[{field!r}]"
+    if not any(k.startswith(prefix) for k in reference):
+        raise ValueError(f"no field {field!r} in psi; its fields: {sorted({k.split(']')[0] + ']' for k in reference})}")
+    return {k: (learned[k] if k.startswith(prefix) else v) for k, v in reference.items()}
+
+
+def _reference_flat(experiment: str, size: str) -> dict[str, list]:
+    import jax
+
+    import autosim_jax as asj
+
+    exp = asj.get_experiment(experiment)
+    setup = exp.build(renderer=exp.renderers[0], seed=0, size=size)
+    if setup.reference_psi is None:
+        raise SystemExit(f"{experiment} has no reference psi to set fields into")
+    return {jax.tree_util.keystr(p): np.asarray(v).ravel().tolist()
+            for p, v in jax.tree_util.tree_flatten_with_path(setup.reference_psi)[0]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", default="clevr-seg")
+    p.add_argument("--size", default="gpu", choices=("cpu", "gpu"))
+    p.add_argument("--runs", required=True, metavar="FILE:VARIANT", help="a psi_learning.py OUT.json and one variant")
+    p.add_argument("--step", type=int, default=60, help="the run's psi after this many steps")
+    p.add_argument("--fields", required=True, help="comma list of fields, each set alone into the reference")
+    p.add_argument("--seeds", default=None, help="comma list (default: every seed of the run)")
+    p.add_argument("--repeats", type=int, default=4, help="fresh models per psi")
+    p.add_argument("--assess-images", type=int, default=None)
+    p.add_argument("--assess-epochs", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
+    p.add_argument("--render-workers", type=int, default=1)
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--out", required=True, help="output path without extension")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    try:
+        path, record, variants = read_runs(args.runs, args.experiment, args.size)
+    except ValueError as err:
+        p.error(str(err))
+    if len(variants) != 1:
+        p.error(f"--runs {args.runs!r}: name one variant")
+    seeds = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
+    runs = [r for r in record["runs"] if r["variant"] == variants[0] and "psi" in r
+            and (seeds is None or r["seed"] in seeds)]
+    if not runs:
+        p.error(f"{path} holds no run of {variants[0]!r}" + (f" for seeds {sorted(seeds)}" if seeds else ""))
+    short = [r["seed"] for r in runs if len(r["psi"]) < args.step]
+    if short:
+        p.error(f"{path}: the runs of seeds {short} have fewer than {args.step} steps")
+    fields = args.fields.split(",")
+    reference = _reference_flat(args.experiment, args.size)
+    try:
+        swapped = {(r["seed"], f): with_field(reference, r["psi"][args.step - 1], f) for r in runs for f in fields}
+    except (ValueError, KeyError) as err:
+        p.error(f"{path}: {err}")
+    common = dict(experiment=args.experiment, size=args.size, repeats=args.repeats, seed_offset=0,
+                  assess_images=args.assess_images, assess_epochs=args.assess_epochs,
+                  gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
+    specs = [dict(common, kind="baseline", seed=r["seed"]) for r in runs]
+    specs += [dict(common, kind="learned", seed=s, field=f, psi=psi) for (s, f), psi in swapped.items()]
+    for i, spec in enumerate(specs):
+        spec["index"] = i
+    t0 = time.perf_counter()
+
+    def report(r: dict, done: int) -> None:
+        what = "start/reference" if r["kind"] == "baseline" else f"reference with {r['field']}"
+        state = f"FAILED {r['error'][:300]}" if "error" in r else f"({r['seconds']:.0f} s)"
+        print(f"[{time.perf_counter() - t0:7.1f} s] {what} seed {r['seed']} {state} {done}/{len(specs)}", flush=True)
+
+    results, unfinished = run_jobs(_job, specs, jobs=args.jobs, deadline=args.deadline,
+                                   partial_path=args.out + ".partial.jsonl", report=report)
+    import jax
+
+    import autosim_jax as asj
+
+    base = {r["seed"]: r["new"] for r in results if r["kind"] == "baseline" and "error" not in r}
+    rows = []
+    for r in results:
+        if r["kind"] != "learned" or "error" in r or r["seed"] not in base:
+            continue
+        b, m = base[r["seed"]], r["new"]["learned"]
+        rows.append({"seed": r["seed"], "field": r["field"], "assessed": m,
+                     "G_with": {k: asj.gap_closed(b["start"][k], m[k], b["reference"][k])
+                                for k in ("test_metric", "val_metric")}})
+    summary = {}
+    for f in fields:
+        g = np.asarray([row["G_with"]["test_metric"] for row in rows if row["field"] == f])
+        if len(g):
+            summary[f] = {"mean": float(g.mean()), "std": float(g.std(ddof=1)) if len(g) > 1 else 0.0,
+                          "per_seed": g.tolist(), "seeds": [row["seed"] for row in rows if row["field"] == f]}
+    device = jax.devices()[0]
+    out = {"benchmark": "field_value", "date": datetime.date.today().isoformat(),
+           "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+           "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
+           "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
+           "size": args.size, "runs": args.runs, "step": args.step, "repeats": args.repeats,
+           "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
+           "baselines": {str(s): b for s, b in base.items()}, "G_with_test_metric": summary, "rows": rows,
+           "wall_seconds": time.perf_counter() - t0,
+           "failed": [r for r in results if "error" in r] + [{**{k: v for k, v in s.items() if k != "psi"},
+                                                              "error": "not finished within --deadline"}
+                                                             for s in unfinished]}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(out, f, indent=1)
+    if summary:
+        plot(out, args.out + ".png")
+    for f, s in summary.items():
+        print(f"reference with {f:>12} from the run: G {s['mean']:+.2f} +- {s['std']:.2f}, "
+              f"cost {1 - s['mean']:.2f} (seeds {s['seeds']})")
+    return 0
+
+
+def plot(record: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = record["G_with_test_metric"]
+    fields = list(summary)
+    fig, ax = plt.subplots(figsize=(1.2 * len(fields) + 3, 3.5))
+    for i, f in enumerate(fields):
+        ax.bar(i, 1 - summary[f]["mean"], yerr=summary[f]["std"], color="tab:red", alpha=0.7, capsize=4)
+        ax.scatter([i] * len(summary[f]["per_seed"]), 1 - np.asarray(summary[f]["per_seed"]), color="k", s=12,
+                   zorder=3)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(fields)), fields)
+    ax.set_ylabel("1 - G of the reference with the field\nwhere the run left it (test metric)")
+    ax.set_title(f"{record['experiment']} at {record['size']} size: what each field costs\n"
+                 f"({record['runs'].rpartition(':')[2]}, step {record['step']}, {record['repeats']} models per psi)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
