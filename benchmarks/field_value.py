@@ -13,7 +13,7 @@ Usage (H200, 16 host cores; a job per psi)::
 
     python benchmarks/field_value.py --experiment clevr-seg --size gpu --step 60 --repeats 4 \\
         --runs benchmarks/results/psi_learning/clevr-seg_gpu_linear_finetune1_s012.json:linear \\
-        --fields size,material,resolution,position,shape --seeds 0,1,2 \\
+        --fields size,material,resolution,position,shape --seeds 0,1 \\
         --jobs 6 --gpus 1 --render-workers 2 --deadline 540 --out $OUT/field_value_clevr-seg_gpu
     python benchmarks/field_value.py --experiment clevr-seg --size cpu --step 40 --repeats 1 \\
         --runs benchmarks/results/psi_learning/clevr-seg_cpu_linear_snr_gate_trajectory.json:linear \\
