@@ -34,8 +34,7 @@ import time
 
 import numpy as np
 from field_drift import read_runs  # psi_learning.py's records
-from psi_learning import run_jobs  # process pool, GPU, render pool, deadline
-from reassess import _job  # one process: fresh models on a flat psi, or on a seed's start and reference
+from reassess import assess_jobs  # fresh models on flat psi and on each seed's start and reference
 
 
 def with_field(reference: dict[str, list], learned: dict[str, list], field: str) -> dict[str, list]:
@@ -106,19 +105,10 @@ def main(argv=None) -> int:
     common = dict(experiment=args.experiment, size=args.size, repeats=args.repeats, seed_offset=0,
                   assess_images=args.assess_images, assess_epochs=args.assess_epochs,
                   gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
-    specs = [dict(common, kind="baseline", seed=r["seed"]) for r in runs]
-    specs += [dict(common, kind="learned", seed=s, field=f, psi=psi) for (s, f), psi in swapped.items()]
-    for i, spec in enumerate(specs):
-        spec["index"] = i
     t0 = time.perf_counter()
-
-    def report(r: dict, done: int) -> None:
-        what = "start/reference" if r["kind"] == "baseline" else f"reference with {r['field']}"
-        state = f"FAILED {r['error'][:300]}" if "error" in r else f"({r['seconds']:.0f} s)"
-        print(f"[{time.perf_counter() - t0:7.1f} s] {what} seed {r['seed']} {state} {done}/{len(specs)}", flush=True)
-
-    results, unfinished = run_jobs(_job, specs, jobs=args.jobs, deadline=args.deadline,
-                                   partial_path=args.out + ".partial.jsonl", report=report)
+    learned = [{"seed": s, "field": f, "psi": psi, "label": f"reference with {f}"} for (s, f), psi in swapped.items()]
+    results, unfinished = assess_jobs(common, [r["seed"] for r in runs], learned, jobs=args.jobs,
+                                      deadline=args.deadline, out=args.out)
     import jax
 
     import autosim_jax as asj

@@ -59,6 +59,30 @@ def _job(spec: dict) -> dict:
         return {**{k: v for k, v in spec.items() if k != "psi"}, "error": f"{type(err).__name__}: {str(err)[:2000]}"}
 
 
+def assess_jobs(common: dict, seeds, learned: list[dict], *, jobs: int, deadline: float | None,
+                out: str) -> tuple[list[dict], list[dict]]:
+    """Fresh models on each seed's start and reference and on each psi of ``learned``, one job each.
+
+    ``learned`` holds dicts with ``seed``, ``psi`` (flat, as recorded) and ``label`` (what the
+    progress line names), and any other keys to carry into the result. ``common``: the options
+    every job shares (experiment, size, repeats, seed_offset, assessment budget, GPUs, render
+    workers). Returns ``run_jobs``' (results, unfinished specs); ``OUT.partial.jsonl`` keeps
+    each result as it comes.
+    """
+    specs = [dict(common, kind="baseline", seed=s) for s in seeds]
+    specs += [dict(common, kind="learned", **item) for item in learned]
+    for i, spec in enumerate(specs):
+        spec["index"] = i
+    t0 = time.perf_counter()
+
+    def report(r: dict, done: int) -> None:
+        what = "start/reference" if r["kind"] == "baseline" else r["label"]
+        state = f"FAILED {r['error'][:300]}" if "error" in r else f"({r['seconds']:.0f} s)"
+        print(f"[{time.perf_counter() - t0:7.1f} s] {what} seed {r['seed']} {state} {done}/{len(specs)}", flush=True)
+
+    return run_jobs(_job, specs, jobs=jobs, deadline=deadline, partial_path=out + ".partial.jsonl", report=report)
+
+
 def pooled(old_mean: float, old_n: int, new_mean: float, new_n: int) -> float:
     """The mean over ``old_n + new_n`` models from two means.
 
@@ -136,20 +160,10 @@ def main(argv=None) -> int:
     common = dict(experiment=args.experiment, size=args.size, repeats=args.repeats, seed_offset=args.seed_offset,
                   assess_images=args.assess_images, assess_epochs=args.assess_epochs,
                   gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
-    seeds = sorted({it["seed"] for it in items})
-    specs = [dict(common, kind="baseline", seed=s) for s in seeds]
-    specs += [dict(common, kind="learned", seed=it["seed"], psi=it["psi"], item=i) for i, it in enumerate(items)]
-    for i, spec in enumerate(specs):
-        spec["index"] = i
     t0 = time.perf_counter()
-
-    def report(r: dict, done: int) -> None:
-        what = "start/reference" if r["kind"] == "baseline" else f"{items[r['item']]['variant']}"
-        state = f"FAILED {r['error'][:300]}" if "error" in r else f"({r['seconds']:.0f} s)"
-        print(f"[{time.perf_counter() - t0:7.1f} s] {what} seed {r['seed']} {state} {done}/{len(specs)}", flush=True)
-
-    results, unfinished = run_jobs(_job, specs, jobs=args.jobs, deadline=args.deadline,
-                                   partial_path=args.out + ".partial.jsonl", report=report)
+    learned = [{"seed": it["seed"], "psi": it["psi"], "item": i, "label": it["variant"]} for i, it in enumerate(items)]
+    results, unfinished = assess_jobs(common, sorted({it["seed"] for it in items}), learned, jobs=args.jobs,
+                                      deadline=args.deadline, out=args.out)
     new_base = {r["seed"]: r["new"] for r in results if r["kind"] == "baseline" and "error" not in r}
     new_learned = {r["item"]: r["new"]["learned"] for r in results if r["kind"] == "learned" and "error" not in r}
     import jax
