@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 from field_drift import read_runs  # psi_learning.py's records
-from reassess import assess_jobs  # fresh models on flat psi and on each seed's start and reference
+from reassess import add_job_arguments, assess_jobs, failures, job_options  # fresh models on flat psi
 
 
 def with_field(reference: dict[str, list], learned: dict[str, list], field: str) -> dict[str, list]:
@@ -72,13 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--fields", required=True, help="comma list of fields, each set alone into the reference")
     p.add_argument("--seeds", default=None, help="comma list (default: every seed of the run)")
     p.add_argument("--repeats", type=int, default=4, help="fresh models per psi")
-    p.add_argument("--assess-images", type=int, default=None)
-    p.add_argument("--assess-epochs", type=int, default=None)
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
-    p.add_argument("--render-workers", type=int, default=1)
-    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS")
-    p.add_argument("--out", required=True, help="output path without extension")
+    add_job_arguments(p)
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
@@ -102,9 +96,7 @@ def main(argv=None) -> int:
         swapped = {(r["seed"], f): with_field(reference, r["psi"][args.step - 1], f) for r in runs for f in fields}
     except (ValueError, KeyError) as err:
         p.error(f"{path}: {err}")
-    common = dict(experiment=args.experiment, size=args.size, repeats=args.repeats, seed_offset=0,
-                  assess_images=args.assess_images, assess_epochs=args.assess_epochs,
-                  gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
+    common = job_options(args, seed_offset=0)  # the psi_learning.py runs' assessment keys; nothing is pooled
     t0 = time.perf_counter()
     learned = [{"seed": s, "field": f, "psi": psi, "label": f"reference with {f}"} for (s, f), psi in swapped.items()]
     results, unfinished = assess_jobs(common, [r["seed"] for r in runs], learned, jobs=args.jobs,
@@ -136,10 +128,7 @@ def main(argv=None) -> int:
            "size": args.size, "runs": args.runs, "step": args.step, "repeats": args.repeats,
            "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
            "baselines": {str(s): b for s, b in base.items()}, "G_with_test_metric": summary, "rows": rows,
-           "wall_seconds": time.perf_counter() - t0,
-           "failed": [r for r in results if "error" in r] + [{**{k: v for k, v in s.items() if k != "psi"},
-                                                              "error": "not finished within --deadline"}
-                                                             for s in unfinished]}
+           "wall_seconds": time.perf_counter() - t0, "failed": failures(results, unfinished)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(out, f, indent=1)
@@ -148,7 +137,7 @@ def main(argv=None) -> int:
     for f, s in summary.items():
         print(f"reference with {f:>12} from the run: G {s['mean']:+.2f} +- {s['std']:.2f}, "
               f"cost {1 - s['mean']:.2f} (seeds {s['seeds']})")
-    return 0
+    return 1 if out["failed"] else 0
 
 
 def plot(record: dict, path: str) -> None:

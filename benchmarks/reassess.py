@@ -59,6 +59,24 @@ def _job(spec: dict) -> dict:
         return {**{k: v for k, v in spec.items() if k != "psi"}, "error": f"{type(err).__name__}: {str(err)[:2000]}"}
 
 
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of :func:`assess_jobs`' jobs: assessment budget, processes, GPUs, deadline, output."""
+    p.add_argument("--assess-images", type=int, default=None)
+    p.add_argument("--assess-epochs", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
+    p.add_argument("--render-workers", type=int, default=1)
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--out", required=True, help="output path without extension")
+
+
+def job_options(args: argparse.Namespace, *, seed_offset: int) -> dict:
+    """What every job of :func:`assess_jobs` shares, from :func:`add_job_arguments`' options."""
+    return dict(experiment=args.experiment, size=args.size, repeats=args.repeats, seed_offset=seed_offset,
+                assess_images=args.assess_images, assess_epochs=args.assess_epochs,
+                gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
+
+
 def assess_jobs(common: dict, seeds, learned: list[dict], *, jobs: int, deadline: float | None,
                 out: str) -> tuple[list[dict], list[dict]]:
     """Fresh models on each seed's start and reference and on each psi of ``learned``, one job each.
@@ -81,6 +99,13 @@ def assess_jobs(common: dict, seeds, learned: list[dict], *, jobs: int, deadline
         print(f"[{time.perf_counter() - t0:7.1f} s] {what} seed {r['seed']} {state} {done}/{len(specs)}", flush=True)
 
     return run_jobs(_job, specs, jobs=jobs, deadline=deadline, partial_path=out + ".partial.jsonl", report=report)
+
+
+def failures(results: list[dict], unfinished: list[dict]) -> list[dict]:
+    """The jobs of :func:`assess_jobs` that raised or missed the deadline, for the JSON (no psi)."""
+    late = [{**{k: v for k, v in s.items() if k != "psi"}, "error": "not finished within --deadline"}
+            for s in unfinished]
+    return [r for r in results if "error" in r] + late
 
 
 def pooled(old_mean: float, old_n: int, new_mean: float, new_n: int) -> float:
@@ -146,20 +171,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=4, help="new fresh models per psi")
     p.add_argument("--seed-offset", type=int, default=1000,
                    help="added to a seed for the new models' render and minibatch keys (the recorded ones used 0)")
-    p.add_argument("--assess-images", type=int, default=None)
-    p.add_argument("--assess-epochs", type=int, default=None)
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
-    p.add_argument("--render-workers", type=int, default=1)
-    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS")
-    p.add_argument("--out", required=True, help="output path without extension")
+    add_job_arguments(p)
     args = p.parse_args(argv)
     if args.repeats < 1 or args.seed_offset < 1:
         p.error("--repeats and --seed-offset must be >= 1 (offset 0 would train the recorded models again)")
     items = _records(p, args)
-    common = dict(experiment=args.experiment, size=args.size, repeats=args.repeats, seed_offset=args.seed_offset,
-                  assess_images=args.assess_images, assess_epochs=args.assess_epochs,
-                  gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
+    common = job_options(args, seed_offset=args.seed_offset)
     t0 = time.perf_counter()
     learned = [{"seed": it["seed"], "psi": it["psi"], "item": i, "label": it["variant"]} for i, it in enumerate(items)]
     results, unfinished = assess_jobs(common, sorted({it["seed"] for it in items}), learned, jobs=args.jobs,
@@ -210,9 +227,7 @@ def main(argv=None) -> int:
               "size": args.size, "step": args.step, "repeats": args.repeats, "seed_offset": args.seed_offset,
               "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
               "summary_G_test_metric": summary, "rows": rows, "wall_seconds": time.perf_counter() - t0,
-              "failed": [r for r in results if "error" in r] + [{**{k: v for k, v in s.items() if k != "psi"},
-                                                                 "error": "not finished within --deadline"}
-                                                                for s in unfinished]}
+              "failed": failures(results, unfinished)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(record, f, indent=1)
