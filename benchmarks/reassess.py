@@ -18,6 +18,10 @@ Usage (H200, 16 host cores)::
     python benchmarks/reassess.py --experiment digits-sim2real --size cpu --step 40 --repeats 1 \\
         --runs benchmarks/results/psi_learning/digits-sim2real_cpu_snr_gate.json:default --seeds 0 \\
         --out /tmp/reassess   # smoke, 2-core CPU, about 1 min
+    python benchmarks/reassess.py --experiment clevr-det --size gpu --step 60,120 --repeats 4 --assess-epochs 24 \
+        --runs benchmarks/results/psi_learning/clevr-det_gpu_120steps.json:default \
+        --runs benchmarks/results/psi_learning/clevr-det_gpu_inner_lr1e-3.json:inner_lr1e-3 \
+        --jobs 6 --gpus 1 --render-workers 2 --deadline 540 --out $OUT/reassess_clevr-det_gpu   # two steps, one baseline
 
 Only runs of the experiment's own family (not the histogram or broad-share variants) can be
 assessed again. Writes ``OUT.json`` (device, versions, command, date, every assessment, G per
@@ -119,8 +123,8 @@ def pooled(old_mean: float, old_n: int, new_mean: float, new_n: int) -> float:
 
 
 def _records(p, args) -> list[dict]:
-    """One item per (file, variant, seed) of ``--runs``: its recorded psi at ``--step`` and its
-    recorded assessments; checked before any job starts."""
+    """One item per (file, variant, seed, step) of ``--runs`` and ``--step``: its recorded psi
+    after that step and its recorded assessments; checked before any job starts."""
     import jax
 
     import autosim_jax as asj
@@ -145,18 +149,19 @@ def _records(p, args) -> list[dict]:
             if not runs:
                 p.error(f"{path} holds no run of variant {variant!r}" + (f" for seeds {sorted(seeds)}" if seeds else ""))
             for run in runs:
-                if len(run["psi"]) < args.step or str(args.step) not in run.get("assessed", {}):
-                    p.error(f"{path}: {variant} seed {run['seed']} was not assessed at step {args.step}")
-                flat = run["psi"][args.step - 1]
-                if set(flat) != keys:
-                    p.error(f"{path}: {variant} is not in the experiment's family (its psi has "
-                            f"{sorted(set(flat) ^ keys)[:4]} where the start has not, or the reverse)")
                 if run["seed"] not in base:
                     p.error(f"{path}: no start/reference assessment of seed {run['seed']}")
-                items.append({"file": os.path.basename(path), "variant": variant, "seed": run["seed"], "psi": flat,
-                              "old": run["assessed"][str(args.step)], "old_n": record.get("repeats") or 1,
-                              "old_baseline": base[run["seed"]],
-                              "old_baseline_n": record.get("baseline_repeats") or record.get("repeats") or 1})
+                for step in args.steps:
+                    if len(run["psi"]) < step or str(step) not in run.get("assessed", {}):
+                        p.error(f"{path}: {variant} seed {run['seed']} was not assessed at step {step}")
+                    flat = run["psi"][step - 1]
+                    if set(flat) != keys:
+                        p.error(f"{path}: {variant} is not in the experiment's family (its psi has "
+                                f"{sorted(set(flat) ^ keys)[:4]} where the start has not, or the reverse)")
+                    items.append({"file": os.path.basename(path), "variant": variant, "seed": run["seed"],
+                                  "step": step, "psi": flat, "old": run["assessed"][str(step)],
+                                  "old_n": record.get("repeats") or 1, "old_baseline": base[run["seed"]],
+                                  "old_baseline_n": record.get("baseline_repeats") or record.get("repeats") or 1})
     return items
 
 
@@ -166,19 +171,25 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="gpu", choices=("cpu", "gpu"))
     p.add_argument("--runs", action="append", required=True, metavar="FILE:VARIANT[,VARIANT]",
                    help="a psi_learning.py OUT.json and variants of it (repeatable)")
-    p.add_argument("--step", type=int, default=60, help="the recorded psi after this many steps (an assessed step)")
+    p.add_argument("--step", default="60", help="the recorded psi after this many steps (assessed steps; a comma "
+                   "list assesses each, against one start/reference assessment per seed)")
     p.add_argument("--seeds", default=None, help="comma list (default: every seed of the runs)")
     p.add_argument("--repeats", type=int, default=4, help="new fresh models per psi")
     p.add_argument("--seed-offset", type=int, default=1000,
                    help="added to a seed for the new models' render and minibatch keys (the recorded ones used 0)")
     add_job_arguments(p)
     args = p.parse_args(argv)
+    try:
+        args.steps = [int(t) for t in args.step.split(",")]
+    except ValueError:
+        p.error(f"--step must be a comma list of step counts, got {args.step!r}")
     if args.repeats < 1 or args.seed_offset < 1:
         p.error("--repeats and --seed-offset must be >= 1 (offset 0 would train the recorded models again)")
     items = _records(p, args)
     common = job_options(args, seed_offset=args.seed_offset)
     t0 = time.perf_counter()
-    learned = [{"seed": it["seed"], "psi": it["psi"], "item": i, "label": it["variant"]} for i, it in enumerate(items)]
+    learned = [{"seed": it["seed"], "psi": it["psi"], "item": i, "label": f"{it['variant']} step {it['step']}"}
+               for i, it in enumerate(items)]
     results, unfinished = assess_jobs(common, sorted({it["seed"] for it in items}), learned, jobs=args.jobs,
                                       deadline=args.deadline, out=args.out)
     new_base = {r["seed"]: r["new"] for r in results if r["kind"] == "baseline" and "error" not in r}
@@ -189,7 +200,7 @@ def main(argv=None) -> int:
 
     rows = []
     for i, it in enumerate(items):
-        row = {k: it[k] for k in ("file", "variant", "seed", "old_n", "old_baseline_n")}
+        row = {k: it[k] for k in ("file", "variant", "seed", "step", "old_n", "old_baseline_n")}
         row["old"] = {k: it["old"][k] for k in ("test_metric", "val_metric")}
         nb, nl = new_base.get(it["seed"]), new_learned.get(i)
         if nb is None or nl is None:
@@ -211,7 +222,8 @@ def main(argv=None) -> int:
     for row in rows:
         if "error" in row:
             continue
-        s = summary.setdefault(row["variant"], {"seeds": [], **{k: [] for k in ("recorded", "new_models", "pooled")}})
+        name = row["variant"] if len(args.steps) == 1 else f"{row['variant']} step {row['step']}"
+        s = summary.setdefault(name, {"seeds": [], **{k: [] for k in ("recorded", "new_models", "pooled")}})
         s["seeds"].append(row["seed"])
         for k in ("recorded", "new_models", "pooled"):
             s[k].append(row["G_test_metric"][k])
@@ -224,7 +236,7 @@ def main(argv=None) -> int:
               "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
               "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
               "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
-              "size": args.size, "step": args.step, "repeats": args.repeats, "seed_offset": args.seed_offset,
+              "size": args.size, "steps": args.steps, "repeats": args.repeats, "seed_offset": args.seed_offset,
               "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
               "summary_G_test_metric": summary, "rows": rows, "wall_seconds": time.perf_counter() - t0,
               "failed": failures(results, unfinished)}
@@ -249,10 +261,10 @@ def plot(record: dict, path: str) -> None:
     xs = np.arange(len(rows))
     for key, marker in (("recorded", "o"), ("new_models", "s"), ("pooled", "D")):
         ax.plot(xs, [r["G_test_metric"][key] for r in rows], marker, label=key)
-    ax.set_xticks(xs, [f"{r['variant']} s{r['seed']}" for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(xs, [f"{r['variant']} s{r['seed']} @{r['step']}" for r in rows], rotation=60, ha="right", fontsize=7)
     ax.axhline(0, color="k", lw=0.5)
     ax.axhline(0.8, color="g", lw=0.5, ls="--")
-    ax.set_ylabel(f"G (test metric) at step {record['step']}")
+    ax.set_ylabel("G (test metric) at the step named")
     ax.legend(fontsize=7)
     ax.set_title(f"{record['experiment']} ({record['size']}): recorded G against {record['repeats']} new models "
                  f"per psi ({record['date']})", fontsize=9)

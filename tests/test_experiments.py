@@ -82,6 +82,10 @@ def test_assessor_repeats_average_independent_fresh_models():
     a, b, both = one(psi, 3), one(psi, 5), two(psi, 3)
     assert both["test_metric"] == pytest.approx((a["test_metric"] + b["test_metric"]) / 2, abs=1e-6)
     assert both["test_metric_std"] == pytest.approx(abs(a["test_metric"] - b["test_metric"]) / 2, abs=1e-6)
+    # each model on its own, in repeat order, so that one failed training is not hidden in a mean
+    assert both["test_metrics"] == pytest.approx([a["test_metric"], b["test_metric"]], abs=1e-6)
+    assert both["val_metrics"] == pytest.approx([a["val_metric"], b["val_metric"]], abs=1e-6)
+    assert len(both["train_losses"]) == 2 and all(np.isfinite(both["train_losses"]))
     with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
         make_assessor(setup, repeats=0)
 
