@@ -60,6 +60,7 @@ _EXPORTS = {
     "directional_derivatives": "estimators",
     "reinforce_gradient": "estimators",
     "score_function_term": "estimators",
+    "DivergedAssessmentWarning": "experiments",
     "EXPERIMENTS": "experiments",
     "Experiment": "experiments",
     "ExperimentSetup": "experiments",
@@ -140,6 +141,7 @@ if TYPE_CHECKING:
     from .estimators import directional_derivatives as directional_derivatives
     from .estimators import reinforce_gradient as reinforce_gradient
     from .estimators import score_function_term as score_function_term
+    from .experiments import DivergedAssessmentWarning as DivergedAssessmentWarning
     from .experiments import EXPERIMENTS as EXPERIMENTS
     from .experiments import Experiment as Experiment
     from .experiments import ExperimentSetup as ExperimentSetup

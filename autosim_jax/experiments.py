@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -32,6 +33,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from .autosimulate import LOSS_JUMP_FACTOR
 from .config import AutoSimConfig
 from .distributions import from_schema
 from .inner import make_inner, split_model
@@ -384,6 +386,28 @@ def _check_assessment_model(setup: ExperimentSetup, model: nnx.Module) -> None:
         raise ValueError(_ASSESS_MODEL_SHAPE.format(name=type(model).__name__, got=got, shape=one.shape, want=want))
 
 
+class DivergedAssessmentWarning(UserWarning):
+    """A fresh model of an assessment ended its training ``LOSS_JUMP_FACTOR``-fold above its siblings."""
+
+
+def _trained(losses: np.ndarray) -> np.ndarray:
+    """Which of the repeats' fresh models trained: a last-epoch loss finite and at most
+    ``LOSS_JUMP_FACTOR`` times the lowest of them.
+
+    On clevr-det at gpu size 3 of 72 fresh detectors (24 epochs, Adam 3e-3) ended at a loss of
+    ~590, an untrained detector's, beside siblings at 130-220 on the same psi, and at mAP 0
+    (docs/detection.md, session 16); one such model moves one psi's G by 0.5-1.
+
+    Example:
+      >>> _trained(np.array([159.1, 588.1, 168.0, 592.1])).tolist()
+      [True, False, True, False]
+    """
+    finite = np.isfinite(losses)
+    if not finite.any():
+        return finite
+    return finite & (losses <= LOSS_JUMP_FACTOR * losses[finite].min())
+
+
 def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epochs: int | None = None,
                   repeats: int = 1, model: nnx.Module | None = None) -> Callable[..., dict[str, float]]:
     """``assess(psi, seed=0)``: trains a *fresh* copy of the task model on ``num_images`` from ``psi``.
@@ -421,7 +445,11 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
       run rendered, the "replay" product of a run; the metrics are those of the trained
       model(s), plus ``"test_metric_std"`` / ``"val_metric_std"`` over the repeats when
       ``repeats > 1``, with each model's ``"val_metrics"`` / ``"test_metrics"`` and
-      ``"train_losses"`` (its last epoch's mean training loss) in repeat order. Repeat ``r``
+      ``"train_losses"`` (its last epoch's mean training loss) in repeat order. A model whose
+      last-epoch loss is non-finite or above ``LOSS_JUMP_FACTOR`` (2) times the lowest of
+      the repeats' diverged: it is left out of the means and std (NaN if every model diverged),
+      listed in ``"diverged_models"`` and warned about (:class:`DivergedAssessmentWarning`);
+      with ``repeats=1`` there is nothing to compare with. Repeat ``r``
       renders with ``PRNGKey(seed + 2 r)`` and orders the minibatches with
       ``PRNGKey(seed + 2 r + 1)``; the model's initialisation is the model's own.
 
@@ -469,12 +497,25 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
 
     def assess(psi, seed: int = 0) -> dict[str, Any]:
         val, test, loss = np.array([one(psi, seed + 2 * r) for r in range(repeats)]).T
-        out: dict[str, Any] = {"val_metric": float(val.mean()), "test_metric": float(test.mean())}
-        if repeats > 1:
-            # The models one by one too: a mean can hide one model whose training failed (on
-            # clevr-det a fresh detector sometimes ends at mAP 0 beside one at 0.8; docs/detection.md).
-            out.update(val_metric_std=float(val.std()), test_metric_std=float(test.std()),
-                       val_metrics=val.tolist(), test_metrics=test.tolist(), train_losses=loss.tolist())
+        if repeats == 1:
+            return {"val_metric": float(val[0]), "test_metric": float(test[0])}
+        # A model whose training diverged measures the optimiser, not the data: it is left out
+        # of the means, named in the result and warned about; the lists keep every model.
+        trained = _trained(loss)
+        out: dict[str, Any] = {"val_metric": float(val[trained].mean()) if trained.any() else float("nan"),
+                               "test_metric": float(test[trained].mean()) if trained.any() else float("nan"),
+                               "val_metric_std": float(val[trained].std()) if trained.any() else float("nan"),
+                               "test_metric_std": float(test[trained].std()) if trained.any() else float("nan"),
+                               "val_metrics": val.tolist(), "test_metrics": test.tolist(),
+                               "train_losses": loss.tolist()}
+        if not trained.all():
+            out["diverged_models"] = np.flatnonzero(~trained).tolist()
+            warnings.warn(f"make_assessor: fresh model(s) {out['diverged_models']} of {repeats} (seed {seed}) ended "
+                          f"their training at a loss of {loss[~trained].tolist()}, more than {LOSS_JUMP_FACTOR:g}x "
+                          f"the lowest of their siblings ({np.nanmin(loss) if trained.any() else 'none finite'}); "
+                          f"the metrics are the means over the {int(trained.sum())} others. A lower "
+                          f"inner_learning_rate in the experiment's config makes fresh models train stably.",
+                          DivergedAssessmentWarning, stacklevel=2)
         return out
 
     return assess

@@ -90,6 +90,35 @@ def test_assessor_repeats_average_independent_fresh_models():
         make_assessor(setup, repeats=0)
 
 
+def test_a_diverged_fresh_model_is_left_out_named_and_warned_about(monkeypatch):
+    """A repeat whose training ends far above its siblings' loss (here: its finetune made to
+    return the untrained theta with a 10x loss) does not enter the means; the lists keep it."""
+    import autosim_jax.experiments as ex
+
+    setup = _build("digits-sim2real", "glyphs", 0)
+    psi = setup.simulator.distribution.init()
+    healthy = ex.make_assessor(setup, num_images=256, epochs=1)(psi, 3)
+    make_inner, calls = ex.make_inner, []
+
+    def failing_second_model(*args, **kwargs):
+        inner = make_inner(*args, **kwargs)
+
+        def finetune(theta, opt_state, inputs, labels, key):
+            theta_new, opt_new, loss = inner.finetune(theta, opt_state, inputs, labels, key)
+            calls.append(None)
+            return (theta, opt_state, 10 * loss) if len(calls) == 2 else (theta_new, opt_new, loss)
+
+        return inner._replace(finetune=finetune)
+
+    monkeypatch.setattr(ex, "make_inner", failing_second_model)
+    with pytest.warns(ex.DivergedAssessmentWarning, match=r"fresh model\(s\) \[1\] of 2"):
+        out = ex.make_assessor(setup, num_images=256, epochs=1, repeats=2)(psi, 3)
+    assert out["diverged_models"] == [1]
+    assert out["test_metric"] == pytest.approx(healthy["test_metric"], abs=1e-6)  # model 0 alone
+    assert out["test_metric_std"] == 0.0 and len(out["test_metrics"]) == 2
+    assert out["train_losses"][1] > 2 * out["train_losses"][0]
+
+
 def test_assessor_trains_on_the_mixture_of_a_list_of_psi(monkeypatch):
     """A list of psi (a run's trajectory) is assessed on the equal mixture of its members,
     rendered once per repeat with the assessment's whole budget."""
