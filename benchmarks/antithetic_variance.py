@@ -39,9 +39,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from baseline_variance import tagged  # c_k read through the Distribution contract
+from baseline_variance import (
+    reward_reader,  # every c_k and score, read through the Distribution contract
+)
 from hypergradient_quality import field_slices  # the same field order as ravel_pytree(psi)
-from jax.flatten_util import ravel_pytree
 from psi_learning import job_setup  # the experiment's setup with a render pool of its own
 
 import autosim_jax as asj
@@ -101,8 +102,7 @@ def main(argv=None) -> int:
     spec = {"experiment": args.experiment, "seed": args.seed, "size": args.size, "index": 0,
             "render_workers": args.render_workers}
     with job_setup(spec) as setup:
-        cfg, dist, sim = setup.config, setup.simulator.distribution, setup.simulator
-        k = cfg.dataset_size
+        dist, sim, k = setup.simulator.distribution, setup.simulator, setup.config.dataset_size
         if k % 2:
             p.error(f"K = {k} is odd; mirrored pairs need an even K")
         psi = dist.init()
@@ -111,13 +111,7 @@ def main(argv=None) -> int:
         if set(fields) - set(normal):
             p.error(f"--mirror {sorted(set(fields) - set(normal))}: not normal fields of psi ({normal})")
         ranges = {f.name: (f.low, f.high) for f in sim.renderer.schema.fields}
-        plain = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg)
-        probe = asj.make_autosimulate(asj.Simulator(tagged(dist, k), sim.renderer, pool=sim.pool),
-                                      setup.model, setup.task, setup.val_data, cfg.replace(baseline=None))
-        state, _ = plain.step(plain.init(args.seed))  # theta of the first step, as the run has it
-        psi_tagged = {"psi": psi, "tag": jnp.zeros((k,), jnp.float32)}
-        flat_scores = jax.jit(jax.vmap(lambda s: ravel_pytree(
-            jax.grad(lambda q: dist.log_prob(q, jax.tree.map(lambda x: x[None], s))[0])(psi))[0]))
+        _, state, _, read = reward_reader(setup, args.seed)  # the first step's theta, as the run has it
         rows = {"independent": [], "mirrored": []}
         for i in range(args.estimates):
             iid = dist.sample(jax.random.PRNGKey(10_000 + i), psi, k)
@@ -126,9 +120,7 @@ def main(argv=None) -> int:
             pairs = jax.tree.map(lambda a, b: jnp.stack([a, b], 1).reshape((k, *a.shape[1:])), half, twin)
             for design, scenes in (("independent", iid), ("mirrored", pairs)):
                 x, y = sim.render(scenes, jnp.uint32(50_000 + i))
-                c = -k * np.asarray(probe.hypergradient(psi_tagged, state.theta, scenes, x, y).grad_psi["tag"],
-                                    np.float64)
-                s = np.asarray(flat_scores(scenes), np.float64)
+                c, s = read(scenes, x, y, state.theta)
                 if design == "independent":
                     rows[design].append(((c - (c.sum() - c) / (k - 1))[:, None] * s).mean(0))
                 else:

@@ -83,13 +83,10 @@ def estimates(c: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
             "optimal_scalar_loo": ((c - scalar)[:, None] * scores).mean(0)}
 
 
-def sample_estimates(setup, seed: int, n: int, t0: float, theta_per_step: bool = False
-                     ) -> tuple[dict, float, dict, int]:
-    """``n`` independent steps' samples at the start psi: every estimator of :data:`ESTIMATORS`
-    on each, and the largest relative difference between the reconstructed leave-one-out
-    estimate and the library's. theta is the first step's for every estimate, or with
-    ``theta_per_step`` a fresh one per estimate, fine-tuned on that estimate's renders from
-    ``theta0`` (a step of ``theta_reset_every=1``), so that the estimates vary as steps do."""
+def reward_reader(setup, seed: int):
+    """``(plain, state, psi, read)``: the experiment's AutoSimulate, its state after the first
+    step, the start psi, and ``read(scenes, x, y, theta)`` -> ``(c [K], scores [K, n])``, every
+    sample's reward ``c_k`` (through :func:`tagged`) and score at that psi, in float64."""
     cfg = setup.config
     k = cfg.dataset_size
     dist = setup.simulator.distribution
@@ -99,9 +96,26 @@ def sample_estimates(setup, seed: int, n: int, t0: float, theta_per_step: bool =
     state, _ = plain.step(plain.init(seed))  # theta of the first step, as the run has it
     psi = dist.init()
     psi_tagged = {"psi": psi, "tag": jnp.zeros((k,), jnp.float32)}
-    simulate = jax.jit(plain.inner.simulate)
     flat_scores = jax.jit(jax.vmap(
         lambda s: ravel_pytree(jax.grad(lambda q: dist.log_prob(q, jax.tree.map(lambda x: x[None], s))[0])(psi))[0]))
+
+    def read(scenes, x, y, theta):
+        c = -k * np.asarray(probe.hypergradient(psi_tagged, theta, scenes, x, y).grad_psi["tag"], np.float64)
+        return c, np.asarray(flat_scores(scenes), np.float64)
+
+    return plain, state, psi, read
+
+
+def sample_estimates(setup, seed: int, n: int, t0: float, theta_per_step: bool = False
+                     ) -> tuple[dict, float, dict, int]:
+    """``n`` independent steps' samples at the start psi: every estimator of :data:`ESTIMATORS`
+    on each, and the largest relative difference between the reconstructed leave-one-out
+    estimate and the library's. theta is the first step's for every estimate, or with
+    ``theta_per_step`` a fresh one per estimate, fine-tuned on that estimate's renders from
+    ``theta0`` (a step of ``theta_reset_every=1``), so that the estimates vary as steps do."""
+    plain, state, psi, read = reward_reader(setup, seed)
+    k = setup.config.dataset_size
+    simulate = jax.jit(plain.inner.simulate)
     rows = {name: [] for name in ESTIMATORS}
     worst = 0.0
     finetune = jax.jit(plain.inner.finetune)
@@ -111,8 +125,7 @@ def sample_estimates(setup, seed: int, n: int, t0: float, theta_per_step: bool =
             theta0 = plain.inner.theta0
             theta, _, _ = finetune(theta0, plain.inner.init_opt(theta0), x, y, jax.random.PRNGKey(20_000 + i))
             state = state._replace(theta=theta)
-        c = -k * np.asarray(probe.hypergradient(psi_tagged, state.theta, scenes, x, y).grad_psi["tag"], np.float64)
-        scores = np.asarray(flat_scores(scenes), np.float64)
+        c, scores = read(scenes, x, y, state.theta)
         est = estimates(c, scores)
         library = -np.asarray(ravel_pytree(plain.hypergradient(psi, state.theta, scenes, x, y).grad_psi)[0])
         worst = max(worst, float(np.abs(est["leave_one_out"] - library).max() / np.abs(library).max()))
