@@ -321,6 +321,9 @@ def field_importance(results: list[dict], metric_key: str) -> dict:
 
 
 def cg_stats(results: list[dict]) -> dict:
+    """Per variant, means over its runs: the share of steps whose CG converged and that moved
+    psi, the median relative residual and step time, the warm model's loss jumps, and the fresh
+    models left out of an assessment as diverged (``make_assessor``'s ``diverged_models``)."""
     from autosim_jax import finetune_loss_jumps
 
     out = {}
@@ -329,7 +332,7 @@ def cg_stats(results: list[dict]) -> dict:
             continue
         infos = r["infos"]
         s = out.setdefault(r["variant"], {"converged": [], "updated": [], "residual": [], "step_s": [],
-                                          "finetune_loss_jumps": []})
+                                          "finetune_loss_jumps": [], "diverged_fresh_models": []})
         s["converged"].append(float(np.mean([i["cg_converged"] for i in infos])))
         s["updated"].append(float(np.mean([i["psi_updated"] for i in infos])))
         s["residual"].append(float(np.median([i["cg_relative_residual"] for i in infos])))
@@ -337,6 +340,8 @@ def cg_stats(results: list[dict]) -> dict:
         if "train_loss_before" in infos[0]:  # recorded since session 15
             s["finetune_loss_jumps"].append(len(finetune_loss_jumps([i["train_loss"] for i in infos],
                                                                     [i["train_loss_before"] for i in infos])))
+        if any("train_losses" in a for a in r.get("assessed", {}).values()):  # per model since session 16
+            s["diverged_fresh_models"].append(sum(len(a.get("diverged_models", [])) for a in r["assessed"].values()))
     return {v: {k: float(np.mean(x)) for k, x in s.items() if x} for v, s in out.items()}
 
 
