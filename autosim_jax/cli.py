@@ -575,8 +575,10 @@ def _summary_table(s: dict, metric: str) -> str:
         def pair(v: dict) -> str:
             if models == 1:
                 return f"{v['val_metric']:.4f} / {v['test_metric']:.4f}"
+            diverged = v.get("diverged_models", [])  # make_assessor left them out of the means
             return (f"{v['val_metric']:.4f} +- {v['val_metric_std']:.4f} / "
-                    f"{v['test_metric']:.4f} +- {v['test_metric_std']:.4f}")
+                    f"{v['test_metric']:.4f} +- {v['test_metric_std']:.4f}"
+                    + (f" ({len(diverged)} of {models} diverged, left out)" if diverged else ""))
 
         for name in ("start_psi", "learned_psi", "reference_psi"):
             if name in a:

@@ -137,6 +137,18 @@ def test_summary_table_names_fine_tuning_loss_jumps():
     assert "fine-tuning loss jumps" not in _summary_table({**summary, "finetune_loss_jump_steps": 0}, "mIoU")
 
 
+def test_summary_table_names_diverged_fresh_models():
+    from autosim_jax.cli import _summary_table
+
+    healthy = {"val_metric": 0.5, "test_metric": 0.5, "val_metric_std": 0.01, "test_metric_std": 0.01}
+    summary = {"iterations": 3, "images": 96, "stopped_by": "iterations", "wall_time": 1.0,
+               "assessment": {"images": 64, "epochs": 1, "models": 4, "start_psi": healthy,
+                              "learned_psi": {**healthy, "diverged_models": [1, 3]}}}
+    lines = _summary_table(summary, "mIoU").splitlines()
+    assert "(2 of 4 diverged, left out)" in next(line for line in lines if "learned psi" in line)
+    assert "diverged" not in next(line for line in lines if "start psi" in line)
+
+
 def test_resume_after_sigkill_equals_the_uninterrupted_run(reference_run, toy_path, tmp_path):
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(toy_path), os.environ.get("PYTHONPATH", "")]),
