@@ -103,7 +103,16 @@ def _compare_args(spec: dict, out: str, *, resume: bool, methods=None, approxima
     return CompareArgs(budget_images=spec["budget_images"], methods=tuple(methods or spec["methods"]),
                        seeds=spec["seeds"], approximations=tuple(approximations or spec["approximations"]),
                        out=out, resume=resume, size=spec["size"], assess_images=spec["assess_images"],
-                       assess_points=spec["assess_points"], log_seconds=60.0)
+                       assess_points=spec["assess_points"], assess_models=spec.get("assess_models", 1),
+                       log_seconds=60.0)
+
+
+def _protocol(spec: dict, setup) -> dict:
+    """The assessment protocol of ``autosim compare`` (so that both read and write one cache)."""
+    from autosim_jax.rundir import assess_protocol
+
+    return assess_protocol(spec["assess_images"] or setup.assess_images, setup.assess_epochs,
+                           spec.get("assess_models", 1))
 
 
 def _experiment(spec: dict):
@@ -191,12 +200,13 @@ def _run_job(spec: dict) -> dict:
     _log(f"  {spec['name']}: {len(records)} steps, {records[-1]['images']} images; assessing")
     setup = build_setup(exp, renderer=exp.renderers[0], seed=seed, size=spec["size"])
     psi0 = setup.simulator.distribution.init()
-    protocol = {"images": spec["assess_images"] or setup.assess_images, "epochs": setup.assess_epochs}
+    protocol = _protocol(spec, setup)
     assess = []
 
     def small(psi):
         if not assess:
-            assess.append(make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"]))
+            assess.append(make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"],
+                                        repeats=protocol.get("models", 1)))
         return assess[0](psi, seed)
 
     # compare's plan: the psi held at the first record with images >= each threshold, keyed by its step.
@@ -228,7 +238,8 @@ def _large_assessment(setup, spec: dict, psi, protocol: dict, where: str) -> dic
 
     def compute():
         model = _large_model(setup, channels, seed)
-        return make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"], model=model)(psi, seed)
+        return make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"], model=model,
+                             repeats=protocol.get("models", 1))(psi, seed)
 
     value, _ = cached_assessment(path, "large", {**protocol, "base_channels": channels}, compute)
     return value
@@ -243,8 +254,9 @@ def _psi0_job(spec: dict) -> dict:
     exp = _experiment(spec)
     seed = spec["seed"]
     setup = build_setup(exp, renderer=exp.renderers[0], seed=seed, size=spec["size"])
-    protocol = {"images": spec["assess_images"] or setup.assess_images, "epochs": setup.assess_epochs}
-    assess = make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"])
+    protocol = _protocol(spec, setup)
+    assess = make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"],
+                           repeats=protocol.get("models", 1))
     schema = setup.simulator.renderer.schema
     support = _support(schema, setup.reference_psi)
     out = {"support": [schema["cell"].choices[i] for i in support]}
@@ -282,8 +294,9 @@ def plan(args) -> list[dict]:
         root = os.path.join(args.out + "_runs", name)
         common = {"experiment": name, "size": args.size, "seeds": args.seeds, "budget_images": args.budget_images,
                   "methods": args.methods, "approximations": args.approximations,
-                  "assess_images": args.assess_images, "assess_points": args.assess_points, "resume": args.resume,
-                  "gpus": args.gpus, "compare_dir": os.path.join(root, "compare"),
+                  "assess_images": args.assess_images, "assess_points": args.assess_points,
+                  "assess_models": args.assess_models, "resume": args.resume, "gpus": args.gpus,
+                  "compare_dir": os.path.join(root, "compare"),
                   "table6_dir": os.path.join(root, "table6")}
         runs = [(m, None) for m in args.methods if m != "autosimulate"]
         if "autosimulate" in args.methods:
@@ -340,8 +353,8 @@ def _finish_compare(name: str, args, results: list[dict]) -> tuple[dict | None, 
         return None, "no method finished on every seed"
     out = os.path.join(args.out + "_runs", name, "compare")
     spec = {"budget_images": args.budget_images, "seeds": args.seeds, "size": args.size,
-            "assess_images": args.assess_images, "assess_points": args.assess_points, "methods": methods,
-            "approximations": approximations}
+            "assess_images": args.assess_images, "assess_points": args.assess_points,
+            "assess_models": args.assess_models, "methods": methods, "approximations": approximations}
     log_path = os.path.join(args.out + "_runs", name, "logs", "compare_resume.log")
     with open(log_path, "w") as log:
         md = io.StringIO()
@@ -562,6 +575,8 @@ def main(argv=None) -> int:
     p.add_argument("--approximations", default=",".join(APPROXIMATIONS), help="the first is Table 3's AutoSimulate")
     p.add_argument("--assess-images", type=int, default=None, help="fresh-model images (default: the experiment's)")
     p.add_argument("--assess-points", type=int, default=3, help="Table 3 rows assessed after budget/2^(P-1) .. budget")
+    p.add_argument("--assess-models", type=int, default=1,
+                   help="fresh detectors per assessed psi, their mean (>= 4 on clevr-det: docs/detection.md, session 16)")
     p.add_argument("--table5-approximation", default="exact_quadratic")
     p.add_argument("--frozen", default=FROZEN, help="Table 5: NAME=REGEX;... (regex over parameter paths; '' none)")
     p.add_argument("--large-channels", type=int, default=64, help="Table 6: the larger detector's UNet base channels "
@@ -583,8 +598,9 @@ def main(argv=None) -> int:
     args.frozen = _parse_frozen(args.frozen) if isinstance(args.frozen, str) else args.frozen
     bad = [e for e in args.experiments if e not in ("clevr-det", "digits-det")]
     bad += [m for m in args.methods if m not in METHODS] + [a for a in args.approximations if a not in APPROXIMATIONS]
-    if bad or not args.methods or args.seeds < 1 or args.budget_images < 1 or args.assess_points < 1:
-        p.error(f"unknown or invalid: {bad or 'seeds, budget or assess points'}")
+    if (bad or not args.methods or args.seeds < 1 or args.budget_images < 1 or args.assess_points < 1
+            or args.assess_models < 1):
+        p.error(f"unknown or invalid: {bad or 'seeds, budget, assess points or assess models'}")
     if "bo" in args.methods:
         try:
             import bayes_opt  # noqa: F401
