@@ -80,6 +80,13 @@ class AutoSimConfig:
       finetune_epochs: ``epsilon`` epochs of fine-tuning per outer step.
       inner_optimizer, inner_learning_rate: optax optimiser of ``theta`` by name
         (``"adam"`` or ``"sgd"``) and its learning rate.
+      inner_clip_norm: clip each minibatch gradient of ``theta`` to this global norm before
+        the inner optimiser (``optax.clip_by_global_norm``); 0 turns it off. It is for one
+        gradient spike that kills a model: a fresh clevr-det detector at cpu size met a
+        gradient of norm 21,578 (median 7.5) in its third epoch and ended at an untrained
+        detector's loss; clipped at 1 it trains like its siblings (docs/detection.md,
+        session 16). It applies wherever the config's inner optimiser trains ``theta``: the
+        fine-tuning of every step and the fresh models of :func:`~autosim_jax.make_assessor`.
       outer_optimizer, outer_learning_rate: the optimiser of ``psi``: ``"adam"``, ``"sgd"``
         or ``"natural"`` (natural gradient of ``q_psi`` in a KL trust region,
         :func:`~autosim_jax.outer.natural_trust_region`), and its learning rate.
@@ -195,6 +202,7 @@ class AutoSimConfig:
     finetune_epochs: int = 4
     inner_optimizer: str = "adam"
     inner_learning_rate: float = 3e-2
+    inner_clip_norm: float = 0.0
     outer_optimizer: str = "adam"
     outer_learning_rate: float = 0.1
     max_kl: float = 0.05
@@ -262,6 +270,8 @@ class AutoSimConfig:
                 f"({self.dataset_size}); it selects the first renders of a step."
             )
         _positive_float("inner_learning_rate", self.inner_learning_rate, "a learning rate")
+        _positive_float("inner_clip_norm", self.inner_clip_norm, "a gradient norm (0: no clipping)",
+                        allow_zero=True)
         _positive_float("outer_learning_rate", self.outer_learning_rate, "a learning rate")
         _positive_float("max_kl", self.max_kl, "nats of KL per step")
         _positive_float("entropy_weight", self.entropy_weight, "relative entropy bonus", allow_zero=True)
@@ -297,7 +307,8 @@ class AutoSimConfig:
         """The fine-tuning optimiser of ``theta`` this config names."""
         import optax
 
-        return {"adam": optax.adam, "sgd": optax.sgd}[self.inner_optimizer](self.inner_learning_rate)
+        opt = {"adam": optax.adam, "sgd": optax.sgd}[self.inner_optimizer](self.inner_learning_rate)
+        return optax.chain(optax.clip_by_global_norm(self.inner_clip_norm), opt) if self.inner_clip_norm else opt
 
     def outer_optax(self) -> optax.GradientTransformation:
         """The optimiser of ``psi`` this config names."""

@@ -53,3 +53,18 @@ def test_accuracy_statistics_add_up_over_batches():
     labels = jnp.arange(11) % 5
     summed = sum_over_batches(task.metric_stats, logits, labels, 4)
     assert float(task.metric_from_stats(summed)) == pytest.approx(float(task.metric(logits, labels)))
+
+
+def test_inner_clip_norm_clips_each_gradient_before_the_optimiser():
+    """inner_clip_norm=c scales a gradient of global norm > c down to norm c (optax's
+    clip_by_global_norm), then the configured optimiser steps; 0 leaves it alone."""
+    from autosim_jax import AutoSimConfig
+
+    grads = {"w": jnp.array([3.0, 4.0])}  # global norm 5
+    params = {"w": jnp.zeros(2)}
+    for clip, expected in ((0.0, [-3.0, -4.0]), (1.0, [-0.6, -0.8]), (10.0, [-3.0, -4.0])):
+        opt = AutoSimConfig(inner_optimizer="sgd", inner_learning_rate=1.0, inner_clip_norm=clip).inner_optax()
+        updates, _ = opt.update(grads, opt.init(params), params)
+        np.testing.assert_allclose(updates["w"], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"inner_clip_norm must be >= 0"):
+        AutoSimConfig(inner_clip_norm=-1.0)
