@@ -387,7 +387,7 @@ def _check_assessment_model(setup: ExperimentSetup, model: nnx.Module) -> None:
 
 
 class DivergedAssessmentWarning(UserWarning):
-    """A fresh model of an assessment ended its training ``LOSS_JUMP_FACTOR``-fold above its siblings."""
+    """A fresh model of an assessment ended its training far above its siblings (:func:`_trained`)."""
 
 
 def _trained(losses: np.ndarray, untrained: float) -> np.ndarray:
@@ -512,20 +512,19 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
         # A model whose training diverged measures the optimiser, not the data: it is left out
         # of the means, named in the result and warned about; the lists keep every model.
         trained = _trained(loss, float(np.nanmean(untrained)))
-        out: dict[str, Any] = {"val_metric": float(val[trained].mean()) if trained.any() else float("nan"),
-                               "test_metric": float(test[trained].mean()) if trained.any() else float("nan"),
-                               "val_metric_std": float(val[trained].std()) if trained.any() else float("nan"),
-                               "test_metric_std": float(test[trained].std()) if trained.any() else float("nan"),
-                               "val_metrics": val.tolist(), "test_metrics": test.tolist(),
-                               "train_losses": loss.tolist()}
+        kept = {"val": val[trained], "test": test[trained]}
+        out: dict[str, Any] = {f"{m}_metric": float(v.mean()) if v.size else float("nan") for m, v in kept.items()}
+        out.update({f"{m}_metric_std": float(v.std()) if v.size else float("nan") for m, v in kept.items()})
+        out.update(val_metrics=val.tolist(), test_metrics=test.tolist(), train_losses=loss.tolist())
         if not trained.all():
             out["diverged_models"] = np.flatnonzero(~trained).tolist()
             warnings.warn(f"make_assessor: fresh model(s) {out['diverged_models']} of {repeats} (seed {seed}) ended "
                           f"their training at a loss of {loss[~trained].tolist()}, more than {LOSS_JUMP_FACTOR:g}x "
                           f"the lowest of their siblings ({np.nanmin(loss) if trained.any() else 'none finite'}) "
                           f"and over halfway back to the untrained model's {np.nanmean(untrained):.4g}; the "
-                          f"metrics are the means over the {int(trained.sum())} others. A lower "
-                          f"inner_learning_rate in the experiment's config makes fresh models train stably.",
+                          f"metrics are the means over the {int(trained.sum())} others. Clipping each gradient "
+                          f"(AutoSimConfig.inner_clip_norm=1 in the experiment's config) stopped such a "
+                          f"divergence on clevr-det (docs/detection.md); so may a lower inner_learning_rate.",
                           DivergedAssessmentWarning, stacklevel=2)
         return out
 
