@@ -205,7 +205,10 @@ def _measure(spec: dict, setup, t0: float) -> dict:
 
     assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                 repeats=spec.get("repeats", 1))
-    out = {"variant": spec["variant"], "seed": spec["seed"], "index": spec["index"]}
+    # the experiment's config as built (a variant's overrides are in the header): it changes between
+    # sessions (clevr-det's inner_clip_norm since session 17), and the assessor trains with it too
+    out = {"variant": spec["variant"], "seed": spec["seed"], "index": spec["index"],
+           "experiment_config": setup.config.to_dict()}
     if spec["variant"] == "_baseline":
         if spec.get("baseline_repeats"):  # the denominator of every G of this seed: worth more fresh models
             assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
