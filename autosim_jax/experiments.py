@@ -270,7 +270,9 @@ def build_clevr_det(*, renderer: str = "clevr-det", seed: int = 0, size: str = "
     seeds), rendered by ``renderer`` as the training images are: ``"clevr-det"`` (the numpy
     tracer) or ``"mitsuba-det"`` (Mitsuba 3; the same scenes and boxes). ``size="cpu"``:
     32 px, a detector on a UNet of 8 base channels, K = 32, 48 images each; ``"gpu"``: 64 px,
-    32 base channels, K = 256, 256 images, assessments on 2048 images x 24 epochs.
+    32 base channels, K = 256, 256 images, assessments on 2048 images x 24 epochs. Every inner
+    minibatch gradient (fine-tuning and fresh detectors) is clipped to global norm 1
+    (``inner_clip_norm``), which keeps fresh detectors from diverging.
     """
     from .detection import centernet, detection_task
     from .renderers.clevr_det import cell_probs
