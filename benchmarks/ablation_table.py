@@ -108,6 +108,9 @@ ROWS = [
     ("damping 1 (seeds 3, 4)", FRESH, "clevr-seg_gpu_linear_damp1_s34.json", "damp1", (INITS_CALLS, "default")),
     ("linear + noise gate z = 2", FRESH, "clevr-seg_gpu_linear_snr_gate2_s012.json", "linear_snr_gate2",
      (INITS_CALLS, "default")),
+    # session 17: four times the renders per step, to 60 steps with 4 models per psi
+    ("K = 1024 renders per step (60 steps, 4 models per psi)", FRESH, "clevr-seg_gpu_k1024_60steps.json", "k1024",
+     (INITS_CALLS, "default")),
 ]
 
 

@@ -78,6 +78,9 @@ VARIANTS = {
                      "Eq. 13 at the Newton point of the fresh theta (one more CG solve per step)"),
     "k1024": ({"dataset_size": 1024, "batch_size": 128},
               "4x the renders per step, the same number of fine-tuning steps: is the signal too weak?"),
+    "linear_k1024": ({"approximation": "linear", "dataset_size": 1024, "batch_size": 128},
+                     "the linear row with 4x the renders: without the Newton vector's initialisation push, the "
+                     "positions and the resolution are limited by sampling noise (init_bias.py), which K lowers"),
     "pos_only": ({"start_from_reference_but": "position", "psi_trainable": r"\['position'\]"},
                  "the reference with the start's positions, positions learned alone: can the position signal do it?"),
     "pos_only_linear": ({"start_from_reference_but": "position", "psi_trainable": r"\['position'\]",
