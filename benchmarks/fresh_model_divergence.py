@@ -4,9 +4,9 @@ On clevr-det at gpu size 3 of 72 fresh detectors ended their training at an untr
 detector's loss and mAP 0 (docs/detection.md, session 16). This trains ``--models`` fresh models
 with :func:`~autosim_jax.make_assessor` (the experiment's own assessment: images, epochs,
 optimiser) on the start and the reference psi, once per ``--clip`` value of
-``AutoSimConfig.inner_clip_norm`` (0: no clipping, whatever the experiment's config says; clevr-det's
-has 1 since session 17), and counts the models
-that :func:`~autosim_jax.make_assessor` leaves out as diverged. Each repeat ``r`` renders and
+``AutoSimConfig.inner_clip_norm`` (0: no clipping, whatever the experiment's config says;
+clevr-det's has 1 since session 17), and counts the models that
+:func:`~autosim_jax.make_assessor` leaves out as diverged. Each repeat ``r`` renders and
 orders its minibatches with the same keys under every clip value, so the rows are paired.
 
 For the first diverged model of the unclipped row it then retraces that model's training step by

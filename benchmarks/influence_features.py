@@ -19,9 +19,10 @@ Per estimate it reports the Pearson correlation of ``c_k`` with each render's fo
 fraction, its object count, its objects' mean floor distance to the camera, its resolution and
 its samples per pixel (the same with the foreground fraction's linear effect removed: the
 partial correlation), then the mean and standard error of each over ``--estimates``. The
-resolution is there because the linear row takes it to 32 px on every seed in every 60-step run
-(0.86-0.99 of the mass; exact quadratic leaves 32 px on some seeds), although the reference's
-64-96 px is worth about a fifth of the gap (``docs/learning.md``, sessions 16-17).
+resolution is there because the linear row keeps it at 32 px or takes it further there (0.51-0.99
+of the mass after 60 steps in the 26 runs on record without an entropy bonus, 0.93-0.98 with
+K = 1024), although the reference's 64-96 px is worth about a fifth of the gap
+(``docs/learning.md``, sessions 16-17).
 
 ``--anchor-epochs A`` asks whether the correlation is the untrained theta's: each estimate then
 fine-tunes from an *anchor* instead of the random initialisation, a model trained for A epochs
