@@ -18,8 +18,9 @@ step does. Per field it reports (sums over the field's coordinates):
 * ``within``: one step's variance for a fixed initialisation (the render noise).
 
 ``init_bias / signal`` near or above 1 means a run's direction depends on its initialisation as
-much as on psi; ``init_bias * 60 / within`` above 1 means the bias outweighs 60 steps of averaged
-render noise. Also the sign of the key coordinates per initialisation (``--watch``), and how far
+much as on psi; ``init_bias * T / within`` above 1 (printed for ``T = --travel-steps``) means the
+bias outweighs T steps of averaged render noise, so that more renders per step cannot change the
+direction a run takes in T steps. Also the sign of the key coordinates per initialisation (``--watch``), and how far
 the library's outer optimiser (Adam with ``AutoSimConfig``'s default rate and beta2) would move
 each of them in ``--travel-steps`` steps if every step's hypergradient were drawn as measured at
 the start: from one initialisation throughout (a run's own theta0) or cycling through all of
@@ -162,9 +163,14 @@ def main(argv=None) -> int:
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
     plot(result, args.out + ".png")
-    print(f"{'field':>12}  {'signal':>9}  {'init_bias':>9}  {'within':>9}")
+    # A run fine-tunes from one initialisation every step, so over T steps its averaged direction
+    # carries init_bias whole and within / T: above 1, more renders per step cannot change it.
+    t = args.travel_steps
+    print(f"{'field':>12}  {'signal':>9}  {'init_bias':>9}  {'within':>9}  {'bias/signal':>11}  "
+          f"{f'bias x {t} / within':>18}")
     for f, v in result["fields"].items():
-        print(f"{f:>12}  {v['signal']:9.3g}  {v['init_bias']:9.3g}  {v['within']:9.3g}")
+        print(f"{f:>12}  {v['signal']:9.3g}  {v['init_bias']:9.3g}  {v['within']:9.3g}  "
+              f"{v['init_bias'] / v['signal']:11.3g}  {v['init_bias'] * t / v['within']:18.3g}")
     for f, w in result["watch"].items():
         print(f"{f} loc step per init: " + ", ".join(f"{d:+.3g} (se {s:.2g})" for d, s in
                                                      zip(w["loc_step_direction_per_init"],
