@@ -28,6 +28,8 @@ import os
 
 import numpy as np
 
+from field_drift import read_record  # psi_learning.py's records, compressed or not
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "psi_learning")
 
 # (mechanism, base, file, variant, control (file, variant) or None). The base names what every
@@ -116,8 +118,7 @@ ROWS = [
 
 def _load(name: str, cache: dict) -> dict:
     if name not in cache:
-        with open(os.path.join(RESULTS, name)) as f:
-            cache[name] = json.load(f)
+        cache[name] = read_record(os.path.join(RESULTS, name))
     return cache[name]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 import sys
@@ -45,6 +46,27 @@ def unflatten(flat: dict[str, list], like):
     return jax.tree_util.tree_unflatten(treedef, values)
 
 
+def read_record(path: str) -> dict:
+    """A ``psi_learning.py`` record: ``path``, or ``path + ".gz"`` where only the compressed copy
+    is kept (the records over 300 KB are stored gzip-compressed, so that the working tree stays
+    under the 64 MiB a device call copies; ``docs/benchmarks.md``). Every reader of the records
+    takes the ``.json`` name through this.
+
+    Example:
+      >>> import tempfile
+      >>> folder = tempfile.mkdtemp()
+      >>> with gzip.open(os.path.join(folder, "run.json.gz"), "wt") as f:
+      ...     json.dump({"runs": []}, f)
+      >>> read_record(os.path.join(folder, "run.json"))
+      {'runs': []}
+    """
+    if not os.path.exists(path) and os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rt") as f:
+            return json.load(f)
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_runs(spec: str, experiment: str, size: str) -> tuple[str, dict, list[str]]:
     """``FILE:VARIANT[,VARIANT]`` -> ``(FILE, its psi_learning.py record, [VARIANT, ...])``.
 
@@ -54,8 +76,7 @@ def read_runs(spec: str, experiment: str, size: str) -> tuple[str, dict, list[st
     path, _, variants = spec.rpartition(":")
     if not path or not variants:
         raise ValueError(f"--runs {spec!r}: write FILE:VARIANT[,VARIANT]")
-    with open(path) as f:
-        record = json.load(f)
+    record = read_record(path)
     if (record["experiment"], record["size"]) != (experiment, size):
         raise ValueError(f"{path} is {record['experiment']} at {record['size']} size, not {experiment} at {size}")
     return path, record, variants.split(",")

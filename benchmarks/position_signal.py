@@ -43,6 +43,7 @@ import numpy as np
 
 import autosim_jax as asj
 from autosim_jax.render_pool import make_render_pool
+from field_drift import read_record  # psi_learning.py's records, compressed or not
 
 
 def corner_mass_change(logits: np.ndarray, grad: np.ndarray, bins: int, corner: np.ndarray | None = None) -> float:
@@ -75,8 +76,7 @@ def psi_from_run(path: str, variant: str, seed: int, step: int, like):
     """
     if step == 0:
         return like
-    with open(path) as f:
-        runs = [r for r in json.load(f)["runs"] if r["variant"] == variant and r["seed"] == seed]
+    runs = [r for r in read_record(path)["runs"] if r["variant"] == variant and r["seed"] == seed]
     if not runs:
         raise SystemExit(f"{path} has no run of variant {variant!r}, seed {seed}.")
     flat = runs[0]["psi"][step - 1]

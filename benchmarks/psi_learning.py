@@ -44,6 +44,8 @@ from concurrent.futures import ProcessPoolExecutor, TimeoutError, as_completed
 
 import numpy as np
 
+from field_drift import read_record  # this script's records, compressed or not
+
 # name -> (AutoSimConfig overrides, what the variant tests)
 VARIANTS = {
     "default": ({}, "the experiment's config: exact quadratic, Gauss-Newton CG, Adam on psi"),
@@ -392,8 +394,7 @@ def plot(summary: dict, steps: list[int], path: str, title: str) -> None:
 def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
     """The ``_baseline`` runs of an earlier ``OUT.json`` for ``seeds``, checked against this call's
     options (``--baselines-from``). Raises ``SystemExit`` naming the mismatch, before any job starts."""
-    with open(path) as f:
-        old = json.load(f)
+    old = read_record(path)
     want = {"experiment": args.experiment, "size": args.size, "assess_images": args.assess_images,
             "assess_epochs": args.assess_epochs, "baseline_repeats": args.baseline_repeats or args.repeats}
     have = {k: old.get(k) for k in want}
