@@ -241,16 +241,15 @@ _DIGITS_DET_GPU_ASSESS = (8192, 24)
 _CLEVR_DET_GPU_ASSESS_EPOCHS = 24
 
 
-def _detection_config(gpu: bool, *, inner_clip_norm: float = 0.0) -> AutoSimConfig:
+def _detection_config(gpu: bool) -> AutoSimConfig:
     if gpu:
         return AutoSimConfig(dataset_size=256, batch_size=32, finetune_epochs=2, inner_learning_rate=3e-3,
-                             outer_learning_rate=0.1, curvature_batch_size=64, cg_maxiter=10, val_batch_size=64,
-                             inner_clip_norm=inner_clip_norm)
+                             outer_learning_rate=0.1, curvature_batch_size=64, cg_maxiter=10, val_batch_size=64)
     # Adam 1e-2: on 256 target images x 20 epochs the cpu detector reaches val mAP@0.5 0.25
     # (3e-3: 0.15).
     return AutoSimConfig(dataset_size=32, batch_size=16, finetune_epochs=2, inner_learning_rate=1e-2,
                          outer_learning_rate=0.1, damping=1e-2, curvature="gauss_newton", curvature_batch_size=8,
-                         cg_maxiter=5, cg_tol=1e-3, val_batch_size=32, inner_clip_norm=inner_clip_norm)
+                         cg_maxiter=5, cg_tol=1e-3, val_batch_size=32)
 
 
 # A fresh clevr-det detector now and then diverges through one minibatch gradient thousands of
@@ -290,7 +289,7 @@ def build_clevr_det(*, renderer: str = "clevr-det", seed: int = 0, size: str = "
     def make_model(model_seed: int) -> nnx.Module:
         return centernet(3, k, 32 if gpu else 8, rngs=nnx.Rngs(model_seed))
 
-    config = _detection_config(gpu, inner_clip_norm=_CLEVR_DET_CLIP_NORM)
+    config = _detection_config(gpu).replace(inner_clip_norm=_CLEVR_DET_CLIP_NORM)
     return ExperimentSetup(simulator, make_model(seed), detection_task(k), val, test, config,
                            iterations=120 if gpu else 40, assess_images=2048 if gpu else 256,
                            assess_epochs=_CLEVR_DET_GPU_ASSESS_EPOCHS if gpu else 15, reference_psi=psi_target,
