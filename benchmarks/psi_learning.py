@@ -122,6 +122,10 @@ VARIANTS = {
                      "a third of the fine-tuning step: on clevr-det the warm detector of seed 1 collapsed at step 72 "
                      "of 120 (train loss 160 -> 540, validation mAP 0 for the rest; session 15); does a smaller "
                      "step keep it alive?"),
+    "finetune32": ({"finetune_epochs": 32},
+                   "16x the fine-tuning of each step's fresh theta (256 Adam steps at gpu size): the exact "
+                   "quadratic's step stops rewarding low-resolution renders at E = 32 (influence_features.py, "
+                   "session 18); does the resolution then leave 32 px?"),
     "finetune1": ({"finetune_epochs": 1},
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
