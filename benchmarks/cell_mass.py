@@ -31,6 +31,7 @@ import os
 import sys
 
 import numpy as np
+from detection_tables import mean_std, support_cells
 from field_drift import read_runs, unflatten  # psi_learning.py's records
 
 
@@ -45,11 +46,6 @@ def group_cells(choices, patterns: list[str]) -> list[int]:
     if not hit:
         raise ValueError(f"patterns {patterns} match none of the {len(choices)} cells (e.g. {choices[0]!r})")
     return hit
-
-
-def _ms(values) -> dict:
-    v = np.asarray(values, float)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "per_seed": v.tolist()}
 
 
 def main(argv=None) -> int:
@@ -77,8 +73,7 @@ def main(argv=None) -> int:
     def probs(psi) -> np.ndarray:
         return np.asarray(asj.describe_psi(schema, psi)[field.name]["probs"], float)
 
-    ref_probs = probs(reference)
-    groups = {"target": [int(i) for i in np.flatnonzero(ref_probs > 1.0 / ref_probs.size)]}
+    groups = {"target": support_cells(schema, reference)}
     for spec in args.group:
         name, _, patterns = spec.partition("=")
         if not name or not patterns:
@@ -109,8 +104,8 @@ def main(argv=None) -> int:
         p.error("no run with a psi trajectory in --runs")
     seeds = dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))
     points = sorted({k for s in seeds.values() for k in s["G"]}, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else k))
-    summary = {"G": {k: _ms([s["G"][k] for s in seeds.values() if k in s["G"]]) for k in points},
-               "mass": {n: {k: _ms([s["mass"][n][int(k)] for s in seeds.values() if int(k) < len(s["mass"][n])])
+    summary = {"G": {k: mean_std([s["G"][k] for s in seeds.values() if k in s["G"]]) for k in points},
+               "mass": {n: {k: mean_std([s["mass"][n][int(k)] for s in seeds.values() if int(k) < len(s["mass"][n])])
                             for k in ["0", *(k for k in points if k.isdigit())]} for n in groups}}
     out = {"benchmark": "cell_mass", "date": datetime.date.today().isoformat(),
            "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),

@@ -130,8 +130,9 @@ def _experiment(spec: dict):
     return exp._replace(build=build)
 
 
-def _support(schema, reference) -> list[int]:
-    """The cells of the scene/location/quality field where the reference psi is above uniform."""
+def support_cells(schema, reference) -> list[int]:
+    """The cells of the scene/location/quality field where the reference psi is above uniform
+    (clevr-det: the 4 target cells; also used by ``cell_mass.py``)."""
     from autosim_jax import describe_psi
 
     probs = np.asarray(describe_psi(schema, reference)["cell"]["probs"])
@@ -222,7 +223,7 @@ def _run_job(spec: dict) -> dict:
            "step_seconds": _step_times(records),
            "summary": compare.summarize_run(records, bool(setup.task.higher_is_better)),
            "assessed": {str(t): v for t, v in assessed.items()},
-           "mass_on_support": _mass(schema, final, _support(schema, setup.reference_psi))}
+           "mass_on_support": _mass(schema, final, support_cells(schema, setup.reference_psi))}
     if spec.get("large_channels"):
         out["large"] = _large_assessment(setup, spec, final, protocol, compare._dirname(method, approximation))
     return out
@@ -258,7 +259,7 @@ def _psi0_job(spec: dict) -> dict:
     assess = make_assessor(setup, num_images=protocol["images"], epochs=protocol["epochs"],
                            repeats=protocol.get("models", 1))
     schema = setup.simulator.renderer.schema
-    support = _support(schema, setup.reference_psi)
+    support = support_cells(schema, setup.reference_psi)
     out = {"support": [schema["cell"].choices[i] for i in support]}
     for where, key, psi in (("start_psi", "0", setup.simulator.distribution.init()),
                             ("reference_psi", "reference", setup.reference_psi)):
@@ -331,7 +332,13 @@ def plan(args) -> list[dict]:
 # ------------------------------------------------------------------------- the tables
 
 
-def _ms(values) -> dict:
+def mean_std(values) -> dict:
+    """``{"mean", "std" (ddof=1; 0 for one value), "per_seed"}`` of ``values``, ``None`` entries left out.
+
+    Example:
+      >>> mean_std([1.0, None, 3.0])
+      {'mean': 2.0, 'std': 1.4142135623730951, 'per_seed': [1.0, None, 3.0]}
+    """
     v = np.asarray([x for x in values if x is not None], float)
     return {"mean": float(v.mean()) if v.size else None, "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
             "per_seed": [None if x is None else float(x) for x in values]}
@@ -398,15 +405,15 @@ def tables(name: str, args, results: list[dict], cmp: dict | None) -> dict:
         get = lambda f: [f(r) if r else None for r in rs]
         last = str(args.budget_images)
         d = {"method": method, "approximation": approximation, "seeds_finished": sum(r is not None for r in rs),
-             "fresh_val": _ms(get(lambda r: r["assessed"].get(last, {}).get("val_metric"))),
-             "fresh_test": _ms(get(lambda r: r["assessed"].get(last, {}).get("test_metric"))),
-             "mass_on_support": _ms(get(lambda r: r["mass_on_support"])),
-             "images_to_best": _ms(get(lambda r: r["summary"]["images_to_best"])),
-             "time_to_best": _ms(get(lambda r: r["summary"]["time_to_best"])),
-             "best_val_in_run": _ms(get(lambda r: r["summary"]["best_val_metric"])),
-             "time_total": _ms(get(lambda r: r["summary"]["time"])),
-             "images_total": _ms(get(lambda r: r["summary"]["images"])),
-             "step_seconds": {k: _ms(get(lambda r, k=k: r["step_seconds"][k])) for k in
+             "fresh_val": mean_std(get(lambda r: r["assessed"].get(last, {}).get("val_metric"))),
+             "fresh_test": mean_std(get(lambda r: r["assessed"].get(last, {}).get("test_metric"))),
+             "mass_on_support": mean_std(get(lambda r: r["mass_on_support"])),
+             "images_to_best": mean_std(get(lambda r: r["summary"]["images_to_best"])),
+             "time_to_best": mean_std(get(lambda r: r["summary"]["time_to_best"])),
+             "best_val_in_run": mean_std(get(lambda r: r["summary"]["best_val_metric"])),
+             "time_total": mean_std(get(lambda r: r["summary"]["time"])),
+             "images_total": mean_std(get(lambda r: r["summary"]["images"])),
+             "step_seconds": {k: mean_std(get(lambda r, k=k: r["step_seconds"][k])) for k in
                               ("first_step", "time_render", "time_train", "time_other")}}
         if cmp_row is not None and "gap_closed" in cmp_row["aggregate"]:
             d["gap_closed_val"] = cmp_row["aggregate"]["gap_closed"]
@@ -422,10 +429,10 @@ def tables(name: str, args, results: list[dict], cmp: dict | None) -> dict:
     out["claims"] = _claims(out["table4"])
     start = [psi0[s]["start_psi"] if s in psi0 else None for s in seeds]
     ref = [psi0[s]["reference_psi"] if s in psi0 else None for s in seeds]
-    out["start_psi"] = {k: _ms([p["small"][f"{k}_metric"] if p else None for p in start]) for k in ("val", "test")}
-    out["reference_psi"] = {k: _ms([p["small"][f"{k}_metric"] if p else None for p in ref]) for k in ("val", "test")}
-    out["start_psi"]["mass_on_support"] = _ms([p["mass_on_support"] if p else None for p in start])
-    out["reference_psi"]["mass_on_support"] = _ms([p["mass_on_support"] if p else None for p in ref])
+    out["start_psi"] = {k: mean_std([p["small"][f"{k}_metric"] if p else None for p in start]) for k in ("val", "test")}
+    out["reference_psi"] = {k: mean_std([p["small"][f"{k}_metric"] if p else None for p in ref]) for k in ("val", "test")}
+    out["start_psi"]["mass_on_support"] = mean_std([p["mass_on_support"] if p else None for p in start])
+    out["reference_psi"]["mass_on_support"] = mean_std([p["mass_on_support"] if p else None for p in ref])
     if cmp and cmp.get("assessment"):
         out["reach"] = cmp["assessment"].get("reach")
 
@@ -451,10 +458,10 @@ def tables(name: str, args, results: list[dict], cmp: dict | None) -> dict:
         for label, per_seed in psis:
             entry = {"psi": label}
             for i, model in enumerate(("small", "large")):
-                entry[model] = {k: _ms(metric(per_seed, i, f"{k}_metric")) for k in ("val", "test")}
+                entry[model] = {k: mean_std(metric(per_seed, i, f"{k}_metric")) for k in ("val", "test")}
                 trio = zip(metric(psis[0][1], i, "val_metric"), metric(per_seed, i, "val_metric"),
                            metric(psis[1][1], i, "val_metric"), strict=True)
-                entry[f"gap_closed_val_{model}"] = _ms([None if None in x or x[2] == x[0] else
+                entry[f"gap_closed_val_{model}"] = mean_std([None if None in x or x[2] == x[0] else
                                                         (x[1] - x[0]) / (x[2] - x[0]) for x in trio])
             t6.append(entry)
         out["table6"] = {"small_base_channels": 32 if args.size == "gpu" else 8,
@@ -473,7 +480,7 @@ def tables(name: str, args, results: list[dict], cmp: dict | None) -> dict:
         elif name == "digits-det":
             d = [None if a is None or b is None else a - b for a, b in
                  zip(learned["fresh_test"]["per_seed"], out["start_psi"]["test"]["per_seed"], strict=True)]
-            out["targets"] = {"test_map_over_start": _ms(d),
+            out["targets"] = {"test_map_over_start": mean_std(d),
                               "beats_start_by_0.15_every_seed": all(x is not None and x >= 0.15 for x in d)}
     return out
 
