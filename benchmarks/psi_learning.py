@@ -126,6 +126,9 @@ VARIANTS = {
                    "16x the fine-tuning of each step's fresh theta (256 Adam steps at gpu size): the exact "
                    "quadratic's step stops rewarding low-resolution renders at E = 32 (influence_features.py, "
                    "session 18); does the resolution then leave 32 px?"),
+    "inner_lr1e-2": ({"inner_learning_rate": 1e-2},
+                     "3x the fine-tuning step of each step's fresh theta (clevr-seg gpu: 3e-3): the same 16 Adam "
+                     "steps, a cheaper way than finetune32 to a step model that segments more than the background?"),
     "finetune1": ({"finetune_epochs": 1},
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
