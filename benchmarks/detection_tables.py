@@ -462,7 +462,7 @@ def tables(name: str, args, results: list[dict], cmp: dict | None) -> dict:
                 trio = zip(metric(psis[0][1], i, "val_metric"), metric(per_seed, i, "val_metric"),
                            metric(psis[1][1], i, "val_metric"), strict=True)
                 entry[f"gap_closed_val_{model}"] = mean_std([None if None in x or x[2] == x[0] else
-                                                        (x[1] - x[0]) / (x[2] - x[0]) for x in trio])
+                                                             (x[1] - x[0]) / (x[2] - x[0]) for x in trio])
             t6.append(entry)
         out["table6"] = {"small_base_channels": 32 if args.size == "gpu" else 8,
                          "large_base_channels": args.large_channels, "rows": t6}
