@@ -33,6 +33,7 @@ barely trained theta predicts background everywhere, r(c, foreground) falls towa
 Usage:
   python benchmarks/influence_features.py --size gpu --epochs 2,8 --estimates 8 --out benchmarks/results/influence_features_clevr-seg_gpu
   python benchmarks/influence_features.py --size gpu --epochs 2 --anchor-epochs 8 --estimates 8 --out ...
+  python benchmarks/influence_features.py --size gpu --epochs 2,8 --dataset-size 2048 --estimates 12 --out ...
   python benchmarks/influence_features.py --size cpu --epochs 2 --estimates 2 --out /tmp/if   # smoke
 
 Writes ``OUT.json`` (device, versions, command, date, every estimate) and ``OUT.png`` (the
@@ -97,12 +98,34 @@ def partial_correlation(a: np.ndarray, b: np.ndarray, control: np.ndarray) -> fl
     return correlation(resid(a), resid(b))
 
 
+def soft_miou_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """``1 -`` the soft mean IoU over classes of a whole set: the softmax probabilities stand for
+    the predicted masks, so that the metric the assessment reports (mean IoU) has a gradient.
+
+    Example:
+      >>> labels = jnp.array([[[0, 1]]])
+      >>> round(float(soft_miou_loss(100.0 * jax.nn.one_hot(labels, 2), labels)), 6)  # perfect: 0
+      0.0
+    """
+    p = jax.nn.softmax(logits, axis=-1)
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    axes = tuple(range(logits.ndim - 1))
+    inter = jnp.sum(p * onehot, axes)
+    return 1.0 - jnp.mean(inter / jnp.sum(p + onehot - p * onehot, axes))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", default="2", help="fine-tuning epochs of the fresh theta (comma list)")
     p.add_argument("--estimates", type=int, default=8)
+    p.add_argument("--dataset-size", type=int, default=0,
+                   help="K, the renders of each estimate (0: the experiment's); --dataset-size 2048 --epochs 8 is "
+                        "the training recipe of the fresh models that assess a psi at gpu size")
+    p.add_argument("--val-objectives", default="loss",
+                   help="what g_val is the gradient of (comma list): 'loss' (the step's: the task's mean loss on the "
+                        "validation set) or 'soft_miou' (1 - soft mean IoU, a smooth stand-in for the assessment's metric)")
     p.add_argument("--approximations", default="exact_quadratic,linear")
     p.add_argument("--render-workers", type=int, default=1)
     p.add_argument("--anchor-epochs", type=int, default=0, help="fine-tune each estimate's theta from a model "
@@ -119,42 +142,52 @@ def main(argv=None) -> int:
     anchor, anchor_info = anchor_model(args, setup, sim, psi, x_val, y_val)
     rows = {}
     for epochs in [int(e) for e in args.epochs.split(",")]:
-        cfg = setup.config.replace(finetune_epochs=epochs)
+        cfg = setup.config.replace(finetune_epochs=epochs, dataset_size=args.dataset_size or setup.config.dataset_size)
         inner = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg).inner
         simulate, finetune = jax.jit(inner.simulate), jax.jit(inner.finetune)
         theta0 = inner.theta0 if anchor is None else anchor
         curv_n = cfg.curvature_batch_size or cfg.dataset_size
 
-        def weights(theta, x, y, approximation):
+        def weights(theta, x, y, approximation, objective):
             (_, metric), g_val = inner.measure_and_grad(theta, x_val, y_val)
+            if objective == "soft_miou":
+                g_val = jax.grad(lambda t: soft_miou_loss(inner.predict(t, x_val), y_val))(theta)
             op = lambda: curvature_operator(cfg.curvature, inner.predict, setup.task.per_sample_loss, theta,  # noqa: E731
                                             x[:curv_n], y[:curv_n])
             u, report = approximation_vector(approximation, g_val, op, damping=cfg.damping, cg_tol=cfg.cg_tol,
                                              cg_maxiter=cfg.cg_maxiter)
             return directional_derivatives(inner.per_sample_loss, theta, u, x, y), metric, report.relative_residual
 
-        weights = jax.jit(weights, static_argnums=3)
-        for approximation in args.approximations.split(","):
-            estimates = []
-            for i in range(args.estimates):
-                scenes, x, y = simulate(jax.random.PRNGKey(20_000 + i), psi)
-                theta, _, _ = finetune(theta0, inner.init_opt(theta0), x, y, jax.random.PRNGKey(i))
-                c, metric, residual = jax.block_until_ready(weights(theta, x, y, approximation))
-                c, f = np.asarray(c, np.float64), features(jax.tree.map(np.asarray, scenes), np.asarray(y))
+        weights = jax.jit(weights, static_argnums=(3, 4))
+        rowkeys = [(a, o) for o in args.val_objectives.split(",") for a in args.approximations.split(",")]
+        estimates = {key: [] for key in rowkeys}
+        for i in range(args.estimates):
+            # One render and one fine-tune per estimate, shared by the approximations (they differ
+            # only in the vector u), so that their weights are compared on the same renders.
+            scenes, x, y = simulate(jax.random.PRNGKey(20_000 + i), psi)
+            theta, _, _ = finetune(theta0, inner.init_opt(theta0), x, y, jax.random.PRNGKey(i))
+            f = features(jax.tree.map(np.asarray, scenes), np.asarray(y))
+            for approximation, objective in rowkeys:
+                c, metric, residual = jax.block_until_ready(weights(theta, x, y, approximation, objective))
+                c = np.asarray(c, np.float64)
                 est = {"r": {k: correlation(c, v) for k, v in f.items()},
                        "r_given_foreground": {k: partial_correlation(c, v, f["foreground"])
                                               for k, v in f.items() if k != "foreground"},
                        "val_metric_of_theta": float(metric), "relative_residual": float(residual),
                        "weights": c.tolist(), **{k: v.tolist() for k, v in f.items()}}
-                estimates.append(est)
-                print(f"[{time.perf_counter() - t0:6.0f}s] E={epochs} {approximation} #{i}: r(c, foreground) "
-                      f"{est['r']['foreground']:+.2f}, r(c, objects) {est['r']['objects']:+.2f}, r(c, camera distance)"
-                      f" {est['r']['camera_distance']:+.2f} (given foreground "
+                estimates[approximation, objective].append(est)
+                name = approximation if objective == "loss" else f"{approximation}/{objective}"
+                print(f"[{time.perf_counter() - t0:6.0f}s] K={cfg.dataset_size} E={epochs} {name} #{i}: "
+                      f"r(c, foreground) {est['r']['foreground']:+.2f}, r(c, objects) {est['r']['objects']:+.2f}, "
+                      f"r(c, camera distance) {est['r']['camera_distance']:+.2f} (given foreground "
                       f"{est['r_given_foreground']['camera_distance']:+.2f}), r(c, resolution | foreground) "
-                      f"{est['r_given_foreground']['resolution']:+.2f}", flush=True)
-            rows[f"e{epochs}/{approximation}"] = {"epochs": epochs, "approximation": approximation, **anchor_info,
-                                                  "summary": summarise(estimates), "estimates": estimates}
-            write(args, setup, rows, t0)  # after every row: a run cut short keeps what it measured
+                      f"{est['r_given_foreground']['resolution']:+.2f}; theta's val metric {float(metric):.3f}",
+                      flush=True)
+                rows[f"e{epochs}/{name}"] = {"epochs": epochs, "dataset_size": cfg.dataset_size,
+                                             "approximation": approximation, "val_objective": objective,
+                                             **anchor_info, "summary": summarise(estimates[approximation, objective]),
+                                             "estimates": estimates[approximation, objective]}
+            write(args, setup, rows, t0)  # after every estimate: a run cut short keeps what it measured
     if pool is not None:
         pool.close()
     result = write(args, setup, rows, t0)
@@ -168,7 +201,8 @@ def anchor_model(args, setup, sim, psi, x_val, y_val):
     """``(theta, info)``: the anchor of ``--anchor-epochs`` (``(None, {})`` without one)."""
     if not args.anchor_epochs:
         return None, {}
-    cfg = setup.config.replace(finetune_epochs=args.anchor_epochs)
+    cfg = setup.config.replace(finetune_epochs=args.anchor_epochs,
+                               dataset_size=args.dataset_size or setup.config.dataset_size)
     inner = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg).inner
     simulate, finetune = jax.jit(inner.simulate), jax.jit(inner.finetune)
     theta, opt_state = inner.theta0, inner.init_opt(inner.theta0)
@@ -198,7 +232,7 @@ def write(args, setup, rows: dict, t0: float) -> dict:
     result = {"benchmark": "influence_features", "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": str(jnp.zeros(()).dtype), "size": args.size,
-              "seed": args.seed, "estimates": args.estimates, "anchor_epochs": args.anchor_epochs,
+              "seed": args.seed, "estimates": args.estimates, "dataset_size": args.dataset_size, "anchor_epochs": args.anchor_epochs,
               "config": setup.config.to_dict(), "rows": rows, "seconds": time.perf_counter() - t0}
     with open(args.out + ".json", "w") as f:
         json.dump(result, f)
