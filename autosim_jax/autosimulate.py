@@ -441,7 +441,7 @@ def make_autosimulate(
     inner = make_inner(simulator, model, task, optimizer=inner_optimizer, dataset_size=config.dataset_size,
                        batch_size=config.batch_size, epochs=config.finetune_epochs,
                        val_batch_size=config.val_batch_size, schedule=config.finetune_schedule, mesh=mesh,
-                       partition=partition)
+                       partition=partition, val_objective=config.val_objective)
     x_val, y_val = check_dataset(val_data, simulator, task, inner, name="val_data")
     if mesh is not None:  # the validation set split over the devices when it divides, else on each of them
         place = shard_batch if x_val.shape[0] % mesh.size == 0 else replicate

@@ -10,7 +10,8 @@ three stages of an objective evaluation are written:
 * ``measure(theta, inputs, labels)``: mean loss and metric, in minibatches of
   ``val_batch_size`` with the same result as one batch;
 * ``measure_and_grad(theta, inputs, labels)``: the same plus ``g_val = dL_val/dtheta``
-  (one forward and one backward pass per minibatch).
+  (one forward and one backward pass per minibatch), where ``L_val`` is the mean loss, or
+  with ``val_objective="metric_surrogate"`` the task's smooth stand-in for its metric.
 
 :func:`check_dataset` checks a real dataset (the validation set) against the renderer, the
 model and the task before anything is compiled.
@@ -54,6 +55,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from .config import VAL_OBJECTIVES
 from .parallel import constrain_batch
 from .simulator import Simulation, Simulator
 from .tasks import Task
@@ -177,6 +179,7 @@ def make_inner(
     schedule: str = "constant",
     mesh: jax.sharding.Mesh | None = None,
     partition: Partition | None = None,
+    val_objective: str = "loss",
 ) -> Inner:
     """Builds the render / fine-tune / measure stages for one simulator, model and task.
 
@@ -198,6 +201,13 @@ def make_inner(
         holds only them, and ``measure_and_grad`` returns the gradient with respect to them
         (the tuple ``partition.split(theta)[0]``); ``theta`` stays the full tree. ``None``
         (default): every parameter.
+      val_objective: what ``measure_and_grad``'s gradient is of. ``"loss"`` (the paper's
+        Eq. 13): the mean of ``task.per_sample_loss`` over the set. ``"metric_surrogate"``:
+        ``task.surrogate_loss`` of the set's summed ``task.surrogate_stats`` (for
+        segmentation ``1 -`` the soft mean IoU), whose gradient is taken exactly in minibatches
+        by the chain rule: one pass sums the statistics, a second sums each minibatch's
+        statistics' vector-Jacobian product with ``d surrogate_loss / d stats``. The loss and
+        metric it returns are the same either way.
 
     Returns:
       An :class:`Inner`.
@@ -218,6 +228,13 @@ def make_inner(
         raise ValueError(f"Unknown schedule {schedule!r}; valid choices are {list(SCHEDULES)}.")
     if val_batch_size is not None and (not isinstance(val_batch_size, int) or val_batch_size < 1):
         raise ValueError(f"val_batch_size must be None or an integer >= 1, got {val_batch_size!r}.")
+    if val_objective not in VAL_OBJECTIVES:
+        raise ValueError(f"Unknown val_objective {val_objective!r}; valid choices are {list(VAL_OBJECTIVES)}.")
+    if val_objective == "metric_surrogate" and (task.surrogate_stats is None or task.surrogate_loss is None):
+        raise ValueError(
+            f"val_objective='metric_surrogate' needs a task with a smooth stand-in for its metric "
+            f"({task.metric_name!r} has none: Task.surrogate_stats and Task.surrogate_loss are None). "
+            "Use val_objective='loss', or give the Task both (segmentation_task and classification_task do).")
     graphdef, theta0 = split_model(model)
 
     def predict(theta, inputs):
@@ -241,20 +258,37 @@ def make_inner(
         loss_sum, stats = sum_over_batches(functools.partial(sums, theta), inputs, labels, val_batch_size, mesh)
         return finish(loss_sum, stats, inputs.shape[0])
 
+    def grad_of(fn, theta, *args, has_aux=False):
+        """``value_and_grad`` with respect to theta's trainable leaves (all without a partition)."""
+        if partition is None:
+            return jax.value_and_grad(fn, has_aux=has_aux)(theta, *args)
+        trainable, frozen = partition.split(theta)
+        return jax.value_and_grad(partition.restrict(fn, frozen), has_aux=has_aux)(trainable, *args)
+
     @jax.jit
     def measure_and_grad(theta, inputs, labels):
-        def batch(x, y):
-            if partition is None:
-                (loss_sum, stats), g = jax.value_and_grad(sums, has_aux=True)(theta, x, y)
-            else:
-                trainable, frozen = partition.split(theta)
-                (loss_sum, stats), g = jax.value_and_grad(partition.restrict(sums, frozen), has_aux=True)(
-                    trainable, x, y)
-            return loss_sum, stats, g
-
-        loss_sum, stats, g = sum_over_batches(batch, inputs, labels, val_batch_size, mesh)
         n = inputs.shape[0]
-        return finish(loss_sum, stats, n), jax.tree.map(lambda a: a / n, g)
+        if val_objective == "loss":
+            def batch(x, y):
+                (loss_sum, stats), g = grad_of(sums, theta, x, y, has_aux=True)
+                return loss_sum, stats, g
+
+            loss_sum, stats, g = sum_over_batches(batch, inputs, labels, val_batch_size, mesh)
+            return finish(loss_sum, stats, n), jax.tree.map(lambda a: a / n, g)
+
+        def forward(x, y):  # pass 1: the loss, the metric and the surrogate's statistics
+            logits = predict(theta, x)
+            return jnp.sum(task.per_sample_loss(logits, y)), task.metric_stats(logits, y), \
+                task.surrogate_stats(logits, y)
+
+        loss_sum, stats, soft = sum_over_batches(forward, inputs, labels, val_batch_size, mesh)
+        cotangent = jax.grad(task.surrogate_loss)(soft)
+
+        def backward(x, y):  # pass 2: sum_b (d soft_b / d theta)^T cotangent
+            return grad_of(lambda t, x, y: jnp.sum(cotangent * task.surrogate_stats(predict(t, x), y)), theta, x, y)[1]
+
+        g = sum_over_batches(backward, inputs, labels, val_batch_size, mesh)
+        return finish(loss_sum, stats, n), g
 
     simulate = jax.jit(lambda key, psi: simulator.simulate(key, psi, dataset_size))
     if partition is None:

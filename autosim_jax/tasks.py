@@ -190,6 +190,13 @@ class Task(NamedTuple):
         ``[0, C)`` and that the model outputs ``C`` scores (an out-of-range label gives a NaN
         loss, not an error, inside the step). ``None``: not declared; for integer labels and
         outputs shaped ``(*labels, C)`` the class count is then read from the model.
+      surrogate_stats: ``(logits, labels) -> array``, additive over batches and differentiable:
+        the statistics of a smooth stand-in for the metric (soft counts from the softmax
+        probabilities instead of the argmax's hard ones). ``None``: the task has none.
+      surrogate_loss: ``stats -> scalar`` to minimise, from the summed ``surrogate_stats``
+        (e.g. ``1 -`` the soft mean IoU). With ``AutoSimConfig(val_objective="metric_surrogate")``
+        the step's ``g_val`` is its gradient instead of the mean loss's
+        (:func:`~autosim_jax.inner.make_inner`).
 
     Example:
       >>> import jax.numpy as jnp
@@ -204,6 +211,8 @@ class Task(NamedTuple):
     metric_name: str
     higher_is_better: bool = True
     num_classes: int | None = None
+    surrogate_stats: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+    surrogate_loss: Callable[[jax.Array], jax.Array] | None = None
 
     def metric(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
         """The metric of one batch."""
@@ -230,8 +239,40 @@ def _iou_from_confusion(cm: jax.Array) -> jax.Array:
     return iou.sum() / present.sum()
 
 
+def soft_iou_stats(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """``[2, C]``: per class, the soft intersection ``sum p * y`` and the soft union
+    ``sum p + y - p * y`` over all pixels, with ``p`` the softmax probabilities and ``y`` the
+    one-hot labels. Additive over batches and differentiable; with one-hot ``p`` they are the
+    hard counts of :func:`mean_iou`.
+
+    Example:
+      >>> labels = jnp.array([[0, 1, 1]])
+      >>> soft_iou_stats(100.0 * jax.nn.one_hot(labels, 2), labels).round(3).tolist()
+      [[1.0, 2.0], [1.0, 2.0]]
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(_SHAPE_MISMATCH.format(fn="soft_iou_stats", logits=logits.shape, labels=labels.shape,
+                                                expect=labels.shape + ("num_classes",)))
+    p = jax.nn.softmax(logits, axis=-1)
+    y = jax.nn.one_hot(labels, logits.shape[-1], dtype=p.dtype)
+    axes = tuple(range(logits.ndim - 1))
+    inter = jnp.sum(p * y, axes)
+    return jnp.stack([inter, jnp.sum(p + y, axes) - inter])
+
+
+def soft_iou_loss(stats: jax.Array) -> jax.Array:
+    """``1 -`` the soft mean IoU over classes from summed :func:`soft_iou_stats`.
+
+    Example:
+      >>> float(soft_iou_loss(jnp.array([[1.0, 2.0], [1.0, 2.0]])))
+      0.0
+    """
+    return 1.0 - jnp.mean(stats[0] / stats[1])
+
+
 def segmentation_task(num_classes: int) -> Task:
-    """Per-pixel cross-entropy to train, mean IoU over ``num_classes`` to validate.
+    """Per-pixel cross-entropy to train, mean IoU over ``num_classes`` to validate; the soft
+    mean IoU (:func:`soft_iou_stats`, :func:`soft_iou_loss`) as the metric's surrogate.
 
     Example:
       >>> task = segmentation_task(4)
@@ -243,7 +284,8 @@ def segmentation_task(num_classes: int) -> Task:
     def stats(logits, labels):
         return confusion_matrix(_predictions("mean_iou", logits, labels), labels, num_classes)
 
-    return Task(pixel_cross_entropy, stats, _iou_from_confusion, "mIoU", num_classes=num_classes)
+    return Task(pixel_cross_entropy, stats, _iou_from_confusion, "mIoU", num_classes=num_classes,
+                surrogate_stats=soft_iou_stats, surrogate_loss=soft_iou_loss)
 
 
 def classification_task(num_classes: int | None = None) -> Task:
@@ -263,7 +305,12 @@ def classification_task(num_classes: int | None = None) -> Task:
     def correct(logits, labels):
         return _predictions("accuracy", logits, labels) == labels
 
-    return Task.from_per_sample(cross_entropy, correct, "accuracy", num_classes=num_classes)
+    def soft_correct(logits, labels):  # the probability of the right class: the soft accuracy's count
+        p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), labels[..., None].astype(jnp.int32), -1)
+        return jnp.stack([jnp.sum(p), jnp.asarray(p.size, p.dtype)])
+
+    return Task.from_per_sample(cross_entropy, correct, "accuracy", num_classes=num_classes)._replace(
+        surrogate_stats=soft_correct, surrogate_loss=lambda s: 1.0 - s[0] / s[1])
 
 
 def _check_num_classes(num_classes, *, allow_none: bool) -> int | None:

@@ -33,7 +33,8 @@ barely trained theta predicts background everywhere, r(c, foreground) falls towa
 Usage:
   python benchmarks/influence_features.py --size gpu --epochs 2,8 --estimates 8 --out benchmarks/results/influence_features_clevr-seg_gpu
   python benchmarks/influence_features.py --size gpu --epochs 2 --anchor-epochs 8 --estimates 8 --out ...
-  python benchmarks/influence_features.py --size gpu --epochs 2,8 --dataset-size 2048 --estimates 12 --out ...
+  python benchmarks/influence_features.py --size gpu --epochs 8 --dataset-size 2048 --estimates 12 \
+      --val-objectives loss,metric_surrogate --out ...
   python benchmarks/influence_features.py --size cpu --epochs 2 --estimates 2 --out /tmp/if   # smoke
 
 Writes ``OUT.json`` (device, versions, command, date, every estimate) and ``OUT.png`` (the
@@ -98,22 +99,6 @@ def partial_correlation(a: np.ndarray, b: np.ndarray, control: np.ndarray) -> fl
     return correlation(resid(a), resid(b))
 
 
-def soft_miou_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """``1 -`` the soft mean IoU over classes of a whole set: the softmax probabilities stand for
-    the predicted masks, so that the metric the assessment reports (mean IoU) has a gradient.
-
-    Example:
-      >>> labels = jnp.array([[[0, 1]]])
-      >>> round(float(soft_miou_loss(100.0 * jax.nn.one_hot(labels, 2), labels)), 6)  # perfect: 0
-      0.0
-    """
-    p = jax.nn.softmax(logits, axis=-1)
-    onehot = jax.nn.one_hot(labels, logits.shape[-1])
-    axes = tuple(range(logits.ndim - 1))
-    inter = jnp.sum(p * onehot, axes)
-    return 1.0 - jnp.mean(inter / jnp.sum(p + onehot - p * onehot, axes))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
@@ -124,8 +109,8 @@ def main(argv=None) -> int:
                    help="K, the renders of each estimate (0: the experiment's); --dataset-size 2048 --epochs 8 is "
                         "the training recipe of the fresh models that assess a psi at gpu size")
     p.add_argument("--val-objectives", default="loss",
-                   help="what g_val is the gradient of (comma list): 'loss' (the step's: the task's mean loss on the "
-                        "validation set) or 'soft_miou' (1 - soft mean IoU, a smooth stand-in for the assessment's metric)")
+                   help="what g_val is the gradient of (comma list of AutoSimConfig.val_objective values): 'loss' (the "
+                        "paper's: the mean loss on the validation set) or 'metric_surrogate' (1 - soft mean IoU)")
     p.add_argument("--approximations", default="exact_quadratic,linear")
     p.add_argument("--render-workers", type=int, default=1)
     p.add_argument("--anchor-epochs", type=int, default=0, help="fine-tune each estimate's theta from a model "
@@ -144,14 +129,15 @@ def main(argv=None) -> int:
     for epochs in [int(e) for e in args.epochs.split(",")]:
         cfg = setup.config.replace(finetune_epochs=epochs, dataset_size=args.dataset_size or setup.config.dataset_size)
         inner = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg).inner
+        measure_and_grad = {o: asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data,
+                                                     cfg.replace(val_objective=o)).inner.measure_and_grad
+                            for o in args.val_objectives.split(",")}
         simulate, finetune = jax.jit(inner.simulate), jax.jit(inner.finetune)
         theta0 = inner.theta0 if anchor is None else anchor
         curv_n = cfg.curvature_batch_size or cfg.dataset_size
 
         def weights(theta, x, y, approximation, objective):
-            (_, metric), g_val = inner.measure_and_grad(theta, x_val, y_val)
-            if objective == "soft_miou":
-                g_val = jax.grad(lambda t: soft_miou_loss(inner.predict(t, x_val), y_val))(theta)
+            (_, metric), g_val = measure_and_grad[objective](theta, x_val, y_val)
             op = lambda: curvature_operator(cfg.curvature, inner.predict, setup.task.per_sample_loss, theta,  # noqa: E731
                                             x[:curv_n], y[:curv_n])
             u, report = approximation_vector(approximation, g_val, op, damping=cfg.damping, cg_tol=cfg.cg_tol,

@@ -126,6 +126,10 @@ VARIANTS = {
                    "16x the fine-tuning of each step's fresh theta (256 Adam steps at gpu size): the exact "
                    "quadratic's step stops rewarding low-resolution renders at E = 32 (influence_features.py, "
                    "session 18); does the resolution then leave 32 px?"),
+    "finetune32_surrogate": ({"finetune_epochs": 32, "val_objective": "metric_surrogate"},
+                             "finetune32 (a step model that segments) with g_val the gradient of 1 - soft mIoU, "
+                             "the assessment's metric smoothed: from such a theta it stops rewarding low-resolution "
+                             "renders (influence_features.py, session 19); does the resolution leave 32 px?"),
     "inner_lr1e-2": ({"inner_learning_rate": 1e-2},
                      "3x the fine-tuning step of each step's fresh theta (clevr-seg gpu: 3e-3): the same 16 Adam "
                      "steps, a cheaper way than finetune32 to a step model that segments more than the background?"),
