@@ -113,6 +113,14 @@ ROWS = [
     # session 17: four times the renders per step, to 60 steps with 4 models per psi
     ("K = 1024 renders per step (60 steps, 4 models per psi)", FRESH, "clevr-seg_gpu_k1024_60steps.json", "k1024",
      (INITS_CALLS, "default")),
+    # session 19: a step model that segments (16x the fine-tuning), a faster inner step, and g_val
+    # of the metric's surrogate (4 models per psi, the start and reference of the anchor32 call)
+    ("16x the fine-tuning per step (E = 32: the step's model segments)", FRESH, "clevr-seg_gpu_finetune32.json",
+     "finetune32", (INITS_CALLS, "default")),
+    ("3x the inner learning rate (1e-2, the same 16 Adam steps)", FRESH, "clevr-seg_gpu_inner_lr1e-2.json",
+     "inner_lr1e-2", (INITS_CALLS, "default")),
+    ("E = 32 + g_val of 1 - soft mIoU (val_objective='metric_surrogate')", FRESH,
+     "clevr-seg_gpu_finetune32_surrogate.json", "finetune32_surrogate", (INITS_CALLS, "default")),
 ]
 
 
