@@ -35,6 +35,8 @@ Usage:
   python benchmarks/influence_features.py --size gpu --epochs 2 --anchor-epochs 8 --estimates 8 --out ...
   python benchmarks/influence_features.py --size gpu --epochs 8 --dataset-size 2048 --estimates 12 \
       --val-objectives loss,metric_surrogate --out ...
+  python benchmarks/influence_features.py --size gpu --epochs 8 --dataset-size 2048 --psi reference \
+      --fields-from-start resolution --val-objectives loss,metric_surrogate --out ...
   python benchmarks/influence_features.py --size cpu --epochs 2 --estimates 2 --out /tmp/if   # smoke
 
 Writes ``OUT.json`` (device, versions, command, date, every estimate) and ``OUT.png`` (the
@@ -99,12 +101,36 @@ def partial_correlation(a: np.ndarray, b: np.ndarray, control: np.ndarray) -> fl
     return correlation(resid(a), resid(b))
 
 
+def at_psi(start: dict, reference: dict, which: str, fields_from_start: str) -> dict:
+    """The psi the steps are taken at: ``start``, or ``reference`` with the comma-separated
+    ``fields_from_start`` as the start has them.
+
+    Example:
+      >>> at_psi({"a": 0, "b": 1}, {"a": 5, "b": 6}, "reference", "b")
+      {'a': 5, 'b': 1}
+    """
+    fields = [f for f in fields_from_start.split(",") if f]
+    if which == "start":
+        if fields:
+            raise SystemExit("--fields-from-start needs --psi reference (the start has them already).")
+        return start
+    unknown = sorted(set(fields) - set(start))
+    if unknown:
+        raise SystemExit(f"--fields-from-start: no field(s) {unknown} in psi; its fields: {sorted(start)}")
+    return {name: (start[name] if name in fields else value) for name, value in reference.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", default="2", help="fine-tuning epochs of the fresh theta (comma list)")
     p.add_argument("--estimates", type=int, default=8)
+    p.add_argument("--psi", default="start", choices=("start", "reference"),
+                   help="where the step is taken: the experiment's start psi or its reference (hidden target)")
+    p.add_argument("--fields-from-start", default="", metavar="FIELD,...",
+                   help="with --psi reference: these fields as the start has them (e.g. resolution: the reference "
+                        "at the start's resolution, where 32 px costs fresh models 0.18 of the gap)")
     p.add_argument("--dataset-size", type=int, default=0,
                    help="K, the renders of each estimate (0: the experiment's); --dataset-size 2048 --epochs 8 is "
                         "the training recipe of the fresh models that assess a psi at gpu size")
@@ -122,7 +148,7 @@ def main(argv=None) -> int:
     setup = asj.get_experiment("clevr-seg").build(renderer="clevr", seed=args.seed, size=args.size)
     pool = make_render_pool(setup.simulator.renderer, workers=args.render_workers) if args.render_workers > 1 else None
     sim = setup.simulator.with_pool(pool) if pool is not None else setup.simulator
-    psi = sim.distribution.init()
+    psi = at_psi(sim.distribution.init(), setup.reference_psi, args.psi, args.fields_from_start)
     x_val, y_val = (jnp.asarray(a) for a in setup.val_data)
     anchor, anchor_info = anchor_model(args, setup, sim, psi, x_val, y_val)
     rows = {}
@@ -218,7 +244,8 @@ def write(args, setup, rows: dict, t0: float) -> dict:
     result = {"benchmark": "influence_features", "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": str(jnp.zeros(()).dtype), "size": args.size,
-              "seed": args.seed, "estimates": args.estimates, "dataset_size": args.dataset_size, "anchor_epochs": args.anchor_epochs,
+              "seed": args.seed, "estimates": args.estimates, "dataset_size": args.dataset_size, "psi": args.psi,
+              "fields_from_start": args.fields_from_start, "anchor_epochs": args.anchor_epochs,
               "config": setup.config.to_dict(), "rows": rows, "seconds": time.perf_counter() - t0}
     with open(args.out + ".json", "w") as f:
         json.dump(result, f)
