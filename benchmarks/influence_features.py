@@ -37,6 +37,8 @@ Usage:
       --val-objectives loss,metric_surrogate --out ...
   python benchmarks/influence_features.py --size gpu --epochs 8 --dataset-size 2048 --psi reference \
       --fields-from-start resolution --val-objectives loss,metric_surrogate --out ...
+  python benchmarks/influence_features.py --size gpu --epochs 8 --dataset-size 2048 \
+      --psi-from benchmarks/results/psi_learning/clevr-seg_gpu_inits8_s012.json:default:1:60 --out ...
   python benchmarks/influence_features.py --size cpu --epochs 2 --estimates 2 --out /tmp/if   # smoke
 
 Writes ``OUT.json`` (device, versions, command, date, every estimate) and ``OUT.png`` (the
@@ -60,6 +62,7 @@ from autosim_jax.estimators import directional_derivatives
 from autosim_jax.renderers.clevr import CAMERA_ORIGIN, RESOLUTION_CHOICES, SPP_CHOICES
 from autosim_jax.render_pool import make_render_pool
 from autosim_jax.table1 import approximation_vector, curvature_operator
+from position_signal import psi_from_run  # a psi_learning.py run's psi at one of its steps
 
 FEATURES = ("foreground", "objects", "camera_distance", "resolution", "spp")
 
@@ -131,6 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--fields-from-start", default="", metavar="FIELD,...",
                    help="with --psi reference: these fields as the start has them (e.g. resolution: the reference "
                         "at the start's resolution, where 32 px costs fresh models 0.18 of the gap)")
+    p.add_argument("--psi-from", default=None, metavar="JSON:VARIANT:SEED:STEP",
+                   help="the psi a psi_learning.py run held after STEP outer steps (e.g. where its lights have risen)")
     p.add_argument("--dataset-size", type=int, default=0,
                    help="K, the renders of each estimate (0: the experiment's); --dataset-size 2048 --epochs 8 is "
                         "the training recipe of the fresh models that assess a psi at gpu size")
@@ -149,6 +154,11 @@ def main(argv=None) -> int:
     pool = make_render_pool(setup.simulator.renderer, workers=args.render_workers) if args.render_workers > 1 else None
     sim = setup.simulator.with_pool(pool) if pool is not None else setup.simulator
     psi = at_psi(sim.distribution.init(), setup.reference_psi, args.psi, args.fields_from_start)
+    if args.psi_from:  # a run's psi after STEP outer steps (psi_learning.py's record)
+        if args.psi != "start" or args.fields_from_start:
+            raise SystemExit("--psi-from gives the psi itself; leave out --psi and --fields-from-start.")
+        path, variant, seed, step = args.psi_from.rsplit(":", 3)
+        psi = psi_from_run(path, variant, int(seed), int(step), psi)
     x_val, y_val = (jnp.asarray(a) for a in setup.val_data)
     anchor, anchor_info = anchor_model(args, setup, sim, psi, x_val, y_val)
     rows = {}
@@ -245,7 +255,7 @@ def write(args, setup, rows: dict, t0: float) -> dict:
               "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": str(jnp.zeros(()).dtype), "size": args.size,
               "seed": args.seed, "estimates": args.estimates, "dataset_size": args.dataset_size, "psi": args.psi,
-              "fields_from_start": args.fields_from_start, "anchor_epochs": args.anchor_epochs,
+              "fields_from_start": args.fields_from_start, "psi_from": args.psi_from, "anchor_epochs": args.anchor_epochs,
               "config": setup.config.to_dict(), "rows": rows, "seconds": time.perf_counter() - t0}
     with open(args.out + ".json", "w") as f:
         json.dump(result, f)
