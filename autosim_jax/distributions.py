@@ -903,8 +903,8 @@ def describe_psi(source: Any, psi: Mapping[str, Any]) -> dict[str, dict[str, Any
         low, high = field.low, field.high
         lo_fin, hi_fin = bool(np.isfinite(low)), bool(np.isfinite(high))
         if lo_fin and hi_fin:
-            def f(u):
-                return low + (high - low) / (1.0 + np.exp(-u))
+            def f(u):  # the logistic as 0.5 (1 + tanh(u / 2)): no overflow for a wide pre-image
+                return low + (high - low) * 0.5 * (1.0 + np.tanh(0.5 * u))
             u = loc[..., None] + sigma[..., None] * _GRID_Z
             s = f(u)
             mean = (s * _GRID_W).sum(-1)
