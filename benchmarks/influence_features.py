@@ -196,7 +196,8 @@ def main(argv=None) -> int:
                        "r_given_foreground": {k: partial_correlation(c, v, f["foreground"])
                                               for k, v in f.items() if k != "foreground"},
                        "val_metric_of_theta": float(metric), "relative_residual": float(residual),
-                       "weights": c.tolist(), **{k: v.tolist() for k, v in f.items()}}
+                       # 5 significant digits: at K = 2048 the full floats made 2 MB per call compressed
+                       "weights": _digits(c), **{k: _digits(v) for k, v in f.items()}}
                 estimates[approximation, objective].append(est)
                 name = approximation if objective == "loss" else f"{approximation}/{objective}"
                 print(f"[{time.perf_counter() - t0:6.0f}s] K={cfg.dataset_size} E={epochs} {name} #{i}: "
@@ -236,6 +237,10 @@ def anchor_model(args, setup, sim, psi, x_val, y_val):
           f"renders; validation metric {float(metric):.3f}", flush=True)
     return theta, {"anchor_epochs": args.anchor_epochs, "anchor_draws": args.anchor_draws,
                    "anchor_val_metric": float(metric)}
+
+
+def _digits(values: np.ndarray) -> list[float]:
+    return [float(f"{v:.5g}") for v in np.asarray(values, np.float64)]
 
 
 def summarise(estimates: list[dict]) -> dict:
