@@ -133,10 +133,6 @@ VARIANTS = {
     "inner_lr1e-2": ({"inner_learning_rate": 1e-2},
                      "3x the fine-tuning step of each step's fresh theta (clevr-seg gpu: 3e-3): the same 16 Adam "
                      "steps, a cheaper way than finetune32 to a step model that segments more than the background?"),
-    "assess_matched": ({"dataset_size": 2048, "finetune_epochs": 8},
-                       "each step's fresh theta trained as the fresh models that assess a psi at gpu size are "
-                       "(2048 renders x 8 epochs; 8x the renders per step): finetune32's step model segments "
-                       "but its step still takes the resolution to 32 px; is it the step's small training set?"),
     "finetune1": ({"finetune_epochs": 1},
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
