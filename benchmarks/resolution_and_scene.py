@@ -137,6 +137,12 @@ def main(argv=None) -> int:
     split["moved"] = {"runs": len(moved), "mean_G60": float(np.mean([r["G60"] for r in moved])) if moved else None,
                       "min_key_light": min((r["key_light"] for r in moved), default=None),
                       "max_one_object": max((r["one_object"] for r in moved), default=None)}
+    by_seed = {}
+    for seed in sorted({r["seed"] for r in rows}):
+        group = [r for r in rows if r["seed"] == seed]
+        by_seed[str(seed)] = {"runs": len(group), "median_one_object": float(np.median([r["one_object"] for r in group])),
+                              "resolution_moved": sum(r["resolution_move"] <= -MOVED for r in group),
+                              "mean_G60": float(np.mean([r["G60"] for r in group]))}
     result = {"benchmark": "resolution_and_scene", "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
               "jax_version": jax.__version__, "autosim_jax": asj.__version__, "runs_read": len(rows), "files": read,
@@ -144,7 +150,7 @@ def main(argv=None) -> int:
                             "one_object": reference["num_objects"]["probs"][0],
                             "mass_32px": reference["resolution"]["probs"][0]},
               "correlations": corr, "moved_threshold": MOVED, "few_single_object_threshold": FEW,
-              "split": split, "rows": rows}
+              "split": split, "by_seed": by_seed, "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
@@ -156,6 +162,9 @@ def main(argv=None) -> int:
     print(f"  resolution moved (mass on 32 px down >= {MOVED} from step 30 to 60) in {few['resolution_moved']} of "
           f"{few['runs']} runs with < {FEW} of the mass on one object at step 45, in {many['resolution_moved']} of "
           f"{many['runs']} with more; G at 60 of the {len(moved)} that moved {split['moved']['mean_G60']:.2f}")
+    for seed, b in by_seed.items():
+        print(f"  seed {seed}: {b['runs']} runs, median mass on one object at 45 {b['median_one_object']:.2f}, "
+              f"resolution moved in {b['resolution_moved']}, mean G at 60 {b['mean_G60']:.2f}")
     return 0
 
 
