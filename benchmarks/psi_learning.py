@@ -122,6 +122,11 @@ VARIANTS = {
                      "a third of the fine-tuning step: on clevr-det the warm detector of seed 1 collapsed at step 72 "
                      "of 120 (train loss 160 -> 540, validation mAP 0 for the rest; session 15); does a smaller "
                      "step keep it alive?"),
+    "quality_by_hand": ({"start_with_reference": ["resolution", "spp"],
+                         "psi_trainable": r"^(?!\['(resolution|spp)'\])"},
+                        "the render quality (resolution, samples per pixel) set by hand to the reference's and "
+                        "frozen, every other field learned from the start: the step sees the resolution's value only "
+                        "once the scene is right (session 19); what does a user who sets it gain?"),
     "finetune32": ({"finetune_epochs": 32},
                    "16x the fine-tuning of each step's fresh theta (256 Adam steps at gpu size): the exact "
                    "quadratic's step stops rewarding low-resolution renders at E = 32 (influence_features.py, "
@@ -245,11 +250,17 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     overrides = dict(VARIANTS[spec["variant"]][0])
     explore, bins = overrides.pop("explore", None), overrides.pop("bins", {})
     but = overrides.pop("start_from_reference_but", None)
+    by_hand = overrides.pop("start_with_reference", None)
     new_family = bool(explore or bins)
-    new_start = new_family or but is not None
-    if but is not None:  # the reference psi with some fields back at the start's: a study of those fields
+    new_start = new_family or but is not None or by_hand is not None
+    if but is not None or by_hand is not None:
+        # the reference psi with some fields back at the start's (a study of those fields), or the
+        # start with some fields set to the reference's (a user's hand-set fields)
         dist = setup.simulator.distribution
-        start = {**setup.reference_psi, **{f: dist.init()[f] for f in ([but] if isinstance(but, str) else but)}}
+        if but is not None:
+            start = {**setup.reference_psi, **{f: dist.init()[f] for f in ([but] if isinstance(but, str) else but)}}
+        else:
+            start = {**dist.init(), **{f: setup.reference_psi[f] for f in by_hand}}
         setup = setup._replace(simulator=asj.Simulator(dist._replace(init=lambda: start), setup.simulator.renderer,
                                                        pool=setup.simulator.pool))
     elif new_family:  # the same start, in another family: a learned broad share, or histograms
