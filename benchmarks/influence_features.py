@@ -56,13 +56,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from position_signal import psi_from_run  # a psi_learning.py run's psi at one of its steps
 
 import autosim_jax as asj
 from autosim_jax.estimators import directional_derivatives
-from autosim_jax.renderers.clevr import CAMERA_ORIGIN, RESOLUTION_CHOICES, SPP_CHOICES
 from autosim_jax.render_pool import make_render_pool
+from autosim_jax.renderers.clevr import CAMERA_ORIGIN, RESOLUTION_CHOICES, SPP_CHOICES
 from autosim_jax.table1 import approximation_vector, curvature_operator
-from position_signal import psi_from_run  # a psi_learning.py run's psi at one of its steps
 
 FEATURES = ("foreground", "objects", "camera_distance", "resolution", "spp")
 
