@@ -127,6 +127,11 @@ VARIANTS = {
                         "the render quality (resolution, samples per pixel) set by hand to the reference's and "
                         "frozen, every other field learned from the start: the step sees the resolution's value only "
                         "once the scene is right (session 19); what does a user who sets it gain?"),
+    "count_lights_fast": ({"fast_fields": {"fields": ["num_objects", "key_light", "ambient", "back_light"],
+                                           "learning_rate": 0.3}},
+                          "Adam 0.3 on the object count and the lights, 0.1 on the rest: the resolution moves only "
+                          "once the count and lights are right (session 19), and Adam 0.3 on every field overshoots "
+                          "the others; does bringing the scene sooner let the resolution follow within 60 steps?"),
     "finetune32": ({"finetune_epochs": 32},
                    "16x the fine-tuning of each step's fresh theta (256 Adam steps at gpu size): the exact "
                    "quadratic's step stops rewarding low-resolution renders at E = 32 (influence_features.py, "
@@ -276,6 +281,16 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     if learned is not None and stages is not None:
         raise ValueError(f"variant {spec['variant']!r}: give psi_trainable inside its stages, not beside them")
     stages = stages or [[None, learned]]
+    fast = overrides.pop("fast_fields", None)
+    if fast is not None:  # some fields' Adam at their own rate, the rest at the config's (one optimiser state)
+        import optax
+
+        cfg = setup.config.replace(**overrides)
+        psi0 = setup.simulator.distribution.init()
+        labels = {f: jax.tree.map(lambda _, f=f: "fast" if f in fast["fields"] else "rest", p) for f, p in psi0.items()}
+        overrides["outer_optimizer"] = optax.multi_transform(
+            {"fast": cfg.replace(outer_learning_rate=fast["learning_rate"]).outer_optax(), "rest": cfg.outer_optax()},
+            labels)
     # reset_inits: n initialisations that theta_reset_every cycles through (the run's model and n - 1
     # others of the experiment's make_model, seeds 1000 j + seed)
     n_inits = overrides.pop("reset_inits", 1)
