@@ -263,6 +263,10 @@ def soft_iou_stats(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def soft_iou_loss(stats: jax.Array) -> jax.Array:
     """``1 -`` the soft mean IoU over classes from summed :func:`soft_iou_stats`.
 
+    Every class counts (the hard :func:`mean_iou` skips a class absent from both labels and
+    predictions): a class absent from the labels has soft IoU 0 whatever the model does, so it
+    shifts the loss by a constant and adds nothing to its gradient.
+
     Example:
       >>> float(soft_iou_loss(jnp.array([[1.0, 2.0], [1.0, 2.0]])))
       0.0
