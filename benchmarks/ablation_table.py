@@ -121,6 +121,14 @@ ROWS = [
      "inner_lr1e-2", (INITS_CALLS, "default")),
     ("E = 32 + g_val of 1 - soft mIoU (val_objective='metric_surrogate')", FRESH,
      "clevr-seg_gpu_finetune32_surrogate.json", "finetune32_surrogate", (INITS_CALLS, "default")),
+    # session 20: fields set by hand and frozen (G still from the experiment's start, so the hand-set
+    # field counts in it), and a faster step on the object count and lights (the same baselines)
+    ("render quality set by hand and frozen (resolution, spp)", FRESH, "clevr-seg_gpu_quality_by_hand.json",
+     "quality_by_hand", (INITS_CALLS, "default")),
+    ("shapes set by hand and frozen (the classes' uniform mix)", FRESH, "clevr-seg_gpu_shape_by_hand.json",
+     "shape_by_hand", (INITS_CALLS, "default")),
+    ("Adam 0.3 on the object count and lights, 0.1 on the rest", FRESH, "clevr-seg_gpu_count_lights_fast.json",
+     "count_lights_fast", (INITS_CALLS, "default")),
 ]
 
 

@@ -127,6 +127,11 @@ VARIANTS = {
                         "the render quality (resolution, samples per pixel) set by hand to the reference's and "
                         "frozen, every other field learned from the start: the step sees the resolution's value only "
                         "once the scene is right (session 19); what does a user who sets it gain?"),
+    "shape_by_hand": ({"start_with_reference": ["shape"], "psi_trainable": r"^(?!\['shape'\])"},
+                      "the object shapes (the segmentation's classes) set by hand to the reference's uniform mix and "
+                      "frozen, every other field learned from the start: at the reference with the start's shapes the "
+                      "step stops rewarding high resolution (influence_features.py, session 20); does the resolution "
+                      "then follow within 60 steps?"),
     "count_lights_fast": ({"fast_fields": {"fields": ["num_objects", "key_light", "ambient", "back_light"],
                                            "learning_rate": 0.3}},
                           "Adam 0.3 on the object count and the lights, 0.1 on the rest: the resolution moves only "

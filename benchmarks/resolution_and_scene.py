@@ -9,9 +9,9 @@ count have come closer to the reference's, and those runs should close more of t
 This reads the committed ``psi_learning.py`` records of clevr-seg at gpu size (every file under
 ``benchmarks/results/psi_learning/`` with 60-step runs from the start psi in the experiment's
 families, or the ``--runs`` given) and, per run, reads in each field's own units
-(:func:`autosim_jax.describe_psi`) the mean key light and ambient light and the mass on one
-object at step 45, the mass on 32 px at steps 30 and 60, and the record's G at 60 (test mIoU,
-fresh models). It reports Spearman's rank correlation over the runs of each scene measure with
+(:func:`autosim_jax.describe_psi`) the mean key light and ambient light, the mass on one
+object and the mass on spheres (mean over the four object slots) at step 45, the mass on 32 px
+at steps 30 and 60, and the record's G at 60 (test mIoU, fresh models). It reports Spearman's rank correlation over the runs of each scene measure with
 the resolution's move (mass on 32 px at 60 minus at 30) and with G at 60, each with a
 permutation p-value (optimistic: runs of one call share seeds and assessments), and how many
 runs moved their resolution (32 px down by 0.2 or more) among those with under 0.2 of the mass
@@ -38,7 +38,7 @@ import numpy as np
 from field_drift import read_record, unflatten
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "psi_learning")
-SCENE = ("key_light", "ambient", "one_object")  # measured at step 45
+SCENE = ("key_light", "ambient", "one_object", "spheres")  # measured at step 45
 OUTCOMES = ("resolution_move", "G60")
 MOVED, FEW = 0.2, 0.2  # a resolution that moved: its 32 px mass fell by MOVED; "few": under FEW on one object
 
@@ -92,6 +92,7 @@ def run_rows(path: str, record: dict, schema, start) -> list[dict]:
         rows.append({"file": os.path.basename(path), "variant": variant, "seed": run["seed"],
                      "key_light": float(at[45]["key_light"]["mean"]), "ambient": float(at[45]["ambient"]["mean"]),
                      "one_object": float(at[45]["num_objects"]["probs"][0]),
+                     "spheres": float(np.mean(np.asarray(at[45]["shape"]["probs"])[..., 0])),
                      "mass_32px_30": float(at[30]["resolution"]["probs"][0]),
                      "mass_32px_60": float(at[60]["resolution"]["probs"][0]),
                      "resolution_move": float(at[60]["resolution"]["probs"][0] - at[30]["resolution"]["probs"][0]),
