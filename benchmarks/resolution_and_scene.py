@@ -14,8 +14,9 @@ object and the mass on spheres (mean over the four object slots) at step 45, the
 at steps 30 and 60, and the record's G at 60 (test mIoU, fresh models). It reports Spearman's
 rank correlation over the runs of each scene measure with the resolution's move (mass on 32 px
 at 60 minus at 30) and with G at 60, each with a permutation p-value (optimistic: runs of one
-call share seeds and assessments), and how many runs moved their resolution (32 px down by 0.2 or more) among those with under 0.2 of the mass
-on one object at step 45 and among the rest. No device is needed.
+call share seeds and assessments), and how many runs moved their resolution (32 px down by 0.2
+or more) among those with under 0.2 of the mass on one object at step 45 and among the rest. No
+device is needed.
 
 Usage::
 
