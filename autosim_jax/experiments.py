@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -403,32 +404,58 @@ def _check_assessment_model(setup: ExperimentSetup, model: nnx.Module) -> None:
 
 
 class DivergedAssessmentWarning(UserWarning):
-    """A fresh model of an assessment ended its training far above its siblings (:func:`_trained`)."""
+    """A fresh model of an assessment did not train where its siblings did (:func:`_trained`)."""
 
 
-def _trained(losses: np.ndarray, untrained: float) -> np.ndarray:
-    """Which of the repeats' fresh models trained: a last-epoch loss that is finite and either
-    at most ``LOSS_JUMP_FACTOR`` times the lowest of them, or below halfway from that lowest
-    loss back to ``untrained`` (the untrained model's loss on the same kind of images).
+def _trained(losses: np.ndarray, untrained: float, metrics: np.ndarray | None = None,
+             untrained_metric: float | None = None, higher_is_better: bool = True) -> np.ndarray:
+    """Which of the repeats' fresh models trained. A model did not when its last-epoch loss is
+    not finite, or when it is at least ``LOSS_JUMP_FACTOR`` times the lowest of the repeats' and
+    either
+
+    * **diverged**: over halfway from that lowest loss back to ``untrained`` (the untrained
+      model's loss on the same kind of images); or
+    * **collapsed**: over a tenth of the way back, with a validation metric (``metrics``) no
+      better than halfway from ``untrained_metric`` (the untrained model's) to the best of its
+      siblings'.
 
     On clevr-det at gpu size 3 of 72 fresh detectors (24 epochs, Adam 3e-3) ended at a loss of
     ~590, an untrained detector's, beside siblings at 130-220 on the same psi, and at mAP 0
-    (docs/detection.md, session 16); one such model moves one psi's G by 0.5-1. The halfway
-    condition keeps models whose losses all lie near zero (digits: 0.006 against 0.013, out of
-    an untrained 2.3) from counting as diverged by their ratio alone.
+    (docs/detection.md, session 16); one such model moves one psi's G by 0.5-1. On clevr-seg at
+    gpu size 2 of ~460 fresh models ended at mIoU 0.01 (background everywhere) with losses of
+    0.33 and 0.61 beside siblings at 0.05 and 0.13, a fifth and two fifths of the way back to
+    the untrained 1.4 (docs/learning.md, session 21); one moved a G from 0.68 to 0.20. A model
+    that merely trained slower (loss 0.49 beside 0.05, mIoU 0.37 beside 0.40-0.50) is kept: its
+    metric is the data's. The tenth and the halfway keep models whose losses all lie near zero
+    (digits: 0.006 against 0.013, out of an untrained 2.3) from counting by their ratio alone.
 
     Example:
       >>> _trained(np.array([159.1, 588.1, 168.0, 218.6]), untrained=570.0).tolist()
       [True, False, True, True]
       >>> _trained(np.array([0.0058, 0.0126]), untrained=2.3).tolist()
       [True, True]
+      >>> seg = dict(untrained=1.41, untrained_metric=0.023)
+      >>> _trained(np.array([0.332, 0.051, 0.046, 0.052]), metrics=np.array([0.009, 0.486, 0.486, 0.478]),
+      ...          **seg).tolist()
+      [False, True, True, True]
+      >>> _trained(np.array([0.493, 0.074, 0.048, 0.056]), metrics=np.array([0.37, 0.40, 0.50, 0.49]),
+      ...          **seg).tolist()
+      [True, True, True, True]
     """
     finite = np.isfinite(losses)
     if not finite.any():
         return finite
     lowest = losses[finite].min()
-    halfway = lowest + 0.5 * (untrained - lowest)
-    return finite & ((losses <= LOSS_JUMP_FACTOR * lowest) | (losses <= halfway))
+    far = losses > LOSS_JUMP_FACTOR * lowest
+    diverged = far & (losses > lowest + 0.5 * (untrained - lowest))
+    collapsed = np.zeros_like(finite)
+    if metrics is not None and untrained_metric is not None:
+        sign = 1.0 if higher_is_better else -1.0
+        gain = sign * (np.asarray(metrics) - untrained_metric)  # how far each got from the untrained model
+        best = np.nanmax(np.where(finite, gain, np.nan))
+        # (only where a sibling got anywhere: if none beat the untrained model, the data is to blame)
+        collapsed = far & (losses > lowest + 0.1 * (untrained - lowest)) & (gain <= 0.5 * best) & (best > 0)
+    return finite & ~diverged & ~collapsed
 
 
 def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epochs: int | None = None,
@@ -469,9 +496,11 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
       model(s), plus ``"test_metric_std"`` / ``"val_metric_std"`` over the repeats when
       ``repeats > 1``, with each model's ``"val_metrics"`` / ``"test_metrics"`` and
       ``"train_losses"`` (its last epoch's mean training loss) in repeat order. A model whose
-      last-epoch loss is non-finite, or above both ``LOSS_JUMP_FACTOR`` (2) times the lowest of
-      the repeats' and halfway from it back to the untrained model's loss (on the first
-      minibatch), diverged: it is left out of the means and std (NaN if every model diverged),
+      last-epoch loss is non-finite, or above ``LOSS_JUMP_FACTOR`` (2) times the lowest of the
+      repeats' and either halfway from it back to the untrained model's loss (on the first
+      minibatch) or a tenth of the way with a validation metric no better than halfway from the
+      untrained model's to the best repeat's (:func:`_trained`), did not train (diverged or
+      collapsed): it is left out of the means and std (NaN if none trained),
       listed in ``"diverged_models"`` and warned about (:class:`DivergedAssessmentWarning`);
       with ``repeats=1`` there is nothing to compare with. Repeat ``r``
       renders with ``PRNGKey(seed + 2 r)`` and orders the minibatches with
@@ -511,6 +540,10 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
     simulate_mixture = jax.jit(setup.simulator.simulate_mixture, static_argnums=2)
     first_batch_loss = jax.jit(lambda theta, x, y: inner.mean_loss(theta, x[:cfg.batch_size], y[:cfg.batch_size]))
 
+    @functools.cache
+    def untrained_metric() -> float:  # the untrained model's validation metric, measured once when needed
+        return float(inner.measure(inner.theta0, *setup.val_data)[1])
+
     def one(psi, seed: int) -> tuple[float, float, float, float]:
         key = jax.random.PRNGKey(seed)
         _, inputs, labels = (simulate_mixture(key, psi, num_images) if isinstance(psi, (list, tuple))
@@ -527,17 +560,19 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
             return {"val_metric": float(val[0]), "test_metric": float(test[0])}
         # A model whose training diverged measures the optimiser, not the data: it is left out
         # of the means, named in the result and warned about; the lists keep every model.
-        trained = _trained(loss, float(np.nanmean(untrained)))
+        trained = _trained(loss, float(np.nanmean(untrained)), val, untrained_metric(), setup.task.higher_is_better)
         kept = {"val": val[trained], "test": test[trained]}
         out: dict[str, Any] = {f"{m}_metric": float(v.mean()) if v.size else float("nan") for m, v in kept.items()}
         out.update({f"{m}_metric_std": float(v.std()) if v.size else float("nan") for m, v in kept.items()})
         out.update(val_metrics=val.tolist(), test_metrics=test.tolist(), train_losses=loss.tolist())
         if not trained.all():
             out["diverged_models"] = np.flatnonzero(~trained).tolist()
-            warnings.warn(f"make_assessor: fresh model(s) {out['diverged_models']} of {repeats} (seed {seed}) ended "
-                          f"their training at a loss of {loss[~trained].tolist()}, more than {LOSS_JUMP_FACTOR:g}x "
-                          f"the lowest of their siblings ({np.nanmin(loss) if trained.any() else 'none finite'}) "
-                          f"and over halfway back to the untrained model's {np.nanmean(untrained):.4g}; the "
+            warnings.warn(f"make_assessor: fresh model(s) {out['diverged_models']} of {repeats} (seed {seed}) did not "
+                          f"train: they ended at a loss of {loss[~trained].tolist()}, more than {LOSS_JUMP_FACTOR:g}x "
+                          f"the lowest of their siblings ({np.nanmin(loss) if trained.any() else 'none finite'}), "
+                          f"either over halfway back to the untrained model's {np.nanmean(untrained):.4g} or with "
+                          f"a validation metric ({val[~trained].tolist()}) no better than halfway from the "
+                          f"untrained model's {untrained_metric():.4g} to the best sibling's; the "
                           f"metrics are the means over the {int(trained.sum())} others. Clipping each gradient "
                           f"(AutoSimConfig.inner_clip_norm=1 in the experiment's config) stopped such a "
                           f"divergence on clevr-det (docs/detection.md); so may a lower inner_learning_rate.",

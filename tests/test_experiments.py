@@ -119,6 +119,51 @@ def test_a_diverged_fresh_model_is_left_out_named_and_warned_about(monkeypatch):
     assert out["train_losses"][1] > 2 * out["train_losses"][0]
 
 
+def test_a_collapsed_fresh_model_is_told_from_a_slow_one():
+    """The clevr-seg cases of docs/learning.md (session 21): a model at the untrained metric with
+    a loss a fifth of the way back is left out; one that trained slower (its metric near its
+    siblings') is kept; so is every model where none beat the untrained one, and the metric's
+    direction is honoured."""
+    from autosim_jax.experiments import _trained
+
+    losses = np.array([0.332, 0.051, 0.046, 0.052])
+    metrics = np.array([0.009, 0.486, 0.486, 0.478])
+    assert _trained(losses, 1.41).tolist() == [True] * 4  # the loss alone does not tell it
+    assert _trained(losses, 1.41, metrics, 0.023).tolist() == [False, True, True, True]
+    slow = np.array([0.37, 0.40, 0.50, 0.49])
+    assert _trained(np.array([0.493, 0.074, 0.048, 0.056]), 1.41, slow, 0.023).all()
+    assert _trained(losses, 1.41, np.full(4, 0.02), 0.023).all()  # nobody trained: the data's doing
+    # a lower-is-better metric (an error rate): the collapsed model sits at the untrained error
+    assert _trained(losses, 1.41, 1 - metrics, 1 - 0.023, higher_is_better=False).tolist() == [False, True, True, True]
+
+
+def test_the_assessor_judges_its_models_by_the_untrained_models_loss_and_metric(monkeypatch):
+    """make_assessor hands ``_trained`` every model's loss and validation metric, the untrained
+    model's first-minibatch loss and its validation metric (measured once), and the task's
+    direction."""
+    import autosim_jax.experiments as ex
+    from autosim_jax.inner import make_inner
+
+    setup = _build("digits-sim2real", "glyphs", 0)
+    seen = []
+
+    def spy(losses, untrained, metrics=None, untrained_metric=None, higher_is_better=True):
+        seen.append((losses, untrained, metrics, untrained_metric, higher_is_better))
+        return np.ones(len(losses), bool)
+
+    monkeypatch.setattr(ex, "_trained", spy)
+    assess = ex.make_assessor(setup, num_images=64, epochs=1, repeats=2)
+    psi = setup.simulator.distribution.init()
+    out, again = assess(psi, 0), assess(psi, 4)
+    losses, untrained, metrics, untrained_metric, higher = seen[0]
+    assert losses.tolist() == pytest.approx(out["train_losses"]) and metrics.tolist() == pytest.approx(out["val_metrics"])
+    inner = make_inner(setup.simulator, setup.model, setup.task, optimizer=setup.config.inner_optax(), dataset_size=64,
+                       batch_size=setup.config.batch_size, epochs=1, val_batch_size=setup.config.val_batch_size)
+    assert untrained_metric == pytest.approx(float(inner.measure(inner.theta0, *setup.val_data)[1]), abs=1e-6)
+    assert np.isfinite(untrained) and untrained > max(out["train_losses"])
+    assert higher is setup.task.higher_is_better and seen[1][3] == untrained_metric
+
+
 def test_assessor_trains_on_the_mixture_of_a_list_of_psi(monkeypatch):
     """A list of psi (a run's trajectory) is assessed on the equal mixture of its members,
     rendered once per repeat with the assessment's whole budget."""
