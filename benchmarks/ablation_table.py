@@ -131,11 +131,13 @@ ROWS = [
      "count_lights_fast", (INITS_CALLS, "default")),
     # session 21: the plain run again, to 120 steps (assessed at 60 and 120; the same baselines)
     ("plain exact quadratic (control, a 120-step run)", FRESH, "clevr-seg_gpu_default_120steps.json", "default", None),
+    ("plain, 240 steps (seeds 0, 1; seed 2 cut by the call's deadline)", FRESH, "clevr-seg_gpu_default_240steps.json",
+     "default", ("clevr-seg_gpu_default_120steps.json", "default")),
 ]
 # The plain run on seeds 0-2 in every call of one configuration (a fresh theta per step, 60 steps
-# assessed): on the GPU a seed does not fix its run (float32 rounding differs between calls and
-# the outer loop amplifies it), so these are independent runs of the same learner, and their
-# spread is the yardstick for a row that has one call's control.
+# assessed): on the GPU a seed does not fix its run bit for bit (float32 rounding differs between
+# calls and the outer loop amplifies it; trajectory_agreement.py) and some runs branch, so their
+# spread (the assessment's noise plus the runs') is the yardstick for a row with one call's control.
 CONTROL_CALLS = ("clevr-seg_gpu_staged25.json", "clevr-seg_gpu_lr0.3_s012.json", "clevr-seg_gpu_snr_gate_s012.json",
                  "clevr-seg_gpu_inits8_s012.json", "clevr-seg_gpu_default_120steps.json")
 
@@ -218,9 +220,8 @@ def control_text(c: dict) -> str:
     seeds = ", ".join(f"seed {s}: {v['mean']:.2f} +- {v['std']:.2f}" for s, v in c["per_seed"].items())
     return (f"## The control between calls\n\nThe plain run (default, a fresh theta per step) on seeds "
             f"{', '.join(map(str, c['seeds']))} at step {c['at']} in each of {len(c['calls'])} calls. On the GPU "
-            "a seed does not fix its run (between any two of these calls a seed's psi differs by 6e-8 to 2e-6 "
-            "after the first step, float32 rounding, and by 5e-5 to 7e-3 after the second: the outer loop "
-            "amplifies it), so these are independent runs of one learner.\n\n"
+            "a seed does not fix its run bit for bit (`trajectory_agreement.py`) and a run may branch, so this spread "
+            "is the assessment's noise plus the runs' own: the yardstick for a row whose control is one call.\n\n"
             "| call | per seed | mean |\n| --- | --- | --- |\n" + rows +
             f"\n\nMean of the calls {c['mean_of_calls']:+.2f}, std between the calls' means "
             f"{c['std_between_calls']:.2f} (sample std); per seed over the calls: {seeds}. A row whose "
