@@ -404,7 +404,9 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         summary["gap_closed"] = summary["assessment"].get("gap_closed", {}).get("val_metric")
         if "selected_psi" in summary["assessment"]:
             summary["selected_step"] = summary["assessment"]["selected_psi"]["step"]
-    psi_doc = _psi_document(setup, result.initial.psi, result.state.psi, reference)
+    selected = summary.get("selected_step")
+    psi_doc = _psi_document(setup, result.initial.psi, result.state.psi, reference,
+                            None if selected is None else psi_at(result, selected))
     write_json(os.path.join(run.path, PSI_JSON), psi_doc)
     summary["psi_in_field_units"] = {k: psi_doc[k] for k in ("start", "learned", "reference")}
     _write_plots(run.path, result.records, setup, result.initial.psi, result.state.psi, reference, args.seed, stderr)
@@ -442,7 +444,7 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
     # measured, at or above the final psi).
     checks = [r for r in result.records if args.select_every and r["step"] % args.select_every == 0
               and r["step"] != int(result.state.step)]
-    psis += [(f"step_{r['step']}", str(r["step"]), psi_from_record(result.initial.psi, r["psi"])) for r in checks]
+    psis += [(f"step_{r['step']}", str(r["step"]), psi_at(result, r["step"])) for r in checks]
     each = "a fresh model" if models == 1 else f"{models} fresh models (their mean)"
     print(f"autosim run: assessing {len(psis)} psi ({', '.join(p[0].replace('_', ' ') for p in psis)}): {each} "
           f"on {n} images x {epochs} epochs each", file=stderr, flush=True)
@@ -450,11 +452,11 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
                         seconds=args.log_seconds)
     assessor: list = []
 
-    def assess(psi):
+    def assess(psi, at_seed: int = seed):
         if not assessor:
             assessor.append(make_assessor(setup, num_images=n, epochs=epochs, repeats=models))
         with quiet_render_errors(), reraise_render_errors():
-            return assessor[0](psi, seed)
+            return assessor[0](psi, at_seed)
 
     out: dict[str, Any] = {"images": n, "epochs": epochs, "models": models}
     metric = setup.task.metric_name
@@ -473,7 +475,15 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
         sign = 1 if setup.task.higher_is_better else -1
         best = max(candidates, key=lambda step: sign * candidates[step]["val_metric"])
         out["checked_steps"] = {str(step): v for step, v in sorted(candidates.items())}
-        out["selected_psi"] = {"step": best, **candidates[best]}
+        # The models that picked the best checked psi would also judge it too kindly (their own
+        # noise is part of why it won), so the selected psi is judged by new fresh models: other
+        # render and minibatch keys than every assessment above.
+        value, cached = cached_assessment(os.path.join(run.path, ASSESSED), f"selected_{best}", protocol,
+                                          lambda: assess(psi_at(result, best), seed + 2 * models))
+        out["selected_psi"] = {"step": best, **value}
+        print(f"autosim run: selected the psi of step {best} by validation; judged by {each} of its own: val "
+              f"{metric} {value['val_metric']:.4g}, test {value['test_metric']:.4g}" + (" (cached)" if cached else ""),
+              file=stderr, flush=True)
     if reference is not None:
         out["gap_closed"] = {
             m: finite_or_none(gap_closed(out["start_psi"][m], out["learned_psi"][m], out["reference_psi"][m]))
@@ -499,16 +509,25 @@ def _describe(setup, psi) -> dict | None:
         return None  # a distribution that is not from_schema's families: psi.json keeps the raw values
 
 
-def _psi_document(setup, start, learned, reference) -> dict:
-    described = {name: _describe(setup, psi) if psi is not None else None
-                 for name, psi in (("start", start), ("learned", learned), ("reference", reference))}
+def _psi_document(setup, start, learned, reference, selected=None) -> dict:
+    """psi.json: the start, learned (final), reference and, with ``--select-every``, selected psi,
+    each in field units and raw (``psi_record``, loadable with ``psi_from_record``)."""
+    named = [("start", start), ("learned", learned), ("reference", reference)]
+    named += [("selected", selected)] if selected is not None else []
     return {
         "units": "each field in its own units (autosim_jax.describe_psi): mean/std/quantiles of continuous "
                  "fields, probabilities per category of categorical ones",
-        **described,
-        "raw": {name: psi_record(psi) if psi is not None else None
-                for name, psi in (("start", start), ("learned", learned), ("reference", reference))},
+        **{name: _describe(setup, psi) if psi is not None else None for name, psi in named},
+        "raw": {name: psi_record(psi) if psi is not None else None for name, psi in named},
     }
+
+
+def psi_at(result, step: int):
+    """The psi a run held after ``step`` outer steps (its final state's, or its record's)."""
+    if step == int(result.state.step):
+        return result.state.psi
+    record = next(r for r in result.records if r["step"] == step)
+    return psi_from_record(result.initial.psi, record["psi"])
 
 
 def _field_text(entry: dict) -> str:
@@ -585,7 +604,7 @@ def _summary_table(s: dict, metric: str) -> str:
                 rows.append((f"  {name.replace('_', ' ')}", pair(a[name])))
         if "selected_psi" in a:
             sel = a["selected_psi"]
-            rows.append((f"  selected psi (step {sel['step']})", pair(sel)))
+            rows.append((f"  selected psi (step {sel['step']}, new models)", pair(sel)))
         for key, label in (("gap_closed", "gap closed G (val / test)"),
                            ("gap_closed_selected", "  ... by the selected psi")):
             if key in a:
@@ -837,8 +856,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in --out from its checkpoint (same configuration required)")
     run.add_argument("--select-every", type=int, default=0, metavar="N",
                      help="also assess the psi after every N-th step and report the one whose fresh model does best "
-                          "on the validation set as the selected psi (each check trains one more fresh model; "
-                          "default 0: off)")
+                          "on the validation set as the selected psi, judged by new fresh models and written to "
+                          "psi.json (each check, and the judging, trains --assess-models more; default 0: off)")
     add_assess_models_flag(run)
     add_progress_flags(run)
     add_render_flags(run)

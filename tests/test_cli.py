@@ -597,7 +597,8 @@ def test_sigint_stops_a_hung_renderer_promptly_and_leaves_a_resumable_directory(
 
 def test_select_every_returns_the_best_checked_psi_by_validation(toy_path, tmp_path, capsys):
     """--select-every 2 on 4 steps assesses the psi of steps 2 and 4 (the final) too and selects
-    the one with the best *validation* metric; its G is reported beside the final psi's."""
+    the one with the best *validation* metric; new fresh models (not the ones that picked it)
+    judge it, its G is reported beside the final psi's, and psi.json holds it."""
     from autosim_jax.experiments import gap_closed
 
     out = tmp_path / "r"
@@ -607,9 +608,14 @@ def test_select_every_returns_the_best_checked_psi_by_validation(toy_path, tmp_p
     checked = a["checked_steps"]
     assert set(checked) == {"2", "4"} and checked["4"] == a["learned_psi"]
     best = max(checked, key=lambda s: checked[s]["val_metric"])  # the toy's neg_mse: higher is better
-    assert a["selected_psi"] == {"step": int(best), **checked[best]}
+    judged = json.loads((out / "assessed.json").read_text())["results"][f"selected_{best}"]
+    assert a["selected_psi"] == {"step": int(best), **judged}
+    assert judged["test_metric"] != checked[best]["test_metric"]  # other renders: not the picking models
     for m in ("val_metric", "test_metric"):
         assert a["gap_closed_selected"][m] == gap_closed(a["start_psi"][m], a["selected_psi"][m],
                                                          a["reference_psi"][m])
-    assert f"selected psi (step {best})" in printed
+    assert f"selected psi (step {best}, new models)" in printed
+    psi_doc = json.loads((out / "psi.json").read_text())
+    at_best = [r for r in _lines(out / "metrics.jsonl") if r["step"] == int(best)][0]["psi"]
+    assert psi_doc["raw"]["selected"] == pytest.approx(at_best) and psi_doc["selected"] is not None
     assert main(["run", TOY_REF, "--select-every", "-1", "--out", str(tmp_path / "bad")]) == 2
