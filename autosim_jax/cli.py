@@ -729,8 +729,9 @@ def _write_plots(out: str, records: list[dict], setup, psi0, psi1, reference, se
     fig = Figure(figsize=(1.4 * SAMPLE_IMAGES, 3.6), layout="constrained")
     try:
         key = jax.random.PRNGKey(seed)
+        simulate = jax.jit(setup.simulator.simulate, static_argnums=2)  # one compile (eager: one per op, ~10 s)
         with quiet_render_errors(), reraise_render_errors():
-            renders = [jax.block_until_ready(setup.simulator.simulate(key, psi, SAMPLE_IMAGES)) for psi in (psi0, psi1)]
+            renders = [jax.block_until_ready(simulate(key, psi, SAMPLE_IMAGES)) for psi in (psi0, psi1)]
     except RenderError as err:
         print(f"autosim run: samples.png: rendering failed: {err.message}", file=stderr)
         ax = fig.subplots()
