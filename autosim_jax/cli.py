@@ -408,7 +408,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     psi_doc = _psi_document(setup, result.initial.psi, result.state.psi, reference,
                             None if selected is None else psi_at(result, selected))
     write_json(os.path.join(run.path, PSI_JSON), psi_doc)
-    summary["psi_in_field_units"] = {k: psi_doc[k] for k in ("start", "learned", "reference")}
+    summary["psi_in_field_units"] = {k: psi_doc[k] for k in ("start", "learned", "reference", "selected")
+                                     if k in psi_doc}
     _write_plots(run.path, result.records, setup, result.initial.psi, result.state.psi, reference, args.seed, stderr)
     write_json(run.summary_path, summary)  # last: a summary marks the run finished
     print(_summary_table(summary, metric), file=stdout)

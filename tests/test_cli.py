@@ -618,4 +618,6 @@ def test_select_every_returns_the_best_checked_psi_by_validation(toy_path, tmp_p
     psi_doc = json.loads((out / "psi.json").read_text())
     at_best = [r for r in _lines(out / "metrics.jsonl") if r["step"] == int(best)][0]["psi"]
     assert psi_doc["raw"]["selected"] == at_best and psi_doc["selected"] is not None  # JSON keeps float32 exactly
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["psi_in_field_units"]["selected"] == psi_doc["selected"]
     assert main(["run", TOY_REF, "--select-every", "-1", "--out", str(tmp_path / "bad")]) == 2
