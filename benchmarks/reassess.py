@@ -165,6 +165,27 @@ def _records(p, args) -> list[dict]:
     return items
 
 
+def _with_reference(p, args, items: list[dict]) -> list[dict]:
+    """For each item of :func:`_records`, the same psi with ``--with-reference``'s fields set to the
+    experiment's reference psi (flat, as recorded): no recorded models (``old`` None)."""
+    import jax
+
+    import autosim_jax as asj
+
+    exp = asj.get_experiment(args.experiment)
+    reference = exp.build(renderer=exp.renderers[0], seed=0, size=args.size).reference_psi
+    flat = {jax.tree_util.keystr(path): np.asarray(v).tolist()
+            for path, v in jax.tree_util.tree_flatten_with_path(reference)[0]}
+    fields = [f.strip() for f in args.with_reference.split(",") if f.strip()]
+    unknown = [f for f in fields if f not in reference]
+    if unknown or not fields:
+        p.error(f"--with-reference: unknown fields {unknown or '(empty)'}; the experiment's are {sorted(reference)}")
+    prefixes = tuple(f"['{f}']" for f in fields)
+    return [{**it, "variant": f"{it['variant']}+reference {'/'.join(fields)}", "old": None, "old_n": 0,
+             "psi": {k: (flat[k] if k.startswith(prefixes) else v) for k, v in it["psi"].items()}}
+            for it in items]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
@@ -175,6 +196,11 @@ def main(argv=None) -> int:
                    "list assesses each, against one start/reference assessment per seed)")
     p.add_argument("--seeds", default=None, help="comma list (default: every seed of the runs)")
     p.add_argument("--repeats", type=int, default=4, help="new fresh models per psi")
+    p.add_argument("--with-reference", default=None, metavar="FIELDS",
+                   help="comma list of fields: also assess each psi with these fields set to the reference's "
+                   "(what they cost it; such a psi has no recorded models, its G is from the new ones)")
+    p.add_argument("--recorded-baselines", action="store_true",
+                   help="no new start/reference models: G against the recorded ones alone (cheaper)")
     p.add_argument("--seed-offset", type=int, default=1000,
                    help="added to a seed for the new models' render and minibatch keys (the recorded ones used 0)")
     add_job_arguments(p)
@@ -186,11 +212,14 @@ def main(argv=None) -> int:
     if args.repeats < 1 or args.seed_offset < 1:
         p.error("--repeats and --seed-offset must be >= 1 (offset 0 would train the recorded models again)")
     items = _records(p, args)
+    if args.with_reference:
+        items += _with_reference(p, args, items)
     common = job_options(args, seed_offset=args.seed_offset)
     t0 = time.perf_counter()
     learned = [{"seed": it["seed"], "psi": it["psi"], "item": i, "label": f"{it['variant']} step {it['step']}"}
                for i, it in enumerate(items)]
-    results, unfinished = assess_jobs(common, sorted({it["seed"] for it in items}), learned, jobs=args.jobs,
+    base_seeds = [] if args.recorded_baselines else sorted({it["seed"] for it in items})
+    results, unfinished = assess_jobs(common, base_seeds, learned, jobs=args.jobs,
                                       deadline=args.deadline, out=args.out)
     new_base = {r["seed"]: r["new"] for r in results if r["kind"] == "baseline" and "error" not in r}
     new_learned = {r["item"]: r["new"]["learned"] for r in results if r["kind"] == "learned" and "error" not in r}
@@ -201,20 +230,23 @@ def main(argv=None) -> int:
     rows = []
     for i, it in enumerate(items):
         row = {k: it[k] for k in ("file", "variant", "seed", "step", "old_n", "old_baseline_n")}
-        row["old"] = {k: it["old"][k] for k in ("test_metric", "val_metric")}
-        nb, nl = new_base.get(it["seed"]), new_learned.get(i)
+        row["old"] = it["old"] and {k: it["old"][k] for k in ("test_metric", "val_metric")}
+        # with --recorded-baselines the recorded start and reference stand in for new ones (pooled: 0 new models)
+        nb, nl = new_base.get(it["seed"], it["old_baseline"] if args.recorded_baselines else None), new_learned.get(i)
         if nb is None or nl is None:
             row["error"] = "not assessed (see failed)"
             rows.append(row)
             continue
-        row["new"] = {"learned": nl, **nb}
+        row["new"] = {"learned": nl, **({} if args.recorded_baselines else nb)}
         for metric in ("test_metric", "val_metric"):
             ob, n, bn = it["old_baseline"], args.repeats, it["old_baseline_n"]
-            start = pooled(ob["start"][metric], bn, nb["start"][metric], n)
-            ref = pooled(ob["reference"][metric], bn, nb["reference"][metric], n)
-            learned = pooled(it["old"][metric], it["old_n"], nl[metric], n)
+            nbn = 0 if args.recorded_baselines else n
+            start = pooled(ob["start"][metric], bn, nb["start"][metric], nbn)
+            ref = pooled(ob["reference"][metric], bn, nb["reference"][metric], nbn)
+            recorded = it["old"] and asj.gap_closed(ob["start"][metric], it["old"][metric], ob["reference"][metric])
+            learned = pooled(it["old"][metric], it["old_n"], nl[metric], n) if it["old"] else nl[metric]
             row[f"G_{metric}"] = {
-                "recorded": asj.gap_closed(ob["start"][metric], it["old"][metric], ob["reference"][metric]),
+                "recorded": recorded,
                 "new_models": asj.gap_closed(nb["start"][metric], nl[metric], nb["reference"][metric]),
                 "pooled": asj.gap_closed(start, learned, ref)}
         rows.append(row)
@@ -229,14 +261,16 @@ def main(argv=None) -> int:
             s[k].append(row["G_test_metric"][k])
     for s in summary.values():
         for k in ("recorded", "new_models", "pooled"):
-            g = np.asarray(s[k])
-            s[k] = {"mean": float(g.mean()), "std": float(g.std(ddof=1)) if len(g) > 1 else 0.0, "per_seed": s[k]}
+            g = np.asarray([x for x in s[k] if x is not None])  # None: a psi without recorded models
+            s[k] = {"mean": float(g.mean()) if len(g) else None, "std": float(g.std(ddof=1)) if len(g) > 1 else 0.0,
+                    "per_seed": s[k]}
     device = jax.devices()[0]
     record = {"benchmark": "reassess", "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
               "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
               "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
               "size": args.size, "steps": args.steps, "repeats": args.repeats, "seed_offset": args.seed_offset,
+              "with_reference": args.with_reference, "recorded_baselines": args.recorded_baselines,
               "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
               "summary_G_test_metric": summary, "rows": rows, "wall_seconds": time.perf_counter() - t0,
               "failed": failures(results, unfinished)}
@@ -246,7 +280,8 @@ def main(argv=None) -> int:
     if summary:
         plot(record, args.out + ".png")
     for variant, s in summary.items():
-        print(f"{variant:>16}: G recorded {s['recorded']['mean']:+.2f} +- {s['recorded']['std']:.2f}   "
+        recorded = "-" if s["recorded"]["mean"] is None else f"{s['recorded']['mean']:+.2f} +- {s['recorded']['std']:.2f}"
+        print(f"{variant:>16}: G recorded {recorded}   "
               f"new models {s['new_models']['mean']:+.2f} +- {s['new_models']['std']:.2f}   "
               f"pooled {s['pooled']['mean']:+.2f} +- {s['pooled']['std']:.2f}  (seeds {s['seeds']})")
     return 1 if record["failed"] else 0
@@ -260,7 +295,8 @@ def plot(record: dict, path: str) -> None:
     ax = fig.add_subplot(1, 1, 1)
     xs = np.arange(len(rows))
     for key, marker in (("recorded", "o"), ("new_models", "s"), ("pooled", "D")):
-        ax.plot(xs, [r["G_test_metric"][key] for r in rows], marker, label=key)
+        ax.plot(xs, [np.nan if r["G_test_metric"][key] is None else r["G_test_metric"][key] for r in rows], marker,
+                label=key)
     ax.set_xticks(xs, [f"{r['variant']} s{r['seed']} @{r['step']}" for r in rows], rotation=60, ha="right", fontsize=7)
     ax.axhline(0, color="k", lw=0.5)
     ax.axhline(0.8, color="g", lw=0.5, ls="--")
