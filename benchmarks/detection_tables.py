@@ -619,6 +619,9 @@ def main(argv=None) -> int:
     for var, value in (("XLA_PYTHON_CLIENT_PREALLOCATE", "false"), ("OMP_NUM_THREADS", "1"),
                        ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1")):
         os.environ.setdefault(var, value)  # inherited by the job processes: one core each, shared GPUs
+    from autosim_jax.cli import deterministic_gpu_ops
+
+    deterministic_gpu_ops()  # inherited too: a job's run is a function of its seed on the GPU (from session 22 on)
     specs = plan(args)
     for e in args.experiments:
         os.makedirs(os.path.join(args.out + "_runs", e, "logs"), exist_ok=True)

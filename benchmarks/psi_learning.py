@@ -214,7 +214,10 @@ def job_setup(spec: dict):
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[spec["index"] % len(gpus)])
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # jobs share a GPU
     import autosim_jax as asj
+    from autosim_jax.cli import deterministic_gpu_ops
     from autosim_jax.render_pool import make_render_pool
+
+    deterministic_gpu_ops()  # a seed fixes its run on the GPU too (from session 22 on)
 
     exp = asj.get_experiment(spec["experiment"])
     setup = exp.build(renderer=exp.renderers[0], seed=spec["seed"], size=spec["size"])

@@ -88,6 +88,18 @@ def test_list(capsys):
         assert name in out
 
 
+def test_autosim_asks_for_deterministic_gpu_kernels(monkeypatch, capsys):
+    """On a GPU a run is a function of its seed only with XLA's deterministic kernels (session 22);
+    the user's own setting of the flag stands."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    assert main(["list"]) == 0
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=1",
+                                               "--xla_gpu_deterministic_ops=true"]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")
+    assert main(["list"]) == 0
+    assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false"
+
+
 def test_run_writes_the_run_directory(reference_run):
     out = reference_run
     for name in ("config.json", "metrics.jsonl", "checkpoint.npz", "summary.json"):
