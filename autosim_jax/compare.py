@@ -119,7 +119,10 @@ from .rundir import (
 METHODS = ("autosimulate", "lts", "bo", "random")
 # Config keys of a compare run directory whose change alters its results (--resume refuses).
 RESULT_KEYS = ("command", "experiment", "renderer", "method", "approximation", "seed", "size", "options",
-               "budget_images", "search_radius", "lts_samples", "search_scales")
+               "budget_images", "search_radius", "lts_samples", "search_scales", "evaluation_images",
+               "evaluation_epochs")
+# The baselines that evaluate every candidate from the model's initialisation (baselines/common.py).
+FROM_SCRATCH = ("random", "bo")
 
 
 @dataclasses.dataclass
@@ -136,6 +139,9 @@ class CompareArgs:
     lts_samples: int = 4
     search_radius: float = 3.0
     search_scales: bool = False  # the baselines also search each continuous field's log-scale
+    # random search and BO: images and fine-tuning epochs of one evaluation (None: AutoSimulate's K and epochs)
+    evaluation_images: int | None = None
+    evaluation_epochs: int | None = None
     experiment_spec: str | None = None
     assess_images: int | None = None  # None: the experiment's; 0: no assessment at all
     assess_points: int = 4  # Table 2 rows: psi assessed after budget/2^(P-1), ..., budget/2, budget images
@@ -178,6 +184,12 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
     if args.seeds < 1 or args.lts_samples < 2 or not args.search_radius > 0:
         raise UsageError(f"need --seeds >= 1, --lts-samples >= 2 and --search-radius > 0, got {args.seeds}, "
                          f"{args.lts_samples}, {args.search_radius}.")
+    for flag, value in (("--evaluation-images", args.evaluation_images), ("--evaluation-epochs", args.evaluation_epochs)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1 (or left out: AutoSimulate's own), got {value}.")
+    if args.evaluation_images is not None and args.evaluation_images > args.budget_images:
+        raise UsageError(f"--evaluation-images {args.evaluation_images} is more than --budget-images "
+                         f"{args.budget_images}: random search and BO could not make one evaluation.")
     check_seed(args.seeds - 1, "--seeds (seeds 0 .. N-1)")
     check_size(experiment, args.size)
     check_progress_flags(args.log_every, args.log_seconds)
@@ -231,6 +243,21 @@ def _common(record: dict, train_steps_per_step: int | None = None) -> dict:
     }
 
 
+def _evaluation_config(method: str, config, args: CompareArgs):
+    """The config whose K and epochs one evaluation of ``method`` uses: ``--evaluation-images`` /
+    ``--evaluation-epochs`` for random search and BO (which train each candidate's model from its
+    initialisation, so AutoSimulate's few fine-tuning steps may score nothing, e.g. a detector),
+    the experiment's own otherwise."""
+    if method not in FROM_SCRATCH:
+        return config
+    try:
+        return config.replace(dataset_size=args.evaluation_images or config.dataset_size,
+                              finetune_epochs=args.evaluation_epochs or config.finetune_epochs)
+    except ValueError as err:
+        raise UsageError(f"--evaluation-images {args.evaluation_images} / --evaluation-epochs "
+                         f"{args.evaluation_epochs} do not fit the experiment's config: {err}") from None
+
+
 def _build_method(method: str, approximation: str | None, setup, args: CompareArgs, budget_evaluations: int):
     """``(init, step)`` of one method on ``setup``: AutoSimulate, or a baseline's BlackBox."""
     if method == "autosimulate":
@@ -241,7 +268,8 @@ def _build_method(method: str, approximation: str | None, setup, args: CompareAr
                                  devices=args.devices if args.devices > 1 else None)
     from . import baselines
 
-    kw = {"config": setup.config, "radius": args.search_radius, "include_scales": args.search_scales}
+    kw = {"config": _evaluation_config(method, setup.config, args), "radius": args.search_radius,
+          "include_scales": args.search_scales}
     if method == "lts":
         kw.update(samples_per_step=args.lts_samples, outer_optimizer=setup.config.outer_optax())
     if method == "bo":
@@ -256,7 +284,16 @@ def _known(experiment, args: CompareArgs, renderer: str, method: str, approximat
             "budget_images": args.budget_images, "search_radius": args.search_radius,
             "lts_samples": args.lts_samples if method == "lts" else None,
             # None unless set, so that run directories written before the flag existed resume.
-            "search_scales": (args.search_scales or None) if method != "autosimulate" else None}
+            "search_scales": (args.search_scales or None) if method != "autosimulate" else None,
+            **_evaluation_keys(method, args)}
+
+
+def _evaluation_keys(method: str, args: CompareArgs) -> dict:
+    """``evaluation_images`` / ``evaluation_epochs`` of a run's config: None unless set for a
+    from-scratch baseline, so that run directories written before the flags existed resume."""
+    scratch = method in FROM_SCRATCH
+    return {"evaluation_images": args.evaluation_images if scratch else None,
+            "evaluation_epochs": args.evaluation_epochs if scratch else None}
 
 
 def _check_resume(experiment, args: CompareArgs, renderer: str, runs, out: str) -> None:
@@ -288,7 +325,8 @@ def _run_method(experiment, args: CompareArgs, renderer: str, method: str, appro
         setup = pools.attach(build_setup(experiment, renderer=renderer, seed=seed, size=args.size))
         k = setup.config.dataset_size
         iterations = math.ceil(args.budget_images / k) if method == "autosimulate" else None
-        box = _build_method(method, approximation, setup, args, math.ceil(args.budget_images / k))
+        k_evaluation = _evaluation_config(method, setup.config, args).dataset_size
+        box = _build_method(method, approximation, setup, args, math.ceil(args.budget_images / k_evaluation))
         per_step = setup.config.finetune_epochs * (k // setup.config.batch_size) if method == "autosimulate" else None
         target = {"iterations": iterations, "budget_images": args.budget_images}
         config = make_config(command="compare", experiment=spec, renderer=renderer, seed=seed, size=args.size,
@@ -296,6 +334,7 @@ def _run_method(experiment, args: CompareArgs, renderer: str, method: str, appro
                              else setup.config.to_dict(), iterations=iterations, budget_images=args.budget_images,
                              method=method, search_radius=args.search_radius,
                              search_scales=(args.search_scales or None) if method != "autosimulate" else None,
+                             **_evaluation_keys(method, args),
                              lts_samples=args.lts_samples if method == "lts" else None,
                              search_space=list(box.space.names) if hasattr(box, "space") else None,
                              train_steps_per_step=per_step, target=target, render=pools.options.to_dict(),
@@ -837,6 +876,9 @@ def _map_in_processes(fn, jobs: list, processes: int):
 
 def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools: RenderPools, stdout,
              stderr) -> int:
+    if (args.evaluation_images or args.evaluation_epochs) and any(m in FROM_SCRATCH for m, _ in runs):
+        # checked against the experiment's batch size before any run starts (one build of seed 0)
+        _evaluation_config("random", build_setup(experiment, renderer=renderer, seed=0, size=args.size).config, args)
     if args.jobs > 1:
         failures = _run_parallel(experiment, args, renderer, runs, out, stderr)
         if failures:
@@ -909,6 +951,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
         "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds, "size": args.size,
         "options": setup0.config.to_dict(), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
         "search_scales": args.search_scales, "assess_models": args.assess_models,
+        "evaluation_images": args.evaluation_images, "evaluation_epochs": args.evaluation_epochs,
         "rows": rows, "assessment": assessment,
     }
     write_json(os.path.join(out, "compare.json"), result)
@@ -1076,6 +1119,13 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--search-scales", action="store_true",
                    help="LTS/BO/random also search each continuous field's log-scale, as AutoSimulate learns it "
                         "(doubles those coordinates; default: the means only, scales at the start's)")
+    p.add_argument("--evaluation-images", type=int, default=None, metavar="N",
+                   help="random search and BO: images rendered per evaluation (default: AutoSimulate's K). They train "
+                        "each candidate's model from its initialisation, so with few images and epochs a slow task "
+                        "(detection) scores 0 everywhere and the search is blind; at the same --budget-images, N "
+                        "trades evaluations for a reward that says something")
+    p.add_argument("--evaluation-epochs", type=int, default=None, metavar="E",
+                   help="random search and BO: fine-tuning epochs per evaluation (default: AutoSimulate's)")
     p.add_argument("--out", default=None, help="output directory (default runs/compare-EXPERIMENT)")
     p.add_argument("--resume", action="store_true", help="continue a comparison in --out (finished runs are reused)")
     p.add_argument("--assess-images", type=int, default=None, metavar="N",
@@ -1104,7 +1154,8 @@ def compare_main(ns: argparse.Namespace) -> int:
             approximations=(_split_choices(ns.approximations, APPROXIMATIONS, "--approximations")
                             if ns.approximations else None),
             out=ns.out, renderer=ns.renderer, resume=ns.resume, lts_samples=ns.lts_samples,
-            search_radius=ns.search_radius, search_scales=ns.search_scales, experiment_spec=ns.experiment, assess_images=ns.assess_images,
+            search_radius=ns.search_radius, search_scales=ns.search_scales, evaluation_images=ns.evaluation_images,
+            evaluation_epochs=ns.evaluation_epochs, experiment_spec=ns.experiment, assess_images=ns.assess_images,
             assess_points=ns.assess_points, assess_models=ns.assess_models, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds,
             render_workers=ns.render_workers, render_backend=ns.render_backend, ray_address=ns.ray_address,
             render_timeout=ns.render_timeout, devices=ns.devices, jobs=ns.jobs)

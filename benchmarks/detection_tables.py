@@ -104,6 +104,7 @@ def _compare_args(spec: dict, out: str, *, resume: bool, methods=None, approxima
                        seeds=spec["seeds"], approximations=tuple(approximations or spec["approximations"]),
                        out=out, resume=resume, size=spec["size"], assess_images=spec["assess_images"],
                        assess_points=spec["assess_points"], assess_models=spec.get("assess_models", 1),
+                       evaluation_images=spec.get("evaluation_images"), evaluation_epochs=spec.get("evaluation_epochs"),
                        log_seconds=60.0)
 
 
@@ -296,7 +297,8 @@ def plan(args) -> list[dict]:
         common = {"experiment": name, "size": args.size, "seeds": args.seeds, "budget_images": args.budget_images,
                   "methods": args.methods, "approximations": args.approximations,
                   "assess_images": args.assess_images, "assess_points": args.assess_points,
-                  "assess_models": args.assess_models, "resume": args.resume, "gpus": args.gpus,
+                  "assess_models": args.assess_models, "evaluation_images": args.evaluation_images,
+                  "evaluation_epochs": args.evaluation_epochs, "resume": args.resume, "gpus": args.gpus,
                   "compare_dir": os.path.join(root, "compare"),
                   "table6_dir": os.path.join(root, "table6")}
         runs = [(m, None) for m in args.methods if m != "autosimulate"]
@@ -361,7 +363,8 @@ def _finish_compare(name: str, args, results: list[dict]) -> tuple[dict | None, 
     out = os.path.join(args.out + "_runs", name, "compare")
     spec = {"budget_images": args.budget_images, "seeds": args.seeds, "size": args.size,
             "assess_images": args.assess_images, "assess_points": args.assess_points,
-            "assess_models": args.assess_models, "methods": methods, "approximations": approximations}
+            "assess_models": args.assess_models, "evaluation_images": args.evaluation_images,
+            "evaluation_epochs": args.evaluation_epochs, "methods": methods, "approximations": approximations}
     log_path = os.path.join(args.out + "_runs", name, "logs", "compare_resume.log")
     with open(log_path, "w") as log:
         md = io.StringIO()
@@ -509,9 +512,17 @@ def plot(name: str, t: dict, path: str, title: str) -> None:
     bars(axes[0], labels, [r["fresh_test"]["mean"] for r in rows], [r["fresh_test"]["std"] for r in rows],
          "fresh-model test mAP@0.5", hl)
     axes[0].set_title("Tables 3-4: final psi", fontsize=9)
-    bars(axes[1], labels, [r["mass_on_support"]["mean"] for r in rows], [r["mass_on_support"]["std"] for r in rows],
-         "mass on the target's support cells",
-         [(t["start_psi"]["mass_on_support"]["mean"], "start psi", "gray"), (0.7, "target 0.7", "r")])
+    def not_run(ax, text):
+        ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, wrap=True, transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    if t["support_cells"]:
+        bars(axes[1], labels, [r["mass_on_support"]["mean"] for r in rows],
+             [r["mass_on_support"]["std"] for r in rows], "mass on the target's support cells",
+             [(t["start_psi"]["mass_on_support"]["mean"], "start psi", "gray"), (0.7, "target 0.7", "r")])
+    else:  # digits-det: the validation images are real, no cell of the categorical is the target's
+        not_run(axes[1], "no target cells:\nthe validation and test\nimages are real")
     axes[1].set_title("Tables 3-4: learned categorical", fontsize=9)
     ax = axes[2]
     if t["table5"]:
@@ -541,6 +552,8 @@ def plot(name: str, t: dict, path: str, title: str) -> None:
         ax.set_xticks(x, [r["psi"] for r in rows6], rotation=35, ha="right", fontsize=7)
         ax.set_ylabel("fresh-model test mAP@0.5", fontsize=8)
         ax.legend(fontsize=7)
+    else:
+        not_run(ax, "not run\n(--large-channels 0)")
     ax.set_title("Table 6: network size", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
@@ -584,6 +597,10 @@ def main(argv=None) -> int:
     p.add_argument("--assess-points", type=int, default=3, help="Table 3 rows assessed after budget/2^(P-1) .. budget")
     p.add_argument("--assess-models", type=int, default=1,
                    help="fresh detectors per assessed psi, their mean (>= 4 on clevr-det: docs/detection.md, session 16)")
+    p.add_argument("--evaluation-images", type=int, default=None,
+                   help="random search and BO: images per evaluation (autosim compare's flag; default: K)")
+    p.add_argument("--evaluation-epochs", type=int, default=None,
+                   help="random search and BO: fine-tuning epochs per evaluation (default: the experiment's)")
     p.add_argument("--table5-approximation", default="exact_quadratic")
     p.add_argument("--frozen", default=FROZEN, help="Table 5: NAME=REGEX;... (regex over parameter paths; '' none)")
     p.add_argument("--large-channels", type=int, default=64, help="Table 6: the larger detector's UNet base channels "

@@ -249,6 +249,36 @@ def test_search_scales_adds_the_log_scales_to_the_baselines_space(toy, tmp_path,
     assert "search_scales" in capsys.readouterr().err
 
 
+def test_evaluation_images_and_epochs_set_one_evaluation_of_random_search_and_bo(toy, tmp_path, capsys):
+    """--evaluation-images/--evaluation-epochs: random search and BO render N images and train E epochs
+    per evaluation (fewer evaluations at the same budget); LTS keeps AutoSimulate's K; a --resume
+    without the flags is refused (the runs would differ)."""
+    out = tmp_path / "c"
+    argv = ["compare", toy, "--methods", "random,bo,lts", "--seeds", "1", "--budget-images", "128",
+            "--lts-samples", "2", "--assess-images", "0", "--out", str(out)]
+    assert main([*argv, "--evaluation-images", "64", "--evaluation-epochs", "3"]) == 0
+    for method in ("random", "bo"):
+        config = json.loads((out / method / "seed0" / "config.json").read_text())
+        assert (config["evaluation_images"], config["evaluation_epochs"]) == (64, 3)
+        records = [json.loads(line) for line in (out / method / "seed0" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["images"] for r in records] == [64, 128], method
+        steps = [b["train_steps"] - a["train_steps"] for a, b in zip([{"train_steps": 0}, *records], records)]
+        assert steps == [3 * 64 // config["options"]["batch_size"]] * 2, (method, steps)
+    lts = json.loads((out / "lts" / "seed0" / "config.json").read_text())
+    assert lts["evaluation_images"] is None
+    lts_records = (out / "lts" / "seed0" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lts_records[0])["images"] == 2 * lts["options"]["dataset_size"]
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    assert "evaluation_images" in capsys.readouterr().err
+    assert main([*argv, "--evaluation-images", "256", "--out", str(tmp_path / "d")]) == 2
+    assert "--evaluation-images 256" in capsys.readouterr().err
+    assert main([*argv, "--evaluation-images", "40", "--out", str(tmp_path / "e")]) == 2  # batch size 16
+    err = capsys.readouterr().err
+    assert "--evaluation-images 40" in err and "multiple of batch_size" in err and "Traceback" not in err
+    assert not (tmp_path / "e" / "random").exists()
+
+
 def test_assess_models_averages_several_fresh_models_per_psi(toy, tmp_path, capsys):
     """--assess-models 2: each assessed psi is the mean of 2 fresh models, the first of which is the
     one-model comparison's (the same keys): mean of 2 - that one = half their difference, != 0."""
