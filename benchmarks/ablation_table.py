@@ -131,7 +131,8 @@ ROWS = [
      "count_lights_fast", (INITS_CALLS, "default")),
     # session 21: the plain run again, to 120 steps (assessed at 60 and 120; the same baselines)
     ("plain exact quadratic (control, a 120-step run)", FRESH, "clevr-seg_gpu_default_120steps.json", "default", None),
-    ("plain, 240 steps (seeds 0, 1; seed 2 cut by the call's deadline)", FRESH, "clevr-seg_gpu_default_240steps.json",
+    ("plain, 240 steps (seed 2 in a call of its own, session 22)", FRESH,
+     ("clevr-seg_gpu_default_240steps.json", "clevr-seg_gpu_default_240steps_s2.json"),
      "default", ("clevr-seg_gpu_default_120steps.json", "default")),
 ]
 # The plain run on seeds 0-2 in every call of one configuration (a fresh theta per step, 60 steps
