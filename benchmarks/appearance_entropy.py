@@ -1,8 +1,9 @@
 """Do runs lose G when per-object categoricals collapse? Entropy of chosen fields against G, over every recorded run.
 
-On clevr-seg the start and the reference share the uniform colour, material and shape of every
-object, so the hypergradient carries little signal for them; in 240-step runs they end
-one-hot-like on the seeds that lose their gain (docs/learning.md, session 22). This script reads
+On clevr-seg the start and the reference share the uniform colour and material of every object
+(the shapes differ: the start favours one), so the hypergradient carries little signal for those
+two; in 240-step runs they end one-hot-like on the seeds that lose their gain (docs/learning.md,
+session 22). This script reads
 ``psi_learning.py`` records and, at each assessed point of each run, the mean *normalised*
 entropy of ``--fields`` (each categorical row's entropy over ``log C``, averaged over the rows
 and the fields: 1 for the uniform mix, 0 for one-hot) beside the run's G there. It gives the
@@ -14,7 +15,7 @@ needed.
 Usage::
 
     python benchmarks/appearance_entropy.py --experiment clevr-seg --size gpu \\
-        --records 'benchmarks/results/psi_learning/clevr-seg_gpu_*.json*' --fields color,material,shape \\
+        --records 'benchmarks/results/psi_learning/clevr-seg_gpu_*.json*' --fields color,material \\
         --after 60 --out benchmarks/results/psi_learning/appearance_entropy_clevr-seg_gpu
 
 Writes ``OUT.json`` (every point, the correlations, the mean entropy per variant and step) and
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", default="clevr-seg")
     p.add_argument("--size", default="gpu", choices=("cpu", "gpu"))
     p.add_argument("--records", required=True, help="a glob of psi_learning.py records (.json or .json.gz)")
-    p.add_argument("--fields", default="color,material,shape", help="comma list of categorical fields")
+    p.add_argument("--fields", default="color,material", help="comma list of categorical fields")
     p.add_argument("--after", type=int, default=60, help="split the changes at this step")
     p.add_argument("--out", required=True, help="output path without extension")
     args = p.parse_args(argv)

@@ -23,6 +23,15 @@ Usage (H200, 16 host cores)::
         --runs benchmarks/results/psi_learning/clevr-det_gpu_inner_lr1e-3.json:inner_lr1e-3 \
         --jobs 6 --gpus 1 --render-workers 2 --deadline 540 --out $OUT/reassess_clevr-det_gpu   # two steps, one baseline
 
+``--with-reference FIELDS`` also assesses each psi with those fields set to the experiment's
+reference psi (what they cost it; session 22: a step-240 clevr-seg psi with colour, material and
+shape set back to uniform), and ``--recorded-baselines`` takes the recorded start and reference
+instead of training new ones::
+
+    python benchmarks/reassess.py --experiment clevr-seg --size gpu --step 240 --repeats 4 \\
+        --runs benchmarks/results/psi_learning/clevr-seg_gpu_default_240steps.json:default \\
+        --with-reference color,material,shape --recorded-baselines --jobs 6 --gpus 1 --out $OUT/r
+
 Only runs of the experiment's own family (not the histogram or broad-share variants) can be
 assessed again. Writes ``OUT.json`` (device, versions, command, date, every assessment, G per
 seed from the new models alone and pooled with the recorded ones) and ``OUT.png``.
