@@ -184,7 +184,8 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
     if args.seeds < 1 or args.lts_samples < 2 or not args.search_radius > 0:
         raise UsageError(f"need --seeds >= 1, --lts-samples >= 2 and --search-radius > 0, got {args.seeds}, "
                          f"{args.lts_samples}, {args.search_radius}.")
-    for flag, value in (("--evaluation-images", args.evaluation_images), ("--evaluation-epochs", args.evaluation_epochs)):
+    for flag, value in (("--evaluation-images", args.evaluation_images),
+                        ("--evaluation-epochs", args.evaluation_epochs)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1 (or left out: AutoSimulate's own), got {value}.")
     if args.evaluation_images is not None and args.evaluation_images > args.budget_images:

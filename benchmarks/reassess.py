@@ -289,7 +289,8 @@ def main(argv=None) -> int:
     if summary:
         plot(record, args.out + ".png")
     for variant, s in summary.items():
-        recorded = "-" if s["recorded"]["mean"] is None else f"{s['recorded']['mean']:+.2f} +- {s['recorded']['std']:.2f}"
+        r = s["recorded"]
+        recorded = "-" if r["mean"] is None else f"{r['mean']:+.2f} +- {r['std']:.2f}"
         print(f"{variant:>16}: G recorded {recorded}   "
               f"new models {s['new_models']['mean']:+.2f} +- {s['new_models']['std']:.2f}   "
               f"pooled {s['pooled']['mean']:+.2f} +- {s['pooled']['std']:.2f}  (seeds {s['seeds']})")
