@@ -132,11 +132,11 @@ VARIANTS = {
                       "frozen, every other field learned from the start: at the reference with the start's shapes the "
                       "step stops rewarding high resolution (influence_features.py, session 20); does the resolution "
                       "then follow within 60 steps?"),
-    "appearance_frozen": ({"psi_trainable": r"^(?!\['(color|material|shape)'\])"},
-                          "colour, material and shape frozen at the start's uniform mix (the reference's too), every "
-                          "other field learned: in 240-step runs these per-object categoricals collapse by noise "
-                          "(normalised entropy 0.35-0.40 on the seeds that lose G) and setting them back closes 0.85 "
-                          "against 0.56 (session 22); do the runs then keep their gain?"),
+    "colour_material_frozen": ({"psi_trainable": r"^(?!\['(color|material)'\])"},
+                               "each object's colour and material frozen at the start's uniform mix (the "
+                               "reference's too), every other field learned: they carry no signal and walk by noise "
+                               "to one-hot-like by step 240 on the seeds that lose G (session 22); do the runs then "
+                               "keep their gain?"),
     "count_lights_fast": ({"fast_fields": {"fields": ["num_objects", "key_light", "ambient", "back_light"],
                                            "learning_rate": 0.3}},
                           "Adam 0.3 on the object count and the lights, 0.1 on the rest: the resolution moves only "
