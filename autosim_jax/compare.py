@@ -877,9 +877,23 @@ def _map_in_processes(fn, jobs: list, processes: int):
 
 def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools: RenderPools, stdout,
              stderr) -> int:
+    def build():
+        t0 = time.perf_counter()
+        print(f"autosim compare: building {args.experiment_spec or experiment.name} (renderer {renderer}"
+              + (f", size {args.size}" if args.size else "") + ") ...", file=stderr, flush=True)
+        setup = build_setup(experiment, renderer=renderer, seed=0, size=args.size)
+        print(f"autosim compare: built in {time.perf_counter() - t0:.1f} s; {len(runs) * args.seeds} runs of "
+              f"{args.budget_images} images each", file=stderr, flush=True)
+        return setup
+
+    # The runs' processes and the assessments' share the device with this one once it has built
+    # its setup: every process takes device memory as it needs it (effective where JAX starts here).
+    if args.jobs > 1:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    setup0 = None
     if (args.evaluation_images or args.evaluation_epochs) and any(m in FROM_SCRATCH for m, _ in runs):
-        # checked against the experiment's batch size before any run starts (one build of seed 0)
-        _evaluation_config("random", build_setup(experiment, renderer=renderer, seed=0, size=args.size).config, args)
+        setup0 = build()  # the evaluation's size against the experiment's batch size, before any run starts
+        _evaluation_config("random", setup0.config, args)
     if args.jobs > 1:
         failures = _run_parallel(experiment, args, renderer, runs, out, stderr)
         if failures:
@@ -888,15 +902,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
                   "with --resume.", file=stderr)
             return 1
         args = dataclasses.replace(args, resume=True)  # the runs just written are read back below
-        # The assessments run in processes too, while this one holds the comparison's own setup:
-        # every process takes device memory as it needs it (effective where JAX starts here).
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    t0 = time.perf_counter()
-    print(f"autosim compare: building {args.experiment_spec or experiment.name} (renderer {renderer}"
-          + (f", size {args.size}" if args.size else "") + ") ...", file=stderr, flush=True)
-    setup0 = build_setup(experiment, renderer=renderer, seed=0, size=args.size)
-    print(f"autosim compare: built in {time.perf_counter() - t0:.1f} s; {len(runs) * args.seeds} runs of "
-          f"{args.budget_images} images each", file=stderr, flush=True)
+    setup0 = setup0 or build()
     psi0 = setup0.simulator.distribution.init()
     reference = setup0.reference_psi
     metric, higher = setup0.task.metric_name, bool(setup0.task.higher_is_better)
