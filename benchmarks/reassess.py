@@ -131,15 +131,13 @@ def pooled(old_mean: float, old_n: int, new_mean: float, new_n: int) -> float:
     return (old_n * old_mean + new_n * new_mean) / (old_n + new_n)
 
 
-def _records(p, args) -> list[dict]:
+def _records(p, args, setup) -> list[dict]:
     """One item per (file, variant, seed, step) of ``--runs`` and ``--step``: its recorded psi
-    after that step and its recorded assessments; checked before any job starts."""
+    after that step and its recorded assessments; checked before any job starts. ``setup``: the
+    experiment's (seed 0) in this process."""
     import jax
 
-    import autosim_jax as asj
-
-    exp = asj.get_experiment(args.experiment)
-    like = exp.build(renderer=exp.renderers[0], seed=0, size=args.size).simulator.distribution.init()
+    like = setup.simulator.distribution.init()
     keys = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(like)[0]}
     seeds = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
     items = []
@@ -174,15 +172,11 @@ def _records(p, args) -> list[dict]:
     return items
 
 
-def _with_reference(p, args, items: list[dict]) -> list[dict]:
+def _with_reference(p, args, items: list[dict], reference) -> list[dict]:
     """For each item of :func:`_records`, the same psi with ``--with-reference``'s fields set to the
-    experiment's reference psi (flat, as recorded): no recorded models (``old`` None)."""
+    experiment's ``reference`` psi (flat, as recorded): no recorded models (``old`` None)."""
     import jax
 
-    import autosim_jax as asj
-
-    exp = asj.get_experiment(args.experiment)
-    reference = exp.build(renderer=exp.renderers[0], seed=0, size=args.size).reference_psi
     flat = {jax.tree_util.keystr(path): np.asarray(v).tolist()
             for path, v in jax.tree_util.tree_flatten_with_path(reference)[0]}
     fields = [f.strip() for f in args.with_reference.split(",") if f.strip()]
@@ -220,9 +214,13 @@ def main(argv=None) -> int:
         p.error(f"--step must be a comma list of step counts, got {args.step!r}")
     if args.repeats < 1 or args.seed_offset < 1:
         p.error("--repeats and --seed-offset must be >= 1 (offset 0 would train the recorded models again)")
-    items = _records(p, args)
+    import autosim_jax as asj
+
+    exp = asj.get_experiment(args.experiment)
+    setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)  # once: the family and the reference
+    items = _records(p, args, setup)
     if args.with_reference:
-        items += _with_reference(p, args, items)
+        items += _with_reference(p, args, items, setup.reference_psi)
     common = job_options(args, seed_offset=args.seed_offset)
     t0 = time.perf_counter()
     learned = [{"seed": it["seed"], "psi": it["psi"], "item": i, "label": f"{it['variant']} step {it['step']}"}
@@ -233,8 +231,6 @@ def main(argv=None) -> int:
     new_base = {r["seed"]: r["new"] for r in results if r["kind"] == "baseline" and "error" not in r}
     new_learned = {r["item"]: r["new"]["learned"] for r in results if r["kind"] == "learned" and "error" not in r}
     import jax
-
-    import autosim_jax as asj
 
     rows = []
     for i, it in enumerate(items):
