@@ -134,6 +134,13 @@ ROWS = [
     ("plain, 240 steps (seed 2 in a call of its own, session 22)", FRESH,
      ("clevr-seg_gpu_default_240steps.json", "clevr-seg_gpu_default_240steps_s2.json"),
      "default", ("clevr-seg_gpu_default_120steps.json", "default")),
+    # session 23: holds on the walk of the no-signal fields over 240 steps (deterministic kernels)
+    ("entropy bonus 0.3, 240 steps (seed 2 in another call)", FRESH,
+     ("clevr-seg_gpu_entropy0.3_240steps_s01.json", "clevr-seg_gpu_entropy0.3_240steps_s2.json"),
+     "entropy0.3", ("clevr-seg_gpu_default_240steps.json", "default")),
+    ("colour and material frozen at uniform, 240 steps (seeds 1, 2)", FRESH,
+     ("clevr-seg_gpu_colour_material_frozen_240steps_s1.json", "clevr-seg_gpu_colour_material_frozen_240steps_s2.json"),
+     "colour_material_frozen", ("clevr-seg_gpu_default_240steps.json", "default")),
 ]
 # The plain run on seeds 0-2 in every call of one configuration (a fresh theta per step, 60 steps
 # assessed): on the GPU a seed does not fix its run bit for bit (float32 rounding differs between
