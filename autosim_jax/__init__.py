@@ -75,6 +75,8 @@ _EXPORTS = {
     "entropy": "outer",
     "kl_divergence": "outer",
     "natural_trust_region": "outer",
+    "signal_test": "outer",
+    "signal_test_report": "outer",
     "snr_gate": "outer",
     "RenderPool": "render_pool",
     "make_render_pool": "render_pool",
@@ -156,6 +158,8 @@ if TYPE_CHECKING:
     from .outer import entropy as entropy
     from .outer import kl_divergence as kl_divergence
     from .outer import natural_trust_region as natural_trust_region
+    from .outer import signal_test as signal_test
+    from .outer import signal_test_report as signal_test_report
     from .outer import snr_gate as snr_gate
     from .render_pool import RenderPool as RenderPool
     from .render_pool import make_render_pool as make_render_pool

@@ -94,7 +94,7 @@ class Hypergradient(NamedTuple):
     val_loss: jax.Array  # L_val(theta_hat(psi_t))
     val_metric: jax.Array  # the task metric on the validation set at theta_hat(psi_t)
     solve: SolveReport  # how Table 1's vector was obtained
-    stderr: PyTree = None  # grad_psi's standard error per coordinate (only with outer_snr_gate)
+    stderr: PyTree = None  # grad_psi's standard error per coordinate (only with outer_snr_gate or outer_signal_test_every)
 
 
 class StepInfo(NamedTuple):
@@ -419,12 +419,15 @@ def make_autosimulate(
         check_divisible(mesh, what, value, f"{fix}, or fewer devices (autosim --devices).")
     inner_optimizer = optimizers.get("inner_optimizer") or config.inner_optax()
     outer_optimizer = optimizers.get("outer_optimizer") or config.outer_optax()
-    with_stderr = bool(config.outer_snr_gate)  # the gate reads the hypergradient's standard error
+    # the noise gate and the signal test read the hypergradient's standard error
+    with_stderr = bool(config.outer_snr_gate or config.outer_signal_test_every)
     if with_stderr and "outer_optimizer" in optimizers:
+        option = (f"outer_snr_gate={config.outer_snr_gate}" if config.outer_snr_gate
+                  else f"outer_signal_test_every={config.outer_signal_test_every}")
         raise ValueError(
-            f"AutoSimConfig.outer_snr_gate={config.outer_snr_gate} is chained after the optimiser the config "
-            "names ('adam' or 'sgd'), not after an optax transformation passed as outer_optimizer. Pass "
-            "outer_snr_gate=0, or name the optimiser (outer_optimizer='adam', outer_learning_rate=...).")
+            f"AutoSimConfig.{option} is chained after the optimiser the config names ('adam' or 'sgd'), not "
+            f"after an optax transformation passed as outer_optimizer. Pass {option.split('=')[0]}=0, or name "
+            "the optimiser (outer_optimizer='adam', outer_learning_rate=...).")
     # The closed forms (Fisher, KL, entropy) exist for the plain families only: refuse other
     # parameterisations (e.g. from_schema's explore mixtures) here, not at the first step's trace.
     if "outer_optimizer" not in optimizers and config.outer_optimizer == "natural":

@@ -23,6 +23,8 @@ Fisher information per family (``psi`` leaves as built by :mod:`autosim_jax.dist
 
 :func:`snr_gate` is the other kind of step control: it moves a coordinate only as far as its
 averaged hypergradient stands above the noise the score-function samples themselves measure.
+:func:`signal_test` makes the same comparison over the whole run, once every so many steps, and
+holds a leaf without evidence at its start.
 
 References:
   Amari (1998), natural gradient; Kakade (2002), natural policy gradient; Schulman et al.
@@ -354,3 +356,162 @@ def snr_gate(threshold: float = 2.0, decay: float = 0.99,
         return jax.tree.map(gate, updates, mean, var), SnrGateState(mean, var)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+class SignalTestState(NamedTuple):
+    """:func:`signal_test`'s state: the run's summed hypergradient and noise, and each leaf's verdict."""
+
+    count: jax.Array  # int32[], steps seen
+    grad_sum: PyTree  # sum_t g_t, like psi
+    var_sum: PyTree  # sum_t se_t^2, like psi
+    start: PyTree  # psi at init: where a leaf without evidence goes back to
+    frozen: PyTree  # bool[] per psi leaf: held at its start since the last test
+    p_value: PyTree  # f32[] per psi leaf: the last test's p-value (1 before the first test)
+
+
+def chi2_sf(x: jax.Array, dof: jax.Array | int) -> jax.Array:
+    """``P(X > x)`` for ``X ~ chi^2(dof)``: the regularised upper incomplete gamma ``Q(dof / 2, x / 2)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> round(float(chi2_sf(jnp.array(2.0), 2)), 6)   # exp(-x / 2) for two degrees of freedom
+      0.367879
+    """
+    return jax.scipy.special.gammaincc(jnp.asarray(dof, jnp.float32) / 2, jnp.asarray(x, jnp.float32) / 2)
+
+
+def categorical_classes(psi: PyTree) -> PyTree:
+    """Like ``psi``, with each leaf replaced by its categorical's number of classes (the last axis of a
+    :class:`~autosim_jax.CategoricalParams` ``logits``) and 0 for every other leaf."""
+    def classes(x):
+        if isinstance(x, CategoricalParams):
+            return CategoricalParams(int(x.logits.shape[-1]))
+        return jax.tree.map(lambda _: 0, x)
+
+    return jax.tree.map(classes, psi, is_leaf=lambda x: isinstance(x, CategoricalParams))
+
+
+def leaf_signal(grad_sum: jax.Array, var_sum: jax.Array, classes: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""The chi-square test of "no signal" for one psi leaf from its summed hypergradient and noise.
+
+    With ``z_i = grad_sum_i / sqrt(var_sum_i)`` (each a standard normal without signal, when the
+    summed steps' noise is independent with the given variances) the statistic is ``sum_i z_i^2``
+    with the leaf's ``n`` coordinates as degrees of freedom. A categorical's logits (``classes = C
+    >= 2``) are the exception: every score-function gradient of a softmax sums to zero over a row,
+    so a row of ``C`` coordinates holds ``C - 1`` independent directions and, for a uniform row,
+    ``sum_i z_i^2 = C / (C - 1) chi^2_{C-1}``. The statistic is then scaled by ``(C - 1) / C``
+    with ``n (C - 1) / C`` degrees of freedom: exact for a uniform row, close for a spread one
+    (without it the test would pass noise too often: at level 0.01, 4 rows of 2 classes 4% of the
+    time). A coordinate without noise (``var_sum = 0``) counts as infinite evidence if it moved.
+
+    Returns:
+      ``(statistic, degrees_of_freedom, p_value)``, float32 scalars.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> stat, dof, p = leaf_signal(jnp.array([2.0, -2.0]), jnp.array([1.0, 1.0]), classes=2)
+      >>> float(stat), float(dof), round(float(p), 4)   # one z of 2 counted once: P(chi^2_1 > 4)
+      (4.0, 1.0, 0.0455)
+    """
+    z2 = jnp.where(var_sum > 0, grad_sum**2 / jnp.where(var_sum > 0, var_sum, 1.0),
+                   jnp.where(grad_sum != 0, jnp.inf, 0.0))
+    keep = (classes - 1) / classes if classes >= 2 else 1.0
+    stat, dof = jnp.sum(z2) * keep, jnp.asarray(grad_sum.size * keep, jnp.float32)
+    return stat, dof, chi2_sf(stat, dof)
+
+
+def signal_test(every: int, alpha: float = 0.01) -> optax.GradientTransformationExtraArgs:
+    r"""Holds each psi leaf at its start while the run has no evidence that its hypergradient is not zero.
+
+    Adam normalises each coordinate's step, so a field whose hypergradient is pure noise (it
+    does not change the validation loss) still moves by about the learning rate per step: a
+    random walk of ``~ lr sqrt(T)``. On clevr-seg at gpu size each object's colour and material
+    (start = target = uniform) walk to one-hot-like by step 240 on two seeds of three and cost
+    them most of their gain; frozen at the start, the same seeds close 1.0 at 240
+    (``docs/learning.md``, session 23). This transformation, chained *after* the optimiser, decides
+    from the data which leaves those are. It sums over the run, per coordinate, the hypergradient
+    ``g_t`` and the variance of its noise ``se_t^2`` (the score-function samples' own standard
+    error, which matches the spread between steps: ``benchmarks/hypergradient_signal.py``), and
+    every ``every`` steps tests each leaf (a field's ``loc``, ``log_scale`` or ``logits``) with the
+    ``n`` coordinates ``i``:
+
+    .. math::
+
+        z_i = \frac{\sum_t g_{t,i}}{\sqrt{\sum_t se_{t,i}^2}}, \qquad
+        \chi^2 = \sum_i z_i^2, \qquad p = P(\chi^2_n > \chi^2)
+
+    (:func:`leaf_signal`, which corrects the degrees of freedom of a categorical's logits).
+    Without signal each ``z_i`` is a standard normal whatever psi did, so a leaf with ``p >
+    alpha`` has shown no evidence: it goes back to its start (the user's setting, which the data
+    did not contradict) and is held there until a later test finds evidence (the sums go on, so
+    a signal that appears later releases it). A leaf with signal is left to the optimiser. With
+    ``L`` leaves, about ``alpha L`` leaves without signal are released per test by chance.
+
+    Args:
+      every: steps between tests (the first test after ``every`` steps; ``>= 1``).
+      alpha: the test's level: a leaf moves only while ``p <= alpha`` (``0 < alpha < 1``).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params`` (psi) and the
+      keyword arguments ``hypergradient`` and ``hypergradient_stderr`` (pytrees like psi). Read
+      its verdicts with :func:`signal_test_report`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> opt = optax.chain(optax.sgd(1.0), signal_test(every=2, alpha=0.05))
+      >>> psi = {"lit": jnp.zeros(2), "dull": jnp.zeros(2)}
+      >>> state = opt.init(psi)
+      >>> for g_dull in (jnp.array([0.3, -0.2]), jnp.array([-0.1, 0.4])):   # noise of se 1
+      ...     g = {"lit": jnp.array([5.0, -4.0]), "dull": g_dull}
+      ...     se = {"lit": jnp.ones(2), "dull": jnp.ones(2)}
+      ...     updates, state = opt.update(g, state, psi, hypergradient=g, hypergradient_stderr=se)
+      ...     psi = optax.apply_updates(psi, updates)
+      >>> psi["lit"].tolist(), psi["dull"].tolist()   # the dull leaf is back at its start
+      ([-10.0, 8.0], [0.0, 0.0])
+      >>> {k: v["frozen"] for k, v in signal_test_report(state[1]).items()}
+      {"['dull']": True, "['lit']": False}
+    """
+    if not (isinstance(every, int) and every >= 1):
+        raise ValueError(f"signal_test: every must be an int >= 1 (steps between tests), got {every!r}.")
+    if not 0 < alpha < 1:
+        raise ValueError(f"signal_test: alpha must be in (0, 1) (the test's level), got {alpha!r}.")
+
+    def init(params):
+        return SignalTestState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params),
+                               optax.tree.zeros_like(params), params,
+                               jax.tree.map(lambda _: jnp.zeros([], bool), params),
+                               jax.tree.map(lambda _: jnp.ones([], jnp.float32), params))
+
+    def update(updates, state, params=None, *, hypergradient, hypergradient_stderr, **_):
+        if params is None:
+            raise ValueError("signal_test: update needs params (psi): a leaf without evidence goes back to its start.")
+        count = state.count + 1
+        grad_sum = jax.tree.map(jnp.add, state.grad_sum, hypergradient)
+        var_sum = jax.tree.map(lambda v, se: v + se**2, state.var_sum, hypergradient_stderr)
+        testing = count % every == 0
+        p_value = jax.tree.map(lambda g, v, c, old: jnp.where(testing, leaf_signal(g, v, c)[2], old),
+                               grad_sum, var_sum, categorical_classes(params), state.p_value)
+        frozen = jax.tree.map(lambda p, old: jnp.where(testing, p > alpha, old), p_value, state.frozen)
+        # newly held: one step back to the start; held: no step; otherwise the optimiser's
+        new_updates = jax.tree.map(
+            lambda u, f, old, s, x: jnp.where(f, jnp.where(old, jnp.zeros_like(u), s - x), u),
+            updates, frozen, state.frozen, state.start, params)
+        return new_updates, SignalTestState(count, grad_sum, var_sum, state.start, frozen, p_value)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def signal_test_report(outer_opt_state: Any) -> dict[str, dict[str, float | bool]] | None:
+    """Each psi leaf's verdict from the :func:`signal_test` inside an outer optimiser state.
+
+    Returns ``{leaf path: {"frozen": bool, "p_value": float}}`` (the last test's; p-value 1 and not
+    frozen before the first test), or ``None`` when the state has no signal test.
+    """
+    found = [s for s in jax.tree.leaves(outer_opt_state, is_leaf=lambda x: isinstance(x, SignalTestState))
+             if isinstance(s, SignalTestState)]
+    if not found:
+        return None
+    state = found[0]
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state.frozen)[0]]
+    return {path: {"frozen": bool(f), "p_value": float(p)}
+            for path, f, p in zip(paths, jax.tree.leaves(state.frozen), jax.tree.leaves(state.p_value))}

@@ -137,6 +137,13 @@ VARIANTS = {
                                "reference's too), every other field learned: they carry no signal and walk by noise "
                                "to one-hot-like by step 240 on the seeds that lose G (session 22); do the runs then "
                                "keep their gain?"),
+    "signal_test60": ({"outer_signal_test_every": 60},
+                      "every 60 steps, each psi leaf whose summed hypergradient is within its noise (chi-square, "
+                      "level 0.01) goes back to its start and is held (outer.signal_test): colour and material "
+                      "frozen from the run's own data instead of by hand (colour_material_frozen, session 23)?"),
+    "signal_test30": ({"outer_signal_test_every": 30},
+                      "the same test every 30 steps: less of the walk before the first test, less evidence for "
+                      "the weak signals (the count, the shapes)"),
     "count_lights_fast": ({"fast_fields": {"fields": ["num_objects", "key_light", "ambient", "back_light"],
                                            "learning_rate": 0.3}},
                           "Adam 0.3 on the object count and the lights, 0.1 on the rest: the resolution moves only "
@@ -318,6 +325,9 @@ def _measure(spec: dict, setup, t0: float) -> dict:
         state, info = autosims[int(np.searchsorted(ends, t, side="right"))].step(state)
         psis.append(_tree_np(state.psi))
         infos.append(info._asdict())
+    verdicts = asj.signal_test_report(state.outer_opt_state)
+    if verdicts is not None:  # which psi leaves the signal test held at the end, with their p-values
+        out["signal_test"] = verdicts
     half = psis[len(psis) // 2:]
     averaged = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *half)
     out["infos"] = infos

@@ -16,8 +16,8 @@ from flax import nnx
 
 from autosim_jax import CategoricalParams, NormalParams, Task, make_autosimulate
 from autosim_jax.distributions import categorical, from_schema, gaussian
-from autosim_jax.outer import (add_entropy_bonus, entropy, kl_divergence, natural_gradient, natural_trust_region,
-                               snr_gate)
+from autosim_jax.outer import (add_entropy_bonus, chi2_sf, entropy, kl_divergence, natural_gradient,
+                               leaf_signal, natural_trust_region, signal_test, signal_test_report, snr_gate)
 from autosim_jax.simulator import Simulator
 from toys import SquareRenderer
 
@@ -270,8 +270,9 @@ def test_snr_gate_keeps_a_field_without_signal_in_place_through_make_autosimulat
 
 
 def test_gated_and_decaying_runs_resume_from_a_checkpoint_bitwise(tmp_path):
-    """The gate's state (its averages) and the decay's step count live in the outer optimiser's
-    state, so 2 steps + checkpoint + 2 steps equals 4 uninterrupted steps to the last bit."""
+    """The gate's state (its averages), the signal test's (its sums, verdicts and start) and the
+    decay's step count live in the outer optimiser's state, so 2 steps + checkpoint + 2 steps
+    equals 4 uninterrupted steps to the last bit."""
     from autosim_jax.checkpoint import load_checkpoint, save_checkpoint
 
     sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
@@ -279,7 +280,8 @@ def test_gated_and_decaying_runs_resume_from_a_checkpoint_bitwise(tmp_path):
     task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
     x = np.full((16, 1), 2.0, np.float32)
     autosim = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32,
-                                batch_size=16, outer_snr_gate=1.0, outer_decay_steps=3)
+                                batch_size=16, outer_snr_gate=1.0, outer_decay_steps=3, outer_signal_test_every=1,
+                                outer_signal_test_alpha=0.5)
     straight = autosim.init(0)
     for _ in range(4):
         straight, _ = autosim.step(straight)
@@ -294,3 +296,140 @@ def test_gated_and_decaying_runs_resume_from_a_checkpoint_bitwise(tmp_path):
                     jax.tree.leaves((state.psi, state.outer_opt_state))):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     assert float(jnp.abs(straight.psi["x"].loc + 1.0)) > 0  # psi moved
+
+
+def _chi2_sf_even(x: float, dof: int) -> float:
+    """The closed form for even ``dof``: ``exp(-x / 2) sum_{k < dof / 2} (x / 2)^k / k!``."""
+    import math
+
+    return math.exp(-x / 2) * sum((x / 2) ** k / math.factorial(k) for k in range(dof // 2))
+
+
+def test_chi2_sf_matches_the_closed_form_for_even_degrees_of_freedom():
+    for x, dof in ((0.5, 2), (3.0, 4), (12.0, 8), (40.0, 32)):
+        np.testing.assert_allclose(float(chi2_sf(jnp.array(x), dof)), _chi2_sf_even(x, dof), rtol=1e-5)
+
+
+def test_leaf_signal_holds_its_level_for_a_categoricals_logits():
+    """Without signal a uniform categorical row's summed gradient is N(0, s^2 (I - 11^T / C)) (every
+    softmax score sums to zero over the row) and each coordinate's variance is s^2 (1 - 1 / C).
+    Over 4000 draws of 4 rows (fixed key) the corrected test (classes=C) rejects at level 0.05 in
+    0.05 +- 4 binomial standard errors (0.014) for C = 2 and 8, and a leaf of independent
+    coordinates (classes=0) too; treating the rows' coordinates as independent (classes=0 on the
+    logits) would reject twice as often for C = 2 (measured 0.105; 0.062 for C = 8)."""
+    draws = 4000
+    for c in (2, 8):
+        proj = np.eye(c) - 1.0 / c
+        g = jax.random.normal(jax.random.key(c), (draws, 4, c)) @ jnp.asarray(proj)
+        var = jnp.full((4, c), 1.0 - 1.0 / c)
+        p = jax.vmap(lambda x: leaf_signal(x, var, c)[2])(g)
+        assert abs(float(jnp.mean(p < 0.05)) - 0.05) < 4 * np.sqrt(0.05 * 0.95 / draws), (c, float(jnp.mean(p < 0.05)))
+        if c == 2:
+            naive = jax.vmap(lambda x: leaf_signal(x, var, 0)[2])(g)
+            assert float(jnp.mean(naive < 0.05)) > 0.08, float(jnp.mean(naive < 0.05))
+    g = jax.random.normal(jax.random.key(1), (draws, 5))
+    p = jax.vmap(lambda x: leaf_signal(x, jnp.ones(5))[2])(g)
+    assert abs(float(jnp.mean(p < 0.05)) - 0.05) < 4 * np.sqrt(0.05 * 0.95 / draws)
+
+
+def test_signal_test_verdict_is_the_chi_square_of_the_summed_z_and_sends_the_held_leaf_to_its_start():
+    """Three steps of given g and se (sgd(0.1) under the test, every=3): each leaf's p-value is the
+    chi-square survival of sum_i (sum_t g_ti)^2 / sum_t se_ti^2 with the leaf's size as degrees of
+    freedom (closed form above); a leaf with p > alpha gets the update start - params (and none
+    after), the other leaf keeps the optimiser's; before the test every leaf moves."""
+    g = [{"a": jnp.array([0.4, -0.2]), "b": jnp.array([2.0, 1.5])},
+         {"a": jnp.array([-0.5, 0.3]), "b": jnp.array([1.0, 2.5])},
+         {"a": jnp.array([0.2, 0.1]), "b": jnp.array([1.5, 2.0])}]
+    se = {"a": jnp.array([1.0, 0.5]), "b": jnp.array([1.0, 1.0])}
+    opt = optax.chain(optax.sgd(0.1), signal_test(every=3, alpha=0.05))
+    psi = {"a": jnp.zeros(2), "b": jnp.zeros(2)}
+    state = opt.init(psi)
+    for t, gt in enumerate(g):
+        updates, state = opt.update(gt, state, psi, hypergradient=gt, hypergradient_stderr=se)
+        if t < 2:  # no test yet: the optimiser's update
+            np.testing.assert_allclose(updates["a"], -0.1 * np.asarray(gt["a"]), rtol=1e-6)
+        psi = optax.apply_updates(psi, updates)
+    report = signal_test_report(state[1])
+    for k in ("a", "b"):
+        x = float(np.sum(np.sum([np.asarray(gt[k]) for gt in g], 0) ** 2 / (3 * np.asarray(se[k]) ** 2)))
+        np.testing.assert_allclose(report[f"['{k}']"]["p_value"], _chi2_sf_even(x, 2), rtol=1e-4)
+    assert report["['a']"]["frozen"] and not report["['b']"]["frozen"], report
+    np.testing.assert_array_equal(psi["a"], 0.0)  # back at its start
+    np.testing.assert_allclose(psi["b"], -0.1 * np.sum([np.asarray(gt["b"]) for gt in g], 0), rtol=1e-6)
+    updates, state = opt.update(g[0], state, psi, hypergradient=g[0], hypergradient_stderr=se)
+    np.testing.assert_array_equal(updates["a"], 0.0)  # held: no step until a later test finds evidence
+    assert signal_test_report(optax.adam(0.1).init(psi)) is None
+
+
+def test_signal_test_holds_pure_noise_at_its_level_and_passes_a_half_standard_error_signal():
+    """400 runs of 40 steps (every=40, alpha=0.1, Adam 0.1), fixed keys. A leaf of 4 coordinates
+    of pure noise (se 1) is held with probability 1 - alpha = 0.9 exactly (its chi-square is
+    chi^2_4 under the null): the fraction held is within 4 binomial standard errors (0.06) of 0.9,
+    and a held leaf is at its start to the last bit. A leaf of 4 coordinates with half a standard
+    error of signal per step (z ~ 3.2 each after 40 steps, chi-square non-central with 40) is held
+    in fewer than 1% of the runs."""
+    truth = {"noise": jnp.zeros(4), "signal": jnp.full(4, 0.5)}
+    se = {"noise": jnp.ones(4), "signal": jnp.ones(4)}
+    opt = optax.chain(optax.adam(0.1), signal_test(every=40, alpha=0.1))
+
+    def run(key):
+        def step(carry, k):
+            params, state = carry
+            ka, kb = jax.random.split(k)
+            g = {"noise": jax.random.normal(ka, (4,)), "signal": truth["signal"] + jax.random.normal(kb, (4,))}
+            updates, state = opt.update(g, state, params, hypergradient=g, hypergradient_stderr=se)
+            return (optax.apply_updates(params, updates), state), None
+
+        params = {"noise": jnp.zeros(4), "signal": jnp.zeros(4)}
+        (params, state), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, 40))
+        return params, state[1].frozen
+
+    params, frozen = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 400))
+    held = np.asarray(frozen["noise"])
+    assert abs(held.mean() - 0.9) < 4 * np.sqrt(0.9 * 0.1 / 400), held.mean()
+    np.testing.assert_array_equal(np.asarray(params["noise"])[held], 0.0)
+    assert np.asarray(frozen["signal"]).mean() < 0.01, np.asarray(frozen["signal"]).mean()
+
+
+def test_signal_test_sends_a_field_without_signal_back_through_make_autosimulate():
+    """End to end (the toy with an ignored field, exact quadratic, Adam 0.1, a test every 20 steps,
+    40 steps, 3 seeds): the ignored field ends exactly at its start on every seed, x still moves by
+    more than 1 towards the validation data at 2, and the report names the held leaves."""
+    sim = Simulator(from_schema(_SquareWithJunk.schema, {"x": {"loc": -1.0, "scale": 0.5},
+                                                         "junk": {"loc": 0.0, "scale": 1.0}}), _SquareWithJunk())
+    mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
+    task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
+    x = (2.0 + 0.3 * np.random.default_rng(0).standard_normal((64, 1))).astype(np.float32)
+    autosim = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=128,
+                                batch_size=32, finetune_epochs=4, inner_learning_rate=3e-2,
+                                outer_signal_test_every=20)
+    start = sim.distribution.init()
+    for seed in range(3):
+        state = autosim.init(seed)
+        for _ in range(40):
+            state, info = autosim.step(state)
+        report = signal_test_report(state.outer_opt_state)
+        assert report["['junk'].loc"]["frozen"] and not report["['x'].loc"]["frozen"], report
+        np.testing.assert_array_equal(state.psi["junk"].loc, start["junk"].loc)
+        assert float(state.psi["x"].loc) + 1.0 > 1.0, float(state.psi["x"].loc)
+
+
+def test_signal_test_options_are_validated():
+    from autosim_jax import AutoSimConfig
+
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        signal_test(0)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        signal_test(5, alpha=1.0)
+    for bad, match in (({"outer_signal_test_every": -1}, "outer_signal_test_every"),
+                       ({"outer_signal_test_alpha": 0.0}, "outer_signal_test_alpha"),
+                       ({"outer_signal_test_every": 5, "outer_optimizer": "natural"}, "chained after them")):
+        with pytest.raises(ValueError, match=match):
+            AutoSimConfig(**bad)
+    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
+    mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
+    task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
+    x = np.full((16, 1), 2.0, np.float32)
+    with pytest.raises(ValueError, match="outer_signal_test_every=5 is chained after the optimiser the config names"):
+        make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32, batch_size=16,
+                          outer_signal_test_every=5, outer_optimizer=optax.adam(0.1))

@@ -1,0 +1,305 @@
+"""Which psi leaves carry a hypergradient signal, and is its standard error the real noise? (issue 13)
+
+With psi held fixed, each AutoSimulate step's hypergradient ``g_t`` is an independent draw
+(a fresh render batch, and on the experiments a fresh theta at every step,
+``theta_reset_every=1``). The noise gate (``AutoSimConfig.outer_snr_gate``,
+:func:`autosim_jax.outer.snr_gate`) keeps, per psi coordinate, the average
+``m_t = d m_{t-1} + (1 - d) g_t`` and its noise variance ``V_t = d^2 V_{t-1} + (1 - d)^2 se_t^2``,
+``se_t`` the step's own standard error of ``g_t`` from its K renders. With the gate closed
+(``outer_snr_gate=1e6``: no average is that many standard errors from zero) psi never moves but
+the gate's state is still updated, so ``g_t`` and ``se_t^2`` are recovered from consecutive
+states (``recover_steps``). Over ``--steps`` steps per seed, per psi leaf
+(``leaf_statistics``):
+
+1. calibration: the median over the leaf's coordinates of ``var_t(g) / mean_t(se^2)``; 1 when
+   the estimator's own standard error is the step-to-step noise, above 1 when it understates it
+   (the gate then lets noise through);
+2. signal: the test of :func:`autosim_jax.outer.signal_test` at this psi after ``N`` steps: per
+   coordinate ``z = sum_t g / sqrt(sum_t se^2)`` (a standard normal without signal when the
+   standard errors are honest, which item 1 checks), per leaf the chi-square statistic of
+   :func:`autosim_jax.outer.leaf_signal` (with a categorical's logits counted as ``C - 1``
+   directions per row of ``C``) and its p-value, and the median ``|z|``;
+3. a rough 'steps to detect': how many steps a coordinate with the leaf's median ``|z|`` per
+   ``sqrt(N)`` needs to reach ``|z| = 2``, ``4 N / median|z|^2``.
+
+Seeds are pooled by summing the chi-square statistics and their degrees of freedom (the seeds
+are independent); the pooled calibration and median ``|z|`` are medians over every seed's
+coordinates (``pool_statistics``).
+
+Usage::
+
+    python benchmarks/hypergradient_signal.py --experiment clevr-seg --size cpu --steps 80 \\
+        --seeds 0,1,2 --out benchmarks/results/hypergradient_signal/clevr-seg_cpu_start
+    python benchmarks/hypergradient_signal.py --size gpu --psi reference --steps 80 --seeds 0,1,2 \\
+        --render-workers 14 --out $OUT/hs_gpu_reference          # H200 host, 16 cores
+    python benchmarks/hypergradient_signal.py --size cpu --steps 12 --out /tmp/hs   # smoke (45 s on 2 cores)
+
+Writes ``OUT.json`` (device, versions, precision, command, date, the options, per seed and
+pooled per-leaf statistics with every coordinate's ``z`` and variance ratio) and ``OUT.png``
+(per leaf: the chi-square p-value of each seed and pooled, and the calibration ratio).
+
+Example:
+  >>> import numpy as np
+  >>> g, se2 = recover_steps(np.array([[0.0], [0.5], [1.75]]), np.array([[0.0], [1.0], [1.25]]), decay=0.5)
+  >>> g.ravel().tolist(), se2.ravel().tolist()   # g = 1 then 3, each with se^2 = 4
+  ([1.0, 3.0], [4.0, 4.0])
+  >>> s = leaf_statistics(np.array([[1.0, -1.0], [3.0, 1.0], [2.0, 0.0]]), np.ones((3, 2)))
+  >>> s["calibration"], round(s["chi2"], 4), round(s["p"], 5), round(s["steps_to_detect"], 6)
+  (1.0, 12.0, 0.00248, 4.0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+# snr_gate's decay, as AutoSimConfig.outer_optax chains it (not an option of the config).
+DECAY = 0.99
+# Standard errors no average reaches: the gate's factor is 0, so psi stays at its start.
+GATE_CLOSED = 1e6
+# Where p-values are drawn on the log axis when smaller (erfc underflows near 1e-300 anyway).
+P_FLOOR = 1e-30
+
+
+def recover_steps(means: np.ndarray, noise_vars: np.ndarray, decay: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each step's hypergradient and squared standard error from the gate's consecutive states.
+
+    Inverts ``m_t = d m_{t-1} + (1 - d) g_t`` and ``V_t = d^2 V_{t-1} + (1 - d)^2 se_t^2``.
+
+    Args:
+      means: ``(T + 1, n)``, the gate's ``m`` before the first step and after each of ``T``.
+      noise_vars: ``(T + 1, n)``, its ``V`` at the same points.
+      decay: ``d`` (``0 <= d < 1``).
+
+    Returns:
+      ``(g, se2)``, each ``(T, n)``, in float64.
+    """
+    m, v = np.asarray(means, np.float64), np.asarray(noise_vars, np.float64)
+    g = (m[1:] - decay * m[:-1]) / (1 - decay)
+    se2 = (v[1:] - decay**2 * v[:-1]) / (1 - decay) ** 2
+    return g, se2
+
+
+def _steps_to_detect(median_abs_z: float, steps: int) -> float | None:
+    # None, not inf: JSON has no infinity, and a median |z| of 0 gives no estimate at all
+    return 4 * steps / median_abs_z**2 if median_abs_z > 0 else None
+
+
+def leaf_statistics(g: np.ndarray, se2: np.ndarray, classes: int = 0) -> dict:
+    """Calibration and signal of one psi leaf over ``N`` steps at a fixed psi.
+
+    Args:
+      g: ``(N, n)``, the hypergradient of each step and coordinate (``N >= 2``).
+      se2: ``(N, n)``, its squared standard error from the step's own renders.
+      classes: the categorical's number of classes for a ``logits`` leaf, else 0
+        (:func:`autosim_jax.outer.categorical_classes`).
+
+    Returns:
+      ``n``, ``steps`` (N); ``calibration``: median of ``var_t(g) / mean_t(se2)``; ``chi2``,
+      ``dof`` and ``p``: :func:`autosim_jax.outer.leaf_signal` of the sums; ``median_abs_z`` of
+      ``z = sum_t g / sqrt(sum_t se2)``; ``steps_to_detect``: ``4 N / median|z|^2`` (``None``
+      when that is 0); ``z`` and ``ratio``: per coordinate, as lists.
+    """
+    from autosim_jax.outer import leaf_signal
+
+    g, se2 = np.asarray(g, np.float64), np.asarray(se2, np.float64)
+    steps, n = g.shape
+    ratio = g.var(axis=0, ddof=1) / se2.mean(axis=0)
+    z = g.sum(axis=0) / np.sqrt(se2.sum(axis=0))
+    chi2, dof, p = (float(x) for x in leaf_signal(g.sum(axis=0), se2.sum(axis=0), classes))
+    median_z = float(np.median(np.abs(z)))
+    return {"n": n, "steps": steps, "calibration": float(np.median(ratio)), "chi2": chi2, "dof": dof, "p": p,
+            "median_abs_z": median_z, "steps_to_detect": _steps_to_detect(median_z, steps),
+            "z": z.tolist(), "ratio": ratio.tolist()}
+
+
+def pool_statistics(per_seed: list[dict]) -> dict:
+    """One leaf's :func:`leaf_statistics` of independent seeds, pooled.
+
+    The chi-square statistics and their degrees of freedom add. The calibration and median
+    ``|z|`` are medians over every seed's coordinates, not a combined ``z`` per coordinate: each
+    seed's fresh theta starts from its own initialisation, whose push on psi (``init_bias.py``)
+    is shared by that seed's steps only, so the seeds' means need not agree.
+
+    Returns:
+      ``dof``, ``chi2``, ``p``, ``calibration``, ``median_abs_z`` and ``steps_to_detect`` (with the
+      steps of one seed, the shortest if they differ).
+    """
+    from autosim_jax.outer import chi2_sf
+
+    chi2, dof = sum(s["chi2"] for s in per_seed), sum(s["dof"] for s in per_seed)
+    median_z = float(np.median(np.abs(np.concatenate([s["z"] for s in per_seed]))))
+    return {"dof": dof, "chi2": chi2, "p": float(chi2_sf(chi2, dof)),
+            "calibration": float(np.median(np.concatenate([s["ratio"] for s in per_seed]))),
+            "median_abs_z": median_z,
+            "steps_to_detect": _steps_to_detect(median_z, min(s["steps"] for s in per_seed))}
+
+
+def _gate_state(opt_state):
+    """The :class:`~autosim_jax.outer.SnrGateState` inside the psi optimiser's chained state."""
+    import jax
+
+    from autosim_jax.outer import SnrGateState
+
+    (found,) = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, SnrGateState))
+                if isinstance(x, SnrGateState)]
+    return found
+
+
+def _leaves(tree) -> dict[str, np.ndarray]:
+    import jax
+
+    return {jax.tree_util.keystr(p): np.asarray(v).ravel() for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def run_seed(args, seed: int, t0: float) -> dict:
+    """``args.steps`` AutoSimulate steps of one seed with the gate closed; per-leaf statistics."""
+    import autosim_jax as asj
+    from autosim_jax.outer import categorical_classes
+    from autosim_jax.render_pool import make_render_pool
+
+    exp = asj.get_experiment(args.experiment)
+    setup = exp.build(renderer=exp.renderers[0], seed=seed, size=args.size)
+    sim = setup.simulator
+    if args.psi == "reference":
+        if setup.reference_psi is None:
+            raise SystemExit(f"--psi reference: {args.experiment} has no reference psi; use --psi start.")
+        reference = setup.reference_psi
+        sim = asj.Simulator(sim.distribution._replace(init=lambda: reference), sim.renderer)
+    start = _leaves(sim.distribution.init())
+    t_seed = time.perf_counter()
+    with make_render_pool(sim.renderer, workers=args.render_workers) as pool:
+        auto = asj.make_autosimulate(sim.with_pool(pool), setup.model, setup.task, setup.val_data,
+                                     setup.config.replace(outer_snr_gate=GATE_CLOSED))
+        state = auto.init(seed)
+        gates, kept = [_gate_state(state.outer_opt_state)], []
+        for t in range(1, args.steps + 1):
+            state, info = auto.step(state)
+            gates.append(_gate_state(state.outer_opt_state))
+            if not info.psi_updated:  # psi and the optimiser state were kept: m_t = m_{t-1}, no g_t in it
+                kept.append({"step": t, "reason": info.psi_kept_reason})
+            if t % 10 == 0 or t == args.steps:
+                print(f"[{time.perf_counter() - t0:7.1f} s] seed {seed}: step {t}/{args.steps}", flush=True)
+    moved = [k for k, v in _leaves(state.psi).items() if not np.array_equal(v, start[k])]
+    if moved:
+        raise RuntimeError(f"psi moved with outer_snr_gate={GATE_CLOSED:g} ({moved}): a coordinate whose standard "
+                           "error is 0 passes the gate; the steps are not draws at one psi.")
+    kept_steps = {k["step"] for k in kept}
+    used = [t - 1 for t in range(1, args.steps + 1) if t not in kept_steps]  # rows of g: step t is row t - 1
+    if len(used) < 3:
+        raise SystemExit(f"seed {seed}: only {len(used)} of {args.steps} steps updated the gate ({kept}); "
+                         "raise --steps.")
+    means = [_leaves(gs.mean) for gs in gates]
+    noise = [_leaves(gs.noise_var) for gs in gates]
+    classes = {k: int(v[0]) for k, v in _leaves(categorical_classes(state.psi)).items()}
+    leaves = {}
+    for leaf in means[0]:
+        g, se2 = recover_steps(np.stack([m[leaf] for m in means]), np.stack([v[leaf] for v in noise]), DECAY)
+        leaves[leaf] = leaf_statistics(g[used], se2[used], classes[leaf])
+    return {"seed": seed, "steps_used": len(used), "kept_steps": kept, "seconds": time.perf_counter() - t_seed,
+            "experiment_config": setup.config.to_dict(), "leaves": leaves}
+
+
+def plot(record: dict, path: str) -> None:
+    from matplotlib.figure import Figure
+
+    leaves = list(record["pooled"])
+    rows = [(f"seed {s}", record["per_seed"][str(s)]["leaves"]) for s in record["seeds"]]
+    if len(rows) > 1:
+        rows.append(("pooled", record["pooled"]))
+    y, height = np.arange(len(leaves)), 0.8 / len(rows)
+    fig = Figure(figsize=(12, 0.3 * len(leaves) * max(1, len(rows) / 2) + 1.5), layout="constrained")
+    ax, bx = fig.subplots(1, 2, sharey=True)
+    for i, (label, stats) in enumerate(rows):
+        offset = y - 0.4 + (i + 0.5) * height
+        p = np.array([max(stats[leaf]["p"], P_FLOOR) for leaf in leaves])
+        ax.barh(offset, p - 1, height, left=1, label=label)  # from p = 1: the longer, the stronger the signal
+        bx.barh(offset, [stats[leaf]["calibration"] for leaf in leaves], height, label=label)
+    ax.set_xscale("log")
+    smallest = min(max(stats[leaf]["p"], P_FLOOR) for _, stats in rows for leaf in leaves)
+    ax.set_xlim(1.5, min(smallest, 1e-3) / 3)
+    ax.axvline(0.05, color="k", lw=0.8, ls="--")
+    ax.set_yticks(y, leaves, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"chi-square p-value of 'no signal' (dashed: 0.05; below {P_FLOOR:g} drawn at it)")
+    ax.legend(fontsize=8)
+    bx.axvline(1, color="k", lw=0.8, ls="--")
+    bx.set_xlabel("calibration: median over coordinates of var_t(g) / mean_t(se^2)")
+    fig.suptitle(f"{record['experiment']} ({record['size']}), psi held at the {record['psi']}, "
+                 f"{record['steps']} steps per seed | {record['device']} | {record['date']}", fontsize=10)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", default="clevr-seg")
+    p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--psi", default="start", choices=("start", "reference"),
+                   help="the psi held fixed: the experiment's start or its reference psi")
+    p.add_argument("--steps", type=int, default=80, help="AutoSimulate steps per seed (>= 3)")
+    p.add_argument("--seeds", default="0", help="comma list of seeds")
+    p.add_argument("--render-workers", type=int, default=1, help="render processes (the same renders as serial)")
+    p.add_argument("--out", required=True, help="output path without extension")
+    args = p.parse_args(argv)
+    if args.steps < 3:
+        p.error(f"--steps {args.steps}: give at least 3; the statistics rest on a variance over the steps")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: give a comma list of integers, e.g. 0,1,2")
+    if not seeds:
+        p.error("--seeds: give at least one seed, e.g. --seeds 0")
+    if len(set(seeds)) < len(seeds):
+        p.error(f"--seeds {args.seeds}: each seed once (pooling assumes independent seeds)")
+    if args.render_workers < 1:
+        p.error(f"--render-workers {args.render_workers}: give at least 1")
+    import jax
+
+    import autosim_jax as asj
+    from autosim_jax.cli import deterministic_gpu_ops
+
+    try:
+        asj.get_experiment(args.experiment)
+    except ValueError as err:
+        p.error(f"--experiment: {err}")
+    deterministic_gpu_ops()  # before JAX starts its GPU backend: a seed then fixes its run on the GPU too
+
+    t0 = time.perf_counter()
+    per_seed = {seed: run_seed(args, seed, t0) for seed in seeds}
+    device = jax.devices()[0]
+    leaves = list(per_seed[seeds[0]]["leaves"])
+    record = {
+        "benchmark": "hypergradient_signal", "date": datetime.date.today().isoformat(),
+        "command": "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+        "device": f"{device.platform}:{device.device_kind}", "host_cpus": os.cpu_count(),
+        "jax_version": jax.__version__, "autosim_jax": asj.__version__,
+        "precision": "float32 steps, gate state and chi-square tail; other statistics in float64",
+        "experiment": args.experiment, "size": args.size, "psi": args.psi, "steps": args.steps, "seeds": seeds,
+        "render_workers": args.render_workers, "decay": DECAY, "outer_snr_gate": GATE_CLOSED,
+        "experiment_config": per_seed[seeds[0]]["experiment_config"],
+        "pooled": {leaf: pool_statistics([r["leaves"][leaf] for r in per_seed.values()]) for leaf in leaves},
+        "per_seed": {str(s): {k: v for k, v in r.items() if k != "experiment_config"}
+                     for s, r in per_seed.items()},
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(record, f, indent=1)
+    plot(record, args.out + ".png")
+    print(f"{'leaf':<28} {'dof':>5} {'calib':>6} {'med|z|':>7} {'chi2':>9} {'p':>9} {'steps to detect':>16}")
+    for leaf, s in record["pooled"].items():
+        detect = "-" if s["steps_to_detect"] is None else f"{s['steps_to_detect']:.0f}"
+        print(f"{leaf:<28} {s['dof']:>5.0f} {s['calibration']:>6.2f} {s['median_abs_z']:>7.2f} {s['chi2']:>9.1f} "
+              f"{s['p']:>9.2g} {detect:>16}")
+    print(f"wrote {args.out}.json and {args.out}.png ({len(seeds)} seeds, {record['wall_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

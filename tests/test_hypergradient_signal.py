@@ -1,0 +1,107 @@
+"""The pure helpers of benchmarks/hypergradient_signal.py (issue 13), and its argument checks.
+
+The script is loaded from its file (benchmarks/ is no package and not on the test path); its
+statistics use autosim_jax.outer's test, and these tests build no experiment.
+The statistical tests are probabilistic with fixed seeds; each states its tolerance's origin.
+"""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+_PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "hypergradient_signal.py"
+_SPEC = importlib.util.spec_from_file_location("hypergradient_signal", _PATH)
+hs = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(hs)
+
+
+def test_recover_steps_inverts_the_gate_kept_in_float32():
+    """The gate's recursion run in float32 (as the library keeps its state) over 300 steps with
+    decay 0.99, then inverted: measured errors are 5e-6 in g and 1e-5 relative in se^2."""
+    rng = np.random.default_rng(0)
+    steps, n, d = 300, 50, np.float32(hs.DECAY)
+    g = rng.normal(0.3, 1.0, (steps, n)).astype(np.float32)
+    se2 = rng.uniform(0.5, 2.0, (steps, n)).astype(np.float32)
+    m, v = [np.zeros(n, np.float32)], [np.zeros(n, np.float32)]
+    for t in range(steps):
+        m.append(d * m[-1] + (1 - d) * g[t])
+        v.append(d * d * v[-1] + (1 - d) ** 2 * se2[t])
+    g_back, se2_back = hs.recover_steps(np.stack(m), np.stack(v), hs.DECAY)
+    assert g_back.shape == se2_back.shape == (steps, n)
+    np.testing.assert_allclose(g_back, g, atol=1e-4)
+    np.testing.assert_allclose(se2_back, se2, rtol=1e-4)
+
+
+def test_leaf_statistics_on_pure_noise():
+    """Noise with its true standard error: calibration ~ 1, and the 'no signal' test rejects
+    5% of leaves at level 0.05.
+
+    Each coordinate's ratio is chi2_79 / 79 (sd 0.16); the median of 200 has sd ~0.014 and is
+    0.99 in expectation, so 0.06 is 4 sd. z divides by the known standard error, so it is a
+    standard normal and the rejection rate is 0.05 exactly; 1000 leaves give it a sd of 0.0069,
+    and [0.025, 0.075] is 3.6 sd.
+    """
+    rng = np.random.default_rng(0)
+    scale = np.exp(rng.normal(0.0, 1.0, 200))
+    stats = hs.leaf_statistics(rng.normal(0.0, 1.0, (80, 200)) * scale, np.broadcast_to(scale**2, (80, 200)))
+    assert stats["n"] == 200 and stats["steps"] == 80 and len(stats["z"]) == len(stats["ratio"]) == 200
+    assert stats["dof"] == 200
+    assert abs(stats["calibration"] - 1) < 0.06
+    rejected = np.mean([hs.leaf_statistics(rng.normal(0.0, 1.0, (80, 4)), np.ones((80, 4)))["p"] < 0.05
+                        for _ in range(1000)])
+    assert 0.025 < rejected < 0.075
+
+
+def test_leaf_statistics_counts_a_categoricals_rows_as_c_minus_1_directions():
+    """A logits leaf of 4 rows of 8 classes (classes=8): 28 degrees of freedom, and the statistic
+    scaled by 7 / 8 (autosim_jax.outer.leaf_signal; its level is tested in tests/test_outer.py)."""
+    rng = np.random.default_rng(1)
+    g, se2 = rng.normal(0.0, 1.0, (20, 32)), np.ones((20, 32))
+    plain, logits = hs.leaf_statistics(g, se2), hs.leaf_statistics(g, se2, classes=8)
+    assert (plain["dof"], logits["dof"]) == (32, 28)
+    assert logits["chi2"] == pytest.approx(plain["chi2"] * 7 / 8, rel=1e-6)
+
+
+def test_leaf_statistics_with_a_signal():
+    """Half a standard error of signal per step needs (2 / 0.5)^2 = 16 steps to reach |z| = 2.
+
+    With the honest se^2 = 1, z = sum g / sqrt(80) has mean 0.5 sqrt(80) = 4.47 and sd 1 per
+    coordinate; the median |z| of 100 has sd ~0.13, so the estimate 4 * 80 / median^2 is 16 +- 1
+    and 4 is 4 sd. An understated standard error (se^2 a quarter of the noise) reads as
+    calibration 4 (and would double every z: the test would pass noise).
+    """
+    rng = np.random.default_rng(0)
+    g = rng.normal(0.5, 1.0, (80, 100))
+    stats = hs.leaf_statistics(g, np.ones((80, 100)))
+    assert stats["steps_to_detect"] == pytest.approx(16, abs=4)
+    assert stats["p"] < 1e-30
+    assert hs.leaf_statistics(g, np.full((80, 100), 0.25))["calibration"] == pytest.approx(4, rel=0.25)
+    assert hs.leaf_statistics(np.array([[1.0], [-1.0], [0.0]]), np.ones((3, 1)))["steps_to_detect"] is None
+
+
+def test_pool_statistics_adds_chi_square_and_takes_medians_over_seeds():
+    a = {"dof": 2.0, "steps": 10, "chi2": 3.0, "z": [1.0, -1.0], "ratio": [0.5, 1.0]}
+    b = {"dof": 1.0, "steps": 8, "chi2": 9.0, "z": [3.0], "ratio": [2.0]}
+    pooled = hs.pool_statistics([a, b])
+    assert (pooled["dof"], pooled["chi2"]) == (3.0, 12.0)
+    assert pooled["p"] == pytest.approx(0.00738, rel=1e-3)  # P(chi^2_3 > 12), scipy
+    assert (pooled["calibration"], pooled["median_abs_z"]) == (1.0, 1.0)
+    assert pooled["steps_to_detect"] == 4 * 8 / 1.0**2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "2"], "--steps 2: give at least 3"),
+    (["--seeds", ""], "--seeds: give at least one seed"),
+    (["--seeds", "0,x"], "give a comma list of integers"),
+    (["--seeds", "1,1"], "each seed once"),
+    (["--render-workers", "0"], "--render-workers 0"),
+    (["--experiment", "no-such"], "valid choices are"),
+])
+def test_main_refuses_bad_arguments_before_running(argv, message, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(hs, "run_seed", lambda *a: pytest.fail("an experiment ran"))
+    with pytest.raises(SystemExit) as exit_info:
+        hs.main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
