@@ -215,24 +215,33 @@ def test_snr_gate_stops_pure_noise_and_passes_a_consistent_signal():
     assert gated[:, 1].mean() > 0.5 * plain[:, 1].mean(), (gated[:, 1].mean(), plain[:, 1].mean())
 
 
-def test_snr_gate_options_are_validated():
+def test_gate_and_signal_test_options_are_validated():
     from autosim_jax import AutoSimConfig
 
     with pytest.raises(ValueError, match="threshold must be > 0"):
         snr_gate(0.0)
     with pytest.raises(ValueError, match="decay"):
         snr_gate(1.0, decay=1.0)
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        signal_test(0)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        signal_test(5, alpha=1.0)
     for bad, match in (({"outer_snr_gate": -1.0}, "outer_snr_gate"),
-                       ({"outer_snr_gate": 1.0, "outer_optimizer": "natural"}, "Fisher")):
+                       ({"outer_snr_gate": 1.0, "outer_optimizer": "natural"}, "Fisher"),
+                       ({"outer_signal_test_every": -1}, "outer_signal_test_every"),
+                       ({"outer_signal_test_alpha": 0.0}, "outer_signal_test_alpha"),
+                       ({"outer_signal_test_every": 5, "outer_optimizer": "natural"}, "chained after them")):
         with pytest.raises(ValueError, match=match):
             AutoSimConfig(**bad)
     sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
     mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
     task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
     x = np.full((16, 1), 2.0, np.float32)
-    with pytest.raises(ValueError, match="outer_snr_gate=2.0 is chained after the optimiser the config names"):
-        make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32, batch_size=16,
-                          outer_snr_gate=2.0, outer_optimizer=optax.adam(0.1))
+    for option in ({"outer_snr_gate": 2.0}, {"outer_signal_test_every": 5}):
+        name, value = next(iter(option.items()))
+        with pytest.raises(ValueError, match=f"{name}={value} is chained after the optimiser the config names"):
+            make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32,
+                              batch_size=16, outer_optimizer=optax.adam(0.1), **option)
 
 
 class _SquareWithJunk(SquareRenderer):
@@ -412,24 +421,3 @@ def test_signal_test_sends_a_field_without_signal_back_through_make_autosimulate
         assert report["['junk'].loc"]["frozen"] and not report["['x'].loc"]["frozen"], report
         np.testing.assert_array_equal(state.psi["junk"].loc, start["junk"].loc)
         assert float(state.psi["x"].loc) + 1.0 > 1.0, float(state.psi["x"].loc)
-
-
-def test_signal_test_options_are_validated():
-    from autosim_jax import AutoSimConfig
-
-    with pytest.raises(ValueError, match="every must be an int >= 1"):
-        signal_test(0)
-    with pytest.raises(ValueError, match="alpha must be in"):
-        signal_test(5, alpha=1.0)
-    for bad, match in (({"outer_signal_test_every": -1}, "outer_signal_test_every"),
-                       ({"outer_signal_test_alpha": 0.0}, "outer_signal_test_alpha"),
-                       ({"outer_signal_test_every": 5, "outer_optimizer": "natural"}, "chained after them")):
-        with pytest.raises(ValueError, match=match):
-            AutoSimConfig(**bad)
-    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
-    mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
-    task = Task.from_per_sample(mse, lambda out, y: -mse(out, y), "neg_mse")
-    x = np.full((16, 1), 2.0, np.float32)
-    with pytest.raises(ValueError, match="outer_signal_test_every=5 is chained after the optimiser the config names"):
-        make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32, batch_size=16,
-                          outer_signal_test_every=5, outer_optimizer=optax.adam(0.1))
