@@ -1221,6 +1221,12 @@ def summarize(records: list[dict], *, higher: bool, stopped_by: str, state, targ
         summary.update(cg_counts(records))
         summary.update(loss_jump_counts(records))
     summary["psi"] = psi_record(state.psi)
+    from .outer import signal_test_report
+
+    verdicts = signal_test_report(getattr(state, "outer_opt_state", None))
+    if verdicts is not None:  # AutoSimConfig.outer_signal_test_every: the leaves held at their start
+        summary["signal_test"] = {"held_at_start": [leaf for leaf, v in verdicts.items() if v["frozen"]],
+                                  "p_values": {leaf: v["p_value"] for leaf, v in verdicts.items()}}
     return summary
 
 

@@ -18,6 +18,7 @@ from autosim_jax import CategoricalParams, NormalParams, Task, make_autosimulate
 from autosim_jax.distributions import categorical, from_schema, gaussian
 from autosim_jax.outer import (add_entropy_bonus, chi2_sf, entropy, kl_divergence, natural_gradient,
                                leaf_signal, natural_trust_region, signal_test, signal_test_report, snr_gate)
+from autosim_jax.rundir import summarize
 from autosim_jax.simulator import Simulator
 from toys import SquareRenderer
 
@@ -403,7 +404,8 @@ def test_signal_test_holds_pure_noise_at_its_level_and_passes_a_half_standard_er
 def test_signal_test_sends_a_field_without_signal_back_through_make_autosimulate():
     """End to end (the toy with an ignored field, exact quadratic, Adam 0.1, a test every 20 steps,
     40 steps, 3 seeds): the ignored field ends exactly at its start on every seed, x still moves by
-    more than 1 towards the validation data at 2, and the report names the held leaves."""
+    more than 1 towards the validation data at 2, and the report (and a run's summary.json) names
+    the held leaves."""
     sim = Simulator(from_schema(_SquareWithJunk.schema, {"x": {"loc": -1.0, "scale": 0.5},
                                                          "junk": {"loc": 0.0, "scale": 1.0}}), _SquareWithJunk())
     mse = lambda out, y: jnp.sum((out - y) ** 2, axis=-1)  # noqa: E731
@@ -421,3 +423,6 @@ def test_signal_test_sends_a_field_without_signal_back_through_make_autosimulate
         assert report["['junk'].loc"]["frozen"] and not report["['x'].loc"]["frozen"], report
         np.testing.assert_array_equal(state.psi["junk"].loc, start["junk"].loc)
         assert float(state.psi["x"].loc) + 1.0 > 1.0, float(state.psi["x"].loc)
+    summary = summarize([], higher=True, stopped_by="iterations", state=state, target={})  # summary.json's entry
+    assert "['junk'].loc" in summary["signal_test"]["held_at_start"], summary["signal_test"]
+    assert "['x'].loc" not in summary["signal_test"]["held_at_start"]
