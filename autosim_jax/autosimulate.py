@@ -94,7 +94,7 @@ class Hypergradient(NamedTuple):
     val_loss: jax.Array  # L_val(theta_hat(psi_t))
     val_metric: jax.Array  # the task metric on the validation set at theta_hat(psi_t)
     solve: SolveReport  # how Table 1's vector was obtained
-    stderr: PyTree = None  # grad_psi's standard error per coordinate (only with outer_snr_gate or outer_signal_test_every)
+    stderr: PyTree = None  # grad_psi's standard error per coordinate (only with outer_snr_gate or outer_signal_test_after)
 
 
 class StepInfo(NamedTuple):
@@ -420,10 +420,10 @@ def make_autosimulate(
     inner_optimizer = optimizers.get("inner_optimizer") or config.inner_optax()
     outer_optimizer = optimizers.get("outer_optimizer") or config.outer_optax()
     # the noise gate and the signal test read the hypergradient's standard error
-    with_stderr = bool(config.outer_snr_gate or config.outer_signal_test_every)
+    with_stderr = bool(config.outer_snr_gate or config.outer_signal_test_after)
     if with_stderr and "outer_optimizer" in optimizers:
         option = (f"outer_snr_gate={config.outer_snr_gate}" if config.outer_snr_gate
-                  else f"outer_signal_test_every={config.outer_signal_test_every}")
+                  else f"outer_signal_test_after={config.outer_signal_test_after}")
         raise ValueError(
             f"AutoSimConfig.{option} is chained after the optimiser the config names ('adam' or 'sgd'), not "
             f"after an optax transformation passed as outer_optimizer. Pass {option.split('=')[0]}=0, or name "

@@ -138,21 +138,18 @@ class AutoSimConfig:
         ``"leaf"``: once per psi leaf on all its coordinates together (the vector James-Stein
         factor, :func:`~autosim_jax.outer.snr_gate`), so that a signal spread over many
         coordinates (a 54-cell categorical's logits) passes.
-      outer_signal_test_every: every this-many outer steps, each psi leaf whose summed
-        hypergradient over the run so far is within its noise (a chi-square test of the
-        score-function samples' own standard errors at level ``outer_signal_test_alpha``) goes
-        back to its start and is held there until a later test finds evidence
+      outer_signal_test_after: from this outer step on, each psi leaf that has not yet shown
+        evidence of a signal goes back to its start and is held there until it does
         (:func:`~autosim_jax.outer.signal_test`, chained after ``"adam"`` or ``"sgd"`` and after
-        the noise gate). Why: Adam moves a field without signal in a random walk; on clevr-seg at
-        gpu size each object's colour and material (start = target) walk to one-hot-like by
-        step 240 and cost two seeds of three most of their gain, and frozen by hand at the start
-        those seeds close 1.0 instead of 0.55 and 0.36 (``docs/learning.md``, session 23). This
-        finds such fields from the run's own data. Measured: at cpu size on clevr-seg it holds
-        every field but the lights (none other has evidence there); on digits-sim2real at cpu
-        size (every 30 steps) it also holds weak useful fields and lowers G at 60 steps (1.10
-        against 1.49, 3 seeds); at gpu size not yet. 0 (default): off.
-      outer_signal_test_alpha: the level of that test: a leaf moves only while its p-value is at
-        most this (default 0.01).
+        the noise gate): evidence is a chi-square test of the leaf's summed hypergradient against
+        the score-function samples' own standard errors crossing ``outer_signal_test_alpha / (t
+        (t + 1))`` at some step ``t``. Why: Adam moves a field without signal in a random walk;
+        on clevr-seg at gpu size each object's colour and material (start = target) walk to
+        one-hot-like by step 240 and cost two seeds of three most of their gain, and frozen by
+        hand at the start those seeds close 1.0 instead of 0.55 and 0.36 (``docs/learning.md``,
+        session 23). This finds such fields from the run's own data. MEASURED 0 (default): off.
+      outer_signal_test_alpha: the chance that a leaf without signal is ever released (default
+        0.01).
       theta_reset_every: every this-many outer steps, ``theta`` and its optimiser state go
         back to their initial values before the step's fine-tuning (0: never; 1: every step
         fine-tunes a fresh model). Why: the hypergradient of a barely trained warm model points
@@ -250,7 +247,7 @@ class AutoSimConfig:
     outer_decay_steps: int = 0
     outer_snr_gate: float = 0.0
     outer_snr_gate_per: str = "coordinate"
-    outer_signal_test_every: int = 0
+    outer_signal_test_after: int = 0
     outer_signal_test_alpha: float = 0.01
     trainable: str | None = None
     psi_trainable: str | None = None
@@ -277,14 +274,14 @@ class AutoSimConfig:
             raise ValueError(
                 "AutoSimConfig.outer_snr_gate gates the steps of outer_optimizer='adam' or 'sgd'; 'natural' "
                 "already scales its step by the Fisher of q_psi. Set outer_snr_gate=0 or another outer_optimizer.")
-        _positive_int("outer_signal_test_every", self.outer_signal_test_every, minimum=0)
+        _positive_int("outer_signal_test_after", self.outer_signal_test_after, minimum=0)
         if not 0 < self.outer_signal_test_alpha < 1:
             raise ValueError(f"AutoSimConfig.outer_signal_test_alpha must be in (0, 1) (the test's level, e.g. 0.01), "
                              f"got {self.outer_signal_test_alpha!r}.")
-        if self.outer_signal_test_every and self.outer_optimizer == "natural":
+        if self.outer_signal_test_after and self.outer_optimizer == "natural":
             raise ValueError(
-                "AutoSimConfig.outer_signal_test_every holds the steps of outer_optimizer='adam' or 'sgd' (it is "
-                "chained after them); set outer_signal_test_every=0 or another outer_optimizer.")
+                "AutoSimConfig.outer_signal_test_after holds the steps of outer_optimizer='adam' or 'sgd' (it is "
+                "chained after them); set outer_signal_test_after=0 or another outer_optimizer.")
         if self.outer_decay_steps and self.outer_optimizer == "natural":
             raise ValueError(
                 "AutoSimConfig.outer_decay_steps schedules the learning rate of outer_optimizer='adam' or 'sgd'; "
@@ -367,6 +364,6 @@ class AutoSimConfig:
         # the gate and the test need the hypergradient and its standard error (extra args)
         if self.outer_snr_gate:
             base = optax.chain(base, snr_gate(self.outer_snr_gate, decay=0.99, per=self.outer_snr_gate_per))
-        if self.outer_signal_test_every:
-            base = optax.chain(base, signal_test(self.outer_signal_test_every, self.outer_signal_test_alpha))
+        if self.outer_signal_test_after:
+            base = optax.chain(base, signal_test(self.outer_signal_test_after, self.outer_signal_test_alpha))
         return base

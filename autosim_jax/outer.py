@@ -23,8 +23,8 @@ Fisher information per family (``psi`` leaves as built by :mod:`autosim_jax.dist
 
 :func:`snr_gate` is the other kind of step control: it moves a coordinate only as far as its
 averaged hypergradient stands above the noise the score-function samples themselves measure.
-:func:`signal_test` makes the same comparison over the whole run, once every so many steps, and
-holds a leaf without evidence at its start.
+:func:`signal_test` makes the same comparison over the whole run and holds a leaf that has shown
+no evidence at its start.
 
 References:
   Amari (1998), natural gradient; Kakade (2002), natural policy gradient; Schulman et al.
@@ -365,8 +365,9 @@ class SignalTestState(NamedTuple):
     grad_sum: PyTree  # sum_t g_t, like psi
     var_sum: PyTree  # sum_t se_t^2, like psi
     start: PyTree  # psi at init: where a leaf without evidence goes back to
-    frozen: PyTree  # bool[] per psi leaf: held at its start since the last test
-    p_value: PyTree  # f32[] per psi leaf: the last test's p-value (1 before the first test)
+    evidence: PyTree  # bool[] per psi leaf: its test has crossed the boundary at some step (for good)
+    held: PyTree  # bool[] per psi leaf: held at its start (no evidence by now, after hold_after steps)
+    p_value: PyTree  # f32[] per psi leaf: the test of the sums so far (1 before the first step)
 
 
 def chi2_sf(x: jax.Array, dof: jax.Array | int) -> jax.Array:
@@ -420,8 +421,8 @@ def leaf_signal(grad_sum: jax.Array, var_sum: jax.Array, classes: int = 0) -> tu
     return stat, dof, chi2_sf(stat, dof)
 
 
-def signal_test(every: int, alpha: float = 0.01) -> optax.GradientTransformationExtraArgs:
-    r"""Holds each psi leaf at its start while the run has no evidence that its hypergradient is not zero.
+def signal_test(hold_after: int, alpha: float = 0.01) -> optax.GradientTransformationExtraArgs:
+    r"""Holds each psi leaf at its start unless the run has shown evidence that its hypergradient is not zero.
 
     Adam normalises each coordinate's step, so a field whose hypergradient is pure noise (it
     does not change the validation loss) still moves by about the learning rate per step: a
@@ -432,24 +433,28 @@ def signal_test(every: int, alpha: float = 0.01) -> optax.GradientTransformation
     from the data which leaves those are. It sums over the run, per coordinate, the hypergradient
     ``g_t`` and the variance of its noise ``se_t^2`` (the score-function samples' own standard
     error, which matches the spread between steps: ``benchmarks/hypergradient_signal.py``), and
-    every ``every`` steps tests each leaf (a field's ``loc``, ``log_scale`` or ``logits``) with the
-    ``n`` coordinates ``i``:
+    after every step ``t`` tests each leaf (a field's ``loc``, ``log_scale`` or ``logits``) with
+    its ``n`` coordinates ``i``:
 
     .. math::
 
-        z_i = \frac{\sum_t g_{t,i}}{\sqrt{\sum_t se_{t,i}^2}}, \qquad
-        \chi^2 = \sum_i z_i^2, \qquad p = P(\chi^2_n > \chi^2)
+        z_i = \frac{\sum_{s \le t} g_{s,i}}{\sqrt{\sum_{s \le t} se_{s,i}^2}}, \qquad
+        \chi^2 = \sum_i z_i^2, \qquad p_t = P(\chi^2_n > \chi^2)
 
-    (:func:`leaf_signal`, which corrects the degrees of freedom of a categorical's logits).
-    Without signal each ``z_i`` is a standard normal whatever psi did, so a leaf with ``p >
-    alpha`` has shown no evidence: it goes back to its start (the user's setting, which the data
-    did not contradict) and is held there until a later test finds evidence (the sums go on, so
-    a signal that appears later releases it). A leaf with signal is left to the optimiser. With
-    ``L`` leaves, about ``alpha L`` leaves without signal are released per test by chance.
+    (:func:`leaf_signal`, which corrects the degrees of freedom of a categorical's logits). A leaf
+    has *evidence* from the first step with ``p_t <= alpha / (t (t + 1))``, and keeps it: those
+    levels sum to ``alpha`` over any number of steps, so a leaf without signal (each ``z_i`` a
+    standard normal at every ``t``, whatever psi did) gains evidence by chance with probability at
+    most ``alpha``, however long the run. Why at any step and for good: a field with a strong
+    signal can reach its optimum within a few steps, after which its hypergradient averages zero
+    and its summed ``z`` fades back towards noise (a test at fixed steps held digits-sim2real's
+    stroke width and contrast that way). From step ``hold_after`` on, a leaf without evidence
+    goes back to its start (the user's setting, which the data did not contradict) and is held
+    there until it gains evidence (the sums go on); a leaf with evidence is left to the optimiser.
 
     Args:
-      every: steps between tests (the first test after ``every`` steps; ``>= 1``).
-      alpha: the test's level: a leaf moves only while ``p <= alpha`` (``0 < alpha < 1``).
+      hold_after: steps before the first hold (``>= 1``): until then every leaf moves.
+      alpha: the probability that a leaf without signal is ever released (``0 < alpha < 1``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params`` (psi) and the
@@ -458,7 +463,7 @@ def signal_test(every: int, alpha: float = 0.01) -> optax.GradientTransformation
 
     Example:
       >>> import jax.numpy as jnp, optax
-      >>> opt = optax.chain(optax.sgd(1.0), signal_test(every=2, alpha=0.05))
+      >>> opt = optax.chain(optax.sgd(1.0), signal_test(hold_after=2, alpha=0.05))
       >>> psi = {"lit": jnp.zeros(2), "dull": jnp.zeros(2)}
       >>> state = opt.init(psi)
       >>> for g_dull in (jnp.array([0.3, -0.2]), jnp.array([-0.1, 0.4])):   # noise of se 1
@@ -468,18 +473,20 @@ def signal_test(every: int, alpha: float = 0.01) -> optax.GradientTransformation
       ...     psi = optax.apply_updates(psi, updates)
       >>> psi["lit"].tolist(), psi["dull"].tolist()   # the dull leaf is back at its start
       ([-10.0, 8.0], [0.0, 0.0])
-      >>> {k: v["frozen"] for k, v in signal_test_report(state[1]).items()}
+      >>> {k: v["held"] for k, v in signal_test_report(state[1]).items()}
       {"['dull']": True, "['lit']": False}
     """
-    if not (isinstance(every, int) and every >= 1):
-        raise ValueError(f"signal_test: every must be an int >= 1 (steps between tests), got {every!r}.")
+    if not (isinstance(hold_after, int) and hold_after >= 1):
+        raise ValueError(f"signal_test: hold_after must be an int >= 1 (steps before the first hold), got "
+                         f"{hold_after!r}.")
     if not 0 < alpha < 1:
-        raise ValueError(f"signal_test: alpha must be in (0, 1) (the test's level), got {alpha!r}.")
+        raise ValueError(f"signal_test: alpha must be in (0, 1) (the chance that a leaf without signal is ever "
+                         f"released), got {alpha!r}.")
 
     def init(params):
+        no = jax.tree.map(lambda _: jnp.zeros([], bool), params)
         return SignalTestState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params),
-                               optax.tree.zeros_like(params), params,
-                               jax.tree.map(lambda _: jnp.zeros([], bool), params),
+                               optax.tree.zeros_like(params), params, no, no,
                                jax.tree.map(lambda _: jnp.ones([], jnp.float32), params))
 
     def update(updates, state, params=None, *, hypergradient, hypergradient_stderr, **_):
@@ -488,15 +495,15 @@ def signal_test(every: int, alpha: float = 0.01) -> optax.GradientTransformation
         count = state.count + 1
         grad_sum = jax.tree.map(jnp.add, state.grad_sum, hypergradient)
         var_sum = jax.tree.map(lambda v, se: v + se**2, state.var_sum, hypergradient_stderr)
-        testing = count % every == 0
-        p_value = jax.tree.map(lambda g, v, c, old: jnp.where(testing, leaf_signal(g, v, c)[2], old),
-                               grad_sum, var_sum, categorical_classes(params), state.p_value)
-        frozen = jax.tree.map(lambda p, old: jnp.where(testing, p > alpha, old), p_value, state.frozen)
+        p_value = jax.tree.map(lambda g, v, c: leaf_signal(g, v, c)[2], grad_sum, var_sum, categorical_classes(params))
+        level = alpha / (count * (count + 1.0))
+        evidence = jax.tree.map(lambda e, p: e | (p <= level), state.evidence, p_value)
+        held = jax.tree.map(lambda e: (count >= hold_after) & ~e, evidence)
         # newly held: one step back to the start; held: no step; otherwise the optimiser's
         new_updates = jax.tree.map(
-            lambda u, f, old, s, x: jnp.where(f, jnp.where(old, jnp.zeros_like(u), s - x), u),
-            updates, frozen, state.frozen, state.start, params)
-        return new_updates, SignalTestState(count, grad_sum, var_sum, state.start, frozen, p_value)
+            lambda u, h, old, s, x: jnp.where(h, jnp.where(old, jnp.zeros_like(u), s - x), u),
+            updates, held, state.held, state.start, params)
+        return new_updates, SignalTestState(count, grad_sum, var_sum, state.start, evidence, held, p_value)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -504,14 +511,16 @@ def signal_test(every: int, alpha: float = 0.01) -> optax.GradientTransformation
 def signal_test_report(outer_opt_state: Any) -> dict[str, dict[str, float | bool]] | None:
     """Each psi leaf's verdict from the :func:`signal_test` inside an outer optimiser state.
 
-    Returns ``{leaf path: {"frozen": bool, "p_value": float}}`` (the last test's; p-value 1 and not
-    frozen before the first test), or ``None`` when the state has no signal test.
+    Returns ``{leaf path: {"held": bool, "evidence": bool, "p_value": float}}`` (held at its start
+    now; ever crossed the test's boundary; the test of the sums so far), or ``None`` when the state
+    has no signal test.
     """
     found = [s for s in jax.tree.leaves(outer_opt_state, is_leaf=lambda x: isinstance(x, SignalTestState))
              if isinstance(s, SignalTestState)]
     if not found:
         return None
     state = found[0]
-    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state.frozen)[0]]
-    return {path: {"frozen": bool(f), "p_value": float(p)}
-            for path, f, p in zip(paths, jax.tree.leaves(state.frozen), jax.tree.leaves(state.p_value))}
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state.held)[0]]
+    return {path: {"held": bool(h), "evidence": bool(e), "p_value": float(p)}
+            for path, h, e, p in zip(paths, jax.tree.leaves(state.held), jax.tree.leaves(state.evidence),
+                                     jax.tree.leaves(state.p_value))}

@@ -1224,8 +1224,9 @@ def summarize(records: list[dict], *, higher: bool, stopped_by: str, state, targ
     from .outer import signal_test_report
 
     verdicts = signal_test_report(getattr(state, "outer_opt_state", None))
-    if verdicts is not None:  # AutoSimConfig.outer_signal_test_every: the leaves held at their start
-        summary["signal_test"] = {"held_at_start": [leaf for leaf, v in verdicts.items() if v["frozen"]],
+    if verdicts is not None:  # AutoSimConfig.outer_signal_test_after: the leaves held at their start
+        summary["signal_test"] = {"held_at_start": [leaf for leaf, v in verdicts.items() if v["held"]],
+                                  "evidence": [leaf for leaf, v in verdicts.items() if v["evidence"]],
                                   "p_values": {leaf: v["p_value"] for leaf, v in verdicts.items()}}
     return summary
 

@@ -137,13 +137,14 @@ VARIANTS = {
                                "reference's too), every other field learned: they carry no signal and walk by noise "
                                "to one-hot-like by step 240 on the seeds that lose G (session 22); do the runs then "
                                "keep their gain?"),
-    "signal_test60": ({"outer_signal_test_every": 60},
-                      "every 60 steps, each psi leaf whose summed hypergradient is within its noise (chi-square, "
-                      "level 0.01) goes back to its start and is held (outer.signal_test): colour and material "
-                      "frozen from the run's own data instead of by hand (colour_material_frozen, session 23)?"),
-    "signal_test30": ({"outer_signal_test_every": 30},
-                      "the same test every 30 steps: less of the walk before the first test, less evidence for "
-                      "the weak signals (the count, the shapes)"),
+    "signal_test60": ({"outer_signal_test_after": 60},
+                      "from step 60 on, each psi leaf whose summed hypergradient has not yet stood out of its "
+                      "noise (outer.signal_test, level 0.01 over the whole run) goes back to its start and is held: "
+                      "colour and material held from the run's own data instead of by hand "
+                      "(colour_material_frozen, session 23)?"),
+    "signal_test30": ({"outer_signal_test_after": 30},
+                      "the same from step 30: less of the walk before the first hold, less time for the weak "
+                      "signals (the count, the shapes) to show"),
     "count_lights_fast": ({"fast_fields": {"fields": ["num_objects", "key_light", "ambient", "back_light"],
                                            "learning_rate": 0.3}},
                           "Adam 0.3 on the object count and the lights, 0.1 on the rest: the resolution moves only "
