@@ -145,6 +145,10 @@ VARIANTS = {
     "signal_test30": ({"outer_signal_test_after": 30},
                       "the same from step 30: less of the walk before the first hold, less time for the weak "
                       "signals (the count, the shapes) to show"),
+    "signal_test30_alpha0.1": ({"outer_signal_test_after": 30, "outer_signal_test_alpha": 0.1},
+                               "signal_test30 with ten times the chance of releasing a leaf without signal: does "
+                               "a field that reaches its optimum within a few steps (digits' stroke and contrast) "
+                               "show evidence before its signal fades?"),
     "count_lights_fast": ({"fast_fields": {"fields": ["num_objects", "key_light", "ambient", "back_light"],
                                            "learning_rate": 0.3}},
                           "Adam 0.3 on the object count and the lights, 0.1 on the rest: the resolution moves only "
