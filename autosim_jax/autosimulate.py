@@ -94,7 +94,7 @@ class Hypergradient(NamedTuple):
     val_loss: jax.Array  # L_val(theta_hat(psi_t))
     val_metric: jax.Array  # the task metric on the validation set at theta_hat(psi_t)
     solve: SolveReport  # how Table 1's vector was obtained
-    stderr: PyTree = None  # grad_psi's standard error per coordinate (only with outer_snr_gate or outer_signal_test_after)
+    stderr: PyTree = None  # grad_psi's standard error per coordinate (only for the noise gate or the signal test)
 
 
 class StepInfo(NamedTuple):
