@@ -508,6 +508,23 @@ def signal_test(hold_after: int, alpha: float = 0.01) -> optax.GradientTransform
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+def find_state(outer_opt_state: Any, state_type: type) -> Any:
+    """The first state of type ``state_type`` inside a (chained) optax state, or ``None``.
+
+    The psi optimiser is an ``optax.chain`` whose states nest in tuples; this finds one
+    transformation's state by its class, e.g. the :class:`SnrGateState` of :func:`snr_gate`.
+
+    >>> import optax
+    >>> opt = optax.chain(snr_gate(threshold=2.0), optax.adam(0.1))
+    >>> state = opt.init({"mu": jnp.zeros(2)})
+    >>> type(find_state(state, SnrGateState)).__name__, find_state(state, SignalTestState)
+    ('SnrGateState', None)
+    """
+    found = [s for s in jax.tree.leaves(outer_opt_state, is_leaf=lambda x: isinstance(x, state_type))
+             if isinstance(s, state_type)]
+    return found[0] if found else None
+
+
 def signal_test_report(outer_opt_state: Any) -> dict[str, dict[str, float | bool]] | None:
     """Each psi leaf's verdict from the :func:`signal_test` inside an outer optimiser state.
 
@@ -515,11 +532,9 @@ def signal_test_report(outer_opt_state: Any) -> dict[str, dict[str, float | bool
     now; ever crossed the test's boundary; the test of the sums so far), or ``None`` when the state
     has no signal test.
     """
-    found = [s for s in jax.tree.leaves(outer_opt_state, is_leaf=lambda x: isinstance(x, SignalTestState))
-             if isinstance(s, SignalTestState)]
-    if not found:
+    state = find_state(outer_opt_state, SignalTestState)
+    if state is None:
         return None
-    state = found[0]
     paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state.held)[0]]
     return {path: {"held": bool(h), "evidence": bool(e), "p_value": float(p)}
             for path, h, e, p in zip(paths, jax.tree.leaves(state.held), jax.tree.leaves(state.evidence),

@@ -141,17 +141,6 @@ def pool_statistics(per_seed: list[dict]) -> dict:
             "steps_to_detect": _steps_to_detect(median_z, min(s["steps"] for s in per_seed))}
 
 
-def _gate_state(opt_state):
-    """The :class:`~autosim_jax.outer.SnrGateState` inside the psi optimiser's chained state."""
-    import jax
-
-    from autosim_jax.outer import SnrGateState
-
-    (found,) = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, SnrGateState))
-                if isinstance(x, SnrGateState)]
-    return found
-
-
 def _leaves(tree) -> dict[str, np.ndarray]:
     import jax
 
@@ -161,7 +150,7 @@ def _leaves(tree) -> dict[str, np.ndarray]:
 def run_seed(args, seed: int, t0: float) -> dict:
     """``args.steps`` AutoSimulate steps of one seed with the gate closed; per-leaf statistics."""
     import autosim_jax as asj
-    from autosim_jax.outer import categorical_classes
+    from autosim_jax.outer import SnrGateState, categorical_classes, find_state
     from autosim_jax.render_pool import make_render_pool
 
     exp = asj.get_experiment(args.experiment)
@@ -178,10 +167,10 @@ def run_seed(args, seed: int, t0: float) -> dict:
         auto = asj.make_autosimulate(sim.with_pool(pool), setup.model, setup.task, setup.val_data,
                                      setup.config.replace(outer_snr_gate=GATE_CLOSED))
         state = auto.init(seed)
-        gates, kept = [_gate_state(state.outer_opt_state)], []
+        gates, kept = [find_state(state.outer_opt_state, SnrGateState)], []
         for t in range(1, args.steps + 1):
             state, info = auto.step(state)
-            gates.append(_gate_state(state.outer_opt_state))
+            gates.append(find_state(state.outer_opt_state, SnrGateState))
             if not info.psi_updated:  # psi and the optimiser state were kept: m_t = m_{t-1}, no g_t in it
                 kept.append({"step": t, "reason": info.psi_kept_reason})
             if t % 10 == 0 or t == args.steps:
