@@ -138,9 +138,15 @@ ROWS = [
     ("entropy bonus 0.3, 240 steps (seed 2 in another call)", FRESH,
      ("clevr-seg_gpu_entropy0.3_240steps_s01.json", "clevr-seg_gpu_entropy0.3_240steps_s2.json"),
      "entropy0.3", ("clevr-seg_gpu_default_240steps.json", "default")),
-    ("colour and material frozen at uniform, 240 steps (seeds 1, 2)", FRESH,
-     ("clevr-seg_gpu_colour_material_frozen_240steps_s1.json", "clevr-seg_gpu_colour_material_frozen_240steps_s2.json"),
+    # session 24: seed 0 of the frozen run (seeds 3, 4 have no 240-step plain run: not in this row),
+    # and the signal test over 240 steps, which releases colour and material and holds the resolution
+    ("colour and material frozen at uniform, 240 steps (seed 0 in a later call)", FRESH,
+     ("clevr-seg_gpu_colour_material_frozen_240steps_s0.json", "clevr-seg_gpu_colour_material_frozen_240steps_s1.json",
+      "clevr-seg_gpu_colour_material_frozen_240steps_s2.json"),
      "colour_material_frozen", ("clevr-seg_gpu_default_240steps.json", "default")),
+    ("signal test (alpha 0.1, holds from step 30), 240 steps (seed 2 in another call)", FRESH,
+     ("clevr-seg_gpu_signal_test30_alpha0.1_240steps_s01.json", "clevr-seg_gpu_signal_test30_alpha0.1_240steps_s2.json"),
+     "signal_test30_alpha0.1", ("clevr-seg_gpu_default_240steps.json", "default")),
 ]
 # The plain run on seeds 0-2 in every call of one configuration (a fresh theta per step, 60 steps
 # assessed): on the GPU a seed does not fix its run bit for bit (float32 rounding differs between

@@ -61,23 +61,24 @@ from position_signal import psi_from_run  # a psi_learning.py run's psi at one o
 import autosim_jax as asj
 from autosim_jax.estimators import directional_derivatives
 from autosim_jax.render_pool import make_render_pool
-from autosim_jax.renderers.clevr import CAMERA_ORIGIN, RESOLUTION_CHOICES, SPP_CHOICES
+from autosim_jax.renderers.clevr import CAMERA_ORIGIN, MATERIALS, RESOLUTION_CHOICES, SPP_CHOICES
 from autosim_jax.table1 import approximation_vector, curvature_operator
 
-FEATURES = ("foreground", "objects", "camera_distance", "resolution", "spp")
+FEATURES = ("foreground", "objects", "camera_distance", "resolution", "spp", "metal")
 
 
 def features(scenes: dict, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Per render: foreground pixel fraction, number of objects, the present objects' mean
-    floor distance to the camera, and the render's resolution (pixels, before the resampling
-    to the training size) and samples per pixel.
+    floor distance to the camera, the render's resolution (pixels, before the resampling
+    to the training size) and samples per pixel, and the fraction of its objects that are metal.
 
     Example:
       >>> scenes = {"num_objects": np.array([0, 1]), "position": np.zeros((2, 4, 2)),
-      ...           "resolution": np.array([0, 2]), "spp": np.array([1, 0])}
+      ...           "resolution": np.array([0, 2]), "spp": np.array([1, 0]),
+      ...           "material": np.array([[1, 0, 1, 1], [1, 0, 1, 1]])}
       >>> f = features(scenes, np.array([[[0, 1], [0, 0]], [[2, 2], [0, 3]]]))
-      >>> f["foreground"].tolist(), f["objects"].tolist(), f["resolution"].tolist()
-      ([0.25, 0.75], [1.0, 2.0], [32.0, 64.0])
+      >>> f["foreground"].tolist(), f["objects"].tolist(), f["resolution"].tolist(), f["metal"].tolist()
+      ([0.25, 0.75], [1.0, 2.0], [32.0, 64.0], [1.0, 0.5])
     """
     n = np.asarray(scenes["num_objects"]) + 1  # index 0: one object (the first slots are drawn)
     pos = np.asarray(scenes["position"])
@@ -88,7 +89,9 @@ def features(scenes: dict, labels: np.ndarray) -> dict[str, np.ndarray]:
             "camera_distance": (dist * present).sum(1) / n,
             # categorical fields hold category indices; the pixels and samples they stand for
             "resolution": np.asarray(RESOLUTION_CHOICES, float)[np.asarray(scenes["resolution"])],
-            "spp": np.asarray(SPP_CHOICES, float)[np.asarray(scenes["spp"])]}
+            "spp": np.asarray(SPP_CHOICES, float)[np.asarray(scenes["spp"])],
+            # session 24: the step pushes the first object to rubber at gpu size (docs/learning.md)
+            "metal": ((np.asarray(scenes["material"]) == MATERIALS.index("metal")) * present).sum(1) / n}
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -204,7 +207,8 @@ def main(argv=None) -> int:
                       f"r(c, foreground) {est['r']['foreground']:+.2f}, r(c, objects) {est['r']['objects']:+.2f}, "
                       f"r(c, camera distance) {est['r']['camera_distance']:+.2f} (given foreground "
                       f"{est['r_given_foreground']['camera_distance']:+.2f}), r(c, resolution | foreground) "
-                      f"{est['r_given_foreground']['resolution']:+.2f}; theta's val metric {float(metric):.3f}",
+                      f"{est['r_given_foreground']['resolution']:+.2f}, r(c, metal | foreground) "
+                      f"{est['r_given_foreground']['metal']:+.2f}; theta's val metric {float(metric):.3f}",
                       flush=True)
                 rows[f"e{epochs}/{name}"] = {"epochs": epochs, "dataset_size": cfg.dataset_size,
                                              "approximation": approximation, "val_objective": objective,
