@@ -143,15 +143,15 @@ class AutoSimConfig:
         (:func:`~autosim_jax.outer.signal_test`, chained after ``"adam"`` or ``"sgd"`` and after
         the noise gate): evidence is a chi-square test of the leaf's summed hypergradient against
         the score-function samples' own standard errors crossing ``outer_signal_test_alpha / (t
-        (t + 1))`` at some step ``t``. Why: Adam moves a field without signal in a random walk;
-        on clevr-seg at gpu size each object's colour and material (start = target) walk to
-        one-hot-like by step 240 and cost two seeds of three most of their gain, and frozen by
-        hand at the start those seeds close 1.0 instead of 0.55 and 0.36 (``docs/learning.md``,
-        session 23). This finds such fields from the run's own data. Measured at cpu size: on
-        clevr-seg (from step 30) it holds every field but the lights; on digits-sim2real it also
-        holds fields that settle within 10-20 steps, whose evidence is then too small, and lowers G
-        at 60 steps (0.88 at alpha 0.01, 1.19 at 0.1, against 1.49; 3 seeds); at gpu size not yet.
-        0 (default): off.
+        (t + 1))`` at some step ``t``. Why: Adam moves a field without signal in a random walk,
+        and this finds such fields from the run's own data. It does not help where measured
+        (``docs/learning.md``, sessions 23-24), so it is off: on digits-sim2real (cpu size) it
+        also holds fields that settle within 10-20 steps, whose evidence is then too small, and
+        lowers G at 60 steps (0.88 at alpha 0.01, 1.19 at 0.1, against 1.49; 3 seeds); on
+        clevr-seg at gpu size the fields whose collapse costs the gain (each object's colour and
+        material) are pushed by the step's own objective, not walked by noise, so it releases
+        them and holds the resolution instead (G 0.47 at 240 steps against the default's 0.57;
+        colour and material frozen by hand: 0.95). 0 (default): off.
       outer_signal_test_alpha: the chance that a leaf without signal is ever released (default
         0.01).
       theta_reset_every: every this-many outer steps, ``theta`` and its optimiser state go
