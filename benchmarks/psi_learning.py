@@ -38,6 +38,7 @@ import datetime
 import json
 import multiprocessing as mp
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, TimeoutError, as_completed
@@ -134,9 +135,14 @@ VARIANTS = {
                       "then follow within 60 steps?"),
     "colour_material_frozen": ({"psi_trainable": r"^(?!\['(color|material)'\])"},
                                "each object's colour and material frozen at the start's uniform mix (the "
-                               "reference's too), every other field learned: they carry no signal and walk by noise "
-                               "to one-hot-like by step 240 on the seeds that lose G (session 22); do the runs then "
+                               "reference's too), every other field learned: at gpu size the step pushes them to "
+                               "one-hot-like by step 240 on the seeds that lose G (sessions 22, 24); do the runs then "
                                "keep their gain?"),
+    "reset_check60_colour_material": ({"reset_check": {"every": 60, "fields": ["color", "material"], "models": 2}},
+                                      ("every 60 steps, fresh models judge psi against psi with each object's "
+                                       "colour and material set back to the start, by the validation metric; if the "
+                                       "reset wins, the run goes on from it with those fields frozen: the hold of "
+                                       "colour_material_frozen decided by validation, not by hand (session 24)")),
     "signal_test60": ({"outer_signal_test_after": 60},
                       "from step 60 on, each psi leaf whose summed hypergradient has not yet stood out of its "
                       "noise (outer.signal_test, level 0.01 over the whole run) goes back to its start and is held: "
@@ -305,6 +311,10 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     learned, stages = overrides.pop("psi_trainable", None), overrides.pop("stages", None)
     if learned is not None and stages is not None:
         raise ValueError(f"variant {spec['variant']!r}: give psi_trainable inside its stages, not beside them")
+    check = overrides.pop("reset_check", None)
+    if check is not None and (learned is not None or stages is not None):
+        raise ValueError(f"variant {spec['variant']!r}: a reset check freezes its fields itself; no psi_trainable "
+                         "or stages beside it")
     stages = stages or [[None, learned]]
     fast = overrides.pop("fast_fields", None)
     if fast is not None:  # some fields' Adam at their own rate, the rest at the config's (one optimiser state)
@@ -325,9 +335,30 @@ def _measure(spec: dict, setup, t0: float) -> dict:
                 for _, learned in stages]
     ends = np.cumsum([n or spec["steps"] for n, _ in stages])
     state = autosims[0].init(spec["seed"])
+    held = None  # with a reset check: the AutoSimulate with the checked fields frozen, once a reset won
+    if check is not None:
+        frozen = r"^(?!\[(" + "|".join(re.escape(repr(f)) for f in check["fields"]) + r")\])"
+        hold = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
+                                     **overrides, psi_trainable=frozen, reset_models=reset_models)
+        judge = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
+                                  repeats=check["models"])
+        start_psi, sign = setup.simulator.distribution.init(), 1 if setup.task.higher_is_better else -1
+        out["reset_checks"] = []
     psis, infos = [], []
     for t in range(spec["steps"]):
-        state, info = autosims[int(np.searchsorted(ends, t, side="right"))].step(state)
+        auto = held or autosims[int(np.searchsorted(ends, t, side="right"))]
+        state, info = auto.step(state)
+        if check is not None and held is None and (t + 1) % check["every"] == 0 and t + 1 < spec["steps"]:
+            # Both candidates with the same fresh-model keys (a paired comparison), keys that no
+            # assessment below uses; their images count in the run's budget ("images" below).
+            reset = {**state.psi, **{f: start_psi[f] for f in check["fields"]}}
+            key = 7919 * (t + 1) + spec["seed"]
+            as_is, candidate = judge(state.psi, key), judge(reset, key)
+            won = bool(sign * candidate["val_metric"] > sign * as_is["val_metric"])
+            out["reset_checks"].append({"step": t + 1, "as_is": as_is, "reset": candidate, "reset_won": won,
+                                        "images": 2 * check["models"] * (spec.get("assess_images") or setup.assess_images)})
+            if won:
+                state, held = state._replace(psi=reset), hold
         psis.append(_tree_np(state.psi))
         infos.append(info._asdict())
     verdicts = asj.signal_test_report(state.outer_opt_state)
