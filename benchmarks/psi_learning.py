@@ -343,6 +343,7 @@ def _measure(spec: dict, setup, t0: float) -> dict:
         judge = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                   repeats=check["models"])
         start_psi, sign = setup.simulator.distribution.init(), 1 if setup.task.higher_is_better else -1
+        check_images = 2 * check["models"] * (spec.get("assess_images") or setup.assess_images)
         out["reset_checks"] = []
     psis, infos = [], []
     for t in range(spec["steps"]):
@@ -356,7 +357,7 @@ def _measure(spec: dict, setup, t0: float) -> dict:
             as_is, candidate = judge(state.psi, key), judge(reset, key)
             won = bool(sign * candidate["val_metric"] > sign * as_is["val_metric"])
             out["reset_checks"].append({"step": t + 1, "as_is": as_is, "reset": candidate, "reset_won": won,
-                                        "images": 2 * check["models"] * (spec.get("assess_images") or setup.assess_images)})
+                                        "images": check_images})
             if won:
                 state, held = state._replace(psi=reset), hold
         psis.append(_tree_np(state.psi))
