@@ -147,6 +147,11 @@ ROWS = [
     ("signal test (alpha 0.1, holds from step 30), 240 steps (seed 2 in another call)", FRESH,
      ("clevr-seg_gpu_signal_test30_alpha0.1_240steps_s01.json", "clevr-seg_gpu_signal_test30_alpha0.1_240steps_s2.json"),
      "signal_test30_alpha0.1", ("clevr-seg_gpu_default_240steps.json", "default")),
+    # session 25: the hold decided by validation (fresh models at 60, 120, 180 on psi and on psi with
+    # colour and material reset; seeds 3, 4 have no 240-step plain run: not in this row)
+    ("colour and material reset if validation prefers it (checks at 60/120/180), 240 steps", FRESH,
+     "clevr-seg_gpu_reset_check60_colour_material_240steps_s012.json", "reset_check60_colour_material",
+     ("clevr-seg_gpu_default_240steps.json", "default")),
 ]
 # The plain run on seeds 0-2 in every call of one configuration (a fresh theta per step, 60 steps
 # assessed): on the GPU a seed does not fix its run bit for bit (float32 rounding differs between
