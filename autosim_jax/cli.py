@@ -165,6 +165,7 @@ class RunArgs:
     ray_address: str | None = None  # with "ray": the cluster (None: a local Ray instance)
     render_timeout: float | None = None  # seconds per batch of K images (None: no limit)
     select_every: int = 0  # also assess the psi of every N-th step; return the best by validation (0: off)
+    select_reset: tuple[str, ...] = ()  # fields also tried at their start value in every assessed candidate
     assess_models: int = 1  # fresh models per assessed psi (their mean is reported, with their std)
     devices: int = 1  # AutoSimulate's steps data parallel over this many local devices (autosim_jax.parallel)
 
@@ -214,6 +215,13 @@ def plan_run(experiment, args: RunArgs) -> _Plan:
     check_assess_models(args.assess_models)
     if isinstance(args.select_every, bool) or not isinstance(args.select_every, int) or args.select_every < 0:
         raise UsageError(f"--select-every must be an integer >= 0 (0: off), got {args.select_every!r}.")
+    if isinstance(args.select_reset, str) or any(not isinstance(f, str) or not f for f in args.select_reset) \
+            or len(set(args.select_reset)) != len(args.select_reset):
+        raise UsageError(f"--select-reset takes distinct field names separated by commas (e.g. color,material), got "
+                         f"{args.select_reset!r}.")
+    if args.select_reset and args.assess_images == 0:
+        raise UsageError("--select-reset chooses among psi by fresh models, but --assess-images 0 skips them; drop "
+                         "one of the two.")
     check_progress_flags(args.log_every, args.log_seconds)
     check_seed(args.seed)
     render = check_render_options(args.render_workers, args.render_backend, args.ray_address, args.render_timeout)
@@ -346,6 +354,7 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
             if old.get(key) != config[key]:
                 print(f"autosim run: note: {key} changed since the run started ({old.get(key)} -> {config[key]}); "
                       "the continuation is not bitwise that of an uninterrupted run.", file=stderr)
+    check_select_reset(setup.simulator.distribution.init(), args.select_reset)
     setup = pools.attach(setup)  # the render pool of the steps, the assessment and the samples
     try:
         from .autosimulate import make_autosimulate
@@ -405,9 +414,10 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         summary["gap_closed"] = summary["assessment"].get("gap_closed", {}).get("val_metric")
         if "selected_psi" in summary["assessment"]:
             summary["selected_step"] = summary["assessment"]["selected_psi"]["step"]
+            summary["selected_reset"] = summary["assessment"]["selected_psi"]["reset"]
     selected = summary.get("selected_step")
     psi_doc = _psi_document(setup, result.initial.psi, result.state.psi, reference,
-                            None if selected is None else psi_at(result, selected))
+                            None if selected is None else psi_at(result, selected, summary["selected_reset"]))
     write_json(os.path.join(run.path, PSI_JSON), psi_doc)
     summary["psi_in_field_units"] = {k: psi_doc[k] for k in ("start", "learned", "reference", "selected")
                                      if k in psi_doc}
@@ -438,15 +448,22 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
 
     epochs, models = setup.assess_epochs, args.assess_models
     protocol = assess_protocol(n, epochs, models, seed=seed)
-    psis = [("start_psi", "0", result.initial.psi), ("learned_psi", str(int(result.state.step)), result.state.psi)]
+    final, reset = int(result.state.step), tuple(args.select_reset)
+    psis = [("start_psi", "0", result.initial.psi), ("learned_psi", str(final), result.state.psi)]
     if reference is not None:
         psis.append(("reference_psi", "reference", reference))
     # --select-every N: the psi of every N-th step too; the one whose fresh model scores best on
     # the *validation* set is returned as the selected psi (docs/learning.md: in every variant
-    # measured, at or above the final psi).
-    checks = [r for r in result.records if args.select_every and r["step"] % args.select_every == 0
-              and r["step"] != int(result.state.step)]
-    psis += [(f"step_{r['step']}", str(r["step"]), psi_at(result, r["step"])) for r in checks]
+    # measured, at or above the final psi). --select-reset F,G: each of those psi (the final one
+    # included) also with the fields F, G set back to their start value, a candidate of its own
+    # (docs/learning.md, sessions 24-25: on clevr-seg at gpu size validation picks the better of a
+    # psi and its colour/material reset as the test set would, 16 of 16 times).
+    checks = [int(r["step"]) for r in result.records if args.select_every and r["step"] % args.select_every == 0
+              and r["step"] != final]
+    psis += [(f"step_{step}", str(step), psi_at(result, step)) for step in checks]
+    if reset:
+        psis += [(f"step_{step}+reset", f"{step}+reset:{','.join(reset)}", psi_at(result, step, reset))
+                 for step in checks + [final]]
     each = "a fresh model" if models == 1 else f"{models} fresh models (their mean)"
     print(f"autosim run: assessing {len(psis)} psi ({', '.join(p[0].replace('_', ' ') for p in psis)}): {each} "
           f"on {n} images x {epochs} epochs each", file=stderr, flush=True)
@@ -471,26 +488,30 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
                             f"{value['test_metric']:.4g}" + (" (cached)" if cached else ""))
     finally:
         progress.close()
-    if checks:
-        candidates = {int(r["step"]): out.pop(f"step_{r['step']}") for r in checks}
-        candidates[int(result.state.step)] = out["learned_psi"]
+    selecting = bool(checks or reset)
+    if selecting:
+        candidates = {(step, ()): out.pop(f"step_{step}") for step in checks}
+        candidates[(final, ())] = out["learned_psi"]
+        if reset:
+            candidates.update({(step, reset): out.pop(f"step_{step}+reset") for step in checks + [final]})
         sign = 1 if setup.task.higher_is_better else -1
-        best = max(candidates, key=lambda step: sign * candidates[step]["val_metric"])
-        out["checked_steps"] = {str(step): v for step, v in sorted(candidates.items())}
+        best, best_reset = max(candidates, key=lambda c: sign * candidates[c]["val_metric"])
+        out["checked_steps"] = {f"{step}+reset" if r else str(step): v for (step, r), v in sorted(candidates.items())}
         # The models that picked the best checked psi would also judge it too kindly (their own
         # noise is part of why it won), so the selected psi is judged by new fresh models: other
         # render and minibatch keys than every assessment above.
-        value, cached = cached_assessment(os.path.join(run.path, ASSESSED), f"selected_{best}", protocol,
-                                          lambda: assess(psi_at(result, best), seed + 2 * models))
-        out["selected_psi"] = {"step": best, **value}
-        print(f"autosim run: selected the psi of step {best} by validation; judged by {each} of its own: val "
-              f"{metric} {value['val_metric']:.4g}, test {value['test_metric']:.4g}" + (" (cached)" if cached else ""),
-              file=stderr, flush=True)
+        key = f"selected_{best}" + (f"+reset:{','.join(best_reset)}" if best_reset else "")
+        value, cached = cached_assessment(os.path.join(run.path, ASSESSED), key, protocol,
+                                          lambda: assess(psi_at(result, best, best_reset), seed + 2 * models))
+        out["selected_psi"] = {"step": best, "reset": list(best_reset), **value}
+        print(f"autosim run: selected the psi of step {best}{_reset_text(best_reset)} by validation; judged by "
+              f"{each} of its own: val {metric} {value['val_metric']:.4g}, test {value['test_metric']:.4g}"
+              + (" (cached)" if cached else ""), file=stderr, flush=True)
     if reference is not None:
         out["gap_closed"] = {
             m: finite_or_none(gap_closed(out["start_psi"][m], out["learned_psi"][m], out["reference_psi"][m]))
             for m in ("val_metric", "test_metric")}
-        if checks:
+        if selecting:
             out["gap_closed_selected"] = {
                 m: finite_or_none(gap_closed(out["start_psi"][m], out["selected_psi"][m], out["reference_psi"][m]))
                 for m in ("val_metric", "test_metric")}
@@ -524,12 +545,44 @@ def _psi_document(setup, start, learned, reference, selected=None) -> dict:
     }
 
 
-def psi_at(result, step: int):
-    """The psi a run held after ``step`` outer steps (its final state's, or its record's)."""
+def psi_at(result, step: int, reset: Sequence[str] = ()):
+    """The psi a run held after ``step`` outer steps (its final state's, or its record's), with the
+    fields named in ``reset`` set back to the run's start value."""
     if step == int(result.state.step):
-        return result.state.psi
-    record = next(r for r in result.records if r["step"] == step)
-    return psi_from_record(result.initial.psi, record["psi"])
+        psi = result.state.psi
+    else:
+        record = next(r for r in result.records if r["step"] == step)
+        psi = psi_from_record(result.initial.psi, record["psi"])
+    return {**psi, **{field: result.initial.psi[field] for field in reset}} if reset else psi
+
+
+def check_select_reset(psi, fields: Sequence[str]) -> None:
+    """Raises :class:`UsageError` unless every name in ``fields`` is a field of ``psi`` (a dict).
+
+    >>> check_select_reset({"light": 0.0, "color": 1.0}, ["color"])
+    >>> check_select_reset({"light": 0.0}, ["colour"])
+    Traceback (most recent call last):
+    ...
+    autosim_jax.rundir.UsageError: --select-reset: no field 'colour' in psi; its fields are ['light'].
+    """
+    if not fields:
+        return
+    if not isinstance(psi, dict):
+        raise UsageError(f"--select-reset needs a psi that is a dict of fields (as from_schema builds); this "
+                         f"experiment's psi is a {type(psi).__name__}.")
+    for field in fields:
+        if field not in psi:
+            raise UsageError(f"--select-reset: no field {field!r} in psi; its fields are {sorted(psi)}.")
+
+
+def _field_list(text: str) -> tuple[str, ...]:
+    """``--select-reset``'s value, ``"color, material"`` -> ``("color", "material")``; an empty
+    name stays, for :func:`plan_run` to name."""
+    return tuple(name.strip() for name in text.split(","))
+
+
+def _reset_text(reset: Sequence[str]) -> str:
+    return f" with {', '.join(reset)} at the start" if reset else ""
 
 
 def _field_text(entry: dict) -> str:
@@ -606,7 +659,8 @@ def _summary_table(s: dict, metric: str) -> str:
                 rows.append((f"  {name.replace('_', ' ')}", pair(a[name])))
         if "selected_psi" in a:
             sel = a["selected_psi"]
-            rows.append((f"  selected psi (step {sel['step']}, new models)", pair(sel)))
+            rows.append((f"  selected psi (step {sel['step']}{_reset_text(sel.get('reset', ()))}, new models)",
+                         pair(sel)))
         for key, label in (("gap_closed", "gap closed G (val / test)"),
                            ("gap_closed_selected", "  ... by the selected psi")):
             if key in a:
@@ -861,6 +915,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also assess the psi after every N-th step and report the one whose fresh model does best "
                           "on the validation set as the selected psi, judged by new fresh models and written to "
                           "psi.json (each check, and the judging, trains --assess-models more; default 0: off)")
+    run.add_argument("--select-reset", type=_field_list, default=(), metavar="FIELD[,FIELD]",
+                     help="also try each assessed candidate (the final psi, and with --select-every the checked "
+                          "ones) with these fields of psi set back to their start value, e.g. color,material for "
+                          "fields the start already has right; the selection above chooses among them all "
+                          "(each candidate trains --assess-models more)")
     add_assess_models_flag(run)
     add_progress_flags(run)
     add_render_flags(run)
@@ -939,7 +998,7 @@ def _main(argv: Sequence[str] | None) -> int:
             assess_images=args.assess_images, size=args.size, log_every=args.log_every,
             log_seconds=args.log_seconds, render_workers=args.render_workers, render_backend=args.render_backend,
             ray_address=args.ray_address, render_timeout=args.render_timeout, select_every=args.select_every,
-            assess_models=args.assess_models, devices=args.devices)
+            select_reset=tuple(args.select_reset), assess_models=args.assess_models, devices=args.devices)
         out = args.out or "the run directory"
         with interrupt_guard(f"autosim run: interrupted; {out} holds every completed step. Continue with --resume.",
                              stream=sys.stderr):

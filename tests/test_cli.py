@@ -621,7 +621,7 @@ def test_select_every_returns_the_best_checked_psi_by_validation(toy_path, tmp_p
     assert set(checked) == {"2", "4"} and checked["4"] == a["learned_psi"]
     best = max(checked, key=lambda s: checked[s]["val_metric"])  # the toy's neg_mse: higher is better
     judged = json.loads((out / "assessed.json").read_text())["results"][f"selected_{best}"]
-    assert a["selected_psi"] == {"step": int(best), **judged}
+    assert a["selected_psi"] == {"step": int(best), "reset": [], **judged}
     assert judged["test_metric"] != checked[best]["test_metric"]  # other renders: not the picking models
     for m in ("val_metric", "test_metric"):
         assert a["gap_closed_selected"][m] == gap_closed(a["start_psi"][m], a["selected_psi"][m],
@@ -633,3 +633,45 @@ def test_select_every_returns_the_best_checked_psi_by_validation(toy_path, tmp_p
     summary = json.loads((out / "summary.json").read_text())
     assert summary["psi_in_field_units"]["selected"] == psi_doc["selected"]
     assert main(["run", TOY_REF, "--select-every", "-1", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_select_reset_adds_each_candidate_with_the_fields_at_their_start(toy_path, tmp_path, capsys):
+    """--select-reset x beside --select-every 2 on 4 steps: the psi of steps 2 and 4, and each with x
+    back at its start value, are the candidates; the toy's psi is x alone, so a reset candidate
+    is the start psi and its fresh models (same keys) score exactly as the start's; the selected
+    one is the best by validation among all four, and psi.json holds it with the reset applied."""
+    out = tmp_path / "r"
+    assert main(["run", TOY_REF, "--iterations", "4", "--select-every", "2", "--select-reset", "x",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    a = summary["assessment"]
+    checked = a["checked_steps"]
+    assert set(checked) == {"2", "4", "2+reset", "4+reset"} and checked["4"] == a["learned_psi"]
+    assert checked["2+reset"] == checked["4+reset"] == a["start_psi"]
+    best = max(checked, key=lambda s: checked[s]["val_metric"])
+    step, reset = int(best.split("+")[0]), ["x"] if best.endswith("+reset") else []
+    assert a["selected_psi"]["step"] == step and a["selected_psi"]["reset"] == reset
+    assert summary["selected_step"] == step and summary["selected_reset"] == reset
+    psi_doc = json.loads((out / "psi.json").read_text())
+    at_step = [r for r in _lines(out / "metrics.jsonl") if r["step"] == step][0]["psi"]
+    assert psi_doc["raw"]["selected"] == (psi_doc["raw"]["start"] if reset else at_step)
+    assert f"selected psi (step {step}{' with x at the start' if reset else ''}, new models)" in printed
+
+
+def test_select_reset_alone_and_its_bad_values(toy_path, tmp_path, capsys):
+    """Without --select-every the final psi and its reset twin are the candidates. A field psi does
+    not have, an empty name, or --assess-images 0 beside it stop the run before its first step,
+    naming the culprit."""
+    out = tmp_path / "r"
+    assert main(["run", TOY_REF, "--iterations", "2", "--select-reset", "x", "--out", str(out)]) == 0
+    checked = json.loads((out / "summary.json").read_text())["assessment"]["checked_steps"]
+    assert set(checked) == {"2", "2+reset"}
+    capsys.readouterr()
+    for flags, says in ((["--select-reset", "colour"], "no field 'colour' in psi; its fields are ['x']"),
+                        (["--select-reset", "x,"], "distinct field names"),
+                        (["--select-reset", "x", "--assess-images", "0"], "--assess-images 0")):
+        bad = tmp_path / f"bad{len(flags)}{flags[1]}"
+        assert main(["run", TOY_REF, "--iterations", "2", *flags, "--out", str(bad)]) == 2
+        assert says in capsys.readouterr().err
+        assert not (bad / "metrics.jsonl").exists()
