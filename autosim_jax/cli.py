@@ -533,8 +533,9 @@ def _describe(setup, psi) -> dict | None:
 
 
 def _psi_document(setup, start, learned, reference, selected=None) -> dict:
-    """psi.json: the start, learned (final), reference and, with ``--select-every``, selected psi,
-    each in field units and raw (``psi_record``, loadable with ``psi_from_record``)."""
+    """psi.json: the start, learned (final), reference and, with ``--select-every`` or
+    ``--select-reset``, selected psi, each in field units and raw (``psi_record``, loadable with
+    ``psi_from_record``)."""
     named = [("start", start), ("learned", learned), ("reference", reference)]
     named += [("selected", selected)] if selected is not None else []
     return {

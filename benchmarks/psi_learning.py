@@ -47,6 +47,19 @@ import numpy as np
 
 from field_drift import read_record  # this script's records, compressed or not
 
+
+
+def all_but(*fields: str) -> str:
+    """A ``psi_trainable`` pattern that learns every psi field except ``fields`` (held at the start).
+
+    >>> bool(re.search(all_but("color", "material"), "['material'].logits"))
+    False
+    >>> bool(re.search(all_but("color", "material"), "['key_light'].loc"))
+    True
+    """
+    return r"^(?!\[(" + "|".join(re.escape(repr(f)) for f in fields) + r")\])"
+
+
 # name -> (AutoSimConfig overrides, what the variant tests)
 VARIANTS = {
     "default": ({}, "the experiment's config: exact quadratic, Gauss-Newton CG, Adam on psi"),
@@ -124,16 +137,16 @@ VARIANTS = {
                      "of 120 (train loss 160 -> 540, validation mAP 0 for the rest; session 15); does a smaller "
                      "step keep it alive?"),
     "quality_by_hand": ({"start_with_reference": ["resolution", "spp"],
-                         "psi_trainable": r"^(?!\['(resolution|spp)'\])"},
+                         "psi_trainable": all_but("resolution", "spp")},
                         "the render quality (resolution, samples per pixel) set by hand to the reference's and "
                         "frozen, every other field learned from the start: the step sees the resolution's value only "
                         "once the scene is right (session 19); what does a user who sets it gain?"),
-    "shape_by_hand": ({"start_with_reference": ["shape"], "psi_trainable": r"^(?!\['shape'\])"},
+    "shape_by_hand": ({"start_with_reference": ["shape"], "psi_trainable": all_but("shape")},
                       "the object shapes (the segmentation's classes) set by hand to the reference's uniform mix and "
                       "frozen, every other field learned from the start: at the reference with the start's shapes the "
                       "step stops rewarding high resolution (influence_features.py, session 20); does the resolution "
                       "then follow within 60 steps?"),
-    "colour_material_frozen": ({"psi_trainable": r"^(?!\['(color|material)'\])"},
+    "colour_material_frozen": ({"psi_trainable": all_but("color", "material")},
                                "each object's colour and material frozen at the start's uniform mix (the "
                                "reference's too), every other field learned: at gpu size the step pushes them to "
                                "one-hot-like by step 240 on the seeds that lose G (sessions 22, 24); do the runs then "
@@ -337,9 +350,8 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     state = autosims[0].init(spec["seed"])
     held = None  # with a reset check: the AutoSimulate with the checked fields frozen, once a reset won
     if check is not None:
-        frozen = r"^(?!\[(" + "|".join(re.escape(repr(f)) for f in check["fields"]) + r")\])"
         hold = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
-                                     **overrides, psi_trainable=frozen, reset_models=reset_models)
+                                     **overrides, psi_trainable=all_but(*check["fields"]), reset_models=reset_models)
         judge = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                   repeats=check["models"])
         start_psi, sign = setup.simulator.distribution.init(), 1 if setup.task.higher_is_better else -1
