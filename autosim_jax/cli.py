@@ -461,9 +461,12 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
     checks = [int(r["step"]) for r in result.records if args.select_every and r["step"] % args.select_every == 0
               and r["step"] != final]
     psis += [(f"step_{step}", str(step), psi_at(result, step)) for step in checks]
-    if reset:
-        psis += [(f"step_{step}+reset", f"{step}+reset:{','.join(reset)}", psi_at(result, step, reset))
-                 for step in checks + [final]]
+    twins = [step for step in checks + [final] if reset and _moved(psi_at(result, step), result.initial.psi, reset)]
+    if reset and len(twins) < len(checks) + 1:  # a twin equal to its psi would only repeat its assessment
+        print(f"autosim run: note: --select-reset {','.join(reset)}: the psi of step(s) "
+              f"{sorted(set(checks + [final]) - set(twins))} already hold(s) these fields at the start; no twin "
+              "for them", file=stderr)
+    psis += [(f"step_{step}+reset", f"{step}+reset:{','.join(reset)}", psi_at(result, step, reset)) for step in twins]
     each = "a fresh model" if models == 1 else f"{models} fresh models (their mean)"
     print(f"autosim run: assessing {len(psis)} psi ({', '.join(p[0].replace('_', ' ') for p in psis)}): {each} "
           f"on {n} images x {epochs} epochs each", file=stderr, flush=True)
@@ -488,12 +491,11 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
                             f"{value['test_metric']:.4g}" + (" (cached)" if cached else ""))
     finally:
         progress.close()
-    selecting = bool(checks or reset)
+    selecting = bool(checks or twins)
     if selecting:
         candidates = {(step, ()): out.pop(f"step_{step}") for step in checks}
         candidates[(final, ())] = out["learned_psi"]
-        if reset:
-            candidates.update({(step, reset): out.pop(f"step_{step}+reset") for step in checks + [final]})
+        candidates.update({(step, reset): out.pop(f"step_{step}+reset") for step in twins})
         sign = 1 if setup.task.higher_is_better else -1
         best, best_reset = max(candidates, key=lambda c: sign * candidates[c]["val_metric"])
         out["checked_steps"] = {f"{step}+reset" if r else str(step): v for (step, r), v in sorted(candidates.items())}
@@ -555,6 +557,20 @@ def psi_at(result, step: int, reset: Sequence[str] = ()):
         record = next(r for r in result.records if r["step"] == step)
         psi = psi_from_record(result.initial.psi, record["psi"])
     return {**psi, **{field: result.initial.psi[field] for field in reset}} if reset else psi
+
+
+def _moved(psi, start, fields: Sequence[str]) -> bool:
+    """Whether any of ``fields`` differs between ``psi`` and ``start`` (dicts of pytrees).
+
+    >>> _moved({"a": np.zeros(2), "b": np.ones(2)}, {"a": np.zeros(2), "b": np.zeros(2)}, ["a"])
+    False
+    >>> _moved({"a": np.zeros(2), "b": np.ones(2)}, {"a": np.zeros(2), "b": np.zeros(2)}, ["a", "b"])
+    True
+    """
+    import jax
+
+    return any(not np.array_equal(x, y) for f in fields
+               for x, y in zip(jax.tree.leaves(psi[f]), jax.tree.leaves(start[f]), strict=True))
 
 
 def check_select_reset(psi, fields: Sequence[str]) -> None:
