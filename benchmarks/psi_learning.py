@@ -184,6 +184,11 @@ VARIANTS = {
     "inner_lr1e-2": ({"inner_learning_rate": 1e-2},
                      "3x the fine-tuning step of each step's fresh theta (clevr-seg gpu: 3e-3): the same 16 Adam "
                      "steps, a cheaper way than finetune32 to a step model that segments more than the background?"),
+    "k2048_e8": ({"dataset_size": 2048, "finetune_epochs": 8},
+                 "each step's fresh theta trained like the assessment's fresh models (2048 renders x 8 epochs, "
+                 "32x the fine-tuning): from such a theta the step sees no rubber preference "
+                 "(influence_features.py, session 25); does the run keep colour and material, and reach G >= 0.8 "
+                 "within 60 steps?"),
     "finetune1": ({"finetune_epochs": 1},
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
