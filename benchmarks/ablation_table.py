@@ -39,6 +39,9 @@ CONTROLS = {WARM: ("clevr-seg_gpu_explore.json", "default"), FRESH: ("clevr-seg_
 FIVE_SEED_CONTROL = (("clevr-seg_gpu_lr0.3_s012.json", "clevr-seg_gpu_lr0.3_decay20_s34.json"), "default")
 GATE_CALLS = ("clevr-seg_gpu_snr_gate_s012.json", "clevr-seg_gpu_snr_gate_s34.json")
 INITS_CALLS = ("clevr-seg_gpu_inits8_s012.json", "clevr-seg_gpu_inits8_s34.json")
+# The plain run to 240 steps on seeds 0-4 (seeds 0, 1; 2; 3, 4 in three calls, deterministic kernels)
+PLAIN_240 = ("clevr-seg_gpu_default_240steps.json", "clevr-seg_gpu_default_240steps_s2.json",
+             "clevr-seg_gpu_default_240steps_s34.json")
 ROWS = [
     # the warm-started model (sessions 3-6)
     ("plain exact quadratic (control)", WARM, "clevr-seg_gpu_run1.json", "default", None),
@@ -131,27 +134,30 @@ ROWS = [
      "count_lights_fast", (INITS_CALLS, "default")),
     # session 21: the plain run again, to 120 steps (assessed at 60 and 120; the same baselines)
     ("plain exact quadratic (control, a 120-step run)", FRESH, "clevr-seg_gpu_default_120steps.json", "default", None),
-    ("plain, 240 steps (seed 2 in a call of its own, session 22)", FRESH,
-     ("clevr-seg_gpu_default_240steps.json", "clevr-seg_gpu_default_240steps_s2.json"),
-     "default", ("clevr-seg_gpu_default_120steps.json", "default")),
+    ("plain, 240 steps (seed 2 in a call of its own, session 22; seeds 3, 4 session 26)", FRESH,
+     PLAIN_240, "default", ("clevr-seg_gpu_default_120steps.json", "default")),
     # session 23: holds on the walk of the no-signal fields over 240 steps (deterministic kernels)
     ("entropy bonus 0.3, 240 steps (seed 2 in another call)", FRESH,
      ("clevr-seg_gpu_entropy0.3_240steps_s01.json", "clevr-seg_gpu_entropy0.3_240steps_s2.json"),
-     "entropy0.3", ("clevr-seg_gpu_default_240steps.json", "default")),
-    # session 24: seed 0 of the frozen run (seeds 3, 4 have no 240-step plain run: not in this row),
-    # and the signal test over 240 steps, which releases colour and material and holds the resolution
-    ("colour and material frozen at uniform, 240 steps (seed 0 in a later call)", FRESH,
+     "entropy0.3", (PLAIN_240, "default")),
+    # session 24: seed 0 of the frozen run (seeds 3, 4 in session 25), and the signal test over 240
+    # steps, which releases colour and material and holds the resolution
+    ("colour and material frozen at uniform, 240 steps (seeds 0, 3-4 in later calls)", FRESH,
      ("clevr-seg_gpu_colour_material_frozen_240steps_s0.json", "clevr-seg_gpu_colour_material_frozen_240steps_s1.json",
-      "clevr-seg_gpu_colour_material_frozen_240steps_s2.json"),
-     "colour_material_frozen", ("clevr-seg_gpu_default_240steps.json", "default")),
+      "clevr-seg_gpu_colour_material_frozen_240steps_s2.json", "clevr-seg_gpu_colour_material_frozen_240steps_s34.json"),
+     "colour_material_frozen", (PLAIN_240, "default")),
     ("signal test (alpha 0.1, holds from step 30), 240 steps (seed 2 in another call)", FRESH,
      ("clevr-seg_gpu_signal_test30_alpha0.1_240steps_s01.json", "clevr-seg_gpu_signal_test30_alpha0.1_240steps_s2.json"),
-     "signal_test30_alpha0.1", ("clevr-seg_gpu_default_240steps.json", "default")),
+     "signal_test30_alpha0.1", (PLAIN_240, "default")),
     # session 25: the hold decided by validation (fresh models at 60, 120, 180 on psi and on psi with
-    # colour and material reset; seeds 3, 4 have no 240-step plain run: not in this row)
+    # colour and material reset; seeds 3, 4 in a second call)
     ("colour and material reset if validation prefers it (checks at 60/120/180), 240 steps", FRESH,
-     "clevr-seg_gpu_reset_check60_colour_material_240steps_s012.json", "reset_check60_colour_material",
-     ("clevr-seg_gpu_default_240steps.json", "default")),
+     ("clevr-seg_gpu_reset_check60_colour_material_240steps_s012.json",
+      "clevr-seg_gpu_reset_check60_colour_material_240steps_s34.json"), "reset_check60_colour_material",
+     (PLAIN_240, "default")),
+    # session 26: each step's fresh theta trained like the assessment's (2048 renders x 8 epochs)
+    ("step theta trained like the fresh models (K = 2048, E = 8), 60 steps", FRESH,
+     "clevr-seg_gpu_k2048_e8_60steps.json", "k2048_e8", (INITS_CALLS, "default")),
 ]
 # The plain run on seeds 0-2 in every call of one configuration (a fresh theta per step, 60 steps
 # assessed): on the GPU a seed does not fix its run bit for bit (float32 rounding differs between
