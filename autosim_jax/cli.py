@@ -441,7 +441,10 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
     """Fresh models trained on equal budgets from the start, learned and reference psi (the fair test).
 
     Cached in ``assessed.json`` (keys ``"0"`` for the start, the step for the learned psi,
-    ``"reference"``), so an interrupted or resumed run does not train them again.
+    ``"reference"``), so an interrupted or resumed run does not train them again. The result's
+    ``images_rendered`` counts every fresh model's renders (cached ones too: they were rendered
+    for this run), ``images_rendered_selection`` the part that only ``--select-every`` /
+    ``--select-reset`` needed (their extra candidates and the judging of the pick).
     """
     from .experiments import gap_closed, make_assessor
     from .simulator import reraise_render_errors
@@ -509,6 +512,11 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
         print(f"autosim run: selected the psi of step {best}{_reset_text(best_reset)} by validation; judged by "
               f"{each} of its own: val {metric} {value['val_metric']:.4g}, test {value['test_metric']:.4g}"
               + (" (cached)" if cached else ""), file=stderr, flush=True)
+    # Each fresh model renders its own n images (make_assessor): what the assessment cost, and the
+    # share of it that only the selection needed (issue 13: a check's images count in the budget).
+    judged = len(psis) + selecting
+    out["images_rendered"] = judged * models * n
+    out["images_rendered_selection"] = (judged - (3 if reference is not None else 2)) * models * n
     if reference is not None:
         out["gap_closed"] = {
             m: finite_or_none(gap_closed(out["start_psi"][m], out["learned_psi"][m], out["reference_psi"][m]))
@@ -678,6 +686,10 @@ def _summary_table(s: dict, metric: str) -> str:
             sel = a["selected_psi"]
             rows.append((f"  selected psi (step {sel['step']}{_reset_text(sel.get('reset', ()))}, new models)",
                          pair(sel)))
+        if "images_rendered" in a:  # summaries written before 2026-12-03 do not have it
+            rows.append(("  images rendered for them", f"{a['images_rendered']:,}"
+                         + (f" ({a['images_rendered_selection']:,} for the selection)"
+                            if a["images_rendered_selection"] else "")))
         for key, label in (("gap_closed", "gap closed G (val / test)"),
                            ("gap_closed_selected", "  ... by the selected psi")):
             if key in a:

@@ -567,6 +567,8 @@ def test_assess_models_reports_the_mean_and_std_of_several_fresh_models(toy_path
     a1 = json.loads((one / "summary.json").read_text())["assessment"]
     a2 = json.loads((two / "summary.json").read_text())["assessment"]
     assert a1["models"] == 1 and a2["models"] == 2
+    # start, learned and reference, each model on its own renders; nothing for a selection
+    assert (a2["images_rendered"], a2["images_rendered_selection"]) == (3 * 2 * a2["images"], 0)
     for name in ("start_psi", "learned_psi", "reference_psi"):
         for m in ("val_metric", "test_metric"):
             assert a2[name][f"{m}_std"] == pytest.approx(abs(a2[name][m] - a1[name][m]), rel=1e-5, abs=1e-7)
@@ -657,6 +659,10 @@ def test_select_reset_adds_each_candidate_with_the_fields_at_their_start(toy_pat
     at_step = [r for r in _lines(out / "metrics.jsonl") if r["step"] == step][0]["psi"]
     assert psi_doc["raw"]["selected"] == (psi_doc["raw"]["start"] if reset else at_step)
     assert f"selected psi (step {step}{' with x at the start' if reset else ''}, new models)" in printed
+    # start, learned, reference; 3 more candidates (step 2, both twins) and the judging: 4 for the selection
+    n = a["images"] * a["models"]
+    assert (a["images_rendered"], a["images_rendered_selection"]) == (7 * n, 4 * n)
+    assert f"{7 * n:,} ({4 * n:,} for the selection)" in printed
 
 
 def test_select_reset_alone_and_its_bad_values(toy_path, tmp_path, capsys):
