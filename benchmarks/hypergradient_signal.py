@@ -20,7 +20,15 @@ states (``recover_steps``). Over ``--steps`` steps per seed, per psi leaf
    :func:`autosim_jax.outer.leaf_signal` (with a categorical's logits counted as ``C - 1``
    directions per row of ``C``) and its p-value, and the median ``|z|``;
 3. a rough 'steps to detect': how many steps a coordinate with the leaf's median ``|z|`` per
-   ``sqrt(N)`` needs to reach ``|z| = 2``, ``4 N / median|z|^2``.
+   ``sqrt(N)`` needs to reach ``|z| = 2``, ``4 N / median|z|^2``;
+4. what an optimiser makes of it: the median ``|mean_t g|`` (an SGD step's size is
+   proportional to it) and ``adam_travel``, the median over coordinates of
+   ``|sum_t u_t| / N`` with ``u_t`` Adam's update direction for these ``g_t``
+   (``m_hat / (sqrt(v_hat) + eps)``, optax's defaults and the config's ``b2 = 0.999``): the
+   share of its full rate (the learning rate per step) at which Adam would walk the coordinate
+   from this psi. A bias too small for item 2 to see still walks at nearly the full rate when
+   its sign holds over the first moment's memory (session 26: the material at K = 2048 x 8
+   epochs). Noise alone travels ``adam_travel_null(N)`` (0.10 at N = 80), printed beside it.
 
 Seeds are pooled by summing the chi-square statistics and their degrees of freedom (the seeds
 are independent); the pooled calibration and median ``|z|`` are medians over every seed's
@@ -46,6 +54,8 @@ Example:
   >>> s = leaf_statistics(np.array([[1.0, -1.0], [3.0, 1.0], [2.0, 0.0]]), np.ones((3, 2)))
   >>> s["calibration"], round(s["chi2"], 4), round(s["p"], 5), round(s["steps_to_detect"], 6)
   (1.0, 12.0, 0.00248, 4.0)
+  >>> s["mean_abs_g"], [round(t, 3) for t in s["travel"]]   # the first coordinate never turns
+  (1.0, [0.953, 0.302])
 """
 
 from __future__ import annotations
@@ -63,6 +73,8 @@ import numpy as np
 DECAY = 0.99
 # Standard errors no average reaches: the gate's factor is 0, so psi stays at its start.
 GATE_CLOSED = 1e6
+# Adam on psi as AutoSimConfig.outer_optax builds it: optax's b1 and eps, the config's b2.
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 # Where p-values are drawn on the log axis when smaller (erfc underflows near 1e-300 anyway).
 P_FLOOR = 1e-30
 
@@ -104,7 +116,9 @@ def leaf_statistics(g: np.ndarray, se2: np.ndarray, classes: int = 0) -> dict:
       ``n``, ``steps`` (N); ``calibration``: median of ``var_t(g) / mean_t(se2)``; ``chi2``,
       ``dof`` and ``p``: :func:`autosim_jax.outer.leaf_signal` of the sums; ``median_abs_z`` of
       ``z = sum_t g / sqrt(sum_t se2)``; ``steps_to_detect``: ``4 N / median|z|^2`` (``None``
-      when that is 0); ``z`` and ``ratio``: per coordinate, as lists.
+      when that is 0); ``mean_abs_g``: median of ``|mean_t g|``; ``adam_travel``: median of
+      ``travel``, each coordinate's ``|sum_t u_t| / N`` (:func:`adam_travel`); ``z``, ``ratio``,
+      ``mean_g`` and ``travel``: per coordinate, as lists.
     """
     from autosim_jax.outer import leaf_signal
 
@@ -114,9 +128,37 @@ def leaf_statistics(g: np.ndarray, se2: np.ndarray, classes: int = 0) -> dict:
     z = g.sum(axis=0) / np.sqrt(se2.sum(axis=0))
     chi2, dof, p = (float(x) for x in leaf_signal(g.sum(axis=0), se2.sum(axis=0), classes))
     median_z = float(np.median(np.abs(z)))
+    travel = adam_travel(g)
     return {"n": n, "steps": steps, "calibration": float(np.median(ratio)), "chi2": chi2, "dof": dof, "p": p,
             "median_abs_z": median_z, "steps_to_detect": _steps_to_detect(median_z, steps),
-            "z": z.tolist(), "ratio": ratio.tolist()}
+            "mean_abs_g": float(np.median(np.abs(g.mean(axis=0)))), "adam_travel": float(np.median(travel)),
+            "z": z.tolist(), "ratio": ratio.tolist(), "mean_g": g.mean(axis=0).tolist(), "travel": travel.tolist()}
+
+
+def adam_travel(g: np.ndarray) -> np.ndarray:
+    """``|sum_t u_t| / N`` per coordinate of ``g`` (``(N, n)``), ``u_t`` Adam's bias-corrected
+    update direction for the gradients ``g_1..g_t`` (optax's ``b1``, ``eps``; the config's
+    ``b2``): 1 when every step goes the same way at the full rate, near 0 when they cancel.
+    The scale of ``g`` does not matter (to ``eps``), which is the point.
+    """
+    g = np.asarray(g, np.float64)
+    m, v, total = np.zeros(g.shape[1]), np.zeros(g.shape[1]), np.zeros(g.shape[1])
+    for t, row in enumerate(g, start=1):
+        m = ADAM_B1 * m + (1 - ADAM_B1) * row
+        v = ADAM_B2 * v + (1 - ADAM_B2) * row**2
+        total += (m / (1 - ADAM_B1**t)) / (np.sqrt(v / (1 - ADAM_B2**t)) + ADAM_EPS)
+    return np.abs(total) / len(g)
+
+
+def adam_travel_null(steps: int, draws: int = 4000) -> float:
+    """The mean :func:`adam_travel` of ``draws`` coordinates whose ``g_t`` are independent
+    standard normal noise (a fixed seed): what a leaf without signal travels in ``steps``.
+
+    Example:
+      >>> round(adam_travel_null(80), 2)
+      0.1
+    """
+    return float(adam_travel(np.random.default_rng(0).standard_normal((steps, draws))).mean())
 
 
 def pool_statistics(per_seed: list[dict]) -> dict:
@@ -129,7 +171,8 @@ def pool_statistics(per_seed: list[dict]) -> dict:
 
     Returns:
       ``dof``, ``chi2``, ``p``, ``calibration``, ``median_abs_z`` and ``steps_to_detect`` (with the
-      steps of one seed, the shortest if they differ).
+      steps of one seed, the shortest if they differ); ``mean_abs_g`` and ``adam_travel``: the
+      medians over the seeds' values.
     """
     from autosim_jax.outer import chi2_sf
 
@@ -138,13 +181,21 @@ def pool_statistics(per_seed: list[dict]) -> dict:
     return {"dof": dof, "chi2": chi2, "p": float(chi2_sf(chi2, dof)),
             "calibration": float(np.median(np.concatenate([s["ratio"] for s in per_seed]))),
             "median_abs_z": median_z,
-            "steps_to_detect": _steps_to_detect(median_z, min(s["steps"] for s in per_seed))}
+            "steps_to_detect": _steps_to_detect(median_z, min(s["steps"] for s in per_seed)),
+            "mean_abs_g": float(np.median([s["mean_abs_g"] for s in per_seed])),
+            "adam_travel": float(np.median([s["adam_travel"] for s in per_seed]))}
 
 
 def _leaves(tree) -> dict[str, np.ndarray]:
     import jax
 
     return {jax.tree_util.keystr(p): np.asarray(v).ravel() for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _step_options(args) -> dict:
+    """The step's K and fine-tuning epochs where given (``--dataset-size``, ``--finetune-epochs``)."""
+    return {k: v for k, v in (("dataset_size", args.dataset_size), ("finetune_epochs", args.finetune_epochs))
+            if v is not None}
 
 
 def run_seed(args, seed: int, t0: float) -> dict:
@@ -164,8 +215,8 @@ def run_seed(args, seed: int, t0: float) -> dict:
     start = _leaves(sim.distribution.init())
     t_seed = time.perf_counter()
     with make_render_pool(sim.renderer, workers=args.render_workers) as pool:
-        auto = asj.make_autosimulate(sim.with_pool(pool), setup.model, setup.task, setup.val_data,
-                                     setup.config.replace(outer_snr_gate=GATE_CLOSED))
+        config = setup.config.replace(outer_snr_gate=GATE_CLOSED, **_step_options(args))
+        auto = asj.make_autosimulate(sim.with_pool(pool), setup.model, setup.task, setup.val_data, config)
         state = auto.init(seed)
         gates, kept = [find_state(state.outer_opt_state, SnrGateState)], []
         for t in range(1, args.steps + 1):
@@ -234,8 +285,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=80, help="AutoSimulate steps per seed (>= 3)")
     p.add_argument("--seeds", default="0", help="comma list of seeds")
     p.add_argument("--render-workers", type=int, default=1, help="render processes (the same renders as serial)")
+    p.add_argument("--dataset-size", type=int, default=None, metavar="K",
+                   help="renders per step (default: the experiment's); with --finetune-epochs 8 and K = 2048 at "
+                        "gpu size each step's theta is trained like the assessment's fresh models")
+    p.add_argument("--finetune-epochs", type=int, default=None, metavar="E",
+                   help="fine-tuning epochs of each step's fresh theta (default: the experiment's)")
     p.add_argument("--out", required=True, help="output path without extension")
     args = p.parse_args(argv)
+    for flag, value in (("--dataset-size", args.dataset_size), ("--finetune-epochs", args.finetune_epochs)):
+        if value is not None and value < 1:
+            p.error(f"{flag} {value}: give at least 1")
     if args.steps < 3:
         p.error(f"--steps {args.steps}: give at least 3; the statistics rest on a variance over the steps")
     try:
@@ -271,6 +330,7 @@ def main(argv=None) -> int:
         "precision": "float32 steps, gate state and chi-square tail; other statistics in float64",
         "experiment": args.experiment, "size": args.size, "psi": args.psi, "steps": args.steps, "seeds": seeds,
         "render_workers": args.render_workers, "decay": DECAY, "outer_snr_gate": GATE_CLOSED,
+        "step_options": _step_options(args), "adam_travel_null": adam_travel_null(args.steps),
         "experiment_config": per_seed[seeds[0]]["experiment_config"],
         "pooled": {leaf: pool_statistics([r["leaves"][leaf] for r in per_seed.values()]) for leaf in leaves},
         "per_seed": {str(s): {k: v for k, v in r.items() if k != "experiment_config"}
@@ -281,12 +341,15 @@ def main(argv=None) -> int:
     with open(args.out + ".json", "w") as f:
         json.dump(record, f, indent=1)
     plot(record, args.out + ".png")
-    print(f"{'leaf':<28} {'dof':>5} {'calib':>6} {'med|z|':>7} {'chi2':>9} {'p':>9} {'steps to detect':>16}")
+    print(f"{'leaf':<28} {'dof':>5} {'calib':>6} {'med|z|':>7} {'chi2':>9} {'p':>9} {'steps to detect':>16} "
+          f"{'|mean g|':>9} {'Adam travel':>12}")
     for leaf, s in record["pooled"].items():
         detect = "-" if s["steps_to_detect"] is None else f"{s['steps_to_detect']:.0f}"
         p = "< 1e-30" if s["p"] < 1e-30 else f"{s['p']:.2g}"  # a float32 tail underflows to 0 (as in the plot)
         print(f"{leaf:<28} {s['dof']:>5.0f} {s['calibration']:>6.2f} {s['median_abs_z']:>7.2f} {s['chi2']:>9.1f} "
-              f"{p:>9} {detect:>16}")
+              f"{p:>9} {detect:>16} {s['mean_abs_g']:>9.2g} {s['adam_travel']:>12.2f}")
+    print(f"Adam travel: the share of Adam's full rate at which it would walk the leaf from this psi; noise "
+          f"alone travels {record['adam_travel_null']:.2f} in {args.steps} steps")
     print(f"wrote {args.out}.json and {args.out}.png ({len(seeds)} seeds, {record['wall_seconds']:.0f} s)")
     return 0
 
