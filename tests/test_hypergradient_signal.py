@@ -82,13 +82,45 @@ def test_leaf_statistics_with_a_signal():
 
 
 def test_pool_statistics_adds_chi_square_and_takes_medians_over_seeds():
-    a = {"dof": 2.0, "steps": 10, "chi2": 3.0, "z": [1.0, -1.0], "ratio": [0.5, 1.0]}
-    b = {"dof": 1.0, "steps": 8, "chi2": 9.0, "z": [3.0], "ratio": [2.0]}
+    a = {"dof": 2.0, "steps": 10, "chi2": 3.0, "z": [1.0, -1.0], "ratio": [0.5, 1.0], "mean_abs_g": 0.2,
+         "adam_travel": 0.9}
+    b = {"dof": 1.0, "steps": 8, "chi2": 9.0, "z": [3.0], "ratio": [2.0], "mean_abs_g": 0.4, "adam_travel": 0.1}
     pooled = hs.pool_statistics([a, b])
     assert (pooled["dof"], pooled["chi2"]) == (3.0, 12.0)
     assert pooled["p"] == pytest.approx(0.00738, rel=1e-3)  # P(chi^2_3 > 12), scipy
     assert (pooled["calibration"], pooled["median_abs_z"]) == (1.0, 1.0)
     assert pooled["steps_to_detect"] == 4 * 8 / 1.0**2
+    assert (pooled["mean_abs_g"], pooled["adam_travel"]) == pytest.approx((0.3, 0.5))
+
+
+def test_adam_travel_against_optax_and_its_two_limits():
+    """adam_travel replays optax.adam's update (b1 0.9, b2 0.999, eps 1e-8, bias-corrected) and
+    sums it: checked against optax itself to float32 rounding. A gradient of constant sign
+    travels at the full rate whatever its size (1e-3 or 1e3: 1 to 1e-5); one that alternates
+    travels almost nothing (its first moment's sign flips each step)."""
+    import optax
+
+    rng = np.random.default_rng(2)
+    g = rng.normal(0.2, 1.0, (50, 3))
+    opt, params = optax.adam(1.0), np.zeros(3, np.float32)
+    state, total = opt.init(params), np.zeros(3)
+    for row in g.astype(np.float32):
+        updates, state = opt.update(row, state, params)
+        total -= np.asarray(updates, np.float64)  # optax's update is minus the direction
+    np.testing.assert_allclose(hs.adam_travel(g), np.abs(total) / 50, rtol=1e-5, atol=1e-6)
+    constant = np.array([[1e-3, 1e3]] * 40)
+    np.testing.assert_allclose(hs.adam_travel(constant), [1.0, 1.0], atol=1e-5)
+    alternating = np.array([[1.0], [-1.0]] * 40)
+    assert hs.adam_travel(alternating)[0] < 0.1
+
+
+def test_adam_travel_null_matches_its_simulation_and_shrinks_with_the_steps():
+    """Noise alone: the expected travel falls like about 1 / sqrt(N) (a random walk of Adam's
+    nearly unit steps, correlated over the first moment's ~10 steps); 4000 draws give each level
+    to about 1%."""
+    levels = [hs.adam_travel_null(n) for n in (12, 40, 80)]
+    assert levels[0] > levels[1] > levels[2]
+    assert levels[2] == pytest.approx(levels[1] * np.sqrt(40 / 80), rel=0.1)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -97,6 +129,8 @@ def test_pool_statistics_adds_chi_square_and_takes_medians_over_seeds():
     (["--seeds", "0,x"], "give a comma list of integers"),
     (["--seeds", "1,1"], "each seed once"),
     (["--render-workers", "0"], "--render-workers 0"),
+    (["--dataset-size", "0"], "--dataset-size 0: give at least 1"),
+    (["--finetune-epochs", "-1"], "--finetune-epochs -1: give at least 1"),
     (["--experiment", "no-such"], "valid choices are"),
 ])
 def test_main_refuses_bad_arguments_before_running(argv, message, monkeypatch, capsys, tmp_path):
