@@ -66,6 +66,10 @@ VARIANTS = {
     "linear": ({"approximation": "linear"}, "Table 1's linear row (no curvature)"),
     "natural": ({"outer_optimizer": "natural", "outer_learning_rate": 1e3, "max_kl": 0.2},
                 "natural gradient of q_psi in a KL trust region of 0.2 nats per step"),
+    "natural_lr0.03": ({"outer_optimizer": "natural", "outer_learning_rate": 0.03, "max_kl": 0.2},
+                       "the natural gradient below its trust region (0.004-0.045 nats per step at the cpu starts), "
+                       "so that a step follows the hypergradient's size in KL units, not its sign as Adam does: "
+                       "does a small push stop walking, and does digits keep its gain?"),
     "linear_natural": ({"approximation": "linear", "outer_optimizer": "natural", "outer_learning_rate": 1e3,
                         "max_kl": 0.2}, "the linear row with the natural-gradient trust region"),
     "entropy0.3": ({"entropy_weight": 0.3}, "an entropy bonus of 0.3 times the hypergradient's norm"),
