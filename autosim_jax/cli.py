@@ -502,6 +502,7 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
         sign = 1 if setup.task.higher_is_better else -1
         best, best_reset = max(candidates, key=lambda c: sign * candidates[c]["val_metric"])
         out["checked_steps"] = {f"{step}+reset" if r else str(step): v for (step, r), v in sorted(candidates.items())}
+        out["reset_fields"] = list(reset)  # what "+reset" in those keys sets back to the start
         # The models that picked the best checked psi would also judge it too kindly (their own
         # noise is part of why it won), so the selected psi is judged by new fresh models: other
         # render and minibatch keys than every assessment above.
@@ -684,6 +685,11 @@ def _summary_table(s: dict, metric: str) -> str:
                 rows.append((f"  {name.replace('_', ' ')}", pair(a[name])))
         if "selected_psi" in a:
             sel = a["selected_psi"]
+            picked = f"{sel['step']}+reset" if sel.get("reset") else str(sel["step"])
+            for key, value in a.get("checked_steps", {}).items():  # what validation chose among
+                step, _, reset = key.partition("+")
+                rows.append((f"    candidate: step {step}{_reset_text(a.get('reset_fields', ())) if reset else ''}",
+                             pair(value) + ("  <- picked by val" if key == picked else "")))
             rows.append((f"  selected psi (step {sel['step']}{_reset_text(sel.get('reset', ()))}, new models)",
                          pair(sel)))
         if "images_rendered" in a:  # summaries written before 2026-12-03 do not have it

@@ -659,6 +659,11 @@ def test_select_reset_adds_each_candidate_with_the_fields_at_their_start(toy_pat
     at_step = [r for r in _lines(out / "metrics.jsonl") if r["step"] == step][0]["psi"]
     assert psi_doc["raw"]["selected"] == (psi_doc["raw"]["start"] if reset else at_step)
     assert f"selected psi (step {step}{' with x at the start' if reset else ''}, new models)" in printed
+    for key in checked:  # every candidate printed, the pick marked
+        line = [ln for ln in printed.splitlines()
+                if ln.strip().startswith(f"candidate: step {key.split('+')[0]}")
+                and ("with x at the start" in ln) == key.endswith("+reset")]
+        assert len(line) == 1 and line[0].endswith("<- picked by val") == (key == best), (key, line)
     # start, learned, reference; 3 more candidates (step 2, both twins) and the judging: 4 for the selection
     n = a["images"] * a["models"]
     assert (a["images_rendered"], a["images_rendered_selection"]) == (7 * n, 4 * n)
