@@ -73,8 +73,9 @@ import numpy as np
 DECAY = 0.99
 # Standard errors no average reaches: the gate's factor is 0, so psi stays at its start.
 GATE_CLOSED = 1e6
-# Adam on psi as AutoSimConfig.outer_optax builds it: optax's b1 and eps, the config's b2.
-ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+# Adam on psi as AutoSimConfig.outer_optax builds it: optax's b1 and eps (b2 is the config's
+# outer_beta2, 0.999 unless an experiment sets it).
+ADAM_B1, ADAM_EPS = 0.9, 1e-8
 # Where p-values are drawn on the log axis when smaller (erfc underflows near 1e-300 anyway).
 P_FLOOR = 1e-30
 
@@ -103,7 +104,7 @@ def _steps_to_detect(median_abs_z: float, steps: int) -> float | None:
     return 4 * steps / median_abs_z**2 if median_abs_z > 0 else None
 
 
-def leaf_statistics(g: np.ndarray, se2: np.ndarray, classes: int = 0) -> dict:
+def leaf_statistics(g: np.ndarray, se2: np.ndarray, classes: int = 0, b2: float = 0.999) -> dict:
     """Calibration and signal of one psi leaf over ``N`` steps at a fixed psi.
 
     Args:
@@ -111,6 +112,7 @@ def leaf_statistics(g: np.ndarray, se2: np.ndarray, classes: int = 0) -> dict:
       se2: ``(N, n)``, its squared standard error from the step's own renders.
       classes: the categorical's number of classes for a ``logits`` leaf, else 0
         (:func:`autosim_jax.outer.categorical_classes`).
+      b2: Adam's second-moment decay on psi (``AutoSimConfig.outer_beta2``), for ``adam_travel``.
 
     Returns:
       ``n``, ``steps`` (N); ``calibration``: median of ``var_t(g) / mean_t(se2)``; ``chi2``,
@@ -128,25 +130,25 @@ def leaf_statistics(g: np.ndarray, se2: np.ndarray, classes: int = 0) -> dict:
     z = g.sum(axis=0) / np.sqrt(se2.sum(axis=0))
     chi2, dof, p = (float(x) for x in leaf_signal(g.sum(axis=0), se2.sum(axis=0), classes))
     median_z = float(np.median(np.abs(z)))
-    travel = adam_travel(g)
+    travel = adam_travel(g, b2)
     return {"n": n, "steps": steps, "calibration": float(np.median(ratio)), "chi2": chi2, "dof": dof, "p": p,
             "median_abs_z": median_z, "steps_to_detect": _steps_to_detect(median_z, steps),
             "mean_abs_g": float(np.median(np.abs(g.mean(axis=0)))), "adam_travel": float(np.median(travel)),
             "z": z.tolist(), "ratio": ratio.tolist(), "mean_g": g.mean(axis=0).tolist(), "travel": travel.tolist()}
 
 
-def adam_travel(g: np.ndarray) -> np.ndarray:
+def adam_travel(g: np.ndarray, b2: float = 0.999) -> np.ndarray:
     """``|sum_t u_t| / N`` per coordinate of ``g`` (``(N, n)``), ``u_t`` Adam's bias-corrected
-    update direction for the gradients ``g_1..g_t`` (optax's ``b1``, ``eps``; the config's
-    ``b2``): 1 when every step goes the same way at the full rate, near 0 when they cancel.
+    update direction for the gradients ``g_1..g_t`` (optax's ``b1``, ``eps``; ``b2`` the
+    config's ``outer_beta2``): 1 when every step goes the same way at the full rate, near 0 when they cancel.
     The scale of ``g`` does not matter (to ``eps``), which is the point.
     """
     g = np.asarray(g, np.float64)
     m, v, total = np.zeros(g.shape[1]), np.zeros(g.shape[1]), np.zeros(g.shape[1])
     for t, row in enumerate(g, start=1):
         m = ADAM_B1 * m + (1 - ADAM_B1) * row
-        v = ADAM_B2 * v + (1 - ADAM_B2) * row**2
-        total += (m / (1 - ADAM_B1**t)) / (np.sqrt(v / (1 - ADAM_B2**t)) + ADAM_EPS)
+        v = b2 * v + (1 - b2) * row**2
+        total += (m / (1 - ADAM_B1**t)) / (np.sqrt(v / (1 - b2**t)) + ADAM_EPS)
     return np.abs(total) / len(g)
 
 
@@ -241,7 +243,7 @@ def run_seed(args, seed: int, t0: float) -> dict:
     leaves = {}
     for leaf in means[0]:
         g, se2 = recover_steps(np.stack([m[leaf] for m in means]), np.stack([v[leaf] for v in noise]), DECAY)
-        leaves[leaf] = leaf_statistics(g[used], se2[used], classes[leaf])
+        leaves[leaf] = leaf_statistics(g[used], se2[used], classes[leaf], config.outer_beta2)
     return {"seed": seed, "steps_used": len(used), "kept_steps": kept, "seconds": time.perf_counter() - t_seed,
             "experiment_config": setup.config.to_dict(), "leaves": leaves}
 
