@@ -92,10 +92,12 @@ def main(argv=None) -> int:
                              "--select-every N or --select-reset FIELDS on an experiment with a reference psi")
         rows.append({"run": os.path.basename(os.path.normpath(run)),
                      **{m: candidates(a, m) for m in ("val_metric", "test_metric")}})
-    print("| run | " + " | ".join(rows[0]["test_metric"]["G"]) + " | pick (its G) | pick, new models | final |")
+    # the candidates of every run, in step order (a run may lack one, e.g. a twin equal to its psi)
+    keys = sorted({k for r in rows for k in r["test_metric"]["G"]}, key=lambda k: (int(k.split("+")[0]), k))
+    print("| run | " + " | ".join(keys) + " | pick (its G) | pick, new models | final |")
     for r in rows:
         t = r["test_metric"]
-        print(f"| {r['run']} | " + " | ".join(f"{v:.2f}" for v in t["G"].values())
+        print(f"| {r['run']} | " + " | ".join(f"{t['G'][k]:.2f}" if k in t["G"] else "-" for k in keys)
               + f" | {t['picked']} ({t['picked_G']:.2f}) | {t['picked_G_new_models']:.2f} | {t['learned_G']:.2f} |")
     new = np.array([r["test_metric"]["picked_G_new_models"] for r in rows])
     final = np.array([r["test_metric"]["learned_G"] for r in rows])

@@ -51,6 +51,19 @@ def test_main_tabulates_each_runs_candidates_and_the_pick(tmp_path, capsys):
     assert "| seed1 | 0.25 | 0.90 | 0.50 | 60+reset (0.90) | 0.80 | 0.50 |" in printed
 
 
+def test_the_table_aligns_runs_with_different_candidates(tmp_path, capsys):
+    """A run whose psi at 60 held the reset fields at the start has no twin there: a dash, the
+    columns stay in step order."""
+    full = _assessment(0.40, 0.42, 0.45, 0.44, "120")
+    short = _assessment(0.35, 0.48, 0.40, 0.46, "120")
+    del short["checked_steps"]["60+reset"]
+    runs = [_run_dir(tmp_path, "a", short), _run_dir(tmp_path, "b", full)]
+    assert sr.main([*runs, "--out", str(tmp_path / "sel")]) == 0
+    printed = capsys.readouterr().out
+    assert "| run | 60 | 60+reset | 120 |" in printed
+    assert "| a | 0.25 | - | 0.50 |" in printed
+
+
 def test_main_names_a_run_without_candidates(tmp_path):
     plain = _assessment(0.40, 0.42, 0.45, 0.44, "120")
     del plain["checked_steps"]
