@@ -48,7 +48,6 @@ import numpy as np
 from field_drift import read_record  # this script's records, compressed or not
 
 
-
 def all_but(*fields: str) -> str:
     """A ``psi_trainable`` pattern that learns every psi field except ``fields`` (held at the start).
 
@@ -190,9 +189,9 @@ VARIANTS = {
                      "steps, a cheaper way than finetune32 to a step model that segments more than the background?"),
     "k2048_e8": ({"dataset_size": 2048, "finetune_epochs": 8},
                  "each step's fresh theta trained like the assessment's fresh models (2048 renders x 8 epochs, "
-                 "32x the fine-tuning): from such a theta the step sees no rubber preference "
+                 "32x the fine-tuning): from such a theta 8 influence estimates see no rubber preference "
                  "(influence_features.py, session 25); does the run keep colour and material, and reach G >= 0.8 "
-                 "within 60 steps?"),
+                 "within 60 steps? (session 26: no; the material walks as before, G 0.28 at 60)"),
     "finetune1": ({"finetune_epochs": 1},
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),

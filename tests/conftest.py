@@ -5,11 +5,23 @@ an affine model) is written to a module on sys.path and named as ``module:attr``
 the way a user runs an experiment of their own; subprocesses find it through PYTHONPATH.
 """
 
+import importlib.util
+import pathlib
 import sys
 import textwrap
 
 import jax
 import pytest
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/NAME.py`` as a module, loaded from its file (``benchmarks/`` is no
+    package and not on the test path), for tests of its pure helpers."""
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(items):

@@ -5,16 +5,11 @@ statistics use autosim_jax.outer's test, and these tests build no experiment.
 The statistical tests are probabilistic with fixed seeds; each states its tolerance's origin.
 """
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
-_PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "hypergradient_signal.py"
-_SPEC = importlib.util.spec_from_file_location("hypergradient_signal", _PATH)
-hs = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(hs)
+hs = load_benchmark("hypergradient_signal")
 
 
 def test_recover_steps_inverts_the_gate_kept_in_float32():

@@ -3,16 +3,13 @@
 The script is loaded from its file (benchmarks/ is no package and not on the test path).
 """
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
+from conftest import load_benchmark
 
-_PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "selection_runs.py"
-_SPEC = importlib.util.spec_from_file_location("selection_runs", _PATH)
-sr = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(sr)
+sr = load_benchmark("selection_runs")
 
 
 def _run_dir(root: pathlib.Path, name: str, assessment: dict) -> str:
