@@ -139,6 +139,29 @@ def test_summary_table_is_printed(reference):
         assert text in out, text
 
 
+def test_progress_and_summary_say_how_far_psi_moved(toy_path, tmp_path, capsys):
+    """Each progress line and the summary give KL(q_psi || q_start), checked against the Normal's
+    closed form on psi.json's raw start and learned psi; the in-run metric's rows say whose it is."""
+    from autosim_jax.cli import _summary_table
+
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--iterations", "3", "--assess-images", "0", "--log-every", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    raw = json.loads((out / "psi.json").read_text())["raw"]
+    m1, s1 = raw["learned"]["x.loc"][0], np.exp(raw["learned"]["x.log_scale"][0])
+    m2, s2 = raw["start"]["x.loc"][0], np.exp(raw["start"]["x.log_scale"][0])
+    kl = np.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5
+    assert kl > 0.01 and summary["psi_kl_from_start"] == pytest.approx(kl, rel=1e-4)
+    lines = [line for line in captured.err.splitlines() if "nats from the start" in line]
+    assert len(lines) == 3 and f"psi {summary['psi_kl_from_start']:.3g} nats" in lines[-1]
+    assert "psi moved, KL(q_psi || q_start)" in captured.out
+    # the toy keeps its model across steps; the experiments train a fresh one per step
+    assert summary["val_metric_model"] == "warm-started" and "fresh model" not in captured.out
+    fresh = _summary_table({**summary, "val_metric_model": "fresh per step"}, "neg_mse")
+    assert "best val neg_mse of a step's fresh model" in fresh and "start val neg_mse of a step's fresh model" in fresh
+
+
 def test_summary_table_names_fine_tuning_loss_jumps():
     from autosim_jax.cli import _summary_table
 
