@@ -32,6 +32,15 @@ instead of training new ones::
         --runs benchmarks/results/psi_learning/clevr-seg_gpu_default_240steps.json:default \\
         --with-reference color,material,shape --recorded-baselines --jobs 6 --gpus 1 --out $OUT/r
 
+``--cli-runs DIR`` takes an ``autosim run`` directory instead (repeatable): the psi the run
+returned (``psi.json``'s selected psi when ``--select-every`` / ``--select-reset`` chose one, its
+learned psi otherwise) is assessed again and pooled with the run's own assessment (its judging
+models for a selected psi), e.g. the five picks of ``autosim run --select-reset`` (session 27)::
+
+    python benchmarks/reassess.py --experiment clevr-seg --size gpu --repeats 8 \
+        --cli-runs benchmarks/results/clevr-seg_gpu_cli_select_reset_final/seed0 \
+        --cli-runs benchmarks/results/clevr-seg_gpu_cli_select_reset/seed1 ... --jobs 5 --gpus 1 --out $OUT/r
+
 Only runs of the experiment's own family (not the histogram or broad-share variants) can be
 assessed again. Writes ``OUT.json`` (device, versions, command, date, every assessment, G per
 seed from the new models alone and pooled with the recorded ones) and ``OUT.png``.
@@ -172,6 +181,52 @@ def _records(p, args, setup) -> list[dict]:
     return items
 
 
+def _cli_records(p, args, setup) -> list[dict]:
+    """One item per ``--cli-runs`` directory: the psi the run returned (selected, else learned),
+    flat like :func:`_records`' items, with the run's own assessments as the recorded ones;
+    checked before any job starts. ``setup``: the experiment's (seed 0) in this process."""
+    import jax
+
+    from autosim_jax.rundir import psi_from_record
+
+    like = setup.simulator.distribution.init()
+    budget = (args.assess_images or setup.assess_images, args.assess_epochs or setup.assess_epochs)
+    items = []
+    for run_dir in args.cli_runs:
+        try:
+            with open(os.path.join(run_dir, "config.json")) as f:
+                config = json.load(f)
+            with open(os.path.join(run_dir, "summary.json")) as f:
+                summary = json.load(f)
+            with open(os.path.join(run_dir, "psi.json")) as f:
+                raw = json.load(f)["raw"]
+        except (OSError, ValueError, KeyError) as err:
+            p.error(f"--cli-runs {run_dir}: not a finished autosim run directory ({type(err).__name__}: {err})")
+        size = config.get("size") or "cpu"  # autosim run without --size: the experiments' default size
+        if (config.get("experiment"), size) != (args.experiment, args.size):
+            p.error(f"--cli-runs {run_dir} is {config.get('experiment')} at {size} size, not "
+                    f"{args.experiment} at {args.size}")
+        a = summary.get("assessment")
+        if not a or "reference_psi" not in a:
+            p.error(f"--cli-runs {run_dir} has no fresh-model assessment with a reference psi to pool with")
+        if (a["images"], a["epochs"]) != budget:
+            p.error(f"--cli-runs {run_dir} assessed on {a['images']} images x {a['epochs']} epochs; give "
+                    f"--assess-images {a['images']} --assess-epochs {a['epochs']}, or its models cannot be pooled")
+        selected = "selected_psi" in a and raw.get("selected") is not None
+        old = a["selected_psi"] if selected else a["learned_psi"]
+        returned = (f"{old['step']}+reset" if old.get("reset") else str(old["step"])) if selected else "final"
+        psi = psi_from_record(like, raw["selected" if selected else "learned"])
+        flat = {jax.tree_util.keystr(path): np.asarray(v).ravel().tolist()
+                for path, v in jax.tree_util.tree_flatten_with_path(psi)[0]}
+        items.append({"file": os.path.normpath(run_dir), "variant": "selected" if selected else "learned",
+                      "returned": returned, "seed": int(config["seed"]),
+                      "step": int(old["step"]) if selected else int(summary["iterations"]), "psi": flat,
+                      "old": old, "old_n": a["models"],
+                      "old_baseline": {"start": a["start_psi"], "reference": a["reference_psi"]},
+                      "old_baseline_n": a["models"]})
+    return items
+
+
 def _with_reference(p, args, items: list[dict], reference) -> list[dict]:
     """For each item of :func:`_records`, the same psi with ``--with-reference``'s fields set to the
     experiment's ``reference`` psi (flat, as recorded): no recorded models (``old`` None)."""
@@ -193,8 +248,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
     p.add_argument("--size", default="gpu", choices=("cpu", "gpu"))
-    p.add_argument("--runs", action="append", required=True, metavar="FILE:VARIANT[,VARIANT]",
+    p.add_argument("--runs", action="append", default=[], metavar="FILE:VARIANT[,VARIANT]",
                    help="a psi_learning.py OUT.json and variants of it (repeatable)")
+    p.add_argument("--cli-runs", action="append", default=[], metavar="DIR",
+                   help="an autosim run directory: the psi it returned (selected, else learned) (repeatable)")
     p.add_argument("--step", default="60", help="the recorded psi after this many steps (assessed steps; a comma "
                    "list assesses each, against one start/reference assessment per seed)")
     p.add_argument("--seeds", default=None, help="comma list (default: every seed of the runs)")
@@ -212,13 +269,15 @@ def main(argv=None) -> int:
         args.steps = [int(t) for t in args.step.split(",")]
     except ValueError:
         p.error(f"--step must be a comma list of step counts, got {args.step!r}")
+    if not args.runs and not args.cli_runs:
+        p.error("give --runs FILE:VARIANT or --cli-runs DIR (or both)")
     if args.repeats < 1 or args.seed_offset < 1:
         p.error("--repeats and --seed-offset must be >= 1 (offset 0 would train the recorded models again)")
     import autosim_jax as asj
 
     exp = asj.get_experiment(args.experiment)
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)  # once: the family and the reference
-    items = _records(p, args, setup)
+    items = _records(p, args, setup) + _cli_records(p, args, setup)
     if args.with_reference:
         items += _with_reference(p, args, items, setup.reference_psi)
     common = job_options(args, seed_offset=args.seed_offset)
@@ -234,7 +293,7 @@ def main(argv=None) -> int:
 
     rows = []
     for i, it in enumerate(items):
-        row = {k: it[k] for k in ("file", "variant", "seed", "step", "old_n", "old_baseline_n")}
+        row = {k: it[k] for k in ("file", "variant", "returned", "seed", "step", "old_n", "old_baseline_n") if k in it}
         row["old"] = it["old"] and {k: it["old"][k] for k in ("test_metric", "val_metric")}
         # with --recorded-baselines the recorded start and reference stand in for new ones (pooled: 0 new models)
         nb, nl = new_base.get(it["seed"], it["old_baseline"] if args.recorded_baselines else None), new_learned.get(i)

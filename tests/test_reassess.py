@@ -1,0 +1,91 @@
+"""benchmarks/reassess.py's ``--cli-runs``: the psi an ``autosim run`` directory returned, read
+back for new fresh models (issue 13, session 27), on a real run of the CLI tests' toy.
+
+The script imports its siblings (``field_drift``, ``psi_learning``), so it is imported with
+``benchmarks/`` on ``sys.path``, as tests/test_benchmark_doctests.py does.
+"""
+
+import argparse
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from autosim_jax.cli import main
+
+_BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
+TOY_REF = "toy_reference:TOY_REF"  # the toy with a reference psi and a 64-image assessment
+
+
+@pytest.fixture()
+def reassess(monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(_BENCHMARKS))
+    return importlib.import_module("reassess")
+
+
+@pytest.fixture(scope="module")
+def runs(toy_path, tmp_path_factory):
+    """Two finished toy runs: one returns a psi chosen by --select-every, one its final psi."""
+    root = tmp_path_factory.mktemp("cli_runs")
+    assert main(["run", TOY_REF, "--iterations", "4", "--select-every", "2", "--assess-models", "2",
+                 "--out", str(root / "selected")]) == 0
+    assert main(["run", TOY_REF, "--iterations", "3", "--seed", "1", "--out", str(root / "final")]) == 0
+    return root
+
+
+def _args(dirs, **over):
+    base = dict(cli_runs=[str(d) for d in dirs], experiment=TOY_REF, size="cpu", assess_images=None,
+                assess_epochs=None)
+    return argparse.Namespace(**{**base, **over})
+
+
+def _setup():
+    import toy_reference
+
+    return toy_reference.build()
+
+
+def test_cli_runs_give_the_returned_psi_and_the_runs_own_assessments(reassess, runs):
+    from field_drift import unflatten
+
+    from autosim_jax.rundir import psi_from_record
+
+    setup = _setup()
+    items = reassess._cli_records(argparse.ArgumentParser(), _args([runs / "selected", runs / "final"]), setup)
+    assert [it["variant"] for it in items] == ["selected", "learned"]
+    for it, name in zip(items, ("selected", "final")):
+        summary = json.loads((runs / name / "summary.json").read_text())
+        raw = json.loads((runs / name / "psi.json").read_text())["raw"]
+        a = summary["assessment"]
+        key = "selected" if name == "selected" else "learned"
+        # the flat psi the jobs rebuild is the run's returned psi, bit for bit
+        back = unflatten(it["psi"], setup.simulator.distribution.init())
+        want = psi_from_record(setup.simulator.distribution.init(), raw[key])
+        assert all(np.array_equal(x, y) for x, y in zip(np.asarray(back["x"]), np.asarray(want["x"])))
+        assert it["old"] == (a["selected_psi"] if key == "selected" else a["learned_psi"])
+        assert it["old_n"] == it["old_baseline_n"] == a["models"]
+        assert it["old_baseline"] == {"start": a["start_psi"], "reference": a["reference_psi"]}
+        assert it["seed"] == json.loads((runs / name / "config.json").read_text())["seed"]
+    assert items[0]["returned"] == str(json.loads((runs / "selected" / "summary.json").read_text())["selected_step"])
+    assert items[1]["returned"] == "final" and items[1]["step"] == 3 and items[1]["seed"] == 1
+
+
+def test_cli_runs_are_checked_before_any_job(reassess, runs, tmp_path, capsys):
+    setup, p = _setup(), argparse.ArgumentParser(prog="reassess.py")
+    bad = tmp_path / "half"
+    shutil.copytree(runs / "final", bad)
+    (bad / "summary.json").unlink()  # an unfinished run
+    cases = [(_args([bad]), "not a finished autosim run directory"),
+             (_args([runs / "final"], experiment="clevr-seg", size="gpu"), "not clevr-seg at gpu"),
+             (_args([runs / "final"], assess_images=128), "--assess-images 64 --assess-epochs 5")]
+    for args, message in cases:
+        with pytest.raises(SystemExit):
+            reassess._cli_records(p, args, setup)
+        assert message in capsys.readouterr().err, message
+    with pytest.raises(SystemExit):
+        reassess.main(["--experiment", TOY_REF, "--out", str(tmp_path / "o")])
+    assert "give --runs FILE:VARIANT or --cli-runs DIR" in capsys.readouterr().err
