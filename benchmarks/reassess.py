@@ -282,7 +282,7 @@ def main(argv=None) -> int:
         items += _with_reference(p, args, items, setup.reference_psi)
     common = job_options(args, seed_offset=args.seed_offset)
     t0 = time.perf_counter()
-    learned = [{"seed": it["seed"], "psi": it["psi"], "item": i, "label": f"{it['variant']} step {it['step']}"}
+    learned = [{"seed": it["seed"], "psi": it["psi"], "item": i, "label": f"{it['variant']} step {it.get('returned', it['step'])}"}
                for i, it in enumerate(items)]
     base_seeds = [] if args.recorded_baselines else sorted({it["seed"] for it in items})
     results, unfinished = assess_jobs(common, base_seeds, learned, jobs=args.jobs,
