@@ -38,8 +38,8 @@ def runs(toy_path, tmp_path_factory):
 
 
 def _args(dirs, **over):
-    base = dict(cli_runs=[str(d) for d in dirs], experiment=TOY_REF, size="cpu", assess_images=None,
-                assess_epochs=None)
+    base = {"cli_runs": [str(d) for d in dirs], "experiment": TOY_REF, "size": "cpu", "assess_images": None,
+            "assess_epochs": None}
     return argparse.Namespace(**{**base, **over})
 
 
