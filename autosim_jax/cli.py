@@ -27,8 +27,8 @@ Progress: a bar on a terminal; in a log or a pipe one line every ``--log-every``
 as KL(q_psi || q_start) in nats, CG status, ETA without the first, compiling, step); the same for
 the assessment. With a fresh model per step (``theta_reset_every=1``, the experiments' setting)
 the validation metric is that model's after one step's fine-tuning, named so in the progress
-and the summary; the fresh-model assessment after the run is psi's measure. Ctrl-C stops promptly (exit 130) and leaves a
-resumable directory.
+and the summary; the fresh-model assessment after the run is psi's measure. Ctrl-C stops
+promptly (exit 130) and leaves a resumable directory.
 
 Rendering: ``--render-workers N`` renders each batch with N worker processes
 (``--render-backend process``, the default) or Ray actors (``--render-backend ray``, on a local
@@ -426,7 +426,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     summary = summarize(result.records, higher=higher, stopped_by=result.stopped_by, state=result.state,
                         target=target)
     summary["psi_kl_from_start"] = float(moved(result.state.psi))
-    summary["val_metric_model"] = "fresh per step" if run_config.theta_reset_every == 1 else "warm-started"
+    every = run_config.theta_reset_every
+    summary["val_metric_model"] = {0: "warm-started", 1: "fresh per step"}.get(every, f"reset every {every} steps")
     reference = setup.reference_psi
     if assess_images and result.records:
         with pools.timeout_scaled(math.ceil(assess_images / run_config.dataset_size)):  # one batch of N images

@@ -37,6 +37,21 @@ def field_kls(reference, psi) -> dict[str, float]:
     return {f: float(kl_divergence({f: reference[f]}, {f: psi[f]})) for f in reference}
 
 
+def flatten(psi) -> dict[str, list]:
+    """psi as ``psi_learning.py`` records it: ``keystr(path) -> values`` (flattened lists); the
+    inverse of :func:`unflatten`.
+
+    Example:
+      >>> import numpy as np
+      >>> flatten({"x": np.array([[1.0, 2.0]])})
+      {"['x']": [1.0, 2.0]}
+    """
+    import jax
+
+    return {jax.tree_util.keystr(p): np.asarray(v).ravel().tolist()
+            for p, v in jax.tree_util.tree_flatten_with_path(psi)[0]}
+
+
 def unflatten(flat: dict[str, list], like):
     """A psi like ``like`` from ``psi_learning.py``'s flat record (``keystr(path) -> values``)."""
     import jax

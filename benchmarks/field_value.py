@@ -33,7 +33,7 @@ import sys
 import time
 
 import numpy as np
-from field_drift import read_runs  # psi_learning.py's records
+from field_drift import flatten, read_runs  # psi_learning.py's records and their flat psi
 from reassess import add_job_arguments, assess_jobs, failures, job_options  # fresh models on flat psi
 
 
@@ -51,16 +51,13 @@ def with_field(reference: dict[str, list], learned: dict[str, list], field: str)
 
 
 def _reference_flat(experiment: str, size: str) -> dict[str, list]:
-    import jax
-
     import autosim_jax as asj
 
     exp = asj.get_experiment(experiment)
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=size)
     if setup.reference_psi is None:
         raise SystemExit(f"{experiment} has no reference psi to set fields into")
-    return {jax.tree_util.keystr(p): np.asarray(v).ravel().tolist()
-            for p, v in jax.tree_util.tree_flatten_with_path(setup.reference_psi)[0]}
+    return flatten(setup.reference_psi)
 
 
 def main(argv=None) -> int:

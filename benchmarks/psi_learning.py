@@ -45,7 +45,7 @@ from concurrent.futures import ProcessPoolExecutor, TimeoutError, as_completed
 
 import numpy as np
 
-from field_drift import read_record  # this script's records, compressed or not
+from field_drift import flatten, read_record  # this script's records (compressed or not) and their psi
 
 
 def all_but(*fields: str) -> str:
@@ -229,13 +229,6 @@ def _tree_np(tree):
     return jax.tree.map(np.asarray, tree)
 
 
-def _flat(psi) -> dict[str, list]:
-    import jax
-
-    return {jax.tree_util.keystr(p): np.asarray(v).ravel().tolist()
-            for p, v in jax.tree_util.tree_flatten_with_path(psi)[0]}
-
-
 def _job(spec: dict) -> dict:
     """One process: a run and its assessments, or the start/reference assessments of a seed.
 
@@ -388,7 +381,7 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     half = psis[len(psis) // 2:]
     averaged = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *half)
     out["infos"] = infos
-    out["psi"] = [_flat(p) for p in psis]
+    out["psi"] = [flatten(p) for p in psis]
     if not spec["assess_steps"]:  # --no-assess: the trajectory alone
         out["seconds"] = time.perf_counter() - t0
         return out

@@ -56,7 +56,7 @@ import sys
 import time
 
 import numpy as np
-from field_drift import read_runs, unflatten  # psi_learning.py's records and their flat psi
+from field_drift import flatten, read_runs, unflatten  # psi_learning.py's records and their flat psi
 # the same jobs as psi_learning.py: process pool, GPU, render pool, deadline
 from psi_learning import job_setup, run_jobs
 
@@ -185,8 +185,6 @@ def _cli_records(p, args, setup) -> list[dict]:
     """One item per ``--cli-runs`` directory: the psi the run returned (selected, else learned),
     flat like :func:`_records`' items, with the run's own assessments as the recorded ones;
     checked before any job starts. ``setup``: the experiment's (seed 0) in this process."""
-    import jax
-
     from autosim_jax.rundir import psi_from_record
 
     like = setup.simulator.distribution.init()
@@ -216,11 +214,9 @@ def _cli_records(p, args, setup) -> list[dict]:
         old = a["selected_psi"] if selected else a["learned_psi"]
         returned = (f"{old['step']}+reset" if old.get("reset") else str(old["step"])) if selected else "final"
         psi = psi_from_record(like, raw["selected" if selected else "learned"])
-        flat = {jax.tree_util.keystr(path): np.asarray(v).ravel().tolist()
-                for path, v in jax.tree_util.tree_flatten_with_path(psi)[0]}
         items.append({"file": os.path.normpath(run_dir), "variant": "selected" if selected else "learned",
                       "returned": returned, "seed": int(config["seed"]),
-                      "step": int(old["step"]) if selected else int(summary["iterations"]), "psi": flat,
+                      "step": int(old["step"]) if selected else int(summary["iterations"]), "psi": flatten(psi),
                       "old": old, "old_n": a["models"],
                       "old_baseline": {"start": a["start_psi"], "reference": a["reference_psi"]},
                       "old_baseline_n": a["models"]})
@@ -230,10 +226,7 @@ def _cli_records(p, args, setup) -> list[dict]:
 def _with_reference(p, args, items: list[dict], reference) -> list[dict]:
     """For each item of :func:`_records`, the same psi with ``--with-reference``'s fields set to the
     experiment's ``reference`` psi (flat, as recorded): no recorded models (``old`` None)."""
-    import jax
-
-    flat = {jax.tree_util.keystr(path): np.asarray(v).tolist()
-            for path, v in jax.tree_util.tree_flatten_with_path(reference)[0]}
+    flat = flatten(reference)
     fields = [f.strip() for f in args.with_reference.split(",") if f.strip()]
     unknown = [f for f in fields if f not in reference]
     if unknown or not fields:
@@ -282,8 +275,8 @@ def main(argv=None) -> int:
         items += _with_reference(p, args, items, setup.reference_psi)
     common = job_options(args, seed_offset=args.seed_offset)
     t0 = time.perf_counter()
-    learned = [{"seed": it["seed"], "psi": it["psi"], "item": i, "label": f"{it['variant']} step {it.get('returned', it['step'])}"}
-               for i, it in enumerate(items)]
+    learned = [{"seed": it["seed"], "psi": it["psi"], "item": i,
+                "label": f"{it['variant']} step {it.get('returned', it['step'])}"} for i, it in enumerate(items)]
     base_seeds = [] if args.recorded_baselines else sorted({it["seed"] for it in items})
     results, unfinished = assess_jobs(common, base_seeds, learned, jobs=args.jobs,
                                       deadline=args.deadline, out=args.out)
