@@ -8,8 +8,9 @@ directory or PYTHONPATH) and writes, under ``--out`` only::
     config.json     the resolved configuration: AutoSimConfig as data, seed, size, versions
     metrics.jsonl   one JSON line per outer step (losses, metrics, CG, timings, raw psi)
     checkpoint.npz  the AutoSimState after the last completed step (atomic, see checkpoint.py)
-    summary.json    totals, best validation metric, CG failures, the fresh-model assessment of
-                    the start, learned and reference psi and the gap closed G (at the end)
+    summary.json    totals, best validation metric (and whose model it is), CG failures, how
+                    far psi moved (KL from the start, nats), the fresh-model assessment of the
+                    start, learned and reference psi and the gap closed G (at the end)
     psi.json        the start, learned and reference psi in the fields' own units
     assessed.json   cached fresh-model assessments (a resumed run does not redo them)
     tensorboard/    the metrics.jsonl records as TensorBoard scalars (with tensorboardX or
