@@ -400,20 +400,26 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     # fresh-model assessment after the run.
     import jax
 
-    from .outer import kl_divergence
+    from .outer import check_families, kl_divergence
 
     psi_start = setup.simulator.distribution.init()
-    moved = jax.jit(lambda psi: kl_divergence(psi, psi_start))
+    try:
+        check_families(psi_start, "autosim run's progress")
+        moved = jax.jit(lambda psi: kl_divergence(psi, psi_start))
+    except ValueError:  # a mixture (with_exploration) has no closed-form KL: the lines go without it
+        moved = None
     val_text = f"val {metric}" + (" (the step's fresh model)" if run_config.theta_reset_every == 1 else "")
 
     def on_step(record: dict, state) -> None:
         count_cg(record)
         cg_text = _cg_status(cg, plan.approximation)
-        nats = float(moved(state.psi))
-        progress[0].update(f"{record['images']} images, {val_text} {record['val_metric']:.4g}, psi {nats:.3g} nats "
-                           f"from the start, {cg_text}",
-                           postfix={metric: f"{record['val_metric']:.4g}", "psi KL": f"{nats:.3g}",
-                                    "images": record["images"], "CG": cg_text})
+        postfix = {metric: f"{record['val_metric']:.4g}", "images": record["images"], "CG": cg_text}
+        kl_text = ""
+        if moved is not None:
+            postfix["psi KL"] = f"{float(moved(state.psi)):.3g}"
+            kl_text = f" psi {postfix['psi KL']} nats from the start,"
+        progress[0].update(f"{record['images']} images, {val_text} {record['val_metric']:.4g},{kl_text} {cg_text}",
+                           postfix=postfix)
 
     if run_config.pretrain_rounds:  # inside init(seed), before the first step: minutes at gpu size
         print(f"autosim run: pretraining theta: {run_config.pretrain_rounds} rounds of {run_config.dataset_size} "
@@ -426,7 +432,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
             p.close()
     summary = summarize(result.records, higher=higher, stopped_by=result.stopped_by, state=result.state,
                         target=target)
-    summary["psi_kl_from_start"] = float(moved(result.state.psi))
+    if moved is not None:
+        summary["psi_kl_from_start"] = float(moved(result.state.psi))
     every = run_config.theta_reset_every
     summary["val_metric_model"] = {0: "warm-started", 1: "fresh per step"}.get(every, f"reset every {every} steps")
     reference = setup.reference_psi

@@ -162,6 +162,39 @@ def test_progress_and_summary_say_how_far_psi_moved(toy_path, tmp_path, capsys):
     assert "best val neg_mse of a step's fresh model" in fresh and "start val neg_mse of a step's fresh model" in fresh
 
 
+EXPLORE_SOURCE = """
+import autosim_toy_experiment as toy
+from autosim_jax.distributions import from_schema
+from autosim_jax.experiments import Experiment
+from autosim_jax.schema import Field, SceneSchema
+from autosim_jax.simulator import Simulator
+
+
+class Bounded(toy.SquareRenderer):
+    name = "bounded"
+    schema = SceneSchema((Field.continuous("x", -3.0, 3.0),))
+
+
+def build(*, renderer="bounded", seed=0):
+    sim = Simulator(from_schema(Bounded.schema, {"x": {"loc": -1.0, "scale": 0.5}}, explore=0.1), Bounded())
+    return toy.build(seed=seed)._replace(simulator=sim)
+
+
+TOY_EXPLORE = Experiment("toy-explore", "the toy with an exploration mixture", ("bounded",), build)
+"""
+
+
+def test_a_psi_without_a_closed_form_kl_runs_without_it(toy_path, tmp_path, capsys):
+    """with_exploration's mixture has no closed-form KL: the run goes on and says nothing of it."""
+    (toy_path / "toy_explore.py").write_text(EXPLORE_SOURCE)
+    out = tmp_path / "r"
+    assert main(["run", "toy_explore:TOY_EXPLORE", "--iterations", "2", "--assess-images", "0", "--log-every", "1",
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "step 2/2" in captured.err and "nats" not in captured.err + captured.out
+    assert "psi_kl_from_start" not in json.loads((out / "summary.json").read_text())
+
+
 def test_summary_table_names_fine_tuning_loss_jumps():
     from autosim_jax.cli import _summary_table
 
