@@ -12,11 +12,11 @@ import shutil
 
 import numpy as np
 import pytest
+from toy_reference import SPEC as TOY_REF  # the toy with a reference psi and a 64-image assessment
 
 from autosim_jax.cli import main
 
 _BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
-TOY_REF = "toy_reference:TOY_REF"  # the toy with a reference psi and a 64-image assessment
 
 
 @pytest.fixture()
