@@ -19,6 +19,14 @@ Usage (H200, 16 host cores; a job per psi)::
         --runs benchmarks/results/psi_learning/clevr-seg_cpu_linear_snr_gate_trajectory.json:linear \\
         --fields size --seeds 0 --out /tmp/field_value   # smoke, 2-core CPU
 
+``--cli-runs DIR`` (repeatable) takes the psi an ``autosim run`` directory returned instead (its
+selected psi, else its learned one; session 28: the fields of seed 4's ``--select-reset`` pick)::
+
+    python benchmarks/field_value.py --experiment clevr-seg --size gpu --repeats 4 \\
+        --cli-runs benchmarks/results/clevr-seg_gpu_cli_select_reset_final/seed4 \\
+        --fields ambient,key_light,back_light,spp,bounces,resolution,num_objects,position,shape,rotation,size \\
+        --jobs 7 --gpus 1 --render-workers 2 --deadline 540 --out $OUT/field_value_seed4_pick
+
 Writes ``OUT.json`` (device, versions, command, date, every assessment, ``G_with`` per field and
 seed, mean +- std over seeds) and ``OUT.png`` (the cost ``1 - G_with`` per field).
 """
@@ -34,7 +42,9 @@ import time
 
 import numpy as np
 from field_drift import flatten, read_runs  # psi_learning.py's records and their flat psi
-from reassess import add_job_arguments, assess_jobs, failures, job_options  # fresh models on flat psi
+
+# fresh models on flat psi, and the psi an autosim run directory returned
+from reassess import add_job_arguments, assess_jobs, cli_records, failures, job_options
 
 
 def with_field(reference: dict[str, list], learned: dict[str, list], field: str) -> dict[str, list]:
@@ -50,21 +60,46 @@ def with_field(reference: dict[str, list], learned: dict[str, list], field: str)
     return {k: (learned[k] if k.startswith(prefix) else v) for k, v in reference.items()}
 
 
-def _reference_flat(experiment: str, size: str) -> dict[str, list]:
-    import autosim_jax as asj
-
-    exp = asj.get_experiment(experiment)
-    setup = exp.build(renderer=exp.renderers[0], seed=0, size=size)
-    if setup.reference_psi is None:
-        raise SystemExit(f"{experiment} has no reference psi to set fields into")
-    return flatten(setup.reference_psi)
+def returned_psi(p: argparse.ArgumentParser, args: argparse.Namespace, setup) -> tuple[str, dict[int, dict]]:
+    """``(source, {seed: flat psi})``: each seed's psi from ``--runs`` (the variant's psi after
+    ``--step`` steps) or ``--cli-runs`` (the psi each run directory returned), restricted to
+    ``--seeds``; checked before any job (``p.error`` on a short run, two runs of one seed, none).
+    ``setup``: the experiment's (seed 0)."""
+    seeds = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
+    if bool(args.runs) == bool(args.cli_runs):
+        p.error("give --runs FILE:VARIANT or --cli-runs DIR, not both")
+    if args.cli_runs:
+        source = ", ".join(args.cli_runs)
+        found = [(it["seed"], it["psi"]) for it in cli_records(p, args, setup)]
+    else:
+        try:
+            source, record, variants = read_runs(args.runs, args.experiment, args.size)
+        except ValueError as err:
+            p.error(str(err))
+        if len(variants) != 1:
+            p.error(f"--runs {args.runs!r}: name one variant")
+        runs = [r for r in record["runs"] if r["variant"] == variants[0] and "psi" in r]
+        short = [r["seed"] for r in runs if len(r["psi"]) < args.step]
+        if short:
+            p.error(f"{source}: the runs of seeds {short} have fewer than {args.step} steps")
+        found = [(r["seed"], r["psi"][args.step - 1]) for r in runs]
+    found = [(seed, psi) for seed, psi in found if seeds is None or seed in seeds]
+    twice = sorted({seed for seed, _ in found if [s for s, _ in found].count(seed) > 1})
+    if twice:
+        p.error(f"{source}: more than one run of seed(s) {twice}; a seed's start and reference are assessed once")
+    if not found:
+        p.error(f"{source} holds no run" + (f" for seeds {sorted(seeds)}" if seeds else ""))
+    return source, dict(found)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
     p.add_argument("--size", default="gpu", choices=("cpu", "gpu"))
-    p.add_argument("--runs", required=True, metavar="FILE:VARIANT", help="a psi_learning.py OUT.json and one variant")
+    p.add_argument("--runs", metavar="FILE:VARIANT", help="a psi_learning.py OUT.json and one variant")
+    p.add_argument("--cli-runs", action="append", default=[], metavar="DIR",
+                   help="instead of --runs: an autosim run directory, the psi it returned (selected, else "
+                   "learned; repeatable)")
     p.add_argument("--step", type=int, default=60, help="the run's psi after this many steps")
     p.add_argument("--fields", required=True, help="comma list of fields, each set alone into the reference")
     p.add_argument("--seeds", default=None, help="comma list (default: every seed of the run)")
@@ -73,34 +108,24 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    import autosim_jax as asj
+
+    exp = asj.get_experiment(args.experiment)
+    setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
+    if setup.reference_psi is None:
+        p.error(f"{args.experiment} has no reference psi to set fields into")
+    source, returned = returned_psi(p, args, setup)
+    fields, reference = args.fields.split(","), flatten(setup.reference_psi)
     try:
-        path, record, variants = read_runs(args.runs, args.experiment, args.size)
-    except ValueError as err:
-        p.error(str(err))
-    if len(variants) != 1:
-        p.error(f"--runs {args.runs!r}: name one variant")
-    seeds = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
-    runs = [r for r in record["runs"] if r["variant"] == variants[0] and "psi" in r
-            and (seeds is None or r["seed"] in seeds)]
-    if not runs:
-        p.error(f"{path} holds no run of {variants[0]!r}" + (f" for seeds {sorted(seeds)}" if seeds else ""))
-    short = [r["seed"] for r in runs if len(r["psi"]) < args.step]
-    if short:
-        p.error(f"{path}: the runs of seeds {short} have fewer than {args.step} steps")
-    fields = args.fields.split(",")
-    reference = _reference_flat(args.experiment, args.size)
-    try:
-        swapped = {(r["seed"], f): with_field(reference, r["psi"][args.step - 1], f) for r in runs for f in fields}
+        swapped = {(s, f): with_field(reference, psi, f) for s, psi in returned.items() for f in fields}
     except (ValueError, KeyError) as err:
-        p.error(f"{path}: {err}")
+        p.error(f"{source}: {err}")
     common = job_options(args, seed_offset=0)  # the psi_learning.py runs' assessment keys; nothing is pooled
     t0 = time.perf_counter()
     learned = [{"seed": s, "field": f, "psi": psi, "label": f"reference with {f}"} for (s, f), psi in swapped.items()]
-    results, unfinished = assess_jobs(common, [r["seed"] for r in runs], learned, jobs=args.jobs,
+    results, unfinished = assess_jobs(common, sorted(returned), learned, jobs=args.jobs,
                                       deadline=args.deadline, out=args.out)
     import jax
-
-    import autosim_jax as asj
 
     base = {r["seed"]: r["new"] for r in results if r["kind"] == "baseline" and "error" not in r}
     rows = []
@@ -122,7 +147,7 @@ def main(argv=None) -> int:
            "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
            "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
            "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
-           "size": args.size, "runs": args.runs, "step": args.step, "repeats": args.repeats,
+           "size": args.size, "runs": args.runs or args.cli_runs, "step": None if args.cli_runs else args.step, "repeats": args.repeats,
            "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
            "baselines": {str(s): b for s, b in base.items()}, "G_with_test_metric": summary, "rows": rows,
            "wall_seconds": time.perf_counter() - t0, "failed": failures(results, unfinished)}
@@ -135,6 +160,13 @@ def main(argv=None) -> int:
         print(f"reference with {f:>12} from the run: G {s['mean']:+.2f} +- {s['std']:.2f}, "
               f"cost {1 - s['mean']:.2f} (seeds {s['seeds']})")
     return 1 if out["failed"] else 0
+
+
+def _source_label(record: dict) -> str:
+    """``"VARIANT, step N"`` for a psi_learning.py record, the run directories' names for ``--cli-runs``."""
+    if record["step"] is None:
+        return "the psi returned by " + ", ".join(os.path.basename(os.path.normpath(d)) for d in record["runs"])
+    return f"{record['runs'].rpartition(':')[2]}, step {record['step']}"
 
 
 def plot(record: dict, path: str) -> None:
@@ -154,7 +186,7 @@ def plot(record: dict, path: str) -> None:
     ax.set_xticks(range(len(fields)), fields)
     ax.set_ylabel("1 - G of the reference with the field\nwhere the run left it (test metric)")
     ax.set_title(f"{record['experiment']} at {record['size']} size: what each field costs\n"
-                 f"({record['runs'].rpartition(':')[2]}, step {record['step']}, {record['repeats']} models per psi)",
+                 f"({_source_label(record)}, {record['repeats']} models per psi)",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

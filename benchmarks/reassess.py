@@ -26,7 +26,8 @@ Usage (H200, 16 host cores)::
 ``--with-reference FIELDS`` also assesses each psi with those fields set to the experiment's
 reference psi (what they cost it; session 22: a step-240 clevr-seg psi with colour, material and
 shape set back to uniform), and ``--recorded-baselines`` takes the recorded start and reference
-instead of training new ones::
+instead of training new ones (``--with-start FIELDS`` sets the fields to the start's instead: the
+twin ``autosim run --select-reset FIELDS`` would try)::
 
     python benchmarks/reassess.py --experiment clevr-seg --size gpu --step 240 --repeats 4 \\
         --runs benchmarks/results/psi_learning/clevr-seg_gpu_default_240steps.json:default \\
@@ -181,7 +182,7 @@ def _records(p, args, setup) -> list[dict]:
     return items
 
 
-def _cli_records(p, args, setup) -> list[dict]:
+def cli_records(p, args, setup) -> list[dict]:
     """One item per ``--cli-runs`` directory: the psi the run returned (selected, else learned),
     flat like :func:`_records`' items, with the run's own assessments as the recorded ones;
     checked before any job starts. ``setup``: the experiment's (seed 0) in this process."""
@@ -223,16 +224,17 @@ def _cli_records(p, args, setup) -> list[dict]:
     return items
 
 
-def _with_reference(p, args, items: list[dict], reference) -> list[dict]:
-    """For each item of :func:`_records`, the same psi with ``--with-reference``'s fields set to the
-    experiment's ``reference`` psi (flat, as recorded): no recorded models (``old`` None)."""
-    flat = flatten(reference)
-    fields = [f.strip() for f in args.with_reference.split(",") if f.strip()]
-    unknown = [f for f in fields if f not in reference]
+def _with_fields(p, option: str, names: str, items: list[dict], values, label: str) -> list[dict]:
+    """For each item of :func:`_records`, the same psi with the comma list ``names`` of fields set to
+    ``values`` (a psi: the reference for ``--with-reference``, the start for ``--with-start``),
+    flat as recorded; no recorded models (``old`` None). ``option`` names the flag in errors."""
+    flat = flatten(values)
+    fields = [f.strip() for f in names.split(",") if f.strip()]
+    unknown = [f for f in fields if f not in values]
     if unknown or not fields:
-        p.error(f"--with-reference: unknown fields {unknown or '(empty)'}; the experiment's are {sorted(reference)}")
+        p.error(f"{option}: unknown fields {unknown or '(empty)'}; the experiment's are {sorted(values)}")
     prefixes = tuple(f"['{f}']" for f in fields)
-    return [{**it, "variant": f"{it['variant']}+reference {'/'.join(fields)}", "old": None, "old_n": 0,
+    return [{**it, "variant": f"{it['variant']}+{label} {'/'.join(fields)}", "old": None, "old_n": 0,
              "psi": {k: (flat[k] if k.startswith(prefixes) else v) for k, v in it["psi"].items()}}
             for it in items]
 
@@ -252,6 +254,9 @@ def main(argv=None) -> int:
     p.add_argument("--with-reference", default=None, metavar="FIELDS",
                    help="comma list of fields: also assess each psi with these fields set to the reference's "
                    "(what they cost it; such a psi has no recorded models, its G is from the new ones)")
+    p.add_argument("--with-start", default=None, metavar="FIELDS",
+                   help="comma list of fields: also assess each psi with these fields set to the start's (the twin "
+                   "that autosim run --select-reset FIELDS would try)")
     p.add_argument("--recorded-baselines", action="store_true",
                    help="no new start/reference models: G against the recorded ones alone (cheaper)")
     p.add_argument("--seed-offset", type=int, default=1000,
@@ -270,9 +275,13 @@ def main(argv=None) -> int:
 
     exp = asj.get_experiment(args.experiment)
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)  # once: the family and the reference
-    items = _records(p, args, setup) + _cli_records(p, args, setup)
+    items = _records(p, args, setup) + cli_records(p, args, setup)
+    twins = []
     if args.with_reference:
-        items += _with_reference(p, args, items, setup.reference_psi)
+        twins += _with_fields(p, "--with-reference", args.with_reference, items, setup.reference_psi, "reference")
+    if args.with_start:
+        twins += _with_fields(p, "--with-start", args.with_start, items, setup.simulator.distribution.init(), "start")
+    items += twins
     common = job_options(args, seed_offset=args.seed_offset)
     t0 = time.perf_counter()
     learned = [{"seed": it["seed"], "psi": it["psi"], "item": i,
@@ -327,7 +336,7 @@ def main(argv=None) -> int:
               "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
               "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
               "size": args.size, "steps": args.steps, "repeats": args.repeats, "seed_offset": args.seed_offset,
-              "with_reference": args.with_reference, "recorded_baselines": args.recorded_baselines,
+              "with_reference": args.with_reference, "with_start": args.with_start, "recorded_baselines": args.recorded_baselines,
               "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
               "summary_G_test_metric": summary, "rows": rows, "wall_seconds": time.perf_counter() - t0,
               "failed": failures(results, unfinished)}

@@ -1,4 +1,4 @@
-"""benchmarks/reassess.py's ``--cli-runs``: the psi an ``autosim run`` directory returned, read
+"""benchmarks/reassess.py's and field_value.py's ``--cli-runs``: the psi an ``autosim run`` directory returned, read
 back for new fresh models (issue 13, session 27), on a real run of the CLI tests' toy.
 
 The script imports its siblings (``field_drift``, ``psi_learning``), so it is imported with
@@ -55,7 +55,7 @@ def test_cli_runs_give_the_returned_psi_and_the_runs_own_assessments(reassess, r
     from autosim_jax.rundir import psi_from_record
 
     setup = _setup()
-    items = reassess._cli_records(argparse.ArgumentParser(), _args([runs / "selected", runs / "final"]), setup)
+    items = reassess.cli_records(argparse.ArgumentParser(), _args([runs / "selected", runs / "final"]), setup)
     assert [it["variant"] for it in items] == ["selected", "learned"]
     for it, name in zip(items, ("selected", "final")):
         summary = json.loads((runs / name / "summary.json").read_text())
@@ -84,8 +84,48 @@ def test_cli_runs_are_checked_before_any_job(reassess, runs, tmp_path, capsys):
              (_args([runs / "final"], assess_images=128), "--assess-images 64 --assess-epochs 5")]
     for args, message in cases:
         with pytest.raises(SystemExit):
-            reassess._cli_records(p, args, setup)
+            reassess.cli_records(p, args, setup)
         assert message in capsys.readouterr().err, message
     with pytest.raises(SystemExit):
         reassess.main(["--experiment", TOY_REF, "--out", str(tmp_path / "o")])
     assert "give --runs FILE:VARIANT or --cli-runs DIR" in capsys.readouterr().err
+
+
+def test_with_start_gives_the_select_reset_twin(reassess, runs, capsys):
+    """``--with-start FIELDS``: the returned psi with the fields at the start's, as the twin of
+    ``autosim run --select-reset FIELDS`` (cli.psi_at with the reset fields) has them."""
+    from field_drift import flatten
+
+    setup, p = _setup(), argparse.ArgumentParser(prog="reassess.py")
+    items = reassess.cli_records(p, _args([runs / "final"]), setup)
+    start = setup.simulator.distribution.init()
+    (twin,) = reassess._with_fields(p, "--with-start", "x", items, start, "start")
+    assert twin["variant"] == "learned+start x" and twin["old"] is None and twin["old_n"] == 0
+    assert twin["psi"] == flatten(start) != items[0]["psi"]  # the run moved x; its twin has the start's
+    assert twin["seed"] == items[0]["seed"] and twin["returned"] == items[0]["returned"]
+    with pytest.raises(SystemExit):
+        reassess._with_fields(p, "--with-start", "x,colour", items, start, "start")
+    assert "--with-start: unknown fields ['colour']; the experiment's are ['x']" in capsys.readouterr().err
+
+
+def test_field_value_takes_the_psi_that_cli_runs_returned(runs, monkeypatch, capsys):
+    """``field_value.py --cli-runs``: each run's returned psi by seed, checked before any job."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(_BENCHMARKS))
+    field_value = importlib.import_module("field_value")
+    reassess = importlib.import_module("reassess")
+    setup, p = _setup(), argparse.ArgumentParser(prog="field_value.py")
+    dirs = [runs / "selected", runs / "final"]
+    source, found = field_value.returned_psi(p, _args(dirs, runs=None, seeds=None, step=60), setup)
+    want = {it["seed"]: it["psi"] for it in reassess.cli_records(p, _args(dirs), setup)}
+    assert found == want and sorted(found) == [0, 1] and source == ", ".join(map(str, dirs))
+    _, only = field_value.returned_psi(p, _args(dirs, runs=None, seeds="1", step=60), setup)
+    assert only == {1: want[1]}
+    cases = [(_args([runs / "final", runs / "final"], runs=None, seeds=None, step=60), "more than one run of seed(s) [1]"),
+             (_args(dirs, runs="x.json:default", seeds=None, step=60), "give --runs FILE:VARIANT or --cli-runs DIR"),
+             (_args(dirs, runs=None, seeds="7", step=60), "holds no run for seeds [7]")]
+    for args, message in cases:
+        with pytest.raises(SystemExit):
+            field_value.returned_psi(p, args, setup)
+        assert message in capsys.readouterr().err, message
