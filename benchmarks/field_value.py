@@ -147,7 +147,8 @@ def main(argv=None) -> int:
            "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
            "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
            "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
-           "size": args.size, "runs": args.runs or args.cli_runs, "step": None if args.cli_runs else args.step, "repeats": args.repeats,
+           "size": args.size, "runs": args.runs or args.cli_runs, "step": None if args.cli_runs else args.step,
+           "repeats": args.repeats,
            "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
            "baselines": {str(s): b for s, b in base.items()}, "G_with_test_metric": summary, "rows": rows,
            "wall_seconds": time.perf_counter() - t0, "failed": failures(results, unfinished)}

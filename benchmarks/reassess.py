@@ -336,7 +336,8 @@ def main(argv=None) -> int:
               "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
               "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
               "size": args.size, "steps": args.steps, "repeats": args.repeats, "seed_offset": args.seed_offset,
-              "with_reference": args.with_reference, "with_start": args.with_start, "recorded_baselines": args.recorded_baselines,
+              "with_reference": args.with_reference, "with_start": args.with_start,
+              "recorded_baselines": args.recorded_baselines,
               "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
               "summary_G_test_metric": summary, "rows": rows, "wall_seconds": time.perf_counter() - t0,
               "failed": failures(results, unfinished)}

@@ -122,7 +122,8 @@ def test_field_value_takes_the_psi_that_cli_runs_returned(runs, monkeypatch, cap
     assert found == want and sorted(found) == [0, 1] and source == ", ".join(map(str, dirs))
     _, only = field_value.returned_psi(p, _args(dirs, runs=None, seeds="1", step=60), setup)
     assert only == {1: want[1]}
-    cases = [(_args([runs / "final", runs / "final"], runs=None, seeds=None, step=60), "more than one run of seed(s) [1]"),
+    cases = [(_args([runs / "final", runs / "final"], runs=None, seeds=None, step=60),
+              "more than one run of seed(s) [1]"),
              (_args(dirs, runs="x.json:default", seeds=None, step=60), "give --runs FILE:VARIANT or --cli-runs DIR"),
              (_args(dirs, runs=None, seeds="7", step=60), "holds no run for seeds [7]")]
     for args, message in cases:
