@@ -42,6 +42,10 @@ models for a selected psi), e.g. the five picks of ``autosim run --select-reset`
         --cli-runs benchmarks/results/clevr-seg_gpu_cli_select_reset_final/seed0 \
         --cli-runs benchmarks/results/clevr-seg_gpu_cli_select_reset/seed1 ... --jobs 5 --gpus 1 --out $OUT/r
 
+A run of ``autosim compare`` (``OUT/METHOD/seedS``, e.g. from ``detection_tables.py``'s runs tarball)
+is taken the same way: its final psi, pooled with its own fresh models and the comparison's start
+and reference ones for that seed; its rows are named after ``METHOD``.
+
 Only runs of the experiment's own family (not the histogram or broad-share variants) can be
 assessed again. Writes ``OUT.json`` (device, versions, command, date, every assessment, G per
 seed from the new models alone and pooled with the recorded ones) and ``OUT.png``.
@@ -182,10 +186,34 @@ def _records(p, args, setup) -> list[dict]:
     return items
 
 
+def _compare_run(run_dir: str, summary: dict) -> tuple[dict, dict]:
+    """An ``autosim compare`` run directory (``OUT/METHOD/seedS``) in the shape of an ``autosim run``
+    one: ``(assessment, raw)`` like ``summary.json``'s ``assessment`` and ``psi.json``'s ``raw``. Its
+    final psi is ``summary.json``'s ``psi``, its fresh models are in its ``assessed.json`` under the
+    final step, the seed's start and reference in ``OUT/start_psi/seedS`` and
+    ``OUT/reference_psi/seedS`` (``autosim_jax.compare``'s layout). Raises ``OSError`` /
+    ``KeyError`` where a piece is missing."""
+    out, seed = os.path.dirname(os.path.dirname(os.path.normpath(run_dir))), os.path.basename(os.path.normpath(run_dir))
+
+    def results(folder: str) -> dict:
+        with open(os.path.join(folder, "assessed.json")) as f:
+            return json.load(f)
+
+    own, final = results(run_dir), str(summary["iterations"])
+    # assessed.json names its models only when there are more than one (rundir.assess_protocol)
+    assessment = {"images": own["images"], "epochs": own["epochs"], "models": own.get("models", 1),
+                  "learned_psi": {**own["results"][final], "step": int(final)},
+                  "start_psi": results(os.path.join(out, "start_psi", seed))["results"]["0"],
+                  "reference_psi": results(os.path.join(out, "reference_psi", seed))["results"]["reference"]}
+    return assessment, {"learned": summary["psi"]}
+
+
 def cli_records(p, args, setup) -> list[dict]:
     """One item per ``--cli-runs`` directory: the psi the run returned (selected, else learned),
     flat like :func:`_records`' items, with the run's own assessments as the recorded ones;
-    checked before any job starts. ``setup``: the experiment's (seed 0) in this process."""
+    checked before any job starts. ``setup``: the experiment's (seed 0) in this process. A
+    directory is an ``autosim run`` one or a run of ``autosim compare`` (``OUT/METHOD/seedS``:
+    its final psi, variant ``METHOD``)."""
     from autosim_jax.rundir import psi_from_record
 
     like = setup.simulator.distribution.init()
@@ -197,15 +225,19 @@ def cli_records(p, args, setup) -> list[dict]:
                 config = json.load(f)
             with open(os.path.join(run_dir, "summary.json")) as f:
                 summary = json.load(f)
-            with open(os.path.join(run_dir, "psi.json")) as f:
-                raw = json.load(f)["raw"]
+            if "method" in config:  # autosim compare's run
+                a, raw = _compare_run(run_dir, summary)
+            else:
+                a = summary.get("assessment")
+                with open(os.path.join(run_dir, "psi.json")) as f:
+                    raw = json.load(f)["raw"]
         except (OSError, ValueError, KeyError) as err:
-            p.error(f"--cli-runs {run_dir}: not a finished autosim run directory ({type(err).__name__}: {err})")
+            p.error(f"--cli-runs {run_dir}: not a finished autosim run or compare run directory with its fresh-model "
+                    f"assessments ({type(err).__name__}: {err})")
         size = config.get("size") or "cpu"  # autosim run without --size: the experiments' default size
         if (config.get("experiment"), size) != (args.experiment, args.size):
             p.error(f"--cli-runs {run_dir} is {config.get('experiment')} at {size} size, not "
                     f"{args.experiment} at {args.size}")
-        a = summary.get("assessment")
         if not a or "reference_psi" not in a:
             p.error(f"--cli-runs {run_dir} has no fresh-model assessment with a reference psi to pool with")
         if (a["images"], a["epochs"]) != budget:
@@ -215,7 +247,9 @@ def cli_records(p, args, setup) -> list[dict]:
         old = a["selected_psi"] if selected else a["learned_psi"]
         returned = (f"{old['step']}+reset" if old.get("reset") else str(old["step"])) if selected else "final"
         psi = psi_from_record(like, raw["selected" if selected else "learned"])
-        items.append({"file": os.path.normpath(run_dir), "variant": "selected" if selected else "learned",
+        variant = ("selected" if selected else "learned") if "method" not in config else \
+            os.path.basename(os.path.dirname(os.path.normpath(run_dir)))
+        items.append({"file": os.path.normpath(run_dir), "variant": variant,
                       "returned": returned, "seed": int(config["seed"]),
                       "step": int(old["step"]) if selected else int(summary["iterations"]), "psi": flatten(psi),
                       "old": old, "old_n": a["models"],
@@ -246,7 +280,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", action="append", default=[], metavar="FILE:VARIANT[,VARIANT]",
                    help="a psi_learning.py OUT.json and variants of it (repeatable)")
     p.add_argument("--cli-runs", action="append", default=[], metavar="DIR",
-                   help="an autosim run directory: the psi it returned (selected, else learned) (repeatable)")
+                   help="an autosim run directory (the psi it returned: selected, else learned) or an autosim "
+                   "compare run directory OUT/METHOD/seedS (its final psi) (repeatable)")
     p.add_argument("--step", default="60", help="the recorded psi after this many steps (assessed steps; a comma "
                    "list assesses each, against one start/reference assessment per seed)")
     p.add_argument("--seeds", default=None, help="comma list (default: every seed of the runs)")

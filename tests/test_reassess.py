@@ -79,7 +79,7 @@ def test_cli_runs_are_checked_before_any_job(reassess, runs, tmp_path, capsys):
     bad = tmp_path / "half"
     shutil.copytree(runs / "final", bad)
     (bad / "summary.json").unlink()  # an unfinished run
-    cases = [(_args([bad]), "not a finished autosim run directory"),
+    cases = [(_args([bad]), "not a finished autosim run or compare run directory"),
              (_args([runs / "final"], experiment="clevr-seg", size="gpu"), "not clevr-seg at gpu"),
              (_args([runs / "final"], assess_images=128), "--assess-images 64 --assess-epochs 5")]
     for args, message in cases:
@@ -130,3 +130,33 @@ def test_field_value_takes_the_psi_that_cli_runs_returned(runs, monkeypatch, cap
         with pytest.raises(SystemExit):
             field_value.returned_psi(p, args, setup)
         assert message in capsys.readouterr().err, message
+
+
+def test_cli_runs_take_a_run_of_autosim_compare(reassess, toy_path, tmp_path):
+    """A run directory of ``autosim compare`` (``OUT/METHOD/seedS``): its final psi, its own fresh
+    models and the comparison's start and reference models of that seed; the rows named after the
+    method (issue 14: digits-det's runs, more detectors per psi without training the others again)."""
+    from autosim_jax.rundir import psi_from_record
+
+    out = tmp_path / "c"
+    assert main(["compare", TOY_REF, "--methods", "autosimulate,random", "--seeds", "2", "--budget-images", "64",
+                 "--assess-points", "1", "--out", str(out)]) == 0
+    dirs = [out / "autosimulate-exact_quadratic" / "seed0", out / "random" / "seed1"]
+    setup = _setup()
+    items = reassess.cli_records(argparse.ArgumentParser(), _args(dirs), setup)
+    assert [(it["variant"], it["seed"], it["returned"]) for it in items] == [
+        ("autosimulate-exact_quadratic", 0, "final"), ("random", 1, "final")]
+
+    def assessed(folder):
+        return json.loads((folder / "assessed.json").read_text())
+
+    for it, run in zip(items, dirs):
+        summary = json.loads((run / "summary.json").read_text())
+        final = psi_from_record(setup.simulator.distribution.init(), summary["psi"])
+        assert it["psi"] == reassess.flatten(final) and it["step"] == summary["iterations"]
+        own = assessed(run)
+        assert {k: v for k, v in it["old"].items() if k != "step"} == own["results"][str(summary["iterations"])]
+        assert it["old_n"] == it["old_baseline_n"] == own.get("models", 1) == 1  # compare's default, one model
+        seed = f"seed{it['seed']}"
+        assert it["old_baseline"] == {"start": assessed(out / "start_psi" / seed)["results"]["0"],
+                                      "reference": assessed(out / "reference_psi" / seed)["results"]["reference"]}
