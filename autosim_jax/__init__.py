@@ -51,6 +51,7 @@ _EXPORTS = {
     "bounded": "distributions",
     "categorical": "distributions",
     "describe_psi": "distributions",
+    "field_spread": "distributions",
     "from_schema": "distributions",
     "gaussian": "distributions",
     "histogram": "distributions",
@@ -134,6 +135,7 @@ if TYPE_CHECKING:
     from .distributions import bounded as bounded
     from .distributions import categorical as categorical
     from .distributions import describe_psi as describe_psi
+    from .distributions import field_spread as field_spread
     from .distributions import from_schema as from_schema
     from .distributions import gaussian as gaussian
     from .distributions import histogram as histogram

@@ -16,6 +16,8 @@ directory or PYTHONPATH) and writes, under ``--out`` only::
     tensorboard/    the metrics.jsonl records as TensorBoard scalars (with tensorboardX or
                     tensorboard installed: ``pip install "autosim_jax[tensorboard]"``)
     val_metric.png, psi.png (one panel per field, in its units), samples.png
+    spread.png      how spread each element of each field is along the run (1 uniform, 0 one
+                    value): one object's collapse, which psi.png's per-field panels hide
     cells.png       a scene/location/quality categorical field (the detection experiments'
                     54 cells) as heat maps: start, learned and reference psi
 
@@ -822,6 +824,49 @@ def _plot_psi(out: str, records: list[dict], setup, psi0, psi1, reference) -> No
              "probabilities)" + ("; dashed: the reference psi" if ref is not None else ""))
     fig.suptitle(textwrap.fill(title, 55 * ncols), fontsize=9)
     fig.savefig(os.path.join(out, "psi.png"), dpi=100)
+    _plot_spread(out, steps, described, ref, fields)
+
+
+def _plot_spread(out: str, steps: list[int], described: list[dict], ref: dict | None, fields) -> None:
+    """spread.png: how spread each element of each field is along the run (``field_spread``: 1 as
+    the uniform law, 0 one value), the reference dashed. psi.png averages a per-object
+    categorical over its objects and shows a per-object continuous field by its means, so one
+    object's collapse (clevr-seg's first object going to rubber, or to one spot on the floor,
+    docs/learning.md) shows only here."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from .distributions import field_spread
+
+    shown = [f for f in fields if field_spread(described[0][f.name]) is not None]
+    if not shown:
+        return
+    ncols = min(4, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig = Figure(figsize=(3.6 * ncols, 2.6 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, field in zip(axes, shown):
+        spread = np.array([np.ravel(field_spread(d[field.name])) for d in described])
+        index = list(np.ndindex(*field.shape)) or [()]
+        for j in range(min(spread.shape[1], 8)):
+            line, = ax.plot(steps, spread[:, j], label=str(list(index[j])) if field.shape else None)
+            if ref is not None:
+                ax.axhline(np.ravel(field_spread(ref[field.name]))[j], color=line.get_color(), ls="--", lw=1)
+        extra = f", first 8 of {spread.shape[1]}" if spread.shape[1] > 8 else ""
+        ax.set_title(field.name + (f" {field.shape}{extra}" if field.shape else ""), fontsize=9)
+        ax.set_ylim(0, max(1.05, float(np.nanmax(spread)) * 1.05))
+        ax.set_xlabel("step", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        if field.shape:
+            ax.legend(fontsize=6, ncols=2, title="element", title_fontsize=6)
+    for ax in axes[len(shown):]:
+        ax.axis("off")
+    title = ("spread of each field's elements against outer step: 1 = as spread as the uniform law over the "
+             "field's range or choices, 0 = one value (autosim_jax.field_spread)"
+             + ("; dashed: the reference psi" if ref is not None else ""))
+    fig.suptitle(textwrap.fill(title, 55 * ncols), fontsize=9)
+    fig.savefig(os.path.join(out, "spread.png"), dpi=100)
 
 
 def _write_plots(out: str, records: list[dict], setup, psi0, psi1, reference, seed: int, stderr) -> None:

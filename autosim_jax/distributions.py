@@ -929,3 +929,42 @@ def describe_psi(source: Any, psi: Mapping[str, Any]) -> dict[str, dict[str, Any
                      median=_out(f(loc)), p05=_out(lo_q), p95=_out(hi_q), method=method)
         out[field.name] = entry
     return out
+
+
+def field_spread(entry: Mapping[str, Any]) -> np.ndarray | None:
+    """How spread each element of one field of :func:`describe_psi` is: 1 as spread as the
+    uniform law over the field's range or choices, 0 a single value.
+
+    A categorical element's normalised entropy ``-sum p log p / log C``; a continuous element
+    with a finite range ``[low, high]``, its standard deviation over the uniform's,
+    ``std / ((high - low) / sqrt(12))`` (a law wider than the uniform, e.g. two modes at the
+    ends, exceeds 1). ``None`` for a field without a finite range (its spread has no scale
+    to compare with). On clevr-seg, per-object fields that collapse to one value (an object's
+    material, colour or position) cost most of the gap that long runs lose
+    (``docs/learning.md``, sessions 22-28); ``autosim run``'s ``spread.png`` draws this.
+
+    Args:
+      entry: ``describe_psi(...)[field]``.
+
+    Returns:
+      An array of the field's shape (``()`` for a scalar field), or ``None``.
+
+    Example:
+      >>> from autosim_jax.schema import Field, SceneSchema
+      >>> schema = SceneSchema((Field.continuous("light", 0.0, 2.0),
+      ...                       Field.categorical("colour", choices=("red", "blue"), shape=(2,))))
+      >>> q = from_schema(schema, {"light": {"loc": 1.0, "scale": 0.1}})
+      >>> d = describe_psi(schema, q.init())
+      >>> round(float(field_spread(d["light"])), 2)  # std about 0.1 against the uniform's 2 / sqrt(12)
+      0.17
+      >>> field_spread(d["colour"]).tolist()  # the uniform start of a categorical
+      [1.0, 1.0]
+    """
+    if entry["kind"] == "categorical":
+        p = np.asarray(entry["probs"], float)
+        logs = np.log(np.where(p > 0, p, 1.0))
+        return -(p * logs).sum(-1) / math.log(p.shape[-1]) if p.shape[-1] > 1 else np.zeros(p.shape[:-1])
+    low, high = entry.get("low"), entry.get("high")
+    if low is None or high is None:
+        return None
+    return np.asarray(entry["std"], float) / ((high - low) / math.sqrt(12.0))

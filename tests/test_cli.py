@@ -367,10 +367,10 @@ print("OK", len(autosim_jax.__all__))
 
 
 def test_import_autosim_jax_is_lazy_and_exports_every_name():
-    """`import autosim_jax` alone imports no JAX; each of the 78 public names (and the typed list
+    """`import autosim_jax` alone imports no JAX; each of the 79 public names (and the typed list
     for type checkers) resolves to its module's object on first use."""
     result = subprocess.run([sys.executable, "-c", _LAZY_PACKAGE], capture_output=True, text=True, check=False)
-    assert result.returncode == 0 and "OK 78" in result.stdout, result.stderr[-2000:]
+    assert result.returncode == 0 and "OK 79" in result.stdout, result.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -383,7 +383,9 @@ def test_digits_sim2real_two_iterations(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["best_val_metric"] <= 1.0
     assert 0.0 <= summary["assessment"]["learned_psi"]["test_metric"] <= 1.0
-    assert (out / "samples.png").stat().st_size > 2000
+    for name in ("samples.png", "spread.png"):  # spread.png: the renderer's bounded and categorical fields
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
 
 
 def test_psi_record_round_trips_exactly():

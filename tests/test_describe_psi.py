@@ -138,3 +138,30 @@ def test_errors_name_the_field():
         describe_psi(schema, {"light": psi["light"], "q": CategoricalParams(np.zeros(3))})
     with pytest.raises(ValueError, match="SceneSchema"):
         describe_psi(object(), psi)
+
+
+def test_field_spread_against_closed_forms():
+    """field_spread: 1 for the uniform law over a range or the choices, 0 for one value.
+
+    Categorical: the normalised entropy, computed here from the probabilities as given. Bounded
+    continuous: a logit-normal with loc 0 and a small sigma is nearly normal with std
+    ``(high - low) sigma / 4`` (the logistic's slope at 0), so spread ``sigma sqrt(12) / 4``; with a
+    large sigma its mass goes to the two ends, std ``(high - low) / 2``, spread ``sqrt(3)``. An
+    unbounded field has no spread (None)."""
+    from autosim_jax import field_spread
+
+    probs = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]])
+    schema = SceneSchema((Field.categorical("c", ("a", "b", "d"), shape=(3,)),
+                          Field.continuous("near", 2.0, 8.0), Field.continuous("wide", 2.0, 8.0),
+                          Field.continuous("free")))
+    psi = {"c": CategoricalParams(np.log(np.maximum(probs, 1e-30))),
+           "near": NormalParams(np.array(0.0), np.array(math.log(1e-3))),
+           "wide": NormalParams(np.array(0.0), np.array(math.log(40.0))),
+           "free": NormalParams(np.array(0.0), np.array(0.0))}
+    d = describe_psi(schema, psi)
+    entropy = -np.array([sum(p * math.log(p) for p in row if p > 0) for row in probs]) / math.log(3)
+    np.testing.assert_allclose(field_spread(d["c"]), entropy, atol=1e-12)
+    np.testing.assert_allclose(field_spread(d["c"])[1:], [1.0, 0.0], atol=1e-12)
+    assert float(field_spread(d["near"])) == pytest.approx(1e-3 * math.sqrt(12) / 4, rel=1e-4)
+    assert float(field_spread(d["wide"])) == pytest.approx(math.sqrt(3), rel=0.03)
+    assert field_spread(d["free"]) is None
