@@ -667,7 +667,39 @@ def _psi_rows(summary: dict) -> list[tuple[str, str]]:
         shaped = " (mean of elements)" if learned[name]["shape"] else ""
         rows.append((f"  {name}{shaped}", f"{_field_text(start[name])} -> {_field_text(learned[name])}"
                      + (f" ({_field_text(ref[name])})" if ref else "")))
+    narrowed = _narrowed_elements(learned, ref or start)
+    if narrowed:
+        rows.append((f"  elements under half the {'reference' if ref else 'start'}'s spread (spread.png)",
+                     "; ".join(narrowed)))
     return rows
+
+
+def _narrowed_elements(learned: dict, base: dict, most: int = 6) -> list[str]:
+    """The elements of fields with several (one per object, say) whose spread
+    (:func:`~autosim_jax.distributions.field_spread`) the learned psi has narrowed to under half
+    of ``base``'s (the reference's, else the start's), least spread first: the row averages them
+    away, and on clevr-seg such a collapse of one object's field cost most of a run's gap
+    (docs/learning.md, session 28).
+
+    Example:
+      >>> uniform = {"kind": "categorical", "shape": [2], "probs": [[0.5, 0.5], [0.5, 0.5]]}
+      >>> learned = {"m": {**uniform, "probs": [[0.99, 0.01], [0.5, 0.5]]}}
+      >>> _narrowed_elements(learned, {"m": uniform})
+      ['m[0] 0.08 (1.00)']
+    """
+    from .distributions import field_spread
+
+    found = []
+    for name, entry in learned.items():
+        if not entry["shape"] or name not in base:
+            continue
+        got, was = field_spread(entry), field_spread(base[name])
+        if got is None or was is None:
+            continue
+        for index in np.ndindex(*np.shape(got)):
+            if got[index] < 0.5 * was[index]:
+                found.append((float(got[index]), f"{name}{list(index)} {got[index]:.2f} ({was[index]:.2f})"))
+    return [text for _, text in sorted(found)[:most]]
 
 
 # ------------------------------------------------------------------------------ summary

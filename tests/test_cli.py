@@ -744,3 +744,25 @@ def test_select_reset_alone_and_its_bad_values(toy_path, tmp_path, capsys):
         assert main(["run", TOY_REF, "--iterations", "2", *flags, "--out", str(bad)]) == 2
         assert says in capsys.readouterr().err
         assert not (bad / "metrics.jsonl").exists()
+
+
+def test_summary_names_the_elements_that_narrowed():
+    """The printed summary averages a per-object field's elements; a row names those the learned
+    psi narrowed to under half the reference's spread (session 28: one object's position), and is
+    absent when none did."""
+    from autosim_jax import Field, SceneSchema, describe_psi, from_schema
+    from autosim_jax.cli import _psi_rows
+    from autosim_jax.distributions import CategoricalParams, NormalParams
+
+    schema = SceneSchema((Field.categorical("material", ("rubber", "metal"), shape=(3,)),
+                          Field.continuous("x", -3.0, 3.0, shape=(3,))))
+    start = from_schema(schema).init()
+    learned = {"material": CategoricalParams(np.array([[4.0, -4.0], [0.0, 0.0], [0.2, 0.0]])),
+               "x": NormalParams(start["x"].loc, np.array([-4.0, 0.0, 0.0]))}
+    described = {k: describe_psi(schema, p) for k, p in (("start", start), ("learned", learned), ("reference", start))}
+    rows = dict(_psi_rows({"psi_in_field_units": described}))
+    narrowed = rows["  elements under half the reference's spread (spread.png)"]
+    assert narrowed.startswith("material[0] 0.00 (1.00); x[0] ")  # least spread first
+    assert "material[1]" not in narrowed and "material[2]" not in narrowed and "x[1]" not in narrowed
+    described["learned"] = described["start"]
+    assert not any("spread" in name for name, _ in _psi_rows({"psi_in_field_units": described}))
