@@ -225,7 +225,7 @@ def cli_records(p, args, setup) -> list[dict]:
                 config = json.load(f)
             with open(os.path.join(run_dir, "summary.json")) as f:
                 summary = json.load(f)
-            if "method" in config:  # autosim compare's run
+            if config.get("command") == "compare":  # a run of autosim compare
                 a, raw = _compare_run(run_dir, summary)
             else:
                 a = summary.get("assessment")
@@ -247,7 +247,7 @@ def cli_records(p, args, setup) -> list[dict]:
         old = a["selected_psi"] if selected else a["learned_psi"]
         returned = (f"{old['step']}+reset" if old.get("reset") else str(old["step"])) if selected else "final"
         psi = psi_from_record(like, raw["selected" if selected else "learned"])
-        variant = ("selected" if selected else "learned") if "method" not in config else \
+        variant = ("selected" if selected else "learned") if config.get("command") != "compare" else \
             os.path.basename(os.path.dirname(os.path.normpath(run_dir)))
         items.append({"file": os.path.normpath(run_dir), "variant": variant,
                       "returned": returned, "seed": int(config["seed"]),
