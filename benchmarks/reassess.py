@@ -273,6 +273,66 @@ def _with_fields(p, option: str, names: str, items: list[dict], values, label: s
             for it in items]
 
 
+def tie_slots(params):
+    """One per-object field's psi with every object slot given the law of a slot picked at random:
+    the slots' averaged probabilities (``CategoricalParams``; exact), or the normal with the mean and
+    variance of the mixture of the slots' pre-image normals (``NormalParams``; the closest normal to
+    the mixture in KL(mixture || normal)); a histogram field is a categorical over its bins, so it is
+    tied exactly too. The leading axis is the slot. A start and a reference that
+    treat the objects alike are unchanged by it; a psi whose slots drifted apart (session 28: seed 4's
+    object 0 walked to the floor's near corner, the others spread elsewhere) gets one law that covers
+    where the slots stood.
+
+    Example:
+      >>> from autosim_jax.distributions import NormalParams
+      >>> t = tie_slots(NormalParams(np.array([0.0, 2.0]), np.log(np.array([1.0, 1.0]))))
+      >>> t.loc.tolist(), np.exp(t.log_scale).round(4).tolist()
+      ([1.0, 1.0], [1.4142, 1.4142])
+    """
+    from autosim_jax.distributions import CategoricalParams, NormalParams
+
+    if isinstance(params, NormalParams):
+        loc, var = np.asarray(params.loc, float), np.exp(2.0 * np.asarray(params.log_scale, float))
+        mean = loc.mean(0)
+        log_scale = 0.5 * np.log((var + loc**2).mean(0) - mean**2)
+        return NormalParams(np.broadcast_to(mean, loc.shape).copy(), np.broadcast_to(log_scale, loc.shape).copy())
+    if isinstance(params, CategoricalParams):
+        logits = np.asarray(params.logits, float)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        return CategoricalParams(np.broadcast_to(np.log(probs.mean(0)), logits.shape).copy())
+    raise TypeError(f"tie_slots: a field's psi must be NormalParams or CategoricalParams, got {type(params).__name__}")
+
+
+def _tied(p, names: str, items: list[dict], like) -> list[dict]:
+    """For each item, the same psi with the comma list ``names`` of per-object fields tied across their
+    object slots (:func:`tie_slots`), flat as recorded; no recorded models. ``like``: the start psi
+    (the fields' families and shapes)."""
+    from autosim_jax.distributions import CategoricalParams, NormalParams
+
+    fields = [f.strip() for f in names.split(",") if f.strip()]
+    unknown = [f for f in fields if f not in like]
+    if unknown or not fields:
+        p.error(f"--tied: unknown fields {unknown or '(empty)'}; the experiment's are {sorted(like)}")
+    other = [f for f in fields if not isinstance(like[f], (NormalParams, CategoricalParams))]
+    if other:
+        p.error(f"--tied: {other} are neither normal (or bounded) nor categorical fields; only those can be tied")
+    # a field's own shape: a normal's loc has it, a categorical's logits add the categories' axis
+    shapes = {f: np.shape(like[f].loc) if isinstance(like[f], NormalParams) else np.shape(like[f].logits)[:-1]
+              for f in fields}
+    single = [f for f in fields if len(shapes[f]) == 0 or shapes[f][0] < 2]
+    if single:
+        p.error(f"--tied: {single} have no object slots to tie (shapes {[shapes[f] for f in single]}); give "
+                "per-object fields, whose leading axis is the object")
+    out = []
+    for it in items:
+        psi = unflatten(it["psi"], like)
+        psi = {**psi, **{f: tie_slots(psi[f]) for f in fields}}
+        out.append({**it, "variant": f"{it['variant']}+tied {'/'.join(fields)}", "old": None, "old_n": 0,
+                    "psi": flatten(psi)})
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
@@ -292,6 +352,10 @@ def main(argv=None) -> int:
     p.add_argument("--with-start", default=None, metavar="FIELDS",
                    help="comma list of fields: also assess each psi with these fields set to the start's (the twin "
                    "that autosim run --select-reset FIELDS would try)")
+    p.add_argument("--tied", action="append", default=[], metavar="FIELDS",
+                   help="comma list of per-object fields: also assess each psi with these fields tied across the "
+                   "object slots (every slot the law of a slot picked at random; tie_slots); repeatable, one "
+                   "twin per use")
     p.add_argument("--recorded-baselines", action="store_true",
                    help="no new start/reference models: G against the recorded ones alone (cheaper)")
     p.add_argument("--seed-offset", type=int, default=1000,
@@ -316,6 +380,8 @@ def main(argv=None) -> int:
         twins += _with_fields(p, "--with-reference", args.with_reference, items, setup.reference_psi, "reference")
     if args.with_start:
         twins += _with_fields(p, "--with-start", args.with_start, items, setup.simulator.distribution.init(), "start")
+    for names in args.tied:
+        twins += _tied(p, names, items, setup.simulator.distribution.init())
     items += twins
     common = job_options(args, seed_offset=args.seed_offset)
     t0 = time.perf_counter()
@@ -371,7 +437,7 @@ def main(argv=None) -> int:
               "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
               "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
               "size": args.size, "steps": args.steps, "repeats": args.repeats, "seed_offset": args.seed_offset,
-              "with_reference": args.with_reference, "with_start": args.with_start,
+              "with_reference": args.with_reference, "with_start": args.with_start, "tied": args.tied,
               "recorded_baselines": args.recorded_baselines,
               "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
               "summary_G_test_metric": summary, "rows": rows, "wall_seconds": time.perf_counter() - t0,

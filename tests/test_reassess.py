@@ -108,6 +108,70 @@ def test_with_start_gives_the_select_reset_twin(reassess, runs, capsys):
     assert "--with-start: unknown fields ['colour']; the experiment's are ['x']" in capsys.readouterr().err
 
 
+def test_tie_slots_gives_each_slot_the_law_of_a_slot_picked_at_random(reassess):
+    """``tie_slots`` against the mixture it stands for, sampled independently: pick one of the k slots
+    uniformly, then draw from that slot's law. 400,000 draws; the tied normal's mean and variance and
+    the tied categorical's probabilities lie within 5 standard errors of the draws' (a false alarm has
+    probability below 1e-5 per figure)."""
+    from autosim_jax.distributions import CategoricalParams, NormalParams
+
+    rng, n = np.random.default_rng(0), 400_000
+    loc, scale = np.array([[3.6, -2.9], [2.8, 2.3], [1.1, 0.4]]), np.array([[0.3, 0.5], [4.2, 0.8], [1.8, 0.3]])
+    tied = reassess.tie_slots(NormalParams(loc, np.log(scale)))
+    assert tied.loc.shape == tied.log_scale.shape == loc.shape
+    assert np.all(tied.loc == tied.loc[0]) and np.all(tied.log_scale == tied.log_scale[0])  # one law for every slot
+    slot = rng.integers(0, 3, n)
+    draws = loc[slot] + scale[slot] * rng.standard_normal((n, 2))
+    mean_se = draws.std(0) / np.sqrt(n)
+    var_se = np.sqrt(((draws - draws.mean(0)) ** 4).mean(0) - draws.var(0) ** 2) / np.sqrt(n)
+    assert np.all(np.abs(tied.loc[0] - draws.mean(0)) < 5 * mean_se)
+    assert np.all(np.abs(np.exp(2 * tied.log_scale[0]) - draws.var(0)) < 5 * var_se)
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0001]])
+    tied = reassess.tie_slots(CategoricalParams(np.log(probs) + 3.0))  # logits are unnormalised
+    assert tied.logits.shape == probs.shape
+    slot = rng.integers(0, 4, n)
+    cats = (rng.random(n)[:, None] > np.cumsum(probs / probs.sum(-1, keepdims=True), -1)[slot]).sum(-1)
+    freq = np.bincount(cats, minlength=3) / n
+    tied_p = np.exp(tied.logits[0]) / np.exp(tied.logits[0]).sum()
+    assert np.all(np.abs(tied_p - freq) < 5 * np.sqrt(freq * (1 - freq) / n))
+    # a psi whose slots agree (the start and the reference of clevr-seg) is left as it was
+    same = NormalParams(np.full((4, 2), 1.9), np.full((4, 2), -0.8))
+    assert np.allclose(reassess.tie_slots(same).loc, same.loc) and np.allclose(reassess.tie_slots(same).log_scale,
+                                                                               same.log_scale)
+
+
+def test_tied_twins_tie_the_named_per_object_fields_only(reassess, capsys):
+    """``--tied FIELDS``: the twin ties those fields and keeps the others bit for bit; a field without object
+    slots, an unknown field or another family is refused before any job."""
+    from field_drift import flatten, unflatten
+
+    from autosim_jax.distributions import from_schema
+    from autosim_jax.renderers import clevr_schema
+
+    q = from_schema(clevr_schema(3), {"position": {"loc": [[2.0, 2.0], [-1.0, 0.5], [0.0, -2.0]], "scale": 0.3},
+                                       "color": {"probs": np.eye(8)[[0, 3, 3]] * 0.9 + 0.1 / 8}})
+    like = q.init()
+    items = [{"variant": "learned", "seed": 0, "psi": flatten(like), "old": {"test_metric": 0.5}, "old_n": 4}]
+    p = argparse.ArgumentParser(prog="reassess.py")
+    (twin,) = reassess._tied(p, "position,color", items, like)
+    assert twin["variant"] == "learned+tied position/color" and twin["old"] is None and twin["old_n"] == 0
+    back = unflatten(twin["psi"], like)
+    assert np.allclose(back["position"].loc, reassess.tie_slots(like["position"]).loc, atol=1e-6)
+    assert np.allclose(back["color"].logits, reassess.tie_slots(like["color"]).logits, atol=1e-5)
+    kept = [k for k in twin["psi"] if not k.startswith(("['position']", "['color']"))]
+    assert kept and all(twin["psi"][k] == items[0]["psi"][k] for k in kept)
+    for names, message in [("ambient", "['ambient'] have no object slots to tie"),
+                           ("colour", "--tied: unknown fields ['colour']")]:
+        with pytest.raises(SystemExit):
+            reassess._tied(p, names, items, like)
+        assert message in capsys.readouterr().err, message
+    broad = from_schema(clevr_schema(3), explore={"position": 0.1}).init()  # a learned broad share: not tied
+    with pytest.raises(SystemExit):
+        reassess._tied(p, "position", [{**items[0], "psi": flatten(broad)}], broad)
+    assert "['position'] are neither normal (or bounded) nor categorical" in capsys.readouterr().err
+
+
 def test_field_value_takes_the_psi_that_cli_runs_returned(runs, monkeypatch, capsys):
     """``field_value.py --cli-runs``: each run's returned psi by seed, checked before any job."""
     import importlib
