@@ -33,6 +33,14 @@ twin ``autosim run --select-reset FIELDS`` would try)::
         --runs benchmarks/results/psi_learning/clevr-seg_gpu_default_240steps.json:default \\
         --with-reference color,material,shape --recorded-baselines --jobs 6 --gpus 1 --out $OUT/r
 
+``--tied FIELDS`` (repeatable) also assesses each psi with those per-object fields tied across the object
+slots (:func:`tie_slots`; session 29: the five ``--select-reset`` picks with their positions tied lose
+0.07 on average and seed 4's, whose object 0 walked to the near corner, 0.13)::
+
+    python benchmarks/reassess.py --experiment clevr-seg --size gpu --repeats 4 --recorded-baselines \
+        --cli-runs ... --tied position --tied position,shape,rotation,size --seed-offset 6000 --jobs 15 \
+        --gpus 1 --render-workers 1 --out $OUT/reassess_picks_tied
+
 ``--cli-runs DIR`` takes an ``autosim run`` directory instead (repeatable): the psi the run
 returned (``psi.json``'s selected psi when ``--select-every`` / ``--select-reset`` chose one, its
 learned psi otherwise) is assessed again and pooled with the run's own assessment (its judging
