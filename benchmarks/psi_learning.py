@@ -154,6 +154,10 @@ VARIANTS = {
                                "reference's too), every other field learned: at gpu size the step pushes them to "
                                "one-hot-like by step 240 on the seeds that lose G (sessions 22, 24); do the runs then "
                                "keep their gain?"),
+    "position_floor0.1": ({"spread_floor": {"fields": ["position"], "fraction": 0.1}},
+                          "after every step each object's position keeps a spread of at least 10% of the floor's "
+                          "width (0.6 world units; spread_floor): does seed 4's walk of object 0 to the near corner "
+                          "still cost it (session 28)?"),
     "reset_check60_colour_material": ({"reset_check": {"every": 60, "fields": ["color", "material"], "models": 2}},
                                       ("every 60 steps, fresh models judge psi against psi with each object's "
                                        "colour and material set back to the start, by the validation metric; if the "
@@ -221,6 +225,35 @@ VARIANTS = {
                "initialisation's bias (init_bias.py) stop pushing every step the same way?"),
 }
 STARTS = {"clevr-seg": "CLEVR_START", "digits-sim2real": "DIGITS_START"}  # experiments.py's start overrides
+
+
+def spread_floor(psi, fields, fraction: float, schema):
+    """psi with each named bounded field's pre-image ``log_scale`` raised where needed so that its spread
+    in the field's units (the delta method's: ``(high - low) t (1 - t) sigma`` with ``t = sigmoid(loc)``)
+    is at least ``fraction`` of the range ``high - low``: a projection onto the psi whose field never
+    narrows below that, applied after each outer step (``position_floor0.1``).
+
+    >>> from autosim_jax.distributions import NormalParams
+    >>> from autosim_jax.schema import Field, SceneSchema
+    >>> schema = SceneSchema((Field.continuous("x", -3.0, 3.0),))
+    >>> out = spread_floor({"x": NormalParams(np.array([0.0, 3.58]), np.log([1.0, 0.3]))}, ["x"], 0.1, schema)
+    >>> [round(float(v), 2) for v in np.exp(out["x"].log_scale)]   # at the middle 0.4 is enough; near the edge
+    [1.0, 3.79]
+    """
+    import jax
+    import jax.numpy as jnp
+
+    out = dict(psi)
+    for name in fields:
+        field = schema[name]
+        if not (np.isfinite(field.low) and np.isfinite(field.high)):
+            raise ValueError(f"spread_floor: {name!r} has no finite range ({field.low}, {field.high})")
+        p = psi[name]
+        loc = jnp.asarray(p.loc)
+        # -log(t (1 - t)) = softplus(-loc) + softplus(loc): finite where t (1 - t) underflows
+        floor = jnp.log(fraction) + jax.nn.softplus(-loc) + jax.nn.softplus(loc)
+        out[name] = p._replace(log_scale=jnp.maximum(jnp.asarray(p.log_scale), floor))
+    return out
 
 
 def _tree_np(tree):
@@ -325,6 +358,7 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     learned, stages = overrides.pop("psi_trainable", None), overrides.pop("stages", None)
     if learned is not None and stages is not None:
         raise ValueError(f"variant {spec['variant']!r}: give psi_trainable inside its stages, not beside them")
+    floor = overrides.pop("spread_floor", None)
     check = overrides.pop("reset_check", None)
     if check is not None and (learned is not None or stages is not None):
         raise ValueError(f"variant {spec['variant']!r}: a reset check freezes its fields itself; no psi_trainable "
@@ -362,6 +396,9 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     for t in range(spec["steps"]):
         auto = held or autosims[int(np.searchsorted(ends, t, side="right"))]
         state, info = auto.step(state)
+        if floor is not None:
+            state = state._replace(psi=spread_floor(state.psi, floor["fields"], floor["fraction"],
+                                                    setup.simulator.renderer.schema))
         if check is not None and held is None and (t + 1) % check["every"] == 0 and t + 1 < spec["steps"]:
             # Both candidates with the same fresh-model keys (a paired comparison), keys that no
             # assessment below uses; their images count in the run's budget ("images" below).
