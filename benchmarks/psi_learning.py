@@ -157,7 +157,7 @@ VARIANTS = {
     "position_floor0.1": ({"spread_floor": {"fields": ["position"], "fraction": 0.1}},
                           "after every step each object's position keeps a spread of at least 10% of the floor's "
                           "width (0.6 world units; spread_floor): does seed 4's walk of object 0 to the near corner "
-                          "still cost it (session 28)?"),
+                          "still cost it (session 28)? Session 29: it walks on; G +0.04 on seed 4"),
     "reset_check60_colour_material": ({"reset_check": {"every": 60, "fields": ["color", "material"], "models": 2}},
                                       ("every 60 steps, fresh models judge psi against psi with each object's "
                                        "colour and material set back to the start, by the validation metric; if the "
