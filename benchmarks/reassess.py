@@ -266,15 +266,22 @@ def cli_records(p, args, setup) -> list[dict]:
     return items
 
 
+def _field_names(p, option: str, names: str, psi) -> list[str]:
+    """The comma list ``names`` of psi fields, each checked to be one of ``psi``'s (``option`` names the
+    flag in the error)."""
+    fields = [f.strip() for f in names.split(",") if f.strip()]
+    unknown = [f for f in fields if f not in psi]
+    if unknown or not fields:
+        p.error(f"{option}: unknown fields {unknown or '(empty)'}; the experiment's are {sorted(psi)}")
+    return fields
+
+
 def _with_fields(p, option: str, names: str, items: list[dict], values, label: str) -> list[dict]:
     """For each item of :func:`_records`, the same psi with the comma list ``names`` of fields set to
     ``values`` (a psi: the reference for ``--with-reference``, the start for ``--with-start``),
     flat as recorded; no recorded models (``old`` None). ``option`` names the flag in errors."""
     flat = flatten(values)
-    fields = [f.strip() for f in names.split(",") if f.strip()]
-    unknown = [f for f in fields if f not in values]
-    if unknown or not fields:
-        p.error(f"{option}: unknown fields {unknown or '(empty)'}; the experiment's are {sorted(values)}")
+    fields = _field_names(p, option, names, values)
     prefixes = tuple(f"['{f}']" for f in fields)
     return [{**it, "variant": f"{it['variant']}+{label} {'/'.join(fields)}", "old": None, "old_n": 0,
              "psi": {k: (flat[k] if k.startswith(prefixes) else v) for k, v in it["psi"].items()}}
@@ -318,10 +325,7 @@ def _tied(p, names: str, items: list[dict], like) -> list[dict]:
     (the fields' families and shapes)."""
     from autosim_jax.distributions import CategoricalParams, NormalParams
 
-    fields = [f.strip() for f in names.split(",") if f.strip()]
-    unknown = [f for f in fields if f not in like]
-    if unknown or not fields:
-        p.error(f"--tied: unknown fields {unknown or '(empty)'}; the experiment's are {sorted(like)}")
+    fields = _field_names(p, "--tied", names, like)
     other = [f for f in fields if not isinstance(like[f], (NormalParams, CategoricalParams))]
     if other:
         p.error(f"--tied: {other} are neither normal (or bounded) nor categorical fields; only those can be tied")
