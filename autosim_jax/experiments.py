@@ -120,16 +120,36 @@ def _check_size(size: str) -> str:
     return size
 
 
-def build_clevr_seg(*, renderer: str = "clevr", seed: int = 0, size: str = "cpu") -> ExperimentSetup:
+def build_clevr_seg(*, renderer: str = "clevr", seed: int = 0, size: str = "cpu", image_size: int | None = None,
+                    base_channels: int | None = None) -> ExperimentSetup:
     """The ``clevr-seg`` experiment.
 
     ``size="cpu"``: 32 px images, a UNet of 8 base channels, K = 32, 48 validation / test
     images (minutes on 2 cores). ``size="gpu"``: the paper-scale setting of issue 17: 64 px,
     a UNet of 32 base channels, K = 256, 256 validation / test images, assessments on 2048
     images.
+
+    ``image_size`` and ``base_channels`` replace the size's image side and UNet width and keep
+    the rest of its setting (step options, validation set size, assessment budget): for
+    studies of which part of a size decides what the step sees
+    (``benchmarks/hypergradient_signal.py --image-size --base-channels``).
+
+    Example:
+      >>> setup = build_clevr_seg(size="cpu", image_size=16, base_channels=4)
+      >>> setup.val_data[0].shape[1:3]
+      (16, 16)
     """
     gpu = _check_size(size) == "gpu"
-    image_size, n_eval = (64, 256) if gpu else (CLEVR_IMAGE_SIZE, CLEVR_EVAL_IMAGES)
+    default_size, n_eval = (64, 256) if gpu else (CLEVR_IMAGE_SIZE, CLEVR_EVAL_IMAGES)
+    image_size = default_size if image_size is None else image_size
+    base_channels = (32 if gpu else 8) if base_channels is None else base_channels
+    for name, value, least in (("image_size", image_size, 8), ("base_channels", base_channels, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"build_clevr_seg: {name}={value!r}; give an integer >= {least} (or None for the "
+                             f"size's own).")
+    if image_size % 2:
+        raise ValueError(f"build_clevr_seg: image_size={image_size} is odd; the UNet halves the image once. Give "
+                         "an even size, e.g. 32, 48 or 64.")
     render = get_renderer(renderer, image_size=image_size)
     target = Simulator(from_schema(render.schema, CLEVR_TARGET), render)
     psi_target = target.distribution.init()
@@ -138,7 +158,7 @@ def build_clevr_seg(*, renderer: str = "clevr", seed: int = 0, size: str = "cpu"
     test = _render_fixed_set(target, psi_target, n_eval, seed=2002)
     simulator = Simulator(from_schema(render.schema, CLEVR_START), render)
     def make_model(model_seed: int) -> nnx.Module:
-        return UNet(in_channels=3, num_classes=4, base_channels=32 if gpu else 8, rngs=nnx.Rngs(model_seed))
+        return UNet(in_channels=3, num_classes=4, base_channels=base_channels, rngs=nnx.Rngs(model_seed))
 
     model = make_model(seed)
     if gpu:

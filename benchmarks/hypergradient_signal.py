@@ -200,6 +200,12 @@ def _step_options(args) -> dict:
             if v is not None}
 
 
+def _model_options(args) -> dict:
+    """clevr-seg's image side and UNet width where given (``--image-size``, ``--base-channels``)."""
+    return {k: v for k, v in (("image_size", args.image_size), ("base_channels", args.base_channels))
+            if v is not None}
+
+
 def run_seed(args, seed: int, t0: float) -> dict:
     """``args.steps`` AutoSimulate steps of one seed with the gate closed; per-leaf statistics."""
     import autosim_jax as asj
@@ -207,7 +213,7 @@ def run_seed(args, seed: int, t0: float) -> dict:
     from autosim_jax.render_pool import make_render_pool
 
     exp = asj.get_experiment(args.experiment)
-    setup = exp.build(renderer=exp.renderers[0], seed=seed, size=args.size)
+    setup = exp.build(renderer=exp.renderers[0], seed=seed, size=args.size, **_model_options(args))
     sim = setup.simulator
     if args.psi == "reference":
         if setup.reference_psi is None:
@@ -273,7 +279,9 @@ def plot(record: dict, path: str) -> None:
     ax.legend(fontsize=8)
     bx.axvline(1, color="k", lw=0.8, ls="--")
     bx.set_xlabel("calibration: median over coordinates of var_t(g) / mean_t(se^2)")
-    fig.suptitle(f"{record['experiment']} ({record['size']}), psi held at the {record['psi']}, "
+    custom = ", ".join(f"{k} {v}" for k, v in {**record["step_options"], **record["model_options"]}.items())
+    fig.suptitle(f"{record['experiment']} ({record['size']}{', ' + custom if custom else ''}), psi held at the "
+                 f"{record['psi']}, "
                  f"{record['steps']} steps per seed | {record['device']} | {record['date']}", fontsize=10)
     fig.savefig(path, dpi=110)
 
@@ -292,8 +300,19 @@ def main(argv=None) -> int:
                         "gpu size each step's theta is trained like the assessment's fresh models")
     p.add_argument("--finetune-epochs", type=int, default=None, metavar="E",
                    help="fine-tuning epochs of each step's fresh theta (default: the experiment's)")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="clevr-seg only: the image side in pixels (default: the size's; validation, test and "
+                        "renders alike), the rest of the size's setting kept")
+    p.add_argument("--base-channels", type=int, default=None, metavar="C",
+                   help="clevr-seg only: the UNet's base channels (default: the size's)")
     p.add_argument("--out", required=True, help="output path without extension")
     args = p.parse_args(argv)
+    if _model_options(args) and args.experiment != "clevr-seg":
+        p.error(f"--image-size / --base-channels: clevr-seg only (got --experiment {args.experiment})")
+    if args.image_size is not None and (args.image_size < 8 or args.image_size % 2):
+        p.error(f"--image-size {args.image_size}: give an even size of at least 8 (the UNet halves the image once)")
+    if args.base_channels is not None and args.base_channels < 1:
+        p.error(f"--base-channels {args.base_channels}: give at least 1")
     for flag, value in (("--dataset-size", args.dataset_size), ("--finetune-epochs", args.finetune_epochs)):
         if value is not None and value < 1:
             p.error(f"{flag} {value}: give at least 1")
@@ -332,7 +351,7 @@ def main(argv=None) -> int:
         "precision": "float32 steps, gate state and chi-square tail; other statistics in float64",
         "experiment": args.experiment, "size": args.size, "psi": args.psi, "steps": args.steps, "seeds": seeds,
         "render_workers": args.render_workers, "decay": DECAY, "outer_snr_gate": GATE_CLOSED,
-        "step_options": _step_options(args), "adam_travel_null": adam_travel_null(args.steps),
+        "step_options": _step_options(args), "model_options": _model_options(args), "adam_travel_null": adam_travel_null(args.steps),
         "experiment_config": per_seed[seeds[0]]["experiment_config"],
         "pooled": {leaf: pool_statistics([r["leaves"][leaf] for r in per_seed.values()]) for leaf in leaves},
         "per_seed": {str(s): {k: v for k, v in r.items() if k != "experiment_config"}

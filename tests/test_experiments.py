@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from autosim_jax import cli
-from autosim_jax.experiments import EXPERIMENTS, assess_psi, get_experiment
+from autosim_jax.experiments import EXPERIMENTS, assess_psi, build_clevr_seg, get_experiment
 
 
 def test_unknown_experiment_lists_the_valid_ones():
@@ -50,6 +50,23 @@ def test_clevr_eval_sets_are_fixed_and_distinct():
     assert not np.array_equal(a.val_data[0], a.test_data[0])
     # Every class appears in the evaluation labels.
     assert set(np.unique(a.val_data[1])) == {0, 1, 2, 3}
+
+
+def test_clevr_seg_takes_an_image_size_and_unet_width_and_keeps_the_rest_of_its_size():
+    """hypergradient_signal.py's --image-size / --base-channels: the renders, the evaluation sets
+    and the model change; the step's options and the evaluation set's size are the size's own."""
+    own = build_clevr_seg(size="cpu")
+    small = build_clevr_seg(size="cpu", image_size=16, base_channels=4)
+    assert small.val_data[0].shape == (own.val_data[0].shape[0], 16, 16, 3)
+    assert small.test_data[1].shape == (own.test_data[1].shape[0], 16, 16)
+    assert small.model.enc1a.out_features == 4 and own.model.enc1a.out_features == 8
+    assert small.config == own.config
+    assert small.make_model(3).enc1a.out_features == 4
+    assert small.simulator.renderer.image_size == 16
+    for kwargs, message in (({"image_size": 15}, "image_size=15 is odd"), ({"image_size": 4}, "image_size=4"),
+                            ({"base_channels": 0}, "base_channels=0"), ({"image_size": 16.0}, "image_size=16.0")):
+        with pytest.raises(ValueError, match=message):
+            build_clevr_seg(size="cpu", **kwargs)
 
 
 def test_assess_psi_is_deterministic():

@@ -127,6 +127,9 @@ def test_adam_travel_null_matches_its_simulation_and_shrinks_with_the_steps():
     (["--dataset-size", "0"], "--dataset-size 0: give at least 1"),
     (["--finetune-epochs", "-1"], "--finetune-epochs -1: give at least 1"),
     (["--experiment", "no-such"], "valid choices are"),
+    (["--experiment", "digits-sim2real", "--image-size", "16"], "clevr-seg only"),
+    (["--image-size", "15"], "--image-size 15: give an even size"),
+    (["--base-channels", "0"], "--base-channels 0: give at least 1"),
 ])
 def test_main_refuses_bad_arguments_before_running(argv, message, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(hs, "run_seed", lambda *a: pytest.fail("an experiment ran"))
