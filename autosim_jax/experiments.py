@@ -124,8 +124,8 @@ def build_clevr_seg(*, renderer: str = "clevr", seed: int = 0, size: str = "cpu"
                     base_channels: int | None = None) -> ExperimentSetup:
     """The ``clevr-seg`` experiment.
 
-    ``size="cpu"``: 32 px images, a UNet of 8 base channels, K = 32, 48 validation / test
-    images (minutes on 2 cores). ``size="gpu"``: the paper-scale setting of issue 17: 64 px,
+    ``size="cpu"``: 32 px images, a UNet of 8 base channels, K = 256, 48 validation / test
+    images, assessments on 2048 images (minutes on 2 cores). ``size="gpu"``: the paper-scale setting of issue 17: 64 px,
     a UNet of 32 base channels, K = 256, 256 validation / test images, assessments on 2048
     images.
 
@@ -167,13 +167,19 @@ def build_clevr_seg(*, renderer: str = "clevr", seed: int = 0, size: str = "cpu"
                                theta_reset_every=_THETA_RESET_EVERY)
         return ExperimentSetup(simulator, model, segmentation_task(4), val, test, config, iterations=120,
                                assess_images=2048, assess_epochs=8, reference_psi=psi_target, make_model=make_model)
-    # Curvature on a quarter of the batch with 5 CG iterations: on 2 CPU cores a full
-    # 32-image, 10-iteration Gauss-Newton solve of the UNet costs ~4 s per step, this ~0.5 s.
-    config = AutoSimConfig(dataset_size=32, batch_size=16, finetune_epochs=2, inner_learning_rate=3e-3,
+    # K = 256 renders per step, as at gpu size: with K = 32 the step saw a signal on the lights
+    # only (the object count, shapes and resolution within noise at the start psi) and runs closed
+    # G 0.03 +- 0.01; with K = 256 the count and shapes carry one at 32 px and 8 channels alike,
+    # and 40 steps close 0.00 / 0.61 / 0.17 on seeds 0-2 (2026-12-03, docs/learning.md session 30;
+    # ~4.5 s a step on 2 CPU cores). Assessed on 2048 images: on 512 start and reference lie
+    # 0.058 mIoU apart, inside one assessment's noise; on 2048, 0.17 (session 29). Curvature on
+    # 8 renders with 5 CG iterations: on 2 CPU cores a full 32-image, 10-iteration Gauss-Newton
+    # solve of the UNet costs ~4 s per step, this ~0.5 s.
+    config = AutoSimConfig(dataset_size=256, batch_size=16, finetune_epochs=2, inner_learning_rate=3e-3,
                            outer_learning_rate=0.1, damping=1e-2, curvature="gauss_newton", curvature_batch_size=8,
                            cg_maxiter=5, cg_tol=1e-3, theta_reset_every=_THETA_RESET_EVERY)
     return ExperimentSetup(simulator, model, segmentation_task(4), val, test, config, iterations=40,
-                           assess_images=512, assess_epochs=10, reference_psi=psi_target, make_model=make_model)
+                           assess_images=2048, assess_epochs=10, reference_psi=psi_target, make_model=make_model)
 
 
 # ----------------------------------------------------------------------- digits-sim2real

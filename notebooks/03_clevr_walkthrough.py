@@ -18,8 +18,8 @@
 # shows renders and label maps from the deliberately poor start $\psi$ next to the
 # validation images, runs AutoSimulate with the `linear` approximation, plots the validation
 # mIoU and a few fields of $\psi$ as they move, and shows renders from the learned $\psi$.
-# It takes under a minute on 2 CPU cores (about 25 s at the test size, which runs only two
-# steps; building the experiment and compiling the first step take most of that).
+# It takes about 7 minutes on 2 CPU cores (6 min 48 s on 2026-12-03: 60 steps of about 6 s;
+# about 40 s at the test size, which runs only two steps).
 
 # %%
 import os
@@ -99,10 +99,10 @@ show_batch(
 # ## AutoSimulate steps
 #
 # `make_autosimulate(..., setup.config, approximation="linear")` gives the optax-style
-# pair `init` / `step`. Each step renders $K = 32$ scenes from the current $\psi$,
-# fine-tunes the UNet for two epochs on them (warm-started), takes the validation gradient
-# and updates $\psi$ by the score-function estimate. The first step compiles the three
-# jitted stages.
+# pair `init` / `step`. Each step renders $K = 256$ scenes from the current $\psi$,
+# fine-tunes a fresh UNet for two epochs on them (the experiment's `theta_reset_every=1`),
+# takes the validation gradient and updates $\psi$ by the score-function estimate. The first
+# step compiles the three jitted stages.
 
 # %%
 autosim = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
@@ -170,8 +170,9 @@ for name in ("ambient", "key_light", "back_light"):
 print(f"  shape      {np.round(shape_probs(psi0), 2)} -> {np.round(shape_probs(state.psi), 2)}")
 
 # %% [markdown]
-# The metric logged during AutoSimulate is that of a model warm-started across steps: it
-# improves with training time whatever $\psi$ does. The fair test of a learned $\psi$ trains
+# The metric logged during AutoSimulate is that of each step's freshly fine-tuned model (two
+# epochs on 256 renders), which at this size still predicts background everywhere (mIoU 0.238 on
+# every step, 2026-12-03): it says nothing about $\psi$. The fair test of a learned $\psi$ trains
 # a *fresh* model on equal budgets from the start and the learned $\psi$
 # (`autosim_jax.assess_psi`, which `autosim run` does after its steps; `autosim run clevr-seg`
 # reports it for this experiment). Notebook 04 shows it on the digits, as the README's quickstart does.
