@@ -125,9 +125,9 @@ def build_clevr_seg(*, renderer: str = "clevr", seed: int = 0, size: str = "cpu"
     """The ``clevr-seg`` experiment.
 
     ``size="cpu"``: 32 px images, a UNet of 8 base channels, K = 256, 48 validation / test
-    images, assessments on 2048 images (minutes on 2 cores). ``size="gpu"``: the paper-scale setting of issue 17: 64 px,
-    a UNet of 32 base channels, K = 256, 256 validation / test images, assessments on 2048
-    images.
+    images, assessments on 2048 images (about 13 minutes on 2 cores). ``size="gpu"``: the
+    paper-scale setting of issue 17: 64 px, a UNet of 32 base channels, K = 256, 256 validation
+    / test images, assessments on 2048 images.
 
     ``image_size`` and ``base_channels`` replace the size's image side and UNet width and keep
     the rest of its setting (step options, validation set size, assessment budget): for

@@ -301,18 +301,15 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=None, metavar="E",
                    help="fine-tuning epochs of each step's fresh theta (default: the experiment's)")
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
-                   help="clevr-seg only: the image side in pixels (default: the size's; validation, test and "
-                        "renders alike), the rest of the size's setting kept")
+                   help="clevr-seg only: the image side in pixels, even, >= 8 (default: the size's; validation, "
+                        "test and renders alike), the rest of the size's setting kept; build_clevr_seg checks it "
+                        "before anything renders")
     p.add_argument("--base-channels", type=int, default=None, metavar="C",
                    help="clevr-seg only: the UNet's base channels (default: the size's)")
     p.add_argument("--out", required=True, help="output path without extension")
     args = p.parse_args(argv)
     if _model_options(args) and args.experiment != "clevr-seg":
         p.error(f"--image-size / --base-channels: clevr-seg only (got --experiment {args.experiment})")
-    if args.image_size is not None and (args.image_size < 8 or args.image_size % 2):
-        p.error(f"--image-size {args.image_size}: give an even size of at least 8 (the UNet halves the image once)")
-    if args.base_channels is not None and args.base_channels < 1:
-        p.error(f"--base-channels {args.base_channels}: give at least 1")
     for flag, value in (("--dataset-size", args.dataset_size), ("--finetune-epochs", args.finetune_epochs)):
         if value is not None and value < 1:
             p.error(f"{flag} {value}: give at least 1")
@@ -351,7 +348,8 @@ def main(argv=None) -> int:
         "precision": "float32 steps, gate state and chi-square tail; other statistics in float64",
         "experiment": args.experiment, "size": args.size, "psi": args.psi, "steps": args.steps, "seeds": seeds,
         "render_workers": args.render_workers, "decay": DECAY, "outer_snr_gate": GATE_CLOSED,
-        "step_options": _step_options(args), "model_options": _model_options(args), "adam_travel_null": adam_travel_null(args.steps),
+        "step_options": _step_options(args), "model_options": _model_options(args),
+        "adam_travel_null": adam_travel_null(args.steps),
         "experiment_config": per_seed[seeds[0]]["experiment_config"],
         "pooled": {leaf: pool_statistics([r["leaves"][leaf] for r in per_seed.values()]) for leaf in leaves},
         "per_seed": {str(s): {k: v for k, v in r.items() if k != "experiment_config"}
