@@ -139,7 +139,7 @@ def test_main_refuses_bad_arguments_before_running(argv, message, monkeypatch, c
 
 def test_an_image_size_the_unet_cannot_take_is_refused_before_anything_renders(tmp_path, monkeypatch):
     """--image-size / --base-channels reach build_clevr_seg, whose checks come before the renders."""
-    import autosim_jax.experiments as experiments
+    from autosim_jax import experiments
 
     monkeypatch.setattr(experiments, "_render_fixed_set", lambda *a, **k: pytest.fail("rendered"))
     with pytest.raises(ValueError, match="image_size=15 is odd"):
