@@ -19,7 +19,7 @@
 # validation images, runs AutoSimulate with the `linear` approximation, plots the validation
 # mIoU and a few fields of $\psi$ as they move, and shows renders from the learned $\psi$.
 # It takes about 7 minutes on 2 CPU cores (6 min 48 s on 2026-12-03: 60 steps of about 6 s;
-# about 40 s at the test size, which runs only two steps).
+# about 50 s at the test size, which runs only two steps).
 
 # %%
 import os
