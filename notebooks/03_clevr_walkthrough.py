@@ -18,8 +18,8 @@
 # shows renders and label maps from the deliberately poor start $\psi$ next to the
 # validation images, runs AutoSimulate with the `linear` approximation, plots the validation
 # mIoU and a few fields of $\psi$ as they move, and shows renders from the learned $\psi$.
-# It takes about 7 minutes on 2 CPU cores (6 min 48 s on 2026-12-03: 60 steps of about 6 s;
-# about 50 s at the test size, which runs only two steps).
+# It takes about 7 minutes on 2 CPU cores (6 min 34 s on 2026-12-03: 40 steps of about 9 s;
+# about 60 s at the test size, which runs only two steps).
 
 # %%
 import os
@@ -35,7 +35,7 @@ from autosim_jax.experiments import CLEVR_START, CLEVR_TARGET
 from autosim_jax.renderers import CLASS_NAMES
 
 SMALL = os.environ.get("AUTOSIM_NOTEBOOK_SMALL") == "1"  # a few steps only under test
-STEPS = 2 if SMALL else 60  # 2: the mean time of the steps after the compiling first needs one
+STEPS = 2 if SMALL else 40  # the experiment's 40 iterations; 2: the mean time after the compiling first step
 SEED = 0
 
 # %% [markdown]
@@ -100,7 +100,7 @@ show_batch(
 #
 # `make_autosimulate(..., setup.config, approximation="linear")` gives the optax-style
 # pair `init` / `step`. Each step renders $K = 256$ scenes from the current $\psi$,
-# fine-tunes a fresh UNet for two epochs on them (the experiment's `theta_reset_every=1`),
+# fine-tunes a fresh UNet for four epochs on them (the experiment's `theta_reset_every=1`),
 # takes the validation gradient and updates $\psi$ by the score-function estimate. The first
 # step compiles the three jitted stages.
 
@@ -170,7 +170,7 @@ for name in ("ambient", "key_light", "back_light"):
 print(f"  shape      {np.round(shape_probs(psi0), 2)} -> {np.round(shape_probs(state.psi), 2)}")
 
 # %% [markdown]
-# The metric logged during AutoSimulate is that of each step's freshly fine-tuned model (two
+# The metric logged during AutoSimulate is that of each step's freshly fine-tuned model (four
 # epochs on 256 renders), which at this size still predicts background everywhere (mIoU 0.238 on
 # every step, 2026-12-03): it says nothing about $\psi$. The fair test of a learned $\psi$ trains
 # a *fresh* model on equal budgets from the start and the learned $\psi$
