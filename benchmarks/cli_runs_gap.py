@@ -18,6 +18,7 @@ Usage::
         --group "4 epochs=benchmarks/results/clevr-seg_cpu_cli_epochs/e4_40steps_seed*" \\
         --out benchmarks/results/clevr-seg_cpu_cli_epochs/gap_40steps
 
+``benchmarks/`` must be on ``PYTHONPATH`` (the group summary is ``detection_tables.mean_std``).
 Writes ``OUT.json`` (every row; per group n, mean, std, min, max and the seeds) and ``OUT.png``
 (each seed's G per group, with the group's mean +- std).
 """
@@ -79,10 +80,10 @@ def borrow_references(rows: list[dict]) -> None:
 
 
 def summarise(values: list[float]) -> dict:
-    """n, mean, sample std (None for one value), min and max of ``values``."""
-    a = np.asarray(values, float)
-    return {"n": len(a), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else None,
-            "min": float(a.min()), "max": float(a.max())}
+    """``detection_tables.mean_std`` of ``values`` (mean, sample std, per seed) with n, min and max."""
+    from detection_tables import mean_std
+
+    return {**mean_std(values), "n": len(values), "min": float(min(values)), "max": float(max(values))}
 
 
 def table(groups: dict[str, list[str]], donors: list[str] = ()) -> dict:
@@ -120,7 +121,7 @@ def plot(result: dict, path: str, title: str) -> None:
         for x, r in zip(xs, done):
             ax.annotate(str(r["protocol"]["seed"]), (x, r["G"]), fontsize=6, xytext=(3, 0),
                         textcoords="offset points", va="center")
-        if group["G"] and group["G"]["std"] is not None:
+        if group["G"]:
             ax.errorbar(i + 0.3, group["G"]["mean"], yerr=group["G"]["std"], fmt="s", color="C3", capsize=3)
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
     for label, group in result.items():
         g = group["G"]
         line = " ".join(f"{r['G']:+.2f}" if r["G"] is not None else "cut" for r in group["rows"])
-        figures = f"{g['mean']:.2f} +- {g['std'] or 0:.2f} over {g['n']}" if g else "no complete run"
+        figures = f"{g['mean']:.2f} +- {g['std']:.2f} over {g['n']}" if g else "no complete run"
         print(f"{label:>24}: {figures}  (seeds {group['seeds']}: {line})")
     print(f"wrote {args.out}.json and {args.out}.png")
     return 0
