@@ -175,7 +175,8 @@ def build_clevr_seg(*, renderer: str = "clevr", seed: int = 0, size: str = "cpu"
     # steps): 40 steps close 0.62 +- 0.24 on seeds 0-7, every seed >= 0.25, where 2 epochs close
     # 0.07 +- 0.62 on the same seeds (three below 0.01), and 120 steps 0.72 +- 0.12 on seeds 0-4
     # against 2 epochs' 0.36 +- 0.34 on seeds 0-2 (docs/learning.md session 31; about 9 s a step
-    # on 2 CPU cores). Assessed on 2048 images: on 512 start and reference lie
+    # on 2 CPU cores); 8 epochs are level with 4 (0.67 +- 0.20 on seeds 0-7, session 32) at nearly
+    # twice the step's time. Assessed on 2048 images: on 512 start and reference lie
     # 0.058 mIoU apart, inside one assessment's noise; on 2048, 0.17 (session 29). Curvature on
     # 8 renders with 5 CG iterations: on 2 CPU cores a full 32-image, 10-iteration Gauss-Newton
     # solve of the UNet costs ~4 s per step, this ~0.5 s.
