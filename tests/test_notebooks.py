@@ -10,18 +10,24 @@ The execution test runs every notebook in a fresh ``python3`` kernel, from ``not
 with ``AUTOSIM_NOTEBOOK_SMALL=1`` (the notebooks shrink their sizes under it).
 """
 
+import os
 import pathlib
 import time
 
 import jupytext
 import nbformat
 import pytest
+from conftest import FAST_COMPILE
 from nbclient import NotebookClient
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 SCRIPTS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 # Per notebook, kernel start included; each takes 7-30 s on 2 CPU cores at the test size.
 NOTEBOOK_TIMEOUT_S = 300
+# Kernels inherit the suite's fast-compiling XLA flag (conftest.py) except these, which train long
+# enough that optimised code pays: notebook 03 took 175 s with the flag against 97 s without (in
+# the suite, session 32), where notebooks 01, 02 and 04 gain from it (37 -> 25 s for 02).
+OPTIMISED_KERNELS = {"03_clevr_walkthrough"}
 
 
 def _cells(nb):
@@ -55,6 +61,8 @@ def test_ipynb_matches_its_script_and_has_no_outputs(script):
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
 def test_notebook_executes(script, monkeypatch):
     monkeypatch.setenv("AUTOSIM_NOTEBOOK_SMALL", "1")  # the kernel inherits this environment
+    if script.stem in OPTIMISED_KERNELS:
+        monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip())
     nb = nbformat.read(script.with_suffix(".ipynb"), as_version=4)
     start = time.monotonic()
     deadline = start + NOTEBOOK_TIMEOUT_S
