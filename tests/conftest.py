@@ -13,9 +13,10 @@ import textwrap
 
 # The suite is compile-bound: at its default optimisation level XLA's CPU backend spends about a
 # second on each small program (a weight initialiser of one shape, one sampling op), and the
-# tests build many. At level 0 those take about 0.2 s, the suite 641 s against 816 s on 2 cores
-# (docs/quickstart.md, session 32), at the price of slower generated code, which only the
-# notebook that trains longest pays for more than it saves; it runs optimised (test_notebooks.py).
+# tests build many. At level 0 those take about 0.2 s and the suite 641 s against 816 s on 2
+# cores, at the price of slower generated code, which only the notebook that trains longest pays
+# for more than it saves; it runs optimised (test_notebooks.py; then 597 s in a clean clone,
+# docs/quickstart.md, session 32).
 # Set here, before JAX starts its backend; the test processes' children (CLI runs, compare jobs,
 # notebook kernels) inherit it. Results are the same programs' results; tests that compare runs
 # bit for bit compare runs compiled alike.

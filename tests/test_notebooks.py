@@ -22,7 +22,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 SCRIPTS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
-# Per notebook, kernel start included; each takes 7-30 s on 2 CPU cores at the test size.
+# Per notebook, kernel start included; each takes 10-100 s on 2 CPU cores at the test size (in the suite).
 NOTEBOOK_TIMEOUT_S = 300
 # Kernels inherit the suite's fast-compiling XLA flag (conftest.py) except these, which train long
 # enough that optimised code pays: notebook 03 took 175 s with the flag against 97 s without (in
