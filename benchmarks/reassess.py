@@ -155,7 +155,8 @@ def pooled(old_mean: float, old_n: int, new_mean: float, new_n: int) -> float:
 
 def _records(p, args, setup) -> list[dict]:
     """One item per (file, variant, seed, step) of ``--runs`` and ``--step``: its recorded psi
-    after that step and its recorded assessments; checked before any job starts. ``setup``: the
+    after that step and its recorded assessments (none where the run did not assess that step:
+    its G is then the new models' alone); checked before any job starts. ``setup``: the
     experiment's (seed 0) in this process."""
     import jax
 
@@ -181,15 +182,17 @@ def _records(p, args, setup) -> list[dict]:
                 if run["seed"] not in base:
                     p.error(f"{path}: no start/reference assessment of seed {run['seed']}")
                 for step in args.steps:
-                    if len(run["psi"]) < step or str(step) not in run.get("assessed", {}):
-                        p.error(f"{path}: {variant} seed {run['seed']} was not assessed at step {step}")
+                    if len(run["psi"]) < step:
+                        p.error(f"{path}: {variant} seed {run['seed']} has {len(run['psi'])} steps, not {step}")
                     flat = run["psi"][step - 1]
                     if set(flat) != keys:
                         p.error(f"{path}: {variant} is not in the experiment's family (its psi has "
                                 f"{sorted(set(flat) ^ keys)[:4]} where the start has not, or the reverse)")
                     items.append({"file": os.path.basename(path), "variant": variant, "seed": run["seed"],
-                                  "step": step, "psi": flat, "old": run["assessed"][str(step)],
-                                  "old_n": record.get("repeats") or 1, "old_baseline": base[run["seed"]],
+                                  # a step the run did not assess has no recorded models: new ones only
+                                  "step": step, "psi": flat, "old": run.get("assessed", {}).get(str(step)),
+                                  "old_n": (record.get("repeats") or 1) if str(step) in run.get("assessed", {})
+                                  else 0, "old_baseline": base[run["seed"]],
                                   "old_baseline_n": record.get("baseline_repeats") or record.get("repeats") or 1})
     return items
 

@@ -17,7 +17,21 @@ Usage::
     python benchmarks/return_choice.py --records 'benchmarks/results/psi_learning/clevr-seg_gpu_*.json*' \\
         --out benchmarks/results/psi_learning/return_choice_clevr-seg_gpu
 
-Writes ``OUT.json`` (every run's G at its points and for each choice, and the summary).
+Writes ``OUT.json`` (every run's G at its points and for each choice, and the summary; with
+``--reassessed`` also ``OUT.png``, G by step per run beside the final psi's and the pick's).
+
+``--reassessed`` reads ``reassess.py`` records instead, whose every candidate step has an even
+number of new fresh models with their single metrics, and judges the validation pick of
+``autosim run --select-every`` without the winner's curse: the first half of each candidate's
+models pick (the best mean validation metric), the other half judge the pick on the test set,
+and then the halves swap roles (a cross-fitted pick; the final psi is judged by the same halves).
+G needs each seed's start and reference, read from the ``psi_learning.py`` records the
+reassessment took them from (``--baselines``, its ``--recorded-baselines``)::
+
+    python benchmarks/return_choice.py \
+        --reassessed 'benchmarks/results/psi_learning/reassess_digits-det_gpu_steps_s*.json' \
+        --baselines 'benchmarks/results/psi_learning/digits-det_gpu_120steps_det_s*.json.gz' \
+        --out benchmarks/results/psi_learning/return_choice_digits-det_gpu_crossfit
 
 Example:
   >>> g = {"30": {"per_seed": [0.2, 0.5], "seeds": [0, 1]}, "60": {"per_seed": [0.4, 0.3], "seeds": [0, 1]},
@@ -61,6 +75,69 @@ def runs_of(g: dict) -> list[dict]:
     return out
 
 
+def _half_means(assessment: dict, metric: str, half: int) -> float:
+    """Mean ``metric`` of one half (0: the first, 1: the second) of an assessment's models, the
+    models that did not train (``diverged_models``) left out as the assessment leaves them out."""
+    values = np.asarray(assessment[f"{metric}_metrics"], dtype=float)
+    m = len(values) // 2
+    kept = [i for i in range(half * m, (half + 1) * m) if i not in assessment.get("diverged_models", [])]
+    return float(values[kept].mean()) if kept else float("nan")
+
+
+def cross_fitted_pick(candidates: dict[int, dict]) -> dict:
+    """The validation pick among ``candidates`` (step -> assessment with per-model metrics),
+    judged by the models that did not pick it, both ways round; higher metrics are better.
+
+    Returns the two picks; the test metric of the pick and of the final (largest) step, each the
+    mean over the two judging halves (so that the two are paired); and each step's test metric
+    over all its models (``test_metric``) with the best of them (an oracle, not a choice a run
+    can make).
+
+    Example:
+      >>> a = {30: {"val_metrics": [0.5, 0.3, 0.2, 0.2], "test_metrics": [0.5, 0.3, 0.2, 0.2],
+      ...           "test_metric": 0.3},
+      ...      60: {"val_metrics": [0.3, 0.0, 0.4, 0.4], "test_metrics": [0.3, 0.0, 0.4, 0.4],
+      ...           "test_metric": 0.37, "diverged_models": [1]}}
+      >>> r = cross_fitted_pick(a)  # half 1 picks 30 (val 0.4), judged by half 2: 0.2; then 60, judged 0.3
+      >>> r["picks"], round(r["picked"], 2), round(r["final"], 2), r["best_step"]
+      ([30, 60], 0.25, 0.35, 60)
+    """
+    steps = sorted(candidates)
+    picks, picked, final = [], [], []
+    for pick_half in (0, 1):
+        step = max(steps, key=lambda s: _half_means(candidates[s], "val", pick_half))
+        picks.append(step)
+        picked.append(_half_means(candidates[step], "test", 1 - pick_half))
+        final.append(_half_means(candidates[steps[-1]], "test", 1 - pick_half))
+    means = {s: float(candidates[s]["test_metric"]) for s in steps}
+    best = max(steps, key=means.get)
+    return {"picks": picks, "picked": float(np.mean(picked)), "final": float(np.mean(final)),
+            "best_step": best, "best": means[best], "test_by_step": {str(s): means[s] for s in steps}}
+
+
+def crossfit_runs(reassessed: list[dict], baselines: dict[int, dict]) -> list[dict]:
+    """One entry per (variant, seed) of ``reassess.py`` records: :func:`cross_fitted_pick` over
+    its reassessed steps, in test metric and in G (``baselines``: seed -> recorded start and
+    reference, as ``psi_learning.py``'s ``_baseline`` rows hold them)."""
+    from autosim_jax import gap_closed
+
+    by_run: dict[tuple, dict] = {}
+    for record in reassessed:
+        for row in record["rows"]:
+            if "error" not in row:
+                by_run.setdefault((row["variant"], row["seed"]), {})[row["step"]] = row["new"]["learned"]
+    out = []
+    for (variant, seed), candidates in sorted(by_run.items()):
+        r = cross_fitted_pick(candidates)
+        b = baselines[seed]
+        g = {k: gap_closed(b["start"]["test_metric"], r[k], b["reference"]["test_metric"])
+             for k in ("picked", "final", "best")}
+        g["by_step"] = {s: gap_closed(b["start"]["test_metric"], v, b["reference"]["test_metric"])
+                        for s, v in r["test_by_step"].items()}
+        out.append({"variant": variant, "seed": seed, **r, "G": g})
+    return out
+
+
 def summary(runs: list[dict], tol: float) -> dict:
     out = {"runs": len(runs), "tol": tol, "mean_best": float(np.mean([r["best"] for r in runs]))}
     for choice in ("final", "selected_by_val", "average_second_half"):
@@ -74,15 +151,21 @@ def summary(runs: list[dict], tol: float) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--records", required=True, help="a glob of psi_learning.py records (.json or .json.gz)")
+    p.add_argument("--records", help="a glob of psi_learning.py records (.json or .json.gz)")
+    p.add_argument("--reassessed", help="a glob of reassess.py records (the cross-fitted pick; needs --baselines)")
+    p.add_argument("--baselines", help="a glob of the psi_learning.py records holding their seeds' start and reference")
     p.add_argument("--tol", type=float, default=0.05, help="how far below the best point still counts (G)")
     p.add_argument("--out", required=True, help="output path without extension")
     args = p.parse_args(argv)
+    if (args.records is None) == (args.reassessed is None) or (args.reassessed is None) != (args.baselines is None):
+        p.error("give --records, or --reassessed with --baselines")
+    if args.reassessed:
+        return _main_crossfit(p, args)
     runs = []
     for path in sorted(glob.glob(args.records)):
         if path.endswith(".partial.jsonl"):
             continue
-        record = read_record(path[:-3] if path.endswith(".gz") else path)
+        record = read_record(path.removesuffix(".gz"))
         if record.get("benchmark") != "psi_learning":
             continue
         for variant, g in record.get("gap_closed", {}).get("test_metric", {}).items():
@@ -102,6 +185,66 @@ def main(argv=None) -> int:
         json.dump(result, f, indent=1)
     print(f"wrote {args.out}.json")
     return 0
+
+
+def _main_crossfit(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    reassessed = []
+    for path in sorted(glob.glob(args.reassessed)):
+        with open(path) as f:
+            reassessed.append(json.load(f))
+    baselines = {}
+    for path in sorted(glob.glob(args.baselines)):
+        record = read_record(path.removesuffix(".gz"))
+        baselines.update({r["seed"]: r for r in record["runs"] if r["variant"] == "_baseline" and "error" not in r})
+    if not reassessed or not baselines:
+        p.error(f"no record in {args.reassessed!r} or no baseline in {args.baselines!r}")
+    runs = crossfit_runs(reassessed, baselines)
+    steps = sorted({s for r in runs for s in r["G"]["by_step"]}, key=int)
+    table = {"seeds": [r["seed"] for r in runs]}
+    for key in [*(f"step {s}" for s in steps), "final", "picked", "best"]:
+        g = [r["G"]["by_step"][key[5:]] if key.startswith("step") else r["G"][key] for r in runs]
+        table[key] = {"mean": float(np.mean(g)), "std": float(np.std(g, ddof=1)) if len(g) > 1 else 0.0, "per_seed": g}
+    result = {"benchmark": "return_choice", "mode": "cross-fitted validation pick", "date": datetime.date.today(
+    ).isoformat(), "reassessed": args.reassessed, "baselines": args.baselines, "G_test_metric": table, "runs": runs}
+    print(f"{len(runs)} runs (seeds {table['seeds']}); G (test metric), mean +- std over runs [per run]:")
+    for key, v in table.items():
+        if key != "seeds":
+            print(f"  {key:>10}: {v['mean']:+.2f} +- {v['std']:.2f}  [{' '.join(f'{x:+.2f}' for x in v['per_seed'])}]")
+    print("  picks (first half, second half): " + ", ".join(f"seed {r['seed']} {r['picks']}" for r in runs))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    _plot_crossfit(result, args.out + ".png")
+    print(f"wrote {args.out}.json, {args.out}.png")
+    return 0
+
+
+def _plot_crossfit(result: dict, path: str) -> None:
+    """G by step, one line per run, with the final psi's and the cross-fitted pick's G beside."""
+    from matplotlib.figure import Figure
+
+    runs, table = result["runs"], result["G_test_metric"]
+    steps = sorted(runs[0]["G"]["by_step"], key=int)
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    xs = [int(s) for s in steps]
+    for r in runs:
+        ax.plot(xs, [r["G"]["by_step"][s] for s in steps], "-o", ms=3, lw=0.8, alpha=0.6, label=f"seed {r['seed']}")
+    ax.plot(xs, [table[f"step {s}"]["mean"] for s in steps], "-k", lw=2.2, label="mean")
+    right = xs[-1] + (xs[-1] - xs[0]) / 6
+    for dx, key, marker in ((0, "final", "s"), (1, "picked", "D")):
+        x = right + dx * (xs[-1] - xs[0]) / 5
+        ax.plot([x] * len(runs), table[key]["per_seed"], marker, color="grey", ms=4)
+        ax.errorbar([x], [table[key]["mean"]], yerr=[table[key]["std"]], fmt=marker, color="k", capsize=3)
+    ax.set_xticks(xs + [right, right + (xs[-1] - xs[0]) / 5], steps + ["final", "pick"])
+    ax.axhline(0, color="k", lw=0.5)
+    ax.axhline(1, color="g", lw=0.5, ls="--")
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("G (test metric), new fresh models")
+    ax.legend(fontsize=7, ncol=3)
+    ax.set_title(f"validation pick among steps {', '.join(steps)}, judged by the other models ({result['date']})",
+                 fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 if __name__ == "__main__":

@@ -224,3 +224,30 @@ def test_cli_runs_take_a_run_of_autosim_compare(reassess, toy_path, tmp_path):
         seed = f"seed{it['seed']}"
         assert it["old_baseline"] == {"start": assessed(out / "start_psi" / seed)["results"]["0"],
                                       "reference": assessed(out / "reference_psi" / seed)["results"]["reference"]}
+
+
+def test_runs_records_take_a_step_the_run_did_not_assess(reassess, toy_path, tmp_path, capsys):
+    """``--runs FILE:VARIANT --step`` with a step between the recorded assessments (session 33:
+    digits-det's runs assessed at step 120 only, reassessed at 30-120): its item has no recorded
+    models (G from the new ones alone); an assessed step keeps its recorded ones; a step past the
+    run's end is refused before any job."""
+    from field_drift import flatten
+
+    setup, p = _setup(), argparse.ArgumentParser(prog="reassess.py")
+    start = flatten(setup.simulator.distribution.init())
+    psi = [{k: [x + step for x in v] for k, v in start.items()} for step in (1, 2)]
+    baseline = {"start": {"test_metric": 0.1, "val_metric": 0.1}, "reference": {"test_metric": 0.5, "val_metric": 0.5}}
+    assessed = {"test_metric": 0.4, "val_metric": 0.3}
+    record = {"experiment": TOY_REF, "size": "cpu", "repeats": 4, "baseline_repeats": 2,
+              "runs": [{"variant": "_baseline", "seed": 0, **baseline},
+                       {"variant": "default", "seed": 0, "psi": psi, "assessed": {"2": assessed}}]}
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record))
+    args = argparse.Namespace(runs=[f"{path}:default"], experiment=TOY_REF, size="cpu", assess_images=None,
+                              assess_epochs=None, seeds=None, steps=[1, 2])
+    items = reassess._records(p, args, setup)
+    assert [(it["step"], it["old"], it["old_n"]) for it in items] == [(1, None, 0), (2, assessed, 4)]
+    assert [it["psi"] for it in items] == psi and all(it["old_baseline_n"] == 2 for it in items)
+    with pytest.raises(SystemExit):
+        reassess._records(p, argparse.Namespace(**{**vars(args), "steps": [3]}), setup)
+    assert "default seed 0 has 2 steps, not 3" in capsys.readouterr().err
