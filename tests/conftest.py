@@ -14,14 +14,20 @@ import textwrap
 # The suite is compile-bound: at its default optimisation level XLA's CPU backend spends about a
 # second on each small program (a weight initialiser of one shape, one sampling op), and the
 # tests build many. At level 0 those take about 0.2 s and the suite 641 s against 816 s on 2
-# cores, at the price of slower generated code, which only the notebook that trains longest pays
-# for more than it saves; it runs optimised (test_notebooks.py; then 597 s in a clean clone,
-# docs/quickstart.md, session 32).
+# cores, at the price of slower generated code, which the notebook that trains longest and the
+# detection end-to-end runs pay for more than it saves; they run optimised in their own processes
+# (test_notebooks.py, test_detection_experiments.py; docs/quickstart.md, sessions 32-33).
 # Set here, before JAX starts its backend; the test processes' children (CLI runs, compare jobs,
 # notebook kernels) inherit it. Results are the same programs' results; tests that compare runs
 # bit for bit compare runs compiled alike.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+
+
+def optimised_xla_flags() -> str:
+    """``XLA_FLAGS`` without the suite's fast-compile flag, for a child process (a notebook kernel,
+    a CLI run) that trains long enough that optimised code pays for its slower compilation."""
+    return os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip()
 
 import jax  # after XLA_FLAGS
 import pytest

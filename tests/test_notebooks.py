@@ -10,14 +10,13 @@ The execution test runs every notebook in a fresh ``python3`` kernel, from ``not
 with ``AUTOSIM_NOTEBOOK_SMALL=1`` (the notebooks shrink their sizes under it).
 """
 
-import os
 import pathlib
 import time
 
 import jupytext
 import nbformat
 import pytest
-from conftest import FAST_COMPILE
+from conftest import optimised_xla_flags
 from nbclient import NotebookClient
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
@@ -62,7 +61,7 @@ def test_ipynb_matches_its_script_and_has_no_outputs(script):
 def test_notebook_executes(script, monkeypatch):
     monkeypatch.setenv("AUTOSIM_NOTEBOOK_SMALL", "1")  # the kernel inherits this environment
     if script.stem in OPTIMISED_KERNELS:
-        monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip())
+        monkeypatch.setenv("XLA_FLAGS", optimised_xla_flags())
     nb = nbformat.read(script.with_suffix(".ipynb"), as_version=4)
     start = time.monotonic()
     deadline = start + NOTEBOOK_TIMEOUT_S
