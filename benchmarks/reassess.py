@@ -52,7 +52,13 @@ models for a selected psi), e.g. the five picks of ``autosim run --select-reset`
 
 A run of ``autosim compare`` (``OUT/METHOD/seedS``, e.g. from ``detection_tables.py``'s runs tarball)
 is taken the same way: its final psi, pooled with its own fresh models and the comparison's start
-and reference ones for that seed; its rows are named after ``METHOD``.
+and reference ones for that seed; its rows are named after ``METHOD``. ``DIR@STEP`` takes the psi
+the run held after step ``STEP`` instead (its ``metrics.jsonl`` record), pooled with the run's own
+models of that step where it assessed one (a compare run's points along its budget), e.g. exact
+quadratic's psi after 7,680 of digits-det's 30,720 images (step 30; session 33)::
+
+    python benchmarks/reassess.py --experiment digits-det --size gpu --repeats 4 --recorded-baselines \
+        --cli-runs $C/autosimulate-exact_quadratic/seed0@30 --cli-runs $C/bo/seed0 ... --out $OUT/r
 
 Only runs of the experiment's own family (not the histogram or broad-share variants) can be
 assessed again. Writes ``OUT.json`` (device, versions, command, date, every assessment, G per
@@ -224,13 +230,17 @@ def cli_records(p, args, setup) -> list[dict]:
     flat like :func:`_records`' items, with the run's own assessments as the recorded ones;
     checked before any job starts. ``setup``: the experiment's (seed 0) in this process. A
     directory is an ``autosim run`` one or a run of ``autosim compare`` (``OUT/METHOD/seedS``:
-    its final psi, variant ``METHOD``)."""
+    its final psi, variant ``METHOD``); ``DIR@STEP``: the psi after step ``STEP`` instead, with
+    the run's models of that step if it assessed it (:func:`_psi_at_step`)."""
     from autosim_jax.rundir import psi_from_record
 
     like = setup.simulator.distribution.init()
     budget = (args.assess_images or setup.assess_images, args.assess_epochs or setup.assess_epochs)
     items = []
-    for run_dir in args.cli_runs:
+    for spec in args.cli_runs:
+        run_dir, at, step = spec.rpartition("@")
+        if not at or not step.isdigit():
+            run_dir, step = spec, None
         try:
             with open(os.path.join(run_dir, "config.json")) as f:
                 config = json.load(f)
@@ -254,19 +264,40 @@ def cli_records(p, args, setup) -> list[dict]:
         if (a["images"], a["epochs"]) != budget:
             p.error(f"--cli-runs {run_dir} assessed on {a['images']} images x {a['epochs']} epochs; give "
                     f"--assess-images {a['images']} --assess-epochs {a['epochs']}, or its models cannot be pooled")
-        selected = "selected_psi" in a and raw.get("selected") is not None
+        selected = "selected_psi" in a and raw.get("selected") is not None and step is None
         old = a["selected_psi"] if selected else a["learned_psi"]
         returned = (f"{old['step']}+reset" if old.get("reset") else str(old["step"])) if selected else "final"
         psi = psi_from_record(like, raw["selected" if selected else "learned"])
+        at_step = int(summary["iterations"])
+        if step is not None:
+            at_step, record, old = int(step), *_psi_at_step(p, run_dir, int(step))
+            psi, returned = psi_from_record(like, record), step
         variant = ("selected" if selected else "learned") if config.get("command") != "compare" else \
             os.path.basename(os.path.dirname(os.path.normpath(run_dir)))
         items.append({"file": os.path.normpath(run_dir), "variant": variant,
                       "returned": returned, "seed": int(config["seed"]),
-                      "step": int(old["step"]) if selected else int(summary["iterations"]), "psi": flatten(psi),
-                      "old": old, "old_n": a["models"],
+                      "step": int(old["step"]) if selected else at_step, "psi": flatten(psi),
+                      "old": old, "old_n": a["models"] if old else 0,
                       "old_baseline": {"start": a["start_psi"], "reference": a["reference_psi"]},
                       "old_baseline_n": a["models"]})
     return items
+
+
+def _psi_at_step(p, run_dir: str, step: int) -> tuple[dict, dict | None]:
+    """``(raw psi, recorded assessment or None)`` of a run directory after ``step`` outer steps:
+    the psi of its ``metrics.jsonl`` record of that step, the fresh models of its ``assessed.json``
+    under that step (a compare run's assessed points; the runs share their protocol, checked by
+    the caller on the final step's)."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        record = next((r for r in map(json.loads, f) if r.get("step") == step and "psi" in r), None)
+    if record is None:
+        p.error(f"--cli-runs {run_dir}@{step}: its metrics.jsonl holds no psi of step {step}")
+    try:
+        with open(os.path.join(run_dir, "assessed.json")) as f:
+            old = json.load(f)["results"].get(str(step))
+    except OSError:
+        old = None
+    return record["psi"], old and {**old, "step": step}
 
 
 def _field_names(p, option: str, names: str, psi) -> list[str]:
@@ -356,7 +387,8 @@ def main(argv=None) -> int:
                    help="a psi_learning.py OUT.json and variants of it (repeatable)")
     p.add_argument("--cli-runs", action="append", default=[], metavar="DIR",
                    help="an autosim run directory (the psi it returned: selected, else learned) or an autosim "
-                   "compare run directory OUT/METHOD/seedS (its final psi) (repeatable)")
+                   "compare run directory OUT/METHOD/seedS (its final psi); DIR@STEP: the psi after step STEP "
+                   "(repeatable)")
     p.add_argument("--step", default="60", help="the recorded psi after this many steps (assessed steps; a comma "
                    "list assesses each, against one start/reference assessment per seed)")
     p.add_argument("--seeds", default=None, help="comma list (default: every seed of the runs)")

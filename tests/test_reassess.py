@@ -225,6 +225,23 @@ def test_cli_runs_take_a_run_of_autosim_compare(reassess, toy_path, tmp_path):
         assert it["old_baseline"] == {"start": assessed(out / "start_psi" / seed)["results"]["0"],
                                       "reference": assessed(out / "reference_psi" / seed)["results"]["reference"]}
 
+    # DIR@STEP: the psi after that step (its metrics.jsonl record), pooled with the comparison's
+    # models of that step where it assessed one (here the last step's), with none where it did not
+    # (session 33: digits-det's exact quadratic at 7,680 of 30,720 images, an assessed point)
+    run = dirs[0]
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (assessed_step,) = [int(k) for k in assessed(run)["results"]]
+    other = next(r["step"] for r in steps if r["step"] != assessed_step)
+    items = reassess.cli_records(argparse.ArgumentParser(), _args([f"{run}@{assessed_step}", f"{run}@{other}"]),
+                                 setup)
+    like = setup.simulator.distribution.init()
+    for it, step in zip(items, (assessed_step, other)):
+        record = next(r for r in steps if r["step"] == step)
+        assert it["psi"] == reassess.flatten(psi_from_record(like, record["psi"])) and it["step"] == step
+        assert it["returned"] == str(step) and it["variant"] == "autosimulate-exact_quadratic"
+    assert {k: v for k, v in items[0]["old"].items() if k != "step"} == assessed(run)["results"][str(assessed_step)]
+    assert items[0]["old_n"] == 1 and items[1]["old"] is None and items[1]["old_n"] == 0
+
 
 def test_runs_records_take_a_step_the_run_did_not_assess(reassess, toy_path, tmp_path, capsys):
     """``--runs FILE:VARIANT --step`` with a step between the recorded assessments (session 33:
