@@ -79,6 +79,8 @@ def _half_means(assessment: dict, metric: str, half: int) -> float:
     """Mean ``metric`` of one half (0: the first, 1: the second) of an assessment's models, the
     models that did not train (``diverged_models``) left out as the assessment leaves them out."""
     values = np.asarray(assessment[f"{metric}_metrics"], dtype=float)
+    if len(values) % 2:
+        raise ValueError(f"a cross-fitted pick splits each candidate's models in halves; got {len(values)} models")
     m = len(values) // 2
     kept = [i for i in range(half * m, (half + 1) * m) if i not in assessment.get("diverged_models", [])]
     return float(values[kept].mean()) if kept else float("nan")
@@ -188,6 +190,7 @@ def main(argv=None) -> int:
 
 
 def _main_crossfit(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``--reassessed``: :func:`crossfit_runs` over the records, G by step and per choice, JSON and plot."""
     reassessed = []
     for path in sorted(glob.glob(args.reassessed)):
         with open(path) as f:
@@ -200,9 +203,10 @@ def _main_crossfit(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         p.error(f"no record in {args.reassessed!r} or no baseline in {args.baselines!r}")
     runs = crossfit_runs(reassessed, baselines)
     steps = sorted({s for r in runs for s in r["G"]["by_step"]}, key=int)
+    columns = {f"step {s}": [r["G"]["by_step"][s] for r in runs] for s in steps}
+    columns.update({k: [r["G"][k] for r in runs] for k in ("final", "picked", "best")})
     table = {"seeds": [r["seed"] for r in runs]}
-    for key in [*(f"step {s}" for s in steps), "final", "picked", "best"]:
-        g = [r["G"]["by_step"][key[5:]] if key.startswith("step") else r["G"][key] for r in runs]
+    for key, g in columns.items():
         table[key] = {"mean": float(np.mean(g)), "std": float(np.std(g, ddof=1)) if len(g) > 1 else 0.0, "per_seed": g}
     result = {"benchmark": "return_choice", "mode": "cross-fitted validation pick", "date": datetime.date.today(
     ).isoformat(), "reassessed": args.reassessed, "baselines": args.baselines, "G_test_metric": table, "runs": runs}
