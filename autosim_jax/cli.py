@@ -488,8 +488,9 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
     if reference is not None:
         psis.append(("reference_psi", "reference", reference))
     # --select-every N: the psi of every N-th step too; the one whose fresh model scores best on
-    # the *validation* set is returned as the selected psi (docs/learning.md: in every variant
-    # measured, at or above the final psi). --select-reset F,G: each of those psi (the final one
+    # the *validation* set is returned as the selected psi (docs/learning.md: worth its images
+    # where runs lose their gain late, as clevr-seg's at 240 steps; level with the final psi on
+    # digits-det, whose runs keep it, session 33). --select-reset F,G: each of those psi (the final one
     # included) also with the fields F, G set back to their start value, a candidate of its own
     # (docs/learning.md, sessions 24-25: on clevr-seg at gpu size validation picks the better of a
     # psi and its colour/material reset as the test set would, 16 of 16 times).
