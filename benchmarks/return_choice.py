@@ -25,6 +25,8 @@ number of new fresh models with their single metrics, and judges the validation 
 ``autosim run --select-every`` without the winner's curse: the first half of each candidate's
 models pick (the best mean validation metric), the other half judge the pick on the test set,
 and then the halves swap roles (a cross-fitted pick; the final psi is judged by the same halves).
+Records that assess the same step of the same run with other keys pool their models
+(:func:`pool_models`), one record's models after the other's.
 G needs each seed's start and reference, read from the ``psi_learning.py`` records the
 reassessment took them from (``--baselines``, its ``--recorded-baselines``)::
 
@@ -49,7 +51,6 @@ import json
 import os
 
 import numpy as np
-
 from field_drift import read_record  # psi_learning.py's records, compressed or not
 
 
@@ -86,6 +87,32 @@ def _half_means(assessment: dict, metric: str, half: int) -> float:
     return float(values[kept].mean()) if kept else float("nan")
 
 
+def pool_models(assessments: list[dict]) -> dict:
+    """One assessment from several of the same psi (``reassess.py`` calls with other keys): the
+    per-model metrics end to end, ``diverged_models`` renumbered, ``test_metric`` and
+    ``val_metric`` the means over the kept models. Each part keeps its own models together, so a
+    cross-fitted pick over two equal parts lets one call's models pick and the other's judge.
+
+    Example:
+      >>> a = {"val_metrics": [0.2, 0.0], "test_metrics": [0.3, 0.0], "diverged_models": [1]}
+      >>> b = {"val_metrics": [0.4, 0.6], "test_metrics": [0.5, 0.7]}
+      >>> p = pool_models([a, b])
+      >>> p["test_metrics"], p["diverged_models"], round(p["test_metric"], 3)
+      ([0.3, 0.0, 0.5, 0.7], [1], 0.5)
+    """
+    if len(assessments) == 1:
+        return assessments[0]
+    out = {"val_metrics": [], "test_metrics": [], "diverged_models": []}
+    for a in assessments:
+        out["diverged_models"] += [len(out["test_metrics"]) + i for i in a.get("diverged_models", [])]
+        out["val_metrics"] += list(a["val_metrics"])
+        out["test_metrics"] += list(a["test_metrics"])
+    kept = [i for i in range(len(out["test_metrics"])) if i not in out["diverged_models"]]
+    for metric in ("val", "test"):
+        out[f"{metric}_metric"] = float(np.mean([out[f"{metric}_metrics"][i] for i in kept]))
+    return out
+
+
 def cross_fitted_pick(candidates: dict[int, dict]) -> dict:
     """The validation pick among ``candidates`` (step -> assessment with per-model metrics),
     judged by the models that did not pick it, both ways round; higher metrics are better.
@@ -120,14 +147,17 @@ def cross_fitted_pick(candidates: dict[int, dict]) -> dict:
 def crossfit_runs(reassessed: list[dict], baselines: dict[int, dict]) -> list[dict]:
     """One entry per (variant, seed) of ``reassess.py`` records: :func:`cross_fitted_pick` over
     its reassessed steps, in test metric and in G (``baselines``: seed -> recorded start and
-    reference, as ``psi_learning.py``'s ``_baseline`` rows hold them)."""
+    reference, as ``psi_learning.py``'s ``_baseline`` rows hold them). A step assessed in several
+    records is assessed once by all their models (:func:`pool_models`)."""
     from autosim_jax import gap_closed
 
     by_run: dict[tuple, dict] = {}
     for record in reassessed:
         for row in record["rows"]:
             if "error" not in row:
-                by_run.setdefault((row["variant"], row["seed"]), {})[row["step"]] = row["new"]["learned"]
+                by_run.setdefault((row["variant"], row["seed"]), {}).setdefault(row["step"], []).append(
+                    row["new"]["learned"])
+    by_run = {run: {step: pool_models(a) for step, a in steps.items()} for run, steps in by_run.items()}
     out = []
     for (variant, seed), candidates in sorted(by_run.items()):
         r = cross_fitted_pick(candidates)
