@@ -41,6 +41,9 @@ Usage::
     python benchmarks/hypergradient_signal.py --size gpu --psi reference --steps 80 --seeds 0,1,2 \\
         --render-workers 14 --out $OUT/hs_gpu_reference          # H200 host, 16 cores
     python benchmarks/hypergradient_signal.py --size cpu --steps 12 --out /tmp/hs   # smoke (45 s on 2 cores)
+    # each seed's own learned psi, from a psi_learning.py record: FILE:VARIANT@STEP
+    python benchmarks/hypergradient_signal.py --experiment digits-det --size gpu --steps 80 --seeds 0,1,2 \
+        --psi benchmarks/results/psi_learning/digits-det_gpu_120steps_det_s012.json:default@120 --out $OUT/hs_dd
 
 Writes ``OUT.json`` (device, versions, precision, command, date, the options, per seed and
 pooled per-leaf statistics with every coordinate's ``z`` and variance ratio) and ``OUT.png``
@@ -206,8 +209,34 @@ def _model_options(args) -> dict:
             if v is not None}
 
 
-def run_seed(args, seed: int, t0: float) -> dict:
-    """``args.steps`` AutoSimulate steps of one seed with the gate closed; per-leaf statistics."""
+def recorded_psis(p: argparse.ArgumentParser, spec: str, experiment: str, size: str, seeds: list[int]) -> dict:
+    """``--psi FILE:VARIANT@STEP``: seed -> the flat psi that seed's run of VARIANT held after STEP
+    in a ``psi_learning.py`` record (``field_drift.read_runs``); refused before any step runs."""
+    from field_drift import read_runs
+
+    runs, _, step = spec.rpartition("@")
+    try:
+        step = int(step)
+        path, record, variants = read_runs(runs, experiment, size)
+    except (ValueError, OSError) as err:
+        p.error(f"--psi {spec!r}: {err} (write start, reference or FILE:VARIANT@STEP)")
+    if len(variants) != 1:
+        p.error(f"--psi {spec!r}: name one variant")
+    out = {}
+    for seed in seeds:
+        run = next((r for r in record["runs"] if r["variant"] == variants[0] and r["seed"] == seed and "psi" in r),
+                   None)
+        if run is None:
+            p.error(f"--psi: {path} holds no run of variant {variants[0]!r} with seed {seed}")
+        if not 1 <= step <= len(run["psi"]):
+            p.error(f"--psi: {path}: {variants[0]} seed {seed} has steps 1-{len(run['psi'])}, not {step}")
+        out[seed] = run["psi"][step - 1]
+    return out
+
+
+def run_seed(args, seed: int, t0: float, recorded: dict | None = None) -> dict:
+    """``args.steps`` AutoSimulate steps of one seed with the gate closed; per-leaf statistics.
+    ``recorded``: the flat psi to hold (``--psi FILE:VARIANT@STEP``), else ``args.psi`` names it."""
     import autosim_jax as asj
     from autosim_jax.outer import SnrGateState, categorical_classes, find_state
     from autosim_jax.render_pool import make_render_pool
@@ -215,11 +244,21 @@ def run_seed(args, seed: int, t0: float) -> dict:
     exp = asj.get_experiment(args.experiment)
     setup = exp.build(renderer=exp.renderers[0], seed=seed, size=args.size, **_model_options(args))
     sim = setup.simulator
+    held = None
     if args.psi == "reference":
         if setup.reference_psi is None:
             raise SystemExit(f"--psi reference: {args.experiment} has no reference psi; use --psi start.")
-        reference = setup.reference_psi
-        sim = asj.Simulator(sim.distribution._replace(init=lambda: reference), sim.renderer)
+        held = setup.reference_psi
+    elif recorded is not None:
+        from field_drift import unflatten
+
+        like = _leaves(sim.distribution.init())
+        if set(recorded) != set(like):
+            raise SystemExit(f"--psi {args.psi}: the recorded psi has leaves {sorted(recorded)}, the experiment's "
+                             f"family {sorted(like)}")
+        held = unflatten(recorded, sim.distribution.init())
+    if held is not None:
+        sim = asj.Simulator(sim.distribution._replace(init=lambda: held), sim.renderer)
     start = _leaves(sim.distribution.init())
     t_seed = time.perf_counter()
     with make_render_pool(sim.renderer, workers=args.render_workers) as pool:
@@ -250,7 +289,8 @@ def run_seed(args, seed: int, t0: float) -> dict:
     for leaf in means[0]:
         g, se2 = recover_steps(np.stack([m[leaf] for m in means]), np.stack([v[leaf] for v in noise]), DECAY)
         leaves[leaf] = leaf_statistics(g[used], se2[used], classes[leaf], config.outer_beta2)
-    return {"seed": seed, "steps_used": len(used), "kept_steps": kept, "seconds": time.perf_counter() - t_seed,
+    return {"seed": seed, "psi_held": {k: v.tolist() for k, v in start.items()}, "steps_used": len(used),
+            "kept_steps": kept, "seconds": time.perf_counter() - t_seed,
             "experiment_config": setup.config.to_dict(), "leaves": leaves}
 
 
@@ -290,8 +330,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
     p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
-    p.add_argument("--psi", default="start", choices=("start", "reference"),
-                   help="the psi held fixed: the experiment's start or its reference psi")
+    p.add_argument("--psi", default="start",
+                   help="the psi held fixed: start, reference (the experiment's), or FILE:VARIANT@STEP (each "
+                        "seed's run of VARIANT in a psi_learning.py record, after STEP steps)")
     p.add_argument("--steps", type=int, default=80, help="AutoSimulate steps per seed (>= 3)")
     p.add_argument("--seeds", default="0", help="comma list of seeds")
     p.add_argument("--render-workers", type=int, default=1, help="render processes (the same renders as serial)")
@@ -334,10 +375,12 @@ def main(argv=None) -> int:
         asj.get_experiment(args.experiment)
     except ValueError as err:
         p.error(f"--experiment: {err}")
+    recorded = {} if args.psi in ("start", "reference") else recorded_psis(p, args.psi, args.experiment,
+                                                                             args.size, seeds)
     deterministic_gpu_ops()  # before JAX starts its GPU backend: a seed then fixes its run on the GPU too
 
     t0 = time.perf_counter()
-    per_seed = {seed: run_seed(args, seed, t0) for seed in seeds}
+    per_seed = {seed: run_seed(args, seed, t0, recorded.get(seed)) for seed in seeds}
     device = jax.devices()[0]
     leaves = list(per_seed[seeds[0]]["leaves"])
     record = {

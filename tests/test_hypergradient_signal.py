@@ -5,6 +5,9 @@ statistics use autosim_jax.outer's test, and these tests build no experiment.
 The statistical tests are probabilistic with fixed seeds; each states its tolerance's origin.
 """
 
+import json
+import pathlib
+
 import numpy as np
 import pytest
 from conftest import load_benchmark
@@ -146,3 +149,54 @@ def test_an_image_size_the_unet_cannot_take_is_refused_before_anything_renders(t
         hs.main(["--image-size", "15", "--steps", "3", "--out", str(tmp_path / "out")])
     with pytest.raises(ValueError, match="base_channels=0"):
         hs.main(["--base-channels", "0", "--steps", "3", "--out", str(tmp_path / "out")])
+
+
+def _record(tmp_path, experiment, psi_after_steps):
+    record = {"experiment": experiment, "size": "cpu",
+              "runs": [{"variant": "default", "seed": 0, "psi": psi_after_steps}]}
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("{path}:default", "write start, reference or FILE:VARIANT@STEP"),
+    ("{path}@1", "write FILE:VARIANT"),
+    ("{path}.missing:default@1", "No such file"),
+    ("{path}:other@1", "holds no run of variant 'other' with seed 0"),
+    ("{path}:default@3", "has steps 1-2, not 3"),
+])
+def test_a_recorded_psi_is_checked_before_running(spec, message, monkeypatch, capsys, tmp_path):
+    monkeypatch.syspath_prepend(str(pathlib.Path(hs.__file__).parent))  # field_drift, as the script finds it
+    monkeypatch.setattr(hs, "run_seed", lambda *a: pytest.fail("an experiment ran"))
+    path = _record(tmp_path, "clevr-seg", [{}, {}])
+    with pytest.raises(SystemExit) as exit_info:
+        hs.main(["--psi", spec.format(path=path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_recorded_psi_is_the_one_held(toy_path, monkeypatch, tmp_path):
+    """``--psi FILE:VARIANT@STEP`` holds each seed's recorded psi after STEP (session 34: digits-det's
+    learned psi), not the start: the steps run there and psi does not move (the gate is closed)."""
+    import toy_reference
+
+    from autosim_jax import experiments
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(hs.__file__).parent))
+    from field_drift import flatten
+
+    # the script builds registered experiments with a size; the toy takes none
+    toy = experiments.Experiment("toy-sized", "the toy, any size", ("square",),
+                                 lambda *, renderer, seed, size: toy_reference.build(renderer=renderer, seed=seed))
+    monkeypatch.setitem(experiments.EXPERIMENTS, "toy-sized", toy)
+    start = flatten(toy_reference.build().simulator.distribution.init())
+    after = [{k: [x + 0.5 * step for x in v] for k, v in start.items()} for step in (1, 2)]
+    path = _record(tmp_path, "toy-sized", after)
+    assert hs.main(["--experiment", "toy-sized", "--psi", f"{path}:default@2", "--steps", "3",
+                    "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out.json").read_text())
+    held = record["per_seed"]["0"]["psi_held"]
+    assert held.keys() == after[1].keys()
+    for k in held:
+        np.testing.assert_allclose(held[k], after[1][k], rtol=1e-6)
