@@ -42,7 +42,7 @@ Usage::
         --render-workers 14 --out $OUT/hs_gpu_reference          # H200 host, 16 cores
     python benchmarks/hypergradient_signal.py --size cpu --steps 12 --out /tmp/hs   # smoke (45 s on 2 cores)
     # each seed's own learned psi, from a psi_learning.py record: FILE:VARIANT@STEP
-    python benchmarks/hypergradient_signal.py --experiment digits-det --size gpu --steps 80 --seeds 0,1,2 \
+    python benchmarks/hypergradient_signal.py --experiment digits-det --size gpu --steps 80 --seeds 0,1,2 \\
         --psi benchmarks/results/psi_learning/digits-det_gpu_120steps_det_s012.json:default@120 --out $OUT/hs_dd
 
 Writes ``OUT.json`` (device, versions, precision, command, date, the options, per seed and

@@ -104,7 +104,7 @@ def pool_models(assessments: list[dict]) -> dict:
         return assessments[0]
     out = {"val_metrics": [], "test_metrics": [], "diverged_models": []}
     for a in assessments:
-        out["diverged_models"] += [len(out["test_metrics"]) + i for i in a.get("diverged_models", [])]
+        out["diverged_models"] += [len(out["test_metrics"]) + i for i in a.get("diverged_models") or []]
         out["val_metrics"] += list(a["val_metrics"])
         out["test_metrics"] += list(a["test_metrics"])
     kept = [i for i in range(len(out["test_metrics"])) if i not in out["diverged_models"]]

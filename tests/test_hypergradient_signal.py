@@ -1,7 +1,8 @@
 """The pure helpers of benchmarks/hypergradient_signal.py (issue 13), and its argument checks.
 
 The script is loaded from its file (benchmarks/ is no package and not on the test path); its
-statistics use autosim_jax.outer's test, and these tests build no experiment.
+statistics use autosim_jax.outer's test, and these tests build no experiment but the CLI tests'
+toy (holding a recorded psi, 3 steps).
 The statistical tests are probabilistic with fixed seeds; each states its tolerance's origin.
 """
 
