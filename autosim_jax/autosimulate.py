@@ -633,21 +633,27 @@ def make_autosimulate(
             finetune(theta, inner_state, inputs, labels, train_key)
         )
         t2 = time.perf_counter()
+        if config.outer_renders == "independent":  # fold_in: the shared default's key stream is unchanged
+            with reraise_render_errors():
+                scenes, inputs, labels = jax.block_until_ready(
+                    shard_batch(simulate(jax.random.fold_in(sim_key, 1), state.psi), mesh))
+        t_outer = time.perf_counter()
         psi, outer_state, hg, checks = jax.block_until_ready(
             outer(state.psi, state.outer_opt_state, theta, scenes, inputs, labels, theta_ok)
         )
         t3 = time.perf_counter()
         checks = [bool(c) for c in checks]  # theta, validation loss, solve, and all of them with the update
         reason = "" if checks[-1] else list(KEPT_REASONS)[checks.index(False)]
+        renders = config.dataset_size * (2 if config.outer_renders == "independent" else 1)
         new_state = AutoSimState(psi, theta, inner_state, outer_state, key, state.step + 1,
-                                 state.images + config.dataset_size, state.theta_anchor)
+                                 state.images + renders, state.theta_anchor)
         info = StepInfo(
             val_loss=float(hg.val_loss), val_metric=float(hg.val_metric), train_loss=float(train_loss),
             psi_grad_norm=float(optax.tree.norm(hg.grad_psi)),
             cg_relative_residual=float(hg.solve.relative_residual), cg_converged=bool(hg.solve.converged),
             cg_indefinite=bool(hg.solve.indefinite), cg_model_value=float(hg.solve.model_value),
             psi_updated=not reason, psi_kept_reason=reason, train_loss_before=float(loss_before),
-            time_render=t1 - t0, time_train=t2 - t1, time_outer=t3 - t2,
+            time_render=(t1 - t0) + (t_outer - t2), time_train=t2 - t1, time_outer=t3 - t_outer,
         )
         warn_about_solve(int(new_state.step), info, hg.solve)
         warn_about_loss_jump(int(new_state.step), info)

@@ -40,6 +40,7 @@ FINETUNE_SCHEDULES = ("constant", "linear_decay")  # autosim_jax.training.SCHEDU
 OUTER_OPTIMIZERS = ("adam", "sgd", "natural")
 VAL_GRADIENT_POINTS = ("theta", "newton_point")
 VAL_OBJECTIVES = ("loss", "metric_surrogate")  # what g_val is the gradient of (autosim_jax.inner.make_inner)
+OUTER_RENDERS = ("shared", "independent")  # the renders of the outer stage (AutoSimConfig.outer_renders)
 
 _UNKNOWN_FIELD = (
     "Unknown AutoSimulate option(s) {names}; valid options are {valid}. "
@@ -202,6 +203,13 @@ class AutoSimConfig:
         little there. With 32 fine-tuning epochs per step it closed less of the gap at 60 steps
         than the experiment's config (G 0.32 +- 0.18 against 0.52 +- 0.24, 3 seeds), so it is
         off by default.
+      outer_renders: which renders the outer stage (the curvature of Eq. 13 and the
+        score-function term of Eq. 8) uses. ``"shared"`` (the paper's Algorithm 1): the same
+        ``dataset_size`` renders ``theta_hat`` was fine-tuned on. ``"independent"``: a second
+        batch of ``dataset_size`` renders drawn from ``q_psi`` with its own key, so that the
+        estimate is not correlated with the fit (a ``theta_hat`` that fits its renders closely
+        makes their per-sample gradients small and biased); every step then renders, and
+        counts in ``images``, twice as many.
       trainable: freezing layers (Table 5): a regular expression searched (``re.search``) in
         each parameter's path (``jax.tree_util.keystr`` of ``theta``'s leaves, e.g.
         ``"['up2']['conv']['kernel'].value"``); only the matching parameters are fine-tuned,
@@ -259,6 +267,7 @@ class AutoSimConfig:
     pretrain_rounds: int = 0
     val_gradient_at: str = "theta"
     val_objective: str = "loss"
+    outer_renders: str = "shared"
 
     def __post_init__(self):
         _choices("approximation", self.approximation, APPROXIMATIONS)
@@ -293,6 +302,7 @@ class AutoSimConfig:
         _positive_int("pretrain_rounds", self.pretrain_rounds, minimum=0)
         _choices("val_gradient_at", self.val_gradient_at, VAL_GRADIENT_POINTS)
         _choices("val_objective", self.val_objective, VAL_OBJECTIVES)
+        _choices("outer_renders", self.outer_renders, OUTER_RENDERS)
         if self.val_gradient_at == "newton_point" and (self.approximation != "exact_quadratic" or self.trainable):
             raise ValueError(
                 "AutoSimConfig.val_gradient_at='newton_point' needs approximation='exact_quadratic' (the Newton "

@@ -205,3 +205,27 @@ def test_eq13_at_the_newton_point_is_the_derivative_at_the_optimum_from_any_thet
 def test_newton_point_is_refused_where_it_has_no_newton_step(kw):
     with pytest.raises(ValueError, match="val_gradient_at='newton_point' needs approximation='exact_quadratic'"):
         asj.AutoSimConfig(val_gradient_at="newton_point", **kw)
+
+
+def test_independent_outer_renders_estimate_on_a_second_batch():
+    """``outer_renders="independent"``: the step fine-tunes on its K renders and takes the
+    hypergradient on K others (the key folded with 1), counting 2K images; the shared default
+    takes it on the fine-tuning's renders."""
+    shared, independent = _toy("exact_quadratic"), _toy("exact_quadratic", outer_renders="independent")
+    for autosim, renders in ((shared, 128), (independent, 256)):
+        state = autosim.init(0)
+        new, info = autosim.step(state)
+        assert int(new.images) == renders
+        _, sim_key, _ = jax.random.split(state.key, 3)
+        norms = {}
+        for name, key in (("shared", sim_key), ("independent", jax.random.fold_in(sim_key, 1))):
+            hg = autosim.hypergradient(state.psi, new.theta, *autosim.inner.simulate(key, state.psi))
+            norms[name] = float(optax.tree.norm(hg.grad_psi))
+        want = "independent" if autosim is independent else "shared"
+        np.testing.assert_allclose(info.psi_grad_norm, norms[want], rtol=1e-5)
+        assert abs(norms["shared"] - norms["independent"]) > 1e-3 * norms["shared"]
+
+
+def test_unknown_outer_renders_is_refused():
+    with pytest.raises(ValueError, match=r"Unknown outer_renders 'fresh'; valid choices are \['shared', 'independent'\]"):
+        _toy("linear", outer_renders="fresh")

@@ -1,0 +1,42 @@
+"""digits-sim2real with the step's fine-tuning epochs and outer renders changed, as plug-in
+experiments for ``autosim compare`` (issue 13, session 34).
+
+The preset fine-tunes each step's fresh classifier for 3 epochs on its K = 256 renders and takes
+the hypergradient on the same renders (``AutoSimConfig.outer_renders="shared"``, the paper's
+Algorithm 1). Each object here is the registered experiment with ``finetune_epochs`` and
+``outer_renders`` replaced, everything else (start, reference, validation and test sets, the
+assessment) the experiment's own. Run from ``benchmarks/`` so that ``module:attr`` finds this
+file (``autosim`` adds the current directory to the import path)::
+
+    cd benchmarks
+    autosim compare digits_sim2real_variants:E12 --methods autosimulate --seeds 3 --budget-images 15360 --jobs 2
+    autosim compare digits_sim2real_variants:E12_INDEPENDENT --methods autosimulate --seeds 3 \\
+        --budget-images 30720 --assess-points 5 --jobs 2     # 2K renders a step: 60 steps
+
+Example:
+  >>> E6_INDEPENDENT.name, E6_INDEPENDENT.renderers == E3.renderers
+  ('digits-sim2real-e6-independent', True)
+"""
+
+from __future__ import annotations
+
+from autosim_jax.experiments import Experiment, get_experiment
+
+_BASE = get_experiment("digits-sim2real")
+
+
+def variant(epochs: int, outer_renders: str = "shared") -> Experiment:
+    """digits-sim2real whose steps fine-tune ``epochs`` epochs and estimate on ``outer_renders``."""
+    suffix = "" if outer_renders == "shared" else f"-{outer_renders}"
+
+    def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
+        setup = _BASE.build(renderer=renderer, seed=seed, size=size)
+        return setup._replace(config=setup.config.replace(finetune_epochs=epochs, outer_renders=outer_renders))
+
+    return Experiment(f"digits-sim2real-e{epochs}{suffix}",
+                      f"digits-sim2real, {epochs} fine-tuning epochs per step, {outer_renders} outer renders",
+                      _BASE.renderers, build)
+
+
+E2, E3, E6, E12 = (variant(e) for e in (2, 3, 6, 12))
+E3_INDEPENDENT, E6_INDEPENDENT, E12_INDEPENDENT = (variant(e, "independent") for e in (3, 6, 12))
