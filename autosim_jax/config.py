@@ -209,7 +209,13 @@ class AutoSimConfig:
         batch of ``dataset_size`` renders drawn from ``q_psi`` with its own key, so that the
         estimate is not correlated with the fit (a ``theta_hat`` that fits its renders closely
         makes their per-sample gradients small and biased); every step then renders, and
-        counts in ``images``, twice as many.
+        counts in ``images``, twice as many. Measured on digits-sim2real at cpu size
+        (``docs/learning.md``, session 34; 3 seeds, 60 steps): with shared renders more
+        fine-tuning per step loses the gain (G 1.58 at the preset's 3 epochs, 0.72 at 6, -0.61
+        at 12), with independent ones it is kept (1.37, 1.42, 1.45) and the fresh-model curve
+        rises sooner (6 and 12 epochs ahead of LTS from 3,840 images); at the experiment's
+        15,360 images, i.e. 30 steps, it ends below the preset (G 0.9-1.1), so the default stays
+        ``"shared"``.
       trainable: freezing layers (Table 5): a regular expression searched (``re.search``) in
         each parameter's path (``jax.tree_util.keystr`` of ``theta``'s leaves, e.g.
         ``"['up2']['conv']['kernel'].value"``); only the matching parameters are fine-tuned,

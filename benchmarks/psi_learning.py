@@ -196,6 +196,14 @@ VARIANTS = {
                  "32x the fine-tuning): from such a theta 8 influence estimates see no rubber preference "
                  "(influence_features.py, session 25); does the run keep colour and material, and reach G >= 0.8 "
                  "within 60 steps? (session 26: no; the material walks as before, G 0.28 at 60)"),
+    "finetune32_independent": ({"finetune_epochs": 32, "outer_renders": "independent"},
+                               "finetune32 with the outer stage on K renders other than the fine-tuning's (2K a "
+                               "step): on digits-sim2real at cpu size a step model fine-tuned 12 epochs lost the "
+                               "gain with shared renders (G -0.61) and kept it with independent ones (1.45; "
+                               "session 34); is the trained step model's harm on clevr-seg the same correlation?"),
+    "k2048_e8_independent": ({"dataset_size": 2048, "finetune_epochs": 8, "outer_renders": "independent"},
+                             "k2048_e8 with the outer stage on 2048 other renders: does the material still walk "
+                             "once the estimate is not taken on the renders theta was fit to? (session 34)"),
     "finetune1": ({"finetune_epochs": 1},
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
