@@ -25,18 +25,22 @@ from autosim_jax.experiments import Experiment, get_experiment
 _BASE = get_experiment("digits-sim2real")
 
 
-def variant(epochs: int, outer_renders: str = "shared") -> Experiment:
-    """digits-sim2real whose steps fine-tune ``epochs`` epochs and estimate on ``outer_renders``."""
-    suffix = "" if outer_renders == "shared" else f"-{outer_renders}"
+def variant(epochs: int, outer_renders: str = "shared", renders: int | None = None) -> Experiment:
+    """digits-sim2real whose steps fine-tune ``epochs`` epochs and estimate on ``outer_renders``;
+    ``renders``: K, the renders of each batch (default: the experiment's 256)."""
+    suffix = ("" if outer_renders == "shared" else f"-{outer_renders}") + (f"-k{renders}" if renders else "")
 
     def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
         setup = _BASE.build(renderer=renderer, seed=seed, size=size)
-        return setup._replace(config=setup.config.replace(finetune_epochs=epochs, outer_renders=outer_renders))
+        k = {"dataset_size": renders} if renders else {}
+        return setup._replace(config=setup.config.replace(finetune_epochs=epochs, outer_renders=outer_renders, **k))
 
     return Experiment(f"digits-sim2real-e{epochs}{suffix}",
-                      f"digits-sim2real, {epochs} fine-tuning epochs per step, {outer_renders} outer renders",
-                      _BASE.renderers, build)
+                      f"digits-sim2real, {epochs} fine-tuning epochs per step, {outer_renders} outer renders"
+                      + (f", K = {renders}" if renders else ""), _BASE.renderers, build)
 
 
 E2, E3, E6, E12 = (variant(e) for e in (2, 3, 6, 12))
 E3_INDEPENDENT, E6_INDEPENDENT, E12_INDEPENDENT = (variant(e, "independent") for e in (3, 6, 12))
+# K = 128 twice a step: the preset's 256 images per step, so 60 steps in the experiment's 15,360
+E6_INDEPENDENT_K128, E12_INDEPENDENT_K128 = (variant(e, "independent", 128) for e in (6, 12))
