@@ -214,8 +214,9 @@ class AutoSimConfig:
         fine-tuning per step loses the gain (G 1.58 at the preset's 3 epochs, 0.72 at 6, -0.61
         at 12), with independent ones it is kept (1.37, 1.42, 1.45) and the fresh-model curve
         rises sooner (6 and 12 epochs ahead of LTS from 3,840 images); at the experiment's
-        15,360 images, i.e. 30 steps, it ends below the preset (G 0.9-1.1), so the default stays
-        ``"shared"``.
+        15,360 images, i.e. 30 steps, it ends below the preset (G 0.9-1.1), and with half the
+        renders each (K = 128 twice, the preset's images and steps) at G 1.22-1.29, so the
+        default stays ``"shared"``.
       trainable: freezing layers (Table 5): a regular expression searched (``re.search``) in
         each parameter's path (``jax.tree_util.keystr`` of ``theta``'s leaves, e.g.
         ``"['up2']['conv']['kernel'].value"``); only the matching parameters are fine-tuned,
