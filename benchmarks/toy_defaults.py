@@ -88,6 +88,9 @@ CANDIDATES = {
     **{f"s12_gate2_o{lr}_t{tau}": _s5(outer_snr_gate=2.0, outer_learning_rate=lr, outer_decay_steps=tau)
        for lr, tau in ((0.2, 50), (0.2, 25), (0.15, 100))},
     "old": ({}, "the old defaults"),
+    # -- session 34: the outer stage on renders other than the fine-tuning's (the finite-K
+    #    correlation between the fit and the estimate, the closed-form check's first suspect)
+    "s34_independent": _s5(outer_renders="independent"),
     "library": (None, "AutoSimConfig() of the installed package, no overrides"),
     # -- the toy's own test options (tests/test_autosimulate.py::_toy), as names
     "test_options": ({"dataset_size": 128, "batch_size": 32, "finetune_epochs": 8, "inner_learning_rate": 0.1,
