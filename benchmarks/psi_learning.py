@@ -200,10 +200,12 @@ VARIANTS = {
                                "finetune32 with the outer stage on K renders other than the fine-tuning's (2K a "
                                "step): on digits-sim2real at cpu size a step model fine-tuned 12 epochs lost the "
                                "gain with shared renders (G -0.61) and kept it with independent ones (1.45; "
-                               "session 34); is the trained step model's harm on clevr-seg the same correlation?"),
+                               "session 34); is the trained step model's harm on clevr-seg the same correlation? (session 35: "
+                               "no; G 0.31 at 60, the material walks and the resolution goes to 32 px as before)"),
     "k2048_e8_independent": ({"dataset_size": 2048, "finetune_epochs": 8, "outer_renders": "independent"},
                              "k2048_e8 with the outer stage on 2048 other renders: does the material still walk "
-                             "once the estimate is not taken on the renders theta was fit to? (session 34)"),
+                             "once the estimate is not taken on the renders theta was fit to? (session 34; session 35: it "
+                             "walks, object 0 rubber 0.71-0.91 at step 30, G 0.18 at 30)"),
     "finetune1": ({"finetune_epochs": 1},
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
