@@ -65,7 +65,7 @@ def read_record(path: str) -> dict:
     """A ``psi_learning.py`` record: ``path``, or ``path + ".gz"`` where only the compressed copy
     is kept (the records over 300 KB are stored gzip-compressed, so that the working tree stays
     under the 64 MiB a device call copies; ``docs/benchmarks.md``). Every reader of the records
-    takes the ``.json`` name through this.
+    takes the ``.json`` name through this; the ``.json.gz`` name, the file a user sees, is read too.
 
     Example:
       >>> import tempfile
@@ -74,9 +74,13 @@ def read_record(path: str) -> dict:
       ...     json.dump({"runs": []}, f)
       >>> read_record(os.path.join(folder, "run.json"))
       {'runs': []}
+      >>> read_record(os.path.join(folder, "run.json.gz"))
+      {'runs': []}
     """
     if not os.path.exists(path) and os.path.exists(path + ".gz"):
-        with gzip.open(path + ".gz", "rt") as f:
+        path += ".gz"
+    if path.endswith(".gz"):
+        with gzip.open(path, "rt") as f:
             return json.load(f)
     with open(path) as f:
         return json.load(f)
