@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     for path in sorted(glob.glob(args.records)):
         if path.endswith(".partial.jsonl"):
             continue
-        record = read_record(path.removesuffix(".gz"))
+        record = read_record(path)
         if record.get("benchmark") != "psi_learning":
             continue
         for variant, g in record.get("gap_closed", {}).get("test_metric", {}).items():
@@ -227,7 +227,7 @@ def _main_crossfit(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             reassessed.append(json.load(f))
     baselines = {}
     for path in sorted(glob.glob(args.baselines)):
-        record = read_record(path.removesuffix(".gz"))
+        record = read_record(path)
         baselines.update({r["seed"]: r for r in record["runs"] if r["variant"] == "_baseline" and "error" not in r})
     if not reassessed or not baselines:
         p.error(f"no record in {args.reassessed!r} or no baseline in {args.baselines!r}")
