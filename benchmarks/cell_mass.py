@@ -3,8 +3,9 @@
 Reads the psi trajectories that ``benchmarks/psi_learning.py`` records for a detection experiment
 (every step's psi of every run) and computes, for each seed, the probability of named groups of
 cells at every step: the reference psi's support (``target``: the cells the reference puts above
-uniform, clevr-det's 4 target cells) and any ``--group NAME=PATTERN[,PATTERN]`` given as
-``fnmatch`` patterns over the cell names (e.g. ``scene2-high=scene2/*/high``). Beside it, the
+uniform, clevr-det's 4 target cells; none where the reference is uniform, as on digits-det) and
+any ``--group NAME=PATTERN[,PATTERN]`` given as ``fnmatch`` patterns over the cell names (e.g.
+``scene2-high=scene2/*/high``); and the effective number of cells, exp(entropy). Beside them, the
 gap closed G that the record holds for the same seeds, so that mass and fresh-model mAP are read
 together. No device is needed.
 
@@ -15,10 +16,11 @@ Usage::
         --runs benchmarks/results/psi_learning/clevr-det_gpu_clip1_240_s345.json:default \\
         --group scene2-high='scene2/*/high' --out benchmarks/results/psi_learning/cell_mass_clevr-det_gpu_240
 
-Writes ``OUT/cell_mass.json`` (per seed: every group's mass at every step, G at each assessed
-point; mean +- std over seeds, ``ddof=1``, at those points), ``OUT/mass.png`` (each group's mass
-against the step, a line per seed) and ``OUT/cells.png`` (3 x 9 x 2 heat maps of the start, each
-seed's last psi and the reference, :func:`autosim_jax.compare.write_cell_maps`).
+Writes ``OUT/cell_mass.json`` (per seed: every group's mass and the effective cells at every
+step, G at each assessed point; mean +- std over seeds, ``ddof=1``, at those points),
+``OUT/mass.png`` (each group's mass and the effective cells against the step, a line per seed)
+and ``OUT/cells.png`` (3 x 9 x 2 heat maps of the start, each seed's last psi and the reference,
+:func:`autosim_jax.compare.write_cell_maps`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ def group_cells(choices, patterns: list[str]) -> list[int]:
     return hit
 
 
+def effective_cells(probs) -> float:
+    """The exponential of a categorical's entropy: how many equally likely cells hold as much
+    uncertainty (1 for one-hot, the number of cells for uniform). Zero-probability cells add nothing.
+
+    Example:
+      >>> round(effective_cells([0.5, 0.5, 0.0, 0.0]), 6), round(effective_cells([0.25] * 4), 6)
+      (2.0, 4.0)
+    """
+    p = np.asarray(probs, float)
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-det")
@@ -73,7 +88,8 @@ def main(argv=None) -> int:
     def probs(psi) -> np.ndarray:
         return np.asarray(asj.describe_psi(schema, psi)[field.name]["probs"], float)
 
-    groups = {"target": support_cells(schema, reference)}
+    support = support_cells(schema, reference)  # empty where the reference is uniform (digits-det)
+    groups = {"target": support} if support else {}
     for spec in args.group:
         name, _, patterns = spec.partition("=")
         if not name or not patterns:
@@ -98,7 +114,8 @@ def main(argv=None) -> int:
             g = {point: cell["per_seed"][cell["seeds"].index(run["seed"])] for point, cell in gap.items()
                  if run["seed"] in cell["seeds"]}
             seeds[str(run["seed"])] = {"file": path, "steps": len(run["psi"]), "G": g,
-                                       "mass": {n: [float(q[idx].sum()) for q in traj] for n, idx in groups.items()}}
+                                       "mass": {n: [float(q[idx].sum()) for q in traj] for n, idx in groups.items()},
+                                       "effective_cells": [effective_cells(q) for q in traj]}
             last[str(run["seed"])] = asj.describe_psi(schema, unflatten(run["psi"][-1], start))
     if not seeds:
         p.error("no run with a psi trajectory in --runs")
@@ -106,7 +123,10 @@ def main(argv=None) -> int:
     points = sorted({k for s in seeds.values() for k in s["G"]}, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else k))
     summary = {"G": {k: mean_std([s["G"][k] for s in seeds.values() if k in s["G"]]) for k in points},
                "mass": {n: {k: mean_std([s["mass"][n][int(k)] for s in seeds.values() if int(k) < len(s["mass"][n])])
-                            for k in ["0", *(k for k in points if k.isdigit())]} for n in groups}}
+                            for k in ["0", *(k for k in points if k.isdigit())]} for n in groups},
+               "effective_cells": {k: mean_std([s["effective_cells"][int(k)] for s in seeds.values()
+                                                if int(k) < len(s["effective_cells"])])
+                                   for k in ["0", *(k for k in points if k.isdigit())]}}
     out = {"benchmark": "cell_mass", "date": datetime.date.today().isoformat(),
            "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
            "jax_version": jax.__version__, "autosim_jax": asj.__version__, "experiment": args.experiment,
@@ -122,6 +142,8 @@ def main(argv=None) -> int:
                     title=f"{args.experiment} ({args.size}): the last psi of each seed")
     for name, by_point in summary["mass"].items():
         print(f"mass on {name:>12}: " + "  ".join(f"{k}: {v['mean']:.2f} +- {v['std']:.2f}" for k, v in by_point.items()))
+    print("effective cells      : " + "  ".join(f"{k}: {v['mean']:.1f} +- {v['std']:.1f}"
+                                              for k, v in summary["effective_cells"].items()))
     print("G (fresh models)     : " + "  ".join(f"{k}: {v['mean']:.2f} +- {v['std']:.2f}" for k, v in summary["G"].items()))
     return 0
 
@@ -130,8 +152,16 @@ def plot(record: dict, path: str) -> None:
     from matplotlib.figure import Figure
 
     groups = list(record["groups"])
-    fig = Figure(figsize=(4.4 * len(groups), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    fig = Figure(figsize=(4.4 * (len(groups) + 1), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(groups) + 1, squeeze=False)[0]
+    for i, s in enumerate(record["seeds"].values()):
+        axes[-1].plot(s["effective_cells"], color=f"C{i}", lw=1.2)
+    axes[-1].set_yscale("log")
+    axes[-1].set_yticks([1, 2, 5, 10, 20, 50], ["1", "2", "5", "10", "20", "50"], minor=False)
+    axes[-1].set_yticks([], minor=True)
+    axes[-1].set_ylim(0.9, 60)
+    axes[-1].set_xlabel("outer step")
+    axes[-1].set_title("effective cells, exp(entropy)", fontsize=9)
     for ax, name in zip(axes, groups):
         for i, (seed, s) in enumerate(record["seeds"].items()):
             g = s["G"].get(str(s["steps"]))
@@ -141,8 +171,9 @@ def plot(record: dict, path: str) -> None:
         ax.set_ylim(0, 1)
         ax.set_xlabel("outer step")
         ax.set_title(f"mass on {name} ({len(record['groups'][name])} cells)", fontsize=9)
-    axes[0].set_ylabel("probability")
-    axes[-1].legend(fontsize=7)
+    if groups:
+        axes[0].set_ylabel("probability")
+        axes[-2].legend(fontsize=7)
     fig.suptitle(f"{record['experiment']} ({record['size']}): the learned categorical's mass (dashed: 0.7)", fontsize=10)
     fig.savefig(path, dpi=110)
 

@@ -448,8 +448,9 @@ def _gap(start, learned, ref):
 
 
 def summarise(results: list[dict], metric_key: str) -> dict:
-    """G per variant and assessment point; ``selected``: the assessed psi with the best
-    *validation* metric (what a periodic fresh-model check on the validation set returns)."""
+    """G per variant and assessment point (mean and sample std over seeds, and each seed's);
+    ``selected``: the assessed psi with the best *validation* metric (what a periodic fresh-model
+    check on the validation set returns)."""
     base = {r["seed"]: r for r in results if r["variant"] == "_baseline"}
     table: dict[str, dict] = {}
     seeds: dict[str, list] = {}
@@ -465,7 +466,10 @@ def summarise(results: list[dict], metric_key: str) -> dict:
         best = max(points, key=lambda k: points[k]["val_metric"])
         for point, m in [*r["assessed"].items(), ("selected_by_val", points[best])]:
             row.setdefault(point, []).append(_gap(b["start"][metric_key], m[metric_key], b["reference"][metric_key]))
-    return {v: {p: {"mean": float(np.mean(g)), "std": float(np.std(g)), "per_seed": g, "seeds": seeds[v]}
+    # the sample std over seeds (ddof=1), as reassess.py and cell_mass.py give it; before session 36
+    # this was the population std (ddof=0), which the records' per_seed lists let a reader redo
+    return {v: {p: {"mean": float(np.mean(g)), "std": float(np.std(g, ddof=1)) if len(g) > 1 else 0.0,
+                    "per_seed": g, "seeds": seeds[v]}
                 for p, g in row.items()} for v, row in table.items()}
 
 
