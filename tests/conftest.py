@@ -16,7 +16,8 @@ import textwrap
 # tests build many. At level 0 those take about 0.2 s and the suite 641 s against 816 s on 2
 # cores, at the price of slower generated code, which the notebook that trains longest and the
 # detection end-to-end runs pay for more than it saves; they run optimised in their own processes
-# (test_notebooks.py, test_detection_experiments.py; docs/quickstart.md, sessions 32-33).
+# (test_notebooks.py, test_detection_experiments.py, test_experiments.py; docs/quickstart.md,
+# sessions 32-33 and 36).
 # Set here, before JAX starts its backend; the test processes' children (CLI runs, compare jobs,
 # notebook kernels) inherit it. Results are the same programs' results; tests that compare runs
 # bit for bit compare runs compiled alike.
@@ -28,6 +29,16 @@ def optimised_xla_flags() -> str:
     """``XLA_FLAGS`` without the suite's fast-compile flag, for a child process (a notebook kernel,
     a CLI run) that trains long enough that optimised code pays for its slower compilation."""
     return os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip()
+
+
+def run_autosim_optimised(*args: str):
+    """``python -m autosim_jax ARGS`` in a child process compiled at XLA's default optimisation
+    level (:func:`optimised_xla_flags`): for the end-to-end runs that train long enough to pay for
+    it. Returns the ``subprocess.CompletedProcess`` (text stdout and stderr; not checked)."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "autosim_jax", *args], capture_output=True, text=True,
+                          timeout=600, check=False, env={**os.environ, "XLA_FLAGS": optimised_xla_flags()})
 
 import jax  # after XLA_FLAGS
 import pytest

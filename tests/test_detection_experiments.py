@@ -2,13 +2,10 @@
 assessment (mAP@0.5), and the assessor's numbers are mAP of a model on real/target data."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import optimised_xla_flags
+from conftest import run_autosim_optimised
 
 from autosim_jax.experiments import get_experiment
 from autosim_jax.renderers.clevr_det import CELLS
@@ -21,10 +18,8 @@ def test_detection_experiment_runs_end_to_end_with_assessment(name, tmp_path):
     # detectors train long enough that optimised code pays (clevr-det alone on 2 cores: 38 s,
     # against 54 s at the suite's fast-compile level; conftest.py, session 33).
     out_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "autosim_jax", "run", name, "--approximation", "linear",
-                           "--iterations", "2", "--dataset-size", "16", "--assess-images", "16", "--out", str(out_dir)],
-                          capture_output=True, text=True, timeout=600, check=False,
-                          env={**os.environ, "XLA_FLAGS": optimised_xla_flags()})
+    proc = run_autosim_optimised("run", name, "--approximation", "linear", "--iterations", "2",
+                                 "--dataset-size", "16", "--assess-images", "16", "--out", str(out_dir))
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout
     assert "mAP@0.5" in out and "reference psi" in out and "gap closed" in out

@@ -1,14 +1,11 @@
 """The registered experiments build real setups; the assessment of psi is deterministic."""
 
 import functools
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import optimised_xla_flags
+from conftest import run_autosim_optimised
 
 from autosim_jax.experiments import EXPERIMENTS, assess_psi, build_clevr_seg, get_experiment
 
@@ -85,11 +82,8 @@ def test_assess_psi_is_deterministic():
 def test_clevr_seg_runs_end_to_end_with_assessment(tmp_path):
     # `autosim run` in a process of its own at XLA's default optimisation level, like the detection
     # experiments' test: alone on 2 cores 36 s against 43 s at the suite's fast-compile level (session 36).
-    proc = subprocess.run([sys.executable, "-m", "autosim_jax", "run", "clevr-seg", "--approximation", "linear",
-                           "--iterations", "2", "--dataset-size", "8", "--assess-images", "16",
-                           "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=600, check=False,
-                          env={**os.environ, "XLA_FLAGS": optimised_xla_flags()})
+    proc = run_autosim_optimised("run", "clevr-seg", "--approximation", "linear", "--iterations", "2",
+                                 "--dataset-size", "8", "--assess-images", "16", "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "learned psi" in proc.stdout and "start psi" in proc.stdout
 
