@@ -585,6 +585,8 @@ def run_jobs(job, specs: list[dict], *, jobs: int, deadline: float | None, parti
     """
     # Not multiprocessing.Pool: its workers are daemonic and may not start a job's render pool
     # (--render-workers). One job per process, so that its device memory is freed when it ends.
+    # before any job: a missing folder would otherwise surface at the first result and lose it
+    os.makedirs(os.path.dirname(os.path.abspath(partial_path)), exist_ok=True)
     executor = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1)
     futures = [executor.submit(job, spec) for spec in specs]
     results, cut_short = [], True

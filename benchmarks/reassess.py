@@ -81,7 +81,7 @@ from psi_learning import job_setup, run_jobs
 
 
 def _job(spec: dict) -> dict:
-    """One process: the new fresh models of one psi (or of a seed's start and reference)."""
+    """One process: the new fresh models of one psi (a learned one, or a seed's start or reference)."""
     try:
         t0 = time.perf_counter()
         key_seed = spec["seed"] + spec["seed_offset"]
@@ -90,9 +90,9 @@ def _job(spec: dict) -> dict:
 
             assess = asj.make_assessor(setup, num_images=spec["assess_images"], epochs=spec["assess_epochs"],
                                         repeats=spec["repeats"])
-            if spec["kind"] == "baseline":
-                new = {"start": assess(setup.simulator.distribution.init(), key_seed),
-                       "reference": assess(setup.reference_psi, key_seed)}
+            if spec["kind"] in ("start", "reference"):
+                psi = setup.simulator.distribution.init() if spec["kind"] == "start" else setup.reference_psi
+                new = {spec["kind"]: assess(psi, key_seed)}
             else:
                 new = {"learned": assess(unflatten(spec["psi"], setup.simulator.distribution.init()), key_seed)}
         return {**{k: v for k, v in spec.items() if k != "psi"}, "new": new, "seconds": time.perf_counter() - t0}
@@ -128,18 +128,44 @@ def assess_jobs(common: dict, seeds, learned: list[dict], *, jobs: int, deadline
     workers). Returns ``run_jobs``' (results, unfinished specs); ``OUT.partial.jsonl`` keeps
     each result as it comes.
     """
-    specs = [dict(common, kind="baseline", seed=s) for s in seeds]
+    # the start and the reference are two jobs, so that a seed's baselines take no longer than a learned psi
+    specs = [dict(common, kind=kind, seed=s) for s in seeds for kind in ("start", "reference")]
     specs += [dict(common, kind="learned", **item) for item in learned]
     for i, spec in enumerate(specs):
         spec["index"] = i
     t0 = time.perf_counter()
 
     def report(r: dict, done: int) -> None:
-        what = "start/reference" if r["kind"] == "baseline" else r["label"]
+        what = r["kind"] if r["kind"] != "learned" else r["label"]
         state = f"FAILED {r['error'][:300]}" if "error" in r else f"({r['seconds']:.0f} s)"
         print(f"[{time.perf_counter() - t0:7.1f} s] {what} seed {r['seed']} {state} {done}/{len(specs)}", flush=True)
 
-    return run_jobs(_job, specs, jobs=jobs, deadline=deadline, partial_path=out + ".partial.jsonl", report=report)
+    results, unfinished = run_jobs(_job, specs, jobs=jobs, deadline=deadline, partial_path=out + ".partial.jsonl",
+                                   report=report)
+    return _joined_baselines(results), unfinished
+
+
+def _joined_baselines(results: list[dict]) -> list[dict]:
+    """``results`` with each seed's ``start`` and ``reference`` results joined into one ``baseline`` result
+    (``new``: both assessments; ``seconds``: their sum); a seed whose start or reference failed or is
+    missing gets no baseline (the failure stays in ``results``; the missing job is one of the unfinished).
+
+    Example:
+      >>> r = _joined_baselines([{"kind": "start", "seed": 0, "new": {"start": 1}, "seconds": 2.0},
+      ...                        {"kind": "reference", "seed": 0, "new": {"reference": 3}, "seconds": 1.0},
+      ...                        {"kind": "start", "seed": 1, "new": {"start": 4}, "seconds": 2.0}])
+      >>> [(x["kind"], x["seed"], x.get("new")) for x in r]
+      [('start', 1, {'start': 4}), ('baseline', 0, {'start': 1, 'reference': 3})]
+    """
+    halves: dict[int, dict[str, dict]] = {}
+    for r in results:
+        if r["kind"] in ("start", "reference") and "error" not in r:
+            halves.setdefault(r["seed"], {})[r["kind"]] = r
+    joined = {seed: h for seed, h in halves.items() if len(h) == 2}
+    kept = [r for r in results if not (r["kind"] in ("start", "reference") and r["seed"] in joined)]
+    return kept + [{**{k: v for k, v in h["start"].items() if k not in ("kind", "index")}, "kind": "baseline",
+                    "new": {**h["start"]["new"], **h["reference"]["new"]},
+                    "seconds": h["start"]["seconds"] + h["reference"]["seconds"]} for seed, h in joined.items()]
 
 
 def failures(results: list[dict], unfinished: list[dict]) -> list[dict]:
@@ -353,6 +379,67 @@ def tie_slots(params):
     raise TypeError(f"tie_slots: a field's psi must be NormalParams or CategoricalParams, got {type(params).__name__}")
 
 
+# The 54-way cell categorical of clevr-det and digits-det, cell = (scene, location, quality) with the
+# quality fastest (autosim_jax.renderers.clevr_det.CELLS; digits-det's backgrounds stand for the scenes).
+CELL_FACTORS = {"scene": 3, "location": 9, "quality": 2}
+
+
+def with_reference_marginal(probs, reference, factors) -> np.ndarray:
+    """The cell distribution ``probs`` with its marginal over ``factors`` replaced by ``reference``'s,
+    each factor's conditional given them kept: ``p'(f, r) = p_ref(f) p(r | f)``, with ``f`` the named
+    factors (:data:`CELL_FACTORS`) and ``r`` the others. The other factors' marginal moves with the
+    swap where they depend on ``f``; with every factor named ``p'`` is the reference. Session 37: which
+    of scene, location and quality holds a learned digits-det psi below the uniform reference.
+
+    Example:
+      >>> p = np.zeros((3, 9, 2)); p[1, 4, :] = [0.6, 0.2]; p[0, 0, 1] = 0.2  # mostly scene2/centre
+      >>> q = with_reference_marginal(p.ravel(), np.full(54, 1 / 54), ["scene"]).reshape(3, 9, 2)
+      >>> q.sum((1, 2)).round(4).tolist(), q[1, 4].round(4).tolist(), float(q[2].sum().round(4))
+      ([0.3333, 0.3333, 0.3333], [0.25, 0.0833], 0.3333)
+    """
+    unknown = [f for f in factors if f not in CELL_FACTORS]
+    if unknown or not factors:
+        raise ValueError(f"unknown cell factors {unknown or '(none)'}; the factors are {list(CELL_FACTORS)}")
+    shape = tuple(CELL_FACTORS.values())
+    p, ref = (np.asarray(x, float).reshape(shape) for x in (probs, reference))
+    if np.any(p < 0) or np.any(ref < 0) or not np.allclose([p.sum(), ref.sum()], 1.0):
+        raise ValueError("probs and reference must be distributions over the 54 cells")
+    rest = tuple(i for i, f in enumerate(CELL_FACTORS) if f not in factors)
+    ref_marginal, marginal = ref.sum(rest, keepdims=True), p.sum(rest, keepdims=True)
+    # a factor value the learned psi never takes (its logits are finite, so only in hand-made input)
+    # has no conditional to keep: spread its reference mass uniformly over the rest
+    conditional = np.where(marginal > 0, p / np.where(marginal > 0, marginal, 1.0), 1.0 / np.prod(
+        [shape[i] for i in rest]))
+    return (ref_marginal * conditional).ravel()
+
+
+def _marginal_twins(p, names: str, items: list[dict], like, reference) -> list[dict]:
+    """For each item, the same psi with the cell categorical's marginal over the comma list ``names`` of
+    :data:`CELL_FACTORS` set to the reference's (:func:`with_reference_marginal`), flat as recorded; no
+    recorded models. ``like`` and ``reference``: the experiment's start and reference psi."""
+    from autosim_jax.distributions import CategoricalParams
+
+    factors = [f.strip() for f in names.split(",") if f.strip()]
+    if not isinstance(like.get("cell"), CategoricalParams) or np.shape(like["cell"].logits) != (54,):
+        p.error("--reference-marginal: the experiment has no 54-way 'cell' categorical (clevr-det and digits-det "
+                "have)")
+    try:
+        with_reference_marginal(np.full(54, 1 / 54), np.full(54, 1 / 54), factors)
+    except ValueError as err:
+        p.error(f"--reference-marginal: {err}")
+    ref = np.exp(np.asarray(reference["cell"].logits, float))
+    out = []
+    for it in items:
+        psi = unflatten(it["psi"], like)
+        logits = np.asarray(psi["cell"].logits, float)
+        probs = np.exp(logits - logits.max())
+        swapped = with_reference_marginal(probs / probs.sum(), ref / ref.sum(), factors)
+        psi = {**psi, "cell": CategoricalParams(np.log(swapped))}
+        out.append({**it, "variant": f"{it['variant']}+reference {'/'.join(factors)} marginal", "old": None,
+                    "old_n": 0, "psi": flatten(psi)})
+    return out
+
+
 def _tied(p, names: str, items: list[dict], like) -> list[dict]:
     """For each item, the same psi with the comma list ``names`` of per-object fields tied across their
     object slots (:func:`tie_slots`), flat as recorded; no recorded models. ``like``: the start psi
@@ -403,6 +490,10 @@ def main(argv=None) -> int:
                    help="comma list of per-object fields: also assess each psi with these fields tied across the "
                    "object slots (every slot the law of a slot picked at random; tie_slots); repeatable, one "
                    "twin per use")
+    p.add_argument("--reference-marginal", action="append", default=[], metavar="FACTORS",
+                   help="comma list of the 54-cell categorical's factors (scene, location, quality): also assess each "
+                   "psi with its marginal over them set to the reference's, the rest's conditional kept "
+                   "(clevr-det, digits-det); repeatable, one twin per use")
     p.add_argument("--recorded-baselines", action="store_true",
                    help="no new start/reference models: G against the recorded ones alone (cheaper)")
     p.add_argument("--seed-offset", type=int, default=1000,
@@ -429,6 +520,8 @@ def main(argv=None) -> int:
         twins += _with_fields(p, "--with-start", args.with_start, items, setup.simulator.distribution.init(), "start")
     for names in args.tied:
         twins += _tied(p, names, items, setup.simulator.distribution.init())
+    for names in args.reference_marginal:
+        twins += _marginal_twins(p, names, items, setup.simulator.distribution.init(), setup.reference_psi)
     items += twins
     common = job_options(args, seed_offset=args.seed_offset)
     t0 = time.perf_counter()
@@ -485,6 +578,7 @@ def main(argv=None) -> int:
               "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
               "size": args.size, "steps": args.steps, "repeats": args.repeats, "seed_offset": args.seed_offset,
               "with_reference": args.with_reference, "with_start": args.with_start, "tied": args.tied,
+              "reference_marginal": args.reference_marginal,
               "recorded_baselines": args.recorded_baselines,
               "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
               "summary_G_test_metric": summary, "rows": rows, "wall_seconds": time.perf_counter() - t0,

@@ -268,3 +268,38 @@ def test_runs_records_take_a_step_the_run_did_not_assess(reassess, toy_path, tmp
     with pytest.raises(SystemExit):
         reassess._records(p, argparse.Namespace(**{**vars(args), "steps": [3]}), setup)
     assert "default seed 0 has 2 steps, not 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("factors", [["scene"], ["location"], ["quality"], ["scene", "quality"]])
+def test_reference_marginal_sets_the_named_factors_law_and_keeps_the_rest_given_them(reassess, factors):
+    """``with_reference_marginal`` against the two properties that define it, computed on the (3, 9, 2)
+    table directly: the twin's marginal over the named factors is the reference's, and its conditional
+    of the other factors given them is the learned psi's (a random learned psi and a random reference,
+    not uniform, so neither property holds by accident)."""
+    rng = np.random.default_rng(1)
+    learned, reference = rng.dirichlet(np.full(54, 0.3)), rng.dirichlet(np.full(54, 2.0))
+    twin = reassess.with_reference_marginal(learned, reference, factors).reshape(3, 9, 2)
+    names = list(reassess.CELL_FACTORS)
+    rest = tuple(i for i, f in enumerate(names) if f not in factors)
+    learned, reference = learned.reshape(3, 9, 2), reference.reshape(3, 9, 2)
+    assert np.isclose(twin.sum(), 1.0)
+    assert np.allclose(twin.sum(rest), reference.sum(rest))
+    assert np.allclose(twin / twin.sum(rest, keepdims=True), learned / learned.sum(rest, keepdims=True))
+    # every factor named: the reference itself
+    assert np.allclose(reassess.with_reference_marginal(learned.ravel(), reference.ravel(), names),
+                       reference.ravel())
+
+
+def test_reference_marginal_twins_are_refused_where_they_mean_nothing(reassess, capsys):
+    """An unknown factor, a non-distribution, and an experiment without the 54-cell categorical are
+    refused before any job, naming the culprit."""
+    with pytest.raises(ValueError, match=r"unknown cell factors \['colour'\]"):
+        reassess.with_reference_marginal(np.full(54, 1 / 54), np.full(54, 1 / 54), ["colour"])
+    with pytest.raises(ValueError, match="distributions over the 54 cells"):
+        reassess.with_reference_marginal(np.full(54, 1.0), np.full(54, 1 / 54), ["scene"])
+    setup = _setup()  # the toy: no 'cell' field
+    like = setup.simulator.distribution.init()
+    with pytest.raises(SystemExit):
+        reassess._marginal_twins(argparse.ArgumentParser(prog="reassess.py"), "scene", [], like,
+                                 setup.reference_psi)
+    assert "no 54-way 'cell' categorical" in capsys.readouterr().err
