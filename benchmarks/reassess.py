@@ -384,16 +384,18 @@ def tie_slots(params):
 CELL_FACTORS = {"scene": 3, "location": 9, "quality": 2}
 
 
-def with_reference_marginal(probs, reference, factors) -> np.ndarray:
-    """The cell distribution ``probs`` with its marginal over ``factors`` replaced by ``reference``'s,
-    each factor's conditional given them kept: ``p'(f, r) = p_ref(f) p(r | f)``, with ``f`` the named
-    factors (:data:`CELL_FACTORS`) and ``r`` the others. The other factors' marginal moves with the
-    swap where they depend on ``f``; with every factor named ``p'`` is the reference. Session 37: which
-    of scene, location and quality holds a learned digits-det psi below the uniform reference.
+def with_marginal(probs, donor, factors) -> np.ndarray:
+    """The cell distribution ``probs`` with its marginal over ``factors`` replaced by ``donor``'s, its
+    conditional of the other factors given them kept: ``p'(f, r) = p_donor(f) p(r | f)``, with ``f`` the
+    named factors (:data:`CELL_FACTORS`) and ``r`` the others. The other factors' marginal moves with the
+    swap where they depend on ``f``; with every factor named ``p'`` is the donor. Session 37: which of
+    scene, location and quality holds a learned digits-det psi below the uniform reference (a learned
+    psi with the reference's marginal, ``--reference-marginal``, and the reference with a learned one,
+    ``--learned-marginal``).
 
     Example:
       >>> p = np.zeros((3, 9, 2)); p[1, 4, :] = [0.6, 0.2]; p[0, 0, 1] = 0.2  # mostly scene2/centre
-      >>> q = with_reference_marginal(p.ravel(), np.full(54, 1 / 54), ["scene"]).reshape(3, 9, 2)
+      >>> q = with_marginal(p.ravel(), np.full(54, 1 / 54), ["scene"]).reshape(3, 9, 2)
       >>> q.sum((1, 2)).round(4).tolist(), q[1, 4].round(4).tolist(), float(q[2].sum().round(4))
       ([0.3333, 0.3333, 0.3333], [0.25, 0.0833], 0.3333)
     """
@@ -401,42 +403,48 @@ def with_reference_marginal(probs, reference, factors) -> np.ndarray:
     if unknown or not factors:
         raise ValueError(f"unknown cell factors {unknown or '(none)'}; the factors are {list(CELL_FACTORS)}")
     shape = tuple(CELL_FACTORS.values())
-    p, ref = (np.asarray(x, float).reshape(shape) for x in (probs, reference))
-    if np.any(p < 0) or np.any(ref < 0) or not np.allclose([p.sum(), ref.sum()], 1.0):
-        raise ValueError("probs and reference must be distributions over the 54 cells")
+    p, donor = (np.asarray(x, float).reshape(shape) for x in (probs, donor))
+    if np.any(p < 0) or np.any(donor < 0) or not np.allclose([p.sum(), donor.sum()], 1.0):
+        raise ValueError("probs and donor must be distributions over the 54 cells")
     rest = tuple(i for i, f in enumerate(CELL_FACTORS) if f not in factors)
-    ref_marginal, marginal = ref.sum(rest, keepdims=True), p.sum(rest, keepdims=True)
+    donor_marginal, marginal = donor.sum(rest, keepdims=True), p.sum(rest, keepdims=True)
     # a factor value the learned psi never takes (its logits are finite, so only in hand-made input)
-    # has no conditional to keep: spread its reference mass uniformly over the rest
+    # has no conditional to keep: spread the donor's mass uniformly over the rest
     conditional = np.where(marginal > 0, p / np.where(marginal > 0, marginal, 1.0), 1.0 / np.prod(
         [shape[i] for i in rest]))
-    return (ref_marginal * conditional).ravel()
+    return (donor_marginal * conditional).ravel()
 
 
-def _marginal_twins(p, names: str, items: list[dict], like, reference) -> list[dict]:
-    """For each item, the same psi with the cell categorical's marginal over the comma list ``names`` of
-    :data:`CELL_FACTORS` set to the reference's (:func:`with_reference_marginal`), flat as recorded; no
-    recorded models. ``like`` and ``reference``: the experiment's start and reference psi."""
+def _marginal_twins(p, names: str, items: list[dict], like, reference, *, into: str) -> list[dict]:
+    """For each item, a psi between it and the reference over the cell categorical's comma list ``names``
+    of :data:`CELL_FACTORS` (:func:`with_marginal`), flat as recorded; no recorded models. ``into="learned"``
+    (``--reference-marginal``): the item's psi with the reference's marginal over them; ``"reference"``
+    (``--learned-marginal``): the reference with the item's marginal over them. ``like`` and
+    ``reference``: the experiment's start and reference psi."""
     from autosim_jax.distributions import CategoricalParams
 
+    option = {"learned": "--reference-marginal", "reference": "--learned-marginal"}[into]
     factors = [f.strip() for f in names.split(",") if f.strip()]
     if not isinstance(like.get("cell"), CategoricalParams) or np.shape(like["cell"].logits) != (54,):
-        p.error("--reference-marginal: the experiment has no 54-way 'cell' categorical (clevr-det and digits-det "
-                "have)")
+        p.error(f"{option}: the experiment has no 54-way 'cell' categorical (clevr-det and digits-det have)")
     try:
-        with_reference_marginal(np.full(54, 1 / 54), np.full(54, 1 / 54), factors)
+        with_marginal(np.full(54, 1 / 54), np.full(54, 1 / 54), factors)
     except ValueError as err:
-        p.error(f"--reference-marginal: {err}")
+        p.error(f"{option}: {err}")
     ref = np.exp(np.asarray(reference["cell"].logits, float))
+    ref = ref / ref.sum()
     out = []
     for it in items:
         psi = unflatten(it["psi"], like)
         logits = np.asarray(psi["cell"].logits, float)
         probs = np.exp(logits - logits.max())
-        swapped = with_reference_marginal(probs / probs.sum(), ref / ref.sum(), factors)
+        probs = probs / probs.sum()
+        if into == "learned":
+            swapped, label = with_marginal(probs, ref, factors), f"+reference {'/'.join(factors)} marginal"
+        else:
+            swapped, label = with_marginal(ref, probs, factors), f"'s {'/'.join(factors)} marginal in the reference"
         psi = {**psi, "cell": CategoricalParams(np.log(swapped))}
-        out.append({**it, "variant": f"{it['variant']}+reference {'/'.join(factors)} marginal", "old": None,
-                    "old_n": 0, "psi": flatten(psi)})
+        out.append({**it, "variant": f"{it['variant']}{label}", "old": None, "old_n": 0, "psi": flatten(psi)})
     return out
 
 
@@ -494,6 +502,12 @@ def main(argv=None) -> int:
                    help="comma list of the 54-cell categorical's factors (scene, location, quality): also assess each "
                    "psi with its marginal over them set to the reference's, the rest's conditional kept "
                    "(clevr-det, digits-det); repeatable, one twin per use")
+    p.add_argument("--learned-marginal", action="append", default=[], metavar="FACTORS",
+                   help="the other way round: also assess the reference with each psi's marginal over these factors, "
+                   "the reference's conditional of the rest given them kept; repeatable")
+    p.add_argument("--twins-only", action="store_true",
+                   help="assess the twins alone, not the recorded psi they come from (whose new models, at the same "
+                   "--seed-offset, are in another record: the twins' models share their keys, so the two pair)")
     p.add_argument("--recorded-baselines", action="store_true",
                    help="no new start/reference models: G against the recorded ones alone (cheaper)")
     p.add_argument("--seed-offset", type=int, default=1000,
@@ -520,9 +534,17 @@ def main(argv=None) -> int:
         twins += _with_fields(p, "--with-start", args.with_start, items, setup.simulator.distribution.init(), "start")
     for names in args.tied:
         twins += _tied(p, names, items, setup.simulator.distribution.init())
-    for names in args.reference_marginal:
-        twins += _marginal_twins(p, names, items, setup.simulator.distribution.init(), setup.reference_psi)
-    items += twins
+    for into, option in (("learned", args.reference_marginal), ("reference", args.learned_marginal)):
+        for names in option:
+            twins += _marginal_twins(p, names, items, setup.simulator.distribution.init(), setup.reference_psi,
+                                     into=into)
+    if args.twins_only:
+        if not twins:
+            p.error("--twins-only: name the twins (--with-reference, --with-start, --tied, --reference-marginal, "
+                    "--learned-marginal)")
+        items = twins
+    else:
+        items += twins
     common = job_options(args, seed_offset=args.seed_offset)
     t0 = time.perf_counter()
     learned = [{"seed": it["seed"], "psi": it["psi"], "item": i,
@@ -578,7 +600,8 @@ def main(argv=None) -> int:
               "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
               "size": args.size, "steps": args.steps, "repeats": args.repeats, "seed_offset": args.seed_offset,
               "with_reference": args.with_reference, "with_start": args.with_start, "tied": args.tied,
-              "reference_marginal": args.reference_marginal,
+              "reference_marginal": args.reference_marginal, "learned_marginal": args.learned_marginal,
+              "twins_only": args.twins_only,
               "recorded_baselines": args.recorded_baselines,
               "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
               "summary_G_test_metric": summary, "rows": rows, "wall_seconds": time.perf_counter() - t0,

@@ -272,13 +272,13 @@ def test_runs_records_take_a_step_the_run_did_not_assess(reassess, toy_path, tmp
 
 @pytest.mark.parametrize("factors", [["scene"], ["location"], ["quality"], ["scene", "quality"]])
 def test_reference_marginal_sets_the_named_factors_law_and_keeps_the_rest_given_them(reassess, factors):
-    """``with_reference_marginal`` against the two properties that define it, computed on the (3, 9, 2)
+    """``with_marginal`` against the two properties that define it, computed on the (3, 9, 2)
     table directly: the twin's marginal over the named factors is the reference's, and its conditional
     of the other factors given them is the learned psi's (a random learned psi and a random reference,
     not uniform, so neither property holds by accident)."""
     rng = np.random.default_rng(1)
     learned, reference = rng.dirichlet(np.full(54, 0.3)), rng.dirichlet(np.full(54, 2.0))
-    twin = reassess.with_reference_marginal(learned, reference, factors).reshape(3, 9, 2)
+    twin = reassess.with_marginal(learned, reference, factors).reshape(3, 9, 2)
     names = list(reassess.CELL_FACTORS)
     rest = tuple(i for i, f in enumerate(names) if f not in factors)
     learned, reference = learned.reshape(3, 9, 2), reference.reshape(3, 9, 2)
@@ -286,7 +286,7 @@ def test_reference_marginal_sets_the_named_factors_law_and_keeps_the_rest_given_
     assert np.allclose(twin.sum(rest), reference.sum(rest))
     assert np.allclose(twin / twin.sum(rest, keepdims=True), learned / learned.sum(rest, keepdims=True))
     # every factor named: the reference itself
-    assert np.allclose(reassess.with_reference_marginal(learned.ravel(), reference.ravel(), names),
+    assert np.allclose(reassess.with_marginal(learned.ravel(), reference.ravel(), names),
                        reference.ravel())
 
 
@@ -294,12 +294,43 @@ def test_reference_marginal_twins_are_refused_where_they_mean_nothing(reassess, 
     """An unknown factor, a non-distribution, and an experiment without the 54-cell categorical are
     refused before any job, naming the culprit."""
     with pytest.raises(ValueError, match=r"unknown cell factors \['colour'\]"):
-        reassess.with_reference_marginal(np.full(54, 1 / 54), np.full(54, 1 / 54), ["colour"])
-    with pytest.raises(ValueError, match="distributions over the 54 cells"):
-        reassess.with_reference_marginal(np.full(54, 1.0), np.full(54, 1 / 54), ["scene"])
+        reassess.with_marginal(np.full(54, 1 / 54), np.full(54, 1 / 54), ["colour"])
+    with pytest.raises(ValueError, match="probs and donor must be distributions over the 54 cells"):
+        reassess.with_marginal(np.full(54, 1.0), np.full(54, 1 / 54), ["scene"])
     setup = _setup()  # the toy: no 'cell' field
     like = setup.simulator.distribution.init()
     with pytest.raises(SystemExit):
         reassess._marginal_twins(argparse.ArgumentParser(prog="reassess.py"), "scene", [], like,
-                                 setup.reference_psi)
-    assert "no 54-way 'cell' categorical" in capsys.readouterr().err
+                                 setup.reference_psi, into="reference")
+    assert "--learned-marginal: the experiment has no 54-way 'cell' categorical" in capsys.readouterr().err
+
+
+def test_marginal_twins_go_both_ways_on_digits_det(reassess):
+    """``--reference-marginal`` and ``--learned-marginal`` twins of a digits-det psi: the learned psi with
+    the uniform reference's location marginal, and the reference with the learned (scene, location)
+    marginal, i.e. ``p(scene, location) / 2`` (even qualities in every cell), checked on the table; the
+    variant names say which."""
+    from field_drift import flatten, unflatten
+
+    from autosim_jax.distributions import CategoricalParams
+    from autosim_jax.experiments import build_digits_det
+
+    setup = build_digits_det(size="cpu")
+    like, reference = setup.simulator.distribution.init(), setup.reference_psi
+    probs = np.random.default_rng(2).dirichlet(np.full(54, 0.5))
+    items = [{"variant": "default", "seed": 3, "psi": flatten({**like, "cell": CategoricalParams(np.log(probs))}),
+              "old": {"test_metric": 0.3}, "old_n": 4}]
+    p = argparse.ArgumentParser(prog="reassess.py")
+
+    def table(twin):
+        logits = np.asarray(unflatten(twin["psi"], like)["cell"].logits, float)
+        return (np.exp(logits) / np.exp(logits).sum()).reshape(3, 9, 2)
+
+    (to_learned,) = reassess._marginal_twins(p, "location", items, like, reference, into="learned")
+    (to_reference,) = reassess._marginal_twins(p, "scene,location", items, like, reference, into="reference")
+    assert to_learned["variant"] == "default+reference location marginal"
+    assert to_reference["variant"] == "default's scene/location marginal in the reference"
+    assert to_learned["old"] is None and to_learned["old_n"] == 0 and to_learned["seed"] == 3
+    learned = probs.reshape(3, 9, 2)
+    assert np.allclose(table(to_learned).sum((0, 2)), 1 / 9, atol=1e-6)
+    assert np.allclose(table(to_reference), learned.sum(-1, keepdims=True) / 2, atol=1e-6)
