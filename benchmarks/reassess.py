@@ -41,6 +41,19 @@ slots (:func:`tie_slots`; session 29: the five ``--select-reset`` picks with the
         --cli-runs ... --tied position --tied position,shape,rotation,size --seed-offset 6000 --jobs 15 \
         --gpus 1 --render-workers 1 --out $OUT/reassess_picks_tied
 
+``--reference-marginal FACTORS`` (repeatable) also assesses each psi with the 54-cell categorical's
+marginal over some of its factors (``scene``, ``location``, ``quality``) set to the reference's, the rest
+given them kept; ``--learned-marginal FACTORS`` the reference with the psi's marginal over them
+(:func:`with_marginal`, clevr-det and digits-det). ``--twins-only`` assesses the twins alone: at the
+``--seed-offset`` of another record its models share that record's initialisations and minibatch order,
+so the two pair per model (session 37: the default's psi with a uniform scene or location, and the
+reference with its (scene, location) marginal and even qualities)::
+
+    python benchmarks/reassess.py --experiment digits-det --size gpu --step 120 --repeats 2 --recorded-baselines \
+        --runs benchmarks/results/psi_learning/digits-det_gpu_120steps_det_s012.json:default \
+        --reference-marginal scene --reference-marginal location --seed-offset 5000 --jobs 10 --gpus 1 --out $OUT/r
+    python benchmarks/reassess.py ... --learned-marginal scene,location --twins-only --seed-offset 7000 ...
+
 ``--cli-runs DIR`` takes an ``autosim run`` directory instead (repeatable): the psi the run
 returned (``psi.json``'s selected psi when ``--select-every`` / ``--select-reset`` chose one, its
 learned psi otherwise) is assessed again and pooled with the run's own assessment (its judging
