@@ -270,6 +270,21 @@ def test_runs_records_take_a_step_the_run_did_not_assess(reassess, toy_path, tmp
     assert "default seed 0 has 2 steps, not 3" in capsys.readouterr().err
 
 
+def test_cell_factors_are_the_renderers_cells(reassess):
+    """``CELL_FACTORS`` (sizes and order) against the cell names of clevr-det's and digits-det's renderers:
+    cell i is ``scene/location/quality`` at ``np.unravel_index(i, (3, 9, 2))``."""
+    from autosim_jax.renderers import clevr_det, glyphs_det
+
+    # the factors' sizes and order are the renderers' (the script keeps its own copy: it imports no JAX
+    # before a job has set its devices)
+    for cells, parts in ((clevr_det.CELLS, (clevr_det.SCENES, clevr_det.LOCATIONS, clevr_det.QUALITIES)),
+                         (glyphs_det.CELLS, (glyphs_det.BACKGROUNDS, clevr_det.LOCATIONS, clevr_det.QUALITIES))):
+        shape = tuple(reassess.CELL_FACTORS.values())
+        assert shape == tuple(len(x) for x in parts)
+        assert all(c == "/".join(list(x)[j] for x, j in zip(parts, np.unravel_index(i, shape)))
+                   for i, c in enumerate(cells))
+
+
 @pytest.mark.parametrize("factors", [["scene"], ["location"], ["quality"], ["scene", "quality"]])
 def test_reference_marginal_sets_the_named_factors_law_and_keeps_the_rest_given_them(reassess, factors):
     """``with_marginal`` against the two properties that define it, computed on the (3, 9, 2)
