@@ -339,6 +339,19 @@ def _psi_at_step(p, run_dir: str, step: int) -> tuple[dict, dict | None]:
     return record["psi"], old and {**old, "step": step}
 
 
+def _twin(item: dict, suffix: str, psi: dict) -> dict:
+    """A twin of a :func:`_records` item: the flat ``psi``, the variant named ``item``'s plus ``suffix``,
+    and no recorded models (its G comes from the new ones)."""
+    return {**item, "variant": f"{item['variant']}{suffix}", "old": None, "old_n": 0, "psi": psi}
+
+
+def _probs(logits) -> np.ndarray:
+    """A categorical's probabilities from its (unnormalised) logits, over the last axis, in float64."""
+    logits = np.asarray(logits, float)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
+
+
 def _field_names(p, option: str, names: str, psi) -> list[str]:
     """The comma list ``names`` of psi fields, each checked to be one of ``psi``'s (``option`` names the
     flag in the error)."""
@@ -356,9 +369,8 @@ def _with_fields(p, option: str, names: str, items: list[dict], values, label: s
     flat = flatten(values)
     fields = _field_names(p, option, names, values)
     prefixes = tuple(f"['{f}']" for f in fields)
-    return [{**it, "variant": f"{it['variant']}+{label} {'/'.join(fields)}", "old": None, "old_n": 0,
-             "psi": {k: (flat[k] if k.startswith(prefixes) else v) for k, v in it["psi"].items()}}
-            for it in items]
+    return [_twin(it, f"+{label} {'/'.join(fields)}",
+                  {k: (flat[k] if k.startswith(prefixes) else v) for k, v in it["psi"].items()}) for it in items]
 
 
 def tie_slots(params):
@@ -385,10 +397,8 @@ def tie_slots(params):
         log_scale = 0.5 * np.log((var + loc**2).mean(0) - mean**2)
         return NormalParams(np.broadcast_to(mean, loc.shape).copy(), np.broadcast_to(log_scale, loc.shape).copy())
     if isinstance(params, CategoricalParams):
-        logits = np.asarray(params.logits, float)
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        return CategoricalParams(np.broadcast_to(np.log(probs.mean(0)), logits.shape).copy())
+        probs = _probs(params.logits)
+        return CategoricalParams(np.broadcast_to(np.log(probs.mean(0)), probs.shape).copy())
     raise TypeError(f"tie_slots: a field's psi must be NormalParams or CategoricalParams, got {type(params).__name__}")
 
 
@@ -444,20 +454,17 @@ def _marginal_twins(p, names: str, items: list[dict], like, reference, *, into: 
         with_marginal(np.full(54, 1 / 54), np.full(54, 1 / 54), factors)
     except ValueError as err:
         p.error(f"{option}: {err}")
-    ref = np.exp(np.asarray(reference["cell"].logits, float))
-    ref = ref / ref.sum()
+    ref = _probs(reference["cell"].logits)
     out = []
     for it in items:
         psi = unflatten(it["psi"], like)
-        logits = np.asarray(psi["cell"].logits, float)
-        probs = np.exp(logits - logits.max())
-        probs = probs / probs.sum()
+        probs = _probs(psi["cell"].logits)
         if into == "learned":
             swapped, label = with_marginal(probs, ref, factors), f"+reference {'/'.join(factors)} marginal"
         else:
             swapped, label = with_marginal(ref, probs, factors), f"'s {'/'.join(factors)} marginal in the reference"
         psi = {**psi, "cell": CategoricalParams(np.log(swapped))}
-        out.append({**it, "variant": f"{it['variant']}{label}", "old": None, "old_n": 0, "psi": flatten(psi)})
+        out.append(_twin(it, label, flatten(psi)))
     return out
 
 
@@ -482,8 +489,7 @@ def _tied(p, names: str, items: list[dict], like) -> list[dict]:
     for it in items:
         psi = unflatten(it["psi"], like)
         psi = {**psi, **{f: tie_slots(psi[f]) for f in fields}}
-        out.append({**it, "variant": f"{it['variant']}+tied {'/'.join(fields)}", "old": None, "old_n": 0,
-                    "psi": flatten(psi)})
+        out.append(_twin(it, f"+tied {'/'.join(fields)}", flatten(psi)))
     return out
 
 
