@@ -95,6 +95,9 @@ VARIANTS = {
                   "hypergradient is noise stop drifting, and does G rise?"),
     "newton_point": ({"val_gradient_at": "newton_point"},
                      "Eq. 13 at the Newton point of the fresh theta (one more CG solve per step)"),
+    "k128": ({"dataset_size": 128, "batch_size": 16},
+             "half the renders per step, the same number of fine-tuning steps: twice the psi steps per image "
+             "(digits-sim2real at cpu size, session 37: does it reach LTS's 1,920-image accuracy?)"),
     "k1024": ({"dataset_size": 1024, "batch_size": 128},
               "4x the renders per step, the same number of fine-tuning steps: is the signal too weak?"),
     "linear_k1024": ({"approximation": "linear", "dataset_size": 1024, "batch_size": 128},
