@@ -60,6 +60,10 @@ class ExperimentSetup(NamedTuple):
     assess_epochs: int  # epochs of that training
     reference_psi: Any = None  # the "good" psi of the gap-closed measure (None: not known)
     make_model: Callable[[int], nnx.Module] | None = None  # model_seed -> a model like `model` (other inits)
+    # the options the assessment's fresh models train with (inner optimiser, batch sizes); None: `config`.
+    # A variant that changes the learner's minibatch or inner optimiser sets it to the experiment's own
+    # config, so that its fresh models are trained as every other method's (make_assessor).
+    assess_config: AutoSimConfig | None = None
 
 
 class Experiment(NamedTuple):
@@ -494,7 +498,10 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
     """``assess(psi, seed=0)``: trains a *fresh* copy of the task model on ``num_images`` from ``psi``.
 
     This is the fair comparison of two simulator settings: the same model, initialisation,
-    image budget and training schedule, only the data distribution differs. (The metric
+    image budget and training schedule, only the data distribution differs. The schedule's
+    options (inner optimiser, minibatch, validation batch) are ``setup.assess_config``'s, or
+    ``setup.config``'s where that is ``None``: a variant that changes the learner's minibatch
+    sets ``assess_config`` to the experiment's config so its fresh models train as before. (The metric
     logged during AutoSimulate is that of a model warm-started across steps, which improves
     with training time whatever psi does.) Built on the shared inner stages
     (:func:`~autosim_jax.inner.make_inner`) and compiled once, so assessing many psi
@@ -562,7 +569,7 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
         _check_assessment_model(setup, model)
     num_images = num_images or setup.assess_images
     epochs = epochs or setup.assess_epochs
-    cfg = setup.config
+    cfg = setup.config if setup.assess_config is None else setup.assess_config
     model = setup.model if model is None else model
     inner = make_inner(setup.simulator, nnx.clone(model), setup.task, optimizer=cfg.inner_optax(),
                        dataset_size=num_images, batch_size=cfg.batch_size, epochs=epochs,

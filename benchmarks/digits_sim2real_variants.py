@@ -12,10 +12,11 @@ file (``autosim`` adds the current directory to the import path)::
     autosim compare digits_sim2real_variants:E12 --methods autosimulate --seeds 3 --budget-images 15360 --jobs 2
     autosim compare digits_sim2real_variants:E12_INDEPENDENT --methods autosimulate --seeds 3 \\
         --budget-images 30720 --assess-points 5 --jobs 2     # 2K renders a step: 60 steps
+    autosim compare digits_sim2real_variants:K128 --methods autosimulate --seeds 3 --budget-images 15360 --jobs 2
 
 Example:
-  >>> E6_INDEPENDENT.name, E6_INDEPENDENT.renderers == E3.renderers
-  ('digits-sim2real-e6-independent', True)
+  >>> E6_INDEPENDENT.name, E6_INDEPENDENT.renderers == E3.renderers, K128.name
+  ('digits-sim2real-e6-independent', True, 'digits-sim2real-e3-k128-b16')
 """
 
 from __future__ import annotations
@@ -25,15 +26,21 @@ from autosim_jax.experiments import Experiment, get_experiment
 _BASE = get_experiment("digits-sim2real")
 
 
-def variant(epochs: int, outer_renders: str = "shared", renders: int | None = None) -> Experiment:
+def variant(epochs: int, outer_renders: str = "shared", renders: int | None = None,
+            batch_size: int | None = None) -> Experiment:
     """digits-sim2real whose steps fine-tune ``epochs`` epochs and estimate on ``outer_renders``;
-    ``renders``: K, the renders of each batch (default: the experiment's 256)."""
-    suffix = ("" if outer_renders == "shared" else f"-{outer_renders}") + (f"-k{renders}" if renders else "")
+    ``renders``: K, the renders of each batch (default: the experiment's 256); ``batch_size``: the
+    fine-tuning's minibatch (default: the experiment's 32). The fresh models of the assessment train
+    with the experiment's own options whatever these are (``assess_config``)."""
+    suffix = ("" if outer_renders == "shared" else f"-{outer_renders}") + (f"-k{renders}" if renders else "") \
+        + (f"-b{batch_size}" if batch_size else "")
 
     def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
         setup = _BASE.build(renderer=renderer, seed=seed, size=size)
         k = {"dataset_size": renders} if renders else {}
-        return setup._replace(config=setup.config.replace(finetune_epochs=epochs, outer_renders=outer_renders, **k))
+        b = {"batch_size": batch_size} if batch_size else {}
+        return setup._replace(config=setup.config.replace(finetune_epochs=epochs, outer_renders=outer_renders, **k, **b),
+                              assess_config=setup.config)
 
     return Experiment(f"digits-sim2real-e{epochs}{suffix}",
                       f"digits-sim2real, {epochs} fine-tuning epochs per step, {outer_renders} outer renders"
@@ -44,3 +51,6 @@ E2, E3, E6, E12 = (variant(e) for e in (2, 3, 6, 12))
 E3_INDEPENDENT, E6_INDEPENDENT, E12_INDEPENDENT = (variant(e, "independent") for e in (3, 6, 12))
 # K = 128 twice a step: the preset's 256 images per step, so 60 steps in the experiment's 15,360
 E6_INDEPENDENT_K128, E12_INDEPENDENT_K128 = (variant(e, "independent", 128) for e in (6, 12))
+# session 37: K = 128 with minibatches of 16, so each step fine-tunes as many Adam steps as the preset's
+# (3 epochs x 8) and the 15,360 images are 120 steps: twice the psi steps per image
+K128 = variant(3, "shared", 128, batch_size=16)

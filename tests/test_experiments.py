@@ -108,6 +108,24 @@ def test_assessor_repeats_average_independent_fresh_models():
         make_assessor(setup, repeats=0)
 
 
+def test_assess_config_keeps_the_assessment_when_a_variant_changes_the_learners_minibatch():
+    """A variant whose learner fine-tunes on minibatches of 16 (the experiment's: 32) trains its
+    fresh models as the experiment does once ``assess_config`` holds the experiment's config: the
+    same metrics to the bit, on the same images; without it the assessment follows the variant."""
+    from autosim_jax.experiments import make_assessor
+
+    setup = _build("digits-sim2real", "glyphs", 0)
+    psi = setup.simulator.distribution.init()
+    small = setup.config.replace(dataset_size=128, batch_size=16)
+    def assess(s):  # 2 models: their training losses are reported (the metrics sit at chance this early)
+        return make_assessor(s, num_images=128, epochs=2, repeats=2)(psi, 0)
+
+    base = assess(setup)
+    assert assess(setup._replace(config=small, assess_config=setup.config)) == base
+    followed = assess(setup._replace(config=small))
+    assert followed["train_losses"] != base["train_losses"]  # 8 Adam steps an epoch instead of 4: other models
+
+
 def test_a_diverged_fresh_model_is_left_out_named_and_warned_about(monkeypatch):
     """A repeat whose training ends far above its siblings' loss (here: its finetune made to
     return the untrained theta with a 10x loss) does not enter the means; the lists keep it."""
