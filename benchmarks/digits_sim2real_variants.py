@@ -54,3 +54,4 @@ E6_INDEPENDENT_K128, E12_INDEPENDENT_K128 = (variant(e, "independent", 128) for 
 # session 37: K = 128 with minibatches of 16, so each step fine-tunes as many Adam steps as the preset's
 # (3 epochs x 8) and the 15,360 images are 120 steps: twice the psi steps per image
 K128 = variant(3, "shared", 128, batch_size=16)
+K64 = variant(3, "shared", 64, batch_size=8)  # and four times: 240 steps
