@@ -27,19 +27,22 @@ _BASE = get_experiment("digits-sim2real")
 
 
 def variant(epochs: int, outer_renders: str = "shared", renders: int | None = None,
-            batch_size: int | None = None) -> Experiment:
+            batch_size: int | None = None, decay_steps: int = 0) -> Experiment:
     """digits-sim2real whose steps fine-tune ``epochs`` epochs and estimate on ``outer_renders``;
     ``renders``: K, the renders of each batch (default: the experiment's 256); ``batch_size``: the
-    fine-tuning's minibatch (default: the experiment's 32). The fresh models of the assessment train
-    with the experiment's own options whatever these are (``assess_config``)."""
+    fine-tuning's minibatch (default: the experiment's 32); ``decay_steps``: the psi step's
+    ``outer_decay_steps`` (default 0, the experiment's constant rate). The fresh models of the
+    assessment train with the experiment's own options whatever these are (``assess_config``)."""
     suffix = ("" if outer_renders == "shared" else f"-{outer_renders}") + (f"-k{renders}" if renders else "") \
-        + (f"-b{batch_size}" if batch_size else "")
+        + (f"-b{batch_size}" if batch_size else "") + (f"-decay{decay_steps}" if decay_steps else "")
 
     def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
         setup = _BASE.build(renderer=renderer, seed=seed, size=size)
         k = {"dataset_size": renders} if renders else {}
         b = {"batch_size": batch_size} if batch_size else {}
-        return setup._replace(config=setup.config.replace(finetune_epochs=epochs, outer_renders=outer_renders, **k, **b),
+        d = {"outer_decay_steps": decay_steps} if decay_steps else {}
+        return setup._replace(config=setup.config.replace(finetune_epochs=epochs, outer_renders=outer_renders,
+                                                          **k, **b, **d),
                               assess_config=setup.config)
 
     return Experiment(f"digits-sim2real-e{epochs}{suffix}",
@@ -55,3 +58,7 @@ E6_INDEPENDENT_K128, E12_INDEPENDENT_K128 = (variant(e, "independent", 128) for 
 # (3 epochs x 8) and the 15,360 images are 120 steps: twice the psi steps per image
 K128 = variant(3, "shared", 128, batch_size=16)
 K64 = variant(3, "shared", 64, batch_size=8)  # and four times: 240 steps
+# session 38: K = 64's early climb with a psi step that decays as 1 / (1 + t / N), against the late walk
+# that collapsed one seed of K64 (a rate of 0.05 by step N)
+K64_DECAY60 = variant(3, "shared", 64, batch_size=8, decay_steps=60)
+K64_DECAY120 = variant(3, "shared", 64, batch_size=8, decay_steps=120)

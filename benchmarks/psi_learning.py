@@ -121,6 +121,9 @@ VARIANTS = {
                           "the reference with the start's positions and shapes, every field learned"),
     "beta2_0.99": ({"outer_beta2": 0.99}, "Adam on psi with a 100-step memory of the squared hypergradient: "
                    "do the early steps' large hypergradients stall the later ones?"),
+    "beta2_0.9": ({"outer_beta2": 0.9}, "Adam on psi with a 10-step memory: the first steps' hypergradients "
+                  "(digits-det's warm detector: norms 650-2200, 30-50 from step 20) leave Adam's second moment "
+                  "within ~30 steps, which 0.99's does not within 120 (session 38): is the stall Adam's memory?"),
     "staged50": ({"stages": [[50, r"^\['(?!position')"], [None, None]]},
                  "every field but the positions for 50 steps, then all of them: do the positions move once the "
                  "rest is right (as they do alone, variant pos_only)?"),
