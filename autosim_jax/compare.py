@@ -269,10 +269,12 @@ def _build_method(method: str, approximation: str | None, setup, args: CompareAr
                                  devices=args.devices if args.devices > 1 else None)
     from . import baselines
 
-    kw = {"config": _evaluation_config(method, setup.config, args), "radius": args.search_radius,
+    # the baselines train with the experiment's own options, not those tuned for AutoSimulate's learner
+    base = setup.base_config()
+    kw = {"config": _evaluation_config(method, base, args), "radius": args.search_radius,
           "include_scales": args.search_scales}
     if method == "lts":
-        kw.update(samples_per_step=args.lts_samples, outer_optimizer=setup.config.outer_optax())
+        kw.update(samples_per_step=args.lts_samples, outer_optimizer=base.outer_optax())
     if method == "bo":
         kw.update(max_evaluations=budget_evaluations + 1)
     return baselines.BASELINES[method](setup.simulator, setup.model, setup.task, setup.val_data, setup.test_data, **kw)
@@ -326,13 +328,14 @@ def _run_method(experiment, args: CompareArgs, renderer: str, method: str, appro
         setup = pools.attach(build_setup(experiment, renderer=renderer, seed=seed, size=args.size))
         k = setup.config.dataset_size
         iterations = math.ceil(args.budget_images / k) if method == "autosimulate" else None
-        k_evaluation = _evaluation_config(method, setup.config, args).dataset_size
+        own = setup.config if method == "autosimulate" else setup.base_config()  # the options this method runs with
+        k_evaluation = _evaluation_config(method, own, args).dataset_size
         box = _build_method(method, approximation, setup, args, math.ceil(args.budget_images / k_evaluation))
         per_step = setup.config.finetune_epochs * (k // setup.config.batch_size) if method == "autosimulate" else None
         target = {"iterations": iterations, "budget_images": args.budget_images}
         config = make_config(command="compare", experiment=spec, renderer=renderer, seed=seed, size=args.size,
-                             options=setup.config.replace(approximation=approximation).to_dict() if approximation
-                             else setup.config.to_dict(), iterations=iterations, budget_images=args.budget_images,
+                             options=own.replace(approximation=approximation).to_dict() if approximation
+                             else own.to_dict(), iterations=iterations, budget_images=args.budget_images,
                              method=method, search_radius=args.search_radius,
                              search_scales=(args.search_scales or None) if method != "autosimulate" else None,
                              **_evaluation_keys(method, args),
@@ -893,7 +896,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
     setup0 = None
     if (args.evaluation_images or args.evaluation_epochs) and any(m in FROM_SCRATCH for m, _ in runs):
         setup0 = build()  # the evaluation's size against the experiment's batch size, before any run starts
-        _evaluation_config("random", setup0.config, args)
+        _evaluation_config("random", setup0.base_config(), args)
     if args.jobs > 1:
         failures = _run_parallel(experiment, args, renderer, runs, out, stderr)
         if failures:
@@ -956,7 +959,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
     result = {
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "metric": metric,
         "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds, "size": args.size,
-        "options": setup0.config.to_dict(), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
+        "options": setup0.config.to_dict(), "baseline_options": setup0.base_config().to_dict(), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
         "search_scales": args.search_scales, "assess_models": args.assess_models,
         "evaluation_images": args.evaluation_images, "evaluation_epochs": args.evaluation_epochs,
         "rows": rows, "assessment": assessment,

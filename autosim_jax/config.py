@@ -113,7 +113,14 @@ class AutoSimConfig:
         hypergradient is taken at a ``theta`` settled on the step's renders
         (:func:`~autosim_jax.training.train_epochs`).
       outer_beta2: Adam's second-moment decay for ``psi`` (``outer_optimizer="adam"`` only):
-        its memory is about ``1 / (1 - outer_beta2)`` steps (0.999: ~1000).
+        its memory is about ``1 / (1 - outer_beta2)`` steps (0.999: ~1000). Within that memory
+        the bias-corrected second moment is close to the mean of every squared hypergradient so
+        far, so the first steps set the scale of the rest: where they are much larger than later
+        ones the psi step runs below ``outer_learning_rate`` for the whole run. Measured on the
+        detection experiments (a warm detector whose first, untrained hypergradients are 20-50x
+        the later ones): 0.1-0.3 of the rate from step 20 to 120 with 0.999 and with 0.99, about
+        1 with 0.9 from step 60 (``docs/learning.md``, session 38). A run's ``StepInfo.psi_grad_norm``
+        shows it.
       outer_decay_steps: the psi step's learning rate decays as ``outer_learning_rate / (1 + t /
         outer_decay_steps)`` at outer step ``t`` (a Robbins-Monro schedule; it needs no run
         length, so a resumed or extended run keeps it), for ``"adam"`` and ``"sgd"``. Why: with a

@@ -1,12 +1,14 @@
 """digits-sim2real with the step's fine-tuning epochs and outer renders changed, as plug-in
 experiments for ``autosim compare`` (issue 13, session 34).
 
-The preset fine-tunes each step's fresh classifier for 3 epochs on its K = 256 renders and takes
-the hypergradient on the same renders (``AutoSimConfig.outer_renders="shared"``, the paper's
-Algorithm 1). Each object here is the registered experiment with ``finetune_epochs`` and
-``outer_renders`` replaced, everything else (start, reference, validation and test sets, the
-assessment) the experiment's own. Run from ``benchmarks/`` so that ``module:attr`` finds this
-file (``autosim`` adds the current directory to the import path)::
+Each object here is the registered experiment's base options (``ExperimentSetup.base_config()``:
+each step's fresh classifier fine-tuned 3 epochs on K = 256 renders, the hypergradient on the same
+renders, ``AutoSimConfig.outer_renders="shared"``, the paper's Algorithm 1, a constant psi step) with
+``finetune_epochs``, ``outer_renders``, K, the minibatch or the psi step's decay replaced, everything
+else (start, reference, validation and test sets, the assessment, the baselines) the experiment's own.
+``K64_DECAY120`` is the cpu preset since session 38; ``E3`` the preset before it. Run from
+``benchmarks/`` so that ``module:attr`` finds this file (``autosim`` adds the current directory to the
+import path)::
 
     cd benchmarks
     autosim compare digits_sim2real_variants:E12 --methods autosimulate --seeds 3 --budget-images 15360 --jobs 2
@@ -38,12 +40,12 @@ def variant(epochs: int, outer_renders: str = "shared", renders: int | None = No
 
     def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
         setup = _BASE.build(renderer=renderer, seed=seed, size=size)
+        base = setup.base_config()  # K = 256, minibatches of 32, a constant psi step (the cpu preset's before 2026-12-04)
         k = {"dataset_size": renders} if renders else {}
         b = {"batch_size": batch_size} if batch_size else {}
         d = {"outer_decay_steps": decay_steps} if decay_steps else {}
-        return setup._replace(config=setup.config.replace(finetune_epochs=epochs, outer_renders=outer_renders,
-                                                          **k, **b, **d),
-                              assess_config=setup.config)
+        return setup._replace(config=base.replace(finetune_epochs=epochs, outer_renders=outer_renders, **k, **b, **d),
+                              assess_config=base)
 
     return Experiment(f"digits-sim2real-e{epochs}{suffix}",
                       f"digits-sim2real, {epochs} fine-tuning epochs per step, {outer_renders} outer renders"

@@ -162,6 +162,15 @@ TOY_SOURCE = textwrap.dedent('''
 
 
     TOY = Experiment("toy", "a 1-d toy with a known optimum", ("square", "flaky"), build)
+
+
+    def build_tuned(*, renderer="square", seed=0):
+        """The toy whose learner renders K = 16 in minibatches of 8; the rest keeps the toy's options."""
+        setup = build(renderer=renderer, seed=seed)
+        return setup._replace(config=setup.config.replace(dataset_size=16, batch_size=8), assess_config=setup.config)
+
+
+    TUNED = Experiment("toy-tuned", "the toy with its learner's K halved", ("square", "flaky"), build_tuned)
 ''')
 
 

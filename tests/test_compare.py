@@ -296,3 +296,22 @@ def test_assess_models_averages_several_fresh_models_per_psi(toy, tmp_path, caps
     assert main([*common, "--assess-models", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "--assess-models must be an integer >= 1" in capsys.readouterr().err
 
+
+def test_baselines_keep_the_experiments_own_options_when_its_learner_is_tuned(toy, tmp_path, capsys):
+    """An experiment whose AutoSimulate learner has its own options (``config``: K = 16, minibatches
+    of 8) beside the experiment's (``assess_config``: K = 32, 16): AutoSimulate runs with the first,
+    the baselines' evaluations with the second, and compare.json records both."""
+    out = tmp_path / "c"
+    tuned = toy.replace(":TOY", ":TUNED")
+    assert main(["compare", tuned, "--methods", "autosimulate,lts", "--seeds", "1", "--budget-images", "64",
+                 "--lts-samples", "2", "--assess-images", "0", "--out", str(out)]) == 0
+    auto = json.loads((out / "autosimulate-exact_quadratic" / "seed0" / "config.json").read_text())
+    lts = json.loads((out / "lts" / "seed0" / "config.json").read_text())
+    assert (auto["options"]["dataset_size"], auto["options"]["batch_size"]) == (16, 8)
+    assert (lts["options"]["dataset_size"], lts["options"]["batch_size"]) == (32, 16)
+    first = json.loads((out / "lts" / "seed0" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["images"] == 2 * 32  # two samples of the experiment's K per LTS step
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["options"]["dataset_size"] == 16 and summary["baseline_options"]["dataset_size"] == 32
+    capsys.readouterr()
+

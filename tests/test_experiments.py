@@ -116,13 +116,16 @@ def test_assess_config_keeps_the_assessment_when_a_variant_changes_the_learners_
 
     setup = _build("digits-sim2real", "glyphs", 0)
     psi = setup.simulator.distribution.init()
-    small = setup.config.replace(dataset_size=128, batch_size=16)
+    experiment = setup.base_config()  # the experiment's own options (its cpu learner runs minibatches of 8)
+    assert experiment.batch_size == 32 and setup.config.batch_size == 8
+    small = experiment.replace(dataset_size=128, batch_size=16)
     def assess(s):  # 2 models: their training losses are reported (the metrics sit at chance this early)
         return make_assessor(s, num_images=128, epochs=2, repeats=2)(psi, 0)
 
-    base = assess(setup)
-    assert assess(setup._replace(config=small, assess_config=setup.config)) == base
-    followed = assess(setup._replace(config=small))
+    base = assess(setup._replace(config=experiment, assess_config=None))
+    assert assess(setup) == base  # the preset's own learner options do not reach its assessment
+    assert assess(setup._replace(config=small, assess_config=experiment)) == base
+    followed = assess(setup._replace(config=small, assess_config=None))
     assert followed["train_losses"] != base["train_losses"]  # 8 Adam steps an epoch instead of 4: other models
 
 
