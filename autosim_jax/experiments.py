@@ -232,8 +232,11 @@ DIGITS_REFERENCE = {
 def build_digits_sim2real(*, renderer: str = "glyphs", seed: int = 0, size: str = "cpu") -> ExperimentSetup:
     """The ``digits-sim2real`` experiment: glyphs to real handwritten digits (8x8).
 
-    The real digits are 8x8 whatever the size; ``size="gpu"`` renders K = 1024 glyphs per
-    step for a wider CNN and assesses on 8192 images.
+    The real digits are 8x8 whatever the size; ``size="cpu"`` renders K = 64 glyphs per step
+    in minibatches of 8 for 240 steps with a psi step decaying as ``0.1 / (1 + t / 120)``, while
+    its assessment and ``autosim compare``'s baselines train with the experiment's own options
+    (``assess_config``: K = 256, minibatches of 32); ``size="gpu"`` renders K = 1024 glyphs per
+    step for a wider CNN for 60 steps and assesses on 8192 images.
     """
     gpu = _check_size(size) == "gpu"
     render = get_renderer(renderer)
