@@ -124,6 +124,32 @@ def test_new_options_are_validated_and_recorded():
         np.testing.assert_array_equal(u1["a"], u2["a"])
 
 
+def test_outer_warmup_steps_ramps_the_psi_step_linearly_and_combines_with_the_decay():
+    """``outer_warmup_steps=3``: the t-th SGD update is ``-lr min(1, (t + 1) / 3)`` times the gradient,
+    times ``1 / (1 + t / 2)`` with ``outer_decay_steps=2``; Adam's first update, +-lr without it, is
+    lr / 3 (so one noisy hypergradient no longer moves every coordinate by the full rate); the
+    natural step and negative values are refused."""
+    import jax.numpy as jnp
+
+    g, p = {"a": jnp.array([1.0, -3.0])}, {"a": jnp.zeros(2)}
+    for decay in (0, 2):
+        sgd = AutoSimConfig(outer_optimizer="sgd", outer_learning_rate=0.3, outer_warmup_steps=3,
+                            outer_decay_steps=decay).outer_optax()
+        state = sgd.init(p)
+        for t in range(5):
+            u, state = sgd.update(g, state)
+            factor = min(1.0, (t + 1) / 3) / ((1 + t / decay) if decay else 1.0)
+            np.testing.assert_allclose(u["a"], -0.3 * factor * g["a"], rtol=1e-6)
+    adam = AutoSimConfig(outer_learning_rate=0.3, outer_warmup_steps=3).outer_optax()
+    u, _ = adam.update(g, adam.init(p))
+    np.testing.assert_allclose(np.abs(u["a"]), 0.1, rtol=1e-4)
+    assert AutoSimConfig.from_dict(AutoSimConfig(outer_warmup_steps=10).to_dict()).outer_warmup_steps == 10
+    for bad, match in (({"outer_warmup_steps": -1}, "outer_warmup_steps"),
+                       ({"outer_warmup_steps": 10, "outer_optimizer": "natural"}, "outer_warmup_steps.*max_kl nats")):
+        with pytest.raises(ValueError, match=match):
+            AutoSimConfig(**bad)
+
+
 def test_outer_decay_steps_is_an_inverse_time_schedule_of_the_psi_step():
     """SGD with ``outer_decay_steps=2``: the t-th update (t = 0, 1, ...) is ``-lr / (1 + t / 2)``
     times the gradient, a resumed optimiser state continues the schedule, and Adam gets the
