@@ -139,9 +139,10 @@ class AutoSimConfig:
         its full learning rate in the sign of one noisy hypergradient (``m_hat / sqrt(v_hat) = +-1``
         at the first step). Measured on digits-sim2real at cpu size (K = 64, 5 seeds; ``docs/learning.md``,
         session 38): with 10 warm-up steps the seeds whose glyphs tilt away from upright early still
-        do (the push is the hypergradient's, not the first step's sign), the early budget points fall
-        (-0.027 and -0.054 validation accuracy after 1,920 and 3,840 images, paired) and G at the end
-        is level (1.69 +- 0.45 against 1.61 +- 0.39). 0 (default): none.
+        do, the early budget points fall (-0.027 and -0.054 validation accuracy after 1,920 and 3,840
+        images, paired) and G at the end is level (1.69 +- 0.45 against 1.61 +- 0.39). The early walks
+        are the render noise of the first tens of steps, which Adam turns into a walk whatever the
+        first step's size (session 39; ``outer_snr_gate`` is the option against them). 0 (default): none.
       outer_snr_gate: each psi coordinate's update is scaled by ``max(0, 1 - z^2 V / m^2)``, ``m``
         the hypergradient averaged over about the last 100 steps and ``V`` the variance of its
         noise from the score-function samples' own standard errors, ``z`` this value (e.g. 2;
@@ -152,7 +153,12 @@ class AutoSimConfig:
         target's and leave it in every run; ``docs/learning.md``, session 12). Measured: at cpu
         size on clevr-seg it keeps every field at or nearer the reference than without it; on
         digits-sim2real at cpu size it holds back weak useful signals too and lowers G at 40
-        steps (z = 2: 0.68 against 0.93; z = 1: 0.80; 5 seeds); on the 1-D toy (z = 2) the
+        steps (z = 2: 0.68 against 0.93; z = 1: 0.80; 5 seeds); on that experiment's K = 64 preset
+        (240 steps, 5 seeds, session 39) z = 2 stops the early noise walks that cost one seed the
+        first budget point (the worst seed after 1,920 images 0.248 against 0.169, above LTS on 4
+        seeds of 5 against 2) but holds the glyphs' tilt, whose signal is too weak to pass, so the
+        end is lower (0.490 against 0.541, G 1.33 +- 0.22 against 1.61 +- 0.39); z = 1 lets the
+        worst seed's walk through (0.185); on the 1-D toy (z = 2) the
         linear row ends within 0.04 of the optimum on 5 of 5 seeds, against 3 of 5 without
         (``tests/test_defaults.py``). 0 (default): off.
       outer_snr_gate_per: ``"coordinate"`` (default): the gate's test per psi coordinate;

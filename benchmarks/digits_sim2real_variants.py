@@ -29,22 +29,24 @@ _BASE = get_experiment("digits-sim2real")
 
 
 def variant(epochs: int, outer_renders: str = "shared", renders: int | None = None,
-            batch_size: int | None = None, decay_steps: int = 0, warmup_steps: int = 0) -> Experiment:
+            batch_size: int | None = None, decay_steps: int = 0, warmup_steps: int = 0,
+            snr_gate: float = 0.0) -> Experiment:
     """digits-sim2real whose steps fine-tune ``epochs`` epochs and estimate on ``outer_renders``;
     ``renders``: K, the renders of each batch (default: the experiment's 256); ``batch_size``: the
     fine-tuning's minibatch (default: the experiment's 32); ``decay_steps`` / ``warmup_steps``: the
-    psi step's ``outer_decay_steps`` / ``outer_warmup_steps`` (default 0: none). The fresh models of the
+    psi step's ``outer_decay_steps`` / ``outer_warmup_steps`` (default 0: none); ``snr_gate``: its
+    ``outer_snr_gate`` (default 0: off). The fresh models of the
     assessment train with the experiment's own options whatever these are (``assess_config``)."""
     suffix = ("" if outer_renders == "shared" else f"-{outer_renders}") + (f"-k{renders}" if renders else "") \
         + (f"-b{batch_size}" if batch_size else "") + (f"-decay{decay_steps}" if decay_steps else "") \
-        + (f"-warmup{warmup_steps}" if warmup_steps else "")
+        + (f"-warmup{warmup_steps}" if warmup_steps else "") + (f"-gate{snr_gate:g}" if snr_gate else "")
 
     def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
         setup = _BASE.build(renderer=renderer, seed=seed, size=size)
         base = setup.base_config()  # K = 256, minibatches of 32, a constant psi step (the cpu preset's before 2026-12-04)
         k = {"dataset_size": renders} if renders else {}
         b = {"batch_size": batch_size} if batch_size else {}
-        d = {"outer_decay_steps": decay_steps, "outer_warmup_steps": warmup_steps}
+        d = {"outer_decay_steps": decay_steps, "outer_warmup_steps": warmup_steps, "outer_snr_gate": snr_gate}
         return setup._replace(config=base.replace(finetune_epochs=epochs, outer_renders=outer_renders, **k, **b, **d),
                               assess_config=base)
 
@@ -65,5 +67,11 @@ K64 = variant(3, "shared", 64, batch_size=8)  # and four times: 240 steps
 # that collapsed one seed of K64 (a rate of 0.05 by step N)
 K64_DECAY60 = variant(3, "shared", 64, batch_size=8, decay_steps=60)
 K64_DECAY120 = variant(3, "shared", 64, batch_size=8, decay_steps=120)
-# and the psi step rising linearly over the first 10 steps (session 38: the first step's sign set the tilt)
+# and the psi step rising linearly over the first 10 steps (session 38: against the early tilt; session 39: the
+# early walks are render noise over tens of steps, not the first step's sign)
 K64_DECAY120_WARMUP10 = variant(3, "shared", 64, batch_size=8, decay_steps=120, warmup_steps=10)
+# session 39: the noise gate on the preset (seed 0's first 30 steps walk the glyphs' vertical shift to
+# -0.18 of the canvas from 0 +- 0.03 by render noise that Adam amplifies; the gate holds a coordinate
+# whose averaged hypergradient is within z standard errors of zero)
+K64_DECAY120_GATE2 = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=2.0)
+K64_DECAY120_GATE1 = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=1.0)
