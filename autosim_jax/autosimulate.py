@@ -104,6 +104,10 @@ class StepInfo(NamedTuple):
     val_metric: float  # validation metric of theta_hat(psi_t)
     train_loss: float  # mean fine-tuning loss of the last epoch
     psi_grad_norm: float  # ||dL~/dpsi||
+    # root mean square over psi's coordinates of this step's change (0 when psi was kept; frozen
+    # coordinates count as 0); with Adam, over AutoSimConfig.psi_learning_rate, the share of its
+    # full rate the step took (a held or noisy hypergradient: well below 1)
+    psi_step_rms: float
     cg_relative_residual: float  # 0 when the approximation has no solve
     cg_converged: bool  # the solve met cg_tol (True when there is no solve)
     cg_indefinite: bool  # negative curvature met (raise the damping)
@@ -617,6 +621,11 @@ def make_autosimulate(
                                         before=info.train_loss_before, after=info.train_loss, lr=lr_text),
                       FinetuneLossJumpWarning, stacklevel=3)
 
+    @jax.jit
+    def step_rms(new_psi, old_psi):
+        change = jax.tree.leaves(jax.tree.map(jnp.subtract, new_psi, old_psi))
+        return jnp.sqrt(sum(jnp.sum(c * c) for c in change) / sum(c.size for c in change))
+
     def step(state: AutoSimState) -> tuple[AutoSimState, StepInfo]:
         _check_state_finite(state)
         key, sim_key, train_key = jax.random.split(state.key, 3)
@@ -649,7 +658,7 @@ def make_autosimulate(
                                  state.images + renders, state.theta_anchor)
         info = StepInfo(
             val_loss=float(hg.val_loss), val_metric=float(hg.val_metric), train_loss=float(train_loss),
-            psi_grad_norm=float(optax.tree.norm(hg.grad_psi)),
+            psi_grad_norm=float(optax.tree.norm(hg.grad_psi)), psi_step_rms=float(step_rms(psi, state.psi)),
             cg_relative_residual=float(hg.solve.relative_residual), cg_converged=bool(hg.solve.converged),
             cg_indefinite=bool(hg.solve.indefinite), cg_model_value=float(hg.solve.model_value),
             psi_updated=not reason, psi_kept_reason=reason, train_loss_before=float(loss_before),

@@ -27,7 +27,9 @@ built, and prints progress, summaries and plots.
 
 Progress: a bar on a terminal; in a log or a pipe one line every ``--log-every`` steps or
 ``--log-seconds`` seconds (step, images, validation metric, how far psi has moved from the start
-as KL(q_psi || q_start) in nats, CG status, ETA without the first, compiling, step); the same for
+as KL(q_psi || q_start) in nats, with Adam on psi the share of its full rate the step took
+(``StepInfo.psi_step_rms`` over the learning rate), CG status, ETA without the first, compiling,
+step); the same for
 the assessment. With a fresh model per step (``theta_reset_every=1``, the experiments' setting)
 the validation metric is that model's after one step's fine-tuning, named so in the progress
 and the summary; the fresh-model assessment after the run is psi's measure. Ctrl-C stops
@@ -401,8 +403,9 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     # predicts background only and its mIoU stays constant for the whole run. psi's measure is the
     # fresh-model assessment after the run.
     import jax
+    import optax
 
-    from .outer import check_families, kl_divergence
+    from .outer import check_families, find_state, kl_divergence
 
     psi_start = setup.simulator.distribution.init()
     try:
@@ -420,6 +423,14 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         if moved is not None:
             postfix["psi KL"] = f"{float(moved(state.psi)):.3g}"
             kl_text = f" psi {postfix['psi KL']} nats from the start,"
+        # The psi step's share of Adam's full rate: well below 1 when the hypergradient's sign flips
+        # (noise) or when Adam's second moment still remembers larger early hypergradients
+        # (docs/learning.md, session 38: digits-det's runs at 0.1-0.3 from step 20 on).
+        adam = find_state(state.outer_opt_state, optax.ScaleByAdamState) if run_config.outer_optimizer == "adam" else None
+        if adam is not None:  # its count is the updates applied; this one used the rate at count - 1
+            lr = run_config.psi_learning_rate(max(int(adam.count) - 1, 0))
+            postfix["psi step"] = f"{record['psi_step_rms'] / lr:.2f}"
+            kl_text += f" psi step {postfix['psi step']} of Adam's rate,"
         progress[0].update(f"{record['images']} images, {val_text} {record['val_metric']:.4g},{kl_text} {cg_text}",
                            postfix=postfix)
 

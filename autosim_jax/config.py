@@ -124,7 +124,8 @@ class AutoSimConfig:
         detection experiments (a warm detector whose first, untrained hypergradients are 20-50x
         the later ones): 0.1-0.3 of the rate from step 20 to 120 with 0.999 and with 0.99, about
         1 with 0.9 from step 60 (``docs/learning.md``, session 38). A run's ``StepInfo.psi_grad_norm``
-        shows it.
+        shows the cause and ``StepInfo.psi_step_rms`` over :meth:`psi_learning_rate` the effect
+        (``autosim run``'s progress lines print that share).
       outer_decay_steps: the psi step's learning rate decays as ``outer_learning_rate / (1 + t /
         outer_decay_steps)`` at outer step ``t`` (a Robbins-Monro schedule; it needs no run
         length, so a resumed or extended run keeps it), for ``"adam"`` and ``"sgd"``. Why: with a
@@ -399,6 +400,25 @@ class AutoSimConfig:
         opt = {"adam": optax.adam, "sgd": optax.sgd}[self.inner_optimizer](self.inner_learning_rate)
         return optax.chain(optax.clip_by_global_norm(self.inner_clip_norm), opt) if self.inner_clip_norm else opt
 
+    def psi_learning_rate(self, count: int) -> float:
+        """The psi step's learning rate at its ``count``-th update (0 first; ``outer_decay_steps`` and
+        ``outer_warmup_steps`` applied): what :meth:`outer_optax` uses for ``"adam"`` and ``"sgd"``.
+        With Adam every coordinate of psi moves by about this much while its hypergradient keeps
+        its sign (its full rate); ``StepInfo.psi_step_rms`` over it says what share of that a step took.
+
+        Example:
+          >>> AutoSimConfig(outer_learning_rate=0.1, outer_decay_steps=120).psi_learning_rate(120)
+          0.05
+        """
+        if self.outer_optimizer == "natural":
+            raise ValueError("AutoSimConfig.psi_learning_rate: outer_optimizer='natural' takes steps in KL units "
+                             "(max_kl), not at a learning rate; use 'adam' or 'sgd'.")
+        return float(self._psi_schedule()(count))
+
+    def _psi_schedule(self):
+        return functools.partial(_psi_step_schedule, self.outer_learning_rate, self.outer_decay_steps,
+                                 self.outer_warmup_steps)
+
     def outer_optax(self) -> optax.GradientTransformation:
         """The optimiser of ``psi`` this config names."""
         import optax
@@ -409,7 +429,7 @@ class AutoSimConfig:
             return natural_trust_region(self.outer_learning_rate, self.max_kl)
         lr = self.outer_learning_rate
         if self.outer_decay_steps or self.outer_warmup_steps:  # optax counts the updates applied: t = 0 first
-            lr = functools.partial(_psi_step_schedule, lr, self.outer_decay_steps, self.outer_warmup_steps)
+            lr = self._psi_schedule()
         base = optax.adam(lr, b2=self.outer_beta2) if self.outer_optimizer == "adam" else optax.sgd(lr)
         # the gate and the test need the hypergradient and its standard error (extra args)
         if self.outer_snr_gate:

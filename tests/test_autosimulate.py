@@ -226,6 +226,23 @@ def test_independent_outer_renders_estimate_on_a_second_batch():
         assert abs(norms["shared"] - norms["independent"]) > 1e-3 * norms["shared"]
 
 
+def test_psi_step_rms_is_the_change_of_psi_and_adams_first_step_takes_its_full_rate():
+    """``StepInfo.psi_step_rms``: the root mean square over psi's coordinates of the step's change,
+    against numpy on the states; Adam's first update moves every coordinate by exactly its
+    learning rate (``m_hat / sqrt(v_hat) = +-1``), so the first step's value is the rate, 0.1."""
+    autosim = _toy("exact_quadratic")
+    state = autosim.init(0)
+    for step in range(3):
+        new, info = autosim.step(state)
+        change = np.concatenate([np.ravel(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+                                 for a, b in zip(jax.tree.leaves(new.psi), jax.tree.leaves(state.psi))])
+        assert info.psi_updated and change.size == 2
+        np.testing.assert_allclose(info.psi_step_rms, np.sqrt(np.mean(change**2)), rtol=1e-5)
+        if step == 0:
+            np.testing.assert_allclose(np.abs(change), 0.1, rtol=1e-4)
+        state = new
+
+
 def test_unknown_outer_renders_is_refused():
     with pytest.raises(ValueError, match=r"Unknown outer_renders 'fresh'; valid choices are \['shared', 'independent'\]"):
         _toy("linear", outer_renders="fresh")

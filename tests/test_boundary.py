@@ -198,7 +198,7 @@ def _same(a, b):
 
 def test_diverged_finetuning_keeps_theta_and_psi_and_says_so():
     state, new, info = _step_once(inner_optimizer=optax.scale(jnp.nan))
-    assert info.psi_kept_reason == "finetune_nonfinite" and not info.psi_updated
+    assert info.psi_kept_reason == "finetune_nonfinite" and not info.psi_updated and info.psi_step_rms == 0.0
     assert _same(new.theta, state.theta) and _same(new.inner_opt_state, state.inner_opt_state)
     assert _same(new.psi, state.psi) and int(new.step) == 1
     assert np.isfinite(info.val_loss)  # measured at the kept theta
@@ -208,13 +208,13 @@ def test_non_finite_validation_loss_keeps_psi_and_says_so():
     """Finite but huge validation inputs overflow the squared error (1e30^2 > float32 max)."""
     val = (np.full((4, 1), 1e30, np.float32), np.zeros((4, 1), np.float32))
     state, new, info = _step_once(val=val)
-    assert info.psi_kept_reason == "val_loss_nonfinite" and not np.isfinite(info.val_loss)
+    assert info.psi_kept_reason == "val_loss_nonfinite" and not np.isfinite(info.val_loss) and info.psi_step_rms == 0.0
     assert _same(new.psi, state.psi) and _same(new.outer_opt_state, state.outer_opt_state)
 
 
 def test_non_finite_update_keeps_psi_and_says_so():
     state, new, info = _step_once(outer_optimizer=optax.scale(jnp.inf))
-    assert info.psi_kept_reason == "update_nonfinite" and not info.psi_updated
+    assert info.psi_kept_reason == "update_nonfinite" and not info.psi_updated and info.psi_step_rms == 0.0
     assert _same(new.psi, state.psi)
 
 

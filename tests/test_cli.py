@@ -155,6 +155,13 @@ def test_progress_and_summary_say_how_far_psi_moved(toy_path, tmp_path, capsys):
     assert kl > 0.01 and summary["psi_kl_from_start"] == pytest.approx(kl, rel=1e-4)
     lines = [line for line in captured.err.splitlines() if "nats from the start" in line]
     assert len(lines) == 3 and f"psi {summary['psi_kl_from_start']:.3g} nats" in lines[-1]
+    # and the psi step's share of Adam's rate: the step's psi_step_rms over the toy's constant rate
+    # (Adam's first step takes all of it)
+    rate = json.loads((out / "config.json").read_text())["options"]["outer_learning_rate"]
+    records = _lines(out / "metrics.jsonl")
+    assert "psi step 1.00 of Adam's rate" in lines[0]
+    for line, record in zip(lines, records):
+        assert f"psi step {record['psi_step_rms'] / rate:.2f} of Adam's rate" in line
     assert "psi moved, KL(q_psi || q_start)" in captured.out
     # the toy keeps its model across steps; the experiments train a fresh one per step
     assert summary["val_metric_model"] == "warm-started" and "fresh model" not in captured.out

@@ -140,6 +140,9 @@ def test_outer_warmup_steps_ramps_the_psi_step_linearly_and_combines_with_the_de
             u, state = sgd.update(g, state)
             factor = min(1.0, (t + 1) / 3) / ((1 + t / decay) if decay else 1.0)
             np.testing.assert_allclose(u["a"], -0.3 * factor * g["a"], rtol=1e-6)
+            # the rate the progress lines divide by (StepInfo.psi_step_rms / psi_learning_rate)
+            cfg = AutoSimConfig(outer_learning_rate=0.3, outer_warmup_steps=3, outer_decay_steps=decay)
+            assert cfg.psi_learning_rate(t) == pytest.approx(0.3 * factor, rel=1e-6)
     adam = AutoSimConfig(outer_learning_rate=0.3, outer_warmup_steps=3).outer_optax()
     u, _ = adam.update(g, adam.init(p))
     np.testing.assert_allclose(np.abs(u["a"]), 0.1, rtol=1e-4)
@@ -148,6 +151,8 @@ def test_outer_warmup_steps_ramps_the_psi_step_linearly_and_combines_with_the_de
                        ({"outer_warmup_steps": 10, "outer_optimizer": "natural"}, "outer_warmup_steps.*max_kl nats")):
         with pytest.raises(ValueError, match=match):
             AutoSimConfig(**bad)
+    with pytest.raises(ValueError, match="psi_learning_rate: outer_optimizer='natural' takes steps in KL units"):
+        AutoSimConfig(outer_optimizer="natural").psi_learning_rate(0)
 
 
 def test_outer_decay_steps_is_an_inverse_time_schedule_of_the_psi_step():
