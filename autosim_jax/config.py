@@ -159,13 +159,20 @@ class AutoSimConfig:
         first budget point (the worst seed after 1,920 images 0.248 against 0.169, above LTS on 4
         seeds of 5 against 2) but holds the glyphs' tilt, whose signal is too weak to pass, so the
         end is lower (0.490 against 0.541, G 1.33 +- 0.22 against 1.61 +- 0.39); z = 1 lets the
-        worst seed's walk through (0.185); on the 1-D toy (z = 2) the
+        worst seed's walk through (0.185); on the first 60 updates only (``outer_snr_gate_steps``,
+        that preset since session 39) it keeps the early gain and the end; on the 1-D toy (z = 2) the
         linear row ends within 0.04 of the optimum on 5 of 5 seeds, against 3 of 5 without
         (``tests/test_defaults.py``). 0 (default): off.
       outer_snr_gate_per: ``"coordinate"`` (default): the gate's test per psi coordinate;
         ``"leaf"``: once per psi leaf on all its coordinates together (the vector James-Stein
         factor, :func:`~autosim_jax.outer.snr_gate`), so that a signal spread over many
         coordinates (a 54-cell categorical's logits) passes.
+      outer_snr_gate_steps: the noise gate acts on the first this-many psi updates only; after them
+        the optimiser's steps pass unchanged (0, the default: the whole run). Why: early in a run
+        the psi step is at its full rate and Adam turns the render noise of fields with little
+        signal into walks; later a decaying rate keeps such walks small, while a gate held to
+        the end also holds weak real signals that the end needs (digits-sim2real at cpu size,
+        ``docs/learning.md``, session 39).
       outer_signal_test_after: from this outer step on, each psi leaf that has not yet shown
         evidence of a signal goes back to its start and is held there until it does
         (:func:`~autosim_jax.outer.signal_test`, chained after ``"adam"`` or ``"sgd"`` and after
@@ -294,6 +301,7 @@ class AutoSimConfig:
     outer_warmup_steps: int = 0
     outer_snr_gate: float = 0.0
     outer_snr_gate_per: str = "coordinate"
+    outer_snr_gate_steps: int = 0
     outer_signal_test_after: int = 0
     outer_signal_test_alpha: float = 0.01
     trainable: str | None = None
@@ -319,6 +327,10 @@ class AutoSimConfig:
         _positive_int("outer_warmup_steps", self.outer_warmup_steps, minimum=0)
         _positive_float("outer_snr_gate", self.outer_snr_gate, "standard errors", allow_zero=True)
         _choices("outer_snr_gate_per", self.outer_snr_gate_per, ("coordinate", "leaf"))
+        _positive_int("outer_snr_gate_steps", self.outer_snr_gate_steps, minimum=0)
+        if self.outer_snr_gate_steps and not self.outer_snr_gate:
+            raise ValueError(f"AutoSimConfig.outer_snr_gate_steps={self.outer_snr_gate_steps} ends the noise gate, but "
+                             "outer_snr_gate=0 has none; set outer_snr_gate (e.g. 2) or outer_snr_gate_steps=0.")
         if self.outer_snr_gate and self.outer_optimizer == "natural":
             raise ValueError(
                 "AutoSimConfig.outer_snr_gate gates the steps of outer_optimizer='adam' or 'sgd'; 'natural' "
@@ -433,7 +445,10 @@ class AutoSimConfig:
         base = optax.adam(lr, b2=self.outer_beta2) if self.outer_optimizer == "adam" else optax.sgd(lr)
         # the gate and the test need the hypergradient and its standard error (extra args)
         if self.outer_snr_gate:
-            base = optax.chain(base, snr_gate(self.outer_snr_gate, decay=0.99, per=self.outer_snr_gate_per))
+            gate = snr_gate(self.outer_snr_gate, decay=0.99, per=self.outer_snr_gate_per)
+            if self.outer_snr_gate_steps:  # the gate acts on the first updates only, Adam's steps pass after
+                gate = optax.conditionally_transform(gate, lambda count: count < self.outer_snr_gate_steps)
+            base = optax.chain(base, gate)
         if self.outer_signal_test_after:
             base = optax.chain(base, signal_test(self.outer_signal_test_after, self.outer_signal_test_alpha))
         return base

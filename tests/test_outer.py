@@ -231,7 +231,9 @@ def test_gate_and_signal_test_options_are_validated():
                        ({"outer_snr_gate": 1.0, "outer_optimizer": "natural"}, "Fisher"),
                        ({"outer_signal_test_after": -1}, "outer_signal_test_after"),
                        ({"outer_signal_test_alpha": 0.0}, "outer_signal_test_alpha"),
-                       ({"outer_signal_test_after": 5, "outer_optimizer": "natural"}, "chained after them")):
+                       ({"outer_signal_test_after": 5, "outer_optimizer": "natural"}, "chained after them"),
+                       ({"outer_snr_gate_steps": 5}, "outer_snr_gate_steps=5 ends the noise gate, but outer_snr_gate=0"),
+                       ({"outer_snr_gate": 1.0, "outer_snr_gate_steps": -1}, "outer_snr_gate_steps")):
         with pytest.raises(ValueError, match=match):
             AutoSimConfig(**bad)
     sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
@@ -279,10 +281,33 @@ def test_snr_gate_keeps_a_field_without_signal_in_place_through_make_autosimulat
     assert min(moved[2.0]) > 1.0, moved
 
 
-def test_gated_and_decaying_runs_resume_from_a_checkpoint_bitwise(tmp_path):
+def test_snr_gate_steps_gates_the_first_updates_only():
+    """``outer_snr_gate_steps=2``: the first two updates are the always-gated optimiser's, from the
+    third on plain Adam's (the gate sits after Adam, so Adam's state is the same either way)."""
+    from autosim_jax import AutoSimConfig
+
+    opts = {name: AutoSimConfig(**kw).outer_optax() for name, kw in (
+        ("for2", {"outer_snr_gate": 2.0, "outer_snr_gate_steps": 2}), ("always", {"outer_snr_gate": 2.0}),
+        ("plain", {}))}
+    psi = {"a": jnp.zeros(2)}
+    states = {name: opt.init(psi) for name, opt in opts.items()}
+    rng = np.random.default_rng(0)
+    for t in range(5):
+        g, se = {"a": jnp.asarray(rng.standard_normal(2), jnp.float32)}, {"a": jnp.array([1.0, 0.01])}
+        u = {}
+        for name, opt in opts.items():
+            u[name], states[name] = opt.update(g, states[name], psi, hypergradient=g, hypergradient_stderr=se)
+        want = u["always"] if t < 2 else u["plain"]
+        np.testing.assert_array_equal(u["for2"]["a"], want["a"])
+        if t >= 2:
+            assert not np.array_equal(u["always"]["a"], u["plain"]["a"])  # the gate still acts on the other
+
+
+@pytest.mark.parametrize("gate_steps", [0, 3])
+def test_gated_and_decaying_runs_resume_from_a_checkpoint_bitwise(tmp_path, gate_steps):
     """The gate's state (its averages), the signal test's (its sums, verdicts and start) and the
     decay's step count live in the outer optimiser's state, so 2 steps + checkpoint + 2 steps
-    equals 4 uninterrupted steps to the last bit."""
+    equals 4 uninterrupted steps to the last bit (also with the gate ending after step 3)."""
     from autosim_jax.checkpoint import load_checkpoint, save_checkpoint
 
     sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
@@ -291,7 +316,7 @@ def test_gated_and_decaying_runs_resume_from_a_checkpoint_bitwise(tmp_path):
     x = np.full((16, 1), 2.0, np.float32)
     autosim = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32,
                                 batch_size=16, outer_snr_gate=1.0, outer_decay_steps=3, outer_signal_test_after=1,
-                                outer_signal_test_alpha=0.5)
+                                outer_signal_test_alpha=0.5, outer_snr_gate_steps=gate_steps)
     straight = autosim.init(0)
     for _ in range(4):
         straight, _ = autosim.step(straight)
