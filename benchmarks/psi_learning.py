@@ -59,6 +59,10 @@ def all_but(*fields: str) -> str:
     return r"^(?!\[(" + "|".join(re.escape(repr(f)) for f in fields) + r")\])"
 
 
+# The gate variants gate the whole run under any preset (digits-sim2real's cpu preset gates its first
+# 60 updates since session 39, AutoSimConfig.outer_snr_gate_steps).
+_WHOLE_RUN = {"outer_snr_gate_steps": 0}
+
 # name -> (AutoSimConfig overrides, what the variant tests)
 VARIANTS = {
     "default": ({}, "the experiment's config: exact quadratic, Gauss-Newton CG, Adam on psi"),
@@ -79,18 +83,18 @@ VARIANTS = {
     "lr0.3_decay20": ({"outer_learning_rate": 0.3, "outer_decay_steps": 20},
                       "three times the psi step, decaying as 1 / (1 + t / 20) (0.075 by step 60): the early "
                       "gain of Adam 0.3 without its hovering later?"),
-    "snr_gate1": ({"outer_snr_gate": 1.0},
+    "snr_gate1": ({"outer_snr_gate": 1.0, **_WHOLE_RUN},
                   "the gate at one standard error: more of the weak signals pass, and more noise"),
-    "lr0.3_snr_gate2": ({"outer_learning_rate": 0.3, "outer_snr_gate": 2.0},
+    "lr0.3_snr_gate2": ({"outer_learning_rate": 0.3, "outer_snr_gate": 2.0, **_WHOLE_RUN},
                         "three times the psi step with the gate: the gate stops the noise that made the larger step "
                         "wander, the larger step makes up for the gate's slower signals?"),
-    "snr_gate2_leaf": ({"outer_snr_gate": 2.0, "outer_snr_gate_per": "leaf"},
+    "snr_gate2_leaf": ({"outer_snr_gate": 2.0, "outer_snr_gate_per": "leaf", **_WHOLE_RUN},
                        "the gate tested once per psi leaf on all its coordinates (vector James-Stein): does a "
                        "signal spread over many coordinates pass?"),
-    "linear_snr_gate2": ({"approximation": "linear", "outer_snr_gate": 2.0},
+    "linear_snr_gate2": ({"approximation": "linear", "outer_snr_gate": 2.0, **_WHOLE_RUN},
                          "the linear row with the gate: the linear row finds the lights and the count in 30 steps "
                          "(gpu, session 15), then the start-right fields drift; does the gate keep them?"),
-    "snr_gate2": ({"outer_snr_gate": 2.0},
+    "snr_gate2": ({"outer_snr_gate": 2.0, **_WHOLE_RUN},
                   "each psi coordinate's Adam step scaled by max(0, 1 - 4 V / m^2) (outer.snr_gate): do fields whose "
                   "hypergradient is noise stop drifting, and does G rise?"),
     "newton_point": ({"val_gradient_at": "newton_point"},

@@ -201,3 +201,22 @@ def test_a_recorded_psi_is_the_one_held(toy_path, monkeypatch, tmp_path):
     assert held.keys() == after[1].keys()
     for k in held:
         np.testing.assert_allclose(held[k], after[1][k], rtol=1e-6)
+
+
+def test_the_gate_stays_closed_when_the_preset_ends_its_own_gate(toy_path, monkeypatch, tmp_path):
+    """An experiment whose preset gates only its first update (``outer_snr_gate_steps=1``, as
+    digits-sim2real's cpu preset gates 60) still holds psi for every step: the script closes the
+    gate for the whole run (before session 39's fix, psi moved from the second step and the
+    script stopped with its "psi moved" error)."""
+    import toy_reference
+
+    from autosim_jax import experiments
+
+    def build(*, renderer, seed, size):
+        setup = toy_reference.build(renderer=renderer, seed=seed)
+        return setup._replace(config=setup.config.replace(outer_snr_gate=1.0, outer_snr_gate_steps=1))
+
+    monkeypatch.setitem(experiments.EXPERIMENTS, "toy-gated", experiments.Experiment(
+        "toy-gated", "the toy, its gate on the first update only", ("square",), build))
+    assert hs.main(["--experiment", "toy-gated", "--psi", "start", "--steps", "3", "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out.json").read_text())["per_seed"]["0"]["steps_used"] == 3
