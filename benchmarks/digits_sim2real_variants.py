@@ -81,3 +81,9 @@ K64_DECAY120_GATE2 = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr
 K64_DECAY120_GATE1 = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=1.0)
 # the gate on the first 60 psi updates only (through 3,840 images), then the preset's decayed Adam steps
 K64_DECAY120_GATE2_FOR60 = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=2.0, snr_gate_steps=60)
+# session 40, gpu size (K = 1024 renders a step in minibatches of 64, 60 steps): the cpu preset's schedule
+# at a quarter of the renders a step, each step's fine-tuning as many Adam steps as the gpu preset's
+# (256 / 16 x 3 = 48), so the 61,440 images are 240 psi steps; K64_DECAY120_GATE2_FOR60 at --size gpu
+# is the cpu preset verbatim (960 steps, 24 Adam steps each)
+K256_B16_DECAY120_GATE2_FOR60 = variant(3, "shared", 256, batch_size=16, decay_steps=120, snr_gate=2.0,
+                                        snr_gate_steps=60)
