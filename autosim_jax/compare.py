@@ -649,19 +649,26 @@ def _mean_std(results: list[dict]) -> dict:
 
 
 def _aggregate_curve(per_seed: list[list[dict]]) -> list[dict]:
-    return [{"images": points[0]["images"], **_mean_std(list(points))} for points in zip(*per_seed)]
+    """Mean and std over seeds at each grid point. ``images`` is the grid point; ``images_rendered``
+    what the assessed psi cost (the first update at or past it, the most over seeds): a method whose
+    updates come every 4,096 images shows its first update at every grid point below it."""
+    return [{"images": points[0]["images"], "images_rendered": max(p.get("images_rendered", p["images"]) for p in points),
+             **_mean_std(list(points))} for points in zip(*per_seed)]
 
 
 def reach_table(rows: list[dict], start: float, higher: bool) -> list[dict]:
     """Images AutoSimulate needs to reach each baseline's best assessed metric (paper Table 2).
 
     On the mean-over-seeds curves of fresh-model validation metrics: a baseline's best is its
-    best point, reached after ``baseline_images``; AutoSimulate's ``images`` are those of its
-    first point at least as good (``None`` if none is); ``ratio = baseline_images / images``.
-    A baseline whose best does not beat ``start`` (the start psi's mean) gets no ratio: there
-    is nothing to reach. The grid is geometric (factor 2), so a ratio is a power of two and
-    bounds the truth only to within a factor of 2; when both reach at the grid's first point
-    the ratio is "at least 1" (``resolved`` is False).
+    best point; AutoSimulate's reach is its first point at least as good (``None`` if none is).
+    Each point is charged the images its psi cost (``images_rendered``: the psi assessed at a
+    grid point is the one after the method's first update at or past it, so a method that
+    updates every 4,096 images has spent 4,096 at the grid's 960), not the grid point itself:
+    ``baseline_images`` and ``images`` are those, ``ratio = baseline_images / images``. A
+    baseline whose best does not beat ``start`` (the start psi's mean) gets no ratio: there is
+    nothing to reach. The grid is geometric (factor 2), so a ratio bounds the truth only to
+    within a factor of about 2; when both reach at the grid's first point the ratio is "at least"
+    (``resolved`` is False).
 
     Example:
       >>> row = lambda m, vals: {"method": m, "label": m, "aggregate": {"assessed_curve": [
@@ -672,6 +679,10 @@ def reach_table(rows: list[dict], start: float, higher: bool) -> list[dict]:
     ours = next((r for r in rows if r["method"] == "autosimulate"), None)
     if ours is None:
         return []
+
+    def spent(point: dict) -> int:  # curves written before 2026-12-04 carry the grid point only
+        return point.get("images_rendered", point["images"])
+
     sign = 1.0 if higher else -1.0
     mine = ours["aggregate"]["assessed_curve"]
     table = []
@@ -682,12 +693,12 @@ def reach_table(rows: list[dict], start: float, higher: bool) -> list[dict]:
         best = max(theirs, key=lambda p: sign * p["val"]["mean"])  # the first of equal bests
         beats_start = sign * best["val"]["mean"] > sign * start
         reached = next((p for p in mine if sign * p["val"]["mean"] >= sign * best["val"]["mean"]), None)
-        ratio = best["images"] / reached["images"] if reached and beats_start else None
+        ratio = spent(best) / spent(reached) if reached and beats_start else None
         table.append({
             "baseline": r["label"], "autosimulate": ours["label"], "baseline_best_val": best["val"]["mean"],
-            "baseline_images": best["images"], "beats_start": bool(beats_start),
-            "images": reached["images"] if reached else None, "ratio": ratio,
-            "resolved": ratio is not None and reached["images"] != mine[0]["images"],
+            "baseline_images": spent(best), "baseline_grid_images": best["images"], "beats_start": bool(beats_start),
+            "images": spent(reached) if reached else None, "grid_images": reached["images"] if reached else None,
+            "ratio": ratio, "resolved": ratio is not None and reached["images"] != mine[0]["images"],
             "target_ratio": TARGETS.get(r["method"]),
         })
     return table
@@ -698,7 +709,9 @@ def _assessed_markdown(rows: list[dict], assessment: dict, metric: str) -> str:
     start = assessment["start_psi"]["val"]
     lines = [f"### Fresh models along the run: val {metric} (mean ± std over seeds)", "",
              (f"A fresh model trained on {assessment['images']} images x {assessment['epochs']} epochs from the psi "
-             "each method held after N images (the same protocol for every method; the start psi is column 0)."), "",
+             "of each method's first update at or past N images (the same protocol for every method; the start psi is "
+             "column 0; the images each psi cost are in the reach table below and in compare.json's "
+             "`images_rendered`)."), "",
              "| method | 0 | " + " | ".join(str(t) for t in ts) + " |", "|" + " --- |" * (len(ts) + 2)]
     for r in rows:
         cells = [f"{p['val']['mean']:.4f} ± {p['val']['std']:.4f}" for p in r["aggregate"]["assessed_curve"]]
@@ -710,24 +723,26 @@ def _reach_markdown(reach: list[dict], metric: str) -> str:
     if not reach:
         return ""
     lines = [f"### Images to reach each baseline's best fresh-model val {metric}", "",
-             "| baseline | its best | after images | AutoSimulate reaches it after | ratio | target |",
+             ("| baseline | its best | after images (grid point) | AutoSimulate reaches it after (grid point) | ratio "
+              "| target |"),
              "| --- | --- | --- | --- | --- | --- |"]
     for e in reach:
-        got = f"{e['images']}" if e["images"] else "not reached"
+        got = f"{e['images']} ({e.get('grid_images', e['images'])})" if e["images"] else "not reached"
         if not e["beats_start"]:
             ratio, verdict = "- (never beat the start psi)", "nothing to reach"
         elif e["ratio"] is None:
             ratio, verdict = "-", "missed"
         else:
-            ratio = f"{e['ratio']:.0f}x" if e["resolved"] else f">= {e['ratio']:.0f}x (first grid point)"
+            ratio = f"{e['ratio']:.3g}x" if e["resolved"] else f">= {e['ratio']:.3g}x (first grid point)"
             # An unresolved ratio is a lower bound: enough to meet a target, not to miss it.
             met = e["target_ratio"] and e["ratio"] >= e["target_ratio"]
             verdict = "met" if met else ("missed" if e["resolved"] else "unresolved")
         target = f">= {e['target_ratio']:.0f}x: {verdict}" if e["target_ratio"] else "-"
-        lines.append(f"| {e['baseline']} | {e['baseline_best_val']:.4f} | {e['baseline_images']} | {got} | {ratio} | "
-                     f"{target} |")
-    lines += ["", (f"AutoSimulate here is {reach[0]['autosimulate']}. The image grid is geometric (factor 2), so a "
-              "ratio is known only to within a factor of 2; the spread over seeds is in the table above.")]
+        lines.append(f"| {e['baseline']} | {e['baseline_best_val']:.4f} | {e['baseline_images']} "
+                     f"({e.get('baseline_grid_images', e['baseline_images'])}) | {got} | {ratio} | {target} |")
+    lines += ["", (f"AutoSimulate here is {reach[0]['autosimulate']}. Images are those each assessed psi cost (the "
+              "method's first update at or past the grid point in brackets). The grid is geometric (factor 2), so a "
+              "ratio is known only to within a factor of about 2; the spread over seeds is in the table above.")]
     return "\n".join(lines) + "\n"
 
 

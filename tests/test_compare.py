@@ -78,8 +78,16 @@ def test_assessment_along_the_run_and_reach_table(compared):
         assert ("assessed_curve" in row["aggregate"]) == row["table2"]
     reach = assessment["reach"]
     assert [(e["baseline"], e["target_ratio"]) for e in reach] == [("lts", 5.0), ("bo", 3.0), ("random", None)]
+    rows = {r["label"]: r for r in result["rows"]}
     for e in reach:
-        assert e["autosimulate"] == "autosimulate (linear)" and e["baseline_images"] in assessment["thresholds"]
+        assert e["autosimulate"] == "autosimulate (linear)" and e["baseline_grid_images"] in assessment["thresholds"]
+        # Each side is charged what its assessed psi cost, not the grid point: an LTS update renders
+        # 2 x 32 images, so its psi at the grid's 16 and 32 cost 64.
+        best = next(p for p in rows[e["baseline"]]["aggregate"]["assessed_curve"]
+                    if p["images"] == e["baseline_grid_images"])
+        assert e["baseline_images"] == best["images_rendered"] >= e["baseline_grid_images"]
+        if e["baseline"] == "lts":
+            assert e["baseline_images"] % 64 == 0
         assert e["ratio"] is None or e["ratio"] == e["baseline_images"] / e["images"]
 
 
@@ -100,6 +108,27 @@ def test_reach_table_finds_the_first_point_at_least_as_good():
     assert not never["beats_start"] and never["ratio"] is None
     lower = reach_table([row("autosimulate", (0.9, 0.5, 0.4, 0.4)), row("random", (0.8, 0.7, 0.5, 0.6))], 1.0, False)
     assert (lower[0]["baseline_images"], lower[0]["images"], lower[0]["ratio"]) == (400, 200, 2.0)
+
+
+def test_reach_table_charges_the_images_each_psi_cost():
+    """A baseline that updates every 1,000 images is charged 1,000 at the grid's 100-400, and
+    AutoSimulate updating every 150 is charged 150 at the grid's 100 (2026-12-04: digits at gpu
+    size, where LTS updates every 4,096 images, read 4x on the grid and 4x charged; cpu 8x / 8.5x)."""
+    from autosim_jax.compare import _aggregate_curve, reach_table
+
+    def row(method, vals, step):
+        per_seed = [[{"images": i, "images_rendered": -(-i // step) * step, "val_metric": v,
+                      "test_metric": v} for i, v in zip((100, 200, 400, 800), vals)] for seed in range(2)]
+        return {"method": method, "label": method, "aggregate": {"assessed_curve": _aggregate_curve(per_seed)}}
+
+    got, = reach_table([row("autosimulate", (0.3, 0.5, 0.5, 0.6), 150), row("lts", (0.4, 0.4, 0.4, 0.45), 1000)],
+                       0.2, True)
+    assert (got["baseline_grid_images"], got["baseline_images"]) == (800, 1000)
+    assert (got["grid_images"], got["images"], got["resolved"]) == (200, 300, True)
+    assert got["ratio"] == pytest.approx(1000 / 300)
+    # Curves written before the field existed fall back to the grid point.
+    old = [[{"images": 100, "val_metric": 0.1, "test_metric": 0.1}]]
+    assert _aggregate_curve(old)[0]["images_rendered"] == 100
 
 
 def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
