@@ -36,7 +36,9 @@ grid).
 Fresh-model assessment (the fair measure of an answer, on by default): a fresh task model is
 trained on ``--assess-images`` images x the experiment's epochs from a psi and evaluated on
 the validation and test sets. Table 2's runs are assessed after ``budget / 2^(P-1), ...,
-budget`` images (``--assess-points P``), the start psi (and the reference psi) once per seed,
+budget`` images (``--assess-points P``) on the psi each method held having rendered at most that
+many (:func:`record_within`: its last update within the budget, the start psi before its first),
+the start psi (and the reference psi) once per seed,
 Table 4's other approximations at the budget. The gap closed ``G = (m(final) - m(start)) /
 (m(reference) - m(start))`` of each run's final psi is tabulated per method (mean ± std over
 seeds) when the experiment has a reference psi. The images-to-reach table (the paper's
@@ -644,14 +646,36 @@ def assess_thresholds(budget: int, points: int) -> list[int]:
     return [budget // 2**j for j in range(points - 1, -1, -1)]
 
 
+def record_within(records: list[dict], images: int) -> dict | None:
+    """The record of the psi a run held having rendered at most ``images`` images: its last update
+    within that budget, or None before its first (it holds the start psi). A method that updates
+    every 4,096 images holds its start psi at 960 and 1,920 images, not its first update's psi:
+    every method is judged at an equal budget.
+
+    Example:
+      >>> runs = [{"step": 1, "images": 1024}, {"step": 2, "images": 2048}]
+      >>> [None if r is None else r["step"] for r in (record_within(runs, n) for n in (960, 1920, 4096))]
+      [None, 1, 2]
+    """
+    within = [r for r in records if r["images"] <= images]
+    return within[-1] if within else None
+
+
+def _assessed_record(records: list[dict], images: int, budget: int) -> dict | None:
+    """The record assessed at grid point ``images``: :func:`record_within`, except that the budget's
+    point is the run's final psi (an AutoSimulate run takes ``ceil(budget / K)`` steps, so it may pass
+    the budget by less than one update), which Table 2's last columns and G judge."""
+    return records[-1] if images >= budget else record_within(records, images)
+
+
 def _mean_std(results: list[dict]) -> dict:
     return {name: _stats([r[key] for r in results]) for key, name in (("val_metric", "val"), ("test_metric", "test"))}
 
 
 def _aggregate_curve(per_seed: list[list[dict]]) -> list[dict]:
     """Mean and std over seeds at each grid point. ``images`` is the grid point; ``images_rendered``
-    what the assessed psi cost (the first update at or past it, the most over seeds): a method whose
-    updates come every 4,096 images shows its first update at every grid point below it."""
+    what the assessed psi cost (:func:`record_within`'s update, the most over seeds; 0 for the start
+    psi), which the images-to-reach table charges."""
     return [{"images": points[0]["images"], "images_rendered": max(p.get("images_rendered", p["images"]) for p in points),
              **_mean_std(list(points))} for points in zip(*per_seed)]
 
@@ -662,9 +686,10 @@ def reach_table(rows: list[dict], start: float, higher: bool) -> list[dict]:
     On the mean-over-seeds curves of fresh-model validation metrics: a baseline's best is its
     best point; AutoSimulate's reach is its first point at least as good (``None`` if none is).
     Each point is charged the images its psi cost (``images_rendered``: the psi assessed at a
-    grid point is the one after the method's first update at or past it, so a method that
-    updates every 4,096 images has spent 4,096 at the grid's 960), not the grid point itself:
-    ``baseline_images`` and ``images`` are those, ``ratio = baseline_images / images``. A
+    grid point is the one after the method's last update within it, :func:`record_within`, so a
+    method that updates every 4,096 images has spent 4,096 at the grid's 7,680), not the grid
+    point itself: ``baseline_images`` and ``images`` are those, ``ratio = baseline_images /
+    images``. A
     baseline whose best does not beat ``start`` (the start psi's mean) gets no ratio: there is
     nothing to reach. The grid is geometric (factor 2), so a ratio bounds the truth only to
     within a factor of about 2; when both reach at the grid's first point the ratio is "at least"
@@ -709,9 +734,9 @@ def _assessed_markdown(rows: list[dict], assessment: dict, metric: str) -> str:
     start = assessment["start_psi"]["val"]
     lines = [f"### Fresh models along the run: val {metric} (mean ± std over seeds)", "",
              (f"A fresh model trained on {assessment['images']} images x {assessment['epochs']} epochs from the psi "
-             "of each method's first update at or past N images (the same protocol for every method; the start psi is "
-             "column 0; the images each psi cost are in the reach table below and in compare.json's "
-             "`images_rendered`)."), "",
+             "each method held having rendered at most N images, i.e. after its last update within N (the same "
+             "protocol for every method; the start psi is column 0, and a method's column before its first update; "
+             "the images each psi cost are in the reach table below and in compare.json's `images_rendered`)."), "",
              "| method | 0 | " + " | ".join(str(t) for t in ts) + " |", "|" + " --- |" * (len(ts) + 2)]
     for r in rows:
         cells = [f"{p['val']['mean']:.4f} ± {p['val']['std']:.4f}" for p in r["aggregate"]["assessed_curve"]]
@@ -741,7 +766,7 @@ def _reach_markdown(reach: list[dict], metric: str) -> str:
         lines.append(f"| {e['baseline']} | {e['baseline_best_val']:.4f} | {e['baseline_images']} "
                      f"({e.get('baseline_grid_images', e['baseline_images'])}) | {got} | {ratio} | {target} |")
     lines += ["", (f"AutoSimulate here is {reach[0]['autosimulate']}. Images are those each assessed psi cost (the "
-              "method's first update at or past the grid point in brackets). The grid is geometric (factor 2), so a "
+              "method's last update within the grid point in brackets). The grid is geometric (factor 2), so a "
               "ratio is known only to within a factor of about 2; the spread over seeds is in the table above.")]
     return "\n".join(lines) + "\n"
 
@@ -779,9 +804,10 @@ def _assessment_plan(runs, table2, records_of, thresholds, seeds, has_reference)
         for seed in range(seeds):
             records = records_of[(method, approximation, seed)]
             for t in points:
-                record = next((r for r in records if r["images"] >= t), records[-1])
-                jobs.append(((method, approximation), str(record["step"]), (f"{_label(method, approximation)} after "
-                             f"{t} images"), seed, record))
+                record = _assessed_record(records, t, thresholds[-1])
+                if record is not None:  # before its first update a run holds the start psi, assessed above
+                    jobs.append(((method, approximation), str(record["step"]),
+                                 f"{_label(method, approximation)} after {t} images", seed, record))
     return jobs
 
 
@@ -1104,9 +1130,11 @@ def _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds
             records = records_of[(*where, s["seed"])]
             curve = []
             for t in points:
-                record = next((r for r in records if r["images"] >= t), records[-1])
-                curve.append({"images": t, "step": record["step"], "images_rendered": record["images"],
-                              **results[(where, str(record["step"]), s["seed"])]})
+                record = _assessed_record(records, t, thresholds[-1])
+                value = (results[("start_psi", "0", s["seed"])] if record is None
+                         else results[(where, str(record["step"]), s["seed"])])
+                curve.append({"images": t, "step": record["step"] if record else 0,
+                              "images_rendered": record["images"] if record else 0, **value})
             s.update(assessed_val_metric=curve[-1]["val_metric"], assessed_test_metric=curve[-1]["test_metric"],
                      assessed_curve=curve)
             if reference is not None:

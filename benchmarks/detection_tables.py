@@ -211,12 +211,14 @@ def _run_job(spec: dict) -> dict:
                                         repeats=protocol.get("models", 1)))
         return assess[0](psi, seed)
 
-    # compare's plan: the psi held at the first record with images >= each threshold, keyed by its step.
+    # compare's plan: the psi held having rendered at most each threshold (the final psi at the budget),
+    # keyed by its step; the start psi (key "0") before the first update.
     assessed = {}
     for t in spec["thresholds"]:
-        record = next((r for r in records if r["images"] >= t), records[-1])
-        psi = psi_from_record(psi0, record["psi"])
-        assessed[t], _ = cached_assessment(os.path.join(spec["run_dir"], ASSESSED), str(record["step"]), protocol,
+        record = compare._assessed_record(records, t, spec["thresholds"][-1])
+        psi = psi0 if record is None else psi_from_record(psi0, record["psi"])
+        key = "0" if record is None else str(record["step"])
+        assessed[t], _ = cached_assessment(os.path.join(spec["run_dir"], ASSESSED), key, protocol,
                                            lambda psi=psi: small(psi))
     final = psi_from_record(psi0, records[-1]["psi"])
     schema = setup.simulator.renderer.schema

@@ -68,13 +68,16 @@ def test_assessment_along_the_run_and_reach_table(compared):
                 assert [p["images"] for p in curve] == [128] and curve[0]["step"] == 4
                 continue
             assert [p["images"] for p in curve] == [16, 32, 64, 128]
-            # The psi after the first step that reached each count: K = 32 per evaluation, and
-            # an LTS step renders 2 x 32.
-            expected = [1, 1, 1, 2] if row["method"] == "lts" else [1, 1, 2, 4]
+            # The psi held having rendered at most each count (equal budgets): K = 32 per evaluation,
+            # and an LTS step renders 2 x 32, so LTS holds its start psi (step 0) up to 63 images.
+            expected = [0, 0, 1, 2] if row["method"] == "lts" else [0, 1, 2, 4]
             assert [p["step"] for p in curve] == expected, row["label"]
+            assert [p["images_rendered"] for p in curve] == [64 * e if row["method"] == "lts" else 32 * e
+                                                             for e in expected]
             assert curve[-1]["val_metric"] == s["assessed_val_metric"]
-            # Equal psi, equal assessment (the same seed, a deterministic protocol).
-            assert curve[0] == {**curve[1], "images": 16}
+            # Before its first update a run's point is the start psi's own assessment (same seed).
+            start = assessment["start_psi"]["seeds"][s["seed"]]
+            assert {k: curve[0][k] for k in start} == start
         assert ("assessed_curve" in row["aggregate"]) == row["table2"]
     reach = assessment["reach"]
     assert [(e["baseline"], e["target_ratio"]) for e in reach] == [("lts", 5.0), ("bo", 3.0), ("random", None)]
@@ -82,10 +85,10 @@ def test_assessment_along_the_run_and_reach_table(compared):
     for e in reach:
         assert e["autosimulate"] == "autosimulate (linear)" and e["baseline_grid_images"] in assessment["thresholds"]
         # Each side is charged what its assessed psi cost, not the grid point: an LTS update renders
-        # 2 x 32 images, so its psi at the grid's 16 and 32 cost 64.
+        # 2 x 32 images, so its psi at the grid's 64 and 128 cost 64 and 128, at 16 and 32 nothing.
         best = next(p for p in rows[e["baseline"]]["aggregate"]["assessed_curve"]
                     if p["images"] == e["baseline_grid_images"])
-        assert e["baseline_images"] == best["images_rendered"] >= e["baseline_grid_images"]
+        assert e["baseline_images"] == best["images_rendered"] <= e["baseline_grid_images"]
         if e["baseline"] == "lts":
             assert e["baseline_images"] % 64 == 0
         assert e["ratio"] is None or e["ratio"] == e["baseline_images"] / e["images"]
@@ -111,25 +114,25 @@ def test_reach_table_finds_the_first_point_at_least_as_good():
 
 
 def test_reach_table_charges_the_images_each_psi_cost():
-    """A baseline that updates every 1,000 images is charged 1,000 at the grid's 100-400, and
-    AutoSimulate updating every 150 is charged 150 at the grid's 100 (2026-12-04: digits at gpu
-    size, where LTS updates every 4,096 images, read 4x on the grid and 4x charged; cpu 8x / 8.5x)."""
+    """Each point is charged what its psi cost (the last update within the grid point): a baseline
+    updating every 3,000 images holds its start psi at the grid's 1,000 and 2,000 and its 6,000-image
+    psi at 8,000; AutoSimulate updating every 150 has spent 1,950 at 2,000 (2026-12-04: at digits'
+    gpu size LTS updates every 4,096 images)."""
     from autosim_jax.compare import _aggregate_curve, reach_table
 
     def row(method, vals, step):
-        per_seed = [[{"images": i, "images_rendered": -(-i // step) * step, "val_metric": v,
-                      "test_metric": v} for i, v in zip((100, 200, 400, 800), vals)] for seed in range(2)]
+        per_seed = [[{"images": i, "images_rendered": i // step * step, "val_metric": v, "test_metric": v}
+                     for i, v in zip((1000, 2000, 4000, 8000), vals)] for _ in range(2)]
         return {"method": method, "label": method, "aggregate": {"assessed_curve": _aggregate_curve(per_seed)}}
 
-    got, = reach_table([row("autosimulate", (0.3, 0.5, 0.5, 0.6), 150), row("lts", (0.4, 0.4, 0.4, 0.45), 1000)],
+    got, = reach_table([row("autosimulate", (0.3, 0.5, 0.5, 0.6), 150), row("lts", (0.2, 0.2, 0.4, 0.45), 3000)],
                        0.2, True)
-    assert (got["baseline_grid_images"], got["baseline_images"]) == (800, 1000)
-    assert (got["grid_images"], got["images"], got["resolved"]) == (200, 300, True)
-    assert got["ratio"] == pytest.approx(1000 / 300)
+    assert (got["baseline_grid_images"], got["baseline_images"]) == (8000, 6000)
+    assert (got["grid_images"], got["images"], got["resolved"]) == (2000, 1950, True)
+    assert got["ratio"] == pytest.approx(6000 / 1950)
     # Curves written before the field existed fall back to the grid point.
     old = [[{"images": 100, "val_metric": 0.1, "test_metric": 0.1}]]
     assert _aggregate_curve(old)[0]["images_rendered"] == 100
-
 
 def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
     before = (compared / "compare.json").read_text()
