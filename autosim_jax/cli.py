@@ -733,6 +733,11 @@ def _summary_table(s: dict, metric: str) -> str:
         rows += [(f"start val {metric}{of} (after step 1's fine-tuning)", s["start_val_metric"]),
                  (f"best val {metric}{of}", f"{s['best_val_metric']:.4f} (step {s['best_step']})"),
                  (f"test {metric} at best", s["test_metric_at_best"])]
+        if of and s["best_step"] == 1 and s["iterations"] > 1:
+            # clevr-seg at cpu size: every step's model predicts the background only (0.2383 on every
+            # step) while psi closes 0.6 of the gap; a flat in-run metric is not a run that learned nothing.
+            rows.append(("  no later step's model scored higher",
+                         "one step's fine-tuning is too short to show psi's worth; the fresh models below measure it"))
     if "psi_kl_from_start" in s:  # summaries written before 2026-12-03 do not have it
         rows.append(("psi moved, KL(q_psi || q_start)", f"{s['psi_kl_from_start']:.4g} nats"))
     if s.get("cg_solves"):

@@ -167,6 +167,13 @@ def test_progress_and_summary_say_how_far_psi_moved(toy_path, tmp_path, capsys):
     assert summary["val_metric_model"] == "warm-started" and "fresh model" not in captured.out
     fresh = _summary_table({**summary, "val_metric_model": "fresh per step"}, "neg_mse")
     assert "best val neg_mse of a step's fresh model" in fresh and "start val neg_mse of a step's fresh model" in fresh
+    # A fresh model per step that never scores above step 1's (clevr-seg at cpu size: the background
+    # only, every step) is said to be no measure of psi; one that does is not remarked on.
+    flat = _summary_table({**summary, "val_metric_model": "fresh per step", "best_step": 1}, "neg_mse")
+    assert "no later step's model scored higher" in flat and "fresh models below measure it" in flat
+    later = _summary_table({**summary, "val_metric_model": "fresh per step", "best_step": 2}, "neg_mse")
+    assert "no later step's model" not in later
+    assert "no later step's model" not in _summary_table({**summary, "best_step": 1}, "neg_mse")  # warm-started
 
 
 EXPLORE_SOURCE = """
