@@ -689,11 +689,10 @@ def reach_table(rows: list[dict], start: float, higher: bool) -> list[dict]:
     grid point is the one after the method's last update within it, :func:`record_within`, so a
     method that updates every 4,096 images has spent 4,096 at the grid's 7,680), not the grid
     point itself: ``baseline_images`` and ``images`` are those, ``ratio = baseline_images /
-    images``. A
-    baseline whose best does not beat ``start`` (the start psi's mean) gets no ratio: there is
-    nothing to reach. The grid is geometric (factor 2), so a ratio bounds the truth only to
-    within a factor of about 2; when both reach at the grid's first point the ratio is "at least"
-    (``resolved`` is False).
+    images``. A baseline whose best does not beat ``start`` (the start psi's mean) gets no ratio:
+    there is nothing to reach. The grid is geometric (factor 2), so a ratio bounds the truth only
+    to within a factor of about 2; when both reach at the grid's first point the ratio is "at
+    least" (``resolved`` is False).
 
     Example:
       >>> row = lambda m, vals: {"method": m, "label": m, "aggregate": {"assessed_curve": [
@@ -752,7 +751,7 @@ def _reach_markdown(reach: list[dict], metric: str) -> str:
               "| target |"),
              "| --- | --- | --- | --- | --- | --- |"]
     for e in reach:
-        got = f"{e['images']} ({e.get('grid_images', e['images'])})" if e["images"] else "not reached"
+        got = f"{e['images']} ({e.get('grid_images', e['images'])})" if e["images"] is not None else "not reached"
         if not e["beats_start"]:
             ratio, verdict = "- (never beat the start psi)", "nothing to reach"
         elif e["ratio"] is None:
@@ -765,8 +764,8 @@ def _reach_markdown(reach: list[dict], metric: str) -> str:
         target = f">= {e['target_ratio']:.0f}x: {verdict}" if e["target_ratio"] else "-"
         lines.append(f"| {e['baseline']} | {e['baseline_best_val']:.4f} | {e['baseline_images']} "
                      f"({e.get('baseline_grid_images', e['baseline_images'])}) | {got} | {ratio} | {target} |")
-    lines += ["", (f"AutoSimulate here is {reach[0]['autosimulate']}. Images are those each assessed psi cost (the "
-              "method's last update within the grid point in brackets). The grid is geometric (factor 2), so a "
+    lines += ["", (f"AutoSimulate here is {reach[0]['autosimulate']}. Images are those each assessed psi cost, i.e. "
+              "the method's last update within the grid point (in brackets). The grid is geometric (factor 2), so a "
               "ratio is known only to within a factor of about 2; the spread over seeds is in the table above.")]
     return "\n".join(lines) + "\n"
 
