@@ -134,6 +134,25 @@ def test_reach_table_charges_the_images_each_psi_cost():
     old = [[{"images": 100, "val_metric": 0.1, "test_metric": 0.1}]]
     assert _aggregate_curve(old)[0]["images_rendered"] == 100
 
+def test_a_baseline_whose_every_evaluation_scored_the_same_is_named_with_the_fix(compared):
+    """clevr-seg at cpu size (session 40): every candidate's model predicted the background only, so
+    BO and random search chose blind without a word. The note names the run, the seeds and the fix;
+    the toy's baselines, whose rewards vary, get none."""
+    from autosim_jax.compare import _blind_markdown
+
+    result = json.loads((compared / "compare.json").read_text())
+    assert all("blind_reward" not in s for r in result["rows"] for s in r["seeds"])
+    assert "Blind search" not in (compared / "compare.md").read_text()
+    seeds = [{"seed": 0, "blind_reward": 0.2383}, {"seed": 1}, {"seed": 2, "blind_reward": 0.2383}]
+    note = _blind_markdown([{"method": "bo", "label": "bo", "seeds": seeds},
+                            {"method": "lts", "label": "lts", "seeds": seeds[:1]},
+                            {"method": "autosimulate", "label": "autosimulate", "seeds": seeds}], "mIoU")
+    bo, lts = note.strip().splitlines()
+    assert "bo scored val mIoU 0.2383 on seed(s) 0, 2" in bo and "--evaluation-images N --evaluation-epochs E" in bo
+    assert "lts" in lts and "warm model" in lts and "--evaluation-images" not in lts
+    assert _blind_markdown([{"method": "random", "label": "random", "seeds": [{"seed": 0}]}], "mIoU") == ""
+
+
 def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
     before = (compared / "compare.json").read_text()
     argv = ["compare", toy, "--methods", "autosimulate,lts,bo,random", "--seeds", "2", "--budget-images", "128",
