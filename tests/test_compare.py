@@ -134,7 +134,7 @@ def test_reach_table_charges_the_images_each_psi_cost():
     old = [[{"images": 100, "val_metric": 0.1, "test_metric": 0.1}]]
     assert _aggregate_curve(old)[0]["images_rendered"] == 100
 
-def test_a_baseline_whose_every_evaluation_scored_the_same_is_named_with_the_fix(compared):
+def test_a_blind_baseline_is_named_under_table_2_with_the_fix(compared):
     """clevr-seg at cpu size (session 40): every candidate's model predicted the background only, so
     BO and random search chose blind without a word. The note names the run, the seeds and the fix;
     the toy's baselines, whose rewards vary, get none."""
@@ -148,9 +148,35 @@ def test_a_baseline_whose_every_evaluation_scored_the_same_is_named_with_the_fix
                             {"method": "lts", "label": "lts", "seeds": seeds[:1]},
                             {"method": "autosimulate", "label": "autosimulate", "seeds": seeds}], "mIoU")
     bo, lts = note.strip().splitlines()
-    assert "bo scored val mIoU 0.2383 on seed(s) 0, 2" in bo and "--evaluation-images N --evaluation-epochs E" in bo
+    assert "evaluations of bo scored val mIoU 0.2383 exactly on seed(s) 0, 2" in bo
+    assert "--evaluation-images N --evaluation-epochs E" in bo
     assert "lts" in lts and "warm model" in lts and "--evaluation-images" not in lts
     assert _blind_markdown([{"method": "random", "label": "random", "seeds": [{"seed": 0}]}], "mIoU") == ""
+
+
+def test_a_blind_baseline_is_warned_about_after_its_first_steps():
+    """The run warns once, after BLIND_AFTER steps that mostly scored one value exactly (clevr-seg cpu's
+    BO: 0.2383 four times, then 0.2391), early enough to stop it; never for AutoSimulate (its in-run
+    model is no reward) or a search whose rewards move."""
+    import io
+
+    from autosim_jax.compare import BLIND_AFTER, _blind_watch
+
+    def warnings(method, values):
+        stream = io.StringIO()
+        watch = _blind_watch(method, method, 3, "mIoU", stream)
+        for v in values:
+            watch(v)
+        return stream.getvalue()
+
+    flat = warnings("bo", [0.2383] * (3 * BLIND_AFTER))
+    assert flat.count("warning") == 1 and f"bo, seed 3: its first {BLIND_AFTER} steps" in flat
+    assert "0.2383" in flat and "--evaluation-images N" in flat
+    assert warnings("bo", [0.2383] * (BLIND_AFTER - 1)) == ""
+    assert "0.2383" in warnings("bo", [0.2383] * (BLIND_AFTER - 1) + [0.2391])  # the smoke run's
+    assert warnings("random", [0.2383] * (BLIND_AFTER - 2) + [0.25, 0.26] + [0.2383] * 10) == ""
+    assert warnings("autosimulate", [0.2383] * (3 * BLIND_AFTER)) == ""
+    assert "warm model" in warnings("lts", [0.1] * BLIND_AFTER)
 
 
 def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
