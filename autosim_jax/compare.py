@@ -1041,7 +1041,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
             s = summarize_run(records, higher)
             s.update(seed=seed, wall_time=time.perf_counter() - t0)
             if method != "autosimulate" and (blind := blind_reward(records)) is not None:
-                s["blind_reward"] = blind  # named under Table 2 (the run warned after its first steps)
+                s["blind_reward"] = blind  # named under Table 2 (the run itself warns after its first steps)
             per_seed.append(s)
             curves[label].append({
                 "images": [r["images"] for r in records],
