@@ -142,7 +142,8 @@ class CompareArgs:
     lts_samples: int = 4
     search_radius: float = 3.0
     search_scales: bool = False  # the baselines also search each continuous field's log-scale
-    # random search and BO: images and fine-tuning epochs of one evaluation (None: AutoSimulate's K and epochs)
+    # random search and BO: images and fine-tuning epochs of one evaluation (None: the experiment's
+    # ``baseline_evaluation`` where it sets one, else AutoSimulate's K and epochs; _resolve_evaluation)
     evaluation_images: int | None = None
     evaluation_epochs: int | None = None
     experiment_spec: str | None = None
@@ -190,7 +191,7 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
     for flag, value in (("--evaluation-images", args.evaluation_images),
                         ("--evaluation-epochs", args.evaluation_epochs)):
         if value is not None and value < 1:
-            raise UsageError(f"{flag} must be >= 1 (or left out: AutoSimulate's own), got {value}.")
+            raise UsageError(f"{flag} must be >= 1 (or left out: the experiment's default), got {value}.")
     if args.evaluation_images is not None and args.evaluation_images > args.budget_images:
         raise UsageError(f"--evaluation-images {args.evaluation_images} is more than --budget-images "
                          f"{args.budget_images}: random search and BO could not make one evaluation.")
@@ -260,6 +261,45 @@ def _evaluation_config(method: str, config, args: CompareArgs):
     except ValueError as err:
         raise UsageError(f"--evaluation-images {args.evaluation_images} / --evaluation-epochs "
                          f"{args.evaluation_epochs} do not fit the experiment's config: {err}") from None
+
+
+def _resolve_evaluation(args: CompareArgs, setup) -> CompareArgs:
+    """``args`` with random search's and BO's evaluation made explicit for ``setup``.
+
+    Each of ``--evaluation-images`` / ``--evaluation-epochs`` not given takes the experiment's
+    ``baseline_evaluation`` (set where the learner's K and epochs were measured blind), else
+    AutoSimulate's own. A value equal to the experiment's own K or epochs is stored as ``None``,
+    as before the defaults existed, so that those comparisons resume.
+
+    Raises:
+      UsageError: when one evaluation would render more than ``--budget-images``.
+    """
+    base = setup.base_config()
+    default_images, default_epochs = setup.baseline_evaluation or (None, None)
+    images = args.evaluation_images or default_images
+    epochs = args.evaluation_epochs or default_epochs
+    # (a given --evaluation-images is checked in _validate)
+    if images is not None and images > args.budget_images and any(m in FROM_SCRATCH for m in args.methods):
+        raise UsageError(
+            f"random search and BO evaluate a candidate on {images} images x {epochs or base.finetune_epochs} epochs "
+            f"by the experiment's default (its own {base.dataset_size} x {base.finetune_epochs} was measured blind), "
+            f"more than --budget-images {args.budget_images}: they could not make one evaluation. Raise "
+            f"--budget-images, or pass --evaluation-images N (e.g. {base.dataset_size}, the experiment's own).")
+    return dataclasses.replace(args, evaluation_images=None if images == base.dataset_size else images,
+                               evaluation_epochs=None if epochs == base.finetune_epochs else epochs)
+
+
+def _evaluation_sentence(args: CompareArgs, runs, setup) -> str:
+    """compare.md's words on how random search and BO scored a candidate ("" without them)."""
+    if not any(m in FROM_SCRATCH for m, _ in runs):
+        return ""
+    own = setup.base_config()
+    used = _evaluation_config("random", own, args)
+    return (f" Random search and BO score a candidate by a model trained from its initialisation on "
+            f"{used.dataset_size} images x {used.finetune_epochs} epochs"
+            + (" (the experiment's own K and epochs)." if (used.dataset_size, used.finetune_epochs)
+               == (own.dataset_size, own.finetune_epochs) else
+               f" (the experiment's own: {own.dataset_size} x {own.finetune_epochs})."))
 
 
 def _build_method(method: str, approximation: str | None, setup, args: CompareArgs, budget_evaluations: int):
@@ -892,8 +932,6 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
         held = [n for n in os.listdir(out) if n != LOCK and not n.startswith(TMP_PREFIX)]
         if not args.resume and held:
             raise UsageError(f"{out} is not empty; pass --resume to continue that comparison, or another --out.")
-        if args.resume:
-            _check_resume(experiment, args, renderer, runs, out)
         for sub in ("start_psi", "reference_psi"):  # the run directories clean themselves when opened
             for seed_dir in (os.listdir(os.path.join(out, sub)) if os.path.isdir(os.path.join(out, sub)) else ()):
                 remove_stale_tmp(os.path.join(out, sub, seed_dir))
@@ -1002,9 +1040,12 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
     if args.jobs > 1:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     setup0 = None
-    if (args.evaluation_images or args.evaluation_epochs) and any(m in FROM_SCRATCH for m, _ in runs):
-        setup0 = build()  # the evaluation's size against the experiment's batch size, before any run starts
+    if any(m in FROM_SCRATCH for m, _ in runs):
+        setup0 = build()  # the baselines' evaluation is the experiment's (and fits its batch size) before any run
+        args = _resolve_evaluation(args, setup0)
         _evaluation_config("random", setup0.base_config(), args)
+    if args.resume:
+        _check_resume(experiment, args, renderer, runs, out)
     if args.jobs > 1:
         failures = _run_parallel(experiment, args, renderer, runs, out, stderr)
         if failures:
@@ -1086,7 +1127,8 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
           + ("; G: the share of the gap between the start and the reference psi that the final psi closes."
              if has_g else "." if assess_images else "")
           + ("" if not assess_images or reference is not None else
-             " The experiment has no reference psi, so the gap closed G is not defined."), "",
+             " The experiment has no reference psi, so the gap closed G is not defined.")
+          + _evaluation_sentence(args, runs, setup0), "",
           _markdown(table2_rows, metric, "Table 2: methods"), _blind_markdown(table2_rows, metric)]
     if assessment:
         md += [_assessed_markdown(table2_rows, assessment, metric), _reach_markdown(assessment["reach"], metric)]
@@ -1242,12 +1284,15 @@ def add_compare_parser(sub) -> None:
                    help="LTS/BO/random also search each continuous field's log-scale, as AutoSimulate learns it "
                         "(doubles those coordinates; default: the means only, scales at the start's)")
     p.add_argument("--evaluation-images", type=int, default=None, metavar="N",
-                   help="random search and BO: images rendered per evaluation (default: AutoSimulate's K). They train "
-                        "each candidate's model from its initialisation, so with few images and epochs a slow task "
-                        "(detection) scores 0 everywhere and the search is blind; at the same --budget-images, N "
-                        "trades evaluations for a reward that says something")
+                   help="random search and BO: images rendered per evaluation (default: the experiment's "
+                        "baseline_evaluation where it sets one, e.g. 1024 for digits-sim2real and 2048 for clevr-seg "
+                        "at cpu size, else AutoSimulate's K). They train each candidate's model from its "
+                        "initialisation, so with few images and epochs a model that predicts one class scores the "
+                        "same everywhere and the search is blind; at the same --budget-images, N trades evaluations "
+                        "for a reward that says something")
     p.add_argument("--evaluation-epochs", type=int, default=None, metavar="E",
-                   help="random search and BO: fine-tuning epochs per evaluation (default: AutoSimulate's)")
+                   help="random search and BO: fine-tuning epochs per evaluation (default: the experiment's "
+                        "baseline_evaluation where it sets one, else AutoSimulate's)")
     p.add_argument("--out", default=None, help="output directory (default runs/compare-EXPERIMENT)")
     p.add_argument("--resume", action="store_true", help="continue a comparison in --out (finished runs are reused)")
     p.add_argument("--assess-images", type=int, default=None, metavar="N",

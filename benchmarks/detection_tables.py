@@ -194,13 +194,14 @@ def _run_job(spec: dict) -> dict:
     )
 
     exp = _experiment(spec)
-    args = _compare_args(spec, spec["compare_dir"], resume=spec["resume"])
     method, approximation, seed = spec["method"], spec["approximation"], spec["seed"]
+    setup = build_setup(exp, renderer=exp.renderers[0], seed=seed, size=spec["size"])
+    # random search's and BO's evaluation as autosim compare resolves it (the experiment's default)
+    args = compare._resolve_evaluation(_compare_args(spec, spec["compare_dir"], resume=spec["resume"]), setup)
     with open(spec["log"], "a") as log, RenderPools(RenderOptions()) as pools:
         records = compare._run_method(exp, args, exp.renderers[0], method, approximation, seed, spec["run_dir"],
                                       compare._label(method, approximation), pools, log)
     _log(f"  {spec['name']}: {len(records)} steps, {records[-1]['images']} images; assessing")
-    setup = build_setup(exp, renderer=exp.renderers[0], seed=seed, size=spec["size"])
     psi0 = setup.simulator.distribution.init()
     protocol = _protocol(spec, setup)
     assess = []
@@ -600,7 +601,8 @@ def main(argv=None) -> int:
     p.add_argument("--assess-models", type=int, default=1,
                    help="fresh detectors per assessed psi, their mean (>= 4 on clevr-det: docs/detection.md, session 16)")
     p.add_argument("--evaluation-images", type=int, default=None,
-                   help="random search and BO: images per evaluation (autosim compare's flag; default: K)")
+                   help="random search and BO: images per evaluation (autosim compare's flag; default: the "
+                        "experiment's baseline_evaluation, else K)")
     p.add_argument("--evaluation-epochs", type=int, default=None,
                    help="random search and BO: fine-tuning epochs per evaluation (default: the experiment's)")
     p.add_argument("--table5-approximation", default="exact_quadratic")

@@ -171,6 +171,15 @@ TOY_SOURCE = textwrap.dedent('''
 
 
     TUNED = Experiment("toy-tuned", "the toy with its learner's K halved", ("square", "flaky"), build_tuned)
+
+
+    def build_scored(*, renderer="square", seed=0):
+        """The toy whose random search and BO evaluate on 64 images x 3 epochs by default."""
+        return build(renderer=renderer, seed=seed)._replace(baseline_evaluation=(64, 3))
+
+
+    SCORED = Experiment("toy-scored", "the toy with a baseline evaluation of its own", ("square", "flaky"),
+                        build_scored)
 ''')
 
 

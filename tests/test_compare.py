@@ -356,6 +356,38 @@ def test_evaluation_images_and_epochs_set_one_evaluation_of_random_search_and_bo
     assert not (tmp_path / "e" / "random").exists()
 
 
+def test_the_experiments_baseline_evaluation_is_random_search_and_bos_default(toy, tmp_path, capsys):
+    """An experiment's ``baseline_evaluation`` (64 images x 3 epochs; its own K x epochs: 32 x 2) is
+    random search's and BO's default, named in compare.md; LTS keeps K; the flags override it, and
+    its own K and epochs are stored as no override (older comparisons resume); a budget below one
+    default evaluation is refused before any run, naming the flag that fixes it."""
+    scored = toy.replace(":TOY", ":SCORED")
+    out = tmp_path / "c"
+    argv = ["compare", scored, "--methods", "random,lts", "--seeds", "1", "--budget-images", "128",
+            "--lts-samples", "2", "--assess-images", "0"]
+    assert main([*argv, "--out", str(out)]) == 0
+    config = json.loads((out / "random" / "seed0" / "config.json").read_text())
+    assert (config["evaluation_images"], config["evaluation_epochs"]) == (64, 3)
+    records = [json.loads(line) for line in (out / "random" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["images"] for r in records] == [64, 128]
+    assert [r["train_steps"] for r in records] == [12, 24]  # 3 epochs x 64 / 16
+    assert json.loads((out / "lts" / "seed0" / "config.json").read_text())["evaluation_images"] is None
+    assert "64 images x 3 epochs (the experiment's own: 32 x 2)" in (out / "compare.md").read_text()
+    assert main([*argv, "--out", str(out), "--resume"]) == 0  # the default resolves to the stored evaluation
+
+    own = tmp_path / "own"
+    assert main([*argv, "--evaluation-images", "32", "--evaluation-epochs", "2", "--out", str(own)]) == 0
+    config = json.loads((own / "random" / "seed0" / "config.json").read_text())
+    assert (config["evaluation_images"], config["evaluation_epochs"]) == (None, None)
+    assert "32 images x 2 epochs (the experiment's own K and epochs)" in (own / "compare.md").read_text()
+    capsys.readouterr()
+    small = [a if a != "128" else "48" for a in argv]
+    assert main([*small, "--out", str(tmp_path / "small")]) == 2
+    err = capsys.readouterr().err
+    assert "64 images" in err and "--budget-images 48" in err and "--evaluation-images" in err
+    assert not (tmp_path / "small" / "random").exists()
+
+
 def test_assess_models_averages_several_fresh_models_per_psi(toy, tmp_path, capsys):
     """--assess-models 2: each assessed psi is the mean of 2 fresh models, the first of which is the
     one-model comparison's (the same keys): mean of 2 - that one = half their difference, != 0."""

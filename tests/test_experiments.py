@@ -29,6 +29,11 @@ def test_setups_match_their_renderers(name):
         assert x.shape[1:] == spec_in.shape and y.shape[1:] == spec_lab.shape and len(x) == len(y)
         assert np.isfinite(x).all()
     assert setup.config.dataset_size % setup.config.batch_size == 0
+    if setup.baseline_evaluation is not None:  # random search's and BO's default in autosim compare
+        images, epochs = setup.baseline_evaluation
+        base = setup.base_config()
+        assert base.replace(dataset_size=images, finetune_epochs=epochs).dataset_size == images
+        assert (images, epochs) != (base.dataset_size, base.finetune_epochs)
     # make_model(seed) rebuilds the setup's model (the same seed: the same parameters); another
     # seed gives another initialisation of the same structure (make_autosimulate's reset_models).
     from autosim_jax.inner import split_model
