@@ -1043,7 +1043,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
     if any(m in FROM_SCRATCH for m, _ in runs):
         setup0 = build()  # the baselines' evaluation is the experiment's (and fits its batch size) before any run
         args = _resolve_evaluation(args, setup0)
-        _evaluation_config("random", setup0.base_config(), args)
+        print(f"autosim compare:{_evaluation_sentence(args, runs, setup0)}", file=stderr, flush=True)
     if args.resume:
         _check_resume(experiment, args, renderer, runs, out)
     if args.jobs > 1:

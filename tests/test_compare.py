@@ -366,6 +366,8 @@ def test_the_experiments_baseline_evaluation_is_random_search_and_bos_default(to
     argv = ["compare", scored, "--methods", "random,lts", "--seeds", "1", "--budget-images", "128",
             "--lts-samples", "2", "--assess-images", "0"]
     assert main([*argv, "--out", str(out)]) == 0
+    assert "random search and bo score a candidate by a model trained from its initialisation on 64 images x 3 " \
+        "epochs" in capsys.readouterr().err.lower()  # the log says it before the runs, as compare.md after
     config = json.loads((out / "random" / "seed0" / "config.json").read_text())
     assert (config["evaluation_images"], config["evaluation_epochs"]) == (64, 3)
     records = [json.loads(line) for line in (out / "random" / "seed0" / "metrics.jsonl").read_text().splitlines()]
