@@ -1286,7 +1286,7 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--evaluation-images", type=int, default=None, metavar="N",
                    help="random search and BO: images rendered per evaluation (default: the experiment's "
                         "baseline_evaluation where it sets one, e.g. 1024 for digits-sim2real and 2048 for clevr-seg "
-                        "at cpu size, else AutoSimulate's K). They train each candidate's model from its "
+                        "at cpu size, else the experiment's K). They train each candidate's model from its "
                         "initialisation, so with few images and epochs a model that predicts one class scores the "
                         "same everywhere and the search is blind; at the same --budget-images, N trades evaluations "
                         "for a reward that says something")

@@ -323,6 +323,14 @@ _DIGITS_DET_GPU_BASELINE_EVALUATION = (2048, 8)
 _CLEVR_DET_GPU_ASSESS_EPOCHS = 24
 
 
+# Random search's and BO's evaluation at cpu size (ExperimentSetup.baseline_evaluation), clevr-det
+# and digits-det: a detector trained on the step's K = 32 renders x 2 epochs from its initialisation
+# finds nothing (val mAP@0.5 0.000 on 60 of 60 of random search's candidates on digits-det, <= 0.01 on
+# clevr-det); 256 x 4 (clevr-det) and 512 x 4 (digits-det) score, 0.00-0.08 and 0.00-0.12 over 20
+# candidates (2 seeds; docs/detection.md, session 41).
+_DET_CPU_BASELINE_EVALUATION = ((256, 4), (512, 4))
+
+
 def _detection_config(gpu: bool) -> AutoSimConfig:
     if gpu:
         return AutoSimConfig(dataset_size=256, batch_size=32, finetune_epochs=2, inner_learning_rate=3e-3,
@@ -377,7 +385,7 @@ def build_clevr_det(*, renderer: str = "clevr-det", seed: int = 0, size: str = "
     return ExperimentSetup(simulator, make_model(seed), detection_task(k), val, test, config,
                            iterations=240 if gpu else 40, assess_images=2048 if gpu else 256,
                            assess_epochs=_CLEVR_DET_GPU_ASSESS_EPOCHS if gpu else 15, reference_psi=psi_target,
-                           make_model=make_model)
+                           make_model=make_model, baseline_evaluation=None if gpu else _DET_CPU_BASELINE_EVALUATION[0])
 
 
 def build_digits_det(*, renderer: str = "digit-canvas", seed: int = 0, size: str = "cpu") -> ExperimentSetup:
@@ -408,7 +416,7 @@ def build_digits_det(*, renderer: str = "digit-canvas", seed: int = 0, size: str
                            iterations=120 if gpu else 40, assess_images=_DIGITS_DET_GPU_ASSESS[0] if gpu else 512,
                            assess_epochs=_DIGITS_DET_GPU_ASSESS[1] if gpu else 10, reference_psi=reference,
                            make_model=make_model, baseline_evaluation=_DIGITS_DET_GPU_BASELINE_EVALUATION if gpu
-                           else None)
+                           else _DET_CPU_BASELINE_EVALUATION[1])
 
 
 EXPERIMENTS: dict[str, Experiment] = {
