@@ -143,7 +143,7 @@ class CompareArgs:
     search_radius: float = 3.0
     search_scales: bool = False  # the baselines also search each continuous field's log-scale
     # random search and BO: images and fine-tuning epochs of one evaluation (None: the experiment's
-    # ``baseline_evaluation`` where it sets one, else AutoSimulate's K and epochs; _resolve_evaluation)
+    # ``baseline_evaluation`` where it sets one, else its own K and epochs; _resolve_evaluation)
     evaluation_images: int | None = None
     evaluation_epochs: int | None = None
     experiment_spec: str | None = None
@@ -267,8 +267,8 @@ def _resolve_evaluation(args: CompareArgs, setup) -> CompareArgs:
     """``args`` with random search's and BO's evaluation made explicit for ``setup``.
 
     Each of ``--evaluation-images`` / ``--evaluation-epochs`` not given takes the experiment's
-    ``baseline_evaluation`` (set where the learner's K and epochs were measured blind), else
-    AutoSimulate's own. A value equal to the experiment's own K or epochs is stored as ``None``,
+    ``baseline_evaluation`` (set where its own K and epochs leave the model blind), else its own
+    (``setup.base_config()``). A value equal to the experiment's own K or epochs is stored as ``None``,
     as before the defaults existed, so that those comparisons resume.
 
     Raises:
@@ -282,7 +282,8 @@ def _resolve_evaluation(args: CompareArgs, setup) -> CompareArgs:
     if images is not None and images > args.budget_images and any(m in FROM_SCRATCH for m in args.methods):
         raise UsageError(
             f"random search and BO evaluate a candidate on {images} images x {epochs or base.finetune_epochs} epochs "
-            f"by the experiment's default (its own {base.dataset_size} x {base.finetune_epochs} was measured blind), "
+            f"by the experiment's default for them (its own {base.dataset_size} x {base.finetune_epochs} leaves the "
+            "model blind), "
             f"more than --budget-images {args.budget_images}: they could not make one evaluation. Raise "
             f"--budget-images, or pass --evaluation-images N (e.g. {base.dataset_size}, the experiment's own).")
     return dataclasses.replace(args, evaluation_images=None if images == base.dataset_size else images,
@@ -1041,7 +1042,8 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     setup0 = None
     if any(m in FROM_SCRATCH for m, _ in runs):
-        setup0 = build()  # the baselines' evaluation is the experiment's (and fits its batch size) before any run
+        # the baselines' evaluation is the experiment's; _evaluation_sentence checks it fits the batch size
+        setup0 = build()
         args = _resolve_evaluation(args, setup0)
         print(f"autosim compare:{_evaluation_sentence(args, runs, setup0)}", file=stderr, flush=True)
     if args.resume:
@@ -1292,7 +1294,7 @@ def add_compare_parser(sub) -> None:
                         "for a reward that says something")
     p.add_argument("--evaluation-epochs", type=int, default=None, metavar="E",
                    help="random search and BO: fine-tuning epochs per evaluation (default: the experiment's "
-                        "baseline_evaluation where it sets one, else AutoSimulate's)")
+                        "baseline_evaluation where it sets one, else the experiment's)")
     p.add_argument("--out", default=None, help="output directory (default runs/compare-EXPERIMENT)")
     p.add_argument("--resume", action="store_true", help="continue a comparison in --out (finished runs are reused)")
     p.add_argument("--assess-images", type=int, default=None, metavar="N",
