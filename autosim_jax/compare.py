@@ -457,7 +457,8 @@ def blind_reward(records: list[dict]) -> float | None:
 
 def _blind_fix(method: str) -> str:
     return ("pass --evaluation-images N --evaluation-epochs E so that each candidate's model learns what the metric "
-            "sees" if method in FROM_SCRATCH else
+            "sees (an experiment of your own can make them its default: ExperimentSetup.baseline_evaluation)"
+            if method in FROM_SCRATCH else
             "its reward is its warm model's metric after each candidate's fine-tuning, which did not move")
 
 
