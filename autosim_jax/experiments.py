@@ -325,7 +325,7 @@ _CLEVR_DET_GPU_ASSESS_EPOCHS = 24
 
 # Random search's and BO's evaluation at cpu size (ExperimentSetup.baseline_evaluation), clevr-det
 # and digits-det: a detector trained on the step's K = 32 renders x 2 epochs from its initialisation
-# finds nothing (val mAP@0.5 0.000 on 60 of 60 of random search's candidates on digits-det, <= 0.01 on
+# finds nothing (val mAP@0.5 0.000 on 120 of 120 of random search's candidates on digits-det, <= 0.01 on
 # clevr-det); 256 x 4 (clevr-det) and 512 x 4 (digits-det) score, 0.00-0.08 and 0.00-0.12 over 20
 # candidates (2 seeds; docs/detection.md, session 41).
 _DET_CPU_BASELINE_EVALUATION = ((256, 4), (512, 4))
