@@ -19,6 +19,9 @@ Other modes (all write into the same JSON, or ``*_search.json`` for the search):
   of mu's step, mu and sigma (why a run stalls, leaves or collapses);
 * ``--experiment-configs LABEL``: ``AutoSimConfig()`` and every registered experiment's config
   (run with the old and the new package: the defaults must not reach the experiments).
+* ``--val-mean M``: the toy translated (validation at M +- 0.3, the start at M - 3; entries
+  ``NAME_valM`` with ``closed_form``'s conditioning at that M); ``--plot-translated FOLDER`` plots
+  every such record in FOLDER (docs/defaults.md, session 42).
 
 Usage (2-core CPU; docs/defaults.md has every command that produced the committed JSON)::
 
@@ -152,14 +155,19 @@ def _dump(results, path):
 
 
 def _optimal_mu(x_val: np.ndarray) -> float:
-    grid = np.linspace(0.0, 4.0, 40001)
+    mid = round(float(x_val.mean()))
+    grid = np.linspace(mid - 2.0, mid + 2.0, 40001)
     d2 = (x_val[:, 0][None, :] - grid[:, None]) ** 2
     return float(grid[np.argmin(d2.var(axis=1))])
 
 
-def toy(config, **overrides):
+def toy(config, val_mean: float = 2.0, **overrides):
     """The toy's simulator, model, task and validation data with ``config`` (and
-    ``make_autosimulate``'s ``overrides``, e.g. an optax ``outer_optimizer``): an AutoSimulate."""
+    ``make_autosimulate``'s ``overrides``, e.g. an optax ``outer_optimizer``): an AutoSimulate.
+
+    ``val_mean`` translates the toy: validation at ``val_mean +- 0.3``, the start at ``val_mean - 3``
+    (2.0: the toy of tests/). The optimum moves with it, the line model's Hessian does not: its
+    condition number at the optimum grows with ``val_mean`` (``closed_form``)."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -179,12 +187,67 @@ def toy(config, **overrides):
             x = np.asarray(scenes["x"], np.float32)[:, None]
             return x.copy(), x**2
 
-    x_val = (2.0 + 0.3 * np.random.default_rng(0).standard_normal(64)).astype(np.float32)[:, None]
+    x_val = (val_mean + 0.3 * np.random.default_rng(0).standard_normal(64)).astype(np.float32)[:, None]
     task = Task.from_per_sample(lambda out, y: jnp.sum((out - y) ** 2, axis=-1),
                                 lambda out, y: -jnp.sum((out - y) ** 2, axis=-1), "neg_mse")
-    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
+    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": val_mean - 3.0, "scale": 0.5}}), SquareRenderer())
     model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
     return make_autosimulate(sim, model, task, (x_val, x_val**2), config, **overrides), _optimal_mu(x_val)
+
+
+def closed_form(val_mean: float, damping: float = 1e-2, h: float = 1e-6) -> dict:
+    """The population (K -> infinity) check of docs/defaults.md (session 5) for the toy translated
+    to ``val_mean``, in float64 numpy: theta = theta_hat(psi) = (2 mu, sigma^2 - mu^2) exactly, each
+    row's hypergradient ``-d/dpsi E_q[dl/dtheta] . u`` with ``u`` = ``(H + damping I)^-1 g_val``,
+    ``H g_val`` or ``g_val``. Returns cond(H) at psi*, and per row the eigenvalues of the
+    hypergradient's Jacobian in psi = (mu, log sigma) (central differences, step ``h``) and the shift
+    of its stationary point per 0.05 of theta's slope w (the sensitivity to an unsettled theta).
+
+    Example (the toy of tests/ reproduces session 5's jax check; centred, the rows are conditioned alike):
+      >>> cf = closed_form(2.0)
+      >>> round(cf["mu_star"], 4), round(cf["hessian_condition"]), round(cf["rows"]["approx_quadratic"]["jacobian_condition"])
+      (2.0257, 356, 11512)
+      >>> round(cf["rows"]["approx_quadratic"]["mu_shift_per_0.05_of_w"]), round(cf["rows"]["linear"]["mu_shift_per_0.05_of_w"], 1)
+      (3681, 10.5)
+      >>> [round(r["jacobian_condition"]) for r in closed_form(0.0)["rows"].values()]
+      [13, 13, 1]
+    """
+    x = (val_mean + 0.3 * np.random.default_rng(0).standard_normal(64)).astype(np.float32).astype(np.float64)
+    mu_star = _optimal_mu(x[:, None])
+    psi_star = np.array([mu_star, 0.5 * np.log(np.mean((x - mu_star) ** 2))])
+
+    def moments(psi):  # E[x^0..3] and their psi-derivatives (rows: moment, columns: mu, log sigma)
+        mu, s2 = psi[0], np.exp(2 * psi[1])
+        m = np.array([1.0, mu, mu**2 + s2, mu**3 + 3 * mu * s2])
+        dm = np.array([[0.0, 0.0], [1.0, 0.0], [2 * mu, 2 * s2], [3 * mu**2 + 3 * s2, 6 * mu * s2]])
+        return m, dm
+
+    def hessian(psi):
+        m, _ = moments(psi)
+        return 2 * np.array([[m[2], m[1]], [m[1], 1.0]])
+
+    def hyper(row, psi, theta):
+        (w, b), (_, dm) = theta, moments(psi)
+        r = w * x + b - x**2
+        g_val = 2 * np.array([np.mean(r * x), np.mean(r)])
+        u = {"exact_quadratic": np.linalg.solve(hessian(psi) + damping * np.eye(2), g_val),
+             "approx_quadratic": hessian(psi) @ g_val, "linear": g_val}[row]
+        d_grad = 2 * np.stack([w * dm[2] + b * dm[1] - dm[3], w * dm[1] - dm[2]])  # d E_q[dl/dtheta] / d psi
+        return -d_grad.T @ u
+
+    def theta_hat(psi):
+        return np.array([2 * psi[0], np.exp(2 * psi[1]) - psi[0] ** 2])
+
+    rows = {}
+    for row in APPROXIMATIONS:
+        jac = np.stack([(hyper(row, psi_star + e, theta_hat(psi_star + e))
+                         - hyper(row, psi_star - e, theta_hat(psi_star - e))) / (2 * h) for e in h * np.eye(2)], 1)
+        eig = np.sort(np.abs(np.linalg.eigvals(jac)))
+        shift = -np.linalg.solve(jac, hyper(row, psi_star, theta_hat(psi_star) + np.array([0.05, 0.0])))
+        rows[row] = {"jacobian_eigenvalues": eig.tolist(), "jacobian_condition": float(eig[-1] / eig[0]),
+                     "mu_shift_per_0.05_of_w": float(shift[0])}
+    return {"val_mean": val_mean, "mu_star": mu_star, "hessian_condition": float(np.linalg.cond(hessian(psi_star))),
+            "rows": rows}
 
 
 def run_one(autosim, mu_star, seed, steps, every):
@@ -336,6 +399,57 @@ def experiment_configs():
     return out
 
 
+def plot_translated(folder: str) -> str:
+    """``folder/final_error_vs_val_mean.png``: every toy run in ``folder`` (this script's JSON with
+    ``--val-mean``, and ``toy_settled_theta.py``'s records), final |mu - mu*| per seed against the
+    validation mean M, one panel per row; the approximate row's closed-form conditioning on top."""
+    import glob
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict = {}  # label -> row -> [(M, errors)]
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        record = _load(path, {})
+        if "candidates" in record:  # toy_defaults.py: the library's defaults, one entry per M
+            for entry in record["candidates"].values():
+                label = f"defaults, {entry['steps']} steps"
+                for row, r in entry["runs"].items():
+                    series.setdefault(label, {}).setdefault(row, []).append(
+                        (entry.get("val_mean", 2.0), [x["final_err"] for x in r["seeds"]]))
+        elif record.get("benchmark") == "toy_settled_theta":
+            for key, r in record["results"].items():
+                mode, row = key.split("/")
+                theta = "exact fit" if mode == "same" else "defaults' theta"
+                label = f"{theta}, beta2 {record['outer_beta2']}, {record['steps']} steps"
+                series.setdefault(label, {}).setdefault(row, []).append(
+                    (record.get("val_mean", 2.0), [x["final_err"] for x in r["runs"]]))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
+    markers = "osD^v<>"
+    for ax, row in zip(axes, APPROXIMATIONS):
+        for i, (label, rows) in enumerate(sorted(series.items())):
+            pts = sorted(rows.get(row, []))
+            if not pts:
+                continue
+            ms = [m + 0.06 * (i - 2) for m, errs in pts for _ in errs]
+            es = [max(e, 1e-3) for _, errs in pts for e in errs]
+            ax.scatter(ms, es, marker=markers[i % len(markers)], s=22, alpha=0.75, label=label)
+        ax.axhline(0.1, color="k", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_xlabel("validation mean M (the start at M - 3; M = 2 is the toy of tests/)")
+        cond = {m: closed_form(m)["rows"][row]["jacobian_condition"] for m in (0.0, 0.5, 1.0, 2.0, 3.0)}
+        ax.set_title(f"{row}\nJacobian condition at psi*: " + ", ".join(f"{c:.0f}" for c in cond.values()),
+                     fontsize=9)
+    axes[0].set_ylabel("final |mu - mu*| per seed (0.1: the target)")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    out = os.path.join(folder, "final_error_vs_val_mean.png")
+    fig.savefig(out, dpi=90)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--candidates", default="old,library")
@@ -353,7 +467,15 @@ def main(argv=None):
     p.add_argument("--search-seed", type=int, default=0)
     p.add_argument("--search-space", choices=tuple(SPACES), default="all")
     p.add_argument("--search-order", default="approx_quadratic,linear,exact_quadratic")
+    p.add_argument("--val-mean", type=float, default=2.0, metavar="M",
+                   help="translate the toy: validation at M +- 0.3, the start at M - 3 (2: the toy of tests/); a "
+                        "candidate's entry is then NAME_valM, with the closed form's conditioning beside it")
+    p.add_argument("--plot-translated", default="", metavar="FOLDER",
+                   help="plot every translated-toy record in FOLDER (FOLDER/final_error_vs_val_mean.png) instead")
     args = p.parse_args(argv)
+    if args.plot_translated:
+        print(f"wrote {plot_translated(args.plot_translated)}")
+        return None
     if args.experiment_configs:
         results = _load(args.out, {"candidates": {}})
         results.setdefault("experiment_configs", {})[args.experiment_configs] = experiment_configs()
@@ -388,9 +510,11 @@ def main(argv=None):
         changes, what = CANDIDATES[name]
         config = AutoSimConfig() if changes is None else AutoSimConfig(**{**OLD, **changes})
         entry = {"what": what, "config": config.to_dict(), "steps": args.steps, "runs": {}}
+        if args.val_mean != 2.0:
+            entry.update(val_mean=args.val_mean, closed_form=closed_form(args.val_mean, config.damping))
         for approx in args.approximations.split(","):
             t0 = time.perf_counter()
-            autosim, mu_star = toy(config.replace(approximation=approx))
+            autosim, mu_star = toy(config.replace(approximation=approx), val_mean=args.val_mean)
             runs = []
             for seed in seeds:
                 r = run_one(autosim, mu_star, seed, args.steps, args.every)
@@ -401,7 +525,7 @@ def main(argv=None):
                       f"{r['seconds']:.1f}s", flush=True)
             entry["runs"][approx] = {"mu_star": mu_star, "seconds_incl_compile": time.perf_counter() - t0,
                                      "seeds": runs, "all_within_0_1": all(r["final_err"] < 0.1 for r in runs)}
-        results["candidates"][name] = entry
+        results["candidates"][name if args.val_mean == 2.0 else f"{name}_val{args.val_mean:g}"] = entry
         results.update(benchmark="toy_defaults", date=datetime.date.today().isoformat(),
                        jax_version=jax.__version__, device=str(jax.devices()[0]), host=platform.processor() or
                        platform.machine(), cpu_count=os.cpu_count(), old_defaults=OLD)

@@ -15,6 +15,7 @@ stage on these renders. Mode ``library`` is the library's own step (minibatch Ad
 a warm theta), for comparison. ``--outer-decay END`` lets Adam's rate on psi fall linearly from
 the config's 0.1 to END over the run (a step that damps the estimate's noise at the end).
 Besides the final psi, the psi averaged over the second half of the run is scored.
+``--val-mean M`` runs the toy translated (``toy_defaults.toy``; docs/defaults.md, session 42).
 
 Usage (2-core CPU, about 5 min)::
 
@@ -58,7 +59,8 @@ def least_squares_theta(theta0, x, y):
         theta0)
 
 
-def run(row: str, seed: int, mode: str, steps: int, outer_beta2: float, outer_decay: float | None) -> dict:
+def run(row: str, seed: int, mode: str, steps: int, outer_beta2: float, outer_decay: float | None,
+        val_mean: float = 2.0) -> dict:
     import jax
     import optax
 
@@ -68,7 +70,7 @@ def run(row: str, seed: int, mode: str, steps: int, outer_beta2: float, outer_de
     config = AutoSimConfig(approximation=row, outer_beta2=outer_beta2)
     optimizer = config.outer_optax() if outer_decay is None else optax.adam(
         optax.linear_schedule(config.outer_learning_rate, outer_decay, steps), b2=outer_beta2)
-    autosim, mu_star = toy(config, outer_optimizer=optimizer)
+    autosim, mu_star = toy(config, val_mean=val_mean, outer_optimizer=optimizer)
     state = autosim.init(seed)
     psi, opt_state, key = state.psi, optimizer.init(state.psi), jax.random.PRNGKey(seed)
     simulate = jax.jit(autosim.inner.simulate)
@@ -100,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--outer-beta2", type=float, default=0.99)
     p.add_argument("--outer-decay", type=float, default=None, help="Adam's rate on psi falls linearly to this")
+    p.add_argument("--val-mean", type=float, default=2.0, metavar="M",
+                   help="the toy translated: validation at M +- 0.3, the start at M - 3 (toy_defaults.toy)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "toy_settled_theta.json"))
     args = p.parse_args(argv)
     modes, rows = args.modes.split(","), args.rows.split(",")
@@ -112,7 +116,7 @@ def main(argv=None) -> int:
     for mode in modes:
         for row in rows:
             t0 = time.perf_counter()
-            runs = [run(row, s, mode, args.steps, args.outer_beta2, args.outer_decay) for s in seeds]
+            runs = [run(row, s, mode, args.steps, args.outer_beta2, args.outer_decay, args.val_mean) for s in seeds]
             results[f"{mode}/{row}"] = {"runs": runs, "within_0_1": sum(r["final_err"] < 0.1 for r in runs),
                                         "averaged_within_0_1": sum(r["averaged_second_half_err"] < 0.1 for r in runs),
                                         "seconds": time.perf_counter() - t0}
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
     record = {"benchmark": "toy_settled_theta", "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": "float32 model, float64 least-squares fit",
-              "steps": args.steps, "outer_beta2": args.outer_beta2,
+              "steps": args.steps, "outer_beta2": args.outer_beta2, "val_mean": args.val_mean,
               "outer_decay": args.outer_decay, "seeds": seeds, "results": results}
     with open(args.out, "w") as f:
         json.dump(record, f, indent=1)
