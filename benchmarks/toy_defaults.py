@@ -90,6 +90,9 @@ CANDIDATES = {
     "s12_gate2_o0.3": _s5(outer_snr_gate=2.0, outer_learning_rate=0.3),
     **{f"s12_gate2_o{lr}_t{tau}": _s5(outer_snr_gate=2.0, outer_learning_rate=lr, outer_decay_steps=tau)
        for lr, tau in ((0.2, 50), (0.2, 25), (0.15, 100))},
+    # -- session 42: theta trained at the start psi before the first step (the translated toys'
+    #    sigma collapse while theta is still far from theta_hat; run with --val-mean)
+    "s42_pretrain10": _s5(pretrain_rounds=10),
     "old": ({}, "the old defaults"),
     # -- session 34: the outer stage on renders other than the fine-tuning's (the finite-K
     #    correlation between the fit and the estimate, the closed-form check's first suspect)
@@ -414,8 +417,9 @@ def plot_translated(folder: str) -> str:
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         record = _load(path, {})
         if "candidates" in record:  # toy_defaults.py: the library's defaults, one entry per M
-            for entry in record["candidates"].values():
-                label = f"defaults, {entry['steps']} steps"
+            for name, entry in record["candidates"].items():
+                what = "defaults" if name.startswith("library") else name.rsplit("_val", 1)[0]
+                label = f"{what}, {entry['steps']} steps"
                 for row, r in entry["runs"].items():
                     series.setdefault(label, {}).setdefault(row, []).append(
                         (entry.get("val_mean", 2.0), [x["final_err"] for x in r["seeds"]]))
