@@ -6,8 +6,8 @@ each step's fresh classifier fine-tuned 3 epochs on K = 256 renders, the hypergr
 renders, ``AutoSimConfig.outer_renders="shared"``, the paper's Algorithm 1, a constant psi step) with
 ``finetune_epochs``, ``outer_renders``, K, the minibatch or the psi step's decay replaced, everything
 else (start, reference, validation and test sets, the assessment, the baselines) the experiment's own.
-``K64_DECAY120_GATE2_FOR60`` is the cpu preset since session 39, ``K64_DECAY120`` the one of session 38,
-``E3`` the one before it. Run from
+``K64_DECAY120_GATE2_FOR60_BETA2_099`` is the cpu preset since session 42, ``K64_DECAY120_GATE2_FOR60``
+the one of sessions 39-41, ``K64_DECAY120`` the one of session 38, ``E3`` the one before it. Run from
 ``benchmarks/`` so that ``module:attr`` finds this file (``autosim`` adds the current directory to the
 import path)::
 
@@ -31,18 +31,18 @@ _BASE = get_experiment("digits-sim2real")
 
 def variant(epochs: int, outer_renders: str = "shared", renders: int | None = None,
             batch_size: int | None = None, decay_steps: int = 0, warmup_steps: int = 0,
-            snr_gate: float = 0.0, snr_gate_steps: int = 0) -> Experiment:
+            snr_gate: float = 0.0, snr_gate_steps: int = 0, beta2: float = 0.999) -> Experiment:
     """digits-sim2real whose steps fine-tune ``epochs`` epochs and estimate on ``outer_renders``;
     ``renders``: K, the renders of each batch (default: the experiment's 256); ``batch_size``: the
     fine-tuning's minibatch (default: the experiment's 32); ``decay_steps`` / ``warmup_steps``: the
     psi step's ``outer_decay_steps`` / ``outer_warmup_steps`` (default 0: none); ``snr_gate`` /
     ``snr_gate_steps``: its ``outer_snr_gate`` / ``outer_snr_gate_steps`` (default 0: off / the whole
-    run). The fresh models of the
+    run); ``beta2``: Adam's ``outer_beta2`` on psi (default 0.999, optax's). The fresh models of the
     assessment train with the experiment's own options whatever these are (``assess_config``)."""
     suffix = ("" if outer_renders == "shared" else f"-{outer_renders}") + (f"-k{renders}" if renders else "") \
         + (f"-b{batch_size}" if batch_size else "") + (f"-decay{decay_steps}" if decay_steps else "") \
         + (f"-warmup{warmup_steps}" if warmup_steps else "") + (f"-gate{snr_gate:g}" if snr_gate else "") \
-        + (f"-for{snr_gate_steps}" if snr_gate_steps else "")
+        + (f"-for{snr_gate_steps}" if snr_gate_steps else "") + (f"-beta2-{beta2:g}" if beta2 != 0.999 else "")
 
     def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
         setup = _BASE.build(renderer=renderer, seed=seed, size=size)
@@ -50,7 +50,7 @@ def variant(epochs: int, outer_renders: str = "shared", renders: int | None = No
         k = {"dataset_size": renders} if renders else {}
         b = {"batch_size": batch_size} if batch_size else {}
         d = {"outer_decay_steps": decay_steps, "outer_warmup_steps": warmup_steps, "outer_snr_gate": snr_gate,
-             "outer_snr_gate_steps": snr_gate_steps}
+             "outer_snr_gate_steps": snr_gate_steps, "outer_beta2": beta2}
         return setup._replace(config=base.replace(finetune_epochs=epochs, outer_renders=outer_renders, **k, **b, **d),
                               assess_config=base)
 
@@ -87,3 +87,7 @@ K64_DECAY120_GATE2_FOR60 = variant(3, "shared", 64, batch_size=8, decay_steps=12
 # is the cpu preset verbatim (960 steps, 24 Adam steps each)
 K256_B16_DECAY120_GATE2_FOR60 = variant(3, "shared", 256, batch_size=16, decay_steps=120, snr_gate=2.0,
                                         snr_gate_steps=60)
+# session 42: the preset with Adam's second moment on psi remembering ~100 steps instead of ~1,000 (the
+# long memory stalled the toy's exact row and digits-det's warm-detector runs; docs/defaults.md, session 42)
+K64_DECAY120_GATE2_FOR60_BETA2_099 = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=2.0,
+                                             snr_gate_steps=60, beta2=0.99)
