@@ -169,8 +169,9 @@ def toy(config, val_mean: float = 2.0, **overrides):
     ``make_autosimulate``'s ``overrides``, e.g. an optax ``outer_optimizer``): an AutoSimulate.
 
     ``val_mean`` translates the toy: validation at ``val_mean +- 0.3``, the start at ``val_mean - 3``
-    (2.0: the toy of tests/). The optimum moves with it, the line model's Hessian does not: its
-    condition number at the optimum grows with ``val_mean`` (``closed_form``)."""
+    (2.0: the toy of tests/). The optimum moves with it; the line model's Hessian,
+    ``2 [[E x^2, mu], [mu, 1]]``, is not translation-invariant: its condition number at the optimum
+    grows with ``|val_mean|`` (``closed_form``)."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -405,7 +406,7 @@ def experiment_configs():
 def plot_translated(folder: str) -> str:
     """``folder/final_error_vs_val_mean.png``: every toy run in ``folder`` (this script's JSON with
     ``--val-mean``, and ``toy_settled_theta.py``'s records), final |mu - mu*| per seed against the
-    validation mean M, one panel per row; the approximate row's closed-form conditioning on top."""
+    validation mean M, one panel per row, each with its closed-form conditioning at psi* on top."""
     import glob
 
     import matplotlib
@@ -432,6 +433,7 @@ def plot_translated(folder: str) -> str:
                     (record.get("val_mean", 2.0), [x["final_err"] for x in r["runs"]]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
     markers = "osD^v<>"
+    forms = [closed_form(m) for m in (0.0, 0.5, 1.0, 2.0, 3.0)]
     for ax, row in zip(axes, APPROXIMATIONS):
         for i, (label, rows) in enumerate(sorted(series.items())):
             pts = sorted(rows.get(row, []))
@@ -443,9 +445,8 @@ def plot_translated(folder: str) -> str:
         ax.axhline(0.1, color="k", lw=0.8, ls="--")
         ax.set_yscale("log")
         ax.set_xlabel("validation mean M (the start at M - 3; M = 2 is the toy of tests/)")
-        cond = {m: closed_form(m)["rows"][row]["jacobian_condition"] for m in (0.0, 0.5, 1.0, 2.0, 3.0)}
-        ax.set_title(f"{row}\nJacobian condition at psi*: " + ", ".join(f"{c:.0f}" for c in cond.values()),
-                     fontsize=9)
+        ax.set_title(f"{row}\nJacobian condition at psi* for M = 0, 0.5, 1, 2, 3: "
+                     + ", ".join(f"{f['rows'][row]['jacobian_condition']:.0f}" for f in forms), fontsize=9)
     axes[0].set_ylabel("final |mu - mu*| per seed (0.1: the target)")
     axes[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
