@@ -115,6 +115,7 @@ from .rundir import (
     interrupt_guard,
     is_interrupt,
     make_config,
+    model_progress,
     psi_from_record,
     psi_record,
     quiet_render_errors,
@@ -521,18 +522,18 @@ def _assess(setup, run: RunDir, result, reference, seed: int, n: int, stderr, ar
                         seconds=args.log_seconds)
     assessor: list = []
 
-    def assess(psi, at_seed: int = seed):
+    def assess(psi, at_seed: int = seed, name: str = "selected psi"):
         if not assessor:
             assessor.append(make_assessor(setup, num_images=n, epochs=epochs, repeats=models))
         with quiet_render_errors(), reraise_render_errors():
-            return assessor[0](psi, at_seed)
+            return assessor[0](psi, at_seed, model_progress(f"autosim run: assessing {name}", models, stderr))
 
     out: dict[str, Any] = {"images": n, "epochs": epochs, "models": models}
     metric = setup.task.metric_name
     try:
         for name, key, psi in psis:
             value, cached = cached_assessment(os.path.join(run.path, ASSESSED), key, protocol,
-                                              lambda psi=psi: assess(psi))
+                                              lambda psi=psi, name=name: assess(psi, name=name.replace("_", " ")))
             out[name] = value
             progress.update(f"{name.replace('_', ' ')}: val {metric} {value['val_metric']:.4g}, test "
                             f"{value['test_metric']:.4g}" + (" (cached)" if cached else ""))

@@ -109,6 +109,7 @@ from .rundir import (
     is_assessed,
     is_interrupt,
     make_config,
+    model_progress,
     psi_from_record,
     quiet_render_errors,
     read_config,
@@ -1159,9 +1160,9 @@ def _seed_assessor(experiment, renderer: str, seed: int, args: CompareArgs, prot
                              repeats=protocol.get("models", 1))
     factor = math.ceil(protocol["images"] / setup.config.dataset_size)
 
-    def assess(psi) -> dict:
+    def assess(psi, on_model=None) -> dict:
         with quiet_render_errors(), reraise_render_errors(), pools.timeout_scaled(factor):  # one batch of N images
-            return assessor(psi, seed)
+            return assessor(psi, seed, on_model)
 
     return assess
 
@@ -1178,8 +1179,10 @@ def _assess_in_process(job: tuple) -> None:
         assess = _seed_assessor(resolve_experiment(spec), renderer, seed, args, protocol, pools)
         t0 = time.perf_counter()
         for i, (path, key, psi) in enumerate(todo, 1):
-            value, _ = cached_assessment(path, key, protocol, lambda psi=psi: assess(psi))
             where = os.path.basename(os.path.dirname(os.path.dirname(path)))  # METHOD of METHOD/seedS/
+            report = model_progress(f"autosim compare: assessing seed {seed}: {i}/{len(todo)} ({where}, {key})",
+                                    protocol.get("models", 1), sys.stderr)
+            value, _ = cached_assessment(path, key, protocol, lambda psi=psi, report=report: assess(psi, report))
             print(f"autosim compare: assessing seed {seed}: {i}/{len(todo)} ({where}, {key}): val "
                   f"{value['val_metric']:.4g}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
@@ -1215,17 +1218,19 @@ def _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds
                      else "done in a process of their own"), file=stderr, flush=True)
     assessors: dict = {}
 
-    def assess(psi, seed: int) -> dict:  # builds the seed's assessor only on a cache miss
+    def assess(psi, seed: int, on_model) -> dict:  # builds the seed's assessor only on a cache miss
         if seed not in assessors:
             assessors[seed] = _seed_assessor(experiment, renderer, seed, args, protocol, pools)
-        return assessors[seed](psi)
+        return assessors[seed](psi, on_model)
 
     progress = Progress(len(jobs), desc="autosim compare: assessing", stream=stderr, unit="assessment",
                         every=args.log_every or None, seconds=args.log_seconds)
     results: dict = {}
     try:
         for where, key, what, seed, path, psi in jobs:
-            value, cached = cached_assessment(path, key, protocol, lambda psi=psi, seed=seed: assess(psi, seed))
+            report = model_progress(f"autosim compare: assessing {what}, seed {seed}", protocol.get("models", 1), stderr)
+            value, cached = cached_assessment(path, key, protocol,
+                                              lambda psi=psi, seed=seed, report=report: assess(psi, seed, report))
             results[(where, key, seed)] = value
             progress.update(f"{what}, seed {seed}: val {metric} {value['val_metric']:.4g}"
                             + (" (cached)" if cached else ""))

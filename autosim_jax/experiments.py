@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -587,8 +588,10 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
       model: the model to train (``None``: ``setup.model``), with its given initialisation.
 
     Returns:
-      ``assess(psi, seed)`` -> ``{"val_metric": ..., "test_metric": ...}`` of the trained
-      model(s). ``psi`` may also be a list of psi, e.g. a run's trajectory: the images are then
+      ``assess(psi, seed, on_model=None)`` -> ``{"val_metric": ..., "test_metric": ...}`` of the
+      trained model(s). ``on_model(r, metrics)``, when given, is called after each fresh model with
+      its repeat index and ``{"val_metric", "test_metric", "seconds"}``: progress through an
+      assessment whose models take minutes each. ``psi`` may also be a list of psi, e.g. a run's trajectory: the images are then
       the equal mixture over them (:meth:`~autosim_jax.Simulator.simulate_mixture`), what the
       run rendered, the "replay" product of a run; the metrics are those of the trained
       model(s), plus ``"test_metric_std"`` / ``"val_metric_std"`` over the repeats when
@@ -652,8 +655,14 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
         return (float(inner.measure(theta, *setup.val_data)[1]), float(inner.measure(theta, *setup.test_data)[1]),
                 float(loss), untrained)
 
-    def assess(psi, seed: int = 0) -> dict[str, Any]:
-        val, test, loss, untrained = np.array([one(psi, seed + 2 * r) for r in range(repeats)]).T
+    def assess(psi, seed: int = 0, on_model: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+        rows = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            rows.append(one(psi, seed + 2 * r))
+            if on_model is not None:
+                on_model(r, {"val_metric": rows[-1][0], "test_metric": rows[-1][1], "seconds": time.perf_counter() - t0})
+        val, test, loss, untrained = np.array(rows).T
         if repeats == 1:
             return {"val_metric": float(val[0]), "test_metric": float(test[0])}
         # A model whose training diverged measures the optimiser, not the data: it is left out

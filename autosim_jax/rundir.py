@@ -195,8 +195,8 @@ def add_progress_flags(parser: argparse.ArgumentParser) -> None:
 def add_assess_models_flag(parser: argparse.ArgumentParser) -> None:
     """``--assess-models`` of the commands that assess a psi with fresh models."""
     parser.add_argument("--assess-models", type=int, default=1, metavar="N",
-                        help="fresh models per assessed psi; their mean is reported, with the std over them "
-                             "(default 1; on clevr-seg at gpu size one seed's G moves by a std of about 0.14 with "
+                        help="fresh models per assessed psi; their mean is reported, with the std over them, "
+                             "and a progress line as each model finishes (default 1; on clevr-seg at gpu size one seed's G moves by a std of about 0.14 with "
                              "2 models, docs/learning.md: 4 or more to compare settings)")
 
 
@@ -1300,6 +1300,29 @@ def finite_or_none(x: float | None) -> float | None:
 
 
 # ----------------------------------------------------------------------------- progress
+
+
+def model_progress(prefix: str, models: int, stream: TextIO) -> Callable[[int, dict], None] | None:
+    """``on_model`` for :func:`~autosim_jax.experiments.make_assessor`'s ``assess``: one line per
+    fresh model when an assessment trains several (``--assess-models``), since each may take
+    minutes; ``None`` for one model, whose assessment's own line says it.
+
+    Example:
+      >>> import sys
+      >>> report = model_progress("autosim run: assessing learned psi", 2, sys.stdout)
+      >>> report(0, {"val_metric": 0.51234, "test_metric": 0.5, "seconds": 61.2})
+      autosim run: assessing learned psi: fresh model 1/2: val 0.5123, test 0.5, 61 s
+      >>> model_progress("autosim run: assessing learned psi", 1, sys.stdout) is None
+      True
+    """
+    if models <= 1:
+        return None
+
+    def report(r: int, metrics: dict) -> None:
+        print(f"{prefix}: fresh model {r + 1}/{models}: val {metrics['val_metric']:.4g}, test "
+              f"{metrics['test_metric']:.4g}, {metrics['seconds']:.0f} s", file=stream, flush=True)
+
+    return report
 
 
 def _columns(stream: TextIO) -> int:

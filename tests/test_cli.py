@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -635,7 +636,10 @@ def test_assess_models_reports_the_mean_and_std_of_several_fresh_models(toy_path
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["run", TOY_REF, "--iterations", "2", "--out", str(one)]) == 0
     assert main(["run", TOY_REF, "--iterations", "2", "--assess-models", "2", "--out", str(two)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    for name in ("start psi", "learned psi", "reference psi"):  # a line per fresh model, each may take minutes
+        assert re.search(rf"autosim run: assessing {name}: fresh model 2/2: val \S+, test \S+, \d+ s", captured.err)
     a1 = json.loads((one / "summary.json").read_text())["assessment"]
     a2 = json.loads((two / "summary.json").read_text())["assessment"]
     assert a1["models"] == 1 and a2["models"] == 2

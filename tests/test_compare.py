@@ -191,7 +191,7 @@ def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
 
     def counting(setup, **kw):
         assess = make_assessor(setup, **kw)
-        return lambda psi, seed: calls.append(seed) or assess(psi, seed)
+        return lambda psi, seed, on_model=None: calls.append(seed) or assess(psi, seed, on_model)
 
     monkeypatch.setattr(experiments, "make_assessor", counting)
     assert main([*argv, "--resume"]) == 0
@@ -398,6 +398,7 @@ def test_assess_models_averages_several_fresh_models_per_psi(toy, tmp_path, caps
     common = ["compare", SPEC, "--methods", "random", "--seeds", "1", "--budget-images", "32", "--assess-points", "1"]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     assert main([*common, "--assess-models", "2", "--out", str(tmp_path / "two")]) == 0
+    assert "autosim compare: assessing start psi, seed 0: fresh model 2/2: val" in capsys.readouterr().err
     one, two = (json.loads((tmp_path / d / "compare.json").read_text()) for d in ("one", "two"))
     assert one["assess_models"] == 1 and two["assess_models"] == 2
     s1, s2 = one["assessment"]["start_psi"]["seeds"][0], two["assessment"]["start_psi"]["seeds"][0]

@@ -102,7 +102,10 @@ def test_assessor_repeats_average_independent_fresh_models():
     psi = setup.simulator.distribution.init()
     one = make_assessor(setup, num_images=256, epochs=1)
     two = make_assessor(setup, num_images=256, epochs=1, repeats=2)
-    a, b, both = one(psi, 3), one(psi, 5), two(psi, 3)
+    reported = []  # on_model: each fresh model's metrics as it finishes, in repeat order
+    a, b, both = one(psi, 3), one(psi, 5), two(psi, 3, lambda r, m: reported.append((r, m)))
+    assert [r for r, _ in reported] == [0, 1] and all(m["seconds"] > 0 for _, m in reported)
+    assert [m["test_metric"] for _, m in reported] == pytest.approx([a["test_metric"], b["test_metric"]], abs=1e-6)
     assert both["test_metric"] == pytest.approx((a["test_metric"] + b["test_metric"]) / 2, abs=1e-6)
     assert both["test_metric_std"] == pytest.approx(abs(a["test_metric"] - b["test_metric"]) / 2, abs=1e-6)
     # each model on its own, in repeat order, so that one failed training is not hidden in a mean
