@@ -127,6 +127,8 @@ RESULT_KEYS = ("command", "experiment", "renderer", "method", "approximation", "
                "evaluation_epochs")
 # The baselines that evaluate every candidate from the model's initialisation (baselines/common.py).
 FROM_SCRATCH = ("random", "bo")
+# What --resume checks before the setup is built: all but the evaluation, whose default is the setup's.
+_KEYS_BEFORE_BUILD = tuple(k for k in RESULT_KEYS if k not in ("evaluation_images", "evaluation_epochs"))
 
 
 @dataclasses.dataclass
@@ -344,14 +346,14 @@ def _evaluation_keys(method: str, args: CompareArgs) -> dict:
             "evaluation_epochs": args.evaluation_epochs if scratch else None}
 
 
-def _check_resume(experiment, args: CompareArgs, renderer: str, runs, out: str) -> None:
-    """Every existing run directory's config against the command line, before anything is built."""
+def _check_resume(experiment, args: CompareArgs, renderer: str, runs, out: str, keys=RESULT_KEYS) -> None:
+    """Every existing run directory's config against the command line (``keys`` of it), before any run."""
     for method, approximation in runs:
         for seed in range(args.seeds):
             run_dir = os.path.join(out, _dirname(method, approximation), f"seed{seed}")
             if os.path.exists(os.path.join(run_dir, CONFIG)):
                 check_resume_config(run_dir, read_config(run_dir),
-                                    _known(experiment, args, renderer, method, approximation, seed), RESULT_KEYS)
+                                    _known(experiment, args, renderer, method, approximation, seed), keys)
 
 
 def _run_method(experiment, args: CompareArgs, renderer: str, method: str, approximation: str | None, seed: int,
@@ -1042,13 +1044,15 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
     # its setup: every process takes device memory as it needs it (effective where JAX starts here).
     if args.jobs > 1:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if args.resume:  # a mismatch the command line shows is refused before the (slow at gpu size) build
+        _check_resume(experiment, args, renderer, runs, out, _KEYS_BEFORE_BUILD)
     setup0 = None
     if any(m in FROM_SCRATCH for m, _ in runs):
         # the baselines' evaluation is the experiment's; _evaluation_sentence checks it fits the batch size
         setup0 = build()
         args = _resolve_evaluation(args, setup0)
         print(f"autosim compare:{_evaluation_sentence(args, runs, setup0)}", file=stderr, flush=True)
-    if args.resume:
+    if args.resume:  # and the evaluation, which the setup resolved
         _check_resume(experiment, args, renderer, runs, out)
     if args.jobs > 1:
         failures = _run_parallel(experiment, args, renderer, runs, out, stderr)

@@ -274,6 +274,7 @@ def test_resume_with_another_budget_is_refused(compared, toy, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "budget_images" in err and "Traceback" not in err
+    assert "building" not in err  # refused before the setup is built (BO and random search need it built)
 
 
 def test_jobs_run_in_processes_with_the_results_of_one_process(toy, tmp_path, capsys):
