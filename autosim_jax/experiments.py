@@ -591,9 +591,10 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
       ``assess(psi, seed, on_model=None)`` -> ``{"val_metric": ..., "test_metric": ...}`` of the
       trained model(s). ``on_model(r, metrics)``, when given, is called after each fresh model with
       its repeat index and ``{"val_metric", "test_metric", "seconds"}``: progress through an
-      assessment whose models take minutes each. ``psi`` may also be a list of psi, e.g. a run's trajectory: the images are then
-      the equal mixture over them (:meth:`~autosim_jax.Simulator.simulate_mixture`), what the
-      run rendered, the "replay" product of a run; the metrics are those of the trained
+      assessment whose models take minutes each. ``psi`` may also be a list of psi, e.g. a run's
+      trajectory: the images are then the equal mixture over them
+      (:meth:`~autosim_jax.Simulator.simulate_mixture`), what the run rendered, the "replay"
+      product of a run; the metrics are those of the trained
       model(s), plus ``"test_metric_std"`` / ``"val_metric_std"`` over the repeats when
       ``repeats > 1``, with each model's ``"val_metrics"`` / ``"test_metrics"`` and
       ``"train_losses"`` (its last epoch's mean training loss) in repeat order. A model whose
@@ -661,7 +662,8 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
             t0 = time.perf_counter()
             rows.append(one(psi, seed + 2 * r))
             if on_model is not None:
-                on_model(r, {"val_metric": rows[-1][0], "test_metric": rows[-1][1], "seconds": time.perf_counter() - t0})
+                on_model(r, {"val_metric": rows[-1][0], "test_metric": rows[-1][1],
+                             "seconds": time.perf_counter() - t0})
         val, test, loss, untrained = np.array(rows).T
         if repeats == 1:
             return {"val_metric": float(val[0]), "test_metric": float(test[0])}

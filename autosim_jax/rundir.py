@@ -196,8 +196,9 @@ def add_assess_models_flag(parser: argparse.ArgumentParser) -> None:
     """``--assess-models`` of the commands that assess a psi with fresh models."""
     parser.add_argument("--assess-models", type=int, default=1, metavar="N",
                         help="fresh models per assessed psi; their mean is reported, with the std over them, "
-                             "and a progress line as each model finishes (default 1; on clevr-seg at gpu size one seed's G moves by a std of about 0.14 with "
-                             "2 models, docs/learning.md: 4 or more to compare settings)")
+                             "and a progress line as each model finishes (default 1; on clevr-seg at gpu size one "
+                             "seed's G moves by a std of about 0.14 with 2 models, docs/learning.md: 4 or more to "
+                             "compare settings)")
 
 
 def check_assess_models(models: int) -> None:
