@@ -42,6 +42,10 @@ INITS_CALLS = ("clevr-seg_gpu_inits8_s012.json", "clevr-seg_gpu_inits8_s34.json"
 # The plain run to 240 steps on seeds 0-4 (seeds 0, 1; 2; 3, 4 in three calls, deterministic kernels)
 PLAIN_240 = ("clevr-seg_gpu_default_240steps.json", "clevr-seg_gpu_default_240steps_s2.json",
              "clevr-seg_gpu_default_240steps_s34.json")
+# The plain run to 240 steps on seeds 0-2 again (session 43; seeds 3, 4 are session 26's): the code had
+# changed since session 22 and the runs differ from the first step, so these are other draws of the
+# same runs; the control of the outer_beta2 row (the same start and reference assessments, the same code).
+PLAIN_240_RERUN = ("clevr-seg_gpu_default_240steps_rerun_s012.json", "clevr-seg_gpu_default_240steps_s34.json")
 ROWS = [
     # the warm-started model (sessions 3-6)
     ("plain exact quadratic (control)", WARM, "clevr-seg_gpu_run1.json", "default", None),
@@ -158,6 +162,13 @@ ROWS = [
     # session 26: each step's fresh theta trained like the assessment's (2048 renders x 8 epochs)
     ("step theta trained like the fresh models (K = 2048, E = 8), 60 steps", FRESH,
      "clevr-seg_gpu_k2048_e8_60steps.json", "k2048_e8", (INITS_CALLS, "default")),
+    # session 43: the plain run to 240 steps drawn again, and Adam's second moment on psi remembering
+    # ~100 steps instead of ~1,000 (outer_beta2 0.99, digits-sim2real's cpu preset since session 42)
+    ("plain, 240 steps, drawn again on seeds 0-2 (session 43; seeds 3, 4 session 26)", FRESH,
+     PLAIN_240_RERUN, "default", (PLAIN_240, "default")),
+    ("Adam's second moment on psi over ~100 steps (outer_beta2 0.99), 240 steps (seeds 3, 4 in another call)",
+     FRESH, ("clevr-seg_gpu_beta2_0.99_240steps_s012.json", "clevr-seg_gpu_beta2_0.99_240steps_s34.json"),
+     "beta2_0.99", (PLAIN_240_RERUN, "default")),
 ]
 # The plain run on seeds 0-2 in every call of one configuration (a fresh theta per step, 60 steps
 # assessed): on the GPU a seed does not fix its run bit for bit (float32 rounding differs between
@@ -195,7 +206,8 @@ def _merged(files: tuple[str, ...], variant: str, key: str, at: int, cache: dict
         return None, point
     seeds = sorted(by_seed)
     values = [by_seed[s][0] for s in seeds]
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_seed": values, "seeds": seeds,
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0  # the sample std, as everywhere since session 43
+    return {"mean": float(np.mean(values)), "std": std, "per_seed": values, "seeds": seeds,
             "files": [by_seed[s][1] for s in seeds]}, point
 
 
@@ -325,7 +337,7 @@ def main(argv=None) -> int:
     text = (f"# clevr-seg at gpu size: the ablation of issue 13\n\nWritten {datetime.date.today().isoformat()} by "
             f"`python benchmarks/ablation_table.py --at {args.at}` from the committed JSON of "
             "`benchmarks/psi_learning.py` (each file holds the command that made it). G of the test mIoU of fresh "
-            "models (2048 images x 8 epochs), mean +- std over the seeds in 'per seed' (0-2, or 0-4 and "
+            "models (2048 images x 8 epochs), mean +- sample std over the seeds in 'per seed' (0-2, or 0-4 and "
             "as named), at the step given (a run's last "
             "assessed point when it was not assessed there). 'difference': the mean over seeds of the paired "
             "difference to the control over the seeds it ran in the same call (a row of several calls "
