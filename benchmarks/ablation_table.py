@@ -206,7 +206,7 @@ def _merged(files: tuple[str, ...], variant: str, key: str, at: int, cache: dict
         return None, point
     seeds = sorted(by_seed)
     values = [by_seed[s][0] for s in seeds]
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0  # the sample std, as everywhere since session 43
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0  # the sample std, as psi_learning.py records it (session 36)
     return {"mean": float(np.mean(values)), "std": std, "per_seed": values, "seeds": seeds,
             "files": [by_seed[s][1] for s in seeds]}, point
 
