@@ -26,8 +26,9 @@ excluding the test metric (a monitor) and file I/O. The table gives, per method,
 standard deviation over seeds of: the best validation metric over all steps, the images
 rendered and the time spent when it was reached, the test metric of that same model, and the
 totals. A run stops at the first step that ends with ``images >= --budget-images`` (a step of
-LTS renders ``samples x K`` images, so it may overshoot by less than one step; the totals
-show it).
+LTS renders ``samples x K`` images and one of random search or BO ``--evaluation-images``, so
+either may overshoot by less than one step; the totals show it, and the reach table charges a
+psi the images it cost).
 
 Curves: the best validation metric so far against images and against time, the mean over
 seeds with the min-max band shaded (each seed interpolated, as a step function, on a common

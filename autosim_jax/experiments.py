@@ -183,8 +183,15 @@ def build_clevr_seg(*, renderer: str = "clevr", seed: int = 0, size: str = "cpu"
         config = AutoSimConfig(dataset_size=256, batch_size=32, finetune_epochs=2, inner_learning_rate=3e-3,
                                outer_learning_rate=0.1, curvature_batch_size=64, cg_maxiter=10, val_batch_size=64,
                                theta_reset_every=_THETA_RESET_EVERY)
+        # The baselines' evaluation: the step's K = 256 renders x 2 epochs from the initialisation scores the
+        # background only (0.2389 val mIoU on 49-60 of 60 of random search's and BO's candidates per seed in
+        # the session-44 comparison, 3 seeds); 1,024 x 8 scores on 12 of 12 candidates (0.12-0.36, 3 s each)
+        # and 2,048 x 8 on 12 of 12 (0.10-0.45, 7 s), 2 seeds on the H200; 1,024 x 8 leaves random search and
+        # BO 15 candidates in the 15,360-image comparison where 2,048 x 8 leaves 7
+        # (benchmarks/results/baseline_evaluation_gpu/).
         return ExperimentSetup(simulator, model, segmentation_task(4), val, test, config, iterations=120,
-                               assess_images=2048, assess_epochs=8, reference_psi=psi_target, make_model=make_model)
+                               assess_images=2048, assess_epochs=8, reference_psi=psi_target, make_model=make_model,
+                               baseline_evaluation=(1024, 8))
     # K = 256 renders per step, as at gpu size: with K = 32 the step saw a signal on the lights
     # only (the object count, shapes and resolution within noise at the start psi) and runs closed
     # G 0.03 +- 0.01; with K = 256 the count and shapes carry one at 32 px and 8 channels alike
