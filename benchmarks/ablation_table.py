@@ -46,8 +46,9 @@ PLAIN_240 = ("clevr-seg_gpu_default_240steps.json", "clevr-seg_gpu_default_240st
 # changed since session 22 and the runs differ from the first step, so these are other draws of the
 # same runs; the control of the outer_beta2 row (the same start and reference assessments, the same code).
 PLAIN_240_RERUN = ("clevr-seg_gpu_default_240steps_rerun_s012.json", "clevr-seg_gpu_default_240steps_s34.json")
-# ... with seeds 5, 6 (session 44; their own start and reference assessments, from their call)
-PLAIN_240_SEEDS_0_6 = (*PLAIN_240_RERUN, "clevr-seg_gpu_default_240steps_s56.json")
+# ... with seeds 5, 6 (session 44) and 7-9 (session 45), each call with its own start and reference assessments
+PLAIN_240_SEEDS_0_9 = (*PLAIN_240_RERUN, "clevr-seg_gpu_default_240steps_s56.json",
+                       "clevr-seg_gpu_default_240steps_s789.json")
 ROWS = [
     # the warm-started model (sessions 3-6)
     ("plain exact quadratic (control)", WARM, "clevr-seg_gpu_run1.json", "default", None),
@@ -166,8 +167,8 @@ ROWS = [
      "clevr-seg_gpu_k2048_e8_60steps.json", "k2048_e8", (INITS_CALLS, "default")),
     # session 43: the plain run to 240 steps drawn again, and Adam's second moment on psi remembering
     # ~100 steps instead of ~1,000 (outer_beta2 0.99, digits-sim2real's cpu preset since session 42)
-    ("plain, 240 steps, drawn again on seeds 0-2 (session 43; seeds 3, 4 session 26; seeds 5, 6 session 44)", FRESH,
-     PLAIN_240_SEEDS_0_6, "default", (PLAIN_240, "default")),
+    ("plain, 240 steps, drawn again on seeds 0-2 (session 43; seeds 3, 4 session 26; 5, 6 session 44; 7-9 session 45)",
+     FRESH, PLAIN_240_SEEDS_0_9, "default", (PLAIN_240, "default")),
     ("Adam's second moment on psi over ~100 steps (outer_beta2 0.99), 240 steps (seeds 3, 4 in another call)",
      FRESH, ("clevr-seg_gpu_beta2_0.99_240steps_s012.json", "clevr-seg_gpu_beta2_0.99_240steps_s34.json"),
      "beta2_0.99", (PLAIN_240_RERUN, "default")),

@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="an `autosim compare` --out directory and a label for its evaluation (repeatable)")
     parser.add_argument("--method", default="random", help="the baseline whose run directories to read")
     parser.add_argument("--reference", help="the label to rank against (default: the last --runs)")
+    parser.add_argument("--device", default="", help="where the comparisons ran, recorded as given")
     parser.add_argument("--out", required=True, help="writes OUT.json and OUT.png")
     args = parser.parse_args(argv)
     runs = {}
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"benchmark": "rank agreement of candidate evaluations (random search's candidates, same seeds)",
               "date": datetime.date.today().isoformat(), "experiment": record.get("experiment"),
               "metric": record.get("metric"), "host": platform.node(),
-              "runs": {label: {"dir": out, **_settings(out)} for label, out in runs.items()}, **summary}
+              "device": args.device, "runs": {label: _settings(out) for label, out in runs.items()}, **summary}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
