@@ -49,6 +49,8 @@ import datetime
 import glob
 import json
 import os
+import shlex
+import sys
 
 import numpy as np
 from field_drift import read_record  # psi_learning.py's records, compressed or not
@@ -171,13 +173,31 @@ def crossfit_runs(reassessed: list[dict], baselines: dict[int, dict]) -> list[di
 
 
 def summary(runs: list[dict], tol: float) -> dict:
+    """Per choice: how often it is within ``tol`` of the run's best assessed point, its mean G, and
+    its G minus the final psi's on the same runs (``minus_final``: the mean, its standard error
+    with ``ddof=1`` and the count of runs where the choice is ahead), the paired figure that says
+    whether a choice beats simply returning the final psi.
+
+    Example:
+      >>> runs = [{"best": 0.8, "final": 0.6, "selected_by_val": 0.8, "average_second_half": 0.7},
+      ...         {"best": 0.5, "final": 0.5, "selected_by_val": None, "average_second_half": 0.3}]
+      >>> d = summary(runs, tol=0.05)["average_second_half"]
+      >>> d["within_tol_of_best"], round(d["minus_final"]["mean"], 3), round(d["minus_final"]["se"], 3)
+      (0.0, -0.05, 0.15)
+      >>> d["minus_final"]["ahead"], d["runs"]
+      (1, 2)
+    """
     out = {"runs": len(runs), "tol": tol, "mean_best": float(np.mean([r["best"] for r in runs]))}
     for choice in ("final", "selected_by_val", "average_second_half"):
         have = [r for r in runs if r[choice] is not None]
+        diff = np.array([r[choice] - r["final"] for r in have])
         out[choice] = {"runs": len(have),
                        "within_tol_of_best": float(np.mean([r[choice] >= r["best"] - tol for r in have])),
                        "mean_G": float(np.mean([r[choice] for r in have])),
-                       "mean_G_final_same_runs": float(np.mean([r["final"] for r in have]))}
+                       "mean_G_final_same_runs": float(np.mean([r["final"] for r in have])),
+                       "minus_final": {"mean": float(diff.mean()),
+                                       "se": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0,
+                                       "ahead": int((diff > 0).sum())}}
     return out
 
 
@@ -195,7 +215,7 @@ def main(argv=None) -> int:
         return _main_crossfit(p, args)
     runs = []
     for path in sorted(glob.glob(args.records)):
-        if path.endswith(".partial.jsonl"):
+        if ".partial.jsonl" in path:  # a run's progress log (also gzipped), not a record
             continue
         record = read_record(path)
         if record.get("benchmark") != "psi_learning":
@@ -205,13 +225,16 @@ def main(argv=None) -> int:
     if not runs:
         p.error(f"no run with two or more assessed points in {args.records}")
     result = {"benchmark": "return_choice", "date": datetime.date.today().isoformat(), "records": args.records,
+              "command": shlex.join(["python", "benchmarks/return_choice.py", *(sys.argv[1:] if argv is None else argv)]),
               "summary": summary(runs, args.tol), "runs": runs}
     s = result["summary"]
     print(f"{s['runs']} runs; mean G of the best assessed point {s['mean_best']:.3f}")
     for choice in ("final", "selected_by_val", "average_second_half"):
         c = s[choice]
+        d = c["minus_final"]
         print(f"  {choice:20s}: within {args.tol} of the best in {c['within_tol_of_best']:.0%} of {c['runs']} runs, "
-              f"mean G {c['mean_G']:.3f} (the final psi's on the same runs {c['mean_G_final_same_runs']:.3f})")
+              f"mean G {c['mean_G']:.3f} (the final psi's on the same runs {c['mean_G_final_same_runs']:.3f}; "
+              f"paired {d['mean']:+.3f} +- {d['se']:.3f} s.e., ahead on {d['ahead']})")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
