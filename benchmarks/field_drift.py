@@ -63,7 +63,7 @@ def unflatten(flat: dict[str, list], like):
 
 def read_record(path: str) -> dict:
     """A ``psi_learning.py`` record: ``path``, or ``path + ".gz"`` where only the compressed copy
-    is kept (the records over 300 KB are stored gzip-compressed, so that the working tree stays
+    is kept (the records over 50 KB are stored gzip-compressed, so that the working tree stays
     under the 64 MiB a device call copies; ``docs/benchmarks.md``). Every reader of the records
     takes the ``.json`` name through this; the ``.json.gz`` name, the file a user sees, is read too.
 
