@@ -340,7 +340,9 @@ _CLEVR_DET_GPU_ASSESS_EPOCHS = 24
 # and digits-det: a detector trained on the step's K = 32 renders x 2 epochs from its initialisation
 # finds nothing (val mAP@0.5 0.000 on 120 of 120 of random search's candidates on digits-det, <= 0.01 on
 # clevr-det); 256 x 4 (clevr-det) and 512 x 4 (digits-det) score, 0.00-0.08 and 0.00-0.12 over 20
-# candidates (2 seeds; docs/detection.md, session 41).
+# candidates (2 seeds; docs/detection.md, session 41). Scoring is not ranking: on clevr-det one detector
+# of the assessment's 256 x 15 has a std of 0.054 at a fixed psi, more than random search's candidates
+# differ (0.040), so at cpu size no single-detector evaluation orders them (session 46).
 _DET_CPU_BASELINE_EVALUATION = ((256, 4), (512, 4))
 # clevr-det at gpu size: its own K = 256 x 2 epochs is blind too (random search's and BO's in-run best
 # val mAP@0.5 <= 1.3e-4 on every seed, session 10). On the H200 (session 43, random search, 2 seeds)
