@@ -146,13 +146,23 @@ def cross_fitted_pick(candidates: dict[int, dict]) -> dict:
             "best_step": best, "best": means[best], "test_by_step": {str(s): means[s] for s in steps}}
 
 
+def _crossfit_entry(variant: str, seed: int, candidates: dict[int, dict], baseline: dict) -> dict:
+    """:func:`cross_fitted_pick` over one run's ``candidates`` (step -> assessment), also in G against
+    ``baseline`` (the seed's recorded start and reference, as ``psi_learning.py``'s ``_baseline`` rows)."""
+    from autosim_jax import gap_closed
+
+    r = cross_fitted_pick(candidates)
+    start, reference = baseline["start"]["test_metric"], baseline["reference"]["test_metric"]
+    g = {k: gap_closed(start, r[k], reference) for k in ("picked", "final", "best")}
+    g["by_step"] = {s: gap_closed(start, v, reference) for s, v in r["test_by_step"].items()}
+    return {"variant": variant, "seed": seed, **r, "G": g}
+
+
 def crossfit_runs(reassessed: list[dict], baselines: dict[int, dict]) -> list[dict]:
     """One entry per (variant, seed) of ``reassess.py`` records: :func:`cross_fitted_pick` over
     its reassessed steps, in test metric and in G (``baselines``: seed -> recorded start and
     reference, as ``psi_learning.py``'s ``_baseline`` rows hold them). A step assessed in several
     records is assessed once by all their models (:func:`pool_models`)."""
-    from autosim_jax import gap_closed
-
     by_run: dict[tuple, dict] = {}
     for record in reassessed:
         for row in record["rows"]:
@@ -160,16 +170,50 @@ def crossfit_runs(reassessed: list[dict], baselines: dict[int, dict]) -> list[di
                 by_run.setdefault((row["variant"], row["seed"]), {}).setdefault(row["step"], []).append(
                     row["new"]["learned"])
     by_run = {run: {step: pool_models(a) for step, a in steps.items()} for run, steps in by_run.items()}
+    return [_crossfit_entry(variant, seed, candidates, baselines[seed])
+            for (variant, seed), candidates in sorted(by_run.items())]
+
+
+def record_crossfit_runs(record: dict) -> list[dict]:
+    """The cross-fitted validation pick of every run of one ``psi_learning.py`` record whose assessed
+    steps (two or more, step 0 aside) each hold an even number of fresh models, judged in G against
+    the start and reference of the same record. This is ``selected_by_val`` without the winner's curse:
+    the models that pick a step do not judge it.
+
+    Example:
+      >>> a = lambda v, t: {"val_metrics": v, "test_metrics": t, "test_metric": sum(t) / len(t)}
+      >>> rec = {"runs": [
+      ...     {"variant": "_baseline", "seed": 0, "start": {"test_metric": 0.2}, "reference": {"test_metric": 0.6}},
+      ...     {"variant": "default", "seed": 0, "assessed": {"30": a([0.5, 0.3], [0.4, 0.4]),
+      ...                                                  "60": a([0.3, 0.4], [0.5, 0.3]),
+      ...                                                  "average_second_half": a([0.1, 0.1], [0.1, 0.1])}}]}
+      >>> r, = record_crossfit_runs(rec)  # model 0 picks 30, judged by model 1 (0.4); model 1 picks 60, by model 0 (0.5)
+      >>> r["picks"], round(r["G"]["picked"], 3), round(r["G"]["final"], 3)
+      ([30, 60], 0.625, 0.5)
+    """
+    baselines = {r["seed"]: r for r in record["runs"] if r["variant"] == "_baseline" and "error" not in r}
     out = []
-    for (variant, seed), candidates in sorted(by_run.items()):
-        r = cross_fitted_pick(candidates)
-        b = baselines[seed]
-        g = {k: gap_closed(b["start"]["test_metric"], r[k], b["reference"]["test_metric"])
-             for k in ("picked", "final", "best")}
-        g["by_step"] = {s: gap_closed(b["start"]["test_metric"], v, b["reference"]["test_metric"])
-                        for s, v in r["test_by_step"].items()}
-        out.append({"variant": variant, "seed": seed, **r, "G": g})
+    for run in record["runs"]:
+        if run["variant"] == "_baseline" or "error" in run or run["seed"] not in baselines:
+            continue
+        candidates = {int(k): a for k, a in run.get("assessed", {}).items() if k.isdigit() and k != "0"}
+        if len(candidates) >= 2 and all(a.get("val_metrics") and len(a["val_metrics"]) % 2 == 0
+                                        for a in candidates.values()):
+            out.append(_crossfit_entry(run["variant"], run["seed"], candidates, baselines[run["seed"]]))
     return out
+
+
+def crossfit_summary(runs: list[dict]) -> dict:
+    """The cross-fitted pick's G minus the final psi's (judged by the same halves), over ``runs``;
+    a run whose judging half lost every model (NaN) is left out and counted."""
+    kept = [r for r in runs if np.isfinite(r["G"]["picked"]) and np.isfinite(r["G"]["final"])]
+    diff = np.array([r["G"]["picked"] - r["G"]["final"] for r in kept])
+    return {"runs": len(kept), "left_out_nan": len(runs) - len(kept),
+            "mean_G_picked": float(np.mean([r["G"]["picked"] for r in kept])),
+            "mean_G_final": float(np.mean([r["G"]["final"] for r in kept])),
+            "picked_minus_final": {"mean": float(diff.mean()),
+                                   "se": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0,
+                                   "ahead": int((diff > 0).sum()), "behind": int((diff < 0).sum())}}
 
 
 def summary(runs: list[dict], tol: float) -> dict:
@@ -213,7 +257,7 @@ def main(argv=None) -> int:
         p.error("give --records, or --reassessed with --baselines")
     if args.reassessed:
         return _main_crossfit(p, args)
-    runs = []
+    runs, crossfit = [], []
     for path in sorted(glob.glob(args.records)):
         if ".partial.jsonl" in path:  # a run's progress log (also gzipped), not a record
             continue
@@ -222,11 +266,14 @@ def main(argv=None) -> int:
             continue
         for variant, g in record.get("gap_closed", {}).get("test_metric", {}).items():
             runs += [{"file": os.path.basename(path), "variant": variant, **r} for r in runs_of(g)]
+        crossfit += [{"file": os.path.basename(path), **r} for r in record_crossfit_runs(record)]
     if not runs:
         p.error(f"no run with two or more assessed points in {args.records}")
     result = {"benchmark": "return_choice", "date": datetime.date.today().isoformat(), "records": args.records,
               "command": shlex.join(["python", "benchmarks/return_choice.py", *(sys.argv[1:] if argv is None else argv)]),
               "summary": summary(runs, args.tol), "runs": runs}
+    if crossfit:
+        result["crossfit_summary"], result["crossfit_runs"] = crossfit_summary(crossfit), crossfit
     s = result["summary"]
     print(f"{s['runs']} runs; mean G of the best assessed point {s['mean_best']:.3f}")
     for choice in ("final", "selected_by_val", "average_second_half"):
@@ -235,6 +282,12 @@ def main(argv=None) -> int:
         print(f"  {choice:20s}: within {args.tol} of the best in {c['within_tol_of_best']:.0%} of {c['runs']} runs, "
               f"mean G {c['mean_G']:.3f} (the final psi's on the same runs {c['mean_G_final_same_runs']:.3f}; "
               f"paired {d['mean']:+.3f} +- {d['se']:.3f} s.e., ahead on {d['ahead']})")
+    if crossfit:
+        c = result["crossfit_summary"]
+        d = c["picked_minus_final"]
+        print(f"  validation pick, cross-fitted (the runs with an even number of models per step): {c['runs']} runs, "
+              f"G {c['mean_G_picked']:.3f} against the final psi's {c['mean_G_final']:.3f} judged by the same "
+              f"models, paired {d['mean']:+.3f} +- {d['se']:.3f} s.e. (ahead on {d['ahead']}, behind on {d['behind']})")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
