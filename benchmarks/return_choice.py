@@ -10,7 +10,10 @@ of the best assessed point (by test G) and their mean G. No device is needed.
 
 The validation pick is judged with the same fresh models that picked it, so its G is
 optimistic by up to about one assessment's noise when the candidates are close (one psi's G
-carries about 0.07 with 4 models per psi on clevr-seg at gpu size).
+carries about 0.07 with 4 models per psi on clevr-seg at gpu size). So where a record's assessed
+steps each hold an even number of models, the pick is also cross-fitted (half the models pick,
+the others judge, then the halves swap; :func:`record_crossfit_runs`) and reported paired with the
+final psi judged by the same halves. Each choice is reported minus the final psi too, paired by run.
 
 Usage::
 
