@@ -206,24 +206,28 @@ def record_crossfit_runs(record: dict) -> list[dict]:
     return out
 
 
+def paired(diff) -> dict:
+    """A choice's G minus the final psi's over runs: the mean, its standard error (``ddof=1``) and the
+    runs where the choice is ahead and behind."""
+    diff = np.asarray(diff, dtype=float)
+    return {"mean": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0,
+            "ahead": int((diff > 0).sum()), "behind": int((diff < 0).sum())}
+
+
 def crossfit_summary(runs: list[dict]) -> dict:
     """The cross-fitted pick's G minus the final psi's (judged by the same halves), over ``runs``;
     a run whose judging half lost every model (NaN) is left out and counted."""
     kept = [r for r in runs if np.isfinite(r["G"]["picked"]) and np.isfinite(r["G"]["final"])]
-    diff = np.array([r["G"]["picked"] - r["G"]["final"] for r in kept])
     return {"runs": len(kept), "left_out_nan": len(runs) - len(kept),
             "mean_G_picked": float(np.mean([r["G"]["picked"] for r in kept])),
             "mean_G_final": float(np.mean([r["G"]["final"] for r in kept])),
-            "picked_minus_final": {"mean": float(diff.mean()),
-                                   "se": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0,
-                                   "ahead": int((diff > 0).sum()), "behind": int((diff < 0).sum())}}
+            "picked_minus_final": paired([r["G"]["picked"] - r["G"]["final"] for r in kept])}
 
 
 def summary(runs: list[dict], tol: float) -> dict:
     """Per choice: how often it is within ``tol`` of the run's best assessed point, its mean G, and
-    its G minus the final psi's on the same runs (``minus_final``: the mean, its standard error
-    with ``ddof=1`` and the count of runs where the choice is ahead), the paired figure that says
-    whether a choice beats simply returning the final psi.
+    its G minus the final psi's on the same runs (``minus_final``, :func:`paired`), the figure that
+    says whether a choice beats simply returning the final psi.
 
     Example:
       >>> runs = [{"best": 0.8, "final": 0.6, "selected_by_val": 0.8, "average_second_half": 0.7},
@@ -237,14 +241,11 @@ def summary(runs: list[dict], tol: float) -> dict:
     out = {"runs": len(runs), "tol": tol, "mean_best": float(np.mean([r["best"] for r in runs]))}
     for choice in ("final", "selected_by_val", "average_second_half"):
         have = [r for r in runs if r[choice] is not None]
-        diff = np.array([r[choice] - r["final"] for r in have])
         out[choice] = {"runs": len(have),
                        "within_tol_of_best": float(np.mean([r[choice] >= r["best"] - tol for r in have])),
                        "mean_G": float(np.mean([r[choice] for r in have])),
                        "mean_G_final_same_runs": float(np.mean([r["final"] for r in have])),
-                       "minus_final": {"mean": float(diff.mean()),
-                                       "se": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0,
-                                       "ahead": int((diff > 0).sum())}}
+                       "minus_final": paired([r[choice] - r["final"] for r in have])}
     return out
 
 
@@ -284,7 +285,7 @@ def main(argv=None) -> int:
         d = c["minus_final"]
         print(f"  {choice:20s}: within {args.tol} of the best in {c['within_tol_of_best']:.0%} of {c['runs']} runs, "
               f"mean G {c['mean_G']:.3f} (the final psi's on the same runs {c['mean_G_final_same_runs']:.3f}; "
-              f"paired {d['mean']:+.3f} +- {d['se']:.3f} s.e., ahead on {d['ahead']})")
+              f"paired {d['mean']:+.3f} +- {d['se']:.3f} s.e., ahead on {d['ahead']}, behind on {d['behind']})")
     if crossfit:
         c = result["crossfit_summary"]
         d = c["picked_minus_final"]
