@@ -206,9 +206,10 @@ _NONFINITE_STATE = (
 )
 _UNCONVERGED = (
     "AutoSimulate step {step}: the CG solve of Eq. 13a did not converge ({why}); {action}. To converge, "
-    "raise cg_maxiter, raise damping (now {damping}) so that H + lambda I is better conditioned, or set "
-    "curvature_batch_size (now {curv_n}) so that each CG iteration is cheaper and more of them fit in a "
-    "step. StepInfo.cg_converged reports every step; this warning is given once per make_autosimulate."
+    "raise cg_maxiter, raise damping (now {damping}) so that H + lambda I is better conditioned (this changes "
+    "the vector itself, not only the solve: check the learned psi's G), or set curvature_batch_size (now "
+    "{curv_n}) so that each CG iteration is cheaper and more of them fit in a step. StepInfo.cg_converged "
+    "reports every step; this warning is given once per make_autosimulate."
 )
 _INDEFINITE = (
     "AutoSimulate step {step}: the damped Hessian H + lambda I (damping={damping}) is indefinite: {evidence}, "

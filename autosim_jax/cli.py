@@ -743,9 +743,20 @@ def _summary_table(s: dict, metric: str) -> str:
         rows.append(("psi moved, KL(q_psi || q_start)", f"{s['psi_kl_from_start']:.4g} nats"))
     if s.get("cg_solves"):
         bad, worse = s["cg_unconverged_steps"], s["cg_no_descent_steps"]
-        rows.append(("CG solves", f"{s['cg_solves'] - bad}/{s['cg_solves']} converged"
-                     + (f", {worse} no better than zero" if worse else "")
-                     + ("; raise cg_maxiter or the damping in the experiment's AutoSimConfig" if bad or worse else "")))
+        residual = (f" (relative residual median {s['cg_relative_residual_median']:.2g}, max "
+                    f"{s['cg_relative_residual_max']:.2g})" if bad and "cg_relative_residual_median" in s else "")
+        if worse:
+            advice = "; raise cg_maxiter or the damping in the experiment's AutoSimConfig"
+        elif bad:
+            # On digits-sim2real (cpu) solving to cg_tol (50 iterations) gave the same G at 1.5x the time,
+            # and 10x the damping, which converges in the same 10, lost most of the gain (docs/learning.md,
+            # session 47): a truncated solve is not a failed one, and the damping is not a free fix.
+            advice = ("; truncated, every vector better than zero (more cg_maxiter solves it to cg_tol; a larger "
+                      "damping changes the step itself)")
+        else:
+            advice = ""
+        rows.append(("CG solves", f"{s['cg_solves'] - bad}/{s['cg_solves']} converged" + residual
+                     + (f", {worse} no better than zero" if worse else "") + advice))
     if s.get("psi_kept_steps"):
         rows.append(("steps that kept psi", f"{s['psi_kept_steps']} (an unusable solve or a non-finite update)"))
     if s.get("finetune_loss_jump_steps"):

@@ -1232,16 +1232,20 @@ def summarize(records: list[dict], *, higher: bool, stopped_by: str, state, targ
     return summary
 
 
-def cg_counts(records: Sequence[dict]) -> dict[str, int]:
+def cg_counts(records: Sequence[dict]) -> dict[str, float]:
     """Steps whose CG solve did not converge, whose vector was no better than zero
-    (``cg_model_value >= 0`` with a solve), and (when recorded) that kept psi unchanged;
-    ``{}`` for records without a solve report."""
+    (``cg_model_value >= 0`` with a solve), and (when recorded) that kept psi unchanged; the
+    median and largest relative residual of the solves; ``{}`` for records without a solve report."""
     if not records or "cg_converged" not in records[0]:
         return {}
     solved = [r for r in records if r.get("cg_relative_residual", 0.0) != 0.0 or not r["cg_converged"]]
     counts = {"cg_unconverged_steps": sum(not r["cg_converged"] for r in records),
               "cg_no_descent_steps": sum(r.get("cg_model_value", -1.0) >= 0 for r in solved),
               "cg_solves": len(solved)}
+    residuals = [r["cg_relative_residual"] for r in solved if np.isfinite(r.get("cg_relative_residual", np.nan))]
+    if residuals:  # how far from cg_tol the unconverged ones stopped (a truncated solve, or a failed one)
+        counts.update(cg_relative_residual_median=float(np.median(residuals)),
+                      cg_relative_residual_max=float(np.max(residuals)))
     if "psi_updated" in records[0]:  # AutoSimulate versions that keep psi on an unusable step
         counts["psi_kept_steps"] = sum(not r["psi_updated"] for r in records)
     return counts

@@ -784,3 +784,29 @@ def test_summary_names_the_elements_that_narrowed():
     assert "material[1]" not in narrowed and "material[2]" not in narrowed and "x[1]" not in narrowed
     described["learned"] = described["start"]
     assert not any("spread" in name for name, _ in _psi_rows({"psi_in_field_units": described}))
+
+
+def test_summary_table_tells_a_truncated_solve_from_a_failed_one():
+    """Residual statistics come from the records; only vectors no better than zero get the advice to change
+    the solve, a truncated one (every vector better than zero) is named as such."""
+    from autosim_jax.cli import _summary_table
+    from autosim_jax.rundir import cg_counts
+
+    def record(residual, converged, model_value=-1.0):
+        return {"cg_relative_residual": residual, "cg_converged": converged, "cg_model_value": model_value,
+                "psi_updated": model_value < 0}
+
+    base = {"iterations": 4, "images": 128, "stopped_by": "iterations", "wall_time": 1.0}
+    truncated = cg_counts([record(0.1, False), record(0.3, False), record(0.2, False), record(1e-4, True)])
+    assert truncated == {"cg_unconverged_steps": 3, "cg_no_descent_steps": 0, "cg_solves": 4, "psi_kept_steps": 0,
+                         "cg_relative_residual_median": pytest.approx(0.15), "cg_relative_residual_max": 0.3}
+    row = next(line for line in _summary_table({**base, **truncated}, "mIoU").splitlines() if "CG solves" in line)
+    assert "1/4 converged (relative residual median 0.15, max 0.3); truncated, every vector better than zero" in row
+    assert "raise cg_maxiter or the damping" not in row
+    failed = cg_counts([record(0.1, False), record(2.5, False, model_value=0.3)])
+    assert failed["cg_no_descent_steps"] == 1 and failed["psi_kept_steps"] == 1
+    row = next(line for line in _summary_table({**base, **failed}, "mIoU").splitlines() if "CG solves" in line)
+    assert "0/2 converged (relative residual median 1.3, max 2.5), 1 no better than zero; raise cg_maxiter" in row
+    solved = cg_counts([record(1e-4, True), record(2e-4, True)])
+    row = next(line for line in _summary_table({**base, **solved}, "mIoU").splitlines() if "CG solves" in line)
+    assert row.rstrip().endswith("2/2 converged")
