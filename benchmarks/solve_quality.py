@@ -18,7 +18,8 @@ converged solve at another damping points to). Per point and solve, over the dra
   the truncated solve, relative to one step's hypergradient;
 * ``bias``: ||mean_i g_k,i - mean_i g_ref,i|| / ||mean_i g_ref,i||, the part of that error which
   does not average out over steps, with the standard error of the paired difference
-  (``bias_se``); and ``cos_mean``, the cosine between the two mean directions;
+  (``bias_se``; noise alone makes ``bias`` about ``bias_se``, so ``sqrt(bias^2 - bias_se^2)``
+  estimates the systematic part); and ``cos_mean``, the cosine between the two mean directions;
 * ``sign_agreement``: of the coordinates whose reference mean is more than 2 standard errors from
   zero, the share whose mean keeps its sign (Adam moves each coordinate by about its sign);
 * ``fields_bias``: the bias per field of psi, relative to that field's own mean (which fields a
@@ -161,8 +162,10 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    dampings = result.get("dampings") or []
+    fig, axes = plt.subplots(1, 4 if dampings else 3, figsize=(20 if dampings else 15, 4.2))
     budgets = result["maxiters"][:-1]
+    own = result["config"]["damping"]
     for step, entry in result["points"].items():
         s = {int(label[2:]): v for label, v in entry["solves"].items() if label.startswith("cg")}
         line, = axes[0].plot(budgets, [s[k]["relative_residual_median"] for k in budgets], "o-",
@@ -171,12 +174,22 @@ def plot(result: dict, path: str) -> None:
         axes[1].axhline(entry["noise"], color=line.get_color(), ls=":", lw=1)
         axes[2].errorbar(budgets, [s[k]["bias"] for k in budgets], [s[k]["bias_se"] for k in budgets],
                          fmt="o-", color=line.get_color(), capsize=3)
+        if dampings:  # each damping's converged vector against the run's damping's (0 there by definition)
+            ds = sorted([own, *dampings])
+            d_entries = [entry["solves"][result["reference"] if d == own else f"damping{d:g}"] for d in ds]
+            axes[3].errorbar(ds, [e["bias"] for e in d_entries], [e["bias_se"] for e in d_entries], fmt="o-",
+                             color=line.get_color(), capsize=3)
     axes[0].set(xscale="log", yscale="log", xlabel="CG iterations", ylabel="relative residual (median over draws)",
                 title=f"the solve (damping {result['config']['damping']:g})")
     axes[1].set(xscale="log", xlabel="CG iterations", ylabel="||g_k - g_ref|| / ||g_ref|| (one step)",
                 title="one step's error from truncation\n(dotted: one step's render noise / ||mean||)")
     axes[2].set(xscale="log", xlabel="CG iterations", ylabel="||mean g_k - mean g_ref|| / ||mean g_ref||",
                 title="the truncation's systematic part (+- s.e.)")
+    if dampings:
+        axes[3].set(xscale="log", xlabel="damping (solved to convergence)",
+                    ylabel="||mean g_d - mean g_ref|| / ||mean g_ref||",
+                    title=f"other dampings against {own:g} (+- s.e.)")
+        axes[3].sharey(axes[2])  # the truncation's and the damping's changes on one scale
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{result['experiment']} ({result['size']}), seed {result['seed']}: the hypergradient with k CG "
                  f"iterations against {result['maxiters'][-1]} ({result['draws']} draws per psi, float32)")
