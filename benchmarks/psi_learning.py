@@ -220,6 +220,9 @@ VARIANTS = {
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
     "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
+    "cg15": ({"cg_maxiter": 15}, "three times the cpu preset's CG budget: its 5 iterations leave a systematic error of a "
+                                 "fifth of the mean hypergradient on clevr-seg at cpu size, 15 about 0.01 "
+                                 "(solve_quality.py, session 47); does G move?"),
     "damp0.1": ({"damping": 0.1}, "10x the damping: between the Newton vector that digits needs and the "
                                   "gradient-like vector that keeps clevr-seg's lights one way (session 14)"),
     "damp1": ({"damping": 1.0},
