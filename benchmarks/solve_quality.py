@@ -94,7 +94,8 @@ def compare(grads: dict[str, np.ndarray], reference: str, slices: dict[str, slic
     return out
 
 
-def measure(args, setup, t0: float) -> dict:
+def measure(args, setup, t0: float, save=lambda result: None) -> dict:
+    """The figures of every point; ``save(result)`` after each one, so a run cut short keeps its points."""
     config = setup.config.replace(**parse_config(args.config))
     budgets = sorted(int(k) for k in args.maxiters.split(","))
     dampings = [float(d) for d in args.dampings.split(",") if d]
@@ -110,16 +111,6 @@ def measure(args, setup, t0: float) -> dict:
     points = sorted(int(p) for p in args.points.split(","))
     fresh = config.theta_reset_every == 1  # else the draws fine-tune the run's own theta at that point
 
-    # The experiment's own run, stopped at each point: its psi and the theta a step there starts from.
-    state, held = run.init(args.seed), {}
-    for step in range(points[-1] + 1):
-        if step in points:
-            theta = run.inner.theta0 if fresh else state.theta
-            held[step] = (state.psi, theta, run.inner.init_opt(theta) if fresh else state.inner_opt_state)
-        if step < points[-1]:
-            state, _ = run.step(state)
-    print(f"[{time.perf_counter() - t0:5.0f}s] the run reached step {points[-1]}", flush=True)
-
     slices = field_slices(setup.simulator.distribution.init())
     result = {"benchmark": "solve_quality", "date": datetime.date.today().isoformat(),
               "device": str(jax.devices()[0]), "jax_version": jax.__version__, "autosim_jax": asj.__version__,
@@ -130,7 +121,8 @@ def measure(args, setup, t0: float) -> dict:
               "config_changes": parse_config(args.config), "config": config.to_dict(),
               "theta": "fresh (the initialisation fine-tuned)" if fresh else "the run's theta fine-tuned",
               "points": {}}
-    for step, (psi, theta_start, opt_start) in held.items():
+
+    def point_figures(psi, theta_start, opt_start) -> dict:
         grads = {label: [] for label in solves}
         residual = {label: [] for label in solves}
         for r in range(args.draws):
@@ -140,19 +132,32 @@ def measure(args, setup, t0: float) -> dict:
                 hg = solver.hypergradient(psi, theta, scenes, x, y)
                 grads[label].append(np.asarray(ravel_pytree(hg.grad_psi)[0], np.float64))
                 residual[label].append(float(hg.solve.relative_residual))
-        grads = {label: np.stack(v) for label, v in grads.items()}
-        entry = compare(grads, reference, slices)
+        entry = compare({label: np.stack(v) for label, v in grads.items()}, reference, slices)
         for label, res in residual.items():
             entry["solves"][label].update(relative_residual_median=float(np.median(res)),
                                           relative_residual_max=float(np.max(res)),
                                           met_preset_tol=int((np.asarray(res) <= config.cg_tol).sum()))
-        result["points"][str(step)] = entry
-        line = ", ".join(f"{label}: res {v['relative_residual_median']:.3g} trunc {v['truncation']:.3f} "
-                         f"bias {v['bias']:.3f}+-{v['bias_se']:.3f} cos {v['cos_mean']:.3f} "
-                         f"sign {v['sign_agreement']:.2f}"
-                         for label, v in entry["solves"].items() if label != reference)
-        print(f"[{time.perf_counter() - t0:5.0f}s] step {step}: noise {entry['noise']:.2f}; {line}", flush=True)
-    result["seconds"] = time.perf_counter() - t0
+        return entry
+
+    # The experiment's own run, measured as it reaches each point (its psi and the theta a step there
+    # starts from); the draws use their own keys, so the run is the one `autosim run` would take.
+    state = run.init(args.seed)
+    for step in range(points[-1] + 1):
+        if step in points:
+            print(f"[{time.perf_counter() - t0:5.0f}s] the run reached step {step}", flush=True)
+            theta = run.inner.theta0 if fresh else state.theta
+            opt = run.inner.init_opt(theta) if fresh else state.inner_opt_state
+            entry = point_figures(state.psi, theta, opt)
+            result["points"][str(step)] = entry
+            line = ", ".join(f"{label}: res {v['relative_residual_median']:.3g} trunc {v['truncation']:.3f} "
+                             f"bias {v['bias']:.3f}+-{v['bias_se']:.3f} cos {v['cos_mean']:.3f} "
+                             f"sign {v['sign_agreement']:.2f}"
+                             for label, v in entry["solves"].items() if label != reference)
+            print(f"[{time.perf_counter() - t0:5.0f}s] step {step}: noise {entry['noise']:.2f}; {line}", flush=True)
+            result["seconds"] = time.perf_counter() - t0
+            save(result)
+        if step < points[-1]:
+            state, _ = run.step(state)
     return result
 
 
@@ -223,12 +228,15 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     spec = {"experiment": args.experiment, "seed": args.seed, "size": args.size, "index": 0,
             "render_workers": args.render_workers}
-    with job_setup(spec) as setup:
-        result = measure(args, setup, t0)
-    result["command"] = "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])
+    command = "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
+
+    def save(result):
+        with open(args.out + ".json", "w") as f:
+            json.dump({**result, "command": command}, f, indent=1)
+
+    with job_setup(spec) as setup:
+        result = measure(args, setup, t0, save)
     plot(result, args.out + ".png")
     return 0
 
