@@ -25,7 +25,8 @@ converged solve at another damping points to). Per point and solve, over the dra
 * ``fields_bias``: the bias per field of psi, relative to that field's own mean (which fields a
   solve redirects; Adam scales each coordinate by its own history, so a small field counts);
 * ``noise`` (per point): sqrt(E||g_ref,i - mean||^2 / ||mean||^2), one step's render noise relative
-  to the mean (the bias above is the number to set against ``noise / sqrt(steps)``).
+  to the mean (the bias above is the number to set against ``noise / sqrt(steps)``); per solve, the
+  same figure of its own hypergradients (is a truncated solve less noisy for its length?).
 
 Usage (2-core CPU)::
 
@@ -67,6 +68,8 @@ def compare(grads: dict[str, np.ndarray], reference: str, slices: dict[str, slic
       (0.5, 0.0)
       >>> round(out["noise"], 1), out["solves"]["cg300"]["truncation"]   # sqrt(4 x 1) / |mean| = 1
       (1.0, 0.0)
+      >>> round(out["solves"]["cg10"]["noise"], 1)   # the same noise about a mean 1.5 times as long
+      0.7
     """
     ref = grads[reference]
     n = ref.shape[0]
@@ -80,6 +83,9 @@ def compare(grads: dict[str, np.ndarray], reference: str, slices: dict[str, slic
         diff = g - ref
         mean_k = g.mean(0)
         out["solves"][label] = {
+            # its own render noise against its own mean: a truncated solve that damps the noisy
+            # low-curvature directions would show a lower figure than the reference's `noise`
+            "noise": float(np.sqrt(((g - mean_k) ** 2).sum(1).sum() / (n - 1)) / (np.linalg.norm(mean_k) + 1e-30)),
             "truncation": float(np.sqrt((diff ** 2).sum(1).mean() / (ref ** 2).sum(1).mean())),
             "bias": float(np.linalg.norm(diff.mean(0))) / norm_ref,
             "bias_se": float(np.sqrt((diff.var(0, ddof=1) / n).sum())) / norm_ref,
@@ -151,7 +157,7 @@ def measure(args, setup, t0: float, save=lambda result: None) -> dict:
             result["points"][str(step)] = entry
             line = ", ".join(f"{label}: res {v['relative_residual_median']:.3g} trunc {v['truncation']:.3f} "
                              f"bias {v['bias']:.3f}+-{v['bias_se']:.3f} cos {v['cos_mean']:.3f} "
-                             f"sign {v['sign_agreement']:.2f}"
+                             f"sign {v['sign_agreement']:.2f} noise {v['noise']:.2f}"
                              for label, v in entry["solves"].items() if label != reference)
             print(f"[{time.perf_counter() - t0:5.0f}s] step {step}: noise {entry['noise']:.2f}; {line}", flush=True)
             result["seconds"] = time.perf_counter() - t0
