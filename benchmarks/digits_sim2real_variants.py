@@ -103,3 +103,15 @@ K64_DECAY120_GATE2_FOR60_BETA2_099_CG5 = variant(3, "shared", 64, batch_size=8, 
                                                  snr_gate_steps=60, beta2=0.99, cg_maxiter=5)
 K64_DECAY120_GATE2_FOR60_BETA2_099_DAMP01 = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=2.0,
                                                     snr_gate_steps=60, beta2=0.99, damping=0.1)
+# session 48: converged at a tenth of the damping, the hypergradient is less noisy for its length (its render noise
+# 0.84 of the preset's damping's, median over 15 psi points) and points elsewhere (mean moved by 1.2 of its norm);
+# a budget that meets cg_tol there (CG stops at the tolerance, so 100 is a cap).
+K64_DECAY120_GATE2_FOR60_BETA2_099_DAMP0001 = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=2.0,
+                                                      snr_gate_steps=60, beta2=0.99, damping=1e-3, cg_maxiter=100)
+K64_DECAY120_GATE2_FOR60_BETA2_099_DAMP0001_CG10 = variant(3, "shared", 64, batch_size=8, decay_steps=120,
+                                                           snr_gate=2.0, snr_gate_steps=60, beta2=0.99, damping=1e-3)
+K64_DECAY120_GATE2_FOR60_BETA2_099_DAMP0001_CG30 = variant(3, "shared", 64, batch_size=8, decay_steps=120,
+                                                           snr_gate=2.0, snr_gate_steps=60, beta2=0.99, damping=1e-3,
+                                                           cg_maxiter=30)
+K64_DECAY120_GATE2_FOR60_BETA2_099_DAMP0003 = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=2.0,
+                                                      snr_gate_steps=60, beta2=0.99, damping=3e-3, cg_maxiter=100)

@@ -1,0 +1,38 @@
+"""benchmarks/paired_compare.py: seeds paired by key, and records that are not refused."""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+import paired_compare  # noqa: E402
+
+
+def _record(curves, start, reference, times):
+    seeds = [{"assessed_curve": [{"images": im, "val_metric": v, "test_metric": v} for im, v in zip((960, 1920), c)],
+              "time": t} for c, t in zip(curves, times)]
+    return {"experiment": "x", "seeds": len(curves), "rows": [{"seeds": seeds}],
+            "assessment": {"start_psi": {"seeds": [{"val_metric": s, "test_metric": s} for s in start]},
+                           "reference_psi": {"seeds": [{"val_metric": r, "test_metric": r} for r in reference]}}}
+
+
+def test_pairs_each_seed_with_its_own_and_gives_g_at_the_end():
+    start, reference = [0.2, 0.3, 0.25], [0.6, 0.5, 0.45]
+    base = _record([[0.3, 0.4], [0.3, 0.4], [0.3, 0.35]], start, reference, [10, 10, 10])
+    variant = _record([[0.35, 0.5], [0.3, 0.5], [0.3, 0.35]], start, reference, [20, 30, 20])
+    out = paired_compare.compare_records(base, variant)["val_metric"]
+    end = out["points"][1]
+    assert (end["ahead"], end["behind"]) == (2, 0)
+    assert end["mean"] == pytest.approx(0.2 / 3)
+    g_variant = (np.array([0.5, 0.5, 0.35]) - start) / (np.array(reference) - start)
+    assert out["gap_closed"]["variant_mean"] == pytest.approx(g_variant.mean())
+    assert paired_compare.compare_records(base, variant)["time_ratio_median"] == pytest.approx(2.0)
+
+
+def test_refuses_records_drawn_with_other_keys():
+    base = _record([[0.3, 0.4]] * 2, [0.2, 0.3], [0.6, 0.5], [1, 1])
+    other = _record([[0.3, 0.4]] * 2, [0.21, 0.3], [0.6, 0.5], [1, 1])
+    with pytest.raises(SystemExit, match="same keys"):
+        paired_compare.compare_records(base, other)
