@@ -11,11 +11,9 @@ each run's wall time against the base's. It refuses records whose start or refer
 
 Usage (no device; reads records only)::
 
-    R=benchmarks/results/digits-sim2real_cpu_step_epochs
-    python benchmarks/paired_compare.py --base "damping 0.01 (the preset)=$R/k64_decay120_gate2_for60_beta2_0.99_10seeds" \\
-        --variant "damping 0.003=$R/k64_decay120_gate2_for60_beta2_0.99_damping0.003_10seeds" \\
-        --variant "damping 0.001=$R/k64_decay120_gate2_for60_beta2_0.99_damping0.001_10seeds" \\
-        --out $R/paired_damping
+    R=benchmarks/results/digits-sim2real_cpu_step_epochs; P=$R/k64_decay120_gate2_for60_beta2_0.99
+    python benchmarks/paired_compare.py --base "damping 0.01, CG 10=${P}_10seeds" \
+        --variant "damping 0.001, CG 30=${P}_damping0.001_cg30_10seeds" --out /tmp/paired   # a second
 
 Writes ``OUT.json`` (every figure), ``OUT.md`` (the tables) and ``OUT.png`` (paired differences by images).
 """
@@ -116,9 +114,10 @@ def plot(result: dict, path: str) -> None:
             ax.errorbar(x, [p["mean"] for p in pts], [p["se"] for p in pts], fmt="o-", capsize=3, label=label)
         ax.axhline(0, color="k", lw=0.8)
         ax.set(xscale="log", xlabel="images rendered", title=metric.replace("_", " "),
-               ylabel=f"paired difference from {result['base']} (+- s.e.)")
+               ylabel="paired difference from the base (+- s.e.)")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{result['experiment']}: one fresh model per psi, {result['seeds']} seeds paired by key")
+    fig.suptitle(f"{result['experiment']}, {result['seeds']} seeds paired by key, one fresh model per psi\n"
+                 f"base: {result['base']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
