@@ -6,8 +6,7 @@ each step's fresh classifier fine-tuned 3 epochs on K = 256 renders, the hypergr
 renders, ``AutoSimConfig.outer_renders="shared"``, the paper's Algorithm 1, a constant psi step) with
 ``finetune_epochs``, ``outer_renders``, K, the minibatch or the psi step's decay replaced, everything
 else (start, reference, validation and test sets, the assessment, the baselines) the experiment's own.
-``K64_DECAY120_GATE2_FOR60_BETA2_099_DAMP0001_CG30`` is the cpu preset since session 48,
-``K64_DECAY120_GATE2_FOR60_BETA2_099`` the one of sessions 42-47, ``K64_DECAY120_GATE2_FOR60``
+``K64_DECAY120_GATE2_FOR60_BETA2_099`` is the cpu preset since session 42, ``K64_DECAY120_GATE2_FOR60``
 the one of sessions 39-41, ``K64_DECAY120`` the one of session 38, ``E3`` the one before it. Run from
 ``benchmarks/`` so that ``module:attr`` finds this file (``autosim`` adds the current directory to the
 import path)::
