@@ -117,3 +117,9 @@ K64_DECAY120_GATE2_FOR60_BETA2_099_DAMP0001_CG30 = variant(3, "shared", 64, batc
                                                            cg_maxiter=30)
 K64_DECAY120_GATE2_FOR60_BETA2_099_DAMP0003 = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=2.0,
                                                       snr_gate_steps=60, beta2=0.99, damping=3e-3, cg_maxiter=100)
+# A stricter noise gate at damping 0.001 / CG 30: at that damping seed 0's vertical shift passes the z = 2 gate
+# and walks over the first 60 steps (session 48); its hypergradient is less noisy for its length, so z = 3 there
+# may hold what z = 2 holds at 0.01.
+K64_DECAY120_GATE3_FOR60_BETA2_099_DAMP0001_CG30 = variant(3, "shared", 64, batch_size=8, decay_steps=120,
+                                                           snr_gate=3.0, snr_gate_steps=60, beta2=0.99, damping=1e-3,
+                                                           cg_maxiter=30)
