@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     p.add_argument("--variant", action="append", required=True, metavar="LABEL=PATH", help="repeatable")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    pairs = [s.split("=", 1) for s in [args.base, *args.variant]]
+    pairs = [s.rsplit("=", 1) for s in [args.base, *args.variant]]  # a label may hold "=" ("z = 3"), a path seldom
     if any(len(x) != 2 for x in pairs):
         p.error("--base and --variant take LABEL=PATH (a compare directory or its compare.json)")
     (base_label, base_path), variants = pairs[0], pairs[1:]
