@@ -45,6 +45,7 @@ with the Hessian, an indefinite system (:class:`IndefiniteCurvatureWarning`).
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -497,8 +498,12 @@ def make_autosimulate(
                     f"inner_learning_rate, or pass pretrain_rounds=0.")
         return theta
 
-    def hypergradient(psi, theta, scenes, inputs, labels) -> Hypergradient:
-        """Algorithm 1, lines 4-7: g_val, Table 1's vector u, and dL~/dpsi = -S(u)."""
+    def hypergradient(psi, theta, scenes, inputs, labels, damping: float | None = None) -> Hypergradient:
+        """Algorithm 1, lines 4-7: g_val, Table 1's vector u, and dL~/dpsi = -S(u).
+
+        ``damping`` (``None``: ``config.damping``) is the Levenberg ``lambda`` of the solve.
+        """
+        damping = config.damping if damping is None else damping
         at_newton_point = config.val_gradient_at == "newton_point"
         if at_newton_point:  # g_val is taken at the Newton point below; here theta_hat's metrics only
             val_loss, val_metric = inner.measure(theta, x_val, y_val)
@@ -522,11 +527,11 @@ def make_autosimulate(
         newton = None
         if at_newton_point:  # Eq. 13 where the Newton step lands (config.py; no partition there)
             g_tr = jax.grad(inner.mean_loss)(point, inputs, labels)
-            newton = solve_damped(make_operator(point)(), g_tr, config.damping, tol=config.cg_tol,
+            newton = solve_damped(make_operator(point)(), g_tr, damping, tol=config.cg_tol,
                                   maxiter=config.cg_maxiter)
             point = jax.tree.map(jnp.subtract, point, newton.x)
             _, g_val = inner.measure_and_grad(point, x_val, y_val)
-        u, report = approximation_vector(config.approximation, g_val, make_operator(point), damping=config.damping,
+        u, report = approximation_vector(config.approximation, g_val, make_operator(point), damping=damping,
                                           cg_tol=config.cg_tol, cg_maxiter=config.cg_maxiter)
         if newton is not None:
             report = report.and_(SolveReport.of_solve(newton))
@@ -557,10 +562,12 @@ def make_autosimulate(
         return (keep_if(theta_ok, new_theta, theta), keep_if(theta_ok, new_opt_state, opt_state), train_loss,
                 loss_before, theta_ok)
 
-    @jax.jit
-    def outer(psi, outer_opt_state, theta, scenes, inputs, labels, theta_ok):
+    # The damping is static: a schedule (AutoSimConfig.damping_at) compiles once per value, and a
+    # constant one folds into the program exactly as before the schedule existed.
+    @functools.partial(jax.jit, static_argnames="damping")
+    def outer(psi, outer_opt_state, theta, scenes, inputs, labels, theta_ok, damping):
         traces["outer"] += 1
-        hg = hypergradient(psi, theta, scenes, inputs, labels)
+        hg = hypergradient(psi, theta, scenes, inputs, labels, damping)
         grad = hg.grad_psi
         if config.entropy_weight:
             grad = add_entropy_bonus(psi, grad, config.entropy_weight)
@@ -581,7 +588,7 @@ def make_autosimulate(
         checks = (theta_ok, val_ok, hg.solve.usable, ok)
         return keep_if(ok, new_psi, psi), keep_if(ok, new_opt_state, outer_opt_state), hg, checks
 
-    def warn_about_solve(step_number: int, info: StepInfo, solve: SolveReport) -> None:
+    def warn_about_solve(step_number: int, info: StepInfo, solve: SolveReport, damping: float) -> None:
         if config.approximation != "exact_quadratic":
             return
         action = ("psi was updated along its vector" if info.psi_updated
@@ -593,11 +600,11 @@ def make_autosimulate(
             min_curv = float(solve.min_curvature)
             if min_curv <= 0:
                 evidence = f"CG met the curvature p^T (H + lambda I) p / p^T p = {min_curv:.3g} <= 0"
-                above = f" above {config.damping - min_curv:.3g} (damping minus that curvature)"
+                above = f" above {damping - min_curv:.3g} (damping minus that curvature)"
             else:
                 evidence = "u^T (H + lambda I) u <= 0 for CG's vector u"
                 above = ""
-            warnings.warn(_INDEFINITE.format(step=step_number, damping=config.damping, evidence=evidence,
+            warnings.warn(_INDEFINITE.format(step=step_number, damping=damping, evidence=evidence,
                                              action=action, above=above), IndefiniteCurvatureWarning, stacklevel=3)
         elif not info.cg_converged and UnconvergedSolveWarning not in warned:
             warned.add(UnconvergedSolveWarning)
@@ -608,7 +615,7 @@ def make_autosimulate(
                        f"cg_maxiter={config.cg_maxiter} iterations")
             else:
                 why = "it met negative curvature: the damped system is not positive definite"
-            warnings.warn(_UNCONVERGED.format(step=step_number, why=why, action=action, damping=config.damping,
+            warnings.warn(_UNCONVERGED.format(step=step_number, why=why, action=action, damping=damping,
                                               curv_n=curv), UnconvergedSolveWarning, stacklevel=3)
 
     lr_text = ("the learning rate of the inner_optimizer passed" if "inner_optimizer" in optimizers
@@ -648,8 +655,9 @@ def make_autosimulate(
                 scenes, inputs, labels = jax.block_until_ready(
                     shard_batch(simulate(jax.random.fold_in(sim_key, 1), state.psi), mesh))
         t_outer = time.perf_counter()
+        damping = config.damping_at(int(state.step))
         psi, outer_state, hg, checks = jax.block_until_ready(
-            outer(state.psi, state.outer_opt_state, theta, scenes, inputs, labels, theta_ok)
+            outer(state.psi, state.outer_opt_state, theta, scenes, inputs, labels, theta_ok, damping=damping)
         )
         t3 = time.perf_counter()
         checks = [bool(c) for c in checks]  # theta, validation loss, solve, and all of them with the update
@@ -665,7 +673,7 @@ def make_autosimulate(
             psi_updated=not reason, psi_kept_reason=reason, train_loss_before=float(loss_before),
             time_render=(t1 - t0) + (t_outer - t2), time_train=t2 - t1, time_outer=t3 - t_outer,
         )
-        warn_about_solve(int(new_state.step), info, hg.solve)
+        warn_about_solve(int(new_state.step), info, hg.solve, damping)
         warn_about_loss_jump(int(new_state.step), info)
         return new_state, info
 

@@ -101,6 +101,11 @@ class AutoSimConfig:
       entropy_weight: an entropy bonus on ``q_psi``, relative to the hypergradient's norm
         (:func:`~autosim_jax.outer.add_entropy_bonus`); 0 turns it off.
       damping: Levenberg ``lambda`` of ``H + lambda I`` (Section 4.2), ``>= 0``.
+      damping_early, damping_early_steps: the first ``damping_early_steps`` outer steps solve
+        with ``damping_early`` instead of ``damping`` (:meth:`damping_at`; 0 steps, the default:
+        ``damping`` throughout). Why: on digits-sim2real (cpu) a tenth of the preset's damping
+        ends ahead but lets the first steps' render noise walk a weak-signal field, which the
+        preset's damping and noise gate hold (``docs/learning.md``, session 48).
       curvature: ``"gauss_newton"`` (PSD), ``"hessian"`` (the paper's ``H``) or
         ``"empirical_fisher"``.
       curvature_batch_size: curvature on the first this-many of the ``K`` renders
@@ -288,6 +293,8 @@ class AutoSimConfig:
     max_kl: float = 0.05
     entropy_weight: float = 0.0
     damping: float = 1e-2
+    damping_early: float | None = None
+    damping_early_steps: int = 0
     curvature: str = "gauss_newton"
     curvature_batch_size: int | None = None
     cg_maxiter: int = 10
@@ -378,6 +385,15 @@ class AutoSimConfig:
         _positive_float("max_kl", self.max_kl, "nats of KL per step")
         _positive_float("entropy_weight", self.entropy_weight, "relative entropy bonus", allow_zero=True)
         _positive_float("damping", self.damping, "Levenberg damping of H + lambda I", allow_zero=True)
+        _positive_int("damping_early_steps", self.damping_early_steps, minimum=0)
+        if (self.damping_early is None) != (self.damping_early_steps == 0):
+            raise ValueError(
+                f"AutoSimConfig.damping_early={self.damping_early!r} and damping_early_steps={self.damping_early_steps} "
+                "come together: the first damping_early_steps steps solve with damping_early. Set both (e.g. "
+                "damping_early=0.01, damping_early_steps=60) or neither.")
+        if self.damping_early is not None:
+            _positive_float("damping_early", self.damping_early, "Levenberg damping of the first steps",
+                            allow_zero=True)
         _positive_float("cg_tol", self.cg_tol, "a relative residual", allow_zero=True)
         _positive_float("outer_beta2", self.outer_beta2, "Adam's second-moment decay, in (0, 1)")
         if self.outer_beta2 >= 1:
@@ -426,6 +442,17 @@ class AutoSimConfig:
             raise ValueError("AutoSimConfig.psi_learning_rate: outer_optimizer='natural' takes steps in KL units "
                              "(max_kl), not at a learning rate; use 'adam' or 'sgd'.")
         return float(self._psi_schedule()(count))
+
+    def damping_at(self, step: int) -> float:
+        """The Levenberg damping of outer step ``step`` (0 first): ``damping_early`` for the first
+        ``damping_early_steps`` steps, ``damping`` after them.
+
+        Example:
+          >>> config = AutoSimConfig(damping=1e-3, damping_early=1e-2, damping_early_steps=60)
+          >>> config.damping_at(59), config.damping_at(60)
+          (0.01, 0.001)
+        """
+        return self.damping_early if step < self.damping_early_steps else self.damping
 
     def _psi_schedule(self):
         return functools.partial(_psi_step_schedule, self.outer_learning_rate, self.outer_decay_steps,

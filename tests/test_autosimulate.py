@@ -135,6 +135,23 @@ def test_stages_never_retrace_and_report():
         assert isinstance(info.cg_converged, bool)
 
 
+def test_damping_schedule_is_the_early_dampings_run_then_the_late_ones_bitwise():
+    """``damping_early=1, damping_early_steps=2`` then ``damping=1e-3``: its first two steps are a
+    run at damping 1 and its next two a run at 1e-3 continued from that state, to the last bit
+    (the step is a pure function of the state); ``outer`` compiles once per damping."""
+    schedule = _toy("exact_quadratic", damping_early=1.0, damping_early_steps=2)
+    scheduled, _ = _run(schedule, 4)
+    early, _ = _run(_toy("exact_quadratic", damping=1.0), 2)
+    late = _toy("exact_quadratic")
+    for _ in range(2):
+        early, _ = late.step(early)
+    for x, y in zip(jax.tree.leaves(scheduled), jax.tree.leaves(early)):
+        np.testing.assert_array_equal(x, y)
+    assert schedule.trace_counts()["outer"] == 2
+    unscheduled, _ = _run(late, 4)
+    assert not np.array_equal(unscheduled.psi["x"].loc, scheduled.psi["x"].loc)  # the early damping mattered
+
+
 def test_same_seed_same_trajectory():
     a, _ = _run(_toy("linear"), 5, seed=3)
     b, _ = _run(_toy("linear"), 5, seed=3)
@@ -156,6 +173,9 @@ def test_renderer_failure_names_the_renderer_and_keeps_state():
         (dict(approximation="cubic"), r"Unknown approximation 'cubic'; valid choices are \['exact_quadratic'"),
         (dict(curvature="fisher"), "Unknown curvature 'fisher'"),
         (dict(damping=-1.0), "damping must be >= 0"),
+        (dict(damping_early=0.1), "damping_early=0.1 and damping_early_steps=0 come together"),
+        (dict(damping_early_steps=3), "Set both"),
+        (dict(damping_early=-0.1, damping_early_steps=3), "damping_early must be >= 0"),
         (dict(batch_size=48), "multiple of batch_size"),
         (dict(curvature_batch_size=200), "curvature_batch_size"),
     ],
