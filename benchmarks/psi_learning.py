@@ -339,7 +339,7 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     # the experiment's config as built (a variant's overrides are in the header): it changes between
     # sessions (clevr-det's inner_clip_norm since session 17), and the assessor trains with it too
     out = {"variant": spec["variant"], "seed": spec["seed"], "index": spec["index"],
-           "experiment_config": setup.config.to_dict()}
+           "experiment_config": setup.config.to_dict(), "assess_budget": resolved_budget(spec, setup)}
     if spec["variant"] == "_baseline":
         if spec.get("baseline_repeats"):  # the denominator of every G of this seed: worth more fresh models
             assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
@@ -569,12 +569,24 @@ def plot(summary: dict, steps: list[int], path: str, title: str) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
+def resolved_budget(spec: dict, setup) -> list[int]:
+    """``[images, epochs]`` of each fresh model: ``--assess-images`` / ``--assess-epochs``, else the
+    experiment's own, which change between sessions (clevr-seg cpu: 512 images until 2026-12-03, 2,048 since)."""
+    return [spec.get("assess_images") or setup.assess_images, spec.get("assess_epochs") or setup.assess_epochs]
+
+
 def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
     """The ``_baseline`` runs of an earlier ``OUT.json`` for ``seeds``, checked against this call's
-    options (``--baselines-from``). Raises ``SystemExit`` naming the mismatch, before any job starts."""
+    options (``--baselines-from``). Raises ``SystemExit`` naming the mismatch, before any job starts.
+
+    The assessment budget is compared as resolved (the experiment's defaults applied): a record
+    written before the jobs recorded it (``assess_budget``, session 49) is refused, since the
+    experiment's defaults may have changed since (session 49 reused 512-image start and reference
+    models of 2026-12-02 against 2,048-image ones without noticing)."""
+    import autosim_jax as asj
+
     old = read_record(path)
-    want = {"experiment": args.experiment, "size": args.size, "assess_images": args.assess_images,
-            "assess_epochs": args.assess_epochs, "baseline_repeats": args.baseline_repeats or args.repeats}
+    want = {"experiment": args.experiment, "size": args.size, "baseline_repeats": args.baseline_repeats or args.repeats}
     have = {k: old.get(k) for k in want}
     have["baseline_repeats"] = old.get("baseline_repeats") or old.get("repeats") or 1
     wrong = {k: (have[k], v) for k, v in want.items() if have[k] != v}
@@ -587,6 +599,14 @@ def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
     if missing:
         raise SystemExit(f"--baselines-from {path}: no start/reference assessment for seeds {missing} "
                          f"(it has {sorted(found)}); give those seeds' baselines a call of their own or drop the flag.")
+    exp = asj.get_experiment(args.experiment)
+    budget = resolved_budget(vars(args), exp.build(renderer=exp.renderers[0], seed=0, size=args.size))
+    recorded = {tuple(found[s].get("assess_budget", ())) for s in seeds}
+    if recorded != {tuple(budget)}:
+        what = ("it does not record the assessment budget its start and reference used (written before session 49)"
+                if () in recorded else f"its start and reference were assessed with {sorted(recorded)} (images, epochs)")
+        raise SystemExit(f"--baselines-from {path}: {what}, this call assesses with {budget}; run the baselines "
+                         "again (drop the flag).")
     return [{**found[s], "index": -1 - i, "reused_from": path} for i, s in enumerate(seeds)]
 
 
@@ -652,7 +672,8 @@ def main(argv=None) -> int:
     p.add_argument("--assess-epochs", type=int, default=None, help="epochs per fresh model (default: the experiment's)")
     p.add_argument("--baselines-from", default=None, metavar="JSON",
                    help="reuse the start and reference assessments of an earlier run of this script (its OUT.json: "
-                        "the same experiment, size, assessment budget and baseline repeats, every seed present) "
+                        "the same experiment, size, assessment budget as resolved (recorded since session 49) and baseline "
+                        "repeats, every seed present) "
                         "instead of training them again; G is then not paired within one call")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
