@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -341,6 +342,8 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     out = {"variant": spec["variant"], "seed": spec["seed"], "index": spec["index"],
            "experiment_config": setup.config.to_dict(), "assess_budget": resolved_budget(spec, setup)}
     if spec["variant"] == "_baseline":
+        out["baseline_inputs"] = baseline_inputs(setup, out["assess_budget"])
+    if spec["variant"] == "_baseline":
         if spec.get("baseline_repeats"):  # the denominator of every G of this seed: worth more fresh models
             assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                         repeats=spec["baseline_repeats"])
@@ -575,6 +578,35 @@ def resolved_budget(spec: dict, setup) -> list[int]:
     return [spec.get("assess_images") or setup.assess_images, spec.get("assess_epochs") or setup.assess_epochs]
 
 
+def baseline_inputs(setup, budget: list[int]) -> str:
+    """A digest of what a seed's start/reference assessment depends on besides its seed: the start
+    and reference psi, the validation and test sets, the options the fresh models train with
+    (``setup.base_config()``), the model's parameter shapes and the budget. ``--baselines-from``
+    compares it, so that a record made before an experiment changed any of them is refused.
+
+    psi is hashed to the bit; the sets' images at 8 bits (``round(255 x)``), so that the last-bit
+    differences between two hosts' numpy renderings of the same sets do not refuse a valid record."""
+    import jax
+    from flax import nnx
+
+    h = hashlib.sha256()
+
+    def add(x, *, rendered: bool) -> None:
+        a = np.asarray(x)
+        if rendered and a.dtype.kind == "f":
+            a = np.round(a.astype(np.float64) * 255.0).astype(np.int64)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+
+    for leaf in jax.tree.leaves((setup.simulator.distribution.init(), setup.reference_psi)):
+        add(leaf, rendered=False)
+    for leaf in jax.tree.leaves((setup.val_data, setup.test_data)):
+        add(leaf, rendered=True)
+    shapes = [list(np.shape(p)) for p in jax.tree.leaves(nnx.state(setup.model, nnx.Param))]
+    h.update(json.dumps([setup.base_config().to_dict(), shapes, list(budget)], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
 def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
     """The ``_baseline`` runs of an earlier ``OUT.json`` for ``seeds``, checked against this call's
     options (``--baselines-from``). Raises ``SystemExit`` naming the mismatch, before any job starts.
@@ -582,7 +614,9 @@ def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
     The assessment budget is compared as resolved (the experiment's defaults applied): a record
     written before the jobs recorded it (``assess_budget``, session 49) is refused, since the
     experiment's defaults may have changed since (session 49 reused 512-image start and reference
-    models of 2026-12-02 against 2,048-image ones without noticing)."""
+    models of 2026-12-02 against 2,048-image ones without noticing). So is one whose start, reference,
+    validation/test sets, training options or model differ from this call's (``baseline_inputs``,
+    recorded since session 50), or that does not record them."""
     import autosim_jax as asj
 
     old = read_record(path)
@@ -600,13 +634,20 @@ def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
         raise SystemExit(f"--baselines-from {path}: no start/reference assessment for seeds {missing} "
                          f"(it has {sorted(found)}); give those seeds' baselines a call of their own or drop the flag.")
     exp = asj.get_experiment(args.experiment)
-    budget = resolved_budget(vars(args), exp.build(renderer=exp.renderers[0], seed=0, size=args.size))
+    setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
+    budget = resolved_budget(vars(args), setup)
     recorded = {tuple(found[s].get("assess_budget", ())) for s in seeds}
     if recorded != {tuple(budget)}:
         what = ("it does not record the assessment budget its start and reference used (written before session 49)"
                 if () in recorded else f"its start and reference were assessed with {sorted(recorded)} (images, epochs)")
         raise SystemExit(f"--baselines-from {path}: {what}, this call assesses with {budget}; run the baselines "
                          "again (drop the flag).")
+    digest = {found[s].get("baseline_inputs") for s in seeds}
+    if digest != {baseline_inputs(setup, budget)}:
+        what = ("it does not record what its start and reference were assessed on (written before session 50)"
+                if None in digest else "its start psi, reference psi, validation/test sets, the fresh models' "
+                "options or the model differ from this call's (the experiment changed since)")
+        raise SystemExit(f"--baselines-from {path}: {what}; run the baselines again (drop the flag).")
     return [{**found[s], "index": -1 - i, "reused_from": path} for i, s in enumerate(seeds)]
 
 
@@ -672,9 +713,9 @@ def main(argv=None) -> int:
     p.add_argument("--assess-epochs", type=int, default=None, help="epochs per fresh model (default: the experiment's)")
     p.add_argument("--baselines-from", default=None, metavar="JSON",
                    help="reuse the start and reference assessments of an earlier run of this script (its OUT.json: "
-                        "the same experiment, size, assessment budget as resolved (recorded since session 49) and baseline "
-                        "repeats, every seed present) "
-                        "instead of training them again; G is then not paired within one call")
+                        "the same experiment, size, assessment budget as resolved and baseline repeats, the same start, "
+                        "reference, validation/test sets and training options (recorded since session 50), every seed "
+                        "present) instead of training them again; G is then not paired within one call")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
     p.add_argument("--render-workers", type=int, default=1,
