@@ -28,6 +28,14 @@ converged solve at another damping points to). Per point and solve, over the dra
   to the mean (the bias above is the number to set against ``noise / sqrt(steps)``); per solve, the
   same figure of its own hypergradients (is a truncated solve less noisy for its length?).
 
+With ``--newton-ratio``, also per point and damping (the run's and each of ``--dampings``, solved
+with the largest budget): Levenberg-Marquardt's reduction ratio of the damped Newton step on the
+step's training loss, ``rho = (L(theta + p) - L(theta)) / (q(p) - q(0))`` with ``p = -(G + lambda
+I)^-1 grad L`` and ``q`` the undamped quadratic model (``newton_ratio``). The Newton step is the
+local model the hypergradient rests on (Eq. 6); rho near 1 says it is trusted at that step length.
+An adaptive damping in Marquardt's manner lowers lambda where rho > 3/4 and raises it where
+rho < 1/4: the medians per point tell what such a rule would choose, before it is built.
+
 Usage (2-core CPU)::
 
     python benchmarks/solve_quality.py --experiment digits-sim2real --size cpu --seed 0 \\
@@ -100,6 +108,42 @@ def compare(grads: dict[str, np.ndarray], reference: str, slices: dict[str, slic
     return out
 
 
+def newton_ratio_fn(inner, task, config, maxiter: int):
+    """``(theta, inputs, labels, damping) -> (rho, predicted, actual)`` of the damped Newton step on
+    the renders' mean training loss (see the module's docstring): the curvature on the run's
+    curvature sub-batch and the gradient on every render, as the step's Newton point does."""
+    n = config.curvature_batch_size or config.dataset_size
+
+    def fn(theta, inputs, labels, damping):
+        grad = jax.grad(inner.mean_loss)(theta, inputs, labels)
+        op = asj.curvature_operator(config.curvature, inner.predict, task.per_sample_loss, theta,
+                                    inputs[:n], labels[:n])
+        d = asj.solve_damped(op, grad, damping, tol=1e-7, maxiter=maxiter).x
+        flat_d, flat_g = ravel_pytree(d)[0], ravel_pytree(grad)[0]
+        predicted = -flat_g @ flat_d + 0.5 * flat_d @ ravel_pytree(op.matvec(d))[0]
+        actual = (inner.mean_loss(jax.tree.map(jax.numpy.subtract, theta, d), inputs, labels)
+                  - inner.mean_loss(theta, inputs, labels))
+        return actual / predicted, predicted, actual
+
+    return fn
+
+
+def summarise_ratio(draws: np.ndarray) -> dict:
+    """Median and quartiles of ``rho`` over the draws (rows ``(rho, predicted, actual)``), the median
+    predicted and actual changes of the loss, and the share of draws in Marquardt's bands.
+
+    Example:
+      >>> out = summarise_ratio(np.array([[0.9, -1.0, -0.9], [0.5, -1.0, -0.5], [0.1, -2.0, -0.2]]))
+      >>> out["rho_median"], out["share_above_0.75"], out["share_below_0.25"]
+      (0.5, 0.3333333333333333, 0.3333333333333333)
+    """
+    rho = draws[:, 0]
+    return {"rho_median": float(np.median(rho)), "rho_q25": float(np.quantile(rho, 0.25)),
+            "rho_q75": float(np.quantile(rho, 0.75)), "predicted_median": float(np.median(draws[:, 1])),
+            "actual_median": float(np.median(draws[:, 2])), "share_above_0.75": float(np.mean(rho > 0.75)),
+            "share_below_0.25": float(np.mean(rho < 0.25))}
+
+
 def measure(args, setup, t0: float, save=lambda result: None) -> dict:
     """The figures of every point; ``save(result)`` after each one, so a run cut short keeps its points."""
     config = setup.config.replace(**parse_config(args.config))
@@ -114,6 +158,8 @@ def measure(args, setup, t0: float, save=lambda result: None) -> dict:
                                             config.replace(damping=d, cg_maxiter=k, cg_tol=args.tol))
                for label, (d, k) in solves.items()}
     simulate, finetune = jax.jit(run.inner.simulate), jax.jit(run.inner.finetune)
+    ratio = jax.jit(newton_ratio_fn(run.inner, setup.task, config, budgets[-1]))
+    ratio_dampings = sorted({config.damping, *dampings}) if args.newton_ratio else []
     points = sorted(int(p) for p in args.points.split(","))
     fresh = config.theta_reset_every == 1  # else the draws fine-tune the run's own theta at that point
 
@@ -122,6 +168,7 @@ def measure(args, setup, t0: float, save=lambda result: None) -> dict:
               "device": str(jax.devices()[0]), "jax_version": jax.__version__, "autosim_jax": asj.__version__,
               "precision": "float32, default matmul", "experiment": args.experiment, "size": args.size,
               "seed": args.seed, "draws": args.draws, "maxiters": budgets, "dampings": dampings, "tol": args.tol,
+              "newton_ratio_dampings": ratio_dampings,
               "reference": reference, "solves": {label: {"damping": d, "cg_maxiter": k}
                                                  for label, (d, k) in solves.items()},
               "config_changes": parse_config(args.config), "config": config.to_dict(),
@@ -131,6 +178,7 @@ def measure(args, setup, t0: float, save=lambda result: None) -> dict:
     def point_figures(psi, theta_start, opt_start) -> dict:
         grads = {label: [] for label in solves}
         residual = {label: [] for label in solves}
+        rho = {d: [] for d in ratio_dampings}
         for r in range(args.draws):
             scenes, x, y = simulate(jax.random.PRNGKey(10_000 + r), psi)
             theta, _, _ = finetune(theta_start, opt_start, x, y, jax.random.PRNGKey(20_000 + r))
@@ -138,7 +186,11 @@ def measure(args, setup, t0: float, save=lambda result: None) -> dict:
                 hg = solver.hypergradient(psi, theta, scenes, x, y)
                 grads[label].append(np.asarray(ravel_pytree(hg.grad_psi)[0], np.float64))
                 residual[label].append(float(hg.solve.relative_residual))
+            for d in ratio_dampings:
+                rho[d].append([float(v) for v in ratio(theta, x, y, d)])
         entry = compare({label: np.stack(v) for label, v in grads.items()}, reference, slices)
+        if rho:
+            entry["newton_ratio"] = {f"{d:g}": summarise_ratio(np.asarray(v)) for d, v in rho.items()}
         for label, res in residual.items():
             entry["solves"][label].update(relative_residual_median=float(np.median(res)),
                                           relative_residual_max=float(np.max(res)),
@@ -160,6 +212,10 @@ def measure(args, setup, t0: float, save=lambda result: None) -> dict:
                              f"sign {v['sign_agreement']:.2f} noise {v['noise']:.2f}"
                              for label, v in entry["solves"].items() if label != reference)
             print(f"[{time.perf_counter() - t0:5.0f}s] step {step}: noise {entry['noise']:.2f}; {line}", flush=True)
+            if "newton_ratio" in entry:
+                print(f"[{time.perf_counter() - t0:5.0f}s] step {step}: Newton step's rho (median [q25, q75]) " +
+                      ", ".join(f"damping {d}: {v['rho_median']:.2f} [{v['rho_q25']:.2f}, {v['rho_q75']:.2f}]"
+                                for d, v in entry["newton_ratio"].items()), flush=True)
             result["seconds"] = time.perf_counter() - t0
             save(result)
         if step < points[-1]:
@@ -219,6 +275,9 @@ def main(argv=None) -> int:
     p.add_argument("--maxiters", default="3,10,30,100,300", help="CG budgets; the largest is the reference")
     p.add_argument("--dampings", default="", help="other dampings, each solved with the largest budget and compared "
                                                   "with the reference (e.g. 0.001,0.1,1)")
+    p.add_argument("--newton-ratio", action="store_true",
+                   help="also Levenberg-Marquardt's reduction ratio of the damped Newton step on the training loss, "
+                        "per point and damping (the module's docstring)")
     p.add_argument("--tol", type=float, default=1e-7, help="cg_tol of every budget (small: each runs its budget)")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="change the experiment's AutoSimConfig (repeatable), e.g. damping=0.1")
