@@ -230,7 +230,9 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     dampings = result.get("dampings") or []
-    fig, axes = plt.subplots(1, 4 if dampings else 3, figsize=(20 if dampings else 15, 4.2))
+    ratio = bool(result.get("newton_ratio_dampings"))
+    panels = 3 + bool(dampings) + ratio
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
     budgets = result["maxiters"][:-1]
     own = result["config"]["damping"]
     for step, entry in result["points"].items():
@@ -246,6 +248,12 @@ def plot(result: dict, path: str) -> None:
             d_entries = [entry["solves"][result["reference"] if d == own else f"damping{d:g}"] for d in ds]
             axes[3].errorbar(ds, [e["bias"] for e in d_entries], [e["bias_se"] for e in d_entries], fmt="o-",
                              color=line.get_color(), capsize=3)
+        if ratio:
+            rows = sorted((float(d), v) for d, v in entry["newton_ratio"].items())
+            med = [v["rho_median"] for _, v in rows]
+            axes[-1].errorbar([d for d, _ in rows], med, [[m - v["rho_q25"] for m, (_, v) in zip(med, rows)],
+                                                          [v["rho_q75"] - m for m, (_, v) in zip(med, rows)]],
+                              fmt="o-", color=line.get_color(), capsize=3)
     axes[0].set(xscale="log", yscale="log", xlabel="CG iterations", ylabel="relative residual (median over draws)",
                 title=f"the solve (damping {result['config']['damping']:g})")
     axes[1].set(xscale="log", xlabel="CG iterations", ylabel="||g_k - g_ref|| / ||g_ref|| (one step)",
@@ -257,6 +265,12 @@ def plot(result: dict, path: str) -> None:
                     ylabel="||mean g_d - mean g_ref|| / ||mean g_ref||",
                     title=f"other dampings against {own:g} (+- s.e.)")
         axes[3].sharey(axes[2])  # the truncation's and the damping's changes on one scale
+    if ratio:
+        for level in (0.25, 0.75):
+            axes[-1].axhline(level, color="grey", ls=":", lw=1)
+        axes[-1].set(xscale="log", yscale="symlog", xlabel="damping (solved)",
+                     ylabel="rho = actual / predicted loss change",
+                     title="the Newton step on the training loss\n(median, quartiles; dotted: Marquardt's 1/4, 3/4)")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{result['experiment']} ({result['size']}), seed {result['seed']}: the hypergradient with k CG "
                  f"iterations against {result['maxiters'][-1]} ({result['draws']} draws per psi, float32)")
