@@ -172,13 +172,20 @@ ROWS = [
     ("Adam's second moment on psi over ~100 steps (outer_beta2 0.99), 240 steps (seeds 3, 4 in another call)",
      FRESH, ("clevr-seg_gpu_beta2_0.99_240steps_s012.json", "clevr-seg_gpu_beta2_0.99_240steps_s34.json"),
      "beta2_0.99", (PLAIN_240_RERUN, "default")),
+    # session 50: a tenth of the damping, solved (digits-sim2real cpu's +0.034 at the end), paired with the
+    # default on one start/reference (an H100; the variant's jobs in a second call with the first's baselines)
+    ("plain exact quadratic (control of the damping, 4 models per psi, H100)", FRESH,
+     "clevr-seg_gpu_damp0.001_cg50_60steps.json", "default", None),
+    ("damping 0.001 solved (CG <= 50; cg_tol met on 21% of steps)", FRESH, "clevr-seg_gpu_damp0.001_cg50_60steps.json",
+     "damp0.001_cg50", ("clevr-seg_gpu_damp0.001_cg50_60steps.json", "default")),
 ]
 # The plain run on seeds 0-2 in every call of one configuration (a fresh theta per step, 60 steps
 # assessed): on the GPU a seed does not fix its run bit for bit (float32 rounding differs between
 # calls and the outer loop amplifies it; trajectory_agreement.py) and some runs branch, so their
 # spread (the assessment's noise plus the runs') is the yardstick for a row with one call's control.
 CONTROL_CALLS = ("clevr-seg_gpu_staged25.json", "clevr-seg_gpu_lr0.3_s012.json", "clevr-seg_gpu_snr_gate_s012.json",
-                 "clevr-seg_gpu_inits8_s012.json", "clevr-seg_gpu_default_120steps.json")
+                 "clevr-seg_gpu_inits8_s012.json", "clevr-seg_gpu_default_120steps.json",
+                 "clevr-seg_gpu_damp0.001_cg50_60steps.json")
 
 
 def _load(name: str, cache: dict) -> dict:
