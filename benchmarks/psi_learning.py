@@ -342,8 +342,7 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     out = {"variant": spec["variant"], "seed": spec["seed"], "index": spec["index"],
            "experiment_config": setup.config.to_dict(), "assess_budget": resolved_budget(spec, setup)}
     if spec["variant"] == "_baseline":
-        out["baseline_inputs"] = baseline_inputs(setup, out["assess_budget"])
-    if spec["variant"] == "_baseline":
+        out["baseline_inputs"] = baseline_inputs(setup, out["assess_budget"])  # what --baselines-from checks
         if spec.get("baseline_repeats"):  # the denominator of every G of this seed: worth more fresh models
             assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                         repeats=spec["baseline_repeats"])
