@@ -115,14 +115,13 @@ def newton_ratio_fn(inner, task, config, maxiter: int):
     n = config.curvature_batch_size or config.dataset_size
 
     def fn(theta, inputs, labels, damping):
-        grad = jax.grad(inner.mean_loss)(theta, inputs, labels)
+        loss, grad = jax.value_and_grad(inner.mean_loss)(theta, inputs, labels)
         op = asj.curvature_operator(config.curvature, inner.predict, task.per_sample_loss, theta,
                                     inputs[:n], labels[:n])
         d = asj.solve_damped(op, grad, damping, tol=1e-7, maxiter=maxiter).x
         flat_d, flat_g = ravel_pytree(d)[0], ravel_pytree(grad)[0]
         predicted = -flat_g @ flat_d + 0.5 * flat_d @ ravel_pytree(op.matvec(d))[0]
-        actual = (inner.mean_loss(jax.tree.map(jax.numpy.subtract, theta, d), inputs, labels)
-                  - inner.mean_loss(theta, inputs, labels))
+        actual = inner.mean_loss(jax.tree.map(jax.numpy.subtract, theta, d), inputs, labels) - loss
         return actual / predicted, predicted, actual
 
     return fn
