@@ -130,3 +130,8 @@ K64_DECAY120_GATE3_FOR60_BETA2_099_DAMP0001_CG30 = variant(3, "shared", 64, batc
 K64_DECAY120_GATE2_FOR60_BETA2_099_DAMP0001_CG30_EARLY60 = variant(
     3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=2.0, snr_gate_steps=60, beta2=0.99, damping=1e-3,
     cg_maxiter=30, damping_early=1e-2, damping_early_steps=60)
+# session 51, Adam fed the hypergradient's direction only (AutoSimConfig.outer_unit_norm): on clevr-seg at gpu size
+# seed 0's first hypergradients, 200-600x the later ones, hold Adam's psi step at 1-5% of its rate; is the preset,
+# whose step runs at 0.3-1 of its rate over steps 20-60 (session 38), moved by it?
+K64_DECAY120_GATE2_FOR60_BETA2_099_UNITNORM = variant(3, "shared", 64, batch_size=8, decay_steps=120, snr_gate=2.0,
+                                                      snr_gate_steps=60, beta2=0.99, outer_unit_norm=True)

@@ -129,6 +129,13 @@ VARIANTS = {
     "beta2_0.9": ({"outer_beta2": 0.9}, "Adam on psi with a 10-step memory: the first steps' hypergradients "
                   "(digits-det's warm detector: norms 650-2200, 30-50 from step 20) leave Adam's second moment "
                   "within ~30 steps, which 0.99's does not within 120 (session 38): is the stall Adam's memory?"),
+    "unit_norm": ({"outer_unit_norm": True},
+                  "each hypergradient divided by its global norm before Adam: seed 0's first eight "
+                  "hypergradients, 200-600x the later ones, hold its psi step at 1-5% of the rate (session 51); "
+                  "does the early climb speed up where they do, and the other seeds stay level?"),
+    "damp0.001_cg50_unit_norm": ({"damping": 1e-3, "cg_maxiter": 50, "outer_unit_norm": True},
+                                 "damp0.001_cg50 with unit_norm: its seed-0 run stalled at 1% of Adam's rate "
+                                 "after first hypergradients 579x the later ones (session 51)"),
     "staged50": ({"stages": [[50, r"^\['(?!position')"], [None, None]]},
                  "every field but the positions for 50 steps, then all of them: do the positions move once the "
                  "rest is right (as they do alone, variant pos_only)?"),
