@@ -448,6 +448,7 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
                         target=target)
     if moved is not None:
         summary["psi_kl_from_start"] = float(moved(result.state.psi))
+    summary.update(psi_step_report(result.records, run_config))
     every = run_config.theta_reset_every
     summary["val_metric_model"] = {0: "warm-started", 1: "fresh per step"}.get(every, f"reset every {every} steps")
     reference = setup.reference_psi
@@ -469,6 +470,34 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     write_json(run.summary_path, summary)  # last: a summary marks the run finished
     print(_summary_table(summary, metric), file=stdout)
     return 0
+
+
+def psi_step_report(records: list[dict], config) -> dict:
+    """How fast psi moved, for Adam on psi: the median psi step's share of Adam's full rate in each
+    quarter of the run (``StepInfo.psi_step_rms`` over :meth:`AutoSimConfig.psi_learning_rate`, 1:
+    every coordinate moved by the rate), and the largest hypergradient norm of the first 8 steps
+    over the median of the rest. ``{}`` for another optimiser or fewer than 16 records.
+
+    Why: a few early hypergradients hundreds of times the later ones set Adam's second moment, and
+    the psi step then runs at a few percent of its rate for the rest of the run (clevr-seg at gpu
+    size, seed 0: 1%; ``docs/learning.md``, session 51), which the metric alone does not show.
+
+    Example:
+      >>> from autosim_jax import AutoSimConfig
+      >>> records = [{"step": t + 1, "psi_step_rms": 0.1 if t < 4 else 0.001, "psi_grad_norm": 50.0 if t < 4 else 0.1}
+      ...            for t in range(16)]
+      >>> report = psi_step_report(records, AutoSimConfig(outer_learning_rate=0.1))
+      >>> report["psi_step_share_by_quarter"], report["psi_grad_norm_early_over_later"]
+      ([1.0, 0.01, 0.01, 0.01], 500.0)
+    """
+    if config.outer_optimizer != "adam" or len(records) < 16 or "psi_step_rms" not in records[0]:
+        return {}
+    # record t's update is Adam's (t-1)-th (a step that kept psi applied none; the rate is then one step late)
+    share = [r["psi_step_rms"] / config.psi_learning_rate(max(int(r["step"]) - 1, 0)) for r in records]
+    norms = [r["psi_grad_norm"] for r in records]
+    later = float(np.median(norms[8:]))
+    return {"psi_step_share_by_quarter": [round(float(np.median(q)), 4) for q in np.array_split(share, 4)],
+            "psi_grad_norm_early_over_later": float(max(norms[:8]) / later) if later > 0 else float("inf")}
 
 
 def _cg_status(cg: dict, approximation: str) -> str:
@@ -741,6 +770,12 @@ def _summary_table(s: dict, metric: str) -> str:
                          "one step's fine-tuning is too short to show psi's worth; the fresh models below measure it"))
     if "psi_kl_from_start" in s:  # summaries written before 2026-12-03 do not have it
         rows.append(("psi moved, KL(q_psi || q_start)", f"{s['psi_kl_from_start']:.4g} nats"))
+    if "psi_step_share_by_quarter" in s:
+        quarters, ratio = s["psi_step_share_by_quarter"], s["psi_grad_norm_early_over_later"]
+        held = (f"; the first 8 steps' hypergradients reached {ratio:.0f}x the later median and Adam's second "
+                f"moment still holds them (outer_unit_norm feeds Adam their direction only)"
+                if quarters[-1] < 0.05 and ratio > 20 else "")
+        rows.append(("psi step, share of Adam's rate by quarter", " / ".join(f"{q:.2f}" for q in quarters) + held))
     if s.get("cg_solves"):
         bad, worse = s["cg_unconverged_steps"], s["cg_no_descent_steps"]
         residual = (f" (relative residual median {s['cg_relative_residual_median']:.2g}, max "

@@ -177,6 +177,37 @@ def test_progress_and_summary_say_how_far_psi_moved(toy_path, tmp_path, capsys):
     assert "no later step's model" not in _summary_table({**summary, "best_step": 1}, "neg_mse")  # warm-started
 
 
+def test_summary_says_when_early_hypergradients_hold_the_psi_step(toy_path, tmp_path, capsys):
+    """summary.json gives the psi step's share of Adam's rate by quarter (the median of the progress
+    lines' shares) and the first steps' largest hypergradient over the later median; the table names
+    a run held below 5% of the rate by early hypergradients over 20x the later ones (clevr-seg gpu's
+    seed 0, session 51) and says nothing more for a run that moves."""
+    from autosim_jax import AutoSimConfig
+    from autosim_jax.cli import _summary_table, psi_step_report
+
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--iterations", "16", "--assess-images", "0", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    records = _lines(out / "metrics.jsonl")
+    rate = json.loads((out / "config.json").read_text())["options"]["outer_learning_rate"]
+    shares = [r["psi_step_rms"] / rate for r in records]
+    assert summary["psi_step_share_by_quarter"] == pytest.approx([np.median(shares[i:i + 4]) for i in range(0, 16, 4)],
+                                                                 abs=1e-4)
+    norms = [r["psi_grad_norm"] for r in records]
+    assert summary["psi_grad_norm_early_over_later"] == pytest.approx(max(norms[:8]) / np.median(norms[8:]), rel=1e-3)
+    assert "psi step, share of Adam's rate by quarter" in captured.out and "still holds them" not in captured.out
+    stalled = [{"step": t + 1, "psi_step_rms": 0.1 if t < 4 else 0.001, "psi_grad_norm": 80.0 if t < 8 else 0.14}
+               for t in range(240)]
+    report = psi_step_report(stalled, AutoSimConfig(outer_learning_rate=0.1))
+    assert report["psi_step_share_by_quarter"] == [0.01, 0.01, 0.01, 0.01]
+    assert report["psi_grad_norm_early_over_later"] == pytest.approx(80 / 0.14)
+    table = _summary_table({**summary, **report}, "neg_mse")
+    assert "0.01 / 0.01 / 0.01 / 0.01; the first 8 steps' hypergradients reached 571x the later median" in table
+    assert psi_step_report(stalled, AutoSimConfig(outer_optimizer="sgd")) == {}  # the share is Adam's
+    assert psi_step_report(stalled[:15], AutoSimConfig()) == {}
+
+
 EXPLORE_SOURCE = """
 import autosim_toy_experiment as toy
 from autosim_jax.distributions import from_schema
