@@ -687,7 +687,8 @@ def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
         raise SystemExit(f"--baselines-from {path}: {what}, this call assesses with {budget}; run the baselines "
                          "again (drop the flag).")
     inputs = [found[s].get("baseline_inputs") for s in seeds]
-    if not all(r is not None and same_inputs(r, setup, budget) for r in inputs):
+    unique = {json.dumps(r, sort_keys=True): r for r in inputs}.values()  # one per record: the seeds share it
+    if None in inputs or not all(same_inputs(r, setup, budget) for r in unique):
         what = ("it does not record what its start and reference were assessed on (written before session 50)"
                 if None in inputs else "its start psi, reference psi, validation/test sets, the fresh models' "
                 "options or the model differ from this call's (the experiment changed since)")
