@@ -78,6 +78,7 @@ import numpy as np
 # flags are parsed and validated (see autosim_jax/cli.py).
 from .checkpoint import TMP_PREFIX, atomic_write
 from .config import APPROXIMATIONS
+from .processes import map_in_processes
 from .render_pool import RenderError
 from .rundir import ASSESSED as ASSESSED_FILE
 from .rundir import (
@@ -962,7 +963,7 @@ def run_compare(experiment, args: CompareArgs, *, stdout=None, stderr=None) -> i
 
 
 def _run_in_process(job: tuple) -> None:
-    """One run of ``--jobs`` (see :func:`_job_process`).
+    """One run of ``--jobs`` (see :func:`_map_in_processes`).
 
     The process builds its own setup and render pool; the run directory holds everything it
     did, which the parent reads back as a finished run (``_run_method``).
@@ -971,19 +972,6 @@ def _run_in_process(job: tuple) -> None:
     with RenderPools(_render_options(args), stream=sys.stderr, desc="autosim compare") as pools:
         _run_method(resolve_experiment(spec), args, renderer, method, approximation, seed, run_dir,
                     _label(method, approximation), pools, sys.stderr)
-
-
-def _job_process(fn, job: tuple) -> str | None:
-    """``fn(job)`` in a spawned process of ``--jobs``: ``None`` when it finished, else its error
-    as one line (the parent names the job)."""
-    # Several processes share one GPU: each takes memory as it needs it instead of JAX's
-    # default 75% per process. Set before anything here imports JAX.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    try:
-        fn(job)
-        return None
-    except Exception as err:
-        return f"{type(err).__name__}: {str(err).rstrip('.')}"
 
 
 def _run_parallel(experiment, args: CompareArgs, renderer: str, runs, out: str, stderr) -> list[str]:
@@ -1008,26 +996,12 @@ def _run_parallel(experiment, args: CompareArgs, renderer: str, runs, out: str, 
 
 
 def _map_in_processes(fn, jobs: list, processes: int):
-    """Yields ``(job, error)`` in order: ``fn(job)``, ``processes`` jobs at a time in spawned
-    processes (:func:`_job_process`); ``error`` is ``None`` or the job's error line."""
-    import functools
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # Not multiprocessing.Pool: its workers are daemonic and may not start the render pool's
-    # processes (--render-workers). Spawn is safe next to JAX's threads, as the render pool; one
-    # job per process, so that a run's device memory is freed when it ends.
-    workers = ProcessPoolExecutor(min(processes, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
-                                  max_tasks_per_child=1)
-    try:
-        yield from zip(jobs, workers.map(functools.partial(_job_process, fn), jobs))
-    except BaseException:  # Ctrl-C or an error here: start no further job, end the running ones
-        workers.shutdown(wait=False, cancel_futures=True)
-        for process in list(getattr(workers, "_processes", {}).values()):
-            process.kill()  # their run directories hold every finished step (--resume)
-        raise
-    finally:
-        workers.shutdown(wait=True)
+    """Yields ``(job, error)`` as each job ends: ``fn(job)``, ``processes`` jobs at a time in
+    spawned processes (:func:`~autosim_jax.processes.map_in_processes`); ``error`` is ``None`` or
+    the job's error as one line (the caller names the job). Ctrl-C or an error here kills the
+    running jobs: their run directories hold every finished step (``--resume``)."""
+    for index, ok, value in map_in_processes(fn, jobs, processes=processes):
+        yield jobs[index], (None if ok else value.strip().splitlines()[-1].rstrip("."))
 
 
 def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools: RenderPools, stdout,
@@ -1173,7 +1147,7 @@ def _seed_assessor(experiment, renderer: str, seed: int, args: CompareArgs, prot
 
 
 def _assess_in_process(job: tuple) -> None:
-    """One seed's missing assessments of ``--jobs`` (see :func:`_job_process`).
+    """One seed's missing assessments of ``--jobs`` (see :func:`_map_in_processes`).
 
     Each result lands in its run directory's assessment file, where the parent reads it back
     (and redoes, in its own process, what a failed process left missing).

@@ -37,12 +37,10 @@ import contextlib
 import datetime
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import re
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, TimeoutError, as_completed
 
 import numpy as np
 
@@ -698,36 +696,28 @@ def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
 
 def run_jobs(job, specs: list[dict], *, jobs: int, deadline: float | None, partial_path: str,
              report) -> tuple[list[dict], list[dict]]:
-    """``job(spec)`` for every spec, each in a fresh spawned process, ``jobs`` at once.
+    """``job(spec)`` for every spec, each in a spawned process of its own, ``jobs`` at once
+    (``autosim_jax.processes.map_in_processes``).
 
     Each result is appended to ``partial_path`` (JSON lines) as it arrives, so a run cut short
     keeps what finished, and passed to ``report(result, number_done)``. At ``deadline`` seconds
-    (``None``: no limit), on an error or on Ctrl-C, the processes still running are killed: no
-    job outlives the call. Returns ``(results, unfinished_specs)``; specs and results carry the
-    same ``"index"``.
+    (``None``: no limit), on a job's error or on Ctrl-C, the processes still running are killed:
+    no job outlives the call. A job's error is raised (``RuntimeError`` with its traceback).
+    Returns ``(results, unfinished_specs)``; specs and results carry the same ``"index"``.
     """
-    # Not multiprocessing.Pool: its workers are daemonic and may not start a job's render pool
-    # (--render-workers). One job per process, so that its device memory is freed when it ends.
+    from autosim_jax.processes import map_in_processes
+
     # before any job: a missing folder would otherwise surface at the first result and lose it
     os.makedirs(os.path.dirname(os.path.abspath(partial_path)), exist_ok=True)
-    executor = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1)
-    futures = [executor.submit(job, spec) for spec in specs]
-    results, cut_short = [], True
-    try:
-        for future in as_completed(futures, timeout=deadline):
-            results.append(future.result())
-            with open(partial_path, "a") as f:
-                f.write(json.dumps(results[-1]) + "\n")
-            report(results[-1], len(results))
-        cut_short = False
-    except TimeoutError:
-        pass  # the deadline: the caller lists the unfinished
-    finally:
-        if cut_short:
-            executor.shutdown(wait=False, cancel_futures=True)
-            for process in list((getattr(executor, "_processes", None) or {}).values()):
-                process.kill()
-        executor.shutdown(wait=True)
+    results = []
+    for i, ok, value in map_in_processes(job, specs, processes=jobs, deadline=deadline):
+        if not ok:
+            what = ", ".join(f"{k} {v}" for k, v in specs[i].items() if k in ("variant", "kind", "candidate", "seed"))
+            raise RuntimeError(f"job {i} ({what}) failed; what finished is in {partial_path}:\n{value}")
+        results.append(value)
+        with open(partial_path, "a") as f:
+            f.write(json.dumps(value) + "\n")
+        report(value, len(results))
     done = {r["index"] for r in results}
     return results, [spec for spec in specs if spec["index"] not in done]
 
