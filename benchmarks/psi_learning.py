@@ -28,6 +28,8 @@ the finished ones is written (the unfinished are listed under ``failed``). ``--b
 OUT.json`` reuses an earlier call's start and reference assessments (same experiment, size,
 assessment budget and baseline repeats) instead of training them again: a device call then
 spends its time on the runs; the G of such a call is not paired with its baselines in one call.
+``--merge A.json B.json --out OUT`` runs nothing: it joins records (one comparison's device calls)
+into ``OUT.json.gz`` and ``OUT.png``, each run once, the summaries computed again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import gzip
 import hashlib
 import json
 import os
@@ -758,8 +761,15 @@ def main(argv=None) -> int:
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
                    help="stop the jobs still running after this many seconds and write the summary of the "
                         "finished ones (the unfinished are listed under 'failed')")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="run nothing: join these records of this script (e.g. one comparison's device calls) into "
+                        "OUT.json.gz and OUT.png, the summaries computed again over the union of their runs")
+    p.add_argument("--merge-note", default="", help="with --merge: how the records came about (kept in the record)")
     p.add_argument("--out", required=True, help="output path without extension")
     args = p.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out, args.merge_note)
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -804,10 +814,8 @@ def main(argv=None) -> int:
     import autosim_jax as asj
 
     failed = [r for r in results if "error" in r]
-    results = [r for r in results if "error" not in r]
-    summary = {k: summarise(results, k) for k in ("test_metric", "val_metric")}
     device = jax.devices()[0]
-    record = {
+    meta = {
         "benchmark": "psi_learning", "date": datetime.date.today().isoformat(),
         "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
         "device": f"{device.platform}:{device.device_kind}", "host_cpus": os.cpu_count(), "jobs": args.jobs,
@@ -816,23 +824,95 @@ def main(argv=None) -> int:
         "seeds": seeds, "repeats": args.repeats, "baseline_repeats": args.baseline_repeats or args.repeats,
         "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
         "baselines_from": args.baselines_from, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
-        "gap_closed": summary, "solve_and_time": cg_stats(results),
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    write_record(meta, [r for r in results if "error" not in r], failed, args.out)
+    return 0
+
+
+def write_record(meta: dict, results: list[dict], failed: list[dict], out: str, compress: bool = False) -> dict:
+    """The summaries of ``results`` (G, CG and time, field importance, step sizes) added to
+    ``meta``, written to ``OUT.json`` (``OUT.json.gz`` with ``compress``, floats at 7 significant
+    digits: the runs are float32) and plotted to ``OUT.png``; printed as a table. Returns the record."""
+    summary = {k: summarise(results, k) for k in ("test_metric", "val_metric")}
+    record = {
+        **meta, "gap_closed": summary, "solve_and_time": cg_stats(results),
         "field_importance": {k: field_importance(results, k) for k in ("test_metric", "val_metric")},
-        "step_per_quarter": movement(results), "wall_seconds": time.perf_counter() - t0,
+        "step_per_quarter": movement(results),
         "failed": failed, "runs": sorted(results, key=lambda r: (r["variant"], r["seed"])),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(record, f)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if compress:
+        record["precision_note"] = "floats written with 7 significant digits (the runs are float32)"
+        with gzip.GzipFile(out + ".json.gz", "wb", compresslevel=9, mtime=0) as f:
+            f.write(json.dumps(_significant(record, 7), separators=(",", ":")).encode())
+    else:
+        with open(out + ".json", "w") as f:
+            json.dump(record, f)
+    seeds = sorted({r["seed"] for r in results})
     if summary["test_metric"]:
-        plot(summary["test_metric"], steps, args.out + ".png", f"{args.experiment} ({args.size}), {len(seeds)} seeds")
+        plot(summary["test_metric"], meta["assess_steps"], out + ".png",
+             f"{meta['experiment']} ({meta['size']}), {len(seeds)} seeds")
     for f, row in record["field_importance"]["test_metric"].items():
         print(f"field {f:>12}: start+field G {row['start_plus_field']['mean']:+.2f}   "
               f"reference-field G {row['reference_minus_field']['mean']:+.2f}")
     for name, row in summary["test_metric"].items():
         print(f"{name:>14}: " + "  ".join(f"{k}: {v['mean']:+.2f}±{v['std']:.2f}" for k, v in row.items()))
     print(json.dumps(record["solve_and_time"], indent=1))
-    return 0
+    return record
+
+
+def _significant(tree, digits: int):
+    """``tree`` (JSON values) with every finite float rounded to ``digits`` significant digits.
+
+    Example:
+      >>> _significant({"a": [0.123456789, 2, "x"], "b": float("inf")}, 3)
+      {'a': [0.123, 2, 'x'], 'b': inf}
+    """
+    if isinstance(tree, float):
+        return float(f"{tree:.{digits}g}") if np.isfinite(tree) else tree
+    if isinstance(tree, list):
+        return [_significant(v, digits) for v in tree]
+    if isinstance(tree, dict):
+        return {k: _significant(v, digits) for k, v in tree.items()}
+    return tree
+
+
+# Options that must agree between the records --merge joins (the runs are then comparable).
+_MERGE_SAME = ("experiment", "size", "steps", "assess_steps", "repeats", "baseline_repeats", "assess_images",
+               "assess_epochs", "precision")
+
+
+def merge(paths: list[str], out: str, note: str) -> dict:
+    """One record from several of this script's records (``--merge``): e.g. the device calls of
+    one comparison, each within a call's time limit. Every run is kept once: a start/reference
+    (``_baseline``) found in several records must be the same assessment; any other run twice is
+    refused, as are records whose options (``_MERGE_SAME``) differ. A job unfinished in one
+    record and finished in another counts as finished. Writes ``OUT.json.gz`` and ``OUT.png``."""
+    records = [read_record(p) for p in paths]
+    for key in _MERGE_SAME:
+        values = {json.dumps(r.get(key)) for r in records}
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the records differ in {key} ({', '.join(sorted(values))}); only runs of one "
+                             "setting can be merged")
+    runs: dict[tuple, dict] = {}
+    for path, record in zip(paths, records):
+        for r in record["runs"]:
+            key = (r["variant"], r["seed"], r.get("field"))
+            if key not in runs:
+                runs[key] = r
+            elif r["variant"] != "_baseline" or (r["start"], r["reference"]) != (runs[key]["start"], runs[key]["reference"]):
+                raise SystemExit(f"--merge: {path} holds a second run of {key[0]} seed {key[1]}; keep one (merge "
+                                 "the records without it)")
+    failed = [f for rec in records for f in rec["failed"] if (f["variant"], f["seed"], f.get("field")) not in runs]
+    variants = {k: v for rec in records for k, v in rec["variants"].items()}
+    meta = {**{k: records[0].get(k) for k in ("benchmark", *_MERGE_SAME)},
+            "date": max(r["date"] for r in records), "command": [r["command"] for r in records],
+            "device": sorted({r["device"] for r in records}), "jax_version": sorted({r["jax_version"] for r in records}),
+            "seeds": sorted({s for _, s, _ in runs}), "baselines_from": [r.get("baselines_from") for r in records],
+            "variants": variants, "wall_seconds": [r["wall_seconds"] for r in records],
+            "merged_from": {"records": [os.path.basename(p) for p in paths], "note": note}}
+    return write_record(meta, list(runs.values()), failed, out, compress=True)
 
 
 if __name__ == "__main__":
