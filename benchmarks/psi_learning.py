@@ -137,6 +137,11 @@ VARIANTS = {
     "damp0.001_cg50_unit_norm": ({"damping": 1e-3, "cg_maxiter": 50, "outer_unit_norm": True},
                                  "damp0.001_cg50 with unit_norm: its seed-0 run stalled at 1% of Adam's rate "
                                  "after first hypergradients 579x the later ones (session 51)"),
+    "unit_norm_decay60": ({"outer_unit_norm": True, "outer_decay_steps": 60},
+                          "unit_norm with the psi step decaying as 0.1 / (1 + t / 60): unit_norm keeps Adam's step "
+                          "at a third of the rate when the hypergradient is noise, and seed 0's run with damping "
+                          "0.001 walked its lights and positions away after step 60 (G 0.91 -> 0.56 at 240; "
+                          "session 52): does the decay keep the early climb and stop the walk?"),
     "staged50": ({"stages": [[50, r"^\['(?!position')"], [None, None]]},
                  "every field but the positions for 50 steps, then all of them: do the positions move once the "
                  "rest is right (as they do alone, variant pos_only)?"),
