@@ -1001,7 +1001,7 @@ def _map_in_processes(fn, jobs: list, processes: int):
     the job's error as one line (the caller names the job). Ctrl-C or an error here kills the
     running jobs: their run directories hold every finished step (``--resume``)."""
     for index, ok, value in map_in_processes(fn, jobs, processes=processes):
-        yield jobs[index], (None if ok else value.strip().splitlines()[-1].rstrip("."))
+        yield jobs[index], (None if ok else value[0].rstrip("."))
 
 
 def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools: RenderPools, stdout,

@@ -41,13 +41,18 @@ def _child(conn, fn: Callable[[Any], Any], item: Any) -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         outcome = (True, fn(item))
-    except BaseException:  # noqa: BLE001 - the parent names the job and decides
-        outcome = (False, traceback.format_exc())
+    except BaseException as err:  # noqa: BLE001 - the parent names the job and decides
+        outcome = (False, _failure(err))
     try:
         conn.send(outcome)
-    except Exception:  # noqa: BLE001 - the value cannot be pickled
-        conn.send((False, traceback.format_exc()))
+    except Exception as err:  # noqa: BLE001 - the value cannot be pickled
+        conn.send((False, _failure(err)))
     conn.close()
+
+
+def _failure(err: BaseException) -> tuple[str, str]:
+    # (the error as the job raised it, the traceback): callers print the first, log the second
+    return f"{type(err).__name__}: {err}", traceback.format_exc()
 
 
 def _stop(process) -> None:
@@ -63,8 +68,9 @@ def map_in_processes(fn: Callable[[Any], Any], items: Iterable[Any], *, processe
     """Yields ``(index, ok, value)`` for each of ``items`` as its job ends, in the order they end.
 
     ``fn(items[index])`` runs in a spawned process of its own, at most ``processes`` at once.
-    ``ok`` is True and ``value`` what ``fn`` returned, or ``ok`` is False and ``value`` the job's
-    traceback (an exception, or a line saying how its process died: a signal, an exit code).
+    ``ok`` is True and ``value`` what ``fn`` returned, or ``ok`` is False and ``value`` is
+    ``(error, traceback)``: the job's exception as ``"Type: message"`` and its traceback, or twice
+    a line saying how its process died (a signal, an exit code).
 
     ``deadline`` (seconds from the first call to ``next``; ``None``: no limit): the jobs still
     running then are killed and the iteration ends; jobs not yet started never start. The caller
@@ -98,7 +104,8 @@ def map_in_processes(fn: Callable[[Any], Any], items: Iterable[Any], *, processe
                     ok, value = conn.recv()
                 except EOFError:
                     process.join()
-                    ok, value = False, f"the job's process died before it returned ({_how_it_died(process.exitcode)})"
+                    died = f"the job's process died before it returned ({_how_it_died(process.exitcode)})"
+                    ok, value = False, (died, died)
                 conn.close()
                 process.join()
                 yield index, ok, value

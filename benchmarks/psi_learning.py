@@ -721,7 +721,7 @@ def run_jobs(job, specs: list[dict], *, jobs: int, deadline: float | None, parti
     for i, ok, value in map_in_processes(job, specs, processes=jobs, deadline=deadline):
         if not ok:
             what = ", ".join(f"{k} {v}" for k, v in specs[i].items() if k in ("variant", "kind", "candidate", "seed"))
-            raise RuntimeError(f"job {i} ({what}) failed; what finished is in {partial_path}:\n{value}")
+            raise RuntimeError(f"job {i} ({what}) failed; what finished is in {partial_path}:\n{value[1]}")
         results.append(value)
         with open(partial_path, "a") as f:
             f.write(json.dumps(value) + "\n")

@@ -26,10 +26,11 @@ def test_every_job_once_with_its_index():
 def test_an_error_and_a_death_are_reported_and_the_rest_run():
     out = {i: (ok, v) for i, ok, v in map_in_processes(int, ["7", "x", "8"], processes=3)}
     assert out[0] == (True, 7) and out[2] == (True, 8)
-    ok, text = out[1]
-    assert not ok and "ValueError" in text and "invalid literal" in text  # the job's own traceback
-    ((_, ok, text),) = map_in_processes(os._exit, [3], processes=1)
-    assert not ok and "exit code 3" in text
+    ok, (error, text) = out[1]
+    assert not ok and error.startswith("ValueError: invalid literal")  # the job's own exception
+    assert "Traceback" in text and error in text  # and its traceback
+    ((_, ok, (error, text)),) = map_in_processes(os._exit, [3], processes=1)
+    assert not ok and "exit code 3" in error and error == text
 
 
 def test_the_deadline_kills_running_jobs_and_starts_no_more():
