@@ -192,6 +192,13 @@ class AutoSimConfig:
         signal into walks; later a decaying rate keeps such walks small, while a gate held to
         the end also holds weak real signals that the end needs (digits-sim2real at cpu size,
         ``docs/learning.md``, session 39).
+      outer_snr_gate_from: the noise gate acts from this psi update on (0, the default: from the
+        first), its averages gathered from there; with ``outer_snr_gate_steps`` too it acts on updates
+        ``from <= t < steps``. Why: the reverse of ``outer_snr_gate_steps``, for a run whose early
+        climb needs every weak signal but whose fields, once at their optimum, walk on the noise
+        (on clevr-seg at gpu size Adam fed the hypergradient's direction only, ``outer_unit_norm``,
+        climbs to G 0.84 by step 120 and one seed of two then walks its lights off; session 53).
+        Not measured yet.
       outer_signal_test_after: from this outer step on, each psi leaf that has not yet shown
         evidence of a signal goes back to its start and is held there until it does
         (:func:`~autosim_jax.outer.signal_test`, chained after ``"adam"`` or ``"sgd"`` and after
@@ -324,6 +331,7 @@ class AutoSimConfig:
     outer_snr_gate: float = 0.0
     outer_snr_gate_per: str = "coordinate"
     outer_snr_gate_steps: int = 0
+    outer_snr_gate_from: int = 0
     outer_signal_test_after: int = 0
     outer_signal_test_alpha: float = 0.01
     trainable: str | None = None
@@ -353,6 +361,14 @@ class AutoSimConfig:
         if self.outer_snr_gate_steps and not self.outer_snr_gate:
             raise ValueError(f"AutoSimConfig.outer_snr_gate_steps={self.outer_snr_gate_steps} ends the noise gate, but "
                              "outer_snr_gate=0 has none; set outer_snr_gate (e.g. 2) or outer_snr_gate_steps=0.")
+        _positive_int("outer_snr_gate_from", self.outer_snr_gate_from, minimum=0)
+        if self.outer_snr_gate_from and not self.outer_snr_gate:
+            raise ValueError(f"AutoSimConfig.outer_snr_gate_from={self.outer_snr_gate_from} starts the noise gate, but "
+                             "outer_snr_gate=0 has none; set outer_snr_gate (e.g. 2) or outer_snr_gate_from=0.")
+        if self.outer_snr_gate_steps and self.outer_snr_gate_from >= self.outer_snr_gate_steps:
+            raise ValueError(f"AutoSimConfig.outer_snr_gate_from={self.outer_snr_gate_from} is not before "
+                             f"outer_snr_gate_steps={self.outer_snr_gate_steps}, so the noise gate would never act; "
+                             "give outer_snr_gate_from < outer_snr_gate_steps, or outer_snr_gate_steps=0 (to the end).")
         if self.outer_snr_gate and self.outer_optimizer == "natural":
             raise ValueError(
                 "AutoSimConfig.outer_snr_gate gates the steps of outer_optimizer='adam' or 'sgd'; 'natural' "
@@ -496,8 +512,9 @@ class AutoSimConfig:
         # the gate and the test need the hypergradient and its standard error (extra args)
         if self.outer_snr_gate:
             gate = snr_gate(self.outer_snr_gate, decay=0.99, per=self.outer_snr_gate_per)
-            if self.outer_snr_gate_steps:  # the gate acts on the first updates only, Adam's steps pass after
-                gate = optax.conditionally_transform(gate, lambda count: count < self.outer_snr_gate_steps)
+            first, end = self.outer_snr_gate_from, self.outer_snr_gate_steps
+            if first or end:  # the gate acts on updates first <= t < end only; Adam's steps pass outside
+                gate = optax.conditionally_transform(gate, lambda count: (count >= first) & ((end == 0) | (count < end)))
             base = optax.chain(base, gate)
         if self.outer_signal_test_after:
             base = optax.chain(base, signal_test(self.outer_signal_test_after, self.outer_signal_test_alpha))

@@ -142,6 +142,12 @@ VARIANTS = {
                           "at a third of the rate when the hypergradient is noise, and seed 0's run with damping "
                           "0.001 walked its lights and positions away after step 60 (G 0.91 -> 0.56 at 240; "
                           "session 52): does the decay keep the early climb and stop the walk?"),
+    "unit_norm_decay60_gate120": ({"outer_unit_norm": True, "outer_decay_steps": 60, "outer_snr_gate": 2.0,
+                                   "outer_snr_gate_from": 120},
+                                  "unit_norm_decay60 with the noise gate (z = 2) from update 120 on: it climbed to "
+                                  "G 0.84 by step 120 on seeds 0-1, then seed 1 walked its lights off (key light KL "
+                                  "2.9 -> 25.5, G 0.85 -> 0.59 at 240; session 53): does the gate hold fields whose "
+                                  "averaged hypergradient has gone to noise, and keep the climb's gain?"),
     "staged50": ({"stages": [[50, r"^\['(?!position')"], [None, None]]},
                  "every field but the positions for 50 steps, then all of them: do the positions move once the "
                  "rest is right (as they do alone, variant pos_only)?"),
@@ -596,7 +602,7 @@ def resolved_budget(spec: dict, setup) -> list[int]:
 ASSESSMENT_OPTIONS = ("inner_optimizer", "inner_learning_rate", "inner_clip_norm", "batch_size", "val_batch_size")
 # Session 50's digest hashed every AutoSimConfig field; these were added after it (at defaults that leave
 # the fresh models' training unchanged), so its formula leaves them out to reproduce its records' digests.
-_ADDED_AFTER_SESSION_50 = ("outer_unit_norm",)
+_ADDED_AFTER_SESSION_50 = ("outer_unit_norm", "outer_snr_gate_from")
 # The sets are compared by each image's and each label's mean, within this: two hosts' numpy renderings
 # of the same set differ in the last bits (at 64 px session 50's 8-bit rounding still flipped a pixel
 # between the H100 host and this CPU's), while another scene or label moves a mean by far more.

@@ -303,11 +303,50 @@ def test_snr_gate_steps_gates_the_first_updates_only():
             assert not np.array_equal(u["always"]["a"], u["plain"]["a"])  # the gate still acts on the other
 
 
-@pytest.mark.parametrize("gate_steps", [0, 3])
-def test_gated_and_decaying_runs_resume_from_a_checkpoint_bitwise(tmp_path, gate_steps):
+def test_snr_gate_from_gates_the_later_updates_only():
+    """``outer_snr_gate_from=2``: the first two updates are plain Adam's; from the third on each is
+    Adam's scaled by a gate whose averages start at the third update (checked against ``snr_gate``
+    applied by hand to plain Adam's updates from there)."""
+    from autosim_jax import AutoSimConfig
+    from autosim_jax.outer import snr_gate
+
+    late = AutoSimConfig(outer_snr_gate=2.0, outer_snr_gate_from=2).outer_optax()
+    plain = AutoSimConfig().outer_optax()
+    by_hand = snr_gate(2.0, decay=0.99)
+    psi = {"a": jnp.zeros(3)}
+    s_late, s_plain, s_hand = late.init(psi), plain.init(psi), by_hand.init(psi)
+    rng = np.random.default_rng(1)
+    gated = 0
+    for t in range(6):
+        g = {"a": jnp.asarray(rng.standard_normal(3) + np.array([5.0, 0.0, 0.0]), jnp.float32)}
+        se = {"a": jnp.ones(3)}
+        u_late, s_late = late.update(g, s_late, psi, hypergradient=g, hypergradient_stderr=se)
+        u_plain, s_plain = plain.update(g, s_plain, psi)
+        want = u_plain
+        if t >= 2:
+            want, s_hand = by_hand.update(u_plain, s_hand, psi, hypergradient=g, hypergradient_stderr=se)
+            gated += int(np.any(np.asarray(want["a"]) != np.asarray(u_plain["a"])))
+        np.testing.assert_allclose(u_late["a"], want["a"], rtol=1e-6, atol=0)
+    assert gated == 4  # the gate acted on every update from the third (the noise coordinates shrink)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"outer_snr_gate_from": 5}, "outer_snr_gate_from=5 starts the noise gate, but outer_snr_gate=0"),
+    ({"outer_snr_gate": 2.0, "outer_snr_gate_from": 60, "outer_snr_gate_steps": 60}, "never act"),
+    ({"outer_snr_gate": 2.0, "outer_snr_gate_from": -1}, "outer_snr_gate_from must be an integer >= 0")])
+def test_snr_gate_from_refuses_what_would_not_gate(options, match):
+    from autosim_jax import AutoSimConfig
+
+    with pytest.raises(ValueError, match=match):
+        AutoSimConfig(**options)
+
+
+@pytest.mark.parametrize("gate_steps, gate_from", [(0, 0), (3, 0), (0, 2)])
+def test_gated_and_decaying_runs_resume_from_a_checkpoint_bitwise(tmp_path, gate_steps, gate_from):
     """The gate's state (its averages), the signal test's (its sums, verdicts and start) and the
     decay's step count live in the outer optimiser's state, so 2 steps + checkpoint + 2 steps
-    equals 4 uninterrupted steps to the last bit (also with the gate ending after step 3)."""
+    equals 4 uninterrupted steps to the last bit (also with the gate ending after step 3, or starting
+    at step 2, across the checkpoint)."""
     from autosim_jax.checkpoint import load_checkpoint, save_checkpoint
 
     sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
@@ -316,7 +355,8 @@ def test_gated_and_decaying_runs_resume_from_a_checkpoint_bitwise(tmp_path, gate
     x = np.full((16, 1), 2.0, np.float32)
     autosim = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x, x**2), dataset_size=32,
                                 batch_size=16, outer_snr_gate=1.0, outer_decay_steps=3, outer_signal_test_after=1,
-                                outer_signal_test_alpha=0.5, outer_snr_gate_steps=gate_steps)
+                                outer_signal_test_alpha=0.5, outer_snr_gate_steps=gate_steps,
+                                outer_snr_gate_from=gate_from)
     straight = autosim.init(0)
     for _ in range(4):
         straight, _ = autosim.step(straight)
