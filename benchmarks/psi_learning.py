@@ -148,6 +148,11 @@ VARIANTS = {
                                   "G 0.84 by step 120 on seeds 0-1, then seed 1 walked its lights off (key light KL "
                                   "2.9 -> 25.5, G 0.85 -> 0.59 at 240; session 53): does the gate hold fields whose "
                                   "averaged hypergradient has gone to noise, and keep the climb's gain?"),
+    "unit_norm_gate40": ({"outer_unit_norm": True, "outer_snr_gate": 2.0, "outer_snr_gate_from": 40},
+                         "unit_norm with the noise gate (z = 2) from update 40 on, for clevr-seg's cpu preset (a "
+                         "constant rate, 40 steps): on seed 0 over 120 steps unit_norm closed 0.52 -> 0.70 while its "
+                         "positions, resolution and shapes walked, the default 0.51 -> 0.97 (session 53): does the gate "
+                         "stop the walk and keep the slow real signals?"),
     "staged50": ({"stages": [[50, r"^\['(?!position')"], [None, None]]},
                  "every field but the positions for 50 steps, then all of them: do the positions move once the "
                  "rest is right (as they do alone, variant pos_only)?"),
