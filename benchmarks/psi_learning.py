@@ -130,6 +130,10 @@ VARIANTS = {
     "beta2_0.9": ({"outer_beta2": 0.9}, "Adam on psi with a 10-step memory: the first steps' hypergradients "
                   "(digits-det's warm detector: norms 650-2200, 30-50 from step 20) leave Adam's second moment "
                   "within ~30 steps, which 0.99's does not within 120 (session 38): is the stall Adam's memory?"),
+    "raw_adam": ({"outer_unit_norm": False, "outer_decay_steps": 0},
+                 "Adam on the raw hypergradient at a constant rate: clevr-seg gpu's preset until session 54 (which "
+                 "feeds Adam the direction only, decaying as 1 / (1 + t / 60)); on digits-sim2real cpu it also "
+                 "drops the preset's decay"),
     "unit_norm": ({"outer_unit_norm": True},
                   "each hypergradient divided by its global norm before Adam: seed 0's first eight "
                   "hypergradients, 200-600x the later ones, hold its psi step at 1-5% of the rate (session 51); "
@@ -655,12 +659,19 @@ def baseline_inputs(setup, budget: list[int]) -> dict:
                               sets_at_8_bits=False), "sets": sets}
 
 
-def same_inputs(recorded, setup, budget: list[int]) -> bool:
+def same_inputs(recorded, setup, budget: list[int], recorded_config: dict | None = None) -> bool:
     """Whether a record's ``baseline_inputs`` are this setup's: a dict of :func:`baseline_inputs` (its
     digest equal, every set's means within ``SET_TOLERANCE``), or session 50's string digest (every
-    config field, the sets at 8 bits; exact, so it can refuse a record rendered on another host)."""
+    config field, the sets at 8 bits; exact, so it can refuse a record rendered on another host).
+
+    Session 50's digest hashed the outer learner's options too, which do not touch the start and
+    reference assessment and which presets change (clevr-seg gpu's, session 54): for a setup whose
+    assessment trains with its learner's config (no ``assess_config``), those are taken from the
+    run's ``recorded_config`` (its ``experiment_config``), the fresh models' options from the setup."""
     if isinstance(recorded, str):
         options = {k: v for k, v in setup.base_config().to_dict().items() if k not in _ADDED_AFTER_SESSION_50}
+        if recorded_config is not None and setup.assess_config is None:
+            options = {k: v if k in ASSESSMENT_OPTIONS else recorded_config.get(k, v) for k, v in options.items()}
         return recorded == _digest(setup, budget, options=options, sets_at_8_bits=True)
     now = baseline_inputs(setup, budget)
     return recorded["digest"] == now["digest"] and recorded["sets"].keys() == now["sets"].keys() and all(
@@ -703,9 +714,10 @@ def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
                 if () in recorded else f"its start and reference were assessed with {sorted(recorded)} (images, epochs)")
         raise SystemExit(f"--baselines-from {path}: {what}, this call assesses with {budget}; run the baselines "
                          "again (drop the flag).")
-    inputs = [found[s].get("baseline_inputs") for s in seeds]
-    unique = {json.dumps(r, sort_keys=True): r for r in inputs}.values()  # one per record: the seeds share it
-    if None in inputs or not all(same_inputs(r, setup, budget) for r in unique):
+    pairs = [(found[s].get("baseline_inputs"), found[s].get("experiment_config")) for s in seeds]
+    inputs = [p[0] for p in pairs]
+    unique = {json.dumps(p, sort_keys=True): p for p in pairs}.values()  # one per record: the seeds share it
+    if None in inputs or not all(same_inputs(r, setup, budget, config) for r, config in unique):
         what = ("it does not record what its start and reference were assessed on (written before session 50)"
                 if None in inputs else "its start psi, reference psi, validation/test sets, the fresh models' "
                 "options or the model differ from this call's (the experiment changed since)")
