@@ -198,9 +198,11 @@ class AutoSimConfig:
         climb needs every weak signal but whose fields, once at their optimum, walk on the noise
         (on clevr-seg at gpu size Adam fed the hypergradient's direction only, ``outer_unit_norm``,
         climbs to G 0.84 by step 120 and one seed of two then walks its lights off; session 53).
-        One reading so far (clevr-seg cpu, seed 0, ``outer_unit_norm``, z = 2 from step 40, session
-        53): it stops the positions' and shapes' walk but also holds a back light far from the
-        reference, G 0.59 at 120 steps against 0.70 without it and the default's 0.97.
+        Two readings, neither a gain: on clevr-seg cpu (seed 0, ``outer_unit_norm``, z = 2 from step
+        40, session 53) it stops the positions' and shapes' walk but also holds a back light far from
+        the reference, G 0.59 at 120 steps against 0.70 without it and the default's 0.97; on
+        clevr-seg gpu (seeds 0-2, the gpu preset, z = 2 from step 120, session 54) the lights still
+        walk off, G 0.70 +- 0.12 at 240 steps against 0.66 +- 0.14 without it.
       outer_signal_test_after: from this outer step on, each psi leaf that has not yet shown
         evidence of a signal goes back to its start and is held there until it does
         (:func:`~autosim_jax.outer.signal_test`, chained after ``"adam"`` or ``"sgd"`` and after
