@@ -97,6 +97,10 @@ CANDIDATES = {
     # -- session 34: the outer stage on renders other than the fine-tuning's (the finite-K
     #    correlation between the fit and the estimate, the closed-form check's first suspect)
     "s34_independent": _s5(outer_renders="independent"),
+    # -- session 55: Adam fed the hypergradient's direction only (outer_unit_norm; the digits cpu and
+    #    clevr-seg gpu presets), at a constant and a decaying rate: not measured on the toy before
+    "s55_unit_norm": _s5(outer_unit_norm=True),
+    **{f"s55_unit_norm_t{tau}": _s5(outer_unit_norm=True, outer_decay_steps=tau) for tau in (50, 100, 200)},
     "library": (None, "AutoSimConfig() of the installed package, no overrides"),
     # -- the toy's own test options (tests/test_autosimulate.py::_toy), as names
     "test_options": ({"dataset_size": 128, "batch_size": 32, "finetune_epochs": 8, "inner_learning_rate": 0.1,
