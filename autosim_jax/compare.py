@@ -776,7 +776,7 @@ def record_within(records: list[dict], images: int) -> dict | None:
     return within[-1] if within else None
 
 
-def _assessed_record(records: list[dict], images: int, budget: int) -> dict | None:
+def assessed_record(records: list[dict], images: int, budget: int) -> dict | None:
     """The record assessed at grid point ``images``: :func:`record_within`, except that the budget's
     point is the run's final psi (an AutoSimulate run takes ``ceil(budget / K)`` steps, so it may pass
     the budget by less than one update), which Table 2's last columns and G judge."""
@@ -918,7 +918,7 @@ def _assessment_plan(runs, table2, records_of, thresholds, seeds, has_reference)
         for seed in range(seeds):
             records = records_of[(method, approximation, seed)]
             for t in points:
-                record = _assessed_record(records, t, thresholds[-1])
+                record = assessed_record(records, t, thresholds[-1])
                 if record is not None:  # before its first update a run holds the start psi, assessed above
                     jobs.append(((method, approximation), str(record["step"]),
                                  f"{_label(method, approximation)} after {t} images", seed, record))
@@ -1228,7 +1228,7 @@ def _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds
             records = records_of[(*where, s["seed"])]
             curve = []
             for t in points:
-                record = _assessed_record(records, t, thresholds[-1])
+                record = assessed_record(records, t, thresholds[-1])
                 value = (results[("start_psi", "0", s["seed"])] if record is None
                          else results[(where, str(record["step"]), s["seed"])])
                 curve.append({"images": t, "step": record["step"] if record else 0,

@@ -216,7 +216,7 @@ def _run_job(spec: dict) -> dict:
     # keyed by its step; the start psi (key "0") before the first update.
     assessed = {}
     for t in spec["thresholds"]:
-        record = compare._assessed_record(records, t, spec["thresholds"][-1])
+        record = compare.assessed_record(records, t, spec["thresholds"][-1])
         psi = psi0 if record is None else psi_from_record(psi0, record["psi"])
         key = "0" if record is None else str(record["step"])
         assessed[t], _ = cached_assessment(os.path.join(spec["run_dir"], ASSESSED), key, protocol,

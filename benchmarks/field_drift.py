@@ -16,6 +16,14 @@ Usage::
 ``--runs FILE:VARIANT,VARIANT`` may be repeated (seeds of one variant in several files are
 pooled). Writes ``OUT.json`` (per variant, field and step: every seed's KL and the median) and
 ``OUT.png`` (the median KL of each field against the step, one panel per variant).
+
+``--compare DIR`` reads an ``autosim compare`` directory instead: for each method, the psi it
+held at each assessed point of ``compare.json`` (the psi its fresh models were trained on; the
+start at 0 images), so that the fields a method got right can be set beside its fresh-model
+metric. The "steps" are then images rendered::
+
+    python benchmarks/field_drift.py --experiment clevr-seg --size gpu --compare DIR \
+        --out benchmarks/results/compare_clevr-seg_gpu/field_kl
 """
 
 from __future__ import annotations
@@ -101,12 +109,59 @@ def read_runs(spec: str, experiment: str, size: str) -> tuple[str, dict, list[st
     return path, record, variants.split(",")
 
 
+def compare_table(folder: str, reference, start, experiment: str, size: str) -> tuple[dict, list[int]]:
+    """``KL(reference || psi)`` per field of the psi each method of the ``autosim compare``
+    directory ``folder`` held at the assessed points of its ``compare.json`` (the psi its fresh
+    models were trained on: :func:`autosim_jax.compare.assessed_record`), the start psi at 0.
+
+    Returns:
+      ``({method directory: {field: {str(images): {"per_seed": {seed: kl}}}}}, [0, *points])``.
+
+    Raises:
+      ValueError: ``folder`` holds no ``compare.json`` with assessed points, or one of another
+        experiment or size.
+    """
+    from autosim_jax.compare import assessed_record
+    from autosim_jax.rundir import psi_from_record, read_metrics
+
+    path = os.path.join(folder, "compare.json")
+    if not os.path.exists(path):
+        raise ValueError(f"{folder} holds no compare.json: pass the --out directory of an autosim compare run")
+    with open(path) as f:
+        summary = json.load(f)
+    if (summary["experiment"], summary["size"]) != (experiment, size):
+        sizes = [f"{x} size" if x else "its own size" for x in (summary["size"], size)]
+        raise ValueError(f"{folder} is {summary['experiment']} at {sizes[0]}, not {experiment} at {sizes[1]}")
+    points = (summary.get("assessment") or {}).get("thresholds")
+    if not points:
+        raise ValueError(f"{folder}: its comparison assessed no points (--assess-images 0); nothing to read")
+    table: dict[str, dict[str, dict[str, dict]]] = {}
+    for method in sorted(os.listdir(folder)):
+        seeds = sorted(d for d in os.listdir(os.path.join(folder, method))
+                       if d.startswith("seed") and os.path.exists(os.path.join(folder, method, d, "metrics.jsonl"))
+                       ) if os.path.isdir(os.path.join(folder, method)) else []
+        for seed_dir in seeds:  # (start_psi/ and reference_psi/ hold assessments only: no metrics.jsonl)
+            records, _ = read_metrics(os.path.join(folder, method, seed_dir, "metrics.jsonl"))
+            for t in [0, *points]:
+                record = assessed_record(records, t, points[-1]) if t else None
+                psi = start if record is None else psi_from_record(start, record["psi"])
+                for field, kl in field_kls(reference, psi).items():
+                    cell = table.setdefault(method, {}).setdefault(field, {}).setdefault(str(t), {"per_seed": {}})
+                    cell["per_seed"][seed_dir.removeprefix("seed")] = kl
+    if not table:
+        raise ValueError(f"{folder} holds no run directories (METHOD/seedS/metrics.jsonl)")
+    return table, [0, *points]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiment", default="clevr-seg")
     p.add_argument("--size", default="gpu", choices=("cpu", "gpu"))
-    p.add_argument("--runs", action="append", required=True, metavar="FILE:VARIANT[,VARIANT]")
-    p.add_argument("--steps", default="30,60", help="comma list of steps (the start, step 0, is always added)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs", action="append", metavar="FILE:VARIANT[,VARIANT]")
+    source.add_argument("--compare", metavar="DIR", help="an autosim compare directory (its assessed points)")
+    p.add_argument("--steps", default="30,60", help="comma list of steps (the start, step 0, is always added; "
+                   "with --compare the assessed points are read from compare.json)")
     p.add_argument("--out", required=True, help="output path without extension")
     args = p.parse_args(argv)
     import jax
@@ -118,7 +173,12 @@ def main(argv=None) -> int:
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
     reference, start = setup.reference_psi, setup.simulator.distribution.init()
     table: dict[str, dict[str, dict[str, dict]]] = {}
-    for spec in args.runs:
+    if args.compare:
+        try:
+            table, steps = compare_table(args.compare, reference, start, args.experiment, args.size)
+        except ValueError as err:
+            p.error(str(err))
+    for spec in args.runs or ():
         try:
             path, record, variants = read_runs(spec, args.experiment, args.size)
         except ValueError as err:
@@ -143,16 +203,19 @@ def main(argv=None) -> int:
         for cells in fields.values():
             for cell in cells.values():
                 cell["median"] = float(np.median(list(cell["per_seed"].values())))
+    axis = "images" if args.compare else "step"
     record = {"benchmark": "field_drift", "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
               "jax_version": jax.__version__, "autosim_jax": asj.__version__, "experiment": args.experiment,
-              "size": args.size, "steps": steps, "kl_reference_to_psi": table}
+              "size": args.size, "steps": steps, "axis": axis,
+              "kl_reference_to_psi": table}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(record, f, indent=1)
-    plot(table, steps, args.out + ".png", f"{args.experiment} ({args.size}): KL(reference || psi_t) per field")
+    plot(table, steps, args.out + ".png", f"{args.experiment} ({args.size}): KL(reference || psi_t) per field",
+         xlabel=axis)
     fields = sorted(next(iter(table.values())))
-    print("median KL(reference || psi) per field at steps " + " / ".join(map(str, steps)))
+    print(f"median KL(reference || psi) per field at {axis} " + " / ".join(map(str, steps)))
     for variant, cells in table.items():
         print(f"{variant}:")
         for field in fields:
@@ -160,7 +223,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def plot(table: dict, steps: list[int], path: str, title: str) -> None:
+def plot(table: dict, steps: list[int], path: str, title: str, xlabel: str = "step") -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2 * len(table), 4.2))
@@ -169,7 +232,10 @@ def plot(table: dict, steps: list[int], path: str, title: str) -> None:
         for field, by_step in sorted(cells.items()):
             ax.plot(steps, [max(by_step[str(t)]["median"], 1e-3) for t in steps], marker="o", label=field)
         ax.set_yscale("log")
-        ax.set_xlabel("step")
+        if xlabel == "images":  # a geometric grid of assessed points
+            ax.set_xscale("symlog", linthresh=max(steps[1], 1))
+            ax.margins(x=0.08)
+        ax.set_xlabel(xlabel)
         ax.set_title(variant, fontsize=9)
         if i == 0:
             ax.set_ylabel("median KL(reference || psi_t) (floored at 1e-3)")
