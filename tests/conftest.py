@@ -5,6 +5,7 @@ an affine model) is written to a module on sys.path and named as ``module:attr``
 the way a user runs an experiment of their own; subprocesses find it through PYTHONPATH.
 """
 
+import importlib
 import importlib.util
 import os
 import pathlib
@@ -43,15 +44,27 @@ def run_autosim_optimised(*args: str):
 import jax  # after XLA_FLAGS
 import pytest
 
+BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
+
 
 def load_benchmark(name: str):
     """The script ``benchmarks/NAME.py`` as a module, loaded from its file (``benchmarks/`` is no
-    package and not on the test path), for tests of its pure helpers."""
-    path = pathlib.Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    package and not on the test path), for tests of its pure helpers at a test module's import;
+    a script that imports its siblings is taken through the ``benchmark_script`` fixture."""
+    path = BENCHMARKS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture()
+def benchmark_script(monkeypatch):
+    """``benchmark_script(NAME)``: ``benchmarks/NAME.py`` imported as a module, with ``benchmarks/`` on
+    ``sys.path`` for the test, as the scripts import their siblings (``reassess`` imports
+    ``field_drift`` and ``psi_learning``)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module
 
 
 def pytest_collection_modifyitems(items):

@@ -1,10 +1,9 @@
 """benchmarks/cli_runs_gap.py: G per run directory, a cut run's borrowed reference, clear errors."""
 
 import json
-import pathlib
 
 import pytest
-from conftest import load_benchmark
+from conftest import BENCHMARKS, load_benchmark
 
 gap = load_benchmark("cli_runs_gap")
 
@@ -12,7 +11,7 @@ gap = load_benchmark("cli_runs_gap")
 @pytest.fixture(autouse=True)
 def benchmarks_on_path(monkeypatch):
     """The script imports its group summary from benchmarks/detection_tables.py, as when run."""
-    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
 
 
 def _run(root, name, *, seed, start, learned, reference=None, step=40, experiment="clevr-seg"):

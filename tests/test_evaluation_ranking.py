@@ -2,19 +2,14 @@
 evaluations scored the same candidates."""
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
-_BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
 
-
-@pytest.fixture
-def ranking(monkeypatch):
-    import importlib
-    monkeypatch.syspath_prepend(str(_BENCHMARKS))
-    return importlib.import_module("evaluation_ranking")
+@pytest.fixture()
+def ranking(benchmark_script):
+    return benchmark_script("evaluation_ranking")
 
 
 def test_spearman_by_hand_with_ties(ranking):

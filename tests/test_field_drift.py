@@ -4,7 +4,6 @@ with a reference psi. Imported with ``benchmarks/`` on ``sys.path``, as tests/te
 """
 
 import json
-import pathlib
 
 import pytest
 from toy_reference import SPEC as TOY_REF
@@ -13,15 +12,10 @@ from autosim_jax.cli import main
 from autosim_jax.outer import kl_divergence
 from autosim_jax.rundir import psi_from_record, read_metrics
 
-_BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
-
 
 @pytest.fixture()
-def field_drift(monkeypatch):
-    import importlib
-
-    monkeypatch.syspath_prepend(str(_BENCHMARKS))
-    return importlib.import_module("field_drift")
+def field_drift(benchmark_script):
+    return benchmark_script("field_drift")
 
 
 @pytest.fixture(scope="module")

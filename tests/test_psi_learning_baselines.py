@@ -8,18 +8,14 @@ session 50: a digest, and since session 51 the sets' per-image means, compared w
 import argparse
 import gzip
 import json
-import pathlib
 
 import pytest
+from conftest import BENCHMARKS
 
-_BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
 
-
-@pytest.fixture
-def pl(monkeypatch):
-    import importlib
-    monkeypatch.syspath_prepend(str(_BENCHMARKS))
-    return importlib.import_module("psi_learning")
+@pytest.fixture()
+def pl(benchmark_script):
+    return benchmark_script("psi_learning")
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +102,9 @@ def test_session_50_records_digest_is_still_read():
 
     code = f"""
 import gzip, json, sys
-sys.path.insert(0, {str(_BENCHMARKS)!r})
+sys.path.insert(0, {str(BENCHMARKS)!r})
 import psi_learning as pl, autosim_jax as asj
-with gzip.open({str(_BENCHMARKS / "results" / "psi_learning" / "clevr-seg_cpu_damp0.001_cg50_s3.json.gz")!r}, "rt") as f:
+with gzip.open({str(BENCHMARKS / "results" / "psi_learning" / "clevr-seg_cpu_damp0.001_cg50_s3.json.gz")!r}, "rt") as f:
     recorded = next(r for r in json.load(f)["runs"] if r["variant"] == "_baseline")
 assert isinstance(recorded["baseline_inputs"], str)
 exp = asj.get_experiment("clevr-seg")

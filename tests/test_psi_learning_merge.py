@@ -4,18 +4,13 @@ separate calls, each within a call's time limit)."""
 
 import gzip
 import json
-import pathlib
 
 import pytest
 
-_BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
 
-
-@pytest.fixture
-def pl(monkeypatch):
-    import importlib
-    monkeypatch.syspath_prepend(str(_BENCHMARKS))
-    return importlib.import_module("psi_learning")
+@pytest.fixture()
+def pl(benchmark_script):
+    return benchmark_script("psi_learning")
 
 
 def _run(variant, seed, test_metric):

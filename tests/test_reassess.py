@@ -7,7 +7,6 @@ The script imports its siblings (``field_drift``, ``psi_learning``), so it is im
 
 import argparse
 import json
-import pathlib
 import shutil
 
 import numpy as np
@@ -16,15 +15,10 @@ from toy_reference import SPEC as TOY_REF  # the toy with a reference psi and a 
 
 from autosim_jax.cli import main
 
-_BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
-
 
 @pytest.fixture()
-def reassess(monkeypatch):
-    import importlib
-
-    monkeypatch.syspath_prepend(str(_BENCHMARKS))
-    return importlib.import_module("reassess")
+def reassess(benchmark_script):
+    return benchmark_script("reassess")
 
 
 @pytest.fixture(scope="module")
@@ -172,13 +166,10 @@ def test_tied_twins_tie_the_named_per_object_fields_only(reassess, capsys):
     assert "['position'] are neither normal (or bounded) nor categorical" in capsys.readouterr().err
 
 
-def test_field_value_takes_the_psi_that_cli_runs_returned(runs, monkeypatch, capsys):
+def test_field_value_takes_the_psi_that_cli_runs_returned(runs, benchmark_script, capsys):
     """``field_value.py --cli-runs``: each run's returned psi by seed, checked before any job."""
-    import importlib
-
-    monkeypatch.syspath_prepend(str(_BENCHMARKS))
-    field_value = importlib.import_module("field_value")
-    reassess = importlib.import_module("reassess")
+    field_value = benchmark_script("field_value")
+    reassess = benchmark_script("reassess")
     setup, p = _setup(), argparse.ArgumentParser(prog="field_value.py")
     dirs = [runs / "selected", runs / "final"]
     source, found = field_value.returned_psi(p, _args(dirs, runs=None, seeds=None, step=60), setup)

@@ -3,19 +3,14 @@ records, against a hand computation, and its summary's paired figures."""
 
 import gzip
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
-_BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
 
-
-@pytest.fixture
-def rc(monkeypatch):
-    import importlib
-    monkeypatch.syspath_prepend(str(_BENCHMARKS))
-    return importlib.import_module("return_choice")
+@pytest.fixture()
+def rc(benchmark_script):
+    return benchmark_script("return_choice")
 
 
 def _assessed(val, test, diverged=()):
