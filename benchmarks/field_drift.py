@@ -137,11 +137,12 @@ def compare_table(folder: str, reference, start, experiment: str, size: str) -> 
         raise ValueError(f"{folder}: its comparison assessed no points (--assess-images 0); nothing to read")
     table: dict[str, dict[str, dict[str, dict]]] = {}
     for method in sorted(os.listdir(folder)):
-        seeds = sorted(d for d in os.listdir(os.path.join(folder, method))
-                       if d.startswith("seed") and os.path.exists(os.path.join(folder, method, d, "metrics.jsonl"))
-                       ) if os.path.isdir(os.path.join(folder, method)) else []
-        for seed_dir in seeds:  # (start_psi/ and reference_psi/ hold assessments only: no metrics.jsonl)
-            records, _ = read_metrics(os.path.join(folder, method, seed_dir, "metrics.jsonl"))
+        runs = os.path.join(folder, method)
+        # METHOD/seedS/metrics.jsonl; start_psi/ and reference_psi/ hold assessments only
+        seeds = sorted(d for d in (os.listdir(runs) if os.path.isdir(runs) else [])
+                       if d.startswith("seed") and os.path.exists(os.path.join(runs, d, "metrics.jsonl")))
+        for seed_dir in seeds:
+            records, _ = read_metrics(os.path.join(runs, seed_dir, "metrics.jsonl"))
             for t in [0, *points]:
                 record = assessed_record(records, t, points[-1]) if t else None
                 psi = start if record is None else psi_from_record(start, record["psi"])
@@ -207,8 +208,7 @@ def main(argv=None) -> int:
     record = {"benchmark": "field_drift", "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
               "jax_version": jax.__version__, "autosim_jax": asj.__version__, "experiment": args.experiment,
-              "size": args.size, "steps": steps, "axis": axis,
-              "kl_reference_to_psi": table}
+              "size": args.size, "steps": steps, "axis": axis, "kl_reference_to_psi": table}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(record, f, indent=1)
