@@ -285,19 +285,18 @@ def _split_optimizers(overrides: dict[str, Any]) -> dict[str, optax.GradientTran
 
 
 def _check_reset_models(model: nnx.Module, reset_models: Sequence[nnx.Module], config: AutoSimConfig) -> list:
-    """The parameters of ``reset_models`` (``make_autosimulate``), checked against ``model``."""
+    """The parameters of ``reset_models`` (``make_autosimulate``), checked against ``model`` and
+    ``config.theta_reset_inits`` (which validated itself against ``theta_reset_every`` and
+    ``pretrain_rounds``)."""
     reset_models = list(reset_models)
-    if not reset_models:
-        return []
-    if not config.theta_reset_every:
+    if len(reset_models) != config.theta_reset_inits - 1:
         raise ValueError(
-            f"reset_models ({len(reset_models)} models) are the initialisations that theta_reset_every cycles "
-            "through, but AutoSimConfig.theta_reset_every=0 never resets theta. Pass theta_reset_every=N > 0, "
-            "or no reset_models.")
-    if config.pretrain_rounds:
-        raise ValueError(
-            f"reset_models and AutoSimConfig.pretrain_rounds={config.pretrain_rounds} both say where a reset "
-            "goes (the pretrained anchor, or another initialisation). Pass one of them.")
+            f"AutoSimConfig.theta_reset_inits={config.theta_reset_inits} cycles the resets through the model and "
+            f"{config.theta_reset_inits - 1} other initialisation(s), but reset_models holds {len(reset_models)}. "
+            f"Pass theta_reset_inits={len(reset_models) + 1} with these reset_models, or "
+            f"{config.theta_reset_inits - 1} reset_models (for a registered experiment "
+            f"ExperimentSetup.other_inits(seed, {config.theta_reset_inits}) builds them).")
+
     def signature(theta):  # path -> (shape, dtype) of every parameter
         return {jax.tree_util.keystr(p): (np.shape(x), jnp.result_type(x))
                 for p, x in jax.tree_util.tree_flatten_with_path(theta)[0]}
@@ -348,12 +347,13 @@ def make_autosimulate(
         them, with psi and theta replicated. Results equal the single-device ones to float32
         rounding (the sums are added in another order). ``dataset_size``, ``batch_size`` and
         ``curvature_batch_size`` must be multiples of N.
-      reset_models: other initialisations of ``model`` (the same structure, other parameters)
-        for ``AutoSimConfig.theta_reset_every``: reset ``j`` (at step ``j N``) starts theta again
-        from ``(model, *reset_models)[j % (1 + len(reset_models))]`` instead of from ``model``
-        every time, so that what one initialisation favours does not push every step the same
-        way (``benchmarks/init_bias.py``). Default ``()``: always ``model``. Which one a reset
-        uses follows from the step count, so a resumed run resets as the original did.
+      reset_models: the ``AutoSimConfig.theta_reset_inits - 1`` other initialisations of
+        ``model`` (the same structure, other parameters) that ``theta_reset_every``'s resets
+        cycle through: reset ``j`` (at step ``j N``) starts theta again from
+        ``(model, *reset_models)[j % theta_reset_inits]``, so that what one initialisation
+        favours does not push every step the same way (``benchmarks/init_bias.py``). Default
+        ``()``: always ``model``. Which one a reset uses follows from the step count, so a
+        resumed run resets as the original did.
       **overrides: fields of ``config`` to change (``approximation="linear"``, ...).
         ``inner_optimizer`` / ``outer_optimizer`` also accept an optax transformation,
         used as given instead of the one the config names.

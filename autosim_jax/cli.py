@@ -159,6 +159,7 @@ class RunArgs:
     finetune_epochs: int | None = None
     psi_trainable: str | None = None  # a regex over psi's leaf paths: the fields to learn (None: all)
     pretrain_rounds: int | None = None  # AutoSimConfig.pretrain_rounds (None: the experiment's)
+    reset_inits: int | None = None  # AutoSimConfig.theta_reset_inits (None: the experiment's)
     budget_images: int | None = None
     seed: int = 0
     renderer: str | None = None
@@ -210,6 +211,10 @@ def plan_run(experiment, args: RunArgs) -> _Plan:
                                              or not isinstance(args.pretrain_rounds, int) or args.pretrain_rounds < 0):
         raise UsageError(f"--pretrain-rounds must be an integer >= 0 (0: the random initialisation), got "
                          f"{args.pretrain_rounds!r}.")
+    if args.reset_inits is not None and (isinstance(args.reset_inits, bool) or not isinstance(args.reset_inits, int)
+                                         or args.reset_inits < 1):
+        raise UsageError(f"--reset-inits must be an integer >= 1 (1: always the model's own initialisation), got "
+                         f"{args.reset_inits!r}.")
     if args.dataset_size is not None and args.dataset_size < 2:
         raise UsageError(f"--dataset-size must be >= 2 (the leave-one-out baseline of the score-function estimator "
                          f"needs two renders per step), got {args.dataset_size}.")
@@ -254,6 +259,8 @@ def _known_options(args: RunArgs, plan: _Plan) -> dict:
         options["psi_trainable"] = args.psi_trainable
     if args.pretrain_rounds is not None:
         options["pretrain_rounds"] = args.pretrain_rounds
+    if args.reset_inits is not None:
+        options["theta_reset_inits"] = args.reset_inits
     return {"command": "run", "experiment": plan.spec, "renderer": plan.renderer, "approximation": plan.approximation,
             "seed": args.seed, "size": plan.size, "options": options}
 
@@ -333,6 +340,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         changes["psi_trainable"] = args.psi_trainable
     if args.pretrain_rounds is not None:
         changes["pretrain_rounds"] = args.pretrain_rounds
+    if args.reset_inits is not None:
+        changes["theta_reset_inits"] = args.reset_inits
     k, b = changes.get("dataset_size", setup.config.dataset_size), setup.config.batch_size
     if k % b:
         changes["batch_size"] = math.gcd(k, b)
@@ -369,7 +378,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         from .autosimulate import make_autosimulate
 
         autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, run_config,
-                                    devices=plan.devices if plan.devices > 1 else None)
+                                    devices=plan.devices if plan.devices > 1 else None,
+                                    reset_models=setup.other_inits(args.seed, run_config.theta_reset_inits))
     except ValueError as err:
         raise UsageError(f"the experiment's setup is invalid: {err}") from None
     write_json(run.config_path, config)
@@ -1106,6 +1116,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train theta first for N rounds of the step's render-and-fine-tune at the start psi (the "
                           "renders count in the images); resets of a fresh theta per step then start from it "
                           "(AutoSimConfig.pretrain_rounds; default: the experiment's, 0 for the built-in ones)")
+    run.add_argument("--reset-inits", type=int, default=None, metavar="N",
+                     help="each step's fresh theta starts from one of N initialisations of the model in turn, so "
+                          "that no one initialisation's bias pushes every step (AutoSimConfig.theta_reset_inits; "
+                          "default: the experiment's: 8 for clevr-seg at gpu size, 1 otherwise)")
     run.add_argument("--budget-images", type=int, default=None, metavar="N",
                      help="stop once N images have been rendered, or at --iterations, whichever comes first "
                           "(default: no budget)")
@@ -1203,7 +1217,7 @@ def _main(argv: Sequence[str] | None) -> int:
         run_args = RunArgs(
             approximation=args.approximation, iterations=args.iterations, dataset_size=args.dataset_size,
             finetune_epochs=args.finetune_epochs, psi_trainable=args.psi_trainable,
-            pretrain_rounds=args.pretrain_rounds, budget_images=args.budget_images,
+            pretrain_rounds=args.pretrain_rounds, reset_inits=args.reset_inits, budget_images=args.budget_images,
             seed=args.seed,
             renderer=args.renderer, out=args.out, resume=args.resume, experiment_spec=args.experiment,
             assess_images=args.assess_images, size=args.size, log_every=args.log_every,

@@ -308,14 +308,16 @@ def _evaluation_sentence(args: CompareArgs, runs, setup) -> str:
                f" (the experiment's own: {own.dataset_size} x {own.finetune_epochs})."))
 
 
-def _build_method(method: str, approximation: str | None, setup, args: CompareArgs, budget_evaluations: int):
-    """``(init, step)`` of one method on ``setup``: AutoSimulate, or a baseline's BlackBox."""
+def _build_method(method: str, approximation: str | None, setup, args: CompareArgs, budget_evaluations: int,
+                  seed: int):
+    """``(init, step)`` of one method on ``setup`` (built with ``seed``): AutoSimulate, or a baseline's BlackBox."""
     if method == "autosimulate":
         from .autosimulate import make_autosimulate
 
         return make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
                                  setup.config.replace(approximation=approximation),
-                                 devices=args.devices if args.devices > 1 else None)
+                                 devices=args.devices if args.devices > 1 else None,
+                                 reset_models=setup.other_inits(seed, setup.config.theta_reset_inits))
     from . import baselines
 
     # the baselines train with the experiment's own options, not those tuned for AutoSimulate's learner
@@ -379,7 +381,7 @@ def _run_method(experiment, args: CompareArgs, renderer: str, method: str, appro
         iterations = math.ceil(args.budget_images / k) if method == "autosimulate" else None
         own = setup.config if method == "autosimulate" else setup.base_config()  # the options this method runs with
         k_evaluation = _evaluation_config(method, own, args).dataset_size
-        box = _build_method(method, approximation, setup, args, math.ceil(args.budget_images / k_evaluation))
+        box = _build_method(method, approximation, setup, args, math.ceil(args.budget_images / k_evaluation), seed)
         per_step = setup.config.finetune_epochs * (k // setup.config.batch_size) if method == "autosimulate" else None
         target = {"iterations": iterations, "budget_images": args.budget_images}
         config = make_config(command="compare", experiment=spec, renderer=renderer, seed=seed, size=args.size,

@@ -227,6 +227,17 @@ class AutoSimConfig:
         The registered experiments use 1 (digits-sim2real at gpu size: G -1.70 -> +2.06);
         the default stays 0 because on the 1-D toy, whose line model needs a settled
         theta, 1 drives every row away from the optimum (``docs/defaults.md``, session 6).
+      theta_reset_inits: how many initialisations the resets cycle through: reset ``j`` (at step
+        ``j theta_reset_every``) starts from initialisation ``j % theta_reset_inits``, the model
+        itself first and then the ``theta_reset_inits - 1`` others passed to ``make_autosimulate``
+        as ``reset_models`` (:meth:`~autosim_jax.ExperimentSetup.other_inits` builds them for a
+        registered experiment). Why: a fresh theta's initialisation pushes some fields one way on
+        every step that starts from it (clevr-seg at gpu size: seed 3's pushes the lights darker,
+        ``benchmarks/init_bias.py``); cycling averages that push out. Measured on clevr-seg at gpu
+        size (``docs/learning.md``, session 56, 5 seeds, 120 steps): 8 initialisations close G
+        1.00 +- 0.20 against 0.80 +- 0.21 with one (seed 3: 1.32 against 0.43), every seed >= 0.8,
+        at 2-4x the render time per step (the learned psi asks for more samples per pixel). 1
+        (default): always the model's own initialisation.
       pretrain_rounds: before the first step, ``theta`` is trained for this many rounds at the
         start psi, each round the step's own render-and-fine-tune (``dataset_size`` new renders,
         ``finetune_epochs`` epochs, ``theta`` warm across rounds, psi not updated); the renders
@@ -341,6 +352,7 @@ class AutoSimConfig:
     trainable: str | None = None
     psi_trainable: str | None = None
     theta_reset_every: int = 0
+    theta_reset_inits: int = 1
     pretrain_rounds: int = 0
     val_gradient_at: str = "theta"
     val_objective: str = "loss"
@@ -357,6 +369,15 @@ class AutoSimConfig:
         for name in ("dataset_size", "batch_size", "finetune_epochs", "cg_maxiter"):
             _positive_int(name, getattr(self, name))
         _positive_int("theta_reset_every", self.theta_reset_every, minimum=0)
+        _positive_int("theta_reset_inits", self.theta_reset_inits)
+        if self.theta_reset_inits > 1 and not self.theta_reset_every:
+            raise ValueError(f"AutoSimConfig.theta_reset_inits={self.theta_reset_inits} are the initialisations that "
+                             "the resets cycle through, but theta_reset_every=0 never resets theta. Set "
+                             "theta_reset_every=N > 0 (1: a fresh theta every step), or theta_reset_inits=1.")
+        if self.theta_reset_inits > 1 and self.pretrain_rounds:
+            raise ValueError(f"AutoSimConfig.theta_reset_inits={self.theta_reset_inits} and pretrain_rounds="
+                             f"{self.pretrain_rounds} both say where a reset goes (one of several initialisations, "
+                             "or the pretrained anchor). Set one of them: theta_reset_inits=1 or pretrain_rounds=0.")
         _positive_int("outer_decay_steps", self.outer_decay_steps, minimum=0)
         _positive_int("outer_warmup_steps", self.outer_warmup_steps, minimum=0)
         _positive_float("outer_snr_gate", self.outer_snr_gate, "standard errors", allow_zero=True)

@@ -90,9 +90,11 @@ def reward_reader(setup, seed: int):
     cfg = setup.config
     k = cfg.dataset_size
     dist = setup.simulator.distribution
-    plain = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, cfg)
+    inits = setup.other_inits(seed, cfg.theta_reset_inits)
+    plain = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, cfg, reset_models=inits)
     probe = asj.make_autosimulate(asj.Simulator(tagged(dist, k), setup.simulator.renderer, pool=setup.simulator.pool),
-                                  setup.model, setup.task, setup.val_data, cfg.replace(baseline=None))
+                                  setup.model, setup.task, setup.val_data, cfg.replace(baseline=None),
+                                  reset_models=inits)
     state, _ = plain.step(plain.init(seed))  # theta of the first step, as the run has it
     psi = dist.init()
     psi_tagged = {"psi": psi, "tag": jnp.zeros((k,), jnp.float32)}

@@ -55,7 +55,10 @@ def _setup(size: str, pool_workers: int):
     exp_size, channels = SIZES[size]
     setup = get_experiment("clevr-seg").build(renderer="clevr", seed=0, size=exp_size)
     if channels is not None:
-        setup = setup._replace(model=UNet(in_channels=3, num_classes=4, base_channels=channels, rngs=nnx.Rngs(0)))
+        def make_model(model_seed: int) -> UNet:  # the other initialisations too (theta_reset_inits)
+            return UNet(in_channels=3, num_classes=4, base_channels=channels, rngs=nnx.Rngs(model_seed))
+
+        setup = setup._replace(model=make_model(0), make_model=make_model)
     pool = None
     if pool_workers > 1:
         pool = make_render_pool(setup.simulator.renderer, workers=pool_workers, backend="process")
@@ -78,7 +81,7 @@ def run_size(size: str, devices: list[int], steps: int, rtol: float, render_work
         built, first = {}, {}
         for d in devices:  # the check first: one step from init(0) on every device count
             autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
-                                        devices=d if d > 1 else None)
+                                        devices=d if d > 1 else None, reset_models=setup.other_inits(0))
             state = autosim.init(0)
             t = time.perf_counter()
             state, info = autosim.step(state)

@@ -115,9 +115,10 @@ def main(argv=None) -> int:
                                            jax.random.PRNGKey(seed + 1))
         return theta
 
+    inits = setup.other_inits(args.seed, cfg.theta_reset_inits)
     autosims = {a: asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, cfg,
-                                         approximation=a) for a in args.approximations.split(",")}
-    default = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, cfg)
+                                         approximation=a, reset_models=inits) for a in args.approximations.split(",")}
+    default = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, cfg, reset_models=inits)
     simulate = jax.jit(default.inner.simulate)
     psi_ref = setup.reference_psi
     flat_ref, _ = ravel_pytree(psi_ref)

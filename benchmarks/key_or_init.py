@@ -66,7 +66,7 @@ def run_grid(setup, ids: list[int], steps: int, watch: list[str], log) -> dict:
     runs = {}
     for i in ids:  # one compiled learner per initialisation, every key through it
         learner = asj.make_autosimulate(setup.simulator, setup.make_model(i), setup.task, setup.val_data,
-                                        setup.config)
+                                        setup.config, reset_models=setup.other_inits(i))
         for k in ids:
             state, traj = learner.init(k), {f: [] for f in watch}
             for _ in range(steps):

@@ -120,7 +120,8 @@ def main(argv=None) -> int:
             for approx in args.approximations.split(","):
                 if (epochs, approx) not in built:  # built once, compiled once, for every step's psi
                     autosim = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg,
-                                                    approximation=approx)
+                                                    approximation=approx,
+                                                    reset_models=setup.other_inits(args.seed, cfg.theta_reset_inits))
                     built[epochs, approx] = autosim, jax.jit(autosim.inner.simulate), jax.jit(autosim.inner.finetune)
                 autosim, simulate, finetune = built[epochs, approx]
                 inner = autosim.inner

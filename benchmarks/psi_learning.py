@@ -132,8 +132,8 @@ VARIANTS = {
                   "within ~30 steps, which 0.99's does not within 120 (session 38): is the stall Adam's memory?"),
     "raw_adam": ({"outer_unit_norm": False, "outer_decay_steps": 0},
                  "Adam on the raw hypergradient at a constant rate: clevr-seg gpu's preset until session 54 (which "
-                 "feeds Adam the direction only, decaying as 1 / (1 + t / 60)); on digits-sim2real cpu it also "
-                 "drops the preset's decay"),
+                 "feeds Adam the direction only, decaying as 1 / (1 + t / 60)), there with the preset's "
+                 "theta_reset_inits since session 56; on digits-sim2real cpu it also drops the preset's decay"),
     "unit_norm": ({"outer_unit_norm": True},
                   "each hypergradient divided by its global norm before Adam: seed 0's first eight "
                   "hypergradients, 200-600x the later ones, hold its psi step at 1-5% of the rate (session 51); "
@@ -165,10 +165,10 @@ VARIANTS = {
     "staged25_lr0.3": ({"stages": [[25, r"^\['(?!position')"], [None, None]], "outer_learning_rate": 0.3},
                        "the two best 60-step means together: positions held back for 25 steps, three times the "
                        "psi step"),
-    "anchor32": ({"pretrain_rounds": 32},
+    "anchor32": ({"pretrain_rounds": 32, "theta_reset_inits": 1},
                  "each step's fresh theta fine-tuned from a model first trained for 32 rounds at the start psi: "
                  "without the untrained theta's preference for foreground, do the positions move from the start?"),
-    "linear_anchor32": ({"approximation": "linear", "pretrain_rounds": 32},
+    "linear_anchor32": ({"approximation": "linear", "pretrain_rounds": 32, "theta_reset_inits": 1},
                         "the linear row from the anchor (its foreground preference fell most: 0.78 -> 0.16)"),
     "finetune6": ({"finetune_epochs": 6}, "theta closer to theta*(psi): is it co-adaptation?"),
     "linear_finetune6": ({"approximation": "linear", "finetune_epochs": 6},
@@ -262,7 +262,7 @@ VARIANTS = {
               "100x the damping: init_bias.py at cpu size found the damped Newton vector, not the validation "
               "gradient, turning the lights darker for most initialisations once theta is trained longer "
               "(session 14); does every seed's step then point the same way?"),
-    "warm": ({"theta_reset_every": 0}, "the model warm-started across all steps (the experiments' setting before 2026-12-01)"),
+    "warm": ({"theta_reset_every": 0, "theta_reset_inits": 1}, "the model warm-started across all steps (the experiments' setting before 2026-12-01)"),
     "reset1": ({"theta_reset_every": 1}, "every step fine-tunes a fresh theta: no co-adaptation, a barely trained model"),
     "reset10": ({"theta_reset_every": 10}, "theta starts again every 10 steps"),
     "linear_reset10": ({"approximation": "linear", "theta_reset_every": 10}, "the linear row, theta reset every 10 steps"),
@@ -276,9 +276,13 @@ VARIANTS = {
                      "the histogram with a fresh model per step (both session-6 findings together)"),
     "linear_bins6_reset1": ({"approximation": "linear", "bins": {"position": 6}, "theta_reset_every": 1},
                             "the linear row, histogram and a fresh model per step"),
-    "inits8": ({"reset_inits": 8},
+    "inits8": ({"theta_reset_inits": 8},
                "each reset fine-tunes from one of 8 initialisations in turn, not always the run's own: does an "
-               "initialisation's bias (init_bias.py) stop pushing every step the same way?"),
+               "initialisation's bias (init_bias.py) stop pushing every step the same way? (clevr-seg gpu's "
+               "preset since session 56)"),
+    "inits1": ({"theta_reset_inits": 1},
+               "each reset fine-tunes from the run's own initialisation: clevr-seg gpu's preset of sessions "
+               "54-55 (before theta_reset_inits=8)"),
 }
 STARTS = {"clevr-seg": "CLEVR_START", "digits-sim2real": "DIGITS_START"}  # experiments.py's start overrides
 
@@ -431,10 +435,10 @@ def _measure(spec: dict, setup, t0: float) -> dict:
         overrides["outer_optimizer"] = optax.multi_transform(
             {"fast": cfg.replace(outer_learning_rate=fast["learning_rate"]).outer_optax(), "rest": cfg.outer_optax()},
             labels)
-    # reset_inits: n initialisations that theta_reset_every cycles through (the run's model and n - 1
-    # others of the experiment's make_model, seeds 1000 j + seed)
-    n_inits = overrides.pop("reset_inits", 1)
-    reset_models = [setup.make_model(1000 * j + spec["seed"]) for j in range(1, n_inits)]
+    # the initialisations that theta_reset_every cycles through (the run's model and theta_reset_inits - 1
+    # others of the experiment's make_model)
+    reset_models = setup.other_inits(spec["seed"], overrides.get("theta_reset_inits",
+                                                                 setup.config.theta_reset_inits))
     autosims = [asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
                                       **overrides, psi_trainable=learned, reset_models=reset_models)
                 for _, learned in stages]
@@ -611,7 +615,7 @@ def resolved_budget(spec: dict, setup) -> list[int]:
 ASSESSMENT_OPTIONS = ("inner_optimizer", "inner_learning_rate", "inner_clip_norm", "batch_size", "val_batch_size")
 # Session 50's digest hashed every AutoSimConfig field; these were added after it (at defaults that leave
 # the fresh models' training unchanged), so its formula leaves them out to reproduce its records' digests.
-_ADDED_AFTER_SESSION_50 = ("outer_unit_norm", "outer_snr_gate_from")
+_ADDED_AFTER_SESSION_50 = ("outer_unit_norm", "outer_snr_gate_from", "theta_reset_inits")
 # The sets are compared by each image's and each label's mean, within this: two hosts' numpy renderings
 # of the same set differ in the last bits (at 64 px session 50's 8-bit rounding still flipped a pixel
 # between the H100 host and this CPU's), while another scene or label moves a mean by far more.

@@ -48,7 +48,7 @@ def main(argv=None):
         pool = make_render_pool(setup.simulator.renderer, workers=args.render_workers, backend="process")
         setup = setup._replace(simulator=setup.simulator.with_pool(pool))
     autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                setup.config, approximation=args.approximation)
+                                setup.config, approximation=args.approximation, reset_models=setup.other_inits(0))
     state = autosim.init(0)
     k = setup.config.dataset_size
     rows = []

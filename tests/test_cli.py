@@ -422,10 +422,12 @@ def test_import_autosim_jax_is_lazy_and_exports_every_name():
 @pytest.mark.slow
 def test_digits_sim2real_two_iterations(tmp_path):
     out = tmp_path / "digits"
-    # The fresh-model assessment on 64 images, not the experiment's 4096 (12 s of the test's 35).
+    # The fresh-model assessment on 64 images, not the experiment's 4096 (12 s of the test's 35). Step 2's
+    # fresh theta starts from the experiment's second initialisation (--reset-inits, recorded).
     assert main(["run", "digits-sim2real", "--iterations", "2", "--dataset-size", "32", "--finetune-epochs", "1",
-                 "--assess-images", "64", "--out", str(out)]) == 0
+                 "--reset-inits", "2", "--assess-images", "64", "--out", str(out)]) == 0
     assert len(_lines(out / "metrics.jsonl")) == 2
+    assert json.loads((out / "config.json").read_text())["options"]["theta_reset_inits"] == 2
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["best_val_metric"] <= 1.0
     assert 0.0 <= summary["assessment"]["learned_psi"]["test_metric"] <= 1.0
@@ -583,6 +585,8 @@ def test_bad_requests_fail_before_the_experiment_is_built(one_step_run, tmp_path
         (["--out", str(tmp_path / "n"), "--dataset-size", "1"], "--dataset-size must be >= 2"),
         (["--out", str(tmp_path / "n"), "--pretrain-rounds", "-1"], "--pretrain-rounds must be an integer >= 0"),
         (["--out", str(out), "--resume", "--pretrain-rounds", "1"], "options.pretrain_rounds"),
+        (["--out", str(tmp_path / "n"), "--reset-inits", "0"], "--reset-inits must be an integer >= 1"),
+        (["--out", str(out), "--resume", "--reset-inits", "2"], "options.theta_reset_inits"),
         (["--out", str(tmp_path / "n"), "--log-every", "0"], "--log-every"),
     ]:
         t0 = time.perf_counter()
@@ -602,6 +606,17 @@ def test_psi_trainable_keeps_the_other_fields(toy_path, tmp_path):
     assert float(state.psi["x"].loc) != float(start.psi["x"].loc)
     assert main(["run", TOY, "--iterations", "1", "--assess-images", "0", "--psi-trainable", "nothing",
                  "--out", str(tmp_path / "bad")]) == 2  # matches no path: refused before any step
+
+
+def test_reset_inits_the_experiment_cannot_honour_is_refused_before_any_step(toy_path, tmp_path, capsys):
+    """The toy never resets theta (theta_reset_every=0) and has no make_model: --reset-inits 2 is a
+    usage error naming the option, with no step taken."""
+    out = tmp_path / "r"
+    assert main(["run", TOY, "--iterations", "1", "--assess-images", "0", "--reset-inits", "2",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "theta_reset_inits=2" in err and "theta_reset_every=0 never resets theta" in err and "Traceback" not in err
+    assert not (out / "metrics.jsonl").exists()
 
 
 def test_pretrain_rounds_are_announced_counted_and_recorded(toy_path, tmp_path, capsys):

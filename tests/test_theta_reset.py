@@ -127,7 +127,8 @@ def _cycling(reset: int, others: int, pretrain: int = 0):
     """``_autosim`` whose resets cycle through the model and ``others`` initialisations (seeds 1, 2, ...)."""
     sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
     config = AutoSimConfig(dataset_size=32, batch_size=16, finetune_epochs=2, inner_learning_rate=0.1,
-                           cg_maxiter=3, theta_reset_every=reset, pretrain_rounds=pretrain)
+                           cg_maxiter=3, theta_reset_every=reset, pretrain_rounds=pretrain,
+                           theta_reset_inits=others + 1)
     return make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TASK, (X_VAL, X_VAL**2), config,
                              reset_models=[nnx.Linear(1, 1, rngs=nnx.Rngs(j)) for j in range(1, others + 1)])
 
@@ -171,14 +172,26 @@ def test_reset_models_resume_as_the_original_run():
 
 
 def test_reset_models_are_checked_before_anything_compiles():
-    with pytest.raises(ValueError, match=r"theta_reset_every=0 never resets theta"):
+    with pytest.raises(ValueError, match=r"theta_reset_inits=2 are the initialisations .* theta_reset_every=0 never"):
         _cycling(0, 1)
-    with pytest.raises(ValueError, match=r"reset_models and AutoSimConfig.pretrain_rounds=2"):
+    with pytest.raises(ValueError, match=r"theta_reset_inits=2 and pretrain_rounds=2 both say where a reset goes"):
         _cycling(1, 1, pretrain=2)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=r"AutoSimConfig.theta_reset_inits must be an integer >= 1"):
+            AutoSimConfig(theta_reset_every=1, theta_reset_inits=bad)
     sim = Simulator(from_schema(SquareRenderer.schema), SquareRenderer())
+    model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
+    # the config's count and the models given must agree, either way round
+    with pytest.raises(ValueError, match=r"theta_reset_inits=3 cycles .* reset_models holds 1\. Pass "
+                                         r"theta_reset_inits=2 with these reset_models, or 2 reset_models"):
+        make_autosimulate(sim, model, TASK, (X_VAL, X_VAL**2), theta_reset_every=1, theta_reset_inits=3,
+                          reset_models=[nnx.Linear(1, 1, rngs=nnx.Rngs(1))])
+    with pytest.raises(ValueError, match=r"theta_reset_inits=1 cycles .* reset_models holds 1"):
+        make_autosimulate(sim, model, TASK, (X_VAL, X_VAL**2), theta_reset_every=1,
+                          reset_models=[nnx.Linear(1, 1, rngs=nnx.Rngs(1))])
     with pytest.raises(ValueError, match=r"reset_models\[0\] is not another initialisation of model"):
-        make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TASK, (X_VAL, X_VAL**2), theta_reset_every=1,
+        make_autosimulate(sim, model, TASK, (X_VAL, X_VAL**2), theta_reset_every=1, theta_reset_inits=2,
                           reset_models=[nnx.Linear(1, 2, rngs=nnx.Rngs(1))])
     with pytest.raises(ValueError, match=r"reset_models\[0\]: "):
-        make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TASK, (X_VAL, X_VAL**2), theta_reset_every=1,
+        make_autosimulate(sim, model, TASK, (X_VAL, X_VAL**2), theta_reset_every=1, theta_reset_inits=2,
                           reset_models=[object()])
