@@ -437,8 +437,7 @@ def _measure(spec: dict, setup, t0: float) -> dict:
             labels)
     # the initialisations that theta_reset_every cycles through (the run's model and theta_reset_inits - 1
     # others of the experiment's make_model)
-    reset_models = setup.other_inits(spec["seed"], overrides.get("theta_reset_inits",
-                                                                 setup.config.theta_reset_inits))
+    reset_models = setup.other_inits(spec["seed"], overrides.get("theta_reset_inits"))
     autosims = [asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
                                       **overrides, psi_trainable=learned, reset_models=reset_models)
                 for _, learned in stages]
