@@ -295,7 +295,8 @@ def _check_reset_models(model: nnx.Module, reset_models: Sequence[nnx.Module], c
             f"{config.theta_reset_inits - 1} other initialisation(s), but reset_models holds {len(reset_models)}. "
             f"Pass theta_reset_inits={len(reset_models) + 1} with these reset_models, or "
             f"{config.theta_reset_inits - 1} reset_models (for a registered experiment "
-            f"ExperimentSetup.other_inits(seed, {config.theta_reset_inits}) builds them).")
+            f"ExperimentSetup.make_autosimulate(seed, config) passes them, from "
+            f"ExperimentSetup.other_inits(seed, {config.theta_reset_inits})).")
 
     def signature(theta):  # path -> (shape, dtype) of every parameter
         return {jax.tree_util.keystr(p): (np.shape(x), jnp.result_type(x))

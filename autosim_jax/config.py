@@ -230,14 +230,15 @@ class AutoSimConfig:
       theta_reset_inits: how many initialisations the resets cycle through: reset ``j`` (at step
         ``j theta_reset_every``) starts from initialisation ``j % theta_reset_inits``, the model
         itself first and then the ``theta_reset_inits - 1`` others passed to ``make_autosimulate``
-        as ``reset_models`` (:meth:`~autosim_jax.ExperimentSetup.other_inits` builds them for a
-        registered experiment). Why: a fresh theta's initialisation pushes some fields one way on
-        every step that starts from it (clevr-seg at gpu size: seed 3's pushes the lights darker,
-        ``benchmarks/init_bias.py``); cycling averages that push out. Measured on clevr-seg at gpu
-        size (``docs/learning.md``, session 56, 5 seeds, 120 steps): 8 initialisations close G
-        1.00 +- 0.20 against 0.80 +- 0.21 with one (seed 3: 1.32 against 0.43), every seed >= 0.8,
-        at 2-4x the render time per step (the learned psi asks for more samples per pixel). 1
-        (default): always the model's own initialisation.
+        as ``reset_models`` (for a registered experiment
+        :meth:`~autosim_jax.ExperimentSetup.make_autosimulate` passes them, from
+        :meth:`~autosim_jax.ExperimentSetup.other_inits`). Why: a fresh theta's initialisation
+        pushes some fields one way on every step that starts from it (clevr-seg at gpu size: seed
+        3's pushes the lights darker, ``benchmarks/init_bias.py``); cycling averages that push out.
+        Measured on clevr-seg at gpu size (``docs/learning.md``, session 56, 5 seeds, 120 steps): 8
+        initialisations close G 1.00 +- 0.20 against 0.80 +- 0.21 with one (seed 3: 1.32 against
+        0.43), every seed >= 0.8, at 2-4x the render time per step (the learned psi asks for more
+        samples per pixel). 1 (default): always the model's own initialisation.
       pretrain_rounds: before the first step, ``theta`` is trained for this many rounds at the
         start psi, each round the step's own render-and-fine-tune (``dataset_size`` new renders,
         ``finetune_epochs`` epochs, ``theta`` warm across rounds, psi not updated); the renders

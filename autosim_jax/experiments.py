@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from .autosimulate import LOSS_JUMP_FACTOR
+from .autosimulate import LOSS_JUMP_FACTOR, AutoSimulate, make_autosimulate
 from .config import AutoSimConfig
 from .distributions import from_schema
 from .inner import make_inner, split_model
@@ -95,6 +95,50 @@ class ExperimentSetup(NamedTuple):
                              "ExperimentSetup has no make_model; pass make_model (model_seed -> a model like "
                              "`model`), or theta_reset_inits=1.")
         return [self.make_model(1000 * j + model_seed) for j in range(1, n)]
+
+    def make_autosimulate(self, seed: int = 0, config: AutoSimConfig | None = None, *,
+                          simulator: Simulator | None = None, model: nnx.Module | None = None,
+                          **kwargs: Any) -> AutoSimulate:
+        """:func:`~autosim_jax.make_autosimulate` on this experiment: its simulator, model, task and
+        validation set, ``config`` (default: the experiment's), and as ``reset_models`` the
+        :meth:`other_inits` of model seed ``seed`` that the count of initialisations asks for
+        (``theta_reset_inits`` from ``kwargs`` where given there, else ``config``'s), so that
+        ``theta_reset_inits > 1`` needs no list built by hand.
+
+        Args:
+          seed: the model seed of the other initialisations (``other_inits(seed, n)``); pass the
+            run's seed, so that no two seeds' runs share one. It does not seed ``init``.
+          config: an :class:`~autosim_jax.AutoSimConfig` (default: ``self.config``).
+          simulator: another simulator in place of ``self.simulator`` (one with a render pool,
+            another start distribution, ...).
+          model: another model in place of ``self.model``. The other initialisations still come
+            from ``self.make_model`` (right for ``make_model(i)`` with ``seed=i``); a model of
+            another structure with ``theta_reset_inits > 1`` needs its own ``reset_models=``.
+          **kwargs: passed on to :func:`~autosim_jax.make_autosimulate`: ``devices``, fields of
+            ``config`` to change (``approximation="linear"``, ...), and ``reset_models``, which
+            replaces the other initialisations built here (give ``theta_reset_inits - 1`` of them).
+
+        Returns:
+          An :class:`~autosim_jax.AutoSimulate`.
+
+        Raises:
+          ValueError: as :func:`~autosim_jax.make_autosimulate`, and for ``theta_reset_inits > 1``
+            on a setup without ``make_model`` (:meth:`other_inits`).
+
+        Example:
+          >>> setup = get_experiment("digits-sim2real").build(seed=0)
+          >>> config = setup.config.replace(theta_reset_inits=3)  # the model and 2 others of model seed 0
+          >>> autosim = setup.make_autosimulate(0, config, approximation="linear")
+          >>> autosim.config.theta_reset_inits, autosim.config.approximation
+          (3, 'linear')
+        """
+        config = self.config if config is None else config
+        if "reset_models" not in kwargs:  # the count make_autosimulate will check them against
+            n = kwargs.get("theta_reset_inits", config.theta_reset_inits)
+            kwargs["reset_models"] = self.other_inits(seed, n)
+        return make_autosimulate(self.simulator if simulator is None else simulator,
+                                 self.model if model is None else model, self.task, self.val_data,
+                                 config, **kwargs)
 
 
 class Experiment(NamedTuple):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from autosim_jax import AutoSimConfig, Simulator, from_schema, make_autosimulate
+from autosim_jax import AutoSimConfig, ExperimentSetup, Simulator, experiments, from_schema, make_autosimulate
 from autosim_jax.tasks import Task
 from toys import SquareRenderer
 
@@ -195,3 +195,70 @@ def test_reset_models_are_checked_before_anything_compiles():
     with pytest.raises(ValueError, match=r"reset_models\[0\]: "):
         make_autosimulate(sim, model, TASK, (X_VAL, X_VAL**2), theta_reset_every=1, theta_reset_inits=2,
                           reset_models=[object()])
+
+
+def _toy_setup(inits: int) -> ExperimentSetup:
+    """The toy as a registered experiment's setup: resets every step through ``inits`` initialisations."""
+    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
+    config = AutoSimConfig(dataset_size=32, batch_size=16, finetune_epochs=2, inner_learning_rate=0.1,
+                           cg_maxiter=3, theta_reset_every=1, theta_reset_inits=inits)
+
+    def make_model(model_seed: int) -> nnx.Module:
+        return nnx.Linear(1, 1, rngs=nnx.Rngs(model_seed))
+
+    val = (X_VAL, X_VAL**2)
+    return ExperimentSetup(sim, make_model(0), TASK, val, val, config, iterations=4, assess_images=32,
+                           assess_epochs=1, make_model=make_model)
+
+
+def test_setup_make_autosimulate_cycles_the_other_inits_of_its_seed():
+    """setup.make_autosimulate(seed) with theta_reset_inits=3 runs bit for bit as make_autosimulate
+    with reset_models=setup.other_inits(seed, 3), where the call without them raises; another seed's
+    other initialisations give other thetas once a reset uses one."""
+    setup = _toy_setup(3)
+    with pytest.raises(ValueError, match=r"theta_reset_inits=3 cycles .* reset_models holds 0"):
+        make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config)
+    explicit = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
+                                 reset_models=setup.other_inits(7, 3))
+    helper, other_seed = setup.make_autosimulate(7), setup.make_autosimulate(8)
+    assert helper.config == setup.config
+    s_exp, s_help, s_other = explicit.init(0), helper.init(0), other_seed.init(0)
+    for t in range(4):  # steps 1 and 2 start from the other initialisations, step 3 from the model again
+        s_exp, _ = explicit.step(s_exp)
+        s_help, _ = helper.step(s_help)
+        s_other, _ = other_seed.step(s_other)
+        for a, b in zip(_leaves((s_exp.psi, s_exp.theta)), _leaves((s_help.psi, s_help.theta))):
+            np.testing.assert_array_equal(a, b)
+        if t == 1:  # the first reset to an other initialisation: seed 1007's, not 1008's
+            assert not all(np.array_equal(a, b) for a, b in zip(_leaves(s_help.theta), _leaves(s_other.theta)))
+
+
+def test_setup_make_autosimulate_passes_its_arguments_on(monkeypatch):
+    """config (default the setup's), simulator, model and every other keyword reach make_autosimulate;
+    the count of other initialisations follows a theta_reset_inits override; reset_models= replaces them."""
+    setup = _toy_setup(1)
+    built = setup.make_autosimulate(0, setup.config.replace(cg_maxiter=5), approximation="linear",
+                                    theta_reset_inits=2)
+    assert (built.config.cg_maxiter, built.config.approximation) == (5, "linear")
+    assert built.config.theta_reset_inits == 2
+    assert setup.make_autosimulate().config == setup.config
+    bare = setup._replace(make_model=None)  # no other initialisations to be had: said before anything is built
+    with pytest.raises(ValueError, match=r"theta_reset_inits=2 needs other initialisations .* no make_model"):
+        bare.make_autosimulate(0, theta_reset_inits=2)
+    with pytest.raises(ValueError, match=r"reset_models\[0\] is not another initialisation of model"):
+        _toy_setup(2).make_autosimulate(0, model=nnx.Linear(1, 1, use_bias=False, rngs=nnx.Rngs(0)))
+
+    calls = []
+    monkeypatch.setattr(experiments, "make_autosimulate", lambda *args, **kwargs: calls.append((args, kwargs)))
+    setup = _toy_setup(3)
+    sim, model = setup.simulator.with_pool(None), setup.make_model(5)
+    setup.make_autosimulate(5, simulator=sim, model=model, devices=None)
+    (args, kwargs), = calls
+    assert args[0] is sim and args[1] is model and args[2:] == (setup.task, setup.val_data, setup.config)
+    assert kwargs["devices"] is None and len(kwargs["reset_models"]) == 2
+    for got, want in zip(kwargs["reset_models"], setup.other_inits(5, 3)):
+        for a, b in zip(_leaves(nnx.state(got, nnx.Param)), _leaves(nnx.state(want, nnx.Param))):
+            np.testing.assert_array_equal(a, b)
+    mine = [setup.make_model(1), setup.make_model(2)]
+    setup.make_autosimulate(0, reset_models=mine)
+    assert calls[-1][1]["reset_models"] is mine
