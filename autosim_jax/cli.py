@@ -375,11 +375,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     check_select_reset(setup.simulator.distribution.init(), args.select_reset)
     setup = pools.attach(setup)  # the render pool of the steps, the assessment and the samples
     try:
-        from .autosimulate import make_autosimulate
-
-        autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, run_config,
-                                    devices=plan.devices if plan.devices > 1 else None,
-                                    reset_models=setup.other_inits(args.seed, run_config.theta_reset_inits))
+        autosim = setup.make_autosimulate(args.seed, run_config,
+                                          devices=plan.devices if plan.devices > 1 else None)
     except ValueError as err:
         raise UsageError(f"the experiment's setup is invalid: {err}") from None
     write_json(run.config_path, config)

@@ -312,12 +312,8 @@ def _build_method(method: str, approximation: str | None, setup, args: CompareAr
                   seed: int):
     """``(init, step)`` of one method on ``setup`` (built with ``seed``): AutoSimulate, or a baseline's BlackBox."""
     if method == "autosimulate":
-        from .autosimulate import make_autosimulate
-
-        return make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                 setup.config.replace(approximation=approximation),
-                                 devices=args.devices if args.devices > 1 else None,
-                                 reset_models=setup.other_inits(seed, setup.config.theta_reset_inits))
+        return setup.make_autosimulate(seed, setup.config.replace(approximation=approximation),
+                                       devices=args.devices if args.devices > 1 else None)
     from . import baselines
 
     # the baselines train with the experiment's own options, not those tuned for AutoSimulate's learner

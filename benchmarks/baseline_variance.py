@@ -90,11 +90,10 @@ def reward_reader(setup, seed: int):
     cfg = setup.config
     k = cfg.dataset_size
     dist = setup.simulator.distribution
-    inits = setup.other_inits(seed, cfg.theta_reset_inits)
-    plain = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, cfg, reset_models=inits)
-    probe = asj.make_autosimulate(asj.Simulator(tagged(dist, k), setup.simulator.renderer, pool=setup.simulator.pool),
-                                  setup.model, setup.task, setup.val_data, cfg.replace(baseline=None),
-                                  reset_models=inits)
+    plain = setup.make_autosimulate(seed, cfg)
+    probe = setup.make_autosimulate(seed, cfg.replace(baseline=None),
+                                    simulator=asj.Simulator(tagged(dist, k), setup.simulator.renderer,
+                                                            pool=setup.simulator.pool))
     state, _ = plain.step(plain.init(seed))  # theta of the first step, as the run has it
     psi = dist.init()
     psi_tagged = {"psi": psi, "tag": jnp.zeros((k,), jnp.float32)}

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from autosim_jax.autosimulate import AutoSimulateWarning, make_autosimulate
+from autosim_jax.autosimulate import AutoSimulateWarning
 from autosim_jax.experiments import get_experiment
 from autosim_jax.models import UNet
 from autosim_jax.render_pool import make_render_pool
@@ -80,8 +80,7 @@ def run_size(size: str, devices: list[int], steps: int, rtol: float, render_work
         params = sum(x.size for x in jax.tree.leaves(nnx.state(setup.model, nnx.Param)))
         built, first = {}, {}
         for d in devices:  # the check first: one step from init(0) on every device count
-            autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
-                                        devices=d if d > 1 else None, reset_models=setup.other_inits(0))
+            autosim = setup.make_autosimulate(0, devices=d if d > 1 else None)
             state = autosim.init(0)
             t = time.perf_counter()
             state, info = autosim.step(state)

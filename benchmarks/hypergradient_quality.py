@@ -115,10 +115,9 @@ def main(argv=None) -> int:
                                            jax.random.PRNGKey(seed + 1))
         return theta
 
-    inits = setup.other_inits(args.seed, cfg.theta_reset_inits)
-    autosims = {a: asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, cfg,
-                                         approximation=a, reset_models=inits) for a in args.approximations.split(",")}
-    default = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, cfg, reset_models=inits)
+    autosims = {a: setup.make_autosimulate(args.seed, cfg, approximation=a)
+                for a in args.approximations.split(",")}
+    default = setup.make_autosimulate(args.seed, cfg)
     simulate = jax.jit(default.inner.simulate)
     psi_ref = setup.reference_psi
     flat_ref, _ = ravel_pytree(psi_ref)

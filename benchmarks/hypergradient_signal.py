@@ -263,8 +263,7 @@ def run_seed(args, seed: int, t0: float, recorded: dict | None = None) -> dict:
     t_seed = time.perf_counter()
     with make_render_pool(sim.renderer, workers=args.render_workers) as pool:
         config = setup.config.replace(outer_snr_gate=GATE_CLOSED, outer_snr_gate_steps=0, **_step_options(args))  # closed all run
-        auto = asj.make_autosimulate(sim.with_pool(pool), setup.model, setup.task, setup.val_data, config,
-                                     reset_models=setup.other_inits(seed, config.theta_reset_inits))
+        auto = setup.make_autosimulate(seed, config, simulator=sim.with_pool(pool))
         state = auto.init(seed)
         gates, kept = [find_state(state.outer_opt_state, SnrGateState)], []
         for t in range(1, args.steps + 1):

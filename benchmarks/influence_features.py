@@ -167,11 +167,9 @@ def main(argv=None) -> int:
     rows = {}
     for epochs in [int(e) for e in args.epochs.split(",")]:
         cfg = setup.config.replace(finetune_epochs=epochs, dataset_size=args.dataset_size or setup.config.dataset_size)
-        inits = setup.other_inits(args.seed, cfg.theta_reset_inits)
-        inner = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg, reset_models=inits).inner
-        measure_and_grad = {o: asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data,
-                                                     cfg.replace(val_objective=o),
-                                                     reset_models=inits).inner.measure_and_grad
+        inner = setup.make_autosimulate(args.seed, cfg, simulator=sim).inner
+        measure_and_grad = {o: setup.make_autosimulate(args.seed, cfg.replace(val_objective=o),
+                                                       simulator=sim).inner.measure_and_grad
                             for o in args.val_objectives.split(",")}
         simulate, finetune = jax.jit(inner.simulate), jax.jit(inner.finetune)
         theta0 = inner.theta0 if anchor is None else anchor
@@ -232,8 +230,7 @@ def anchor_model(args, setup, sim, psi, x_val, y_val):
         return None, {}
     cfg = setup.config.replace(finetune_epochs=args.anchor_epochs,
                                dataset_size=args.dataset_size or setup.config.dataset_size)
-    inner = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg,
-                                  reset_models=setup.other_inits(args.seed, cfg.theta_reset_inits)).inner
+    inner = setup.make_autosimulate(args.seed, cfg, simulator=sim).inner
     simulate, finetune = jax.jit(inner.simulate), jax.jit(inner.finetune)
     theta, opt_state = inner.theta0, inner.init_opt(inner.theta0)
     for d in range(args.anchor_draws):  # keys apart from the estimates' (20_000 + i)

@@ -203,8 +203,7 @@ def parse_config(items: list[str]) -> dict:
 def measure(args, setup, t0: float) -> dict:
     """The decomposition for ``setup`` (seed 0's experiment, rendering through its pool)."""
     config = setup.config.replace(**parse_config(args.config))  # validated before anything compiles
-    auto = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, config,
-                                 reset_models=setup.other_inits(0, config.theta_reset_inits))
+    auto = setup.make_autosimulate(0, config)
     psi = setup.simulator.distribution.init()
     simulate, finetune = jax.jit(auto.inner.simulate), jax.jit(auto.inner.finetune)
     grads = np.zeros((args.inits, args.estimates, ravel_pytree(psi)[0].size))

@@ -65,8 +65,7 @@ def run_grid(setup, ids: list[int], steps: int, watch: list[str], log) -> dict:
     """Every (init, key) pair's ``loc`` trajectories of the watched fields and its final flat psi."""
     runs = {}
     for i in ids:  # one compiled learner per initialisation, every key through it
-        learner = asj.make_autosimulate(setup.simulator, setup.make_model(i), setup.task, setup.val_data,
-                                        setup.config, reset_models=setup.other_inits(i))
+        learner = setup.make_autosimulate(i, model=setup.make_model(i))  # its other inits from model seed i too
         for k in ids:
             state, traj = learner.init(k), {f: [] for f in watch}
             for _ in range(steps):

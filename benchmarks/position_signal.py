@@ -119,9 +119,7 @@ def main(argv=None) -> int:
             cfg = setup.config.replace(finetune_epochs=epochs)
             for approx in args.approximations.split(","):
                 if (epochs, approx) not in built:  # built once, compiled once, for every step's psi
-                    autosim = asj.make_autosimulate(sim, setup.model, setup.task, setup.val_data, cfg,
-                                                    approximation=approx,
-                                                    reset_models=setup.other_inits(args.seed, cfg.theta_reset_inits))
+                    autosim = setup.make_autosimulate(args.seed, cfg, simulator=sim, approximation=approx)
                     built[epochs, approx] = autosim, jax.jit(autosim.inner.simulate), jax.jit(autosim.inner.finetune)
                 autosim, simulate, finetune = built[epochs, approx]
                 inner = autosim.inner

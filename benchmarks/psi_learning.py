@@ -435,18 +435,14 @@ def _measure(spec: dict, setup, t0: float) -> dict:
         overrides["outer_optimizer"] = optax.multi_transform(
             {"fast": cfg.replace(outer_learning_rate=fast["learning_rate"]).outer_optax(), "rest": cfg.outer_optax()},
             labels)
-    # the initialisations that theta_reset_every cycles through (the run's model and theta_reset_inits - 1
-    # others of the experiment's make_model)
-    reset_models = setup.other_inits(spec["seed"], overrides.get("theta_reset_inits"))
-    autosims = [asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
-                                      **overrides, psi_trainable=learned, reset_models=reset_models)
-                for _, learned in stages]
+    # the initialisations that theta_reset_every cycles through: the run's model and theta_reset_inits - 1
+    # others of the experiment's make_model from the run's seed (the variant's count, else the experiment's)
+    autosims = [setup.make_autosimulate(spec["seed"], **overrides, psi_trainable=learned) for _, learned in stages]
     ends = np.cumsum([n or spec["steps"] for n, _ in stages])
     state = autosims[0].init(spec["seed"])
     held = None  # with a reset check: the AutoSimulate with the checked fields frozen, once a reset won
     if check is not None:
-        hold = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, setup.config,
-                                     **overrides, psi_trainable=all_but(*check["fields"]), reset_models=reset_models)
+        hold = setup.make_autosimulate(spec["seed"], **overrides, psi_trainable=all_but(*check["fields"]))
         judge = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                   repeats=check["models"])
         start_psi, sign = setup.simulator.distribution.init(), 1 if setup.task.higher_is_better else -1

@@ -152,11 +152,8 @@ def measure(args, setup, t0: float, save=lambda result: None) -> dict:
     solves = {f"cg{k}": (config.damping, k) for k in budgets}
     solves.update({f"damping{d:g}": (d, budgets[-1]) for d in dampings})
     reference = f"cg{budgets[-1]}"
-    inits = setup.other_inits(0, config.theta_reset_inits)
-    run = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data, config, reset_models=inits)
-    solvers = {label: asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                            config.replace(damping=d, cg_maxiter=k, cg_tol=args.tol),
-                                            reset_models=inits)
+    run = setup.make_autosimulate(0, config)
+    solvers = {label: setup.make_autosimulate(0, config.replace(damping=d, cg_maxiter=k, cg_tol=args.tol))
                for label, (d, k) in solves.items()}
     simulate, finetune = jax.jit(run.inner.simulate), jax.jit(run.inner.finetune)
     ratio = jax.jit(newton_ratio_fn(run.inner, setup.task, config, budgets[-1]))

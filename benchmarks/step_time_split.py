@@ -27,7 +27,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from autosim_jax.autosimulate import make_autosimulate
 from autosim_jax.experiments import get_experiment
 from autosim_jax.render_pool import make_render_pool
 
@@ -47,8 +46,7 @@ def main(argv=None):
     if args.render_workers > 1:
         pool = make_render_pool(setup.simulator.renderer, workers=args.render_workers, backend="process")
         setup = setup._replace(simulator=setup.simulator.with_pool(pool))
-    autosim = make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                setup.config, approximation=args.approximation, reset_models=setup.other_inits(0))
+    autosim = setup.make_autosimulate(0, approximation=args.approximation)
     state = autosim.init(0)
     k = setup.config.dataset_size
     rows = []

@@ -99,16 +99,16 @@ show_batch(
 # %% [markdown]
 # ## AutoSimulate steps
 #
-# `make_autosimulate(..., setup.config, approximation="linear")` gives the optax-style
-# pair `init` / `step`. Each step renders $K = 256$ scenes from the current $\psi$,
-# fine-tunes a fresh UNet for four epochs on them (the experiment's `theta_reset_every=1`),
-# takes the validation gradient and updates $\psi$ by the score-function estimate. The first
-# step compiles the three jitted stages.
+# `setup.make_autosimulate(SEED, config, approximation="linear")` (`make_autosimulate` on the
+# experiment's simulator, UNet, task and validation set) gives the optax-style pair `init` /
+# `step`. Each step renders $K = 256$ scenes from the current $\psi$, fine-tunes a fresh UNet
+# for four epochs on them (the experiment's `theta_reset_every=1`), takes the validation gradient
+# and updates $\psi$ by the score-function estimate. The first step compiles the three jitted
+# stages.
 
 # %%
 config = setup.config if K is None else setup.config.replace(dataset_size=K)
-autosim = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                config, approximation="linear")
+autosim = setup.make_autosimulate(SEED, config, approximation="linear")
 state = autosim.init(SEED)
 history = []
 for _ in range(STEPS):

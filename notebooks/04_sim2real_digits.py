@@ -86,8 +86,7 @@ show_rows(
 # the loss on the 898 real validation digits.
 
 # %%
-autosim = asj.make_autosimulate(setup.simulator, setup.model, setup.task, setup.val_data,
-                                setup.config, approximation="linear")
+autosim = setup.make_autosimulate(SEED, approximation="linear")
 state = autosim.init(SEED)
 history = []
 for _ in range(STEPS):
