@@ -915,7 +915,9 @@ def merge(paths: list[str], out: str, note: str) -> dict:
     one comparison, each within a call's time limit. Every run is kept once: a start/reference
     (``_baseline``) found in several records must be the same assessment; any other run twice is
     refused, as are records whose options (``_MERGE_SAME``) differ. A job unfinished in one
-    record and finished in another counts as finished. Writes ``OUT.json.gz`` and ``OUT.png``."""
+    record and finished in another counts as finished. A merged record may be merged again (its
+    per-call lists are carried over, its note kept before ``note``). Writes ``OUT.json.gz`` and
+    ``OUT.png``."""
     records = [read_record(p) for p in paths]
     for key in _MERGE_SAME:
         values = {json.dumps(r.get(key)) for r in records}
@@ -933,12 +935,18 @@ def merge(paths: list[str], out: str, note: str) -> dict:
                                  "the records without it)")
     failed = [f for rec in records for f in rec["failed"] if (f["variant"], f["seed"], f.get("field")) not in runs]
     variants = {k: v for rec in records for k, v in rec["variants"].items()}
+
+    def each(key: str) -> list:  # one entry per call: a merged record (a list per key) is flattened
+        return [v for r in records for v in (r[key] if r.get("merged_from") else [r.get(key)])]
+
+    notes = [n for r in records if r.get("merged_from") for n in [r["merged_from"]["note"]]]
     meta = {**{k: records[0].get(k) for k in ("benchmark", *_MERGE_SAME)},
-            "date": max(r["date"] for r in records), "command": [r["command"] for r in records],
-            "device": sorted({r["device"] for r in records}), "jax_version": sorted({r["jax_version"] for r in records}),
-            "seeds": sorted({s for _, s, _ in runs}), "baselines_from": [r.get("baselines_from") for r in records],
-            "variants": variants, "wall_seconds": [r["wall_seconds"] for r in records],
-            "merged_from": {"records": [os.path.basename(p) for p in paths], "note": note}}
+            "date": max(r["date"] for r in records), "command": each("command"),
+            "device": sorted(set(each("device"))), "jax_version": sorted(set(each("jax_version"))),
+            "seeds": sorted({s for _, s, _ in runs}), "baselines_from": each("baselines_from"),
+            "variants": variants, "wall_seconds": each("wall_seconds"),
+            "merged_from": {"records": [os.path.basename(p) for p in paths],
+                            "note": " | ".join([*notes, note]) if notes else note}}
     return write_record(meta, list(runs.values()), failed, out, compress=True)
 
 

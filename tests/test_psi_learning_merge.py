@@ -63,3 +63,16 @@ def test_merge_refuses_other_settings_and_a_run_twice(pl, tmp_path):
     moved = _record(tmp_path, "s", [dict(_baseline(0), start={"test_metric": 0.3, "val_metric": 0.3})])
     with pytest.raises(SystemExit, match="second run of _baseline seed 0"):
         pl.main(["--merge", a, moved, "--out", str(tmp_path / "m")])
+
+
+def test_a_merged_record_merges_again_with_its_calls_listed_once_each(pl, tmp_path):
+    a = _record(tmp_path, "a", [_baseline(0), _run("default", 0, 0.4)])
+    b = _record(tmp_path, "b", [_baseline(1), _run("default", 1, 0.5)])
+    pl.main(["--merge", a, b, "--merge-note", "first", "--out", str(tmp_path / "m")])
+    c = _record(tmp_path, "c", [_baseline(2), _run("default", 2, 0.6)])
+    pl.main(["--merge", str(tmp_path / "m.json.gz"), c, "--merge-note", "second", "--out", str(tmp_path / "m2")])
+    merged = json.loads(gzip.open(tmp_path / "m2.json.gz").read())
+    assert merged["command"] == ["call a", "call b", "call c"] and merged["device"] == ["gpu:X"]
+    assert merged["wall_seconds"] == [1.0, 1.0, 1.0] and merged["baselines_from"] == [None, None, None]
+    assert merged["merged_from"] == {"records": ["m.json.gz", "c.json"], "note": "first | second"}
+    assert merged["gap_closed"]["test_metric"]["default"]["4"]["per_seed"] == pytest.approx([0.5, 0.75, 1.0])
