@@ -350,7 +350,12 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
     try:
         run_config = setup.config.replace(**changes)
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        hint = ""
+        if "theta_reset_inits" in str(err) and "pretrain_rounds" in str(err):  # the config names fields, not flags
+            hint = (f" On the command line: --reset-inits 1 or --pretrain-rounds 0 (the experiment's preset has "
+                    f"theta_reset_inits={setup.config.theta_reset_inits}, pretrain_rounds="
+                    f"{setup.config.pretrain_rounds}).")
+        raise UsageError(str(err) + hint) from None
     iterations = iterations or setup.iterations
     assess_images = setup.assess_images if assess_images is None else assess_images
     target = {"iterations": iterations, "budget_images": budget, "assess_images": assess_images}

@@ -619,6 +619,17 @@ def test_reset_inits_the_experiment_cannot_honour_is_refused_before_any_step(toy
     assert not (out / "metrics.jsonl").exists()
 
 
+def test_pretrain_rounds_with_several_initialisations_names_the_flags_that_fix_it(tmp_path, capsys):
+    """clevr-seg's gpu preset cycles 8 initialisations, which pretraining contradicts; the config's
+    message names its fields, the CLI adds the flags (here both given on digits-sim2real)."""
+    out = tmp_path / "r"
+    assert main(["run", "digits-sim2real", "--iterations", "1", "--assess-images", "0", "--reset-inits", "2",
+                 "--pretrain-rounds", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--reset-inits 1 or --pretrain-rounds 0" in err and "Traceback" not in err
+    assert not (out / "metrics.jsonl").exists()
+
+
 def test_pretrain_rounds_are_announced_counted_and_recorded(toy_path, tmp_path, capsys):
     plain, pre = tmp_path / "plain", tmp_path / "pre"
     for out, extra in ((plain, []), (pre, ["--pretrain-rounds", "2"])):
