@@ -184,6 +184,24 @@ def test_a_collapsed_fresh_model_is_told_from_a_slow_one():
     assert _trained(losses, 1.41, 1 - metrics, 1 - 0.023, higher_is_better=False).tolist() == [False, True, True, True]
 
 
+def test_a_model_at_the_untrained_metric_is_collapsed_at_any_loss_twice_the_lowest():
+    """Sessions 55-56 (clevr-seg gpu): a background-only segmenter (mIoU 0.2389, the untrained
+    model's 0.2427) with a loss of 0.108 beside 0.041, a twentieth of the way back to 1.36. The
+    tenth alone kept it; at or below the untrained metric it is left out, while a model that
+    learned something at the same losses, or one at the untrained metric with a loss under 2x the
+    lowest, is kept, and so is every model where no sibling learned."""
+    from autosim_jax.experiments import _trained
+
+    losses, seg = np.array([0.108, 0.041]), dict(untrained=1.36, untrained_metric=0.2427)
+    assert _trained(losses, metrics=np.array([0.2389, 0.3190]), **seg).tolist() == [False, True]
+    assert _trained(losses, metrics=np.array([0.2900, 0.3190]), **seg).tolist() == [True, True]  # learned: kept
+    assert _trained(np.array([0.070, 0.041]), metrics=np.array([0.2389, 0.3190]), **seg).all()  # under 2x
+    assert _trained(losses, metrics=np.array([0.2389, 0.2410]), **seg).all()  # no sibling beat the untrained
+    # lower is better: at or above the untrained error
+    assert _trained(losses, metrics=1 - np.array([0.2389, 0.3190]), untrained=1.36, untrained_metric=1 - 0.2427,
+                    higher_is_better=False).tolist() == [False, True]
+
+
 def test_the_assessor_judges_its_models_by_the_untrained_models_loss_and_metric(monkeypatch):
     """make_assessor hands ``_trained`` every model's loss and validation metric, the untrained
     model's first-minibatch loss and its validation metric (measured once), and the task's
