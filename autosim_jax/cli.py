@@ -351,7 +351,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         run_config = setup.config.replace(**changes)
     except ValueError as err:
         hint = ""
-        if "theta_reset_inits" in str(err) and "pretrain_rounds" in str(err):  # the config names fields, not flags
+        inits, rounds = (changes.get(k, getattr(setup.config, k)) for k in ("theta_reset_inits", "pretrain_rounds"))
+        if inits > 1 and rounds:  # the config's message names its fields; a CLI user needs the flags
             hint = (f" On the command line: --reset-inits 1 or --pretrain-rounds 0 (the experiment's preset has "
                     f"theta_reset_inits={setup.config.theta_reset_inits}, pretrain_rounds="
                     f"{setup.config.pretrain_rounds}).")
