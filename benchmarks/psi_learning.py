@@ -104,6 +104,9 @@ VARIANTS = {
     "k128": ({"dataset_size": 128, "batch_size": 16},
              "half the renders per step, the same number of fine-tuning steps: twice the psi steps per image "
              "(digits-sim2real at cpu size, session 37: does it reach LTS's 1,920-image accuracy?)"),
+    "k128_e8": ({"dataset_size": 128, "batch_size": 16, "finetune_epochs": 8},
+                "clevr-seg cpu: half the renders per step with the preset's 64 fine-tuning steps per psi step, "
+                "twice the psi steps per image: are the early points (BO's 3x) faster at equal images?"),
     "k1024": ({"dataset_size": 1024, "batch_size": 128},
               "4x the renders per step, the same number of fine-tuning steps: is the signal too weak?"),
     "linear_k1024": ({"approximation": "linear", "dataset_size": 1024, "batch_size": 128},
