@@ -942,7 +942,7 @@ def merge(paths: list[str], out: str, note: str) -> dict:
     def each(key: str) -> list:  # one entry per call: a merged record (a list per key) is flattened
         return [v for r in records for v in (r[key] if r.get("merged_from") else [r.get(key)])]
 
-    notes = [n for r in records if r.get("merged_from") for n in [r["merged_from"]["note"]]]
+    notes = [r["merged_from"]["note"] for r in records if r.get("merged_from")]
     meta = {**{k: records[0].get(k) for k in ("benchmark", *_MERGE_SAME)},
             "date": max(r["date"] for r in records), "command": each("command"),
             "device": sorted(set(each("device"))), "jax_version": sorted(set(each("jax_version"))),
