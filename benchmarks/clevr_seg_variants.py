@@ -1,18 +1,35 @@
-"""clevr-seg with the psi step's noise gate on, as a plug-in experiment for ``autosim run`` and
-``autosim compare`` (issue 13, session 40).
+"""clevr-seg variants as plug-in experiments for ``autosim run`` and ``autosim compare`` (issue 13).
 
-``GATE2_FOR60`` is the registered experiment (its cpu preset: K = 256 renders a step, each step's
-fresh UNet fine-tuned 4 epochs) with ``outer_snr_gate=2`` on the first 60 psi updates
-(``outer_snr_gate_steps=60``), digits-sim2real's cpu preset since session 39; everything else
-(start, target, validation and test sets, the assessment) is the experiment's own. Run from
-``benchmarks/`` so that ``module:attr`` finds this file::
+Each changes AutoSimulate's own options only; the start, target, validation and test sets, the fresh
+models that assess a psi and the baselines' options are the registered experiment's, so that
+``autosim compare ... --methods autosimulate`` on a variant pairs seed by seed with a comparison of the
+experiment itself (``paired_compare.py``: the start and reference figures equal to the bit).
+
+* ``GATE2_FOR60`` (session 40): the psi step's noise gate (``outer_snr_gate=2``) on the first 60 psi
+  updates (``outer_snr_gate_steps=60``), digits-sim2real's cpu preset since session 39.
+* ``K128`` and ``K64`` (session 58): 128 or 64 renders a step instead of the preset's 256, each step's
+  fresh UNet fine-tuned on minibatches of 16 for the preset's number of Adam steps (gpu: 16, cpu: 64),
+  so two or four psi steps for the preset's one per image. At gpu size over seeds 0-2 (4 fresh
+  models per psi, ``psi_learning.py --variants k128`` / ``k64``) they close G 0.48 / 0.60 after 7,680
+  images where the preset closes 0.32, and K128 0.89 after 15,360 where the preset closes 0.56
+  (docs/learning.md, session 58).
+
+Run from ``benchmarks/`` so that ``module:attr`` finds this file::
 
     cd benchmarks
     autosim run clevr_seg_variants:GATE2_FOR60 --size cpu --iterations 40 --seed 0 --assess-models 2
+    python -m autosim_jax compare clevr_seg_variants:K64 --size gpu --methods autosimulate --seeds 3 \\
+        --budget-images 30720 --assess-points 5 --assess-models 2 --jobs 3 --render-workers 5 --out $OUT/k64
 
 Example:
   >>> GATE2_FOR60.name, GATE2_FOR60.renderers == get_experiment("clevr-seg").renderers
   ('clevr-seg-gate2-for60', True)
+  >>> setup = K64.build(size="cpu")
+  >>> c = setup.config
+  >>> c.dataset_size, c.batch_size, c.finetune_epochs, c.finetune_epochs * c.dataset_size // c.batch_size
+  (64, 16, 16, 64)
+  >>> setup.base_config() == _BASE.build(size="cpu").config  # the fresh models and baselines: the experiment's
+  True
 """
 
 from __future__ import annotations
@@ -29,3 +46,30 @@ def _gated(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
 
 GATE2_FOR60 = Experiment("clevr-seg-gate2-for60", "clevr-seg with the noise gate (z = 2) on the first 60 psi updates",
                          _BASE.renderers, _gated)
+
+_MINIBATCH = 16  # k128 / k64's fine-tuning minibatch at either size (psi_learning.py's variants)
+
+
+def _fewer_renders(k: int):
+    """A builder of clevr-seg with ``k`` renders a step and the preset's Adam steps per psi step."""
+
+    def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
+        setup = _BASE.build(renderer=renderer, seed=seed, size=size)
+        own = setup.config
+        steps = own.finetune_epochs * own.dataset_size // own.batch_size
+        epochs, rest = divmod(steps * _MINIBATCH, k)
+        if rest or not epochs:
+            raise ValueError(f"clevr_seg_variants: K = {k} at size {size!r} cannot keep the preset's {steps} Adam "
+                             f"steps on minibatches of {_MINIBATCH} in whole epochs; choose a K dividing "
+                             f"{steps * _MINIBATCH}.")
+        # assess_config keeps the fresh models (and the baselines) on the experiment's own options.
+        return setup._replace(config=own.replace(dataset_size=k, batch_size=_MINIBATCH, finetune_epochs=epochs),
+                              assess_config=setup.base_config())
+
+    return build
+
+
+K128 = Experiment("clevr-seg-k128", "clevr-seg with 128 renders a step: twice the psi steps per image",
+                  _BASE.renderers, _fewer_renders(128))
+K64 = Experiment("clevr-seg-k64", "clevr-seg with 64 renders a step: four times the psi steps per image",
+                 _BASE.renderers, _fewer_renders(64))

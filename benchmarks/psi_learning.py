@@ -107,6 +107,9 @@ VARIANTS = {
     "k128_e8": ({"dataset_size": 128, "batch_size": 16, "finetune_epochs": 8},
                 "clevr-seg cpu: half the renders per step with the preset's 64 fine-tuning steps per psi step, "
                 "twice the psi steps per image: are the early points (BO's 3x) faster at equal images?"),
+    "k64": ({"dataset_size": 64, "batch_size": 16, "finetune_epochs": 4},
+            "clevr-seg gpu: a quarter of the preset's renders per step with its 16 fine-tuning steps, four psi "
+            "steps per image: k128 closed 0.89 at 15,360 images (session 58), does k64 reach BO's best by 5,120?"),
     "k1024": ({"dataset_size": 1024, "batch_size": 128},
               "4x the renders per step, the same number of fine-tuning steps: is the signal too weak?"),
     "linear_k1024": ({"approximation": "linear", "dataset_size": 1024, "batch_size": 128},
