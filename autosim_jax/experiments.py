@@ -625,6 +625,35 @@ class DivergedAssessmentWarning(UserWarning):
     """A fresh model of an assessment did not train where its siblings did (:func:`_trained`)."""
 
 
+# Metrics closer than this count as equal in _trained (a model predicting one class everywhere scores the
+# constant prediction's metric up to float32 rounding).
+_SAME_METRIC = 1e-4
+
+
+def constant_prediction_metric(task: Task, labels) -> float | None:
+    """The best validation metric of a model that predicts one class everywhere, for a task whose
+    labels are class indices (``task.num_classes`` set, integer ``labels``); ``None`` otherwise.
+
+    An untrained network may score below this (clevr-seg's UNet of seed 0: mIoU 0.023 where the
+    background everywhere scores 0.2389), so :func:`make_assessor` takes the better of the two as the
+    floor a fresh model must beat to count as trained (:func:`_trained`).
+
+    Example:
+      >>> from autosim_jax.tasks import segmentation_task
+      >>> labels = np.zeros((2, 4, 4), np.int32); labels[:, 0, 0] = 1   # background but one pixel an image
+      >>> round(constant_prediction_metric(segmentation_task(2), labels), 4)  # IoU 30/32 and 0, averaged
+      0.4688
+    """
+    labels = np.asarray(labels) if not isinstance(labels, (dict, list, tuple)) else None
+    if task.num_classes is None or labels is None or not np.issubdtype(labels.dtype, np.integer):
+        return None
+    scores = []
+    for c in range(task.num_classes):
+        logits = jax.nn.one_hot(np.full(labels.shape, c), task.num_classes)
+        scores.append(float(task.metric_from_stats(task.metric_stats(logits, labels))))
+    return max(scores) if task.higher_is_better else min(scores)
+
+
 def _trained(losses: np.ndarray, untrained: float, metrics: np.ndarray | None = None,
              untrained_metric: float | None = None, higher_is_better: bool = True) -> np.ndarray:
     """Which of the repeats' fresh models trained. A model did not when its last-epoch loss is
@@ -634,10 +663,11 @@ def _trained(losses: np.ndarray, untrained: float, metrics: np.ndarray | None = 
     * **diverged**: over halfway from that lowest loss back to ``untrained`` (the untrained
       model's loss on the same kind of images); or
     * **collapsed**: over a tenth of the way back, with a validation metric (``metrics``) no
-      better than halfway from ``untrained_metric`` (the untrained model's) to the best of its
-      siblings'; or, however low its loss, with a metric no better than the untrained model's
-      while a sibling's is (a segmenter that predicts the background everywhere has a small loss
-      where the background covers most pixels).
+      better than halfway from ``untrained_metric`` (the floor a trained model must beat: the
+      untrained model's metric, or a constant prediction's where that is better; see
+      :func:`make_assessor`) to the best of its siblings'; or, however low its loss, with a
+      metric no better than that floor while a sibling's is (a segmenter that predicts the
+      background everywhere has a small loss where the background covers most pixels).
 
     On clevr-det at gpu size 3 of 72 fresh detectors (24 epochs, Adam 3e-3) ended at a loss of
     ~590, an untrained detector's, beside siblings at 130-220 on the same psi, and at mAP 0
@@ -651,7 +681,9 @@ def _trained(losses: np.ndarray, untrained: float, metrics: np.ndarray | None = 
     clevr-seg at gpu size one model of 2 scored mIoU 0.2389, the untrained model's 0.2427, with a
     loss of 0.108 beside its sibling's 0.041 (0.319), a twentieth of the way back to the untrained
     1.36 (sessions 55-56, `compare_clevr-seg_gpu/NOTE.md`): kept by the tenth, so a metric no better
-    than the untrained model's counts as collapsed at any loss 2x the lowest.
+    than the floor counts as collapsed at any loss 2x the lowest. Where the untrained model scores
+    below the background-only 0.2389 (seed 0's UNet: 0.023) that floor is the constant prediction's
+    (session 58: seed 0's start psi had kept such a model, loss 0.188 beside 0.014-0.016).
 
     Example:
       >>> _trained(np.array([159.1, 588.1, 168.0, 218.6]), untrained=570.0).tolist()
@@ -668,6 +700,9 @@ def _trained(losses: np.ndarray, untrained: float, metrics: np.ndarray | None = 
       >>> _trained(np.array([0.108, 0.041]), untrained=1.36, metrics=np.array([0.2389, 0.3190]),
       ...          untrained_metric=0.2427).tolist()  # clevr-seg gpu, session 56: background only
       [False, True]
+      >>> losses, metrics = np.array([0.0156, 0.0144, 0.0159, 0.188]), np.array([0.3236, 0.3229, 0.3212, 0.23889])
+      >>> _trained(losses, untrained=1.36, metrics=metrics, untrained_metric=0.23889).tolist()  # session 58
+      [True, True, True, False]
     """
     finite = np.isfinite(losses)
     if not finite.any():
@@ -678,10 +713,12 @@ def _trained(losses: np.ndarray, untrained: float, metrics: np.ndarray | None = 
     collapsed = np.zeros_like(finite)
     if metrics is not None and untrained_metric is not None:
         sign = 1.0 if higher_is_better else -1.0
-        gain = sign * (np.asarray(metrics) - untrained_metric)  # how far each got from the untrained model
+        gain = sign * (np.asarray(metrics) - untrained_metric)  # how far each got from the floor
         best = np.nanmax(np.where(finite, gain, np.nan))
         # (only where a sibling got anywhere: if none beat the untrained model, the data is to blame)
-        collapsed = far & ((losses > lowest + 0.1 * (untrained - lowest)) | (gain <= 0)) & (gain <= 0.5 * best) \
+        # (a model at the constant prediction's metric matches the floor to float32 rounding, not exactly)
+        collapsed = far & ((losses > lowest + 0.1 * (untrained - lowest)) | (gain <= _SAME_METRIC)) \
+            & (gain <= 0.5 * best) \
             & (best > 0)
     return finite & ~diverged & ~collapsed
 
@@ -733,7 +770,7 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
       last-epoch loss is non-finite, or above ``LOSS_JUMP_FACTOR`` (2) times the lowest of the
       repeats' and either halfway from it back to the untrained model's loss (on the first
       minibatch) or a tenth of the way with a validation metric no better than halfway from the
-      untrained model's to the best repeat's (:func:`_trained`), did not train (diverged or
+      untrained model's (or a constant prediction's, where better) to the best repeat's (:func:`_trained`), did not train (diverged or
       collapsed): it is left out of the means and std (NaN if none trained),
       listed in ``"diverged_models"`` and warned about (:class:`DivergedAssessmentWarning`);
       with ``repeats=1`` there is nothing to compare with. Repeat ``r``
@@ -775,8 +812,12 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
     first_batch_loss = jax.jit(lambda theta, x, y: inner.mean_loss(theta, x[:cfg.batch_size], y[:cfg.batch_size]))
 
     @functools.cache
-    def untrained_metric() -> float:  # the untrained model's validation metric, measured once when needed
-        return float(inner.measure(inner.theta0, *setup.val_data)[1])
+    def untrained_metric() -> float:  # the floor of _trained, measured once when needed
+        untrained = float(inner.measure(inner.theta0, *setup.val_data)[1])
+        constant = constant_prediction_metric(setup.task, setup.val_data[1])
+        if constant is None:
+            return untrained
+        return max(untrained, constant) if setup.task.higher_is_better else min(untrained, constant)
 
     def one(psi, seed: int) -> tuple[float, float, float, float]:
         key = jax.random.PRNGKey(seed)
@@ -813,8 +854,8 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
                           f"the lowest of their siblings ({np.nanmin(loss) if trained.any() else 'none finite'}), "
                           f"either over halfway back to the untrained model's {np.nanmean(untrained):.4g} or with "
                           f"a validation metric ({val[~trained].tolist()}) no better than halfway from the "
-                          f"untrained model's {untrained_metric():.4g} to the best sibling's; the "
-                          f"metrics are the means over the {int(trained.sum())} others. Clipping each gradient "
+                          f"untrained model's (or a constant prediction's) {untrained_metric():.4g} to the best "
+                          f"sibling's; the metrics are the means over the {int(trained.sum())} others. Clipping each gradient "
                           f"(AutoSimConfig.inner_clip_norm=1 in the experiment's config) stopped such a "
                           f"divergence on clevr-det (docs/detection.md); so may a lower inner_learning_rate.",
                           DivergedAssessmentWarning, stacklevel=2)

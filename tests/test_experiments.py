@@ -230,6 +230,28 @@ def test_the_assessor_judges_its_models_by_the_untrained_models_loss_and_metric(
     assert higher is setup.task.higher_is_better and seen[1][3] == untrained_metric
 
 
+def test_a_segmenters_floor_is_the_better_of_the_untrained_model_and_a_constant_prediction(monkeypatch):
+    """Session 58: seed 0's UNet scores mIoU 0.023 untrained, below the background everywhere (0.2389 at
+    gpu size), so a background-only model beat that floor and was kept; make_assessor now hands
+    ``_trained`` the better of the two, here the constant prediction's (every class tried)."""
+    import autosim_jax.experiments as ex
+
+    setup = _build("clevr-seg", "clevr", 0)
+    labels = np.asarray(setup.val_data[1])
+    constant = ex.constant_prediction_metric(setup.task, labels)
+    by_class = []
+    for c in range(4):  # the mIoU of predicting class c everywhere, from the confusion counts by hand
+        iou = [np.sum((labels == k) & (c == k)) / np.sum((labels == k) | (c == k)) for k in range(4)]
+        by_class.append(np.mean(iou))
+    assert constant == pytest.approx(max(by_class), abs=1e-6) and int(np.argmax(by_class)) == 0  # the background
+    seen = []
+    monkeypatch.setattr(ex, "_trained", lambda losses, untrained, metrics=None, untrained_metric=None,
+                        higher_is_better=True: seen.append(untrained_metric) or np.ones(len(losses), bool))
+    monkeypatch.setattr(ex, "constant_prediction_metric", lambda task, y: 0.99)  # above any untrained model
+    ex.make_assessor(setup, num_images=16, epochs=1, repeats=2)(setup.simulator.distribution.init(), 0)
+    assert seen == [0.99]
+
+
 def test_assessor_trains_on_the_mixture_of_a_list_of_psi(monkeypatch):
     """A list of psi (a run's trajectory) is assessed on the equal mixture of its members,
     rendered once per repeat with the assessment's whole budget."""
