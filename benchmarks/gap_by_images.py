@@ -40,9 +40,9 @@ import json
 import os
 
 import numpy as np
-
 from field_drift import read_record
-from psi_learning import _gap
+
+from autosim_jax import gap_closed
 
 
 def _k(record: dict, run: dict, variant: str) -> int:
@@ -85,7 +85,7 @@ def gap_points(records: list[tuple[str, dict]], variant: str, seeds: list[int], 
                 if t in again:
                     found[(t * k, seed)] = (t, again[t], "reassess")
                 else:
-                    g = _gap(b["start"][metric], run["assessed"][str(t)][metric], b["reference"][metric])
+                    g = gap_closed(b["start"][metric], run["assessed"][str(t)][metric], b["reference"][metric])
                     found[(t * k, seed)] = (t, g, "record")
     points = []
     for images in sorted({i for i, _ in found}):
