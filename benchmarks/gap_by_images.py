@@ -41,6 +41,7 @@ import os
 
 import numpy as np
 from field_drift import read_record
+from paired_compare import paired
 
 from autosim_jax import gap_closed
 
@@ -54,7 +55,7 @@ def _k(record: dict, run: dict, variant: str) -> int:
 def _stem(path: str) -> str:
     """A record's name without folder and ``.json`` / ``.json.gz``: how a ``reassess.py`` row names it."""
     name = os.path.basename(path)
-    return name[:-len(".gz")][:-len(".json")] if name.endswith(".json.gz") else name.removesuffix(".json")
+    return name.removesuffix(".gz").removesuffix(".json")
 
 
 def _reassessed(reassess: list[dict], metric: str) -> dict:
@@ -98,8 +99,8 @@ def gap_points(records: list[tuple[str, dict]], variant: str, seeds: list[int], 
 
 
 def paired_with(base: list[dict], points: list[dict]) -> list[dict]:
-    """Seed-paired differences ``points - base`` at the image counts both have: ``images``, ``mean``,
-    ``se`` (ddof=1), ``ahead`` (seeds above the base), ``n``.
+    """Seed-paired differences ``points - base`` at the image counts both have: ``images``, ``n`` and
+    ``paired_compare.paired``'s ``mean``, ``se`` (ddof=1), ``ahead`` / ``behind``.
 
     Example:
       >>> a = [{"images": 100, "per_seed": [0.1, 0.2, 0.3]}, {"images": 200, "per_seed": [0.5, 0.5, 0.5]}]
@@ -108,14 +109,9 @@ def paired_with(base: list[dict], points: list[dict]) -> list[dict]:
       >>> q["images"], round(q["mean"], 3), round(q["se"], 3), q["ahead"], q["n"]
       (100, 0.067, 0.088, 2, 3)
     """
-    by_images = {q["images"]: np.asarray(q["per_seed"]) for q in base}
-    out = []
-    for q in points:
-        if q["images"] in by_images:
-            d = np.asarray(q["per_seed"]) - by_images[q["images"]]
-            out.append({"images": q["images"], "mean": float(d.mean()), "n": len(d), "ahead": int((d > 0).sum()),
-                        "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")})
-    return out
+    by_images = {q["images"]: q["per_seed"] for q in base}
+    return [{"images": q["images"], "n": len(q["per_seed"]), **paired(q["per_seed"], by_images[q["images"]])}
+            for q in points if q["images"] in by_images]
 
 
 def _parse_record(text: str) -> tuple[str, str, str]:
