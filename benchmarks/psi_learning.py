@@ -110,6 +110,9 @@ VARIANTS = {
     "k64": ({"dataset_size": 64, "batch_size": 16, "finetune_epochs": 4},
             "clevr-seg gpu: a quarter of the preset's renders per step with its 16 fine-tuning steps, four psi "
             "steps per image: k128 closed 0.89 at 15,360 images (session 58), does k64 reach BO's best by 5,120?"),
+    "k64_e16": ({"dataset_size": 64, "batch_size": 16, "finetune_epochs": 16},
+                "clevr-seg cpu: a quarter of the renders per step with the preset's 64 fine-tuning steps per psi "
+                "step, four psi steps per image: does k64's lead at gpu size (session 58) hold at cpu size?"),
     "k1024": ({"dataset_size": 1024, "batch_size": 128},
               "4x the renders per step, the same number of fine-tuning steps: is the signal too weak?"),
     "linear_k1024": ({"approximation": "linear", "dataset_size": 1024, "batch_size": 128},
