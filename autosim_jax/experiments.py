@@ -812,7 +812,7 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
     first_batch_loss = jax.jit(lambda theta, x, y: inner.mean_loss(theta, x[:cfg.batch_size], y[:cfg.batch_size]))
 
     @functools.cache
-    def untrained_metric() -> float:  # the floor of _trained, measured once when needed
+    def metric_floor() -> float:  # the better of the untrained model's and a constant prediction's, once
         untrained = float(inner.measure(inner.theta0, *setup.val_data)[1])
         constant = constant_prediction_metric(setup.task, setup.val_data[1])
         if constant is None:
@@ -842,7 +842,7 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
             return {"val_metric": float(val[0]), "test_metric": float(test[0])}
         # A model whose training diverged measures the optimiser, not the data: it is left out
         # of the means, named in the result and warned about; the lists keep every model.
-        trained = _trained(loss, float(np.nanmean(untrained)), val, untrained_metric(), setup.task.higher_is_better)
+        trained = _trained(loss, float(np.nanmean(untrained)), val, metric_floor(), setup.task.higher_is_better)
         kept = {"val": val[trained], "test": test[trained]}
         out: dict[str, Any] = {f"{m}_metric": float(v.mean()) if v.size else float("nan") for m, v in kept.items()}
         out.update({f"{m}_metric_std": float(v.std()) if v.size else float("nan") for m, v in kept.items()})
@@ -854,7 +854,7 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
                           f"the lowest of their siblings ({np.nanmin(loss) if trained.any() else 'none finite'}), "
                           f"either over halfway back to the untrained model's {np.nanmean(untrained):.4g} or with "
                           f"a validation metric ({val[~trained].tolist()}) no better than halfway from the "
-                          f"untrained model's (or a constant prediction's) {untrained_metric():.4g} to the best "
+                          f"untrained model's (or a constant prediction's) {metric_floor():.4g} to the best "
                           f"sibling's; the metrics are the means over the {int(trained.sum())} others. Clipping each gradient "
                           f"(AutoSimConfig.inner_clip_norm=1 in the experiment's config) stopped such a "
                           f"divergence on clevr-det (docs/detection.md); so may a lower inner_learning_rate.",
