@@ -156,7 +156,7 @@ def compare_table(folder: str, reference, start, experiment: str, size: str) -> 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--experiment", default="clevr-seg")
+    p.add_argument("--experiment", default="clevr-seg", help="a registered experiment or a plug-in's module:attr")
     p.add_argument("--size", default="gpu", choices=("cpu", "gpu"))
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--runs", action="append", metavar="FILE:VARIANT[,VARIANT]")
@@ -168,9 +168,10 @@ def main(argv=None) -> int:
     import jax
 
     import autosim_jax as asj
+    from autosim_jax.rundir import resolve_experiment
 
     steps = [0] + [int(s) for s in args.steps.split(",")]
-    exp = asj.get_experiment(args.experiment)
+    exp = resolve_experiment(args.experiment)  # a registered name or a plug-in's module:attr
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
     reference, start = setup.reference_psi, setup.simulator.distribution.init()
     table: dict[str, dict[str, dict[str, dict]]] = {}

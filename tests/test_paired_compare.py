@@ -36,3 +36,13 @@ def test_refuses_records_drawn_with_other_keys():
     other = _record([[0.3, 0.4]] * 2, [0.21, 0.3], [0.6, 0.5], [1, 1])
     with pytest.raises(SystemExit, match="same keys"):
         paired_compare.compare_records(base, other)
+
+
+def test_baselines_differ_pairs_the_curves_and_keeps_each_records_own_g():
+    base = _record([[0.3, 0.4]] * 2, [0.2, 0.3], [0.6, 0.5], [1, 1])
+    other = _record([[0.35, 0.45], [0.3, 0.5]], [0.21, 0.3], [0.6, 0.55], [1, 1])
+    out = paired_compare.compare_records(base, other, baselines_differ=True)["val_metric"]
+    assert out["points"][1]["mean"] == pytest.approx(0.075)
+    assert out["baselines"]["start"] == pytest.approx([0.01, 0.0])
+    assert out["baselines"]["reference"] == pytest.approx([0.0, 0.05])
+    assert out["gap_closed"]["variant"] == pytest.approx([(0.45 - 0.21) / (0.6 - 0.21), (0.5 - 0.3) / (0.55 - 0.3)])
