@@ -12,7 +12,9 @@ experiment itself (``paired_compare.py``: the start and reference figures equal 
   so two or four psi steps for the preset's one per image. At gpu size over seeds 0-2 (4 fresh
   models per psi, ``psi_learning.py --variants k128`` / ``k64``) they close G 0.48 / 0.60 after 7,680
   images where the preset closes 0.32, and K128 0.89 after 15,360 where the preset closes 0.56
-  (docs/learning.md, session 58).
+  (docs/learning.md, session 58). In ``autosim compare`` with the head to head's options (session 59,
+  ``results/compare_clevr-seg_gpu_k64``) K64 is above BO, random search and LTS at every budget point and
+  reaches BO's best 4x sooner, but ends 0.033 val mIoU below the preset after 30,720 images.
 * ``K64_DECAY30`` (session 59): K64 with the psi step's rate decaying as ``0.1 / (1 + t / 30)`` instead
   of the preset's ``t / 60``: K64 under the head to head's protocol leads the preset by 0.09-0.10 val
   mIoU after 3,840-7,680 images and trails it by 0.03 after 30,720, its lights and the fields the start
