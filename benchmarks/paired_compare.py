@@ -61,7 +61,8 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict:
       (0.1, 0.058, 2, 0)
     """
     d = np.asarray(a, float) - np.asarray(b, float)
-    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))),
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")  # one seed: no spread, no warning
+    return {"mean": float(d.mean()), "se": se,
             "ahead": int((d > 0).sum()), "behind": int((d < 0).sum())}
 
 
