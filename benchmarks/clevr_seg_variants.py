@@ -19,6 +19,12 @@ experiment itself (``paired_compare.py``: the start and reference figures equal 
   of the preset's ``t / 60``: K64 under the head to head's protocol leads the preset by 0.09-0.10 val
   mIoU after 3,840-7,680 images and trails it by 0.03 after 30,720, its lights and the fields the start
   had right walking from its step 120 on; the faster decay halves the step length spent after step 120.
+  Under that protocol (session 60, ``results/compare_clevr-seg_gpu_k64_decay30``) it is ahead of the preset
+  at 1,920-15,360 images on the mean and 0.004 behind after 30,720 (s.e. 0.015).
+* ``PRESET_SEEDS3`` and ``K64_DECAY30_SEEDS3`` (session 60): the preset and ``K64_DECAY30`` with every
+  seed moved by 3, so that ``autosim compare --seeds 3`` (seeds 0 .. N-1) runs the experiment's seeds
+  3-5 (start, target, validation and test sets, initialisations); the loop's own key keeps the
+  comparison's seed, the same in both, so the two pair seed by seed.
 
 Run from ``benchmarks/`` so that ``module:attr`` finds this file::
 
@@ -38,6 +44,10 @@ Example:
   True
   >>> K64_DECAY30.build(size="cpu").config.outer_decay_steps, c.outer_decay_steps  # the cpu preset: no decay
   (30, 0)
+  >>> import numpy as np
+  >>> shifted, own = PRESET_SEEDS3.build(size="cpu", seed=0), _BASE.build(size="cpu", seed=3)
+  >>> bool(np.array_equal(shifted.val_data[0], own.val_data[0])), shifted.config == own.config
+  (True, True)
 """
 
 from __future__ import annotations
@@ -85,3 +95,18 @@ K64 = Experiment("clevr-seg-k64", "clevr-seg with 64 renders a step: four times 
                  _BASE.renderers, _fewer_renders(64))
 K64_DECAY30 = Experiment("clevr-seg-k64-decay30", "K64 with the psi step's rate decaying twice as fast in steps",
                          _BASE.renderers, _fewer_renders(64, decay_steps=30))
+
+
+def _seeds_moved(experiment: Experiment, by: int) -> Experiment:
+    """``experiment`` whose seed ``s`` builds the experiment's seed ``s + by`` (more seeds for a
+    comparison whose ``--seeds N`` runs seeds 0 .. N-1)."""
+
+    def build(*, renderer=experiment.renderers[0], seed=0, size="cpu"):
+        return experiment.build(renderer=renderer, seed=seed + by, size=size)
+
+    return Experiment(f"{experiment.name}-seeds-from-{by}", f"{experiment.description} (seeds from {by})",
+                      experiment.renderers, build)
+
+
+PRESET_SEEDS3 = _seeds_moved(_BASE, 3)
+K64_DECAY30_SEEDS3 = _seeds_moved(K64_DECAY30, 3)
