@@ -109,6 +109,20 @@ def read_runs(spec: str, experiment: str, size: str) -> tuple[str, dict, list[st
     return path, record, variants.split(",")
 
 
+def run_records(folder: str):
+    """``(method, "seedS", metrics records)`` for every run directory ``METHOD/seedS/metrics.jsonl``
+    of the ``autosim compare`` directory ``folder``, sorted (``start_psi/`` and ``reference_psi/``
+    hold assessments only and are passed over)."""
+    from autosim_jax.rundir import read_metrics
+
+    for method in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        runs = os.path.join(folder, method)
+        for seed_dir in sorted(os.listdir(runs)) if os.path.isdir(runs) else ():
+            path = os.path.join(runs, seed_dir, "metrics.jsonl")
+            if seed_dir.startswith("seed") and os.path.exists(path):
+                yield method, seed_dir, read_metrics(path)[0]
+
+
 def compare_table(folder: str, reference, start, experiment: str, size: str) -> tuple[dict, list[int]]:
     """``KL(reference || psi)`` per field of the psi each method of the ``autosim compare``
     directory ``folder`` held at the assessed points of its ``compare.json`` (the psi its fresh
@@ -122,7 +136,7 @@ def compare_table(folder: str, reference, start, experiment: str, size: str) -> 
         experiment or size.
     """
     from autosim_jax.compare import assessed_record
-    from autosim_jax.rundir import psi_from_record, read_metrics
+    from autosim_jax.rundir import psi_from_record
 
     path = os.path.join(folder, "compare.json")
     if not os.path.exists(path):
@@ -136,19 +150,13 @@ def compare_table(folder: str, reference, start, experiment: str, size: str) -> 
     if not points:
         raise ValueError(f"{folder}: its comparison assessed no points (--assess-images 0); nothing to read")
     table: dict[str, dict[str, dict[str, dict]]] = {}
-    for method in sorted(os.listdir(folder)):
-        runs = os.path.join(folder, method)
-        # METHOD/seedS/metrics.jsonl; start_psi/ and reference_psi/ hold assessments only
-        seeds = sorted(d for d in (os.listdir(runs) if os.path.isdir(runs) else [])
-                       if d.startswith("seed") and os.path.exists(os.path.join(runs, d, "metrics.jsonl")))
-        for seed_dir in seeds:
-            records, _ = read_metrics(os.path.join(runs, seed_dir, "metrics.jsonl"))
-            for t in [0, *points]:
-                record = assessed_record(records, t, points[-1]) if t else None
-                psi = start if record is None else psi_from_record(start, record["psi"])
-                for field, kl in field_kls(reference, psi).items():
-                    cell = table.setdefault(method, {}).setdefault(field, {}).setdefault(str(t), {"per_seed": {}})
-                    cell["per_seed"][seed_dir.removeprefix("seed")] = kl
+    for method, seed_dir, records in run_records(folder):
+        for t in [0, *points]:
+            record = assessed_record(records, t, points[-1]) if t else None
+            psi = start if record is None else psi_from_record(start, record["psi"])
+            for field, kl in field_kls(reference, psi).items():
+                cell = table.setdefault(method, {}).setdefault(field, {}).setdefault(str(t), {"per_seed": {}})
+                cell["per_seed"][seed_dir.removeprefix("seed")] = kl
     if not table:
         raise ValueError(f"{folder} holds no run directories (METHOD/seedS/metrics.jsonl)")
     return table, [0, *points]

@@ -65,29 +65,20 @@ def compare_runs(folder: str, reference, start, fields: list[str]) -> dict[str, 
     Raises:
       ValueError: ``folder`` holds no such run, or a field not in the reference.
     """
-    from autosim_jax.rundir import psi_from_record, read_metrics
-    from field_drift import field_kls
+    from autosim_jax.rundir import psi_from_record
+    from field_drift import field_kls, run_records
 
     unknown = sorted(set(fields) - set(reference))
     if unknown:
         raise ValueError(f"--fields {','.join(unknown)}: not fields of the reference psi; choose from "
                          f"{', '.join(sorted(reference))}")
-    runs = {}
-    for method in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
-        for seed in sorted(os.listdir(os.path.join(folder, method)) if os.path.isdir(os.path.join(folder, method))
-                           else ()):
-            path = os.path.join(folder, method, seed, "metrics.jsonl")
-            if not (seed.startswith("seed") and os.path.exists(path)):
-                continue
-            records, _ = read_metrics(path)
-            if not records or "psi_step_rms" not in records[0]:
-                continue
 
-            def kl(record):
-                kls = field_kls(reference, psi_from_record(start, record["psi"]))
-                return sum(kls[f] for f in fields)
+    def kl(record):
+        kls = field_kls(reference, psi_from_record(start, record["psi"]))
+        return sum(kls[f] for f in fields)
 
-            runs[f"{method}/{seed}"] = trajectory(records, kl)
+    runs = {f"{method}/{seed}": trajectory(records, kl) for method, seed, records in run_records(folder)
+            if records and "psi_step_rms" in records[0]}
     if not runs:
         raise ValueError(f"{folder} holds no AutoSimulate run (METHOD/seedS/metrics.jsonl with psi_step_rms)")
     return runs
