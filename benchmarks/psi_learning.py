@@ -65,7 +65,10 @@ def all_but(*fields: str) -> str:
 # 60 updates since session 39, AutoSimConfig.outer_snr_gate_steps).
 _WHOLE_RUN = {"outer_snr_gate_steps": 0}
 
-# name -> (AutoSimConfig overrides, what the variant tests)
+# name -> (AutoSimConfig overrides, what the variant tests). The overrides apply to the experiment's preset
+# of the day, which each record's runs keep as `experiment_config`: clevr-seg's gpu preset was K = 256
+# (dataset 256, minibatch 32, 2 epochs, decay 60, 120 steps) until session 60 and is K = 64 since (dataset
+# 64, minibatch 16, 4 epochs, decay 30, 480 steps), so that `k128` and `k64` meant K = 256's options before.
 VARIANTS = {
     "default": ({}, "the experiment's config: exact quadratic, Gauss-Newton CG, Adam on psi"),
     "linear": ({"approximation": "linear"}, "Table 1's linear row (no curvature)"),

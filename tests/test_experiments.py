@@ -272,3 +272,18 @@ def test_assessor_trains_on_the_mixture_of_a_list_of_psi(monkeypatch):
     assert calls == [(3, 128)]  # traced once: the 3-member mixture of 128 images
     assert got == assess([start, reference, reference], 0) and 0.0 <= got["test_metric"] <= 1.0
     assert got != assess(start, 0)
+
+
+def test_clevr_seg_gpu_preset_is_k64_with_the_k256_assessment():
+    """Session 60: the clevr-seg gpu preset renders K = 64 a step (4 epochs on minibatches of 16: the
+    16 Adam steps of K = 256's 2 epochs on 32) for 480 steps with the psi step decaying over 30, while
+    the fresh models that assess a psi and the baselines keep K = 256's options (``assess_config``),
+    so that the head to head's start, reference and baselines stay those of the committed records."""
+    setup = build_clevr_seg(size="gpu")
+    c, k256 = setup.config, setup.base_config()
+    assert (c.dataset_size, c.batch_size, c.finetune_epochs, c.outer_decay_steps, setup.iterations) == (64, 16, 4, 30,
+                                                                                                       480)
+    assert (k256.dataset_size, k256.batch_size, k256.finetune_epochs, k256.outer_decay_steps) == (256, 32, 2, 60)
+    assert c.finetune_epochs * c.dataset_size // c.batch_size == k256.finetune_epochs * k256.dataset_size // k256.batch_size
+    assert c == k256.replace(dataset_size=64, batch_size=16, finetune_epochs=4, outer_decay_steps=30)
+    assert setup.baseline_evaluation == (1024, 8)
