@@ -77,7 +77,7 @@ _MINIBATCH = 16  # k128 / k64's fine-tuning minibatch at either size (psi_learni
 
 def _fewer_renders(k: int, decay_steps: int | None = None):
     """A builder of clevr-seg with ``k`` renders a step and the preset's Adam steps per psi step (and
-    the psi step's rate decaying over ``decay_steps`` psi steps instead of the preset's, if given)."""
+    the psi step's rate decaying over ``decay_steps`` psi steps instead of K = 256's, if given)."""
 
     def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
         setup = _BASE.build(renderer=renderer, seed=seed, size=size)
