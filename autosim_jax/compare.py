@@ -356,6 +356,13 @@ def _check_resume(experiment, args: CompareArgs, renderer: str, runs, out: str, 
                                     _known(experiment, args, renderer, method, approximation, seed), keys)
 
 
+def _options(setup, method: str, approximation: str | None) -> dict:
+    """The options ``method`` runs with, as its run directory's ``options``: AutoSimulate's own
+    config (with its approximation), a baseline's the experiment's (``setup.base_config()``)."""
+    own = setup.config if method == "autosimulate" else setup.base_config()
+    return own.replace(approximation=approximation).to_dict() if approximation else own.to_dict()
+
+
 def _run_method(experiment, args: CompareArgs, renderer: str, method: str, approximation: str | None, seed: int,
                 out: str, label: str, pools: RenderPools, stderr) -> list[dict]:
     """One method and seed in the run directory ``out`` through rundir's loop (reused when finished)."""
@@ -370,19 +377,22 @@ def _run_method(experiment, args: CompareArgs, renderer: str, method: str, appro
             old = run.read_config()
             check_resume_config(out, old, known, RESULT_KEYS)
             finished = run.is_finished(old.get("target")) if old.get("target") is not None else None
-            if finished is not None:  # done with these flags: its records, nothing rebuilt
+            if finished is not None:  # done with these flags: its records, nothing run again
+                # ... and with the experiment's options of today: a preset changed since the run (clevr-seg
+                # gpu's in session 60) is refused, not reported as the new preset's.
+                setup = build_setup(experiment, renderer=renderer, seed=seed, size=args.size)
+                check_resume_config(out, old, {"options": _options(setup, method, approximation)}, ("options",))
                 return [_common(r, old.get("train_steps_per_step")) for r in run.finished_records(finished)]
         setup = pools.attach(build_setup(experiment, renderer=renderer, seed=seed, size=args.size))
         k = setup.config.dataset_size
         iterations = math.ceil(args.budget_images / k) if method == "autosimulate" else None
-        own = setup.config if method == "autosimulate" else setup.base_config()  # the options this method runs with
+        own = setup.config if method == "autosimulate" else setup.base_config()
         k_evaluation = _evaluation_config(method, own, args).dataset_size
         box = _build_method(method, approximation, setup, args, math.ceil(args.budget_images / k_evaluation), seed)
         per_step = setup.config.finetune_epochs * (k // setup.config.batch_size) if method == "autosimulate" else None
         target = {"iterations": iterations, "budget_images": args.budget_images}
         config = make_config(command="compare", experiment=spec, renderer=renderer, seed=seed, size=args.size,
-                             options=own.replace(approximation=approximation).to_dict() if approximation
-                             else own.to_dict(), iterations=iterations, budget_images=args.budget_images,
+                             options=_options(setup, method, approximation), iterations=iterations, budget_images=args.budget_images,
                              method=method, search_radius=args.search_radius,
                              search_scales=(args.search_scales or None) if method != "autosimulate" else None,
                              **_evaluation_keys(method, args),

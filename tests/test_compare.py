@@ -268,6 +268,35 @@ def test_gap_closed_per_method_and_progress_lines(toy, tmp_path, capsys):
         assert json.loads((run / "summary.json").read_text())["target"] == config["target"]
 
 
+def test_resume_refuses_finished_runs_of_options_the_experiment_no_longer_has(compared, toy, capsys, monkeypatch,
+                                                                             tmp_path):
+    """Session 60: a finished run is reused without running again, but its options are checked against
+    the experiment's of today, so that a preset changed since (clevr-seg gpu's K) is refused and not
+    reported as the new preset's."""
+    import importlib
+    import shutil
+
+    from autosim_jax.experiments import Experiment
+
+    out = tmp_path / "c"  # a copy: the module's later tests read the comparison's compare.json
+    shutil.copytree(compared, out)
+    module = importlib.import_module(toy.partition(":")[0])
+    old = module.TOY
+
+    def changed(**kw):
+        setup = old.build(**kw)
+        return setup._replace(config=setup.config.replace(outer_learning_rate=setup.config.outer_learning_rate / 2))
+
+    monkeypatch.setattr(module, "TOY", Experiment(old.name, old.description, old.renderers, changed))
+    argv = ["compare", toy, "--methods", "autosimulate", "--seeds", "2", "--budget-images", "128",
+            "--approximations", "linear", "--out", str(out), "--resume"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "options.outer_learning_rate" in err and "Traceback" not in err
+    monkeypatch.setattr(module, "TOY", old)
+    assert main(argv) == 0  # the experiment as it was: reused
+
+
 def test_resume_with_another_budget_is_refused(compared, toy, capsys):
     argv = ["compare", toy, "--methods", "autosimulate,lts,bo,random", "--seeds", "2", "--budget-images", "256",
             "--approximations", "linear,exact_quadratic", "--lts-samples", "2", "--out", str(compared), "--resume"]
