@@ -356,10 +356,15 @@ def _check_resume(experiment, args: CompareArgs, renderer: str, runs, out: str, 
                                     _known(experiment, args, renderer, method, approximation, seed), keys)
 
 
+def _method_config(setup, method: str):
+    """The options ``method`` runs with: AutoSimulate's own config, a baseline's the experiment's
+    (``setup.base_config()``)."""
+    return setup.config if method == "autosimulate" else setup.base_config()
+
+
 def _options(setup, method: str, approximation: str | None) -> dict:
-    """The options ``method`` runs with, as its run directory's ``options``: AutoSimulate's own
-    config (with its approximation), a baseline's the experiment's (``setup.base_config()``)."""
-    own = setup.config if method == "autosimulate" else setup.base_config()
+    """:func:`_method_config` with its approximation, as the run directory's ``options``."""
+    own = _method_config(setup, method)
     return own.replace(approximation=approximation).to_dict() if approximation else own.to_dict()
 
 
@@ -386,13 +391,13 @@ def _run_method(experiment, args: CompareArgs, renderer: str, method: str, appro
         setup = pools.attach(build_setup(experiment, renderer=renderer, seed=seed, size=args.size))
         k = setup.config.dataset_size
         iterations = math.ceil(args.budget_images / k) if method == "autosimulate" else None
-        own = setup.config if method == "autosimulate" else setup.base_config()
-        k_evaluation = _evaluation_config(method, own, args).dataset_size
+        k_evaluation = _evaluation_config(method, _method_config(setup, method), args).dataset_size
         box = _build_method(method, approximation, setup, args, math.ceil(args.budget_images / k_evaluation), seed)
         per_step = setup.config.finetune_epochs * (k // setup.config.batch_size) if method == "autosimulate" else None
         target = {"iterations": iterations, "budget_images": args.budget_images}
         config = make_config(command="compare", experiment=spec, renderer=renderer, seed=seed, size=args.size,
-                             options=_options(setup, method, approximation), iterations=iterations, budget_images=args.budget_images,
+                             options=_options(setup, method, approximation), iterations=iterations,
+                             budget_images=args.budget_images,
                              method=method, search_radius=args.search_radius,
                              search_scales=(args.search_scales or None) if method != "autosimulate" else None,
                              **_evaluation_keys(method, args),
