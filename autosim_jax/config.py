@@ -65,12 +65,20 @@ def _positive_float(name: str, value: Any, what: str, allow_zero: bool = False) 
         raise ValueError(f"AutoSimConfig.{name} must be {bound} ({what}), got {value!r}.")
 
 
-def _psi_step_schedule(learning_rate: float, decay_steps: int, warmup_steps: int, count):
+def _psi_step_schedule(learning_rate: float, decay_steps: int, warmup_steps: int, late_from: int,
+                       late_steps: int, count):
     """``learning_rate * min(1, (count + 1) / warmup_steps) / (1 + count / decay_steps)``: the
-    schedules of ``outer_warmup_steps`` and ``outer_decay_steps`` (either 0: that factor is 1)."""
+    schedules of ``outer_warmup_steps`` and ``outer_decay_steps`` (either 0: that factor is 1); from
+    update ``late_from`` on (if not 0) the decay factor is ``1 / (1 + late_from / decay_steps)``
+    divided by ``1 + (count - late_from) / late_steps`` (``outer_decay_late_from`` / ``_steps``)."""
     import jax.numpy as jnp
 
-    rate = learning_rate / (1.0 + count / decay_steps) if decay_steps else learning_rate
+    early = 1.0 / (1.0 + count / decay_steps) if decay_steps else 1.0
+    if late_from:
+        at_switch = 1.0 / (1.0 + late_from / decay_steps) if decay_steps else 1.0
+        late = at_switch / (1.0 + jnp.maximum(count - late_from, 0) / late_steps)
+        early = jnp.where(count < late_from, early, late)
+    rate = learning_rate * early
     return rate * jnp.minimum(1.0, (count + 1.0) / warmup_steps) if warmup_steps else rate
 
 
@@ -153,6 +161,16 @@ class AutoSimConfig:
         than the default but lost it again by step 60 (``docs/learning.md``, session 12). With
         ``outer_learning_rate=0.3, outer_decay_steps=20`` G at 60 steps was 0.45 +- 0.17 against
         the default's 0.39 +- 0.13 (5 seeds), within the spread. 0 (default): constant.
+      outer_decay_late_from, outer_decay_late_steps: from outer step ``outer_decay_late_from`` on the
+        psi step's rate decays over ``outer_decay_late_steps`` instead, from the rate it has reached
+        there: ``r(t) = r(F) / (1 + (t - F) / outer_decay_late_steps)`` for ``t >= F`` (``F`` the
+        first option; ``outer_decay_steps``' schedule before it, constant if that is 0). Both or
+        neither. Why: on clevr-seg at gpu size with 64 renders a step the lights learn fastest at
+        the rate decaying over 60 steps (BO's best reached 4x sooner, session 59), but they walk off
+        once psi's path passes a length of about 2.6 (the sum of the steps' ``psi_step_rms``,
+        session 60), which that schedule passes near step 150; decaying over 30 from the start
+        keeps the end but gives up the early gain (2x). Switching keeps the early rate and spends
+        less path later (``docs/learning.md``, session 61). 0 (default): one schedule.
       outer_warmup_steps: the psi step's learning rate is multiplied by ``min(1, (t + 1) /
         outer_warmup_steps)`` at outer step ``t`` (a linear warm-up, with ``outer_decay_steps``
         too), for ``"adam"`` and ``"sgd"``. Why: Adam's first update moves every psi coordinate by
@@ -343,6 +361,8 @@ class AutoSimConfig:
     outer_beta2: float = 0.999
     outer_unit_norm: bool = False
     outer_decay_steps: int = 0
+    outer_decay_late_from: int = 0
+    outer_decay_late_steps: int = 0
     outer_warmup_steps: int = 0
     outer_snr_gate: float = 0.0
     outer_snr_gate_per: str = "coordinate"
@@ -380,6 +400,14 @@ class AutoSimConfig:
                              f"{self.pretrain_rounds} both say where a reset goes (one of several initialisations, "
                              "or the pretrained anchor). Set one of them: theta_reset_inits=1 or pretrain_rounds=0.")
         _positive_int("outer_decay_steps", self.outer_decay_steps, minimum=0)
+        _positive_int("outer_decay_late_from", self.outer_decay_late_from, minimum=0)
+        _positive_int("outer_decay_late_steps", self.outer_decay_late_steps, minimum=0)
+        if bool(self.outer_decay_late_from) != bool(self.outer_decay_late_steps):
+            raise ValueError(
+                f"AutoSimConfig.outer_decay_late_from={self.outer_decay_late_from} and outer_decay_late_steps="
+                f"{self.outer_decay_late_steps} come together: from update outer_decay_late_from on the psi step's "
+                "rate decays over outer_decay_late_steps. Set both (e.g. outer_decay_late_from=60, "
+                "outer_decay_late_steps=30) or neither.")
         _positive_int("outer_warmup_steps", self.outer_warmup_steps, minimum=0)
         _positive_float("outer_snr_gate", self.outer_snr_gate, "standard errors", allow_zero=True)
         _choices("outer_snr_gate_per", self.outer_snr_gate_per, ("coordinate", "leaf"))
@@ -413,7 +441,7 @@ class AutoSimConfig:
             raise ValueError("AutoSimConfig.outer_unit_norm normalises the hypergradient for outer_optimizer='adam' "
                              "or 'sgd'; 'natural' takes steps of max_kl nats already. Set outer_unit_norm=False "
                              "or another outer_optimizer.")
-        for name in ("outer_decay_steps", "outer_warmup_steps"):
+        for name in ("outer_decay_steps", "outer_decay_late_from", "outer_warmup_steps"):
             if getattr(self, name) and self.outer_optimizer == "natural":
                 raise ValueError(
                     f"AutoSimConfig.{name} schedules the learning rate of outer_optimizer='adam' or 'sgd'; "
@@ -492,10 +520,11 @@ class AutoSimConfig:
         return optax.chain(optax.clip_by_global_norm(self.inner_clip_norm), opt) if self.inner_clip_norm else opt
 
     def psi_learning_rate(self, count: int) -> float:
-        """The psi step's learning rate at its ``count``-th update (0 first; ``outer_decay_steps`` and
-        ``outer_warmup_steps`` applied): what :meth:`outer_optax` uses for ``"adam"`` and ``"sgd"``.
-        With Adam every coordinate of psi moves by about this much while its hypergradient keeps
-        its sign (its full rate); ``StepInfo.psi_step_rms`` over it says what share of that a step took.
+        """The psi step's learning rate at its ``count``-th update (0 first; ``outer_decay_steps``,
+        ``outer_decay_late_from`` / ``_steps`` and ``outer_warmup_steps`` applied): what :meth:`outer_optax`
+        uses for ``"adam"`` and ``"sgd"``. With Adam every coordinate of psi moves by about this much while its
+        hypergradient keeps its sign (its full rate); ``StepInfo.psi_step_rms`` over it says what share of that a
+        step took.
 
         Example:
           >>> AutoSimConfig(outer_learning_rate=0.1, outer_decay_steps=120).psi_learning_rate(120)
@@ -519,7 +548,7 @@ class AutoSimConfig:
 
     def _psi_schedule(self):
         return functools.partial(_psi_step_schedule, self.outer_learning_rate, self.outer_decay_steps,
-                                 self.outer_warmup_steps)
+                                 self.outer_warmup_steps, self.outer_decay_late_from, self.outer_decay_late_steps)
 
     def outer_optax(self) -> optax.GradientTransformation:
         """The optimiser of ``psi`` this config names."""
@@ -530,7 +559,7 @@ class AutoSimConfig:
         if self.outer_optimizer == "natural":
             return natural_trust_region(self.outer_learning_rate, self.max_kl)
         lr = self.outer_learning_rate
-        if self.outer_decay_steps or self.outer_warmup_steps:  # optax counts the updates applied: t = 0 first
+        if self.outer_decay_steps or self.outer_decay_late_from or self.outer_warmup_steps:  # optax counts the updates applied: t = 0 first
             lr = self._psi_schedule()
         base = optax.adam(lr, b2=self.outer_beta2) if self.outer_optimizer == "adam" else optax.sgd(lr)
         if self.outer_unit_norm:  # the direction only: early outsized hypergradients do not set Adam's scale

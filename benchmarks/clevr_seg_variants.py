@@ -23,13 +23,18 @@ experiment itself (``paired_compare.py``: the start and reference figures equal 
   at 1,920-15,360 images on the mean and 0.004 behind after 30,720 (s.e. 0.015).
   With seed 3 (below) it is ahead on the mean at every point over 4 seeds, and it is the clevr-seg gpu
   preset since session 60 (its config equals the preset's at gpu size).
+* ``K64_LATE60`` (session 61): K64 (the rate decaying over 60 steps) to psi step 60, then from the rate
+  reached there (0.05) decaying over 30 steps (``outer_decay_late_from=60``, ``outer_decay_late_steps=30``):
+  K64's psi at the head to head's first two points (1,920 and 3,840 images, where K64 reaches BO's best),
+  and about ``K64_DECAY30``'s path length by the end (8.2 of Adam's normalised units against 8.5; K64 13.2),
+  against the walk that sets in past a path of about 2.6 in ``psi_step_rms`` units (session 60).
 * ``K256`` (session 60): the clevr-seg gpu preset of sessions 54-59 (K = 256, decay 60, 120 steps), whose
   options the fresh models and the baselines keep (``setup.base_config()``); at cpu size the experiment.
   ``K128`` and ``K64`` are built from these options too, as they were measured.
-* ``K256_SEEDS3`` and ``K64_DECAY30_SEEDS3`` (session 60): ``K256`` and ``K64_DECAY30`` with every seed
-  moved by 3, so that ``autosim compare --seeds 3`` (seeds 0 .. N-1) runs the experiment's seeds 3-5
-  (start, target, validation and test sets, initialisations); the loop's own key keeps the comparison's
-  seed, the same in both, so the two pair seed by seed.
+* ``K256_SEEDS3`` and ``K64_DECAY30_SEEDS3`` (session 60; ``_SEEDS4`` the same moved by 4, session 61):
+  ``K256`` and ``K64_DECAY30`` with every seed moved by 3, so that ``autosim compare --seeds 3`` (seeds
+  0 .. N-1) runs the experiment's seeds 3-5 (start, target, validation and test sets, initialisations); the
+  loop's own key keeps the comparison's seed, the same in both, so the two pair seed by seed.
 
 Run from ``benchmarks/`` so that ``module:attr`` finds this file::
 
@@ -49,6 +54,9 @@ Example:
   True
   >>> K64_DECAY30.build(size="cpu").config.outer_decay_steps, c.outer_decay_steps  # the cpu preset: no decay
   (30, 0)
+  >>> late = K64_LATE60.build(size="cpu").config
+  >>> [round(late.psi_learning_rate(t), 4) for t in (0, 59, 60, 90, 120)]  # the cpu preset's rate is constant
+  [0.1, 0.1, 0.1, 0.05, 0.0333]
   >>> K256.build(size="cpu").config == _BASE.build(size="cpu").config  # no K = 256 preset to restore at cpu size
   True
   >>> import numpy as np
@@ -75,9 +83,10 @@ GATE2_FOR60 = Experiment("clevr-seg-gate2-for60", "clevr-seg with the noise gate
 _MINIBATCH = 16  # k128 / k64's fine-tuning minibatch at either size (psi_learning.py's variants)
 
 
-def _fewer_renders(k: int, decay_steps: int | None = None):
+def _fewer_renders(k: int, decay_steps: int | None = None, late: tuple[int, int] = (0, 0)):
     """A builder of clevr-seg with ``k`` renders a step and the preset's Adam steps per psi step (and
-    the psi step's rate decaying over ``decay_steps`` psi steps instead of K = 256's, if given)."""
+    the psi step's rate decaying over ``decay_steps`` psi steps instead of K = 256's, if given; from
+    psi step ``late[0]`` on over ``late[1]``, if given)."""
 
     def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
         setup = _BASE.build(renderer=renderer, seed=seed, size=size)
@@ -90,7 +99,8 @@ def _fewer_renders(k: int, decay_steps: int | None = None):
                              f"{steps * _MINIBATCH}.")
         # assess_config keeps the fresh models (and the baselines) on the experiment's own options.
         config = own.replace(dataset_size=k, batch_size=_MINIBATCH, finetune_epochs=epochs,
-                             outer_decay_steps=decay_steps or own.outer_decay_steps)
+                             outer_decay_steps=decay_steps or own.outer_decay_steps,
+                             outer_decay_late_from=late[0], outer_decay_late_steps=late[1])
         return setup._replace(config=config, assess_config=setup.base_config())
 
     return build
@@ -102,6 +112,9 @@ K64 = Experiment("clevr-seg-k64", "clevr-seg with 64 renders a step: four times 
                  _BASE.renderers, _fewer_renders(64))
 K64_DECAY30 = Experiment("clevr-seg-k64-decay30", "K64 with the psi step's rate decaying twice as fast in steps",
                          _BASE.renderers, _fewer_renders(64, decay_steps=30))
+
+K64_LATE60 = Experiment("clevr-seg-k64-late60", "K64 whose psi step's rate decays over 30 steps from step 60 on",
+                        _BASE.renderers, _fewer_renders(64, late=(60, 30)))
 
 
 def _k256(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
@@ -128,3 +141,5 @@ def _seeds_moved(experiment: Experiment, by: int) -> Experiment:
 
 K256_SEEDS3 = _seeds_moved(K256, 3)
 K64_DECAY30_SEEDS3 = _seeds_moved(K64_DECAY30, 3)
+K256_SEEDS4 = _seeds_moved(K256, 4)
+K64_DECAY30_SEEDS4 = _seeds_moved(K64_DECAY30, 4)

@@ -155,6 +155,41 @@ def test_outer_warmup_steps_ramps_the_psi_step_linearly_and_combines_with_the_de
         AutoSimConfig(outer_optimizer="natural").psi_learning_rate(0)
 
 
+def test_outer_decay_late_switches_the_psi_steps_decay_from_the_rate_reached():
+    """``outer_decay_late_from=F, outer_decay_late_steps=L``: SGD's t-th update is ``-r(t) g`` with
+    ``r(t) = lr / (1 + t / D)`` before ``F`` and ``r(F) / (1 + (t - F) / L)`` from ``F`` on (``r`` continuous
+    at ``F``; with ``D = 0`` constant before it), with the warm-up on top; the two come together."""
+    import jax.numpy as jnp
+
+    g, p = {"a": jnp.array([1.0, -3.0])}, {"a": jnp.zeros(2)}
+    for decay, warmup in ((0, 0), (4, 0), (4, 2)):
+        config = AutoSimConfig(outer_optimizer="sgd", outer_learning_rate=0.3, outer_decay_steps=decay,
+                               outer_warmup_steps=warmup, outer_decay_late_from=3, outer_decay_late_steps=2)
+        sgd = config.outer_optax()
+        state = sgd.init(p)
+        for t in range(7):
+            u, state = sgd.update(g, state)
+            early = (lambda n: 1 / (1 + n / decay) if decay else 1.0)
+            factor = early(t) if t < 3 else early(3) / (1 + (t - 3) / 2)
+            factor *= min(1.0, (t + 1) / warmup) if warmup else 1.0
+            np.testing.assert_allclose(u["a"], -0.3 * factor * g["a"], rtol=1e-6)
+            assert config.psi_learning_rate(t) == pytest.approx(0.3 * factor, rel=1e-6)
+    # before the switch the schedule is the one-decay schedule
+    one = AutoSimConfig(outer_decay_steps=60)
+    late = one.replace(outer_decay_late_from=60, outer_decay_late_steps=30)
+    assert [late.psi_learning_rate(t) for t in range(60)] == pytest.approx([one.psi_learning_rate(t) for t in range(60)],
+                                                                           rel=1e-6)
+    assert late.psi_learning_rate(90) == pytest.approx(0.025) and one.psi_learning_rate(90) == pytest.approx(0.04)
+    assert AutoSimConfig.from_dict(late.to_dict()) == late
+    for bad, match in (({"outer_decay_late_from": 60}, "come together"),
+                       ({"outer_decay_late_steps": 30}, "come together"),
+                       ({"outer_decay_late_from": -1, "outer_decay_late_steps": 30}, "outer_decay_late_from"),
+                       ({"outer_decay_late_from": 60, "outer_decay_late_steps": 30, "outer_optimizer": "natural"},
+                        "outer_decay_late_from.*max_kl nats")):
+        with pytest.raises(ValueError, match=match):
+            AutoSimConfig(**bad)
+
+
 def test_outer_unit_norm_feeds_the_optimiser_the_hypergradient_direction_only():
     """``outer_unit_norm=True``: Adam's updates equal ``optax.adam`` on ``g / |g|`` (global norm over
     the psi tree), so a first hypergradient 500x the later ones (clevr-seg gpu's seed 0, session 51)
