@@ -559,7 +559,8 @@ class AutoSimConfig:
         if self.outer_optimizer == "natural":
             return natural_trust_region(self.outer_learning_rate, self.max_kl)
         lr = self.outer_learning_rate
-        if self.outer_decay_steps or self.outer_decay_late_from or self.outer_warmup_steps:  # optax counts the updates applied: t = 0 first
+        # optax counts the updates applied: t = 0 first
+        if self.outer_decay_steps or self.outer_decay_late_from or self.outer_warmup_steps:
             lr = self._psi_schedule()
         base = optax.adam(lr, b2=self.outer_beta2) if self.outer_optimizer == "adam" else optax.sgd(lr)
         if self.outer_unit_norm:  # the direction only: early outsized hypergradients do not set Adam's scale

@@ -20,6 +20,9 @@ Usage (no device; reads records only)::
     python benchmarks/paired_compare.py --base "damping 0.01, CG 10=${P}_10seeds" \
         --variant "damping 0.001, CG 30=${P}_damping0.001_cg30_10seeds" --out /tmp/paired   # a second
 
+A PATH of records joined by ``+`` pools their seeds in that order (more seeds from another call, e.g.
+``results/compare_clevr-seg_gpu+SEEDS3_DIR``); pair it with a base pooled the same way.
+
 Writes ``OUT.json`` (every figure), ``OUT.md`` (the tables) and ``OUT.png`` (paired differences by images).
 """
 
@@ -35,9 +38,37 @@ import numpy as np
 
 
 def read(path: str) -> dict:
-    """A compare record: ``compare.json`` itself or the directory holding it."""
+    """A compare record: ``compare.json`` itself or the directory holding it; ``A+B+...`` pools the records
+    ``A``, ``B``, ... seed after seed (:func:`pool`)."""
+    if "+" in path and not os.path.exists(path):
+        return pool([read(part) for part in path.split("+")])
     with open(os.path.join(path, "compare.json") if os.path.isdir(path) else path) as f:
         return json.load(f)
+
+
+def pool(records: list[dict]) -> dict:
+    """One record of the seeds of ``records`` in turn (comparisons of other seeds, e.g. a plug-in with its seeds
+    moved by 3, ``clevr_seg_variants:K256_SEEDS3``): the AutoSimulate row's seeds and the start's and reference's
+    assessments concatenated; the rest is the first record's.
+
+    Example:
+      >>> a = {"seeds": 1, "rows": [{"seeds": ["s0"]}], "assessment": {k: {"seeds": ["a0"]} for k in ASSESSED}}
+      >>> b = {"seeds": 2, "rows": [{"seeds": ["s3", "s4"]}],
+      ...      "assessment": {k: {"seeds": ["a3", "a4"]} for k in ASSESSED}}
+      >>> both = pool([a, b])
+      >>> both["seeds"], both["rows"][0]["seeds"], both["assessment"]["reference_psi"]["seeds"]
+      (3, ['s0', 's3', 's4'], ['a0', 'a3', 'a4'])
+    """
+    out = json.loads(json.dumps(records[0]))  # a deep copy
+    for other in records[1:]:
+        out["rows"][0]["seeds"] += other["rows"][0]["seeds"]
+        for name in ASSESSED:
+            out["assessment"][name]["seeds"] += other["assessment"][name]["seeds"]
+    out["seeds"] = len(out["rows"][0]["seeds"])
+    return out
+
+
+ASSESSED = ("start_psi", "reference_psi")
 
 
 def per_seed(record: dict, metric: str) -> dict:
@@ -148,7 +179,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     pairs = [s.rsplit("=", 1) for s in [args.base, *args.variant]]  # a label may hold "=" ("z = 3"), a path seldom
     if any(len(x) != 2 for x in pairs):
-        p.error("--base and --variant take LABEL=PATH (a compare directory or its compare.json)")
+        p.error("--base and --variant take LABEL=PATH (a compare directory or its compare.json; A+B pools seeds)")
     (base_label, base_path), variants = pairs[0], pairs[1:]
     base = read(base_path)
     result = {"benchmark": "paired_compare", "date": datetime.date.today().isoformat(),

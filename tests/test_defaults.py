@@ -177,8 +177,8 @@ def test_outer_decay_late_switches_the_psi_steps_decay_from_the_rate_reached():
     # before the switch the schedule is the one-decay schedule
     one = AutoSimConfig(outer_decay_steps=60)
     late = one.replace(outer_decay_late_from=60, outer_decay_late_steps=30)
-    assert [late.psi_learning_rate(t) for t in range(60)] == pytest.approx([one.psi_learning_rate(t) for t in range(60)],
-                                                                           rel=1e-6)
+    before = [one.psi_learning_rate(t) for t in range(60)]
+    assert [late.psi_learning_rate(t) for t in range(60)] == pytest.approx(before, rel=1e-6)
     assert late.psi_learning_rate(90) == pytest.approx(0.025) and one.psi_learning_rate(90) == pytest.approx(0.04)
     assert AutoSimConfig.from_dict(late.to_dict()) == late
     for bad, match in (({"outer_decay_late_from": 60}, "come together"),

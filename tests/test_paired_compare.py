@@ -46,3 +46,25 @@ def test_baselines_differ_pairs_the_curves_and_keeps_each_records_own_g():
     assert out["baselines"]["start"] == pytest.approx([0.01, 0.0])
     assert out["baselines"]["reference"] == pytest.approx([0.0, 0.05])
     assert out["gap_closed"]["variant"] == pytest.approx([(0.45 - 0.21) / (0.6 - 0.21), (0.5 - 0.3) / (0.55 - 0.3)])
+
+
+def test_records_joined_by_plus_pool_their_seeds_in_order(tmp_path):
+    """``A+B`` (more seeds from another call) pairs like one record of A's seeds then B's."""
+    import json
+
+    start, reference = [0.2, 0.3, 0.25], [0.6, 0.5, 0.45]
+    base = _record([[0.3, 0.4], [0.3, 0.4], [0.3, 0.35]], start, reference, [10, 10, 10])
+    variant = _record([[0.35, 0.5], [0.3, 0.5], [0.3, 0.35]], start, reference, [20, 30, 20])
+    paths = {}
+    for name, record, seeds in (("b01", base, [0, 1]), ("b2", base, [2]),
+                                ("v01", variant, [0, 1]), ("v2", variant, [2])):
+        part = {**record, "seeds": len(seeds), "rows": [{"seeds": [record["rows"][0]["seeds"][i] for i in seeds]}],
+                "assessment": {k: {"seeds": [record["assessment"][k]["seeds"][i] for i in seeds]}
+                               for k in ("start_psi", "reference_psi")}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "compare.json").write_text(json.dumps(part))
+        paths[name] = str(tmp_path / name)
+    pooled_base = paired_compare.read(paths["b01"] + "+" + paths["b2"])
+    assert pooled_base["seeds"] == 3
+    pooled = paired_compare.compare_records(pooled_base, paired_compare.read(paths["v01"] + "+" + paths["v2"]))
+    assert pooled == paired_compare.compare_records(base, variant)
