@@ -29,7 +29,8 @@ experiment itself (``paired_compare.py``: the start and reference figures equal 
   and about ``K64_DECAY30``'s path length by the end (8.2 of Adam's normalised units against 8.5; K64 13.2),
   against the walk that sets in past a path of about 2.6 in ``psi_step_rms`` units (session 60).
 * ``K256`` (session 60): the clevr-seg gpu preset of sessions 54-59 (K = 256, decay 60, 120 steps), whose
-  options the fresh models and the baselines keep (``setup.base_config()``); at cpu size the experiment.
+  options the fresh models and the baselines keep (``setup.base_config()``); at cpu size the cpu preset until
+  session 61 (K = 256, 40 steps, a constant rate), since when the cpu preset is ``K64_DECAY30``'s too.
   ``K128`` and ``K64`` are built from these options too, as they were measured.
 * ``K256_SEEDS3`` and ``K64_DECAY30_SEEDS3`` (session 60; ``_SEEDS4`` the same moved by 4, session 61):
   ``K256`` and ``K64_DECAY30`` with every seed moved by 3, so that ``autosim compare --seeds 3`` (seeds
@@ -50,18 +51,21 @@ Example:
   >>> c = setup.config
   >>> c.dataset_size, c.batch_size, c.finetune_epochs, c.finetune_epochs * c.dataset_size // c.batch_size
   (64, 16, 16, 64)
-  >>> setup.base_config() == _BASE.build(size="cpu").config  # the fresh models and baselines: the experiment's
+  >>> setup.base_config() == _BASE.build(size="cpu").base_config()  # the fresh models and baselines: the experiment's
   True
-  >>> K64_DECAY30.build(size="cpu").config.outer_decay_steps, c.outer_decay_steps  # the cpu preset: no decay
+  >>> K64_DECAY30.build(size="cpu").config.outer_decay_steps, c.outer_decay_steps  # K = 256 at cpu: no decay
   (30, 0)
-  >>> late = K64_LATE60.build(size="cpu").config
-  >>> [round(late.psi_learning_rate(t), 4) for t in (0, 59, 60, 90, 120)]  # the cpu preset's rate is constant
-  [0.1, 0.1, 0.1, 0.05, 0.0333]
-  >>> K256.build(size="cpu").config == _BASE.build(size="cpu").config  # no K = 256 preset to restore at cpu size
+  >>> K64_DECAY30.build(size="cpu").config == _BASE.build(size="cpu").config  # the cpu preset since session 61
   True
+  >>> late = K64_LATE60.build(size="cpu").config
+  >>> [round(late.psi_learning_rate(t), 4) for t in (0, 59, 60, 90, 120)]  # from K = 256's constant rate
+  [0.1, 0.1, 0.1, 0.05, 0.0333]
+  >>> old = K256.build(size="cpu")  # the cpu preset until session 61
+  >>> old.config.dataset_size, old.iterations, old.config == old.base_config()
+  (256, 40, True)
   >>> import numpy as np
   >>> shifted, own = K256_SEEDS3.build(size="cpu", seed=0), _BASE.build(size="cpu", seed=3)
-  >>> bool(np.array_equal(shifted.val_data[0], own.val_data[0])), shifted.config == own.config
+  >>> bool(np.array_equal(shifted.val_data[0], own.val_data[0])), shifted.config == own.base_config()
   (True, True)
 """
 
@@ -119,13 +123,11 @@ K64_LATE60 = Experiment("clevr-seg-k64-late60", "K64 whose psi step's rate decay
 
 def _k256(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
     setup = _BASE.build(renderer=renderer, seed=seed, size=size)
-    if size != "gpu":
-        return setup
-    return setup._replace(config=setup.base_config(), iterations=120)
+    return setup._replace(config=setup.base_config(), iterations=120 if size == "gpu" else 40)
 
 
-K256 = Experiment("clevr-seg-k256", "clevr-seg's gpu preset until session 60: K = 256, 120 steps, decay 60",
-                  _BASE.renderers, _k256)
+K256 = Experiment("clevr-seg-k256", "clevr-seg's K = 256 preset (gpu until session 60: 120 steps, decay 60; "
+                  "cpu until session 61: 40 steps)", _BASE.renderers, _k256)
 
 
 def _seeds_moved(experiment: Experiment, by: int) -> Experiment:

@@ -287,3 +287,19 @@ def test_clevr_seg_gpu_preset_is_k64_with_the_k256_assessment():
     assert c.finetune_epochs * c.dataset_size // c.batch_size == k256.finetune_epochs * k256.dataset_size // k256.batch_size
     assert c == k256.replace(dataset_size=64, batch_size=16, finetune_epochs=4, outer_decay_steps=30)
     assert setup.baseline_evaluation == (1024, 8)
+
+
+def test_clevr_seg_cpu_preset_is_k64_with_the_k256_assessment():
+    """Session 61, as at gpu size: the clevr-seg cpu preset renders K = 64 a step (16 epochs on
+    minibatches of 16: K = 256's 64 Adam steps a psi step) for 160 steps (K = 256's 10,240 images)
+    with the psi step decaying over 30, while the fresh models and the baselines keep K = 256's
+    options, so that the cpu head to head's start, reference and baselines stay the committed ones."""
+    setup = build_clevr_seg(size="cpu")
+    c, k256 = setup.config, setup.base_config()
+    assert (c.dataset_size, c.batch_size, c.finetune_epochs, c.outer_decay_steps, setup.iterations) == (64, 16, 16, 30,
+                                                                                                       160)
+    assert (k256.dataset_size, k256.batch_size, k256.finetune_epochs, k256.outer_decay_steps) == (256, 16, 4, 0)
+    assert c.dataset_size * setup.iterations == 256 * 40
+    assert c.finetune_epochs * c.dataset_size // c.batch_size == k256.finetune_epochs * k256.dataset_size // k256.batch_size
+    assert c == k256.replace(dataset_size=64, finetune_epochs=16, outer_decay_steps=30)
+    assert (setup.assess_images, setup.assess_epochs, setup.baseline_evaluation) == (2048, 10, (2048, 10))

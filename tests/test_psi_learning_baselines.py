@@ -109,6 +109,7 @@ with gzip.open({str(BENCHMARKS / "results" / "psi_learning" / "clevr-seg_cpu_dam
 assert isinstance(recorded["baseline_inputs"], str)
 exp = asj.get_experiment("clevr-seg")
 setup = exp.build(renderer=exp.renderers[0], seed=0, size="cpu")
+setup = setup._replace(config=setup.base_config(), assess_config=None)  # the record's: the cpu preset until session 61
 digest, budget, config = recorded["baseline_inputs"], recorded["assess_budget"], recorded["experiment_config"]
 outer = setup._replace(config=setup.config.replace(outer_unit_norm=True, outer_decay_steps=60))
 fresh = setup._replace(config=setup.config.replace(inner_learning_rate=0.5))
