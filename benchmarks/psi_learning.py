@@ -355,13 +355,13 @@ def job_setup(spec: dict):
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[spec["index"] % len(gpus)])
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # jobs share a GPU
-    import autosim_jax as asj
     from autosim_jax.cli import deterministic_gpu_ops
     from autosim_jax.render_pool import make_render_pool
+    from autosim_jax.rundir import resolve_experiment
 
     deterministic_gpu_ops()  # a seed fixes its run on the GPU too (from session 22 on)
 
-    exp = asj.get_experiment(spec["experiment"])
+    exp = resolve_experiment(spec["experiment"])  # a registered name or module:attr (a plug-in)
     setup = exp.build(renderer=exp.renderers[0], seed=spec["seed"], size=spec["size"])
     with make_render_pool(setup.simulator.renderer, workers=spec.get("render_workers", 1)) as pool:
         yield setup._replace(simulator=setup.simulator.with_pool(pool))
@@ -701,7 +701,7 @@ def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
     models of 2026-12-02 against 2,048-image ones without noticing). So is one whose start, reference,
     validation/test sets, training options or model differ from this call's (``baseline_inputs``,
     recorded since session 50), or that does not record them."""
-    import autosim_jax as asj
+    from autosim_jax.rundir import resolve_experiment
 
     old = read_record(path)
     want = {"experiment": args.experiment, "size": args.size, "baseline_repeats": args.baseline_repeats or args.repeats}
@@ -717,7 +717,7 @@ def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
     if missing:
         raise SystemExit(f"--baselines-from {path}: no start/reference assessment for seeds {missing} "
                          f"(it has {sorted(found)}); give those seeds' baselines a call of their own or drop the flag.")
-    exp = asj.get_experiment(args.experiment)
+    exp = resolve_experiment(args.experiment)
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
     budget = resolved_budget(vars(args), setup)
     recorded = {tuple(found[s].get("assess_budget", ())) for s in seeds}
@@ -767,7 +767,8 @@ def run_jobs(job, specs: list[dict], *, jobs: int, deadline: float | None, parti
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--experiment", default="clevr-seg")
+    p.add_argument("--experiment", default="clevr-seg", help="a registered experiment, or module:attr naming a plug-in "
+                   "(e.g. clevr_seg_variants:K256, found from benchmarks/)")
     p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--assess-steps", default=None, help="comma list (default: steps/3, 2 steps/3, steps)")
@@ -827,9 +828,9 @@ def main(argv=None) -> int:
     if args.fields:
         fields = args.fields.split(",")
         if fields == ["all"]:
-            import autosim_jax as asj
+            from autosim_jax.rundir import resolve_experiment
 
-            exp = asj.get_experiment(args.experiment)
+            exp = resolve_experiment(args.experiment)
             fields = sorted(exp.build(renderer=exp.renderers[0], seed=0, size=args.size).reference_psi)
         specs += [dict(common, variant="_field", field=f, seed=s) for f in fields for s in seeds]
     for i, spec in enumerate(specs):
