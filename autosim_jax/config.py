@@ -165,12 +165,15 @@ class AutoSimConfig:
         psi step's rate decays over ``outer_decay_late_steps`` instead, from the rate it has reached
         there: ``r(t) = r(F) / (1 + (t - F) / outer_decay_late_steps)`` for ``t >= F`` (``F`` the
         first option; ``outer_decay_steps``' schedule before it, constant if that is 0). Both or
-        neither. Why: on clevr-seg at gpu size with 64 renders a step the lights learn fastest at
-        the rate decaying over 60 steps (BO's best reached 4x sooner, session 59), but they walk off
+        neither. Why it was tried: on clevr-seg at gpu size with 64 renders a step the rate
+        decaying over 60 steps reached BO's best 4x sooner (session 59), but the lights walk off
         once psi's path passes a length of about 2.6 (the sum of the steps' ``psi_step_rms``,
-        session 60), which that schedule passes near step 150; decaying over 30 from the start
-        keeps the end but gives up the early gain (2x). Switching keeps the early rate and spends
-        less path later (``docs/learning.md``, session 61). 0 (default): one schedule.
+        session 60); decaying over 30 from the start keeps the end and reaches it 2x sooner.
+        Measured (``docs/learning.md``, session 61; 3 seeds, 2 fresh models a point): the 60-step
+        decay to step 60 and then over 30 (the same whole path) was +0.033 val mIoU ahead of the
+        30-step decay after 1,920 images but 0.038 behind after 30,720 (0 of 3 seeds ahead): the
+        late steps, which move the resolution and the shapes, make the end. No preset uses it.
+        0 (default): one schedule.
       outer_warmup_steps: the psi step's learning rate is multiplied by ``min(1, (t + 1) /
         outer_warmup_steps)`` at outer step ``t`` (a linear warm-up, with ``outer_decay_steps``
         too), for ``"adam"`` and ``"sgd"``. Why: Adam's first update moves every psi coordinate by

@@ -27,7 +27,11 @@ experiment itself (``paired_compare.py``: the start and reference figures equal 
   reached there (0.05) decaying over 30 steps (``outer_decay_late_from=60``, ``outer_decay_late_steps=30``):
   K64's psi at the head to head's first two points (1,920 and 3,840 images, where K64 reaches BO's best),
   and about ``K64_DECAY30``'s path length by the end (8.2 of Adam's normalised units against 8.5; K64 13.2),
-  against the walk that sets in past a path of about 2.6 in ``psi_step_rms`` units (session 60).
+  against the walk that sets in past a path of about 2.6 in ``psi_step_rms`` units (session 60). Under the
+  head to head's protocol (``results/compare_clevr-seg_gpu_k64_late60``) it is +0.033 val mIoU ahead of
+  ``K64_DECAY30`` after 1,920 images and 0.038 behind after 30,720 (0 of 3 seeds ahead), 0.008 short of BO's
+  best at 3,840: not K64's psi there after all (session 59's call was numerically other), and the late steps
+  make the end.
 * ``K256`` (session 60): the clevr-seg gpu preset of sessions 54-59 (K = 256, decay 60, 120 steps), whose
   options the fresh models and the baselines keep (``setup.base_config()``); at cpu size the cpu preset until
   session 61 (K = 256, 40 steps, a constant rate), since when the cpu preset is ``K64_DECAY30``'s too.

@@ -37,6 +37,9 @@ import sys
 import numpy as np
 
 
+ASSESSED = ("start_psi", "reference_psi")  # the assessments a record holds per seed besides its rows
+
+
 def read(path: str) -> dict:
     """A compare record: ``compare.json`` itself or the directory holding it; ``A+B+...`` pools the records
     ``A``, ``B``, ... seed after seed (:func:`pool`)."""
@@ -66,9 +69,6 @@ def pool(records: list[dict]) -> dict:
             out["assessment"][name]["seeds"] += other["assessment"][name]["seeds"]
     out["seeds"] = len(out["rows"][0]["seeds"])
     return out
-
-
-ASSESSED = ("start_psi", "reference_psi")
 
 
 def per_seed(record: dict, metric: str) -> dict:
