@@ -71,11 +71,10 @@ Example:
   (30, 0)
   >>> K64_DECAY30.build(size="cpu").config == _BASE.build(size="cpu").config  # the cpu preset since session 61
   True
-  >>> c30 = K64_DECAY30.build(size="gpu").config
   >>> late = K64_LATE60.build(size="cpu").config
   >>> [round(late.psi_learning_rate(t), 4) for t in (0, 59, 60, 90, 120)]  # from K = 256's constant rate
   [0.1, 0.1, 0.1, 0.05, 0.0333]
-  >>> fast = K64_FAST30.build(size="gpu").config
+  >>> fast, c30 = K64_FAST30.build(size="cpu").config, K64_DECAY30.build(size="cpu").config
   >>> [round(fast.psi_learning_rate(t), 4) for t in (0, 10, 30, 90)], round(c30.psi_learning_rate(90), 4)
   ([0.2, 0.1, 0.05, 0.025], 0.025)
   >>> K64_FAST30_HELD.build(size="cpu").config.psi_trainable.count("|"), fast.psi_trainable is None
