@@ -110,7 +110,9 @@ def main(argv=None) -> int:
         p.error("--repeats must be >= 1")
     import autosim_jax as asj
 
-    exp = asj.get_experiment(args.experiment)
+    from autosim_jax.rundir import resolve_experiment
+
+    exp = resolve_experiment(args.experiment)  # a registered name or module:attr (a plug-in), as the jobs read it
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
     if setup.reference_psi is None:
         p.error(f"{args.experiment} has no reference psi to set fields into")

@@ -543,7 +543,9 @@ def main(argv=None) -> int:
         p.error("--repeats and --seed-offset must be >= 1 (offset 0 would train the recorded models again)")
     import autosim_jax as asj
 
-    exp = asj.get_experiment(args.experiment)
+    from autosim_jax.rundir import resolve_experiment
+
+    exp = resolve_experiment(args.experiment)  # a registered name or module:attr (a plug-in), as the jobs read it
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)  # once: the family and the reference
     items = _records(p, args, setup) + cli_records(p, args, setup)
     twins = []

@@ -187,6 +187,18 @@ def test_field_value_takes_the_psi_that_cli_runs_returned(runs, benchmark_script
         assert message in capsys.readouterr().err, message
 
 
+def test_the_scripts_take_a_plug_in_experiment(runs, benchmark_script, tmp_path, capsys):
+    """``--experiment module:attr`` (the runs of an ``autosim compare`` plug-in, session 63) is resolved as
+    the jobs resolve it, and the runs are then checked against it before any job starts."""
+    plug_in = "digits_sim2real_variants:K64"
+    for name, own in (("field_value", ["--fields", "tilt"]), ("reassess", [])):
+        with pytest.raises(SystemExit):
+            benchmark_script(name).main(["--experiment", plug_in, "--size", "cpu", "--cli-runs", str(runs / "final"),
+                                         *own, "--out", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert f"is {TOY_REF} at cpu size, not {plug_in} at cpu" in err, err
+
+
 def test_cli_runs_take_a_run_of_autosim_compare(reassess, toy_path, tmp_path):
     """A run directory of ``autosim compare`` (``OUT/METHOD/seedS``): its final psi, its own fresh
     models and the comparison's start and reference models of that seed; the rows named after the
