@@ -41,7 +41,9 @@ experiment itself (``paired_compare.py``: the start and reference figures equal 
   the start had right (rotation, colour, size), not the lights, resolution or shapes sooner.
 * ``K64_FAST30_HELD`` (session 62): ``K64_FAST30`` with the four fields the start has right (colour, material,
   size, rotation; KL 0 to the reference) held where they start (``psi_trainable``): an oracle's bound on what a
-  step that did not walk the noise-driven coordinates could give the early points, not a method.
+  step that did not walk the noise-driven coordinates could give the early points, not a method. Measured in
+  session 63 (``results/compare_clevr-seg_gpu_k64_fast30_held``): 0.403 / 0.403 val mIoU after 1,920 / 3,840
+  images, level with ``K64_FAST30`` and short of BO's best (0.435): the walk is not what holds the early points.
 * ``K256`` (session 60): the clevr-seg gpu preset of sessions 54-59 (K = 256, decay 60, 120 steps), whose
   options the fresh models and the baselines keep (``setup.base_config()``); at cpu size the cpu preset until
   session 61 (K = 256, 40 steps, a constant rate), since when the cpu preset is ``K64_DECAY30``'s too.
