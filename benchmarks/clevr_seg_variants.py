@@ -63,20 +63,21 @@ Run from ``benchmarks/`` so that ``module:attr`` finds this file::
 Example:
   >>> GATE2_FOR60.name, GATE2_FOR60.renderers == get_experiment("clevr-seg").renderers
   ('clevr-seg-gate2-for60', True)
-  >>> setup = K64.build(size="cpu")
+  >>> setup, base = K64.build(size="cpu"), _BASE.build(size="cpu")  # each build renders its sets: build once
   >>> c = setup.config
   >>> c.dataset_size, c.batch_size, c.finetune_epochs, c.finetune_epochs * c.dataset_size // c.batch_size
   (64, 16, 16, 64)
-  >>> setup.base_config() == _BASE.build(size="cpu").base_config()  # the fresh models and baselines: the experiment's
+  >>> setup.base_config() == base.base_config()  # the fresh models and baselines: the experiment's
   True
-  >>> K64_DECAY30.build(size="cpu").config.outer_decay_steps, c.outer_decay_steps  # K = 256 at cpu: no decay
+  >>> c30 = K64_DECAY30.build(size="cpu").config
+  >>> c30.outer_decay_steps, c.outer_decay_steps  # K = 256 at cpu: no decay
   (30, 0)
-  >>> K64_DECAY30.build(size="cpu").config == _BASE.build(size="cpu").config  # the cpu preset since session 61
+  >>> c30 == base.config  # the cpu preset since session 61
   True
   >>> late = K64_LATE60.build(size="cpu").config
   >>> [round(late.psi_learning_rate(t), 4) for t in (0, 59, 60, 90, 120)]  # from K = 256's constant rate
   [0.1, 0.1, 0.1, 0.05, 0.0333]
-  >>> fast, c30 = K64_FAST30.build(size="cpu").config, K64_DECAY30.build(size="cpu").config
+  >>> fast = K64_FAST30.build(size="cpu").config
   >>> [round(fast.psi_learning_rate(t), 4) for t in (0, 10, 30, 90)], round(c30.psi_learning_rate(90), 4)
   ([0.2, 0.1, 0.05, 0.025], 0.025)
   >>> K64_FAST30_HELD.build(size="cpu").config.psi_trainable.count("|"), fast.psi_trainable is None
