@@ -108,7 +108,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import autosim_jax as asj
 
-    exp = asj.get_experiment(args.experiment)
+    from autosim_jax.rundir import resolve_experiment
+
+    exp = resolve_experiment(args.experiment)  # a registered name or a plug-in's module:attr
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
     sim, start = setup.simulator, setup.simulator.distribution.init()
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]

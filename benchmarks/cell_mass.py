@@ -78,7 +78,9 @@ def main(argv=None) -> int:
     import autosim_jax as asj
     from autosim_jax.compare import cell_grid, write_cell_maps
 
-    exp = asj.get_experiment(args.experiment)
+    from autosim_jax.rundir import resolve_experiment
+
+    exp = resolve_experiment(args.experiment)  # a registered name or a plug-in's module:attr
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
     schema, start, reference = setup.simulator.renderer.schema, setup.simulator.distribution.init(), setup.reference_psi
     field = next((f for f in schema.fields if cell_grid(f)), None)

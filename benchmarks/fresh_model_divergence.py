@@ -86,7 +86,9 @@ def main(argv=None) -> int:
     if args.models < 2 or any(c < 0 for c in clips):
         p.error("--models must be >= 2 (divergence is judged against siblings) and every --clip >= 0")
     t0 = time.perf_counter()
-    exp = asj.get_experiment(args.experiment)
+    from autosim_jax.rundir import resolve_experiment
+
+    exp = resolve_experiment(args.experiment)  # a registered name or a plug-in's module:attr
     base = exp.build(renderer=exp.renderers[0], seed=args.seed, size=args.size)
     psis = {"start": base.simulator.distribution.init(), "reference": base.reference_psi}
     rows = {}

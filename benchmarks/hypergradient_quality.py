@@ -91,7 +91,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     t_start = time.perf_counter()
 
-    exp = asj.get_experiment(args.experiment)
+    from autosim_jax.rundir import resolve_experiment
+
+    exp = resolve_experiment(args.experiment)  # a registered name or a plug-in's module:attr
     setup = exp.build(renderer=exp.renderers[0], seed=args.seed, size=args.size)
     pool = None
     if args.render_workers > 1:

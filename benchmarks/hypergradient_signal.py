@@ -240,8 +240,9 @@ def run_seed(args, seed: int, t0: float, recorded: dict | None = None) -> dict:
     import autosim_jax as asj
     from autosim_jax.outer import SnrGateState, categorical_classes, find_state
     from autosim_jax.render_pool import make_render_pool
+    from autosim_jax.rundir import resolve_experiment
 
-    exp = asj.get_experiment(args.experiment)
+    exp = resolve_experiment(args.experiment)
     setup = exp.build(renderer=exp.renderers[0], seed=seed, size=args.size, **_model_options(args))
     sim = setup.simulator
     held = None
@@ -370,9 +371,10 @@ def main(argv=None) -> int:
 
     import autosim_jax as asj
     from autosim_jax.cli import deterministic_gpu_ops
+    from autosim_jax.rundir import resolve_experiment
 
     try:
-        asj.get_experiment(args.experiment)
+        resolve_experiment(args.experiment)  # a registered name or a plug-in's module:attr
     except ValueError as err:
         p.error(f"--experiment: {err}")
     recorded = {} if args.psi in ("start", "reference") else recorded_psis(p, args.psi, args.experiment,

@@ -49,7 +49,8 @@ from field_drift import flatten, unflatten  # psi as the records keep it
 from init_bias import adam_travel  # Adam's travel on a given hypergradient distribution
 
 import autosim_jax as asj
-from autosim_jax.experiments import get_experiment, make_assessor
+from autosim_jax.experiments import make_assessor
+from autosim_jax.rundir import resolve_experiment
 
 
 def split_variance(x: np.ndarray) -> dict[str, float]:
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     ids, watch = [int(i) for i in args.ids.split(",")], args.watch.split(",")
     swap = [int(k) for k in args.swap.split(",")] if args.swap else None
-    setup = get_experiment(args.experiment).build(seed=ids[0], size=args.size)
+    setup = resolve_experiment(args.experiment).build(seed=ids[0], size=args.size)
     like = setup.simulator.distribution.init()
     bad = [f for f in watch if f not in like or not hasattr(like[f], "loc")]
     if len(ids) < 2 or args.steps < 1 or bad or (swap and (len(swap) != 2 or not set(swap) <= set(ids))):

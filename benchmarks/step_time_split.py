@@ -27,8 +27,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from autosim_jax.experiments import get_experiment
 from autosim_jax.render_pool import make_render_pool
+from autosim_jax.rundir import resolve_experiment
 
 
 def main(argv=None):
@@ -40,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--render-workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
-    exp = get_experiment(args.experiment)
+    exp = resolve_experiment(args.experiment)  # a registered name or a plug-in's module:attr
     setup = exp.build(renderer=exp.renderers[0], seed=0, size=args.size)
     pool = None
     if args.render_workers > 1:

@@ -61,9 +61,9 @@ def kl_between(calls: list[dict], seeds: list[int], step: int, experiment: str, 
     """Per field, the median ``KL(q_a || q_b)`` at ``step`` over pairs of calls of the same seed and
     over pairs of seeds within one call; and per seed the KL summed over fields for each pair of
     calls (in ``itertools.combinations`` order of the calls)."""
-    import autosim_jax as asj
+    from autosim_jax.rundir import resolve_experiment
 
-    exp = asj.get_experiment(experiment)
+    exp = resolve_experiment(experiment)  # a registered name or a plug-in's module:attr
     like = exp.build(renderer=exp.renderers[0], seed=0, size=size).simulator.distribution.init()
     psi = {(i, s): unflatten(c["runs"][s][step - 1], like) for i, c in enumerate(calls) for s in seeds}
     same = {s: [field_kls(psi[a, s], psi[b, s]) for a, b in itertools.combinations(range(len(calls)), 2)]
