@@ -314,12 +314,26 @@ def cli_records(p, args, setup) -> list[dict]:
         variant = ("selected" if selected else "learned") if config.get("command") != "compare" else \
             os.path.basename(os.path.dirname(os.path.normpath(run_dir)))
         items.append({"file": os.path.normpath(run_dir), "variant": variant,
-                      "returned": returned, "seed": int(config["seed"]),
+                      "returned": returned, "seed": int(config["seed"]), "at_step": step is not None,
                       "step": int(old["step"]) if selected else at_step, "psi": flatten(psi),
                       "old": old, "old_n": a["models"] if old else 0,
                       "old_baseline": {"start": a["start_psi"], "reference": a["reference_psi"]},
                       "old_baseline_n": a["models"]})
     return items
+
+
+def summary_name(row: dict, steps: list[int]) -> str:
+    """The summary group of a row: its variant, and its step where the call names steps (a ``--step`` list,
+    or ``--cli-runs DIR@STEP``), so that two steps of one run are not pooled as if they were two seeds; a
+    run's selected psi (a step of its own on each seed) stays in its variant's group.
+
+    Example:
+      >>> summary_name({"variant": "learned", "step": 120}, [60]), summary_name({"variant": "v", "step": 80}, [60, 80])
+      ('learned', 'v step 80')
+      >>> summary_name({"variant": "autosimulate-exact_quadratic", "step": 40, "at_step": True}, [60])
+      'autosimulate-exact_quadratic step 40'
+    """
+    return f"{row['variant']} step {row['step']}" if len(steps) > 1 or row.get("at_step") else row["variant"]
 
 
 def _psi_at_step(p, run_dir: str, step: int) -> tuple[dict, dict | None]:
@@ -579,7 +593,8 @@ def main(argv=None) -> int:
 
     rows = []
     for i, it in enumerate(items):
-        row = {k: it[k] for k in ("file", "variant", "returned", "seed", "step", "old_n", "old_baseline_n") if k in it}
+        row = {k: it[k] for k in ("file", "variant", "returned", "seed", "step", "at_step", "old_n", "old_baseline_n")
+               if k in it}
         row["old"] = it["old"] and {k: it["old"][k] for k in ("test_metric", "val_metric")}
         # with --recorded-baselines the recorded start and reference stand in for new ones (pooled: 0 new models)
         nb, nl = new_base.get(it["seed"], it["old_baseline"] if args.recorded_baselines else None), new_learned.get(i)
@@ -604,7 +619,7 @@ def main(argv=None) -> int:
     for row in rows:
         if "error" in row:
             continue
-        name = row["variant"] if len(args.steps) == 1 else f"{row['variant']} step {row['step']}"
+        name = summary_name(row, args.steps)
         s = summary.setdefault(name, {"seeds": [], **{k: [] for k in ("recorded", "new_models", "pooled")}})
         s["seeds"].append(row["seed"])
         for k in ("recorded", "new_models", "pooled"):

@@ -211,8 +211,8 @@ def test_cli_runs_take_a_run_of_autosim_compare(reassess, toy_path, tmp_path):
     dirs = [out / "autosimulate-exact_quadratic" / "seed0", out / "random" / "seed1"]
     setup = _setup()
     items = reassess.cli_records(argparse.ArgumentParser(), _args(dirs), setup)
-    assert [(it["variant"], it["seed"], it["returned"]) for it in items] == [
-        ("autosimulate-exact_quadratic", 0, "final"), ("random", 1, "final")]
+    assert [(it["variant"], it["seed"], it["returned"], it["at_step"]) for it in items] == [
+        ("autosimulate-exact_quadratic", 0, "final", False), ("random", 1, "final", False)]
 
     def assessed(folder):
         return json.loads((folder / "assessed.json").read_text())
@@ -241,7 +241,10 @@ def test_cli_runs_take_a_run_of_autosim_compare(reassess, toy_path, tmp_path):
     for it, step in zip(items, (assessed_step, other)):
         record = next(r for r in steps if r["step"] == step)
         assert it["psi"] == reassess.flatten(psi_from_record(like, record["psi"])) and it["step"] == step
-        assert it["returned"] == str(step) and it["variant"] == "autosimulate-exact_quadratic"
+        assert it["returned"] == str(step) and it["variant"] == "autosimulate-exact_quadratic" and it["at_step"]
+    # two steps of one run are two summary groups, not one group's two "seeds" (session 64)
+    names = [reassess.summary_name(it, [60]) for it in items]
+    assert names == [f"autosimulate-exact_quadratic step {s}" for s in (assessed_step, other)]
     assert {k: v for k, v in items[0]["old"].items() if k != "step"} == assessed(run)["results"][str(assessed_step)]
     assert items[0]["old_n"] == 1 and items[1]["old"] is None and items[1]["old_n"] == 0
 
