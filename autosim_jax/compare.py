@@ -37,8 +37,9 @@ grid).
 Fresh-model assessment (the fair measure of an answer, on by default): a fresh task model is
 trained on ``--assess-images`` images x the experiment's epochs from a psi and evaluated on
 the validation and test sets. Table 2's runs are assessed after ``budget / 2^(P-1), ...,
-budget`` images (``--assess-points P``) on the psi each method held having rendered at most that
-many (:func:`record_within`: its last update within the budget, the start psi before its first),
+budget`` images (``--assess-points P``; ``--assess-at N,...`` adds counts between them, since the
+geometric grid knows an images-to-reach ratio only to within a factor of 2) on the psi each method
+held having rendered at most that many (:func:`record_within`: its last update within the budget, the start psi before its first),
 the start psi (and the reference psi) once per seed,
 Table 4's other approximations at the budget. The gap closed ``G = (m(final) - m(start)) /
 (m(reference) - m(start))`` of each run's final psi is tabulated per method (mean ± std over
@@ -154,6 +155,7 @@ class CompareArgs:
     experiment_spec: str | None = None
     assess_images: int | None = None  # None: the experiment's; 0: no assessment at all
     assess_points: int = 4  # Table 2 rows: psi assessed after budget/2^(P-1), ..., budget/2, budget images
+    assess_at: tuple[int, ...] = ()  # more image counts to assess Table 2's runs after (between the geometric points)
     assess_models: int = 1  # fresh models per assessed psi (their mean)
     size: str | None = None  # None: the experiment's default (passed to build only when given)
     log_every: int | None = None
@@ -174,6 +176,22 @@ def _split_choices(text: str, valid: tuple[str, ...], flag: str) -> tuple[str, .
     return tuple(dict.fromkeys(items))
 
 
+def _image_counts(text: str) -> tuple[int, ...]:
+    """``--assess-at``'s comma list of image counts (argparse's ``type``: a bad one is a usage error).
+
+    Example:
+      >>> _image_counts("5120, 2560")
+      (2560, 5120)
+    """
+    try:
+        counts = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma list of image counts, e.g. 5120 or 2560,5120; got {text!r}") from None
+    if not counts:
+        raise argparse.ArgumentTypeError("give at least one image count, e.g. 5120")
+    return counts
+
+
 def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str | None]]]:
     """Every option that needs no build; returns the renderer and the (method, approximation) runs."""
     renderer = check_renderer(experiment, args.renderer)
@@ -190,6 +208,10 @@ def _validate(experiment, args: CompareArgs) -> tuple[str, list[tuple[str, str |
         raise UsageError(f"--assess-points must be >= 1 (1: the final psi only), got {args.assess_points}.")
     if args.budget_images is None or args.budget_images < 1:
         raise UsageError(f"--budget-images must be >= 1, got {args.budget_images}.")
+    outside = [n for n in args.assess_at if not 1 <= n <= args.budget_images]
+    if outside:
+        raise UsageError(f"--assess-at: {outside} outside 1..--budget-images ({args.budget_images}); each point is an "
+                         "image count within the budget, e.g. --assess-at 5120 for a 3x ratio to a best after 15360.")
     if args.seeds < 1 or args.lts_samples < 2 or not args.search_radius > 0:
         raise UsageError(f"need --seeds >= 1, --lts-samples >= 2 and --search-radius > 0, got {args.seeds}, "
                          f"{args.lts_samples}, {args.search_radius}.")
@@ -764,14 +786,20 @@ def _plot_cells(out: str, setup, psi0, reference, rows: list[dict], records_of: 
 TARGETS = {"bo": 3.0, "lts": 5.0}
 
 
-def assess_thresholds(budget: int, points: int) -> list[int]:
-    """Image counts after which a run's psi is assessed: ``budget / 2^(points-1), ..., budget``.
+def assess_thresholds(budget: int, points: int, extra: tuple[int, ...] = ()) -> list[int]:
+    """Image counts after which a run's psi is assessed: ``budget / 2^(points-1), ..., budget``,
+    and the counts ``extra`` (``--assess-at``) between them, in order.
+
+    A geometric grid bounds an images-to-reach ratio only to within a factor of 2 (a best reached
+    at 7,680 of a grid 3,840 / 7,680 says 2x-4x); a point at ``budget / 3`` tells whether 3x is met.
 
     Example:
       >>> assess_thresholds(3840, 4)
       [480, 960, 1920, 3840]
+      >>> assess_thresholds(15360, 3, extra=(5120, 3840))
+      [3840, 5120, 7680, 15360]
     """
-    return [budget // 2**j for j in range(points - 1, -1, -1)]
+    return sorted({budget // 2**j for j in range(points - 1, -1, -1)} | set(extra))
 
 
 def record_within(records: list[dict], images: int) -> dict | None:
@@ -818,9 +846,9 @@ def reach_table(rows: list[dict], start: float, higher: bool) -> list[dict]:
     method that updates every 4,096 images has spent 4,096 at the grid's 7,680), not the grid
     point itself: ``baseline_images`` and ``images`` are those, ``ratio = baseline_images /
     images``. A baseline whose best does not beat ``start`` (the start psi's mean) gets no ratio:
-    there is nothing to reach. The grid is geometric (factor 2), so a ratio bounds the truth only
-    to within a factor of about 2; when both reach at the grid's first point the ratio is "at
-    least" (``resolved`` is False).
+    there is nothing to reach. A ratio bounds the truth only to within the grid's spacing (a
+    factor of 2 on the geometric grid; ``--assess-at`` adds points, :func:`assess_thresholds`);
+    when both reach at the grid's first point the ratio is "at least" (``resolved`` is False).
 
     Example:
       >>> row = lambda m, vals: {"method": m, "label": m, "aggregate": {"assessed_curve": [
@@ -893,8 +921,9 @@ def _reach_markdown(reach: list[dict], metric: str) -> str:
         lines.append(f"| {e['baseline']} | {e['baseline_best_val']:.4f} | {e['baseline_images']} "
                      f"({e.get('baseline_grid_images', e['baseline_images'])}) | {got} | {ratio} | {target} |")
     lines += ["", (f"AutoSimulate here is {reach[0]['autosimulate']}. Images are those each assessed psi cost, i.e. "
-              "the method's last update within the grid point (in brackets). The grid is geometric (factor 2), so a "
-              "ratio is known only to within a factor of about 2; the spread over seeds is in the table above.")]
+              "the method's last update within the grid point (in brackets). A ratio is known only to within the grid's "
+              "spacing (a factor of 2 between its geometric points; `--assess-at N` adds points, e.g. a third of a "
+              "baseline's best for 3x); the spread over seeds is in the table above.")]
     return "\n".join(lines) + "\n"
 
 
@@ -1056,7 +1085,7 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
     metric, higher = setup0.task.metric_name, bool(setup0.task.higher_is_better)
     assess_images = setup0.assess_images if args.assess_images is None else args.assess_images
     protocol = assess_protocol(assess_images, setup0.assess_epochs, args.assess_models)
-    thresholds = assess_thresholds(args.budget_images, args.assess_points)
+    thresholds = assess_thresholds(args.budget_images, args.assess_points, args.assess_at)
     first_approximation = next((a for m, a in runs if m == "autosimulate"), None)
     table2 = [(m, a) for m, a in runs if m != "autosimulate" or a == first_approximation]
 
@@ -1300,6 +1329,11 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--assess-points", type=int, default=4, metavar="P",
                    help="assess Table 2's runs after budget/2^(P-1), ..., budget/2, budget images (Table 4's "
                         "other approximations at the budget only); gives the images-to-reach table (default 4)")
+    p.add_argument("--assess-at", type=_image_counts, default=(), metavar="N[,N...]",
+                   help="also assess Table 2's runs after these image counts (between the geometric points: the "
+                        "reach table's ratios are known to within the grid's spacing, so --assess-at 5120 tells "
+                        "whether a best after 15360 is reached 3x sooner); with --resume only the new points are "
+                        "assessed")
     add_assess_models_flag(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run N of the comparison's runs at once, each in a process of its own (with its own "
@@ -1323,7 +1357,7 @@ def compare_main(ns: argparse.Namespace) -> int:
             out=ns.out, renderer=ns.renderer, resume=ns.resume, lts_samples=ns.lts_samples,
             search_radius=ns.search_radius, search_scales=ns.search_scales, evaluation_images=ns.evaluation_images,
             evaluation_epochs=ns.evaluation_epochs, experiment_spec=ns.experiment, assess_images=ns.assess_images,
-            assess_points=ns.assess_points, assess_models=ns.assess_models, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds,
+            assess_points=ns.assess_points, assess_at=ns.assess_at, assess_models=ns.assess_models, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds,
             render_workers=ns.render_workers, render_backend=ns.render_backend, ray_address=ns.ray_address,
             render_timeout=ns.render_timeout, devices=ns.devices, jobs=ns.jobs)
         out = args.out or "the output directory"

@@ -204,6 +204,46 @@ def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
             assert sa["assessed_curve"] == sb["assessed_curve"]
 
 
+def test_assess_at_adds_points_and_resume_assesses_only_the_new_psi(compared, toy, tmp_path, monkeypatch):
+    """``--assess-at 48,96`` on a finished comparison (``--resume``): the points join the grid of Table 2's
+    curves, a point whose psi was assessed at another point is read back (48 images: the psi held at 32, or
+    LTS's start), and only psi no point held before are trained on (96: AutoSimulate's, BO's and random
+    search's third update; LTS's at 96 is its first, assessed at 64); the reach table reads the finer grid."""
+    import shutil
+
+    from autosim_jax import experiments
+
+    out = tmp_path / "c"
+    shutil.copytree(compared, out)
+    calls, make_assessor = [], experiments.make_assessor
+
+    def counting(setup, **kw):
+        assess = make_assessor(setup, **kw)
+        return lambda psi, seed, on_model=None: calls.append(seed) or assess(psi, seed, on_model)
+
+    monkeypatch.setattr(experiments, "make_assessor", counting)
+    argv = ["compare", toy, "--methods", "autosimulate,lts,bo,random", "--seeds", "2", "--budget-images", "128",
+            "--approximations", "linear,exact_quadratic", "--lts-samples", "2", "--out", str(out), "--resume",
+            "--assess-at", "96,48"]
+    assert main(argv) == 0
+    assert sorted(calls) == [0, 0, 0, 1, 1, 1]  # autosimulate (linear), bo, random at 96 images, each seed
+    before, after = (json.loads((d / "compare.json").read_text()) for d in (compared, out))
+    assert after["assessment"]["thresholds"] == [16, 32, 48, 64, 96, 128]
+    for ra, rb in zip(before["rows"], after["rows"]):
+        for sa, sb in zip(ra["seeds"], rb["seeds"]):
+            if not ra["table2"]:
+                assert sb["assessed_curve"] == sa["assessed_curve"]  # Table 4: the final psi only
+                continue
+            old = {p["images"]: p for p in sa["assessed_curve"]}
+            new = {p["images"]: p for p in sb["assessed_curve"]}
+            assert {t: new[t] for t in old} == old  # the grid's points unchanged
+            held_at_32 = old[16] if ra["method"] == "lts" else old[32]
+            assert {k: v for k, v in new[48].items() if k != "images"} == \
+                {k: v for k, v in held_at_32.items() if k != "images"}
+            assert new[96]["step"] == (1 if ra["method"] == "lts" else 3)
+    assert "`--assess-at N` adds points" in (out / "compare.md").read_text()
+
+
 @pytest.mark.parametrize(
     "extra, needles",
     [
@@ -213,6 +253,7 @@ def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
         (["--seeds", "0"], ["--seeds"]),
         (["--budget-images", "0"], ["--budget-images"]),
         (["--assess-points", "0"], ["--assess-points"]),
+        (["--assess-at", "32,65"], ["--assess-at", "[65]", "--budget-images"]),
         (["--jobs", "0"], ["--jobs"]),
         (["--jobs", "2", "--devices", "2"], ["--jobs", "--devices 1"]),
     ],
