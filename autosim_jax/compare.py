@@ -39,9 +39,9 @@ trained on ``--assess-images`` images x the experiment's epochs from a psi and e
 the validation and test sets. Table 2's runs are assessed after ``budget / 2^(P-1), ...,
 budget`` images (``--assess-points P``; ``--assess-at N,...`` adds counts between them, since the
 geometric grid knows an images-to-reach ratio only to within a factor of 2) on the psi each method
-held having rendered at most that many (:func:`record_within`: its last update within the budget, the start psi before its first),
-the start psi (and the reference psi) once per seed,
-Table 4's other approximations at the budget. The gap closed ``G = (m(final) - m(start)) /
+held having rendered at most that many (:func:`record_within`: its last update within the budget,
+the start psi before its first), the start psi (and the reference psi) once per seed, Table 4's
+other approximations at the budget. The gap closed ``G = (m(final) - m(start)) /
 (m(reference) - m(start))`` of each run's final psi is tabulated per method (mean ± std over
 seeds) when the experiment has a reference psi. The images-to-reach table (the paper's
 headline: AutoSimulate reaches Bayesian optimisation's best with >= 3x fewer images,
@@ -1332,8 +1332,8 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--assess-at", type=_image_counts, default=(), metavar="N[,N...]",
                    help="also assess Table 2's runs after these image counts (between the geometric points: the "
                         "reach table's ratios are known to within the grid's spacing, so --assess-at 5120 tells "
-                        "whether a best after 15360 is reached 3x sooner); with --resume only the new points are "
-                        "assessed")
+                        "whether a best after 15360 is reached 3x sooner); with --resume only psi that no earlier "
+                        "point held are trained on")
     add_assess_models_flag(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run N of the comparison's runs at once, each in a process of its own (with its own "
