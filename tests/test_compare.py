@@ -23,6 +23,22 @@ def compared(toy, tmp_path_factory):
     return out
 
 
+@pytest.fixture()
+def assessments(monkeypatch):
+    """The seeds of the fresh-model assessments ``autosim compare`` trains from here on (cached ones
+    are read back from the runs' assessed.json and do not count)."""
+    from autosim_jax import experiments  # compare imports make_assessor from there when it assesses
+
+    calls, make_assessor = [], experiments.make_assessor
+
+    def counting(setup, **kw):
+        assess = make_assessor(setup, **kw)
+        return lambda psi, seed, on_model=None: calls.append(seed) or assess(psi, seed, on_model)
+
+    monkeypatch.setattr(experiments, "make_assessor", counting)
+    return calls
+
+
 def test_compare_writes_tables_plots_and_run_dirs(compared):
     out = compared
     result = json.loads((out / "compare.json").read_text())
@@ -179,23 +195,14 @@ def test_a_blind_baseline_is_warned_about_after_its_first_steps():
     assert "warm model" in warnings("lts", [0.1] * BLIND_AFTER)
 
 
-def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
+def test_resume_reuses_finished_runs(compared, toy, capsys, assessments):
     before = (compared / "compare.json").read_text()
     argv = ["compare", toy, "--methods", "autosimulate,lts,bo,random", "--seeds", "2", "--budget-images", "128",
             "--approximations", "linear,exact_quadratic", "--lts-samples", "2", "--out", str(compared)]
     assert main(argv) == 2  # not empty: needs --resume
     assert "--resume" in capsys.readouterr().err
-    from autosim_jax import experiments  # compare imports make_assessor from there when it assesses
-
-    calls, make_assessor = [], experiments.make_assessor
-
-    def counting(setup, **kw):
-        assess = make_assessor(setup, **kw)
-        return lambda psi, seed, on_model=None: calls.append(seed) or assess(psi, seed, on_model)
-
-    monkeypatch.setattr(experiments, "make_assessor", counting)
     assert main([*argv, "--resume"]) == 0
-    assert calls == []  # every assessment came from the runs' assessed.json
+    assert assessments == []  # every assessment came from the runs' assessed.json
     a, b = json.loads(before), json.loads((compared / "compare.json").read_text())
     assert a["assessment"] == b["assessment"]
     for ra, rb in zip(a["rows"], b["rows"]):
@@ -204,29 +211,20 @@ def test_resume_reuses_finished_runs(compared, toy, capsys, monkeypatch):
             assert sa["assessed_curve"] == sb["assessed_curve"]
 
 
-def test_assess_at_adds_points_and_resume_assesses_only_the_new_psi(compared, toy, tmp_path, monkeypatch):
+def test_assess_at_adds_points_and_resume_assesses_only_the_new_psi(compared, toy, tmp_path, assessments):
     """``--assess-at 48,96`` on a finished comparison (``--resume``): the points join the grid of Table 2's
     curves, a point whose psi was assessed at another point is read back (48 images: the psi held at 32, or
     LTS's start), and only psi no point held before are trained on (96: AutoSimulate's, BO's and random
     search's third update; LTS's at 96 is its first, assessed at 64); the reach table reads the finer grid."""
     import shutil
 
-    from autosim_jax import experiments
-
     out = tmp_path / "c"
     shutil.copytree(compared, out)
-    calls, make_assessor = [], experiments.make_assessor
-
-    def counting(setup, **kw):
-        assess = make_assessor(setup, **kw)
-        return lambda psi, seed, on_model=None: calls.append(seed) or assess(psi, seed, on_model)
-
-    monkeypatch.setattr(experiments, "make_assessor", counting)
     argv = ["compare", toy, "--methods", "autosimulate,lts,bo,random", "--seeds", "2", "--budget-images", "128",
             "--approximations", "linear,exact_quadratic", "--lts-samples", "2", "--out", str(out), "--resume",
             "--assess-at", "96,48"]
     assert main(argv) == 0
-    assert sorted(calls) == [0, 0, 0, 1, 1, 1]  # autosimulate (linear), bo, random at 96 images, each seed
+    assert sorted(assessments) == [0, 0, 0, 1, 1, 1]  # autosimulate (linear), bo, random at 96 images, each seed
     before, after = (json.loads((d / "compare.json").read_text()) for d in (compared, out))
     assert after["assessment"]["thresholds"] == [16, 32, 48, 64, 96, 128]
     for ra, rb in zip(before["rows"], after["rows"]):
