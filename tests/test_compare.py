@@ -6,6 +6,7 @@ import pytest
 from conftest import TOY
 
 from autosim_jax.cli import main
+from autosim_jax.compare import reach_table
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +240,10 @@ def test_assess_at_adds_points_and_resume_assesses_only_the_new_psi(compared, to
             assert {k: v for k, v in new[48].items() if k != "images"} == \
                 {k: v for k, v in held_at_32.items() if k != "images"}
             assert new[96]["step"] == (1 if ra["method"] == "lts" else 3)
+    table2 = [r for r in after["rows"] if r["table2"]]
+    assert all(48 in {p["images"] for p in r["aggregate"]["assessed_curve"]} for r in table2)
+    assert after["assessment"]["reach"] == reach_table(  # recomputed on the finer curves, not kept from before
+        table2, after["assessment"]["start_psi"]["val"]["mean"], after["higher_is_better"])
     assert "`--assess-at N` adds points" in (out / "compare.md").read_text()
 
 
