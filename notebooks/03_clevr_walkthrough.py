@@ -18,8 +18,8 @@
 # shows renders and label maps from the deliberately poor start $\psi$ next to the
 # validation images, runs AutoSimulate with the `linear` approximation, plots the validation
 # mIoU and a few fields of $\psi$ as they move, and shows renders from the learned $\psi$.
-# It takes about 7 minutes on 2 CPU cores (6 min 34 s on 2026-12-03: 40 steps of about 9 s;
-# about 35 s at the test size, which runs two steps of 64 renders, on 2026-12-04).
+# It takes about 3.5 minutes on 2 CPU cores (3 min 21 s on 2026-12-07: 40 steps of about 4.3 s;
+# well under a minute at the test size, which runs two steps of 16 renders).
 
 # %%
 import os
@@ -35,8 +35,8 @@ from autosim_jax.experiments import CLEVR_START, CLEVR_TARGET
 from autosim_jax.renderers import CLASS_NAMES
 
 SMALL = os.environ.get("AUTOSIM_NOTEBOOK_SMALL") == "1"  # a few small steps only under test
-STEPS = 2 if SMALL else 40  # the experiment's 40 iterations; 2: the mean time after the compiling first step
-K = 64 if SMALL else None  # renders per step: the experiment's 256 (None), a quarter under test
+STEPS = 2 if SMALL else 40  # 40 of the experiment's 160 iterations; 2: the mean time after the compiling first step
+K = 16 if SMALL else None  # renders per step: the experiment's 64 (None), a quarter under test
 SEED = 0
 
 # %% [markdown]
@@ -101,9 +101,11 @@ show_batch(
 #
 # `setup.make_autosimulate(SEED, config, approximation="linear")` (`make_autosimulate` on the
 # experiment's simulator, UNet, task and validation set) gives the optax-style pair `init` /
-# `step`. Each step renders $K = 256$ scenes from the current $\psi$, fine-tunes a fresh UNet
-# for four epochs on them (the experiment's `theta_reset_every=1`), takes the validation gradient
-# and updates $\psi$ by the score-function estimate. The first step compiles the three jitted
+# `step`. Each step renders $K = 64$ scenes from the current $\psi$, fine-tunes a fresh UNet
+# for 16 epochs on them in minibatches of 16 (the experiment's `theta_reset_every=1`), takes the
+# validation gradient and updates $\psi$ by the score-function estimate, at a rate decaying as
+# $0.1 / (1 + t / 30)$ (the cpu preset since session 61; `autosim run clevr-seg` runs its 160 steps,
+# this notebook the first 40). The first step compiles the three jitted
 # stages.
 
 # %%
@@ -172,9 +174,9 @@ for name in ("ambient", "key_light", "back_light"):
 print(f"  shape      {np.round(shape_probs(psi0), 2)} -> {np.round(shape_probs(state.psi), 2)}")
 
 # %% [markdown]
-# The metric logged during AutoSimulate is that of each step's freshly fine-tuned model (four
-# epochs on 256 renders), which at this size still predicts background everywhere (mIoU 0.238 on
-# every step, 2026-12-03): it says nothing about $\psi$. The fair test of a learned $\psi$ trains
+# The metric logged during AutoSimulate is that of each step's freshly fine-tuned model (16
+# epochs on 64 renders), which at this size still predicts background everywhere (mIoU 0.238 on
+# every step, 2026-12-07): it says nothing about $\psi$. The fair test of a learned $\psi$ trains
 # a *fresh* model on equal budgets from the start and the learned $\psi$
 # (`autosim_jax.assess_psi`, which `autosim run` does after its steps; `autosim run clevr-seg`
 # reports it for this experiment). Notebook 04 shows it on the digits, as the README's quickstart does.
