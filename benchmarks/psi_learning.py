@@ -24,7 +24,9 @@ Writes ``OUT.json`` (device, versions, precision, command, date, every figure an
 trajectories) and ``OUT.png`` (G against steps per variant, mean and spread over seeds).
 Each finished job is also appended to ``OUT.partial.jsonl`` at once. On a device with a time
 limit give ``--deadline SECONDS``: the jobs still running then are stopped and the summary of
-the finished ones is written (the unfinished are listed under ``failed``). ``--baselines-from
+the finished ones is written (the unfinished are listed under ``failed``). Each job writes a progress
+line to stderr every eighth of its psi steps and after each fresh model (``[ 312.4 s] VARIANT seed S:
+psi step 60/120``), so the log of a stopped job says how far it got. ``--baselines-from
 OUT.json`` reuses an earlier call's start and reference assessments (same experiment, size,
 assessment budget and baseline repeats) instead of training them again: a device call then
 spends its time on the runs; the G of such a call is not paired with its baselines in one call.
@@ -373,14 +375,26 @@ def _job_body(spec: dict) -> dict:
         return _measure(spec, setup, t0)
 
 
+def job_progress(spec: dict, t0: float, message: str) -> None:
+    """One progress line of a running job on stderr, which the call's log keeps: ``[ 312.4 s] VARIANT seed S:
+    MESSAGE``, the seconds since the job started. A job that ``--deadline`` stops leaves only these lines,
+    which say how far it got and so how long the next call should give it (session 67 lost a whole call)."""
+    print(f"[{time.perf_counter() - t0:7.1f} s] {spec['variant']} seed {spec['seed']}: {message}", file=sys.stderr,
+          flush=True)
+
+
 def _measure(spec: dict, setup, t0: float) -> dict:
     """The job's measurements with ``setup`` (its simulator renders through the job's pool)."""
     import jax
 
     import autosim_jax as asj
 
-    assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
-                                repeats=spec.get("repeats", 1))
+    assessor = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
+                                 repeats=spec.get("repeats", 1))
+
+    def assess(psi, seed, what="psi"):  # the assessor, with a progress line after each fresh model
+        return assessor(psi, seed, lambda r, m: job_progress(spec, t0, f"{what}: fresh model {r + 1} trained"))
+
     # the experiment's config as built (a variant's overrides are in the header): it changes between
     # sessions (clevr-det's inner_clip_norm since session 17), and the assessor trains with it too
     out = {"variant": spec["variant"], "seed": spec["seed"], "index": spec["index"],
@@ -388,10 +402,10 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     if spec["variant"] == "_baseline":
         out["baseline_inputs"] = baseline_inputs(setup, out["assess_budget"])  # what --baselines-from checks
         if spec.get("baseline_repeats"):  # the denominator of every G of this seed: worth more fresh models
-            assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
-                                        repeats=spec["baseline_repeats"])
-        out["start"] = assess(setup.simulator.distribution.init(), spec["seed"])
-        out["reference"] = assess(setup.reference_psi, spec["seed"])
+            assessor = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
+                                         repeats=spec["baseline_repeats"])
+        out["start"] = assess(setup.simulator.distribution.init(), spec["seed"], "start")
+        out["reference"] = assess(setup.reference_psi, spec["seed"], "reference")
         out["seconds"] = time.perf_counter() - t0
         return out
     if spec["variant"] == "_field":
@@ -399,8 +413,8 @@ def _measure(spec: dict, setup, t0: float) -> dict:
         # the reference with one field set back to the start's.
         start, ref, f = setup.simulator.distribution.init(), setup.reference_psi, spec["field"]
         out["field"] = f
-        out["start_plus_field"] = assess({**start, f: ref[f]}, spec["seed"])
-        out["reference_minus_field"] = assess({**ref, f: start[f]}, spec["seed"])
+        out["start_plus_field"] = assess({**start, f: ref[f]}, spec["seed"], f"start + {f}")
+        out["reference_minus_field"] = assess({**ref, f: start[f]}, spec["seed"], f"reference - {f}")
         out["seconds"] = time.perf_counter() - t0
         return out
     overrides = dict(VARIANTS[spec["variant"]][0])
@@ -424,8 +438,8 @@ def _measure(spec: dict, setup, t0: float) -> dict:
         start.update({f: {**start[f], "bins": b} for f, b in bins.items()})
         dist = asj.from_schema(setup.simulator.renderer.schema, start, explore=explore)
         setup = setup._replace(simulator=asj.Simulator(dist, setup.simulator.renderer, pool=setup.simulator.pool))
-        assess = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
-                                repeats=spec.get("repeats", 1))
+        assessor = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
+                                     repeats=spec.get("repeats", 1))
     # stages: [[steps, psi_trainable], ...], the last one's steps None (to the end); one AutoSimulate
     # per stage, the state carried over (psi_trainable changes only which leaves the outer step moves).
     learned, stages = overrides.pop("psi_trainable", None), overrides.pop("stages", None)
@@ -480,6 +494,8 @@ def _measure(spec: dict, setup, t0: float) -> dict:
                 state, held = state._replace(psi=reset), hold
         psis.append(_tree_np(state.psi))
         infos.append(info._asdict())
+        if (t + 1) % max(1, spec["steps"] // 8) == 0 or t + 1 == spec["steps"]:
+            job_progress(spec, t0, f"psi step {t + 1}/{spec['steps']}")
     verdicts = asj.signal_test_report(state.outer_opt_state)
     if verdicts is not None:  # which psi leaves the signal test held at the end, with their p-values
         out["signal_test"] = verdicts
@@ -490,12 +506,12 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     if not spec["assess_steps"]:  # --no-assess: the trajectory alone
         out["seconds"] = time.perf_counter() - t0
         return out
-    out["assessed"] = {str(t): assess(psis[t - 1], spec["seed"]) for t in spec["assess_steps"]}
+    out["assessed"] = {str(t): assess(psis[t - 1], spec["seed"], f"step {t}") for t in spec["assess_steps"]}
     if new_start:  # the start in the new family, or the reference but one field, before any learning
-        out["assessed"]["0"] = assess(setup.simulator.distribution.init(), spec["seed"])
-    out["assessed"]["average_second_half"] = assess(averaged, spec["seed"])
+        out["assessed"]["0"] = assess(setup.simulator.distribution.init(), spec["seed"], "step 0")
+    out["assessed"]["average_second_half"] = assess(averaged, spec["seed"], "the second half's average")
     if spec.get("assess_trajectory"):  # the "replay" product: the mixture of every step's psi
-        out["assessed"]["trajectory"] = assess(psis, spec["seed"])
+        out["assessed"]["trajectory"] = assess(psis, spec["seed"], "the trajectory's mixture")
     out["seconds"] = time.perf_counter() - t0
     return out
 
