@@ -4,7 +4,9 @@ For each variant (a set of AutoSimConfig overrides) and seed, one AutoSimulate r
 ``--steps`` outer steps records psi after every step; fresh models (the experiment's
 assessment budget: the same model, initialisation, images and epochs for every psi) are then
 trained on the psi held after each of ``--assess-steps`` and on the average of the psi
-iterates over the second half of the run (with ``--assess-trajectory`` also on the mixture
+iterates over the second half of the run (not with ``--no-assess-average``: it doubles a run's
+fresh models for a return value that session 46 found no better than the final psi; with
+``--assess-trajectory`` also on the mixture
 of every step's psi, the data the run rendered), and on the start and reference psi of the
 same seed. The measure is the gap closed,
 
@@ -509,7 +511,8 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     out["assessed"] = {str(t): assess(psis[t - 1], spec["seed"], f"step {t}") for t in spec["assess_steps"]}
     if new_start:  # the start in the new family, or the reference but one field, before any learning
         out["assessed"]["0"] = assess(setup.simulator.distribution.init(), spec["seed"], "step 0")
-    out["assessed"]["average_second_half"] = assess(averaged, spec["seed"], "the second half's average")
+    if spec.get("assess_average", True):  # records before session 67 always have it
+        out["assessed"]["average_second_half"] = assess(averaged, spec["seed"], "the second half's average")
     if spec.get("assess_trajectory"):  # the "replay" product: the mixture of every step's psi
         out["assessed"]["trajectory"] = assess(psis, spec["seed"], "the trajectory's mixture")
     out["seconds"] = time.perf_counter() - t0
@@ -534,16 +537,16 @@ def summarise(results: list[dict], metric_key: str) -> dict:
         b = base.get(r["seed"])
         if b is None or "assessed" not in r:  # no baseline (--deadline, --no-assess) or no assessment: no G
             continue
-        row = table.setdefault(r["variant"], {})
-        seeds.setdefault(r["variant"], []).append(r["seed"])
+        row, row_seeds = table.setdefault(r["variant"], {}), seeds.setdefault(r["variant"], {})
         points = {k: v for k, v in r["assessed"].items() if k.isdigit() and k != "0"}  # 0: before learning
         best = max(points, key=lambda k: points[k]["val_metric"])
         for point, m in [*r["assessed"].items(), ("selected_by_val", points[best])]:
             row.setdefault(point, []).append(_gap(b["start"][metric_key], m[metric_key], b["reference"][metric_key]))
+            row_seeds.setdefault(point, []).append(r["seed"])
     # the sample std over seeds (ddof=1), as reassess.py and cell_mass.py give it; before session 36
     # this was the population std (ddof=0), which the records' per_seed lists let a reader redo
     return {v: {p: {"mean": float(np.mean(g)), "std": float(np.std(g, ddof=1)) if len(g) > 1 else 0.0,
-                    "per_seed": g, "seeds": seeds[v]}
+                    "per_seed": g, "seeds": seeds[v][p]}
                 for p, g in row.items()} for v, row in table.items()}
 
 
@@ -612,8 +615,9 @@ def plot(summary: dict, steps: list[int], path: str, title: str) -> None:
         std = [row[str(t)]["std"] for t in steps]
         line, = ax.plot(steps, mean, marker="o", label=name)
         ax.fill_between(steps, np.subtract(mean, std), np.add(mean, std), color=line.get_color(), alpha=0.15)
-        avg = row["average_second_half"]
-        ax.errorbar([steps[-1] + 2], [avg["mean"]], [avg["std"]], color=line.get_color(), marker="s", capsize=3)
+        if "average_second_half" in row:
+            avg = row["average_second_half"]
+            ax.errorbar([steps[-1] + 2], [avg["mean"]], [avg["std"]], color=line.get_color(), marker="s", capsize=3)
         if "trajectory" in row:
             mix = row["trajectory"]
             ax.errorbar([steps[-1] + 4], [mix["mean"]], [mix["std"]], color=line.get_color(), marker="^", capsize=3)
@@ -798,6 +802,10 @@ def main(argv=None) -> int:
     p.add_argument("--assess-trajectory", action="store_true",
                    help="also assess the run's replay product: fresh models on the equal mixture of every "
                         "step's psi (what the run rendered), beside those on the final psi")
+    p.add_argument("--no-assess-average", action="store_true",
+                   help="no fresh models on the psi averaged over the run's second half: half a run's fresh models "
+                        "when one point is assessed (that average is no better a return value than the final psi: "
+                        "docs/learning.md, session 46)")
     p.add_argument("--repeats", type=int, default=1,
                    help="fresh models per assessment (their mean is used); with 2, one clevr-seg gpu seed's G moves "
                         "by a std of 0.14 between calls (docs/learning.md, session 13): 4 or more to compare variants")
@@ -836,6 +844,7 @@ def main(argv=None) -> int:
              else sorted({max(1, args.steps // 3), max(1, 2 * args.steps // 3), args.steps}))
     common = dict(experiment=args.experiment, size=args.size, steps=args.steps, assess_steps=steps, repeats=args.repeats,
                   baseline_repeats=args.baseline_repeats, assess_trajectory=args.assess_trajectory,
+                  assess_average=not args.no_assess_average,
                   assess_images=args.assess_images, assess_epochs=args.assess_epochs,
                   gpus=list(range(args.gpus)) or None, render_workers=args.render_workers)
     reused = [] if args.no_assess or not args.baselines_from else load_baselines(args.baselines_from, args, seeds)
@@ -880,7 +889,7 @@ def main(argv=None) -> int:
         "experiment": args.experiment, "size": args.size, "steps": args.steps, "assess_steps": steps,
         "seeds": seeds, "repeats": args.repeats, "baseline_repeats": args.baseline_repeats or args.repeats,
         "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
-        "baselines_from": args.baselines_from, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
+        "assess_average": not args.no_assess_average, "baselines_from": args.baselines_from, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
         "wall_seconds": time.perf_counter() - t0,
     }
     write_record(meta, [r for r in results if "error" not in r], failed, args.out)
@@ -935,9 +944,11 @@ def _significant(tree, digits: int):
     return tree
 
 
-# Options that must agree between the records --merge joins (the runs are then comparable).
+# Options that must agree between the records --merge joins (the runs are then comparable), with the value
+# of those that records written before the option existed held (assess_average: session 67).
 _MERGE_SAME = ("experiment", "size", "steps", "assess_steps", "repeats", "baseline_repeats", "assess_images",
-               "assess_epochs", "precision")
+               "assess_epochs", "assess_average", "precision")
+_MERGE_BEFORE = {"assess_average": True}
 
 
 def merge(paths: list[str], out: str, note: str) -> dict:
@@ -950,7 +961,7 @@ def merge(paths: list[str], out: str, note: str) -> dict:
     ``OUT.png``."""
     records = [read_record(p) for p in paths]
     for key in _MERGE_SAME:
-        values = {json.dumps(r.get(key)) for r in records}
+        values = {json.dumps(r.get(key, _MERGE_BEFORE.get(key))) for r in records}
         if len(values) > 1:
             raise SystemExit(f"--merge: the records differ in {key} ({', '.join(sorted(values))}); only runs of one "
                              "setting can be merged")
@@ -970,7 +981,7 @@ def merge(paths: list[str], out: str, note: str) -> dict:
         return [v for r in records for v in (r[key] if r.get("merged_from") else [r.get(key)])]
 
     notes = [r["merged_from"]["note"] for r in records if r.get("merged_from")]
-    meta = {**{k: records[0].get(k) for k in ("benchmark", *_MERGE_SAME)},
+    meta = {**{k: records[0].get(k, _MERGE_BEFORE.get(k)) for k in ("benchmark", *_MERGE_SAME)},
             "date": max(r["date"] for r in records), "command": each("command"),
             "device": sorted(set(each("device"))), "jax_version": sorted(set(each("jax_version"))),
             "seeds": sorted({s for _, s, _ in runs}), "baselines_from": each("baselines_from"),

@@ -13,12 +13,11 @@ def pl(benchmark_script):
     return benchmark_script("psi_learning")
 
 
-def _run(variant, seed, test_metric):
+def _run(variant, seed, test_metric, points=("4", "average_second_half")):
     info = {"cg_converged": False, "psi_updated": True, "cg_relative_residual": 0.5,
             "time_render": 0.1, "time_train": 0.2, "time_outer": 0.3}
     return {"variant": variant, "seed": seed, "infos": [info] * 4, "psi": [{"a": [float(t)]} for t in range(5)],
-            "assessed": {k: {"test_metric": test_metric, "val_metric": test_metric}
-                         for k in ("4", "average_second_half")}}
+            "assessed": {k: {"test_metric": test_metric, "val_metric": test_metric} for k in points}}
 
 
 def _baseline(seed):
@@ -26,8 +25,8 @@ def _baseline(seed):
     return {"variant": "_baseline", "seed": seed, "start": m(0.2), "reference": m(0.6)}
 
 
-def _record(tmp_path, name, runs, failed=(), steps=4):
-    record = {"benchmark": "psi_learning", "date": "2026-12-05", "command": f"call {name}", "device": "gpu:X",
+def _record(tmp_path, name, runs, failed=(), steps=4, **options):
+    record = {**options, "benchmark": "psi_learning", "date": "2026-12-05", "command": f"call {name}", "device": "gpu:X",
               "jax_version": "0", "experiment": "toy", "size": "gpu", "steps": steps, "assess_steps": [4],
               "repeats": 1, "baseline_repeats": 1, "assess_images": None, "assess_epochs": None,
               "precision": "float32", "baselines_from": None, "variants": {"default": {}}, "wall_seconds": 1.0,
@@ -76,3 +75,19 @@ def test_a_merged_record_merges_again_with_its_calls_listed_once_each(pl, tmp_pa
     assert merged["wall_seconds"] == [1.0, 1.0, 1.0] and merged["baselines_from"] == [None, None, None]
     assert merged["merged_from"] == {"records": ["m.json.gz", "c.json"], "note": "first | second"}
     assert merged["gap_closed"]["test_metric"]["default"]["4"]["per_seed"] == pytest.approx([0.5, 0.75, 1.0])
+
+
+def test_records_with_and_without_the_average_assessed_are_not_merged(pl, tmp_path):
+    """A record of ``--no-assess-average`` holds no fresh models on the second half's average; one written
+    before the flag (no ``assess_average`` key) did assess it, so the two are refused together, and records
+    that agree merge with every G listed under the seeds it belongs to."""
+    old = _record(tmp_path, "old", [_baseline(0), _run("default", 0, 0.4)])  # before session 67: no key
+    new = _record(tmp_path, "new", [_baseline(1), _run("default", 1, 0.5, points=("4",))], assess_average=False)
+    with pytest.raises(SystemExit, match="differ in assess_average"):
+        pl.main(["--merge", old, new, "--out", str(tmp_path / "m")])
+    also = _record(tmp_path, "also", [_baseline(2), _run("default", 2, 0.6, points=("4",))], assess_average=False)
+    pl.main(["--merge", new, also, "--out", str(tmp_path / "m")])
+    merged = json.loads(gzip.open(tmp_path / "m.json.gz").read())
+    assert merged["assess_average"] is False
+    row = merged["gap_closed"]["test_metric"]["default"]
+    assert set(row) == {"4", "selected_by_val"} and row["4"]["seeds"] == [1, 2]

@@ -27,3 +27,14 @@ def test_a_job_reports_its_psi_steps_and_each_fresh_model(benchmark_script, toy_
     seconds = [float(re.match(r"\[ *(\d+\.\d) s\]", line).group(1)) for line in ours]
     assert seconds == sorted(seconds)  # the job's own clock
     assert set(out["assessed"]) == {"8", "16", "average_second_half"} and len(out["psi"]) == 16
+
+
+@pytest.mark.filterwarnings("ignore::autosim_jax.autosimulate.UnconvergedSolveWarning")
+def test_no_assess_average_trains_no_models_on_the_second_halfs_average(benchmark_script, toy_path, capsys):
+    pl = benchmark_script("psi_learning")
+    setup = importlib.import_module(TOY_MODULE).TOY.build()
+    spec = {"variant": "default", "seed": 0, "index": 0, "steps": 4, "assess_steps": [4], "repeats": 1,
+            "assess_images": 64, "assess_epochs": 2, "assess_average": False}
+    out = pl._measure(spec, setup, time.perf_counter())
+    assert set(out["assessed"]) == {"4"}
+    assert capsys.readouterr().err.count("fresh model") == 1
