@@ -3,12 +3,11 @@
 For each variant (a set of AutoSimConfig overrides) and seed, one AutoSimulate run of
 ``--steps`` outer steps records psi after every step; fresh models (the experiment's
 assessment budget: the same model, initialisation, images and epochs for every psi) are then
-trained on the psi held after each of ``--assess-steps`` and on the average of the psi
-iterates over the second half of the run (not with ``--no-assess-average``: it doubles a run's
-fresh models for a return value that session 46 found no better than the final psi; with
-``--assess-trajectory`` also on the mixture
-of every step's psi, the data the run rendered), and on the start and reference psi of the
-same seed. The measure is the gap closed,
+trained on the psi held after each of ``--assess-steps``, on the average of the psi iterates
+over the second half of the run (unless ``--no-assess-average``: those models double a run's
+fresh models with one assessed point, for a return value that session 46 found no better than
+the final psi), with ``--assess-trajectory`` on the mixture of every step's psi (the data the
+run rendered), and on the start and reference psi of the same seed. The measure is the gap closed,
 
     G = (m(learned) - m(start)) / (m(reference) - m(start))
 
@@ -889,7 +888,8 @@ def main(argv=None) -> int:
         "experiment": args.experiment, "size": args.size, "steps": args.steps, "assess_steps": steps,
         "seeds": seeds, "repeats": args.repeats, "baseline_repeats": args.baseline_repeats or args.repeats,
         "assess_images": args.assess_images, "assess_epochs": args.assess_epochs,
-        "assess_average": not args.no_assess_average, "baselines_from": args.baselines_from, "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
+        "assess_average": not args.no_assess_average, "baselines_from": args.baselines_from,
+        "variants": {v: {"overrides": VARIANTS[v][0], "tests": VARIANTS[v][1]} for v in variants},
         "wall_seconds": time.perf_counter() - t0,
     }
     write_record(meta, [r for r in results if "error" not in r], failed, args.out)
