@@ -1,6 +1,7 @@
 """``benchmarks/psi_learning.py``'s jobs say how far they got: a progress line on stderr (the call's log)
 every eighth of the psi steps and after each fresh model, so that a job stopped by ``--deadline``
-still shows where it was (session 67 lost a device call whose six jobs left nothing behind)."""
+still shows where it was (session 67 lost a device call whose six jobs left nothing behind); and
+``--no-assess-average`` trains no models on the second half's average psi."""
 
 import importlib
 import re
@@ -9,15 +10,20 @@ import time
 import pytest
 from conftest import TOY_MODULE
 
-
 # the toy's 5 CG iterations stop a hair above its cg_tol on some steps; psi_learning records that per step
-@pytest.mark.filterwarnings("ignore::autosim_jax.autosimulate.UnconvergedSolveWarning")
-def test_a_job_reports_its_psi_steps_and_each_fresh_model(benchmark_script, toy_path, capsys):
-    pl = benchmark_script("psi_learning")
-    setup = importlib.import_module(TOY_MODULE).TOY.build()
-    spec = {"variant": "default", "seed": 0, "index": 0, "steps": 16, "assess_steps": [8, 16], "repeats": 2,
-            "assess_images": 64, "assess_epochs": 2}
-    out = pl._measure(spec, setup, time.perf_counter())
+pytestmark = pytest.mark.filterwarnings("ignore::autosim_jax.autosimulate.UnconvergedSolveWarning")
+
+
+@pytest.fixture()
+def measure(benchmark_script, toy_path):
+    """``measure(**spec)``: one psi_learning job's measurements (``_measure``) of the toy experiment."""
+    pl, setup = benchmark_script("psi_learning"), importlib.import_module(TOY_MODULE).TOY.build()
+    base = {"variant": "default", "seed": 0, "index": 0, "repeats": 1, "assess_images": 64, "assess_epochs": 2}
+    return lambda **spec: pl._measure({**base, **spec}, setup, time.perf_counter())
+
+
+def test_a_job_reports_its_psi_steps_and_each_fresh_model(measure, capsys):
+    out = measure(steps=16, assess_steps=[8, 16], repeats=2)
     lines = capsys.readouterr().err.splitlines()
     ours = [line for line in lines if re.match(r"\[ *\d+\.\d s\] default seed 0: ", line)]
     said = [line.split(": ", 1)[1] for line in ours]
@@ -29,12 +35,7 @@ def test_a_job_reports_its_psi_steps_and_each_fresh_model(benchmark_script, toy_
     assert set(out["assessed"]) == {"8", "16", "average_second_half"} and len(out["psi"]) == 16
 
 
-@pytest.mark.filterwarnings("ignore::autosim_jax.autosimulate.UnconvergedSolveWarning")
-def test_no_assess_average_trains_no_models_on_the_second_halfs_average(benchmark_script, toy_path, capsys):
-    pl = benchmark_script("psi_learning")
-    setup = importlib.import_module(TOY_MODULE).TOY.build()
-    spec = {"variant": "default", "seed": 0, "index": 0, "steps": 4, "assess_steps": [4], "repeats": 1,
-            "assess_images": 64, "assess_epochs": 2, "assess_average": False}
-    out = pl._measure(spec, setup, time.perf_counter())
+def test_no_assess_average_trains_no_models_on_the_second_halfs_average(measure, capsys):
+    out = measure(steps=4, assess_steps=[4], assess_average=False)
     assert set(out["assessed"]) == {"4"}
     assert capsys.readouterr().err.count("fresh model") == 1
