@@ -1,0 +1,117 @@
+"""``benchmarks/pooled_gain.py``: learned psi against a start and reference pooled over records (issue 14)."""
+
+import json
+import pathlib
+
+import pytest
+
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "psi_learning"
+
+
+@pytest.fixture()
+def pg(benchmark_script):
+    return benchmark_script("pooled_gain")
+
+
+def _psi_learning(runs, **options):
+    return {"benchmark": "psi_learning", "experiment": "x", "size": "gpu", "assess_images": None,
+            "assess_epochs": None, "repeats": 2, "baseline_repeats": 2, "runs": runs, **options}
+
+
+def _write(tmp_path, name, record):
+    path = tmp_path / name
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def _records(tmp_path):
+    """Seed 0 and 1: a run's own baselines (one diverged reference model), a run that reused them, and a
+    re-assessment of both seeds' start, reference and learned psi (two rows for seed 0: its start once)."""
+    m = lambda *xs, diverged=None: {"test_metrics": list(xs), **({"diverged_models": diverged} if diverged else {})}  # noqa: E731
+    own = _psi_learning([
+        {"variant": "_baseline", "seed": 0, "start": m(0.1, 0.3), "reference": m(0.5, 0.0, diverged=[1])},
+        {"variant": "_baseline", "seed": 1, "start": m(0.2, 0.2), "reference": m(0.6, 0.6)},
+        {"variant": "a", "seed": 0, "assessed": {"10": m(0.4, 0.4)}},
+        {"variant": "a", "seed": 1, "assessed": {"10": m(0.3, 0.3)}}])
+    reused = _psi_learning([
+        {"variant": "_baseline", "seed": 0, "start": m(9.0, 9.0), "reference": m(9.0, 9.0), "reused_from": "own"},
+        {"variant": "_baseline", "seed": 1, "start": m(9.0, 9.0), "reference": m(9.0, 9.0), "reused_from": "own"},
+        {"variant": "b", "seed": 0, "assessed": {"10": m(0.45, 0.45)}},
+        {"variant": "b", "seed": 1, "assessed": {"10": m(0.5, 0.5)}}])
+    again = {"benchmark": "reassess", "experiment": "x", "size": "gpu", "assess_images": None, "assess_epochs": None,
+             "repeats": 1, "rows": [
+                 {"file": "own.json", "variant": "a", "seed": 0, "step": 10,
+                  "new": {"start": m(0.4), "reference": m(0.8), "learned": m(0.1)}},
+                 {"file": "own.json", "variant": "a", "seed": 0, "step": 5,
+                  "new": {"start": m(0.4), "reference": m(0.8), "learned": m(0.9)}},
+                 {"file": "own.json", "variant": "a", "seed": 1, "step": 10,
+                  "new": {"start": m(0.2), "reference": m(0.6), "learned": m(0.3)}}]}
+    return [_write(tmp_path, "own.json", own), _write(tmp_path, "reused.json.gz.json", reused),
+            _write(tmp_path, "again.json", again)]
+
+
+def test_pools_every_record_once_leaves_diverged_and_reused_models_out(pg, tmp_path):
+    paths = _records(tmp_path)
+    out = pg.main(["--records", *paths, "--psi", "a=own.json:a@10", "--psi", "b=reused.json.gz.json:b@10",
+                   "--base", "a", "--out", str(tmp_path / "p")])
+    # seed 0: start 0.1, 0.3 (own) and 0.4 (again, once, though two rows); reference 0.5 (the diverged 0.0
+    # left out) and 0.8; the reused run's 9.0s nowhere
+    assert out["start"]["0"] == {"mean": pytest.approx(0.8 / 3), "models": 3, "sources": ["again.json", "own.json"]}
+    assert out["reference"]["0"]["mean"] == pytest.approx(0.65) and out["reference"]["0"]["models"] == 2
+    assert out["start"]["1"]["mean"] == pytest.approx(0.2) and out["reference"]["1"]["mean"] == pytest.approx(0.6)
+    # a@10 on seed 0: its own 0.4, 0.4 and the re-assessment's 0.1 at step 10 (not step 5's 0.9)
+    a = out["psi"]["a"]
+    assert a["per_seed"]["0"]["mean"] == pytest.approx(0.3) and a["per_seed"]["0"]["models"] == 3
+    assert a["gain"]["per_seed"] == pytest.approx([0.3 - 0.8 / 3, 0.1])
+    assert a["G"]["per_seed"] == pytest.approx([(0.3 - 0.8 / 3) / (0.65 - 0.8 / 3), 0.25])
+    b = out["psi"]["b"]
+    assert b["paired_with_base"]["per_seed"] == pytest.approx([0.15, 0.2])
+    assert (b["paired_with_base"]["ahead"], b["paired_with_base"]["behind"]) == (2, 0)
+    assert b["paired_with_base"]["se"] == pytest.approx(0.025)  # std(ddof=1) 0.0354 / sqrt(2)
+    for ext in (".json", ".md", ".png"):
+        assert (tmp_path / f"p{ext}").stat().st_size > 0
+    assert "| a (a@10) |" in (tmp_path / "p.md").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"experiment": "y"}, "one experiment, size and assessment budget"),
+    ({"assess_epochs": 24}, "one experiment, size and assessment budget"),
+])
+def test_refuses_records_that_cannot_be_pooled(pg, tmp_path, capsys, change, message):
+    paths = _records(tmp_path)
+    record = json.loads(pathlib.Path(paths[1]).read_text())
+    pathlib.Path(paths[1]).write_text(json.dumps({**record, **change}))
+    with pytest.raises(SystemExit):
+        pg.main(["--records", *paths, "--psi", "a=own.json:a@10", "--out", str(tmp_path / "p")])
+    assert message in capsys.readouterr().err
+
+
+def test_names_a_psi_without_models_and_a_record_given_twice(pg, tmp_path, capsys):
+    paths = _records(tmp_path)
+    with pytest.raises(SystemExit):
+        pg.main(["--records", *paths, "--psi", "a=own.json:a@99", "--out", str(tmp_path / "p")])
+    assert "no models of a@99 in own.json for seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pg.main(["--records", *paths, paths[0], "--psi", "a=own.json:a@10", "--out", str(tmp_path / "p")])
+    assert "names own.json twice" in capsys.readouterr().err
+
+
+def test_reproduces_the_committed_digits_det_pools(pg, tmp_path):
+    """Session 66's table (docs/learning.md): the default's step-120 psi judged by 17-20 detectors, and
+    unit_norm_decay60's gain +0.121 +- 0.027, G 0.74 +- 0.11 over the pooled start, from the records alone."""
+    names = ["digits-det_gpu_new_start.json.gz", "digits-det_gpu_120steps_det_s012.json.gz",
+             "reassess_digits-det_gpu_baselines.json", "reassess_digits-det_gpu_baselines_more.json",
+             "reassess_digits-det_gpu_default_marginals.json", "reassess_digits-det_gpu_steps30_120_more.json",
+             "reassess_digits-det_gpu_steps_s012.json", "digits-det_gpu_120steps_unit_norm_decay60.json.gz"]
+    out = pg.main(["--records", *[str(RESULTS / n) for n in names], "--seeds", "0,1,2",
+                   "--psi", "default=digits-det_gpu_120steps_det_s012.json:default@120",
+                   "--psi", "u=digits-det_gpu_120steps_unit_norm_decay60.json:unit_norm_decay60@120",
+                   "--out", str(tmp_path / "p")])
+    assert [out["start"][s]["models"] for s in "012"] == [10, 10, 9]
+    assert [out["reference"][s]["models"] for s in "012"] == [9, 10, 10]
+    default = out["psi"]["default"]["per_seed"]
+    assert [round(default[s]["mean"], 3) for s in "012"] == [0.382, 0.327, 0.354]
+    assert [default[s]["models"] for s in "012"] == [20, 17, 20]
+    u = out["psi"]["u"]
+    assert round(u["gain"]["mean"], 3) == 0.121 and round(u["gain"]["std"], 3) == 0.027
+    assert round(u["G"]["mean"], 2) == 0.74 and round(u["G"]["std"], 2) == 0.11
