@@ -34,7 +34,7 @@ import sys
 
 import numpy as np
 from detection_tables import mean_std, support_cells
-from field_drift import read_runs, unflatten  # psi_learning.py's records
+from field_drift import read_runs, trajectory_runs, unflatten  # psi_learning.py's records
 
 
 def group_cells(choices, patterns: list[str]) -> list[int]:
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         if len(variants) != 1:
             p.error(f"--runs {spec!r}: give one variant per --runs")
         gap = record["gap_closed"]["test_metric"].get(variants[0], {})
-        for run in (r for r in record["runs"] if r["variant"] == variants[0] and "psi" in r):
+        for run in trajectory_runs(record, variants[0]):
             traj = [probs(start)] + [probs(unflatten(flat, start)) for flat in run["psi"]]
             g = {point: cell["per_seed"][cell["seeds"].index(run["seed"])] for point, cell in gap.items()
                  if run["seed"] in cell["seeds"]}

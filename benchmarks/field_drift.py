@@ -109,6 +109,21 @@ def read_runs(spec: str, experiment: str, size: str) -> tuple[str, dict, list[st
     return path, record, variants.split(",")
 
 
+def trajectory_runs(record: dict, variant: str) -> list[dict]:
+    """Every run of ``variant`` in a ``psi_learning.py`` record that holds a psi trajectory: the finished runs,
+    and those that ``--deadline`` stopped after their first progress line (under ``failed``, each with
+    ``steps_done`` and no assessment; records from session 68 on).
+
+    Example:
+      >>> record = {"runs": [{"variant": "a", "seed": 0, "psi": [[0.1]]}, {"variant": "b", "seed": 0, "psi": []}],
+      ...           "failed": [{"variant": "a", "seed": 1, "steps_done": 1, "psi": [[0.2]]},
+      ...                      {"variant": "a", "seed": 2, "error": "not finished within --deadline 9 s"}]}
+      >>> [r["seed"] for r in trajectory_runs(record, "a")]
+      [0, 1]
+    """
+    return [r for r in [*record["runs"], *record.get("failed", [])] if r["variant"] == variant and "psi" in r]
+
+
 def run_records(folder: str):
     """``(method, "seedS", metrics records)`` for every run directory ``METHOD/seedS/metrics.jsonl``
     of the ``autosim compare`` directory ``folder``, sorted (``start_psi/`` and ``reference_psi/``
@@ -194,7 +209,7 @@ def main(argv=None) -> int:
         except ValueError as err:
             p.error(str(err))
         for variant in variants:
-            runs = [r for r in record["runs"] if r["variant"] == variant and "psi" in r]
+            runs = trajectory_runs(record, variant)
             if not runs:
                 p.error(f"{path} holds no trajectory of variant {variant!r}")
             # psi_learning.py's variants that start from the reference with some fields at the start's

@@ -41,7 +41,7 @@ import sys
 import time
 
 import numpy as np
-from field_drift import flatten, read_runs  # psi_learning.py's records and their flat psi
+from field_drift import flatten, read_runs, trajectory_runs  # psi_learning.py's records and their flat psi
 
 # fresh models on flat psi, and the psi an autosim run directory returned
 from reassess import add_job_arguments, assess_jobs, cli_records, failures, job_options
@@ -78,7 +78,7 @@ def returned_psi(p: argparse.ArgumentParser, args: argparse.Namespace, setup) ->
             p.error(str(err))
         if len(variants) != 1:
             p.error(f"--runs {args.runs!r}: name one variant")
-        runs = [r for r in record["runs"] if r["variant"] == variants[0] and "psi" in r]
+        runs = trajectory_runs(record, variants[0])
         short = [r["seed"] for r in runs if len(r["psi"]) < args.step]
         if short:
             p.error(f"{source}: the runs of seeds {short} have fewer than {args.step} steps")

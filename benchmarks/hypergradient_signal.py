@@ -212,7 +212,7 @@ def _model_options(args) -> dict:
 def recorded_psis(p: argparse.ArgumentParser, spec: str, experiment: str, size: str, seeds: list[int]) -> dict:
     """``--psi FILE:VARIANT@STEP``: seed -> the flat psi that seed's run of VARIANT held after STEP
     in a ``psi_learning.py`` record (``field_drift.read_runs``); refused before any step runs."""
-    from field_drift import read_runs
+    from field_drift import read_runs, trajectory_runs
 
     runs, _, step = spec.rpartition("@")
     try:
@@ -224,8 +224,7 @@ def recorded_psis(p: argparse.ArgumentParser, spec: str, experiment: str, size: 
         p.error(f"--psi {spec!r}: name one variant")
     out = {}
     for seed in seeds:
-        run = next((r for r in record["runs"] if r["variant"] == variants[0] and r["seed"] == seed and "psi" in r),
-                   None)
+        run = next((r for r in trajectory_runs(record, variants[0]) if r["seed"] == seed), None)
         if run is None:
             p.error(f"--psi: {path} holds no run of variant {variants[0]!r} with seed {seed}")
         if not 1 <= step <= len(run["psi"]):

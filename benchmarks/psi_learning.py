@@ -25,7 +25,8 @@ Writes ``OUT.json`` (device, versions, precision, command, date, every figure an
 trajectories) and ``OUT.png`` (G against steps per variant, mean and spread over seeds).
 Each finished job is also appended to ``OUT.partial.jsonl`` at once. On a device with a time
 limit give ``--deadline SECONDS``: the jobs still running then are stopped and the summary of
-the finished ones is written (the unfinished are listed under ``failed``). Each job writes a progress
+the finished ones is written (the unfinished are listed under ``failed``, each with the psi trajectory and step
+information it had reached at its last progress line, ``steps_done``, and no assessment). Each job writes a progress
 line to stderr every eighth of its psi steps and after each fresh model (``[ 312.4 s] VARIANT seed S:
 psi step 60/120``), so the log of a stopped job says how far it got. ``--baselines-from
 OUT.json`` reuses an earlier call's start and reference assessments (same experiment, size,
@@ -45,6 +46,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -384,6 +386,33 @@ def job_progress(spec: dict, t0: float, message: str) -> None:
           flush=True)
 
 
+def save_trajectory(spec: dict, psis: list, infos: list[dict]) -> None:
+    """The run's psi and step information so far, rewritten at each progress line to ``spec["trajectory_to"]``
+    (none: not kept). A job that ``--deadline`` stops during its last steps or its fresh models (session 67's
+    six jobs were cut while assessing) thus leaves its trajectory, which :func:`unfinished_entry` puts into
+    the record's ``failed`` list."""
+    path = spec.get("trajectory_to")
+    if path:
+        with open(path + ".tmp", "w") as f:
+            json.dump({"psi": [flatten(p) for p in psis], "infos": infos}, f)
+        os.replace(path + ".tmp", path)  # whole or absent, even if the job is killed while writing
+
+
+def unfinished_entry(spec: dict, deadline: float) -> dict:
+    """The ``failed`` entry of a job that ``--deadline`` stopped: what it was, and the psi trajectory and step
+    information it saved (:func:`save_trajectory`) with ``steps_done``, where it saved any."""
+    entry = {**{k: spec[k] for k in ("variant", "seed", "index")}, "seconds": deadline,
+             "error": f"not finished within --deadline {deadline:g} s"}
+    try:
+        with open(spec["trajectory_to"]) as f:
+            saved = json.load(f)
+    except (KeyError, OSError, ValueError):  # a baseline job, or stopped before its first progress line
+        return entry
+    n = len(saved["psi"])
+    return {**entry, "error": f"{entry['error']} (its trajectory to step {n} of {spec['steps']} kept, no assessment)",
+            "steps_done": n, **saved}
+
+
 def _measure(spec: dict, setup, t0: float) -> dict:
     """The job's measurements with ``setup`` (its simulator renders through the job's pool)."""
     import jax
@@ -497,6 +526,7 @@ def _measure(spec: dict, setup, t0: float) -> dict:
         infos.append(info._asdict())
         if (t + 1) % max(1, spec["steps"] // 8) == 0 or t + 1 == spec["steps"]:
             job_progress(spec, t0, f"psi step {t + 1}/{spec['steps']}")
+            save_trajectory(spec, psis, infos)
     verdicts = asj.signal_test_report(state.outer_opt_state)
     if verdicts is not None:  # which psi leaves the signal test held at the end, with their p-values
         out["signal_test"] = verdicts
@@ -857,8 +887,10 @@ def main(argv=None) -> int:
             exp = resolve_experiment(args.experiment)
             fields = sorted(exp.build(renderer=exp.renderers[0], seed=0, size=args.size).reference_psi)
         specs += [dict(common, variant="_field", field=f, seed=s) for f in fields for s in seeds]
+    running = os.path.abspath(args.out) + ".running"  # each run's trajectory so far, for a --deadline cut
+    os.makedirs(running, exist_ok=True)
     for i, spec in enumerate(specs):
-        spec["index"] = i
+        spec["index"], spec["trajectory_to"] = i, os.path.join(running, f"{i}.json")
     t0 = time.perf_counter()
 
     def report(r: dict, done: int) -> None:
@@ -871,9 +903,9 @@ def main(argv=None) -> int:
                                     partial_path=args.out + ".partial.jsonl", report=report)
     results = list(reused) + finished
     for spec in unfinished:
-        results.append({**{k: spec[k] for k in ("variant", "seed", "index")}, "seconds": args.deadline,
-                        "error": f"not finished within --deadline {args.deadline:g} s"})
-        print(f"UNFINISHED {spec['variant']} seed {spec['seed']}", flush=True)
+        results.append(unfinished_entry(spec, args.deadline))
+        print(f"UNFINISHED {spec['variant']} seed {spec['seed']}: {results[-1]['error']}", flush=True)
+    shutil.rmtree(running, ignore_errors=True)  # the finished runs are in the record, the rest in `failed`
     import jax
 
     import autosim_jax as asj

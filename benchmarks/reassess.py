@@ -88,7 +88,7 @@ import sys
 import time
 
 import numpy as np
-from field_drift import flatten, read_runs, unflatten  # psi_learning.py's records and their flat psi
+from field_drift import flatten, read_runs, trajectory_runs, unflatten  # psi_learning.py's records and their flat psi
 # the same jobs as psi_learning.py: process pool, GPU, render pool, deadline
 from psi_learning import job_setup, run_jobs
 
@@ -219,8 +219,7 @@ def _records(p, args, setup) -> list[dict]:
                     f"{record.get('assess_epochs')}; give the same here, or its models cannot be pooled")
         base = {r["seed"]: r for r in record["runs"] if r["variant"] == "_baseline" and "error" not in r}
         for variant in variants:
-            runs = [r for r in record["runs"] if r["variant"] == variant and "psi" in r
-                    and (seeds is None or r["seed"] in seeds)]
+            runs = [r for r in trajectory_runs(record, variant) if seeds is None or r["seed"] in seeds]
             if not runs:
                 p.error(f"{path} holds no run of variant {variant!r}" + (f" for seeds {sorted(seeds)}" if seeds else ""))
             for run in runs:

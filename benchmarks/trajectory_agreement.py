@@ -39,7 +39,7 @@ import os
 
 import numpy as np
 
-from field_drift import field_kls, read_runs, unflatten  # the records' readers and per-field KL
+from field_drift import field_kls, read_runs, trajectory_runs, unflatten  # the records' readers and per-field KL
 
 
 def max_difference(trajectories: list[list[dict]]) -> np.ndarray:
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         path, record, variants = read_runs(spec, args.experiment, args.size)
         if len(variants) != 1:
             p.error(f"--runs {spec!r}: one variant per file")
-        runs = {r["seed"]: r["psi"] for r in record["runs"] if r["variant"] == variants[0] and "psi" in r}
+        runs = {r["seed"]: r["psi"] for r in trajectory_runs(record, variants[0])}
         if not runs:
             p.error(f"{path} has no recorded run of variant {variants[0]!r}")
         calls.append({"file": os.path.basename(path), "variant": variants[0], "runs": runs,
