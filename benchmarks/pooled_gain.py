@@ -17,7 +17,8 @@ is left out), each psi's gain over the pooled start and its G = gain / (referenc
 mean +- std over seeds (ddof=1), and each psi's paired difference from ``--base`` (mean, s.e., seeds
 ahead). No device: records only.
 
-Usage (session 68, the entropy bonus against the default on the start pool of sessions 30-66)::
+Usage (the shape of session 68's call; ``results/psi_learning/pooled_gain_digits-det_gpu_120.json`` holds its
+full command, with every record of the default's and ``lr0.3_decay20``'s detectors)::
 
     R=benchmarks/results/psi_learning
     python benchmarks/pooled_gain.py --metric test_metric --seeds 0,1,2 \\
@@ -46,18 +47,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import json
 import os
 import sys
 
 import numpy as np
-
-
-def load(path: str) -> dict:
-    """A record, gzipped (``.json.gz``, as ``psi_learning.py`` writes large ones) or not."""
-    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
-        return json.load(f)
+from detection_tables import mean_std  # {"mean", "std" (ddof=1), "per_seed"}
+from field_drift import read_record  # a record, .json or .json.gz
 
 
 def record_name(path: str) -> str:
@@ -162,12 +158,6 @@ def parse_psi(spec: str) -> tuple[str, tuple[str, str, str]]:
     return name, (record_name(record), variant, step)
 
 
-def mean_std(values: list[float]) -> dict:
-    v = np.asarray(values, float)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            "per_seed": [float(x) for x in v]}
-
-
 def summarise(baselines: dict, learned: dict, psis: dict, seeds: list[int], base: str | None) -> dict:
     """Per seed pooled start, reference and psi; gains, G and paired differences from ``base``."""
     for kind in baselines:
@@ -263,7 +253,7 @@ def main(argv=None) -> dict:
         for path in args.records:
             if record_name(path) in records:
                 raise ValueError(f"--records names {record_name(path)} twice: each record's models count once")
-            records[record_name(path)] = load(path)
+            records[record_name(path)] = read_record(path)
         shared = check_same(records)
         baselines, learned = collect(records, args.metric)
         first = next(iter(psis.values()))
