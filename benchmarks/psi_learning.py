@@ -87,6 +87,10 @@ VARIANTS = {
                         "max_kl": 0.2}, "the linear row with the natural-gradient trust region"),
     "entropy0.3": ({"entropy_weight": 0.3}, "an entropy bonus of 0.3 times the hypergradient's norm"),
     "entropy1": ({"entropy_weight": 1.0}, "an entropy bonus as strong as the hypergradient"),
+    "step_wide64": ({"step_base_channels": 64},
+                    "the step's detector twice as wide (64 base channels; the fresh detectors keep the experiment's "
+                    "32): digits-det's gain stops at +0.12-0.14 whatever the psi step does (sessions 35-68); does "
+                    "a stronger step model ask for a psi that trains the fresh detectors better?"),
     "linear_entropy0.3": ({"approximation": "linear", "entropy_weight": 0.3}, "the linear row with the bonus"),
     "adam_lr0.03": ({"outer_learning_rate": 0.03}, "a third of the psi step: is the drift step noise?"),
     "adam_lr0.3": ({"outer_learning_rate": 0.3}, "three times the psi step: does a still-rising G get there sooner?"),
@@ -386,6 +390,29 @@ def job_progress(spec: dict, t0: float, message: str) -> None:
           flush=True)
 
 
+def widened_unet(model, base_channels: int):
+    """``model_seed -> UNet`` like ``model`` (the experiments' UNet segmenter or CenterNet detector: its input
+    and output channels) with ``base_channels``, initialised as the experiments' ``make_model`` does
+    (``nnx.Rngs(model_seed)``): the ``step_base_channels`` variants' step model.
+
+    Example:
+      >>> from flax import nnx
+      >>> from autosim_jax.models import UNet
+      >>> wide = widened_unet(UNet(1, 14, 8, rngs=nnx.Rngs(0)), 16)(0)
+      >>> wide.enc1a.in_features, wide.enc1a.out_features, wide.head.out_features
+      (1, 16, 14)
+    """
+    from flax import nnx
+
+    from autosim_jax.models import UNet
+
+    if not isinstance(model, UNet):
+        raise ValueError(f"step_base_channels widens a UNet (clevr-seg, clevr-det, digits-det); this experiment's "
+                         f"model is a {type(model).__name__}")
+    return lambda model_seed: UNet(model.enc1a.in_features, model.head.out_features, base_channels,
+                                   rngs=nnx.Rngs(model_seed))
+
+
 def save_trajectory(spec: dict, psis: list, infos: list[dict]) -> None:
     """The run's psi and step information so far, rewritten at each progress line to ``spec["trajectory_to"]``
     (none: not kept). A job that ``--deadline`` stops during its last steps or its fresh models (session 67's
@@ -481,6 +508,12 @@ def _measure(spec: dict, setup, t0: float) -> dict:
         raise ValueError(f"variant {spec['variant']!r}: a reset check freezes its fields itself; no psi_trainable "
                          "or stages beside it")
     stages = stages or [[None, learned]]
+    width, step_models = overrides.pop("step_base_channels", None), {}
+    if width is not None:  # the step's model (and its other initialisations) wider; the assessor keeps setup.model
+        make_step_model = widened_unet(setup.model, width)
+        n_inits = overrides.get("theta_reset_inits", setup.config.theta_reset_inits)
+        step_models = {"model": make_step_model(spec["seed"]),
+                       "reset_models": [make_step_model(1000 * j + spec["seed"]) for j in range(1, n_inits)]}
     fast = overrides.pop("fast_fields", None)
     if fast is not None:  # some fields' Adam at their own rate, the rest at the config's (one optimiser state)
         import optax
@@ -493,12 +526,13 @@ def _measure(spec: dict, setup, t0: float) -> dict:
             labels)
     # the initialisations that theta_reset_every cycles through: the run's model and theta_reset_inits - 1
     # others of the experiment's make_model from the run's seed (the variant's count, else the experiment's)
-    autosims = [setup.make_autosimulate(spec["seed"], **overrides, psi_trainable=learned) for _, learned in stages]
+    autosims = [setup.make_autosimulate(spec["seed"], **overrides, **step_models, psi_trainable=learned)
+                for _, learned in stages]
     ends = np.cumsum([n or spec["steps"] for n, _ in stages])
     state = autosims[0].init(spec["seed"])
     held = None  # with a reset check: the AutoSimulate with the checked fields frozen, once a reset won
     if check is not None:
-        hold = setup.make_autosimulate(spec["seed"], **overrides, psi_trainable=all_but(*check["fields"]))
+        hold = setup.make_autosimulate(spec["seed"], **overrides, **step_models, psi_trainable=all_but(*check["fields"]))
         judge = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                   repeats=check["models"])
         start_psi, sign = setup.simulator.distribution.init(), 1 if setup.task.higher_is_better else -1
