@@ -255,6 +255,9 @@ def _compare_run(run_dir: str, summary: dict) -> tuple[dict, dict]:
             return json.load(f)
 
     own, final = results(run_dir), str(summary["iterations"])
+    if final not in own["results"]:  # session 68: a call's time limit cut the comparison while it assessed
+        raise ValueError(f"the comparison stopped before assessing this run's final psi (step {final}); the same "
+                         f"`autosim compare` with --resume --out {out} assesses what is missing (its runs are done)")
     # assessed.json names its models only when there are more than one (rundir.assess_protocol)
     assessment = {"images": own["images"], "epochs": own["epochs"], "models": own.get("models", 1),
                   "learned_psi": {**own["results"][final], "step": int(final)},

@@ -199,7 +199,7 @@ def test_the_scripts_take_a_plug_in_experiment(runs, benchmark_script, tmp_path,
         assert f"is {TOY_REF} at cpu size, not {plug_in} at cpu" in err, err
 
 
-def test_cli_runs_take_a_run_of_autosim_compare(reassess, toy_path, tmp_path):
+def test_cli_runs_take_a_run_of_autosim_compare(reassess, toy_path, tmp_path, capsys):
     """A run directory of ``autosim compare`` (``OUT/METHOD/seedS``): its final psi, its own fresh
     models and the comparison's start and reference models of that seed; the rows named after the
     method (issue 14: digits-det's runs, more detectors per psi without training the others again)."""
@@ -247,6 +247,15 @@ def test_cli_runs_take_a_run_of_autosim_compare(reassess, toy_path, tmp_path):
     assert names == [f"autosimulate-exact_quadratic step {s}" for s in (assessed_step, other)]
     assert {k: v for k, v in items[0]["old"].items() if k != "step"} == assessed(run)["results"][str(assessed_step)]
     assert items[0]["old_n"] == 1 and items[1]["old"] is None and items[1]["old_n"] == 0
+
+    # a comparison cut while it assessed (session 68): its final psi has no models yet, and the error says how
+    # to finish it
+    own = assessed(run)
+    own["results"].pop(str(json.loads((run / "summary.json").read_text())["iterations"]))
+    (run / "assessed.json").write_text(json.dumps(own))
+    with pytest.raises(SystemExit):
+        reassess.cli_records(argparse.ArgumentParser(), _args([run]), setup)
+    assert f"autosim compare` with --resume --out {out} assesses what is missing" in capsys.readouterr().err
 
 
 def test_runs_records_take_a_step_the_run_did_not_assess(reassess, toy_path, tmp_path, capsys):
