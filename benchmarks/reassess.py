@@ -90,7 +90,7 @@ import time
 import numpy as np
 from field_drift import flatten, read_runs, trajectory_runs, unflatten  # psi_learning.py's records and their flat psi
 # the same jobs as psi_learning.py: process pool, GPU, render pool, deadline
-from psi_learning import job_setup, run_jobs
+from psi_learning import job_progress, job_setup, run_jobs
 
 
 def _job(spec: dict) -> dict:
@@ -101,13 +101,20 @@ def _job(spec: dict) -> dict:
         with job_setup(spec) as setup:
             import autosim_jax as asj
 
-            assess = asj.make_assessor(setup, num_images=spec["assess_images"], epochs=spec["assess_epochs"],
-                                        repeats=spec["repeats"])
+            assessor = asj.make_assessor(setup, num_images=spec["assess_images"], epochs=spec["assess_epochs"],
+                                          repeats=spec["repeats"])
+            # a progress line after each fresh model, as psi_learning.py's jobs write: what a --deadline cut leaves
+            label = spec["kind"] if spec["kind"] != "learned" else f"{spec['variant']} step {spec['step']}"
+
+            def assess(psi):
+                return assessor(psi, key_seed, lambda r, m: job_progress(
+                    {"variant": label, "seed": spec["seed"]}, t0, f"fresh model {r + 1}/{spec['repeats']} trained"))
+
             if spec["kind"] in ("start", "reference"):
-                psi = setup.simulator.distribution.init() if spec["kind"] == "start" else setup.reference_psi
-                new = {spec["kind"]: assess(psi, key_seed)}
+                new = {spec["kind"]: assess(setup.simulator.distribution.init() if spec["kind"] == "start"
+                                            else setup.reference_psi)}
             else:
-                new = {"learned": assess(unflatten(spec["psi"], setup.simulator.distribution.init()), key_seed)}
+                new = {"learned": assess(unflatten(spec["psi"], setup.simulator.distribution.init()))}
         return {**{k: v for k, v in spec.items() if k != "psi"}, "new": new, "seconds": time.perf_counter() - t0}
     except Exception as err:  # noqa: BLE001 - reported in the results, never silently dropped
         return {**{k: v for k, v in spec.items() if k != "psi"}, "error": f"{type(err).__name__}: {str(err)[:2000]}"}

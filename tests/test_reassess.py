@@ -364,3 +364,25 @@ def test_marginal_twins_go_both_ways_on_digits_det(reassess):
     learned = probs.reshape(3, 9, 2)
     assert np.allclose(table(to_learned).sum((0, 2)), 1 / 9, atol=1e-6)
     assert np.allclose(table(to_reference), learned.sum(-1, keepdims=True) / 2, atol=1e-6)
+
+
+def test_a_job_reports_each_fresh_model(reassess, toy_path, monkeypatch, capsys):
+    """Each job writes a progress line after each fresh model (as ``psi_learning.py``'s jobs do): what a job that
+    ``--deadline`` stops leaves behind, and how long the next call should give it."""
+    import os
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # job_setup asks for deterministic GPU ops
+    common = {"experiment": TOY_REF, "size": "cpu", "repeats": 2, "seed_offset": 0, "assess_images": None,
+              "assess_epochs": None, "gpus": None, "render_workers": 1, "seed": 1, "index": 0}
+    start = reassess._job({**common, "kind": "start"})
+    learned = reassess._job({**common, "kind": "learned", "variant": "default", "step": 4, "psi": start_psi_flat()})
+    assert len(start["new"]["start"]["val_metrics"]) == len(learned["new"]["learned"]["val_metrics"]) == 2
+    said = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    assert said == [f"{what} seed 1: fresh model {r}/2 trained" for what in ("start", "default step 4") for r in (1, 2)]
+
+
+def start_psi_flat():
+    """The toy's start psi, flat as the records keep it."""
+    from field_drift import flatten
+
+    return flatten(_setup().simulator.distribution.init())

@@ -14,8 +14,11 @@ from autosim_jax.experiments import Experiment
 SPEC = "toy_reference:TOY_REF"
 
 
-def build(*, renderer="square", seed=0):
+def build(*, renderer="square", seed=0, size="cpu"):  # one size: the benchmark scripts' jobs name it
     import autosim_toy_experiment
+
+    if size != "cpu":
+        raise ValueError(f"the toy has one size, cpu; got {size!r}")
 
     setup = autosim_toy_experiment.build(renderer=renderer, seed=seed)
     x = setup.simulator.distribution.init()["x"]
