@@ -532,7 +532,8 @@ def _measure(spec: dict, setup, t0: float) -> dict:
     state = autosims[0].init(spec["seed"])
     held = None  # with a reset check: the AutoSimulate with the checked fields frozen, once a reset won
     if check is not None:
-        hold = setup.make_autosimulate(spec["seed"], **overrides, **step_models, psi_trainable=all_but(*check["fields"]))
+        hold = setup.make_autosimulate(spec["seed"], **overrides, **step_models,
+                                       psi_trainable=all_but(*check["fields"]))
         judge = asj.make_assessor(setup, num_images=spec.get("assess_images"), epochs=spec.get("assess_epochs"),
                                   repeats=check["models"])
         start_psi, sign = setup.simulator.distribution.init(), 1 if setup.task.higher_is_better else -1

@@ -27,7 +27,8 @@ def _write(tmp_path, name, record):
 def _records(tmp_path):
     """Seed 0 and 1: a run's own baselines (one diverged reference model), a run that reused them, and a
     re-assessment of both seeds' start, reference and learned psi (two rows for seed 0: its start once)."""
-    m = lambda *xs, diverged=None: {"test_metrics": list(xs), **({"diverged_models": diverged} if diverged else {})}  # noqa: E731
+    def m(*xs, diverged=None):
+        return {"test_metrics": list(xs), **({"diverged_models": diverged} if diverged else {})}
     own = _psi_learning([
         {"variant": "_baseline", "seed": 0, "start": m(0.1, 0.3), "reference": m(0.5, 0.0, diverged=[1])},
         {"variant": "_baseline", "seed": 1, "start": m(0.2, 0.2), "reference": m(0.6, 0.6)},
