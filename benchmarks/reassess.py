@@ -104,7 +104,7 @@ def _job(spec: dict) -> dict:
             assessor = asj.make_assessor(setup, num_images=spec["assess_images"], epochs=spec["assess_epochs"],
                                           repeats=spec["repeats"])
             # a progress line after each fresh model, as psi_learning.py's jobs write: what a --deadline cut leaves
-            label = spec["kind"] if spec["kind"] != "learned" else f"{spec['variant']} step {spec['step']}"
+            label = spec["kind"] if spec["kind"] != "learned" else spec["label"]
 
             def assess(psi):
                 return assessor(psi, key_seed, lambda r, m: job_progress(
@@ -228,7 +228,8 @@ def _records(p, args, setup) -> list[dict]:
         for variant in variants:
             runs = [r for r in trajectory_runs(record, variant) if seeds is None or r["seed"] in seeds]
             if not runs:
-                p.error(f"{path} holds no run of variant {variant!r}" + (f" for seeds {sorted(seeds)}" if seeds else ""))
+                p.error(f"{path} holds no run of variant {variant!r}"
+                        + (f" for seeds {sorted(seeds)}" if seeds else ""))
             for run in runs:
                 if run["seed"] not in base:
                     p.error(f"{path}: no start/reference assessment of seed {run['seed']}")

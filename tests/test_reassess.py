@@ -375,7 +375,10 @@ def test_a_job_reports_each_fresh_model(reassess, toy_path, monkeypatch, capsys)
     common = {"experiment": TOY_REF, "size": "cpu", "repeats": 2, "seed_offset": 0, "assess_images": None,
               "assess_epochs": None, "gpus": None, "render_workers": 1, "seed": 1, "index": 0}
     start = reassess._job({**common, "kind": "start"})
-    learned = reassess._job({**common, "kind": "learned", "variant": "default", "step": 4, "psi": start_psi_flat()})
+    # a learned spec as main() and field_value.py build it: seed, psi, item and label (session 69's call found
+    # the label read from keys these specs do not carry)
+    learned = reassess._job({**common, "kind": "learned", "item": 0, "label": "default step 4",
+                             "psi": start_psi_flat()})
     assert len(start["new"]["start"]["val_metrics"]) == len(learned["new"]["learned"]["val_metrics"]) == 2
     said = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
     assert said == [f"{what} seed 1: fresh model {r}/2 trained" for what in ("start", "default step 4") for r in (1, 2)]
