@@ -291,7 +291,9 @@ class AutoSimConfig:
         task's mean training loss on the validation set. ``"metric_surrogate"``: the task's
         smooth stand-in for the metric it is judged by (``Task.surrogate_loss``; for
         segmentation ``1 -`` the soft mean IoU, for classification ``1 -`` the mean probability
-        of the right class), so that the step values renders by what the assessment measures.
+        of the right class, for detection ``1 -`` the soft centre IoU times the mean box IoU,
+        :func:`~autosim_jax.detection.soft_detection_loss`), so that the step values renders by
+        what the assessment measures.
         Measured on clevr-seg at gpu size (``docs/learning.md``, session 19): from a theta
         that segments (2048 renders x 8 epochs) at the start psi, the soft mean IoU's gradient
         stops the step's preference for low-resolution renders that the loss's has (paired

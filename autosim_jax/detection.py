@@ -247,8 +247,58 @@ def ap_from_stats(stats) -> jax.Array:
     return jnp.where(has.any(), jnp.sum(jnp.where(has, ap, 0.0)) / jnp.maximum(has.sum(), 1), 0.0)
 
 
+def soft_detection_stats(outputs: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+    """``[2, K + 1]``, additive over batches and differentiable: the statistics of a smooth stand-in for mAP@0.5.
+
+    Columns ``0..K-1``: per class, the soft intersection ``sum p * y`` and soft union
+    ``sum p + y - p * y`` of the sigmoid heatmap ``p`` with the boxes' centre pixels ``y``
+    (the pixels that :func:`decode` must make its peaks; :func:`heatmap_targets` ``>= 1``).
+    Column ``K``: the sum over valid boxes of the IoU between the box the outputs put at the
+    box's centre pixel (its width and height, clipped as :func:`decode` clips them) and the
+    box itself, both centred there, and the number of valid boxes. A detection counts in
+    mAP@0.5 when its peak is at the right place for the right class and its box overlaps by
+    IoU >= 0.5; these are the soft counts of both. With :func:`perfect_outputs` both IoUs are 1.
+
+    Example:
+      >>> labels = jnp.array([[[1, 4.0, 4.0, 12.0, 10.0, 1.0]]])
+      >>> soft_detection_stats(perfect_outputs(labels, 2, size=16), labels, 2).round(3).tolist()
+      [[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
+    """
+    _check(outputs, labels, num_classes, "soft_detection_stats")
+    n, h, w, _ = outputs.shape
+    y = (jax.lax.stop_gradient(heatmap_targets(labels, num_classes, h, w)) >= 1).astype(outputs.dtype)
+    p = jax.nn.sigmoid(outputs[..., :num_classes] + HEATMAP_PRIOR)
+    inter = jnp.sum(p * y, (0, 1, 2))
+    union = jnp.sum(p + y, (0, 1, 2)) - inter
+    c, pix, flat, wh, valid = _centres(labels, h, w)
+    at = jnp.take_along_axis(outputs.reshape(n, h * w, -1), flat[..., None], axis=1)  # (N, M, K + 4)
+    pred = jnp.exp(jnp.clip(at[..., num_classes:num_classes + 2], -3.0, jnp.log(2.0 * max(h, w))))
+    overlap = jnp.prod(jnp.minimum(pred, wh), -1)
+    iou = overlap / (jnp.prod(pred, -1) + jnp.prod(wh, -1) - overlap)
+    boxes = jnp.stack([jnp.sum(jnp.where(valid, iou, 0.0)), jnp.sum(valid).astype(outputs.dtype)])
+    return jnp.concatenate([jnp.stack([inter, union]), boxes[:, None]], axis=1)
+
+
+def soft_detection_loss(stats: jax.Array) -> jax.Array:
+    """``1 -`` (the soft centre IoU, mean over classes) x (the mean box IoU) from summed
+    :func:`soft_detection_stats`: 0 for outputs that decode to the labels when every class has
+    a box, near 1 for an untrained detector. Stricter than mAP@0.5 on where a peak sits: a peak
+    one pixel off its box's centre pixel counts nothing here, though its box may still overlap
+    by IoU >= 0.5 and count in mAP. A class without boxes has soft IoU 0 whatever the outputs do (only its
+    false peaks lower it further), as in :func:`~autosim_jax.tasks.soft_iou_loss`.
+
+    Example:
+      >>> float(soft_detection_loss(jnp.array([[1.0, 2.0, 1.5], [2.0, 2.0, 2.0]])))  # (3/4) x (3/4)
+      0.4375
+    """
+    heat = jnp.mean(stats[0, :-1] / jnp.maximum(stats[1, :-1], 1e-12))
+    return 1.0 - heat * stats[0, -1] / jnp.maximum(stats[1, -1], 1.0)
+
+
 def detection_task(num_classes: int, *, top_k: int = 20, bins: int = SCORE_BINS) -> Task:
-    """The CenterNet loss to train, mAP@0.5 (binned, additive) to validate.
+    """The CenterNet loss to train, mAP@0.5 (binned, additive) to validate, and
+    :func:`soft_detection_stats` / :func:`soft_detection_loss` as the metric's smooth surrogate
+    (``AutoSimConfig(val_objective="metric_surrogate")``).
 
     Args:
       num_classes: ``K``; the model outputs ``K + 4`` channels (:func:`centernet`).
@@ -269,8 +319,12 @@ def detection_task(num_classes: int, *, top_k: int = 20, bins: int = SCORE_BINS)
         _check(outputs, labels, num_classes, "detection_task metric")
         return ap_stats(decode(outputs, num_classes, top_k), labels, num_classes, bins)
 
+    def soft_stats(outputs, labels):
+        return soft_detection_stats(outputs, labels, num_classes)
+
     # num_classes stays None: the labels are box rows, not class indices into the outputs.
-    return Task(loss, stats, ap_from_stats, "mAP@0.5", higher_is_better=True)
+    return Task(loss, stats, ap_from_stats, "mAP@0.5", higher_is_better=True, surrogate_stats=soft_stats,
+                surrogate_loss=soft_detection_loss)
 
 
 def perfect_outputs(labels: jax.Array, num_classes: int, size: int) -> jax.Array:

@@ -234,7 +234,8 @@ def make_inner(
         raise ValueError(
             f"val_objective='metric_surrogate' needs a task with a smooth stand-in for its metric "
             f"({task.metric_name!r} has none: Task.surrogate_stats and Task.surrogate_loss are None). "
-            "Use val_objective='loss', or give the Task both (segmentation_task and classification_task do).")
+            "Use val_objective='loss', or give the Task both (segmentation_task, classification_task and "
+            "detection_task do).")
     graphdef, theta0 = split_model(model)
 
     def predict(theta, inputs):
