@@ -44,6 +44,8 @@ Usage::
     # each seed's own learned psi, from a psi_learning.py record: FILE:VARIANT@STEP
     python benchmarks/hypergradient_signal.py --experiment digits-det --size gpu --steps 80 --seeds 0,1,2 \\
         --psi benchmarks/results/psi_learning/digits-det_gpu_120steps_det_s012.json:default@120 --out $OUT/hs_dd
+    # the same with g_val from the detection task's smooth stand-in for mAP@0.5 (paired with the run above)
+    python benchmarks/hypergradient_signal.py ... --val-objective metric_surrogate --out $OUT/hs_dd_surrogate
 
 Writes ``OUT.json`` (device, versions, precision, command, date, the options, per seed and
 pooled per-leaf statistics with every coordinate's ``z`` and variance ratio) and ``OUT.png``
@@ -198,9 +200,10 @@ def _leaves(tree) -> dict[str, np.ndarray]:
 
 
 def _step_options(args) -> dict:
-    """The step's K and fine-tuning epochs where given (``--dataset-size``, ``--finetune-epochs``)."""
-    return {k: v for k, v in (("dataset_size", args.dataset_size), ("finetune_epochs", args.finetune_epochs))
-            if v is not None}
+    """The step's K, fine-tuning epochs and validation objective where given (``--dataset-size``,
+    ``--finetune-epochs``, ``--val-objective``)."""
+    return {k: v for k, v in (("dataset_size", args.dataset_size), ("finetune_epochs", args.finetune_epochs),
+                              ("val_objective", args.val_objective)) if v is not None}
 
 
 def _model_options(args) -> dict:
@@ -341,6 +344,9 @@ def main(argv=None) -> int:
                         "gpu size each step's theta is trained like the assessment's fresh models")
     p.add_argument("--finetune-epochs", type=int, default=None, metavar="E",
                    help="fine-tuning epochs of each step's fresh theta (default: the experiment's)")
+    p.add_argument("--val-objective", default=None, choices=("loss", "metric_surrogate"),
+                   help="what g_val is the gradient of (default: the experiment's); two runs of the same seeds, one "
+                        "each, draw the same renders and thetas, so their per-coordinate mean_g pair step by step")
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="clevr-seg only: the image side in pixels, even, >= 8 (default: the size's; validation, "
                         "test and renders alike), the rest of the size's setting kept; build_clevr_seg checks it "

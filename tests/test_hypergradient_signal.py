@@ -132,6 +132,7 @@ def test_adam_travel_null_matches_its_simulation_and_shrinks_with_the_steps():
     (["--finetune-epochs", "-1"], "--finetune-epochs -1: give at least 1"),
     (["--experiment", "no-such"], "valid choices are"),
     (["--experiment", "digits-sim2real", "--image-size", "16"], "clevr-seg only"),
+    (["--val-objective", "miou"], "invalid choice: 'miou'"),
 ])
 def test_main_refuses_bad_arguments_before_running(argv, message, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(hs, "run_seed", lambda *a: pytest.fail("an experiment ran"))
@@ -218,5 +219,8 @@ def test_the_gate_stays_closed_when_the_preset_ends_its_own_gate(toy_path, monke
 
     monkeypatch.setitem(experiments.EXPERIMENTS, "toy-gated", experiments.Experiment(
         "toy-gated", "the toy, its gate on the first update only", ("square",), build))
-    assert hs.main(["--experiment", "toy-gated", "--psi", "start", "--steps", "3", "--out", str(tmp_path / "out")]) == 0
-    assert json.loads((tmp_path / "out.json").read_text())["per_seed"]["0"]["steps_used"] == 3
+    assert hs.main(["--experiment", "toy-gated", "--psi", "start", "--steps", "3", "--val-objective", "loss",
+                    "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out.json").read_text())
+    assert record["per_seed"]["0"]["steps_used"] == 3
+    assert record["step_options"] == {"val_objective": "loss"}  # passed to the step's config
