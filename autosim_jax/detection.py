@@ -148,6 +148,12 @@ def centernet_loss(outputs: jax.Array, labels: jax.Array, num_classes: int) -> j
     return (heat + regress) / jnp.maximum(1.0, valid.sum(-1))
 
 
+def _box_size(log_size: jax.Array, h: int, w: int) -> jax.Array:
+    """Width and height from the outputs' log size, clipped to [e^-3, 2 max(h, w)]: the boxes :func:`decode`
+    makes, and so the ones :func:`soft_detection_stats` scores."""
+    return jnp.exp(jnp.clip(log_size, -3.0, jnp.log(2.0 * max(h, w))))
+
+
 def decode(outputs: jax.Array, num_classes: int, k: int = 20) -> jax.Array:
     """The ``k`` best detections of each image: ``(N, k, 6)`` rows (class, score, x0, y0, x1, y1).
 
@@ -171,7 +177,7 @@ def decode(outputs: jax.Array, num_classes: int, k: int = 20) -> jax.Array:
     cls, pix = idx % num_classes, idx // num_classes
     reg = jnp.take_along_axis(outputs.reshape(n, h * w, ch), pix[..., None], axis=1)[..., num_classes:]
     centre = jnp.stack([pix % w, pix // w], -1).astype(outputs.dtype) + reg[..., 2:]
-    half = jnp.exp(jnp.clip(reg[..., :2], -3.0, jnp.log(2.0 * max(h, w)))) / 2
+    half = _box_size(reg[..., :2], h, w) / 2
     lo = jnp.clip(centre - half, 0, jnp.array([w, h], outputs.dtype))
     hi = jnp.clip(centre + half, 0, jnp.array([w, h], outputs.dtype))
     return jnp.concatenate([cls[..., None].astype(outputs.dtype), top[..., None], lo, hi], -1)
@@ -272,7 +278,7 @@ def soft_detection_stats(outputs: jax.Array, labels: jax.Array, num_classes: int
     union = jnp.sum(p + y, (0, 1, 2)) - inter
     c, pix, flat, wh, valid = _centres(labels, h, w)
     at = jnp.take_along_axis(outputs.reshape(n, h * w, -1), flat[..., None], axis=1)  # (N, M, K + 4)
-    pred = jnp.exp(jnp.clip(at[..., num_classes:num_classes + 2], -3.0, jnp.log(2.0 * max(h, w))))
+    pred = _box_size(at[..., num_classes:num_classes + 2], h, w)
     overlap = jnp.prod(jnp.minimum(pred, wh), -1)
     iou = overlap / (jnp.prod(pred, -1) + jnp.prod(wh, -1) - overlap)
     boxes = jnp.stack([jnp.sum(jnp.where(valid, iou, 0.0)), jnp.sum(valid).astype(outputs.dtype)])
