@@ -91,6 +91,10 @@ VARIANTS = {
                     "the step's detector twice as wide (64 base channels; the fresh detectors keep the experiment's "
                     "32): digits-det's gain stops at +0.12-0.14 whatever the psi step does (sessions 35-68); does "
                     "a stronger step model ask for a psi that trains the fresh detectors better?"),
+    "metric_surrogate": ({"val_objective": "metric_surrogate"},
+                         "g_val the gradient of the task's smooth stand-in for its metric (detection: 1 - soft "
+                         "centre IoU x box IoU, for mAP@0.5) instead of its loss: every psi-side and step-model "
+                         "change ends digits-det at +0.11-0.14 (sessions 35-69); is the loss the wrong target?"),
     "linear_entropy0.3": ({"approximation": "linear", "entropy_weight": 0.3}, "the linear row with the bonus"),
     "adam_lr0.03": ({"outer_learning_rate": 0.03}, "a third of the psi step: is the drift step noise?"),
     "adam_lr0.3": ({"outer_learning_rate": 0.3}, "three times the psi step: does a still-rising G get there sooner?"),
