@@ -143,18 +143,21 @@ def check_same(records: dict[str, dict]) -> dict:
 
 
 def parse_psi(spec: str) -> tuple[str, tuple[str, str, str]]:
-    """``NAME=RECORD:VARIANT@STEP`` -> ``(NAME, (record name, VARIANT, STEP))``.
+    """``NAME=RECORD:VARIANT@STEP`` -> ``(NAME, (record name, VARIANT, STEP))``; STEP is a step number or
+    ``trajectory``, the run's replay product (``psi_learning.py --assess-trajectory``: the mixture of every step's psi).
 
     Example:
       >>> parse_psi("e1=r.json.gz:entropy1@120")
       ('e1', ('r.json', 'entropy1', '120'))
+      >>> parse_psi("mix=r.json:default@trajectory")
+      ('mix', ('r.json', 'default', 'trajectory'))
     """
     name, _, rest = spec.partition("=")
     record, _, variant_step = rest.rpartition(":")
     variant, _, step = variant_step.rpartition("@")
-    if not (name and record and variant and step.isdigit()):
-        raise ValueError(f"--psi {spec!r}: expected NAME=RECORD:VARIANT@STEP, e.g. "
-                         "entropy1=digits-det_gpu_120steps_entropy.json:entropy1@120")
+    if not (name and record and variant and (step.isdigit() or step == "trajectory")):
+        raise ValueError(f"--psi {spec!r}: expected NAME=RECORD:VARIANT@STEP (a step number or 'trajectory'), "
+                         "e.g. entropy1=digits-det_gpu_120steps_entropy.json:entropy1@120")
     return name, (record_name(record), variant, step)
 
 
@@ -179,7 +182,8 @@ def summarise(baselines: dict, learned: dict, psis: dict, seeds: list[int], base
         per = {str(s): {"mean": pooled(learned[(*key, s)]), "models": sum(e[1] for e in learned[(*key, s)]),
                         "sources": sorted({e[2] for e in learned[(*key, s)]})} for s in seeds}
         gain = np.array([per[str(s)]["mean"] for s in seeds]) - start
-        out["psi"][name] = {"record": key[0], "variant": key[1], "step": int(key[2]), "per_seed": per,
+        step = int(key[2]) if key[2].isdigit() else key[2]  # a step number, or "trajectory" (the replay product)
+        out["psi"][name] = {"record": key[0], "variant": key[1], "step": step, "per_seed": per,
                             "gain": mean_std(gain), "G": mean_std(gain / gap)}
     if base is not None:
         if base not in out["psi"]:

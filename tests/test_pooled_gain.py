@@ -74,6 +74,22 @@ def test_pools_every_record_once_leaves_diverged_and_reused_models_out(pg, tmp_p
     assert "| a (a@10) |" in (tmp_path / "p.md").read_text()
 
 
+def test_a_runs_replay_product_is_named_by_trajectory(pg, tmp_path):
+    """``--psi NAME=RECORD:VARIANT@trajectory``: the fresh models a ``--assess-trajectory`` run trained on the mixture
+    of its steps' psi, kept apart from those on its final psi (the same run's step 10)."""
+    paths = _records(tmp_path)
+    own = json.loads(pathlib.Path(paths[0]).read_text())
+    for run, mix in zip(own["runs"][2:], (0.2, 0.1)):
+        run["assessed"]["trajectory"] = {"test_metrics": [mix, mix]}
+    pathlib.Path(paths[0]).write_text(json.dumps(own))
+    out = pg.main(["--records", *paths, "--psi", "a=own.json:a@10", "--psi", "mix=own.json:a@trajectory",
+                   "--base", "a", "--out", str(tmp_path / "p")])
+    mix = out["psi"]["mix"]
+    assert mix["step"] == "trajectory" and [mix["per_seed"][s]["mean"] for s in "01"] == pytest.approx([0.2, 0.1])
+    assert mix["paired_with_base"]["per_seed"] == pytest.approx([0.2 - 0.3, 0.1 - 0.3])
+    assert "| mix (a@trajectory) |" in (tmp_path / "p.md").read_text()
+
+
 @pytest.mark.parametrize("change, message", [
     ({"experiment": "y"}, "one experiment, size and assessment budget"),
     ({"assess_epochs": 24}, "one experiment, size and assessment budget"),
