@@ -10,7 +10,8 @@ of one experiment, size and assessment budget) it gathers, per seed,
   (a baseline reused with ``--baselines-from`` is its source's models and is counted there only), and every
   ``reassess.py`` record's new start and reference models (once per record and seed);
 * each ``--psi NAME=RECORD:VARIANT@STEP``'s models: the run's own at that step in ``RECORD`` and every
-  ``reassess.py`` row of the same record, variant and step;
+  ``reassess.py`` row of the same record, variant and step (``@trajectory``: the run's replay product, the
+  models ``psi_learning.py --assess-trajectory`` trained on the mixture of its steps' psi);
 
 and reports the pooled mean of each (weighted by the number of models; a model a record marks as diverged
 is left out), each psi's gain over the pooled start and its G = gain / (reference - start) per seed, their
