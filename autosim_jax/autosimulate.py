@@ -408,10 +408,12 @@ def make_autosimulate(
       >>> state, info = autosim.step(state)
       >>> int(state.step), int(state.images), info.psi_updated, info.cg_converged
       (1, 32, True, True)
-      >>> bad = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task, (x_val[:0], x_val[:0]))
+      >>> bad = make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), task,  # doctest: +NORMALIZE_WHITESPACE
+      ...                         (x_val[:0], x_val[:0]))
       Traceback (most recent call last):
       ...
-      ValueError: val_data is empty (0 inputs, 0 labels): the validation loss and metric would be NaN. Pass at least one example.
+      ValueError: val_data is empty (0 inputs, 0 labels): the validation loss and metric would be NaN.
+      Pass at least one example.
     """
     optimizers = _split_optimizers(overrides)
     config = (config or AutoSimConfig()).replace(**overrides)

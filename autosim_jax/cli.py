@@ -408,7 +408,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         print(f"autosim run: {plan.spec} / {plan.approximation} / {plan.renderer} / seed {args.seed} -> {run.path}"
               + (f" (resuming at step {int(state.step)})" if args.resume else "")
               + "; compiling the first step ...", file=stderr, flush=True)
-        progress.append(Progress(iterations, desc="autosim run", stream=stderr, initial=min(int(state.step), iterations),
+        progress.append(Progress(iterations, desc="autosim run", stream=stderr,
+                                 initial=min(int(state.step), iterations),
                                  every=args.log_every, seconds=args.log_seconds))
 
     # How far psi has moved, KL(q_psi || q_start) in nats: the live sign that psi learns. The val
@@ -440,7 +441,8 @@ def _run(experiment, args: RunArgs, plan: _Plan, run: RunDir, old: dict | None, 
         # The psi step's share of Adam's full rate: well below 1 when the hypergradient's sign flips
         # (noise) or when Adam's second moment still remembers larger early hypergradients
         # (docs/learning.md, session 38: digits-det's runs at 0.1-0.3 from step 20 on).
-        adam = find_state(state.outer_opt_state, optax.ScaleByAdamState) if run_config.outer_optimizer == "adam" else None
+        adam = (find_state(state.outer_opt_state, optax.ScaleByAdamState)
+                if run_config.outer_optimizer == "adam" else None)
         if adam is not None:  # its count is the updates applied; this one used the rate at count - 1
             lr = run_config.psi_learning_rate(max(int(adam.count) - 1, 0))
             postfix["psi step"] = f"{record['psi_step_rms'] / lr:.2f}"
@@ -808,7 +810,8 @@ def _summary_table(s: dict, metric: str) -> str:
     if s.get("psi_kept_steps"):
         rows.append(("steps that kept psi", f"{s['psi_kept_steps']} (an unusable solve or a non-finite update)"))
     if s.get("finetune_loss_jump_steps"):
-        jumps = (f"{s['finetune_loss_jump_steps']} steps raised their renders' loss {s['finetune_loss_jump_factor']:g}x "
+        jumps = (f"{s['finetune_loss_jump_steps']} steps raised their renders' loss "
+                 f"{s['finetune_loss_jump_factor']:g}x "
                  f"or more (first at step {s['first_finetune_loss_jump_step']}); lower inner_learning_rate")
         rows.append(("fine-tuning loss jumps", jumps))
     if "assessment" in s:
@@ -1003,7 +1006,8 @@ def _write_plots(out: str, records: list[dict], setup, psi0, psi1, reference, se
     # cells.png: only for a scene/location/quality categorical field (the detection experiments)
     write_cell_maps(out, setup.simulator.renderer.schema,
                     [(name, _describe(setup, p)) for name, p in
-                     (("start psi", psi0), ("learned psi", psi1), ("target (reference psi)", reference)) if p is not None],
+                     (("start psi", psi0), ("learned psi", psi1), ("target (reference psi)", reference))
+                     if p is not None],
                     title="the learned categorical next to the start's and the target's")
 
     fig = Figure(figsize=(1.4 * SAMPLE_IMAGES, 3.6), layout="constrained")

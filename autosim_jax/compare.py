@@ -186,7 +186,8 @@ def _image_counts(text: str) -> tuple[int, ...]:
     try:
         counts = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a comma list of image counts, e.g. 5120 or 2560,5120; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"a comma list of image counts, e.g. 5120 or 2560,5120; got {text!r}") from None
     if not counts:
         raise argparse.ArgumentTypeError("give at least one image count, e.g. 5120")
     return counts
@@ -832,7 +833,8 @@ def _aggregate_curve(per_seed: list[list[dict]]) -> list[dict]:
     """Mean and std over seeds at each grid point. ``images`` is the grid point; ``images_rendered``
     what the assessed psi cost (:func:`record_within`'s update, the most over seeds; 0 for the start
     psi), which the images-to-reach table charges."""
-    return [{"images": points[0]["images"], "images_rendered": max(p.get("images_rendered", p["images"]) for p in points),
+    return [{"images": points[0]["images"],
+             "images_rendered": max(p.get("images_rendered", p["images"]) for p in points),
              **_mean_std(list(points))} for points in zip(*per_seed)]
 
 
@@ -921,7 +923,8 @@ def _reach_markdown(reach: list[dict], metric: str) -> str:
         lines.append(f"| {e['baseline']} | {e['baseline_best_val']:.4f} | {e['baseline_images']} "
                      f"({e.get('baseline_grid_images', e['baseline_images'])}) | {got} | {ratio} | {target} |")
     lines += ["", (f"AutoSimulate here is {reach[0]['autosimulate']}. Images are those each assessed psi cost, i.e. "
-              "the method's last update within the grid point (in brackets). A ratio is known only to within the grid's "
+              "the method's last update within the grid point (in brackets). A ratio is known only to "
+              "within the grid's "
               "spacing (a factor of 2 between its geometric points; `--assess-at N` adds points, e.g. a third of a "
               "baseline's best for 3x); the spread over seeds is in the table above.")]
     return "\n".join(lines) + "\n"
@@ -1135,7 +1138,8 @@ def _compare(experiment, args: CompareArgs, renderer: str, runs, out: str, pools
     result = {
         "experiment": args.experiment_spec or experiment.name, "renderer": renderer, "metric": metric,
         "higher_is_better": higher, "budget_images": args.budget_images, "seeds": args.seeds, "size": args.size,
-        "options": setup0.config.to_dict(), "baseline_options": setup0.base_config().to_dict(), "lts_samples": args.lts_samples, "search_radius": args.search_radius,
+        "options": setup0.config.to_dict(), "baseline_options": setup0.base_config().to_dict(),
+        "lts_samples": args.lts_samples, "search_radius": args.search_radius,
         "search_scales": args.search_scales, "assess_models": args.assess_models,
         "evaluation_images": args.evaluation_images, "evaluation_epochs": args.evaluation_epochs,
         "rows": rows, "assessment": assessment,
@@ -1249,7 +1253,8 @@ def _assess_all(experiment, args, renderer, runs, table2, records_of, thresholds
     results: dict = {}
     try:
         for where, key, what, seed, path, psi in jobs:
-            report = model_progress(f"autosim compare: assessing {what}, seed {seed}", protocol.get("models", 1), stderr)
+            report = model_progress(f"autosim compare: assessing {what}, seed {seed}", protocol.get("models", 1),
+                                    stderr)
             value, cached = cached_assessment(path, key, protocol,
                                               lambda psi=psi, seed=seed, report=report: assess(psi, seed, report))
             results[(where, key, seed)] = value
@@ -1357,7 +1362,8 @@ def compare_main(ns: argparse.Namespace) -> int:
             out=ns.out, renderer=ns.renderer, resume=ns.resume, lts_samples=ns.lts_samples,
             search_radius=ns.search_radius, search_scales=ns.search_scales, evaluation_images=ns.evaluation_images,
             evaluation_epochs=ns.evaluation_epochs, experiment_spec=ns.experiment, assess_images=ns.assess_images,
-            assess_points=ns.assess_points, assess_at=ns.assess_at, assess_models=ns.assess_models, size=ns.size, log_every=ns.log_every, log_seconds=ns.log_seconds,
+            assess_points=ns.assess_points, assess_at=ns.assess_at, assess_models=ns.assess_models, size=ns.size,
+            log_every=ns.log_every, log_seconds=ns.log_seconds,
             render_workers=ns.render_workers, render_backend=ns.render_backend, ray_address=ns.ray_address,
             render_timeout=ns.render_timeout, devices=ns.devices, jobs=ns.jobs)
         out = args.out or "the output directory"

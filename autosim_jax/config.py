@@ -273,8 +273,9 @@ class AutoSimConfig:
         ``benchmarks/influence_features.py``, ``docs/learning.md``, session 10). It lowers the gap
         closed on both experiments measured: clevr-seg at gpu size 0.17 against 0.46 at 60 steps
         with 32 rounds (3 seeds, session 11), digits-sim2real at cpu size 0.20 against 0.77 at
-        40 steps (3 seeds), where the barely trained theta's hypergradient is the useful one. ``init(seed)`` does the rounds, so a resumed run
-        does them again before its checkpoint replaces the state. 0 (default): no pretraining.
+        40 steps (3 seeds), where the barely trained theta's hypergradient is the useful one.
+        ``init(seed)`` does the rounds, so a resumed run does them again before its checkpoint
+        replaces the state. 0 (default): no pretraining.
       val_gradient_at: where Eq. 13 is taken. ``"theta"`` (the paper): at the fine-tuned
         ``theta_hat``, which assumes it is at the training optimum (``g_tr = 0``).
         ``"newton_point"``: at ``theta_N = theta_hat - (H + lambda I)^-1 g_tr``, where the
@@ -484,7 +485,8 @@ class AutoSimConfig:
         _positive_int("damping_early_steps", self.damping_early_steps, minimum=0)
         if (self.damping_early is None) != (self.damping_early_steps == 0):
             raise ValueError(
-                f"AutoSimConfig.damping_early={self.damping_early!r} and damping_early_steps={self.damping_early_steps} "
+                f"AutoSimConfig.damping_early={self.damping_early!r} and "
+                f"damping_early_steps={self.damping_early_steps} "
                 "come together: the first damping_early_steps steps solve with damping_early. Set both (e.g. "
                 "damping_early=0.01, damping_early_steps=60) or neither.")
         if self.damping_early is not None:
@@ -575,7 +577,8 @@ class AutoSimConfig:
             gate = snr_gate(self.outer_snr_gate, decay=0.99, per=self.outer_snr_gate_per)
             first, end = self.outer_snr_gate_from, self.outer_snr_gate_steps
             if first or end:  # the gate acts on updates first <= t < end only; Adam's steps pass outside
-                gate = optax.conditionally_transform(gate, lambda count: (count >= first) & ((end == 0) | (count < end)))
+                gate = optax.conditionally_transform(
+                    gate, lambda count: (count >= first) & ((end == 0) | (count < end)))
             base = optax.chain(base, gate)
         if self.outer_signal_test_after:
             base = optax.chain(base, signal_test(self.outer_signal_test_after, self.outer_signal_test_alpha))

@@ -791,7 +791,8 @@ def _describe_histogram(field, logits: np.ndarray) -> dict[str, Any]:
     quantiles in closed form (piecewise-uniform density, piecewise-linear CDF)."""
     if logits.shape[:-1] != field.shape or not np.isfinite([field.low, field.high]).all():
         raise ValueError(f"describe_psi: psi[{field.name!r}] is CategoricalParams of shape {logits.shape}; a "
-                         f"histogram over field {field.name!r} needs shape {(*field.shape, 'bins')} and a finite range.")
+                         f"histogram over field {field.name!r} needs shape {(*field.shape, 'bins')} and a "
+                         "finite range.")
     z = logits - logits.max(axis=-1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
     edges = np.linspace(field.low, field.high, probs.shape[-1] + 1)

@@ -541,7 +541,8 @@ def build_clevr_det(*, renderer: str = "clevr-det", seed: int = 0, size: str = "
                            iterations=240 if gpu else 40, assess_images=2048 if gpu else 256,
                            assess_epochs=_CLEVR_DET_GPU_ASSESS_EPOCHS if gpu else 15, reference_psi=psi_target,
                            make_model=make_model,
-                           baseline_evaluation=_CLEVR_DET_GPU_BASELINE_EVALUATION if gpu else _DET_CPU_BASELINE_EVALUATION[0])
+                           baseline_evaluation=(_CLEVR_DET_GPU_BASELINE_EVALUATION if gpu
+                                                else _DET_CPU_BASELINE_EVALUATION[0]))
 
 
 def build_digits_det(*, renderer: str = "digit-canvas", seed: int = 0, size: str = "cpu") -> ExperimentSetup:
@@ -798,8 +799,9 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
       last-epoch loss is non-finite, or above ``LOSS_JUMP_FACTOR`` (2) times the lowest of the
       repeats' and either halfway from it back to the untrained model's loss (on the first
       minibatch) or a tenth of the way with a validation metric no better than halfway from the
-      untrained model's (or a constant prediction's, where better) to the best repeat's (:func:`_trained`), did not train (diverged or
-      collapsed): it is left out of the means and std (NaN if none trained),
+      untrained model's (or a constant prediction's, where better) to the best repeat's
+      (:func:`_trained`), did not train (diverged or collapsed): it is left out of the means and
+      std (NaN if none trained),
       listed in ``"diverged_models"`` and warned about (:class:`DivergedAssessmentWarning`);
       with ``repeats=1`` there is nothing to compare with. Repeat ``r``
       renders with ``PRNGKey(seed + 2 r)`` and orders the minibatches with
@@ -883,7 +885,8 @@ def make_assessor(setup: ExperimentSetup, *, num_images: int | None = None, epoc
                           f"either over halfway back to the untrained model's {np.nanmean(untrained):.4g} or with "
                           f"a validation metric ({val[~trained].tolist()}) no better than halfway from the "
                           f"untrained model's (or a constant prediction's) {metric_floor():.4g} to the best "
-                          f"sibling's; the metrics are the means over the {int(trained.sum())} others. Clipping each gradient "
+                          f"sibling's; the metrics are the means over the {int(trained.sum())} others. "
+                          f"Clipping each gradient "
                           f"(AutoSimConfig.inner_clip_norm=1 in the experiment's config) stopped such a "
                           f"divergence on clevr-det (docs/detection.md); so may a lower inner_learning_rate.",
                           DivergedAssessmentWarning, stacklevel=2)

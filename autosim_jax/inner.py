@@ -405,10 +405,12 @@ def check_dataset(data: Any, simulator: Simulator, task: Task, inner: Inner | No
       ...         return np.ones((len(scenes["digit"]), 2), np.float32), scenes["digit"].astype(np.int32)
       >>> sim = Simulator(from_schema(Digits.schema), Digits())
       >>> x, y = check_dataset((np.zeros((4, 2)), np.array([0, 1, 2, 1])), sim, classification_task())
-      >>> check_dataset((np.zeros((4, 2)), np.array([0, 1, 7, 1])), sim, classification_task())
+      >>> check_dataset((np.zeros((4, 2)), np.array([0, 1, 7, 1])),  # doctest: +NORMALIZE_WHITESPACE
+      ...               sim, classification_task())
       Traceback (most recent call last):
       ...
-      ValueError: val_data labels must be class indices in [0, 3) (3 classes: the renderer's labels_spec.num_classes); example 2 has label 7. Fix or drop that example, or the class count.
+      ValueError: val_data labels must be class indices in [0, 3) (3 classes: the renderer's
+      labels_spec.num_classes); example 2 has label 7. Fix or drop that example, or the class count.
     """
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         got = type(data).__name__ + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")

@@ -163,10 +163,11 @@ def check_seed(seed: Any, flag: str = "--seed") -> int:
     Example:
       >>> check_seed(7)
       7
-      >>> check_seed(2**32)
+      >>> check_seed(2**32)  # doctest: +NORMALIZE_WHITESPACE
       Traceback (most recent call last):
       ...
-      autosim_jax.rundir.UsageError: --seed must be an integer in [0, 2**32) (the PRNG key's 32 bits; larger seeds would repeat smaller ones), got 4294967296.
+      autosim_jax.rundir.UsageError: --seed must be an integer in [0, 2**32) (the PRNG key's 32 bits;
+      larger seeds would repeat smaller ones), got 4294967296.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_LIMIT:
         raise UsageError(f"{flag} must be an integer in [0, 2**32) (the PRNG key's 32 bits; larger seeds would "
@@ -969,8 +970,9 @@ def tensorboard_scalars(record: dict) -> dict[str, float]:
 
     Example:
       >>> tensorboard_scalars({"step": 3, "images": 96, "val_metric": 0.5, "cg_converged": True,
-      ...                      "psi": {"x.loc": [1.0], "p.logits": [0.0, 2.0]}})
-      {'images': 96.0, 'val/metric': 0.5, 'cg/converged': 1.0, 'psi/x.loc': 1.0, 'psi/p.logits/0': 0.0, 'psi/p.logits/1': 2.0}
+      ...                      "psi": {"x.loc": [1.0], "p.logits": [0.0, 2.0]}})  # doctest: +NORMALIZE_WHITESPACE
+      {'images': 96.0, 'val/metric': 0.5, 'cg/converged': 1.0, 'psi/x.loc': 1.0, 'psi/p.logits/0': 0.0,
+       'psi/p.logits/1': 2.0}
     """
     out: dict[str, float] = {}
     for key, value in record.items():
@@ -1407,7 +1409,8 @@ class Progress:
         eta = self.eta()
         eta_text = (f"ETA {_duration(eta)}" if eta is not None
                     else "ETA after the first (compiling) " + self.unit)
-        text = f"{self.desc}: {self.unit} {self.done}/{self.total}" + (f", {status}" if status else "") + f", {eta_text}"
+        text = (f"{self.desc}: {self.unit} {self.done}/{self.total}" + (f", {status}" if status else "")
+                + f", {eta_text}")
         self._last_line_item, self._last_line_time = self.done, time.monotonic()
         self.write(text)
 
@@ -1444,8 +1447,9 @@ def interrupt_guard(message: str, *, stream: TextIO | None = None, grace: float 
     """Makes Ctrl-C (SIGINT) stop the process promptly, even while Python code cannot run.
 
     SIGINT raises ``KeyboardInterrupt`` in the main thread as usual, which the run loop turns
-    into :class:`Interrupted` (also when it surfaces wrapped, see :func:`is_interrupt`). But while the main thread waits inside a jitted computation (a
-    renderer that hangs in its callback, a long compile) Python cannot run that handler. A
+    into :class:`Interrupted` (also when it surfaces wrapped, see :func:`is_interrupt`). But
+    while the main thread waits inside a jitted computation (a renderer that hangs in its
+    callback, a long compile) Python cannot run that handler. A
     watcher thread, woken through ``signal.set_wakeup_fd``, therefore ends the process with
     exit code 130 after ``message`` if the main thread has not left this block ``grace``
     seconds after the signal (at once on a second Ctrl-C). That is as safe as ``kill -9``:

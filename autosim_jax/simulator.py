@@ -379,10 +379,11 @@ class Simulator:
           >>> inputs, labels = sim.render_numpy({"light": np.array([0.5, 1.5])}, seed=0)
           >>> labels.tolist()
           [0, 1]
-          >>> sim.render_numpy({"light": np.array([0.5, 2.5])}, seed=0)  # doctest: +ELLIPSIS
+          >>> sim.render_numpy({"light": np.array([0.5, 2.5])}, seed=0)  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
           Traceback (most recent call last):
           ...
-          autosim_jax.render_pool.RenderError: Renderer 'light' was given invalid scenes (seed 0): Scene field 'light' must be a finite value in [0.0, 2.0]; scene 1 has ...
+          autosim_jax.render_pool.RenderError: Renderer 'light' was given invalid scenes (seed 0):
+          Scene field 'light' must be a finite value in [0.0, 2.0]; scene 1 has ...
         """
         name, schema = self.name, self.renderer.schema
         seed = int(seed)

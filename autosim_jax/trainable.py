@@ -25,10 +25,12 @@ Example:
   ([(2,)], [(3,)])
   >>> part.merge(trainable, frozen)["body"]["w"].shape
   (3,)
-  >>> make_partition(theta, "tail")
+  >>> make_partition(theta, "tail")  # doctest: +NORMALIZE_WHITESPACE
   Traceback (most recent call last):
   ...
-  ValueError: AutoSimConfig.trainable='tail' matches none of theta's 2 paths (such as ['body']['w'], ['head']['w']). It is a regular expression searched (re.search) in each path; pass one that matches the layers to fine-tune, or None for all of them.
+  ValueError: AutoSimConfig.trainable='tail' matches none of theta's 2 paths (such as ['body']['w'],
+  ['head']['w']). It is a regular expression searched (re.search) in each path; pass one that matches
+  the layers to fine-tune, or None for all of them.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ No device is needed; the numbers are those in the files. Usage::
     python benchmarks/ablation_table.py --out benchmarks/results/psi_learning/ablation_clevr-seg_gpu
 
 Writes ``OUT.md`` (the table, then the control's spread between calls), ``OUT.json`` (every row
-with its per-seed G, CG statistics and source file, and that spread) and ``OUT.png`` (G per row, mean +- std with the seeds as dots, the control's mean
-as a line).
+with its per-seed G, CG statistics and source file, and that spread) and ``OUT.png`` (G per row,
+mean +- std with the seeds as dots, the control's mean as a line).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ ROWS = [
      ("clevr-seg_gpu_run1.json", "default")),
     ("Adam 0.03 on psi (a third of the step)", WARM, "clevr-seg_gpu_run1.json", "adam_lr0.03",
      ("clevr-seg_gpu_run1.json", "default")),
-    ("6 fine-tuning epochs per step", WARM, "clevr-seg_gpu_run1.json", "finetune6", ("clevr-seg_gpu_run1.json", "default")),
+    ("6 fine-tuning epochs per step", WARM, "clevr-seg_gpu_run1.json", "finetune6",
+     ("clevr-seg_gpu_run1.json", "default")),
     ("a converged solve (CG 30, damping 0.1)", WARM, "clevr-seg_gpu_run1.json", "cg30_damp0.1",
      ("clevr-seg_gpu_run1.json", "default")),
     ("plain exact quadratic (control)", WARM, "clevr-seg_gpu_run3.json", "default", None),
@@ -80,7 +81,8 @@ ROWS = [
      ("clevr-seg_gpu_staged25.json", "default")),
     ("Adam 0.3 on psi (three times the step; seeds 1, 2)", FRESH, "clevr-seg_gpu_adam_lr0.3_fresh.json", "adam_lr0.3",
      CONTROLS[FRESH]),
-    ("anchor: 32 pretraining rounds at the start psi", FRESH, "clevr-seg_gpu_anchor32.json", "anchor32", CONTROLS[FRESH]),
+    ("anchor: 32 pretraining rounds at the start psi", FRESH, "clevr-seg_gpu_anchor32.json", "anchor32",
+     CONTROLS[FRESH]),
     ("linear + anchor", FRESH, "clevr-seg_gpu_anchor32.json", "linear_anchor32", CONTROLS[FRESH]),
     ("6-bin histogram", FRESH, "clevr-seg_gpu_bins6_reset1.json", "bins6_reset1", CONTROLS[FRESH]),
     ("linear + 6-bin histogram", FRESH, "clevr-seg_gpu_bins6_reset1.json", "linear_bins6_reset1", CONTROLS[FRESH]),
@@ -151,10 +153,12 @@ ROWS = [
     # steps, which releases colour and material and holds the resolution
     ("colour and material frozen at uniform, 240 steps (seeds 0, 3-4 in later calls)", FRESH,
      ("clevr-seg_gpu_colour_material_frozen_240steps_s0.json", "clevr-seg_gpu_colour_material_frozen_240steps_s1.json",
-      "clevr-seg_gpu_colour_material_frozen_240steps_s2.json", "clevr-seg_gpu_colour_material_frozen_240steps_s34.json"),
+      "clevr-seg_gpu_colour_material_frozen_240steps_s2.json",
+      "clevr-seg_gpu_colour_material_frozen_240steps_s34.json"),
      "colour_material_frozen", (PLAIN_240, "default")),
     ("signal test (alpha 0.1, holds from step 30), 240 steps (seed 2 in another call)", FRESH,
-     ("clevr-seg_gpu_signal_test30_alpha0.1_240steps_s01.json", "clevr-seg_gpu_signal_test30_alpha0.1_240steps_s2.json"),
+     ("clevr-seg_gpu_signal_test30_alpha0.1_240steps_s01.json",
+      "clevr-seg_gpu_signal_test30_alpha0.1_240steps_s2.json"),
      "signal_test30_alpha0.1", (PLAIN_240, "default")),
     # session 25: the hold decided by validation (fresh models at 60, 120, 180 on psi and on psi with
     # colour and material reset; seeds 3, 4 in a second call)
@@ -216,7 +220,8 @@ def _merged(files: tuple[str, ...], variant: str, key: str, at: int, cache: dict
         return None, point
     seeds = sorted(by_seed)
     values = [by_seed[s][0] for s in seeds]
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0  # the sample std, as psi_learning.py records it (session 36)
+    # the sample std, as psi_learning.py records it (session 36)
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return {"mean": float(np.mean(values)), "std": std, "per_seed": values, "seeds": seeds,
             "files": [by_seed[s][1] for s in seeds]}, point
 

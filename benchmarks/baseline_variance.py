@@ -164,12 +164,14 @@ def main(argv=None) -> int:
     fields = {}
     for field, sl in slices.items():
         base = var["leave_one_out"][sl].sum()
-        fields[field] = {"variance_leave_one_out": float(base), "snr_leave_one_out": float((mean[sl] ** 2).sum() / base),
+        fields[field] = {"variance_leave_one_out": float(base),
+                         "snr_leave_one_out": float((mean[sl] ** 2).sum() / base),
                          **{f"variance_ratio_{n}": float(var[n][sl].sum() / base) for n in ESTIMATORS}}
     total = {n: float(var[n].sum() / var["leave_one_out"].sum()) for n in ESTIMATORS}
     result = {"benchmark": "baseline_variance", "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
-              "jax_version": jax.__version__, "precision": "float32 estimates (matmul precision highest), ratios in float64",
+              "jax_version": jax.__version__,
+              "precision": "float32 estimates (matmul precision highest), ratios in float64",
               "experiment": args.experiment, "size": args.size, "seed": args.seed, "K": k, "theta": args.theta,
               "estimates": args.estimates, "check_max_relative_error_leave_one_out": worst,
               "variance_leave_one_out_all": float(var["leave_one_out"].sum()),

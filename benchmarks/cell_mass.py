@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     if not seeds:
         p.error("no run with a psi trajectory in --runs")
     seeds = dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))
-    points = sorted({k for s in seeds.values() for k in s["G"]}, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else k))
+    points = sorted({k for s in seeds.values() for k in s["G"]},
+                    key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else k))
     summary = {"G": {k: mean_std([s["G"][k] for s in seeds.values() if k in s["G"]]) for k in points},
                "mass": {n: {k: mean_std([s["mass"][n][int(k)] for s in seeds.values() if int(k) < len(s["mass"][n])])
                             for k in ["0", *(k for k in points if k.isdigit())]} for n in groups},
@@ -143,10 +144,12 @@ def main(argv=None) -> int:
                                        ("reference", asj.describe_psi(schema, reference))],
                     title=f"{args.experiment} ({args.size}): the last psi of each seed")
     for name, by_point in summary["mass"].items():
-        print(f"mass on {name:>12}: " + "  ".join(f"{k}: {v['mean']:.2f} +- {v['std']:.2f}" for k, v in by_point.items()))
+        print(f"mass on {name:>12}: " + "  ".join(f"{k}: {v['mean']:.2f} +- {v['std']:.2f}"
+                                                  for k, v in by_point.items()))
     print("effective cells      : " + "  ".join(f"{k}: {v['mean']:.1f} +- {v['std']:.1f}"
                                               for k, v in summary["effective_cells"].items()))
-    print("G (fresh models)     : " + "  ".join(f"{k}: {v['mean']:.2f} +- {v['std']:.2f}" for k, v in summary["G"].items()))
+    print("G (fresh models)     : " + "  ".join(f"{k}: {v['mean']:.2f} +- {v['std']:.2f}"
+                                              for k, v in summary["G"].items()))
     return 0
 
 
@@ -176,7 +179,8 @@ def plot(record: dict, path: str) -> None:
     if groups:
         axes[0].set_ylabel("probability")
         axes[-2].legend(fontsize=7)
-    fig.suptitle(f"{record['experiment']} ({record['size']}): the learned categorical's mass (dashed: 0.7)", fontsize=10)
+    fig.suptitle(f"{record['experiment']} ({record['size']}): the learned categorical's mass (dashed: 0.7)",
+                 fontsize=10)
     fig.savefig(path, dpi=110)
 
 

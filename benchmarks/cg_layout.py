@@ -113,7 +113,8 @@ def decomposition(a, bw):
         g = jax.grad(loss_fn)(params, x, y)
         leaves, treedef = jax.tree.flatten(params)
         keys = jax.random.split(jax.random.key(7), len(leaves))
-        diag = jax.tree.unflatten(treedef, [1.0 + 100.0 * jax.random.uniform(k_, l.shape) for k_, l in zip(keys, leaves)])
+        diag = jax.tree.unflatten(treedef, [1.0 + 100.0 * jax.random.uniform(k_, l.shape)
+                                            for k_, l in zip(keys, leaves)])
         makes = {
             "gauss_newton": lambda p: asj.gauss_newton_operator(predict_fn, out_loss, p, x, y),
             "hessian": lambda p: asj.hessian_operator(loss_fn, p, x, y),
@@ -183,14 +184,19 @@ def plot(result, path):
     depths = [r["depth"] for r in rows]
     fig, (ax_t, ax_r) = plt.subplots(1, 2, figsize=(13, 4.5))
     for name, colour in (("gauss_newton", "C0"), ("hessian", "C1")):
-        ax_t.plot(depths, [r[f"cg_iter_{name}"]["median_s"] * 1e6 for r in rows], "-o", color=colour, label=f"CG iter, {name}")
-        ax_t.plot(depths, [r[f"product_{name}"]["median_s"] * 1e6 for r in rows], "--o", color=colour, label=f"product, {name}")
+        ax_t.plot(depths, [r[f"cg_iter_{name}"]["median_s"] * 1e6 for r in rows], "-o", color=colour,
+                  label=f"CG iter, {name}")
+        ax_t.plot(depths, [r[f"product_{name}"]["median_s"] * 1e6 for r in rows], "--o", color=colour,
+                  label=f"product, {name}")
         ax_t.plot(depths, [r[f"predicted_cg_iter_{name}_s"] * 1e6 for r in rows], ":x", color=colour,
                   label=f"predicted CG iter = product + [C(D) - P(D)], {name}")
         ax_r.plot(depths, [r[f"cg_over_product_{name}"] for r in rows], "-o", color=colour, label=f"measured, {name}")
-        ax_r.plot(depths, [r[f"predicted_cg_over_product_{name}"] for r in rows], ":x", color=colour, label=f"predicted, {name}")
-    ax_t.plot(depths, [r["cg_iter_diagonal"]["median_s"] * 1e6 for r in rows], "-s", color="C2", label="CG iter, diagonal D")
-    ax_t.plot(depths, [r["product_diagonal"]["median_s"] * 1e6 for r in rows], "--s", color="C2", label="product, diagonal D")
+        ax_r.plot(depths, [r[f"predicted_cg_over_product_{name}"] for r in rows], ":x", color=colour,
+                  label=f"predicted, {name}")
+    ax_t.plot(depths, [r["cg_iter_diagonal"]["median_s"] * 1e6 for r in rows], "-s", color="C2",
+              label="CG iter, diagonal D")
+    ax_t.plot(depths, [r["product_diagonal"]["median_s"] * 1e6 for r in rows], "--s", color="C2",
+              label="product, diagonal D")
     ax_t.plot(depths, [r["predicted_overhead_bandwidth_s"][1] * 1e6 for r in rows], ":", color="k",
               label="11n floats at probe bandwidth")
     ax_r.axhline(1.1, color="k", ls="--", lw=0.8, label="target 1.1")
@@ -199,7 +205,8 @@ def plot(result, path):
     for ax in (ax_t, ax_r):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{result['device']} | JAX {result['jax_version']} | MLP width {result['width']}, batch {result['batch']} "
+    fig.suptitle(f"{result['device']} | JAX {result['jax_version']} | MLP width {result['width']}, "
+                 f"batch {result['batch']} "
                  f"| probe bandwidth {result['probe_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -221,7 +228,8 @@ def main(argv=None):
     if "rows" in result:  # the first version of this file held only the layout experiment
         result["layout"] = {"k": 10, "repeats": 20, "rows": result.pop("rows"),
                             "note": "first run (k=10, medians of T(k) and T(2k) taken separately)"}
-    result.update({"benchmark": "cg_layout", "device": f"{dev.platform}:{dev.device_kind}", "jax_version": jax.__version__,
+    result.update({"benchmark": "cg_layout", "device": f"{dev.platform}:{dev.device_kind}",
+                   "jax_version": jax.__version__,
                    "precision": "float32, default matmul precision", "width": a.width, "batch": a.batch,
                    "damping": DAMPING})
     if a.layout:

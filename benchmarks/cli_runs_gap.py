@@ -6,8 +6,9 @@ closed is ``G = (m(learned) - m(start)) / (m(reference) - m(start))`` on the tes
 (:func:`autosim_jax.gap_closed`). No device is needed.
 
 A run cut before its reference was assessed (a deadline) borrows the reference of another listed
-run (or of one of ``--reference-runs``) of the same experiment and seed whose start assessment is the same to the last bit: the
-assessment is a function of (seed, psi, protocol), so an identical start confirms the protocol,
+run (or of one of ``--reference-runs``) of the same experiment and seed whose start assessment is
+the same to the last bit: the assessment is a function of (seed, psi, protocol), so an identical
+start confirms the protocol,
 and the borrowed reference is named in the row (``reference_from``). A run with no such twin is
 listed with ``G`` None and left out of its group's figures.
 

@@ -41,7 +41,8 @@ import autosim_jax as asj
 SIZES = {
     # family: (width or channels, batch, spatial size); depth list shared.
     "cpu": {"mlp": dict(width=128, batch=64), "cnn": dict(channels=8, batch=16, spatial=8), "depths": [1, 2, 4, 6, 8]},
-    "gpu": {"mlp": dict(width=1024, batch=512), "cnn": dict(channels=64, batch=64, spatial=64), "depths": [2, 4, 8, 12, 16]},
+    "gpu": {"mlp": dict(width=1024, batch=512), "cnn": dict(channels=64, batch=64, spatial=64),
+            "depths": [2, 4, 8, 12, 16]},
 }
 # "cnn_nchw" is the same CNN written in PyTorch's layout (channels first), not a default family.
 for _size in SIZES.values():
@@ -137,7 +138,8 @@ def compiled_bytes(fn, *args):
     stats = fn.lower(*args).compile().memory_analysis()
     if stats is None:
         return None
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+               - stats.alias_size_in_bytes)
 
 
 def cosine(a, b):
@@ -183,7 +185,8 @@ def bench_one(family, depth, cfg, args):
     per_grads = jax.vmap(lambda xi, yi: jax.grad(lambda p: per_example(p, xi[None], yi[None])[0])(params))(x8, y8)
     dots = jax.vmap(lambda g: optax.tree.vdot(g, v))(per_grads)
     fv_ref = jax.tree.map(lambda gl: jnp.tensordot(dots, gl, axes=1) / 8, per_grads)
-    check["empirical_fisher_vs_per_example"] = cosine(asj.empirical_fisher_operator(per_example, params, x8, y8).matvec(v), fv_ref)
+    check["empirical_fisher_vs_per_example"] = cosine(
+        asj.empirical_fisher_operator(per_example, params, x8, y8).matvec(v), fv_ref)
     for name, c in check.items():
         if c < 0.999:
             raise AssertionError(f"{family} depth {depth}: {name} disagrees with fwd_rev (cosine {c:.6f})")
@@ -275,7 +278,8 @@ def _torch_setup(family, depth, cfg, repeats):
     else:
         layers = []
         for i in range(depth):
-            layers += [torch.nn.Conv2d(3 if i == 0 else cfg["channels"], cfg["channels"], 3, padding=1), torch.nn.Tanh()]
+            layers += [torch.nn.Conv2d(3 if i == 0 else cfg["channels"], cfg["channels"], 3, padding=1),
+                       torch.nn.Tanh()]
         model = torch.nn.Sequential(
             *layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(cfg["channels"], NUM_CLASSES)
         ).to(device)
@@ -352,7 +356,8 @@ def equal_precision_spread(family, depth, cfg, args):
     out["jax_best_mode"] = min(hvps, key=lambda m: out[f"t_jax_hvp_{m}"]["median_s"])
     for label, mode in (("fwd_rev", "fwd_rev"), ("best", out["jax_best_mode"])):
         ratios = [r[f"t_jax_hvp_{mode}"] / r["t_torch_hvp_compiled"] for r in out["rounds"]]
-        out[f"ratio_jax_{label}_over_torch"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+        out[f"ratio_jax_{label}_over_torch"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                                "max": max(ratios)}
     return out
 
 
@@ -387,10 +392,12 @@ def plot(result, path):
     rows = result["rows"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     series = [
-        ("ratio_hvp_fwd_rev", "HVP fwd_rev"), ("ratio_hvp_rev_rev", "HVP rev_rev"), ("ratio_hvp_rev_fwd", "HVP rev_fwd"),
+        ("ratio_hvp_fwd_rev", "HVP fwd_rev"), ("ratio_hvp_rev_rev", "HVP rev_rev"),
+        ("ratio_hvp_rev_fwd", "HVP rev_fwd"),
         ("ratio_cg_iter_fresh_hvp", "CG iter, fresh HVP"), ("ratio_cg_iter_hessian", "CG iter, linearised H"),
         ("ratio_cg_iter_gauss_newton", "CG iter, Gauss-Newton"),
-        ("ratio_cg_iter_empirical_fisher", "CG iter, empirical Fisher"), ("ratio_cg_iter_hessian_sub_batch", "CG iter, H on sub-batch"),
+        ("ratio_cg_iter_empirical_fisher", "CG iter, empirical Fisher"),
+        ("ratio_cg_iter_hessian_sub_batch", "CG iter, H on sub-batch"),
         ("ratio_cg_iter_gauss_newton_sub_batch", "CG iter, GN on sub-batch"),
     ]
     for ax, family in zip(axes[:2], ("mlp", "cnn")):
@@ -409,8 +416,10 @@ def plot(result, path):
     for family, marker in (("mlp", "o"), ("cnn", "s")):
         fam = [r for r in rows if r["family"] == family]
         depths = [r["depth"] for r in fam]
-        ax.plot(depths, [r["stored_bytes_hessian"] / 2**20 for r in fam], marker=marker, label=f"{family}: linearised H")
-        ax.plot(depths, [r["stored_bytes_gauss_newton"] / 2**20 for r in fam], marker=marker, ls="--", label=f"{family}: Gauss-Newton")
+        ax.plot(depths, [r["stored_bytes_hessian"] / 2**20 for r in fam], marker=marker,
+                label=f"{family}: linearised H")
+        ax.plot(depths, [r["stored_bytes_gauss_newton"] / 2**20 for r in fam], marker=marker, ls="--",
+                label=f"{family}: Gauss-Newton")
         ax.plot(depths, [r["stored_bytes_empirical_fisher"] / 2**20 for r in fam], marker=marker, ls=":",
                 label=f"{family}: empirical Fisher")
     ax.set(title="memory kept alive by the operator", xlabel="depth (layers)", ylabel="MiB")
@@ -435,7 +444,8 @@ def main(argv=None):
     parser.add_argument("--equal-precision-only", action="store_true",
                         help="only JAX vs PyTorch HVPs at equal precision, in alternating rounds (needs torch)")
     parser.add_argument("--force-conv-nchw", action="store_true",
-                        help="compile --equal-precision-only's JAX HVPs with xla_gpu_force_conv_nchw (see compiler_options)")
+                        help="compile --equal-precision-only's JAX HVPs with xla_gpu_force_conv_nchw "
+                             "(see compiler_options)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of --equal-precision-only")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other families' rows of an existing result file (run families separately; "
@@ -499,7 +509,8 @@ def main(argv=None):
         f"{fam}_min_cosine_sub_batch_vs_full_gauss_newton": min(
             r["cosine_sub_batch_vs_full_gauss_newton"] for r in rows if r["family"] == fam) for fam in families})
     if result["equal_precision"]:
-        result["summary"]["max_jax_hvp_over_torch_best"] = max(e["jax_hvp_over_torch_best"] for e in result["equal_precision"])
+        result["summary"]["max_jax_hvp_over_torch_best"] = max(e["jax_hvp_over_torch_best"]
+                                                               for e in result["equal_precision"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     try:
@@ -536,7 +547,8 @@ def equal_precision_main(args, sizes, depths, families, device):
     suffix = "_force_conv_nchw" if args.force_conv_nchw else ""
     path = args.out / f"curvature_depth_equal_precision_{device.platform}{suffix}.json"
     if args.merge and path.exists():
-        result["rows"] = [r for r in json.loads(path.read_text())["rows"] if r["family"] not in families] + result["rows"]
+        result["rows"] = ([r for r in json.loads(path.read_text())["rows"] if r["family"] not in families]
+                          + result["rows"])
         result["config"] = {**json.loads(path.read_text())["config"], **result["config"]}
     result["summary"] = {
         f"{r['family']}_{r['depth']}": {

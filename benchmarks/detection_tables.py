@@ -436,7 +436,8 @@ def tables(name: str, args, results: list[dict], cmp: dict | None) -> dict:
     start = [psi0[s]["start_psi"] if s in psi0 else None for s in seeds]
     ref = [psi0[s]["reference_psi"] if s in psi0 else None for s in seeds]
     out["start_psi"] = {k: mean_std([p["small"][f"{k}_metric"] if p else None for p in start]) for k in ("val", "test")}
-    out["reference_psi"] = {k: mean_std([p["small"][f"{k}_metric"] if p else None for p in ref]) for k in ("val", "test")}
+    out["reference_psi"] = {k: mean_std([p["small"][f"{k}_metric"] if p else None for p in ref])
+                            for k in ("val", "test")}
     out["start_psi"]["mass_on_support"] = mean_std([p["mass_on_support"] if p else None for p in start])
     out["reference_psi"]["mass_on_support"] = mean_std([p["mass_on_support"] if p else None for p in ref])
     if cmp and cmp.get("assessment"):
@@ -599,7 +600,8 @@ def main(argv=None) -> int:
     p.add_argument("--assess-images", type=int, default=None, help="fresh-model images (default: the experiment's)")
     p.add_argument("--assess-points", type=int, default=3, help="Table 3 rows assessed after budget/2^(P-1) .. budget")
     p.add_argument("--assess-models", type=int, default=1,
-                   help="fresh detectors per assessed psi, their mean (>= 4 on clevr-det: docs/detection.md, session 16)")
+                   help="fresh detectors per assessed psi, their mean (>= 4 on clevr-det: docs/detection.md, "
+                        "session 16)")
     p.add_argument("--evaluation-images", type=int, default=None,
                    help="random search and BO: images per evaluation (autosim compare's flag; default: the "
                         "experiment's baseline_evaluation, else K)")

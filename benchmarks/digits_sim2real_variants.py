@@ -48,7 +48,8 @@ def variant(epochs: int, outer_renders: str = "shared", renders: int | None = No
 
     def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
         setup = _BASE.build(renderer=renderer, seed=seed, size=size)
-        base = setup.base_config()  # K = 256, minibatches of 32, a constant psi step (the cpu preset's before 2026-12-04)
+        # K = 256, minibatches of 32, a constant psi step (the cpu preset's before 2026-12-04)
+        base = setup.base_config()
         k = {"dataset_size": renders} if renders else {}
         b = {"batch_size": batch_size} if batch_size else {}
         d = {"outer_decay_steps": decay_steps, "outer_warmup_steps": warmup_steps, "outer_snr_gate": snr_gate,

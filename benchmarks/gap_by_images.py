@@ -164,7 +164,8 @@ def main(argv=None) -> int:
         if have[0] != variant:
             raise SystemExit(f"label {label!r} names two variants ({have[0]}, {variant}); one label, one variant")
         have[1].append((path, read_record(path)))
-    labels = {label: gap_points(recs, variant, seeds, reassess, args.metric) for label, (variant, recs) in by_label.items()}
+    labels = {label: gap_points(recs, variant, seeds, reassess, args.metric)
+              for label, (variant, recs) in by_label.items()}
     ks = {label: _k(recs[0][1], next(r for r in recs[0][1]["runs"] if r["variant"] == variant), variant)
           for label, (variant, recs) in by_label.items()}
     base_label = next(iter(labels))
@@ -183,7 +184,8 @@ def main(argv=None) -> int:
             lines.append(f"| {label} | {ks[label]} | {q['step']} | {q['images']:,} | {q['mean']:.2f} +- {q['std']:.2f} "
                          f"| {seeds_g} | {'/'.join(sorted(set(q['source'])))} |")
     if any(paired.values()):
-        lines += ["", f"Paired by seed against {base_label} at the same images (mean +- s.e., ddof=1; seeds ahead):", "",
+        lines += ["",
+                  f"Paired by seed against {base_label} at the same images (mean +- s.e., ddof=1; seeds ahead):", "",
                   "| label | images | difference in G | ahead |", "| --- | --- | --- | --- |"]
         lines += [f"| {label} | {q['images']:,} | {q['mean']:+.2f} +- {q['se']:.2f} | {q['ahead']} of {q['n']} |"
                   for label, rows in paired.items() for q in rows]

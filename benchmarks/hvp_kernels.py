@@ -108,7 +108,8 @@ def plot(result, path):
     width = 0.38
     for offset, fw, hatch in ((-width / 2, "jax", ""), (width / 2, "torch", "//")):
         bottom = [0.0] * len(rows)
-        for cat, colour in (("layout", "tab:red"), ("conv", "tab:blue"), ("gemm", "tab:green"), ("other", "tab:orange")):
+        for cat, colour in (("layout", "tab:red"), ("conv", "tab:blue"), ("gemm", "tab:green"),
+                            ("other", "tab:orange")):
             ms = [_category_us(r[fw], cat) / 1e3 for r in rows]
             ax.bar([i + offset for i in range(len(rows))], ms, width, bottom=bottom, color=colour, hatch=hatch,
                    edgecolor="k", lw=0.3, label=f"{fw}: {cat if cat != 'layout' else 'cuDNN layout conversions'}")

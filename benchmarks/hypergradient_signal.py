@@ -265,7 +265,8 @@ def run_seed(args, seed: int, t0: float, recorded: dict | None = None) -> dict:
     start = _leaves(sim.distribution.init())
     t_seed = time.perf_counter()
     with make_render_pool(sim.renderer, workers=args.render_workers) as pool:
-        config = setup.config.replace(outer_snr_gate=GATE_CLOSED, outer_snr_gate_steps=0, **_step_options(args))  # closed all run
+        config = setup.config.replace(outer_snr_gate=GATE_CLOSED, outer_snr_gate_steps=0,  # closed all run
+                                      **_step_options(args))
         auto = setup.make_autosimulate(seed, config, simulator=sim.with_pool(pool))
         state = auto.init(seed)
         gates, kept = [find_state(state.outer_opt_state, SnrGateState)], []

@@ -31,7 +31,8 @@ finds objects; its validation metric is reported). If the weights favour foregro
 barely trained theta predicts background everywhere, r(c, foreground) falls towards 0 there.
 
 Usage:
-  python benchmarks/influence_features.py --size gpu --epochs 2,8 --estimates 8 --out benchmarks/results/influence_features_clevr-seg_gpu
+  python benchmarks/influence_features.py --size gpu --epochs 2,8 --estimates 8 \
+      --out benchmarks/results/influence_features_clevr-seg_gpu
   python benchmarks/influence_features.py --size gpu --epochs 2 --anchor-epochs 8 --estimates 8 --out ...
   python benchmarks/influence_features.py --size gpu --epochs 8 --dataset-size 2048 --estimates 12 \
       --val-objectives loss,metric_surrogate --out ...
@@ -177,8 +178,8 @@ def main(argv=None) -> int:
 
         def weights(theta, x, y, approximation, objective):
             (_, metric), g_val = measure_and_grad[objective](theta, x_val, y_val)
-            op = lambda: curvature_operator(cfg.curvature, inner.predict, setup.task.per_sample_loss, theta,  # noqa: E731
-                                            x[:curv_n], y[:curv_n])
+            op = lambda: curvature_operator(cfg.curvature, inner.predict,  # noqa: E731
+                                            setup.task.per_sample_loss, theta, x[:curv_n], y[:curv_n])
             u, report = approximation_vector(approximation, g_val, op, damping=cfg.damping, cg_tol=cfg.cg_tol,
                                              cg_maxiter=cfg.cg_maxiter)
             return directional_derivatives(inner.per_sample_loss, theta, u, x, y), metric, report.relative_residual
@@ -264,7 +265,8 @@ def write(args, setup, rows: dict, t0: float) -> dict:
               "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": str(jnp.zeros(()).dtype), "size": args.size,
               "seed": args.seed, "estimates": args.estimates, "dataset_size": args.dataset_size, "psi": args.psi,
-              "fields_from_start": args.fields_from_start, "psi_from": args.psi_from, "anchor_epochs": args.anchor_epochs,
+              "fields_from_start": args.fields_from_start, "psi_from": args.psi_from,
+              "anchor_epochs": args.anchor_epochs,
               "config": setup.config.to_dict(), "rows": rows, "seconds": time.perf_counter() - t0}
     with open(args.out + ".json", "w") as f:
         json.dump(result, f)

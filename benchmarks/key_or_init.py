@@ -88,7 +88,8 @@ def swaps(setup, psi_a: dict, psi_b: dict, repeats: int, log) -> dict:
     for f in a:
         out["a_with_b"][f] = assess({**a, f: b[f]}, seed=100)
         out["b_with_a"][f] = assess({**b, f: a[f]}, seed=100)
-        log(f"{f}: a with b's {out['a_with_b'][f]['val_metric']:.3f}, b with a's {out['b_with_a'][f]['val_metric']:.3f}")
+        log(f"{f}: a with b's {out['a_with_b'][f]['val_metric']:.3f}, "
+            f"b with a's {out['b_with_a'][f]['val_metric']:.3f}")
     return out
 
 
@@ -113,8 +114,10 @@ def plot(result: dict, path: str) -> None:
         sw, ax = result["swap"], fig.add_subplot(1, n, n)
         fields = list(sw["a_with_b"])
         y = np.arange(len(fields))
-        ax.barh(y - 0.2, [sw["a_with_b"][f]["val_metric"] for f in fields], 0.4, label=f"key {sw['keys'][0]} with key {sw['keys'][1]}'s field")
-        ax.barh(y + 0.2, [sw["b_with_a"][f]["val_metric"] for f in fields], 0.4, label=f"key {sw['keys'][1]} with key {sw['keys'][0]}'s field")
+        ax.barh(y - 0.2, [sw["a_with_b"][f]["val_metric"] for f in fields], 0.4,
+                label=f"key {sw['keys'][0]} with key {sw['keys'][1]}'s field")
+        ax.barh(y + 0.2, [sw["b_with_a"][f]["val_metric"] for f in fields], 0.4,
+                label=f"key {sw['keys'][1]} with key {sw['keys'][0]}'s field")
         for k, name in ((0, "a"), (1, "b")):
             ax.axvline(sw[name]["val_metric"], color=f"C{k}", ls="--", lw=1)
         ax.set_yticks(y, fields)
@@ -167,7 +170,8 @@ def main(argv=None) -> int:
                                      "abs_travel_quantiles": dict(zip(("50", "80", "95"),
                                                                       np.quantile(noise, [0.5, 0.8, 0.95]).tolist()))}}
     for name, s in split.items():
-        log(f"{name} at step {args.steps}: variance from the key {s['key']:.3g}, the init {s['init']:.3g}, rest {s['rest']:.3g}")
+        log(f"{name} at step {args.steps}: variance from the key {s['key']:.3g}, the init {s['init']:.3g}, "
+            f"rest {s['rest']:.3g}")
     log("Adam on pure noise, |travel| quantiles 50/80/95: "
         + " / ".join(f"{v:.2f}" for v in result["adam_on_pure_noise"]["abs_travel_quantiles"].values()))
     if swap:

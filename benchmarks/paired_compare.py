@@ -118,10 +118,12 @@ def compare_records(base: dict, variant: dict, baselines_differ: bool = False) -
         out[metric] = {
             "baselines": {"start": [float(x) for x in v["start"] - b["start"]],
                           "reference": [float(x) for x in v["reference"] - b["reference"]]},
-            "points": [{"images": im, "variant": float(v["curves"][:, i].mean()), "base": float(b["curves"][:, i].mean()),
+            "points": [{"images": im, "variant": float(v["curves"][:, i].mean()),
+                        "base": float(b["curves"][:, i].mean()),
                         **paired(v["curves"][:, i], b["curves"][:, i])} for i, im in enumerate(b["images"])],
             "gap_closed": {"variant": [float(x) for x in v["gap_closed"]], "base": [float(x) for x in b["gap_closed"]],
-                           "variant_mean": float(v["gap_closed"].mean()), "variant_std": float(v["gap_closed"].std(ddof=1)),
+                           "variant_mean": float(v["gap_closed"].mean()),
+                           "variant_std": float(v["gap_closed"].std(ddof=1)),
                            "base_mean": float(b["gap_closed"].mean()), "base_std": float(b["gap_closed"].std(ddof=1)),
                            **paired(v["gap_closed"], b["gap_closed"])}}
     ratio = v["time"] / b["time"]  # each run's wall time (the same for either metric)
@@ -191,7 +193,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
-    lines = [f"# {result['experiment']}: variants paired with {base_label} ({result['seeds']} seeds, {result['date']})", ""]
+    lines = [f"# {result['experiment']}: variants paired with {base_label} ({result['seeds']} seeds, {result['date']})",
+             ""]
     for label, figures in result["variants"].items():
         for metric in ("val_metric", "test_metric"):
             lines += [f"## {label}, {metric.replace('_', ' ')}", "", table(label, base_label, figures, metric), ""]

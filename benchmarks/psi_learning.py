@@ -180,8 +180,8 @@ VARIANTS = {
     "unit_norm_gate40": ({"outer_unit_norm": True, "outer_snr_gate": 2.0, "outer_snr_gate_from": 40},
                          "unit_norm with the noise gate (z = 2) from update 40 on, for clevr-seg's cpu preset (a "
                          "constant rate, 40 steps): on seed 0 over 120 steps unit_norm closed 0.52 -> 0.70 while its "
-                         "positions, resolution and shapes walked, the default 0.51 -> 0.97 (session 53): does the gate "
-                         "stop the walk and keep the slow real signals?"),
+                         "positions, resolution and shapes walked, the default 0.51 -> 0.97 (session 53): does the "
+                         "gate stop the walk and keep the slow real signals?"),
     "staged50": ({"stages": [[50, r"^\['(?!position')"], [None, None]]},
                  "every field but the positions for 50 steps, then all of them: do the positions move once the "
                  "rest is right (as they do alone, variant pos_only)?"),
@@ -264,18 +264,19 @@ VARIANTS = {
                                "finetune32 with the outer stage on K renders other than the fine-tuning's (2K a "
                                "step): on digits-sim2real at cpu size a step model fine-tuned 12 epochs lost the "
                                "gain with shared renders (G -0.61) and kept it with independent ones (1.45; "
-                               "session 34); is the trained step model's harm on clevr-seg the same correlation? (session 35: "
-                               "no; G 0.31 at 60, the material walks and the resolution goes to 32 px as before)"),
+                               "session 34); is the trained step model's harm on clevr-seg the same correlation? "
+                               "(session 35: no; G 0.31 at 60, the material walks and the resolution goes to 32 px "
+                               "as before)"),
     "k2048_e8_independent": ({"dataset_size": 2048, "finetune_epochs": 8, "outer_renders": "independent"},
                              "k2048_e8 with the outer stage on 2048 other renders: does the material still walk "
-                             "once the estimate is not taken on the renders theta was fit to? (session 34; session 35: it "
-                             "walks, object 0 rubber 0.71-0.91 at step 30, G 0.18 at 30)"),
+                             "once the estimate is not taken on the renders theta was fit to? (session 34; session "
+                             "35: it walks, object 0 rubber 0.71-0.91 at step 30, G 0.18 at 30)"),
     "finetune1": ({"finetune_epochs": 1},
                   "half the fine-tuning of each step's fresh theta: init_bias.py found the initialisation's push "
                   "growing with the fine-tuning's length (session 14); does every seed's step point the same way?"),
     "cg30_damp0.1": ({"cg_maxiter": 30, "damping": 0.1}, "a solve that converges: is it the solve?"),
-    "cg15": ({"cg_maxiter": 15}, "three times the cpu preset's CG budget: its 5 iterations leave a systematic error of a "
-                                 "fifth of the mean hypergradient on clevr-seg at cpu size, 15 about 0.01 "
+    "cg15": ({"cg_maxiter": 15}, "three times the cpu preset's CG budget: its 5 iterations leave a systematic error "
+                                 "of a fifth of the mean hypergradient on clevr-seg at cpu size, 15 about 0.01 "
                                  "(solve_quality.py, session 47); does G move?"),
     "damp0.001_cg50": ({"damping": 1e-3, "cg_maxiter": 50},
                        "a tenth of the damping, solved (CG stops at cg_tol): on digits-sim2real cpu the preset so "
@@ -287,10 +288,13 @@ VARIANTS = {
               "100x the damping: init_bias.py at cpu size found the damped Newton vector, not the validation "
               "gradient, turning the lights darker for most initialisations once theta is trained longer "
               "(session 14); does every seed's step then point the same way?"),
-    "warm": ({"theta_reset_every": 0, "theta_reset_inits": 1}, "the model warm-started across all steps (the experiments' setting before 2026-12-01)"),
-    "reset1": ({"theta_reset_every": 1}, "every step fine-tunes a fresh theta: no co-adaptation, a barely trained model"),
+    "warm": ({"theta_reset_every": 0, "theta_reset_inits": 1},
+             "the model warm-started across all steps (the experiments' setting before 2026-12-01)"),
+    "reset1": ({"theta_reset_every": 1},
+               "every step fine-tunes a fresh theta: no co-adaptation, a barely trained model"),
     "reset10": ({"theta_reset_every": 10}, "theta starts again every 10 steps"),
-    "linear_reset10": ({"approximation": "linear", "theta_reset_every": 10}, "the linear row, theta reset every 10 steps"),
+    "linear_reset10": ({"approximation": "linear", "theta_reset_every": 10},
+                       "the linear row, theta reset every 10 steps"),
     # "explore": not an AutoSimConfig option but the distribution's: from_schema(..., explore=w).
     "explore0.1": ({"explore": 0.1}, "a learned broad share (initially 10%) of every finite continuous field"),
     "linear_explore0.1": ({"approximation": "linear", "explore": 0.1}, "the linear row with the broad share"),
@@ -811,7 +815,8 @@ def load_baselines(path: str, args, seeds: list[int]) -> list[dict]:
     recorded = {tuple(found[s].get("assess_budget", ())) for s in seeds}
     if recorded != {tuple(budget)}:
         what = ("it does not record the assessment budget its start and reference used (written before session 49)"
-                if () in recorded else f"its start and reference were assessed with {sorted(recorded)} (images, epochs)")
+                if () in recorded
+                else f"its start and reference were assessed with {sorted(recorded)} (images, epochs)")
         raise SystemExit(f"--baselines-from {path}: {what}, this call assesses with {budget}; run the baselines "
                          "again (drop the flag).")
     pairs = [(found[s].get("baseline_inputs"), found[s].get("experiment_config")) for s in seeds]
@@ -884,9 +889,9 @@ def main(argv=None) -> int:
     p.add_argument("--assess-epochs", type=int, default=None, help="epochs per fresh model (default: the experiment's)")
     p.add_argument("--baselines-from", default=None, metavar="JSON",
                    help="reuse the start and reference assessments of an earlier run of this script (its OUT.json: "
-                        "the same experiment, size, assessment budget as resolved and baseline repeats, the same start, "
-                        "reference, validation/test sets and training options (recorded since session 50), every seed "
-                        "present) instead of training them again; G is then not paired within one call")
+                        "the same experiment, size, assessment budget as resolved and baseline repeats, the same "
+                        "start, reference, validation/test sets and training options (recorded since session 50), "
+                        "every seed present) instead of training them again; G is then not paired within one call")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the jobs over (0: leave devices alone)")
     p.add_argument("--render-workers", type=int, default=1,
@@ -910,7 +915,8 @@ def main(argv=None) -> int:
         p.error(f"unknown variants {unknown}; valid: {list(VARIANTS)}")
     steps = ([] if args.no_assess else [int(s) for s in args.assess_steps.split(",")] if args.assess_steps
              else sorted({max(1, args.steps // 3), max(1, 2 * args.steps // 3), args.steps}))
-    common = dict(experiment=args.experiment, size=args.size, steps=args.steps, assess_steps=steps, repeats=args.repeats,
+    common = dict(experiment=args.experiment, size=args.size, steps=args.steps, assess_steps=steps,
+                  repeats=args.repeats,
                   baseline_repeats=args.baseline_repeats, assess_trajectory=args.assess_trajectory,
                   assess_average=not args.no_assess_average,
                   assess_images=args.assess_images, assess_epochs=args.assess_epochs,
@@ -1042,7 +1048,8 @@ def merge(paths: list[str], out: str, note: str) -> dict:
             key = (r["variant"], r["seed"], r.get("field"))
             if key not in runs:
                 runs[key] = r
-            elif r["variant"] != "_baseline" or (r["start"], r["reference"]) != (runs[key]["start"], runs[key]["reference"]):
+            elif (r["variant"] != "_baseline"
+                  or (r["start"], r["reference"]) != (runs[key]["start"], runs[key]["reference"])):
                 raise SystemExit(f"--merge: {path} holds a second run of {key[0]} seed {key[1]}; keep one (merge "
                                  "the records without it)")
     failed = [f for rec in records for f in rec["failed"] if (f["variant"], f["seed"], f.get("field")) not in runs]

@@ -63,7 +63,8 @@ def reach_tables(paths: list[str], autosimulate_of: str | None = None) -> list[t
             continue
         for r in rows:
             r["aggregate"]["assessed_curve"] = _aggregate_curve([s["assessed_curve"] for s in r["seeds"]])
-        out.append((path, record["metric"], reach_table(rows, assessment["start_psi"]["val"]["mean"], record["higher_is_better"])))
+        out.append((path, record["metric"],
+                    reach_table(rows, assessment["start_psi"]["val"]["mean"], record["higher_is_better"])))
     return out
 
 

@@ -21,7 +21,8 @@ Usage (H200, 16 host cores)::
     python benchmarks/reassess.py --experiment clevr-det --size gpu --step 60,120 --repeats 4 --assess-epochs 24 \
         --runs benchmarks/results/psi_learning/clevr-det_gpu_120steps.json:default \
         --runs benchmarks/results/psi_learning/clevr-det_gpu_inner_lr1e-3.json:inner_lr1e-3 \
-        --jobs 6 --gpus 1 --render-workers 2 --deadline 540 --out $OUT/reassess_clevr-det_gpu   # two steps, one baseline
+        --jobs 6 --gpus 1 --render-workers 2 --deadline 540 \
+        --out $OUT/reassess_clevr-det_gpu   # two steps, one baseline
 
 ``--with-reference FIELDS`` also assesses each psi with those fields set to the experiment's
 reference psi (what they cost it; session 22: a step-240 clevr-seg psi with colour, material and

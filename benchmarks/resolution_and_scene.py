@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     by_seed = {}
     for seed in sorted({r["seed"] for r in rows}):
         group = [r for r in rows if r["seed"] == seed]
-        by_seed[str(seed)] = {"runs": len(group), "median_one_object": float(np.median([r["one_object"] for r in group])),
+        by_seed[str(seed)] = {"runs": len(group),
+                              "median_one_object": float(np.median([r["one_object"] for r in group])),
                               "resolution_moved": sum(r["resolution_move"] <= -MOVED for r in group),
                               "mean_G60": float(np.mean([r["G60"] for r in group]))}
     result = {"benchmark": "resolution_and_scene", "date": datetime.date.today().isoformat(),

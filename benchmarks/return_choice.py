@@ -190,7 +190,8 @@ def record_crossfit_runs(record: dict) -> list[dict]:
       ...     {"variant": "default", "seed": 0, "assessed": {"30": a([0.5, 0.3], [0.4, 0.4]),
       ...                                                  "60": a([0.3, 0.4], [0.5, 0.3]),
       ...                                                  "average_second_half": a([0.1, 0.1], [0.1, 0.1])}}]}
-      >>> r, = record_crossfit_runs(rec)  # model 0 picks 30, judged by model 1 (0.4); model 1 picks 60, by model 0 (0.5)
+      >>> r, = record_crossfit_runs(rec)  # model 0 picks 30, judged by model 1 (0.4);
+      ... # model 1 picks 60, by model 0 (0.5)
       >>> r["picks"], round(r["G"]["picked"], 3), round(r["G"]["final"], 3)
       ([30, 60], 0.625, 0.5)
     """
@@ -274,7 +275,8 @@ def main(argv=None) -> int:
     if not runs:
         p.error(f"no run with two or more assessed points in {args.records}")
     result = {"benchmark": "return_choice", "date": datetime.date.today().isoformat(), "records": args.records,
-              "command": shlex.join(["python", "benchmarks/return_choice.py", *(sys.argv[1:] if argv is None else argv)]),
+              "command": shlex.join(["python", "benchmarks/return_choice.py",
+                                     *(sys.argv[1:] if argv is None else argv)]),
               "summary": summary(runs, args.tol), "runs": runs}
     if crossfit:
         result["crossfit_summary"], result["crossfit_runs"] = crossfit_summary(crossfit), crossfit

@@ -72,7 +72,8 @@ def compare(grads: dict[str, np.ndarray], reference: str, slices: dict[str, slic
       >>> rng = np.random.default_rng(0)
       >>> ref = 1.0 + rng.normal(size=(400, 4))           # mean (1, 1, 1, 1), noise 1 per coordinate
       >>> out = compare({"cg10": ref + 0.5, "cg300": ref}, "cg300")   # a constant error of 0.5 per coordinate
-      >>> round(out["solves"]["cg10"]["bias"], 1), round(out["solves"]["cg10"]["bias_se"], 6)   # |0.5 (1,1,1,1)| / |mean|
+      >>> round(out["solves"]["cg10"]["bias"], 1), round(
+      ...     out["solves"]["cg10"]["bias_se"], 6)   # |0.5 (1,1,1,1)| / |mean|
       (0.5, 0.0)
       >>> round(out["noise"], 1), out["solves"]["cg300"]["truncation"]   # sqrt(4 x 1) / |mean| = 1
       (1.0, 0.0)

@@ -63,7 +63,8 @@ def main(argv=None):
         rows.append(dict(info, time_host_render=host_render,
                          time_callback_transfer=max(0.0, info["time_render"] - host_render)))
         print(f"step {i}: render {info['time_render']:.3f}s (host {host_render:.3f}s) "
-              f"train {info['time_train']:.3f}s outer {info['time_outer']:.3f}s val {info['val_metric']:.3f}", flush=True)
+              f"train {info['time_train']:.3f}s outer {info['time_outer']:.3f}s val {info['val_metric']:.3f}",
+              flush=True)
     keys = ["time_host_render", "time_callback_transfer", "time_train", "time_outer"]
     med = {key: statistics.median(r[key] for r in rows[1:]) for key in keys}
     total = sum(med.values())

@@ -213,9 +213,11 @@ def closed_form(val_mean: float, damping: float = 1e-2, h: float = 1e-6) -> dict
 
     Example (the toy of tests/ reproduces session 5's jax check; centred, the rows are conditioned alike):
       >>> cf = closed_form(2.0)
-      >>> round(cf["mu_star"], 4), round(cf["hessian_condition"]), round(cf["rows"]["approx_quadratic"]["jacobian_condition"])
+      >>> round(cf["mu_star"], 4), round(cf["hessian_condition"]), round(
+      ...     cf["rows"]["approx_quadratic"]["jacobian_condition"])
       (2.0257, 356, 11512)
-      >>> round(cf["rows"]["approx_quadratic"]["mu_shift_per_0.05_of_w"]), round(cf["rows"]["linear"]["mu_shift_per_0.05_of_w"], 1)
+      >>> round(cf["rows"]["approx_quadratic"]["mu_shift_per_0.05_of_w"]), round(
+      ...     cf["rows"]["linear"]["mu_shift_per_0.05_of_w"], 1)
       (3681, 10.5)
       >>> [round(r["jacobian_condition"]) for r in closed_form(0.0)["rows"].values()]
       [13, 13, 1]

@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     modes, rows = args.modes.split(","), args.rows.split(",")
     if set(modes) - {"same", "split", "library"} or set(rows) - set(ROWS):
-        p.error(f"--modes from same, split, library and --rows from {', '.join(ROWS)}; got {args.modes!r}, {args.rows!r}")
+        p.error(f"--modes from same, split, library and --rows from {', '.join(ROWS)}; "
+                f"got {args.modes!r}, {args.rows!r}")
     import jax
 
     seeds = [int(s) for s in args.seeds.split(",")]

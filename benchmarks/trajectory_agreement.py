@@ -18,8 +18,8 @@ Usage::
         --kl-step 60 --out benchmarks/results/psi_learning/trajectory_agreement_clevr-seg_gpu
 
 Writes ``OUT.json`` (per seed: the difference after every step, the first step where it
-exceeds 1e-3, the KL between calls at ``--kl-step``; the calls compared) and ``OUT.png`` (the difference against the step, log
-scale, one line per seed).
+exceeds 1e-3, the KL between calls at ``--kl-step``; the calls compared) and ``OUT.png`` (the
+difference against the step, log scale, one line per seed).
 
 Example:
   >>> import numpy as np
@@ -111,7 +111,8 @@ def main(argv=None) -> int:
         result["seeds"][str(seed)] = {"max_difference_after_step": [float(x) for x in d],
                                       "first_step_over_1e-3": int(over[0]) + 1 if over.size else None}
         print(f"seed {seed}: after step 1 {d[0]:.1e}, step 2 {d[min(1, len(d) - 1)]:.1e}, "
-              f"step {len(d)} {d[-1]:.1e}; first over 1e-3 at step {result['seeds'][str(seed)]['first_step_over_1e-3']}")
+              f"step {len(d)} {d[-1]:.1e}; "
+              f"first over 1e-3 at step {result['seeds'][str(seed)]['first_step_over_1e-3']}")
     if args.kl_step is not None:
         result["kl_at_step"] = kl_between(calls, seeds, args.kl_step, args.experiment, args.size)
         for field, row in result["kl_at_step"]["fields"].items():

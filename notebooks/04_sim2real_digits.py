@@ -97,7 +97,8 @@ for _ in range(STEPS):
     state, info = autosim.step(state)
     history.append(dict(info._asdict(), psi=state.psi))
 print(f"{STEPS} steps, {int(state.images)} glyphs rendered; "
-      f"validation accuracy of each step's fine-tuned CNN {history[0]['val_metric']:.3f} -> {history[-1]['val_metric']:.3f}")
+      f"validation accuracy of each step's fine-tuned CNN {history[0]['val_metric']:.3f} "
+      f"-> {history[-1]['val_metric']:.3f}")
 
 
 # %%

@@ -59,7 +59,8 @@ def test_the_larger_model_is_the_one_trained(setup, monkeypatch):
 # every xdist worker 8 s, the one that never runs this file too.
 @pytest.mark.parametrize("build, match", [
     (lambda: centernet(3, 5, 8, rngs=nnx.Rngs(0)), r"outputs of shape \(1, 32, 32, 9\).*model gives \(1, 32, 32, 7\)"),
-    (lambda: centernet(1, 3, 8, rngs=nnx.Rngs(0)), r"cannot take the experiment's validation inputs, shape \(1, 32, 32, 3\)"),
+    (lambda: centernet(1, 3, 8, rngs=nnx.Rngs(0)),
+     r"cannot take the experiment's validation inputs, shape \(1, 32, 32, 3\)"),
     (lambda: lambda x: x, "nnx.Module"),
     (lambda: nnx.BatchNorm(3, rngs=nnx.Rngs(0)), "BatchStat"),
 ])

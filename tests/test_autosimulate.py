@@ -48,7 +48,8 @@ def _optimal_mu():
 
 
 def _toy(approximation, renderer=None, **kw):
-    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), renderer or SquareRenderer())
+    sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}),
+                    renderer or SquareRenderer())
     model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
     options = dict(
         approximation=approximation, dataset_size=128, batch_size=32, finetune_epochs=8,
@@ -187,7 +188,8 @@ def test_bad_options(kw, match):
 
 def test_val_data_shape_mismatch():
     sim = Simulator(from_schema(SquareRenderer.schema), SquareRenderer())
-    with pytest.raises(ValueError, match=r"val_data inputs have shape \(64,\); the renderer's inputs are \(n, \*\(1,\)\)"):
+    with pytest.raises(ValueError,
+                       match=r"val_data inputs have shape \(64,\); the renderer's inputs are \(n, \*\(1,\)\)"):
         make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TOY_TASK, (X_VAL[:, 0], X_VAL[:, 0]))
 
 
@@ -264,5 +266,6 @@ def test_psi_step_rms_is_the_change_of_psi_and_adams_first_step_takes_its_full_r
 
 
 def test_unknown_outer_renders_is_refused():
-    with pytest.raises(ValueError, match=r"Unknown outer_renders 'fresh'; valid choices are \['shared', 'independent'\]"):
+    with pytest.raises(ValueError,
+                       match=r"Unknown outer_renders 'fresh'; valid choices are \['shared', 'independent'\]"):
         _toy("linear", outer_renders="fresh")

@@ -92,7 +92,8 @@ def _colour_val(labels=(0, 1, 2, 1, 0, 2)):
     [
         ((X_VAL, X_VAL**2, X_VAL), r"val_data must be a pair \(inputs, labels\).*got tuple of length 3"),
         ({"x": X_VAL}, r"val_data must be a pair \(inputs, labels\).*got dict"),
-        ((np.array([["a"]] * 4), np.ones((4, 1), np.float32)), r"val_data inputs hold strings \(dtype <U1\).*np\.float32"),
+        ((np.array([["a"]] * 4), np.ones((4, 1), np.float32)),
+         r"val_data inputs hold strings \(dtype <U1\).*np\.float32"),
         ((X_VAL[:0], X_VAL[:0]), r"val_data is empty \(0 inputs, 0 labels\).*at least one example"),
         ((X_VAL, X_VAL[:-1] ** 2), r"val_data holds 16 inputs but 15 labels"),
         ((X_VAL[:, 0], X_VAL[:, 0]), r"val_data inputs have shape \(16,\); the renderer's inputs are \(n, \*\(1,\)\)"),

@@ -392,7 +392,8 @@ typed = set()
 for node in ast.parse(open(autosim_jax.__file__).read()).body:
     if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
         typed |= {(f.module, a.name) for f in node.body for a in f.names}
-assert typed == {(m, n) for n, m in autosim_jax._EXPORTS.items()}, typed ^ {(m, n) for n, m in autosim_jax._EXPORTS.items()}
+assert typed == {(m, n) for n, m in autosim_jax._EXPORTS.items()}, (
+    typed ^ {(m, n) for n, m in autosim_jax._EXPORTS.items()})
 assert set(autosim_jax.__all__) <= set(dir(autosim_jax))
 namespace = {}
 exec("from autosim_jax import *", namespace)

@@ -394,7 +394,8 @@ def test_search_scales_adds_the_log_scales_to_the_baselines_space(toy, tmp_path,
     assert main([*argv, "--search-scales"]) == 0
     config = json.loads((out / "random" / "seed0" / "config.json").read_text())
     assert config["search_scales"] is True and any("log_scale" in n for n in config["search_space"])
-    assert json.loads((out / "autosimulate-exact_quadratic" / "seed0" / "config.json").read_text())["search_scales"] is None
+    assert json.loads((out / "autosimulate-exact_quadratic" / "seed0" / "config.json").read_text())[
+        "search_scales"] is None
     capsys.readouterr()
     assert main([*argv, "--resume"]) == 2
     assert "search_scales" in capsys.readouterr().err

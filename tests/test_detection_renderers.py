@@ -9,7 +9,8 @@ import pytest
 from autosim_jax.distributions import from_schema
 from autosim_jax.estimators import score_function_term
 from autosim_jax.renderers import clevr
-from autosim_jax.renderers.clevr_det import CELLS, ClevrDetRenderer, cell_index, cell_parts, cell_probs, detection_schema
+from autosim_jax.renderers.clevr_det import (CELLS, ClevrDetRenderer, cell_index, cell_parts, cell_probs,
+                                             detection_schema)
 from autosim_jax.schema import OutputSpec
 from autosim_jax.simulator import Simulator
 from test_estimators import _assert_within_se, _terms, squared_error

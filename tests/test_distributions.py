@@ -130,7 +130,8 @@ def test_histogram_score_function_gradient_matches_closed_form():
     psi = q.init()
     x = q.sample(jax.random.key(5), psi, N)
     est = np.asarray(jax.grad(lambda ps: jnp.mean(x * q.log_prob(ps, x)))(psi).logits)
-    per_scene = np.asarray(jax.vmap(jax.grad(lambda ps, xi: xi * q.log_prob(ps, xi[None])[0]), (None, 0))(psi, x).logits)
+    per_scene = np.asarray(jax.vmap(jax.grad(lambda ps, xi: xi * q.log_prob(ps, xi[None])[0]),
+                                    (None, 0))(psi, x).logits)
     se = per_scene.std(axis=0) / math.sqrt(N)
     p, c = np.asarray(_HIST_PROBS), np.arange(-2.5, 3.0, 1.0)
     exact = p * (c - (p * c).sum())

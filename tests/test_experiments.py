@@ -11,7 +11,8 @@ from autosim_jax.experiments import EXPERIMENTS, assess_psi, build_clevr_seg, ge
 
 
 def test_unknown_experiment_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"Unknown experiment 'mnist'; valid choices are \['clevr-det', 'clevr-seg', 'digits-det', 'digits-sim2real'\]"):
+    with pytest.raises(ValueError, match=r"Unknown experiment 'mnist'; valid choices are "
+                                         r"\['clevr-det', 'clevr-seg', 'digits-det', 'digits-sim2real'\]"):
         get_experiment("mnist")
 
 
@@ -222,7 +223,8 @@ def test_the_assessor_judges_its_models_by_the_untrained_models_loss_and_metric(
     out = assess(psi, 0)
     assess(psi, 4)  # a second call: it must see the same untrained metric (measured once)
     losses, untrained, metrics, untrained_metric, higher = seen[0]
-    assert losses.tolist() == pytest.approx(out["train_losses"]) and metrics.tolist() == pytest.approx(out["val_metrics"])
+    assert (losses.tolist() == pytest.approx(out["train_losses"])
+            and metrics.tolist() == pytest.approx(out["val_metrics"]))
     inner = make_inner(setup.simulator, setup.model, setup.task, optimizer=setup.config.inner_optax(), dataset_size=64,
                        batch_size=setup.config.batch_size, epochs=1, val_batch_size=setup.config.val_batch_size)
     assert untrained_metric == pytest.approx(float(inner.measure(inner.theta0, *setup.val_data)[1]), abs=1e-6)
@@ -284,7 +286,8 @@ def test_clevr_seg_gpu_preset_is_k64_with_the_k256_assessment():
     assert (c.dataset_size, c.batch_size, c.finetune_epochs, c.outer_decay_steps, setup.iterations) == (64, 16, 4, 30,
                                                                                                        480)
     assert (k256.dataset_size, k256.batch_size, k256.finetune_epochs, k256.outer_decay_steps) == (256, 32, 2, 60)
-    assert c.finetune_epochs * c.dataset_size // c.batch_size == k256.finetune_epochs * k256.dataset_size // k256.batch_size
+    assert (c.finetune_epochs * c.dataset_size // c.batch_size
+            == k256.finetune_epochs * k256.dataset_size // k256.batch_size)
     assert c == k256.replace(dataset_size=64, batch_size=16, finetune_epochs=4, outer_decay_steps=30)
     assert setup.baseline_evaluation == (1024, 8)
 
@@ -300,6 +303,7 @@ def test_clevr_seg_cpu_preset_is_k64_with_the_k256_assessment():
                                                                                                        160)
     assert (k256.dataset_size, k256.batch_size, k256.finetune_epochs, k256.outer_decay_steps) == (256, 16, 4, 0)
     assert c.dataset_size * setup.iterations == 256 * 40
-    assert c.finetune_epochs * c.dataset_size // c.batch_size == k256.finetune_epochs * k256.dataset_size // k256.batch_size
+    assert (c.finetune_epochs * c.dataset_size // c.batch_size
+            == k256.finetune_epochs * k256.dataset_size // k256.batch_size)
     assert c == k256.replace(dataset_size=64, finetune_epochs=16, outer_decay_steps=30)
     assert (setup.assess_images, setup.assess_epochs, setup.baseline_evaluation) == (2048, 10, (2048, 10))

@@ -232,7 +232,8 @@ def test_gate_and_signal_test_options_are_validated():
                        ({"outer_signal_test_after": -1}, "outer_signal_test_after"),
                        ({"outer_signal_test_alpha": 0.0}, "outer_signal_test_alpha"),
                        ({"outer_signal_test_after": 5, "outer_optimizer": "natural"}, "chained after them"),
-                       ({"outer_snr_gate_steps": 5}, "outer_snr_gate_steps=5 ends the noise gate, but outer_snr_gate=0"),
+                       ({"outer_snr_gate_steps": 5},
+                        "outer_snr_gate_steps=5 ends the noise gate, but outer_snr_gate=0"),
                        ({"outer_snr_gate": 1.0, "outer_snr_gate_steps": -1}, "outer_snr_gate_steps")):
         with pytest.raises(ValueError, match=match):
             AutoSimConfig(**bad)

@@ -43,7 +43,8 @@ assert jax.device_count() == 2, jax.devices()
 def toy(devices, **kw):
     sim = Simulator(from_schema(SquareRenderer.schema, {"x": {"loc": -1.0, "scale": 0.5}}), SquareRenderer())
     kw = {"dataset_size": 64, "batch_size": 16, **kw}
-    return make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TOY_TASK, VAL, finetune_epochs=2, inner_optimizer=optax.adam(0.1), outer_optimizer=optax.adam(0.1),
+    return make_autosimulate(sim, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), TOY_TASK, VAL, finetune_epochs=2,
+                             inner_optimizer=optax.adam(0.1), outer_optimizer=optax.adam(0.1),
                              damping=1e-2, cg_maxiter=5, cg_tol=1e-3, devices=devices, **kw)
 
 
@@ -78,15 +79,16 @@ out["hypergradient_all_reduce"] = "all-reduce" in hyper.compile().as_text()
 from autosim_jax.cli import main
 
 run_dir = sys.argv[1]
-codes = {"run": main(["run", "autosim_toy_experiment:TOY", "--devices", "2", "--iterations", "2", "--assess-images", "0",
-                      "--out", run_dir]),
-         "odd_k": main(["run", "autosim_toy_experiment:TOY", "--devices", "2", "--dataset-size", "9", "--iterations", "1",
-                        "--out", run_dir + "-odd"])}
+codes = {"run": main(["run", "autosim_toy_experiment:TOY", "--devices", "2", "--iterations", "2",
+                      "--assess-images", "0", "--out", run_dir]),
+         "odd_k": main(["run", "autosim_toy_experiment:TOY", "--devices", "2", "--dataset-size", "9",
+                        "--iterations", "1", "--out", run_dir + "-odd"])}
 out["cli"] = {"codes": codes, "config": json.load(open(run_dir + "/config.json"))["parallel"]}
 
 errors = {}
 for name, kw in (("dataset_size", dict(dataset_size=63, batch_size=21)),
-                 ("batch_size", dict(batch_size=15, dataset_size=60)), ("curvature_batch_size", dict(curvature_batch_size=31))):
+                 ("batch_size", dict(batch_size=15, dataset_size=60)),
+                 ("curvature_batch_size", dict(curvature_batch_size=31))):
     try:
         toy(2, **kw)
     except ValueError as err:

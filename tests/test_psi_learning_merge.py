@@ -26,7 +26,8 @@ def _baseline(seed):
 
 
 def _record(tmp_path, name, runs, failed=(), steps=4, **options):
-    record = {**options, "benchmark": "psi_learning", "date": "2026-12-05", "command": f"call {name}", "device": "gpu:X",
+    record = {**options, "benchmark": "psi_learning", "date": "2026-12-05", "command": f"call {name}",
+              "device": "gpu:X",
               "jax_version": "0", "experiment": "toy", "size": "gpu", "steps": steps, "assess_steps": [4],
               "repeats": 1, "baseline_repeats": 1, "assess_images": None, "assess_epochs": None,
               "precision": "float32", "baselines_from": None, "variants": {"default": {}}, "wall_seconds": 1.0,

@@ -287,5 +287,6 @@ def test_every_registered_renderer_follows_the_protocol(name):
 def test_get_renderer_by_name():
     assert isinstance(get_renderer("clevr", image_size=16), ClevrRenderer)
     assert get_renderer("clevr", image_size=16).inputs_spec.shape == (16, 16, 3)
-    with pytest.raises(ValueError, match="valid names are \\['clevr', 'clevr-det', 'digit-canvas', 'glyphs', 'mitsuba', 'mitsuba-det'\\]"):
+    with pytest.raises(ValueError, match="valid names are \\['clevr', 'clevr-det', 'digit-canvas', 'glyphs', "
+                                         "'mitsuba', 'mitsuba-det'\\]"):
         get_renderer("blender")

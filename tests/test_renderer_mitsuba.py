@@ -352,7 +352,8 @@ def test_mitsuba_det_low_quality_is_cheaper_and_noisier():
         assert (d["sensor"]["film"]["width"], d["sensor"]["sampler"]["sample_count"],
                 d["integrator"]["max_depth"]) == (res, spp, depth)
         a, b = (mitsuba_backend._training_images(
-            mitsuba_backend._render_linear(c["scenes"], seeds, r.variant, **kw), SIZE) for seeds in ([1, 2, 3], [4, 5, 6]))
+            mitsuba_backend._render_linear(c["scenes"], seeds, r.variant, **kw), SIZE)
+            for seeds in ([1, 2, 3], [4, 5, 6]))
         noise[q] = np.sqrt(np.mean((a - b) ** 2))
     assert noise[1] < 0.75 * noise[0], noise
 

@@ -58,7 +58,8 @@ def test_records_mode_writes_the_crossfit(rc, tmp_path):
     record = _record()
     record["gap_closed"] = {"test_metric": {"default": {
         "30": {"per_seed": [0.5], "seeds": [3]}, "60": {"per_seed": [0.55], "seeds": [3]},
-        "selected_by_val": {"per_seed": [0.55], "seeds": [3]}, "average_second_half": {"per_seed": [0.4], "seeds": [3]}}}}
+        "selected_by_val": {"per_seed": [0.55], "seeds": [3]},
+        "average_second_half": {"per_seed": [0.4], "seeds": [3]}}}}
     with gzip.open(tmp_path / "rec.json.gz", "wt") as f:
         json.dump(record, f)
     (tmp_path / "rec.partial.jsonl.gz").write_bytes(gzip.compress(b'{"a": 1}\n{"b": 2}\n'))  # skipped, not parsed

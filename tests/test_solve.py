@@ -130,7 +130,8 @@ def test_saddle_point_of_an_indefinite_system_is_flagged(x64):
     # Enough damping (more than the most negative eigenvalue's magnitude) makes it solvable.
     A = _spd(12, 10.0, seed=3, negative=4)
     b = jnp.ones(12)
-    res = asj.solve_damped(lambda v: jnp.asarray(A) @ v, b, 1.0 + float(-np.linalg.eigvalsh(A).min()), tol=1e-10, maxiter=200)
+    res = asj.solve_damped(lambda v: jnp.asarray(A) @ v, b, 1.0 + float(-np.linalg.eigvalsh(A).min()), tol=1e-10,
+                           maxiter=200)
     assert bool(res.converged) and not bool(res.indefinite)
 
 

@@ -109,7 +109,8 @@ def test_restricted_curvature_is_the_trainable_block(x64, kind):
     op = curvature_operator(kind, part.restrict(predict, frozen), MSE, trainable, x, y)
     t_flat, t_unravel = ravel_pytree(trainable)
     column = jax.jit(jax.vmap(lambda e: ravel_pytree(op.matvec(t_unravel(e)))[0], out_axes=1))
-    np.testing.assert_allclose(column(jnp.eye(t_flat.size, dtype=jnp.float64)), _dense_block(full, mask_flat), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(column(jnp.eye(t_flat.size, dtype=jnp.float64)), _dense_block(full, mask_flat),
+                               rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("option, pattern, match, a_path", [

@@ -163,6 +163,7 @@ def make_bayesopt(
         search = (xs.at[n].set(x), ys.at[n].set(r), count + 1, jnp.where(improved, jnp.asarray(r, best.dtype), best))
         return finish_step(objective, state, [ev], [r], psi=candidate if improved else state.psi, search=search,
                            key=key, warm_start=warm_start, carry=improved, t_start=t_start,
-                           extra=dict(best_reward=float(search[3]), improved=bool(improved), suggested=n > initial_points))
+                           extra=dict(best_reward=float(search[3]), improved=bool(improved),
+                                      suggested=n > initial_points))
 
     return BlackBox(init, step, objective, space)

@@ -83,7 +83,8 @@ def make_lts(
       ("REINFORCE (LTS)").
     """
     if samples_per_step < 2:
-        raise ValueError(f"samples_per_step must be >= 2 (the policy gradient compares samples), got {samples_per_step}.")
+        raise ValueError("samples_per_step must be >= 2 (the policy gradient compares samples), "
+                         f"got {samples_per_step}.")
     if not policy_scale > 0:
         raise ValueError(f"policy_scale must be > 0, got {policy_scale}.")
     if not 0 <= baseline_decay < 1:

@@ -68,6 +68,7 @@ def make_random_search(
         psi = candidate if improved else state.psi
         best = jnp.asarray(r if improved else state.search, state.search.dtype)
         return finish_step(objective, state, [ev], [r], psi=psi, search=best, key=key, warm_start=warm_start,
-                           carry=improved, t_start=t_start, extra=dict(best_reward=float(best), improved=bool(improved)))
+                           carry=improved, t_start=t_start,
+                           extra=dict(best_reward=float(best), improved=bool(improved)))
 
     return BlackBox(init, step, objective, space)

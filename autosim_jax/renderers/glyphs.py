@@ -103,7 +103,8 @@ def example_glyph_scenes(n: int, seed: int, **fixed: Any) -> dict[str, np.ndarra
     Fonts and digits are uniform; sizes 0.8-1.0, strokes up to 0.03, rotations within 10
     degrees, shears within 0.2, shifts within 0.05, blur up to 0.3, noise up to 0.5, contrast
     0.8-1.0. A nearest-centroid classifier fitted on 2000 of them scores about 63% on the
-    real validation digits (10% is chance). Keyword arguments fix whole fields to one per-scene value (categories by index).
+    real validation digits (10% is chance). Keyword arguments fix whole fields to one
+    per-scene value (categories by index).
 
     Example:
       >>> example_glyph_scenes(3, seed=0, digit=7)["digit"].tolist()
