@@ -11,7 +11,9 @@ of one experiment, size and assessment budget) it gathers, per seed,
   ``reassess.py`` record's new start and reference models (once per record and seed);
 * each ``--psi NAME=RECORD:VARIANT@STEP``'s models: the run's own at that step in ``RECORD`` and every
   ``reassess.py`` row of the same record, variant and step (``@trajectory``: the run's replay product, the
-  models ``psi_learning.py --assess-trajectory`` trained on the mixture of its steps' psi);
+  models ``psi_learning.py --assess-trajectory`` trained on the mixture of its steps' psi); a NAME given
+  again with another record joins the seeds of runs split over records (``det_s012`` and ``det_s34``), each
+  seed from the one record that has it;
 
 and reports the pooled mean of each (weighted by the number of models; a model a record marks as diverged
 is left out), each psi's gain over the pooled start and its G = gain / (reference - start) per seed, their
@@ -50,6 +52,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -162,8 +165,28 @@ def parse_psi(spec: str) -> tuple[str, tuple[str, str, str]]:
     return name, (record_name(record), variant, step)
 
 
+def seed_keys(name: str, keys: list[tuple], learned: dict, seeds: list[int]) -> dict[int, tuple]:
+    """``{seed: (record, variant, step)}``: the one key of a ``--psi NAME``'s ``keys`` that has models of each seed;
+    ``ValueError`` naming a seed that none of them has, or that two of them have (two runs are two psi)."""
+    out = {}
+    for s in seeds:
+        holders = [k for k in keys if (*k, s) in learned]
+        if len(holders) > 1:
+            raise ValueError(f"--psi {name}: seed {s} has models in " + " and ".join(f"{k[0]}:{k[1]}@{k[2]}" for k in
+                             holders) + ": give each seed's run once")
+        if holders:
+            out[s] = holders[0]
+    missing = [s for s in seeds if s not in out]
+    if missing:
+        k = keys[0]
+        raise ValueError(f"--psi {name}: no models of {k[1]}@{k[2]} in " + " or ".join(k[0] for k in keys) +
+                         f" for seeds {missing} (is its record among --records?)")
+    return out
+
+
 def summarise(baselines: dict, learned: dict, psis: dict, seeds: list[int], base: str | None) -> dict:
-    """Per seed pooled start, reference and psi; gains, G and paired differences from ``base``."""
+    """Per seed pooled start, reference and psi; gains, G and paired differences from ``base``. ``psis`` maps each
+    name to its list of ``(record, variant, step)`` keys (:func:`seed_keys`)."""
     for kind in baselines:
         missing = [s for s in seeds if s not in baselines[kind]]
         if missing:
@@ -175,17 +198,18 @@ def summarise(baselines: dict, learned: dict, psis: dict, seeds: list[int], base
     gap = np.array([out["reference"][str(s)]["mean"] for s in seeds]) - start
     out["reference_gain"] = mean_std(gap)
     out["psi"] = {}
-    for name, key in psis.items():
-        missing = [s for s in seeds if (*key, s) not in learned]
-        if missing:
-            raise ValueError(f"--psi {name}: no models of {key[1]}@{key[2]} in {key[0]} for seeds {missing} "
-                             "(is its record among --records?)")
-        per = {str(s): {"mean": pooled(learned[(*key, s)]), "models": sum(e[1] for e in learned[(*key, s)]),
-                        "sources": sorted({e[2] for e in learned[(*key, s)]})} for s in seeds}
+    for name, keys in psis.items():
+        by_seed = seed_keys(name, keys, learned, seeds)
+        per = {str(s): {"mean": pooled(learned[(*k, s)]), "models": sum(e[1] for e in learned[(*k, s)]),
+                        "sources": sorted({e[2] for e in learned[(*k, s)]})} for s, k in by_seed.items()}
         gain = np.array([per[str(s)]["mean"] for s in seeds]) - start
-        step = int(key[2]) if key[2].isdigit() else key[2]  # a step number, or "trajectory" (the replay product)
-        out["psi"][name] = {"record": key[0], "variant": key[1], "step": step, "per_seed": per,
-                            "gain": mean_std(gain), "G": mean_std(gain / gap)}
+        used = [k for k in keys if k in by_seed.values()]
+        step = used[0][2]
+        step = int(step) if step.isdigit() else step  # a step number, or "trajectory" (the replay product)
+        out["psi"][name] = {"record": " + ".join(k[0] for k in used), "variant": used[0][1], "step": step,
+                            "per_seed": per, "gain": mean_std(gain), "G": mean_std(gain / gap)}
+        if len(used) > 1:
+            out["psi"][name]["seeds_from"] = {str(s): f"{k[0]}:{k[1]}@{k[2]}" for s, k in by_seed.items()}
     if base is not None:
         if base not in out["psi"]:
             raise ValueError(f"--base {base!r} is not one of the --psi names {sorted(out['psi'])}")
@@ -246,14 +270,18 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", nargs="+", required=True, help="psi_learning.py and reassess.py records (.json[.gz])")
     p.add_argument("--psi", action="append", required=True, metavar="NAME=RECORD:VARIANT@STEP",
-                   help="a learned psi: a psi_learning.py record's variant after STEP steps (repeatable)")
+                   help="a learned psi: a psi_learning.py record's variant after STEP steps (repeatable; a NAME "
+                        "given again with another record joins that record's seeds)")
     p.add_argument("--metric", default="test_metric", choices=["test_metric", "val_metric"])
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: every seed of the first --psi)")
     p.add_argument("--base", default=None, help="a --psi NAME the others are paired with, seed by seed")
     p.add_argument("--out", required=True, help="writes OUT.json, OUT.md, OUT.png")
     args = p.parse_args(argv)
     try:
-        psis = dict(parse_psi(s) for s in args.psi)
+        psis = {}
+        for spec in args.psi:
+            name, key = parse_psi(spec)
+            psis.setdefault(name, []).append(key)
         records = {}
         for path in args.records:
             if record_name(path) in records:
@@ -263,15 +291,16 @@ def main(argv=None) -> dict:
         baselines, learned = collect(records, args.metric)
         first = next(iter(psis.values()))
         seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
-                 else sorted(s for (*k, s) in learned if tuple(k) == first))
+                 else sorted({s for (*k, s) in learned if tuple(k) in first}))
         if not seeds:
-            raise ValueError(f"--psi {args.psi[0]}: no models of {first[1]}@{first[2]} in {first[0]} for seeds "
-                             "(is its record among --records?)")
+            raise ValueError(f"--psi {args.psi[0]}: no models of {first[0][1]}@{first[0][2]} in {first[0][0]} for "
+                             "seeds (is its record among --records?)")
         summary = summarise(baselines, learned, psis, seeds, args.base)
     except (OSError, KeyError, ValueError) as err:
         p.error(str(err))
     result = {"benchmark": "pooled_gain", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+              # quoted, so that a --psi whose variant has spaces (reassess.py's twins) runs again as written
+              "command": shlex.join(["python", sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
               "metric": args.metric, **shared, "records": list(records), "seeds": seeds, "base": args.base, **summary}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:

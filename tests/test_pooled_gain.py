@@ -113,6 +113,29 @@ def test_names_a_psi_without_models_and_a_record_given_twice(pg, tmp_path, capsy
     assert "names own.json twice" in capsys.readouterr().err
 
 
+def test_a_name_given_again_joins_the_seeds_of_a_run_split_over_records(pg, tmp_path, capsys):
+    """Seed 0's run in one record and seed 1's in another (``det_s012`` / ``det_s34``) make one row; a seed that two
+    records hold is refused (two runs are two psi); the command is stored quoted, so a variant with spaces runs
+    again as written."""
+    def m(*xs):
+        return {"test_metrics": list(xs)}
+    base = [{"variant": "_baseline", "seed": s, "start": m(0.1, 0.1), "reference": m(0.5, 0.5)} for s in (0, 1)]
+    own = _write(tmp_path, "own.json", _psi_learning([*base, {"variant": "a", "seed": 0, "assessed": {"10": m(0.3)}}]))
+    split = _write(tmp_path, "split.json", _psi_learning([{"variant": "a b", "seed": 1, "assessed": {"10": m(0.2)}}]))
+    dup = _write(tmp_path, "dup.json", _psi_learning([{"variant": "a", "seed": 0, "assessed": {"10": m(0.4)}}]))
+    out = pg.main(["--records", own, split, dup, "--psi", "a=own.json:a@10", "--psi", "a=split.json:a b@10",
+                   "--out", str(tmp_path / "p")])
+    a = out["psi"]["a"]
+    assert out["seeds"] == [0, 1] and a["record"] == "own.json + split.json"
+    assert a["gain"]["per_seed"] == pytest.approx([0.2, 0.1])
+    assert a["seeds_from"] == {"0": "own.json:a@10", "1": "split.json:a b@10"}
+    assert "'a=split.json:a b@10'" in out["command"]
+    with pytest.raises(SystemExit):
+        pg.main(["--records", own, split, dup, "--psi", "a=own.json:a@10", "--psi", "a=dup.json:a@10",
+                 "--psi", "a=split.json:a b@10", "--out", str(tmp_path / "p")])
+    assert "seed 0 has models in own.json:a@10 and dup.json:a@10: give each seed's run once" in capsys.readouterr().err
+
+
 def test_reproduces_the_committed_digits_det_pools(pg, tmp_path):
     """Session 66's table (docs/learning.md): the default's step-120 psi judged by 17-20 detectors, and
     unit_norm_decay60's gain +0.121 +- 0.027, G 0.74 +- 0.11 over the pooled start, from the records alone."""
