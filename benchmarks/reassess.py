@@ -46,9 +46,11 @@ slots (:func:`tie_slots`; session 29: the five ``--select-reset`` picks with the
 marginal over some of its factors (``scene``, ``location``, ``quality``) set to the reference's, the rest
 given them kept; ``--learned-marginal FACTORS`` the reference with the psi's marginal over them
 (:func:`with_marginal`, clevr-det and digits-det). ``--twins-only`` assesses the twins alone: at the
-``--seed-offset`` of another record its models share that record's initialisations and minibatch order,
-so the two pair per model (session 37: the default's psi with a uniform scene or location, and the
-reference with its (scene, location) marginal and even qualities)::
+``--seed-offset`` of another record its models share that record's render keys and minibatch order (every model
+of a seed starts from the seed's one initialisation), though on digits-det that does not pair them: same-key
+differences are as noisy as independent ones (session 72), so pool the records (``pooled_gain.py``) rather than
+pair them (session 37: the default's psi with a uniform scene or location, and the reference with its (scene,
+location) marginal and even qualities)::
 
     python benchmarks/reassess.py --experiment digits-det --size gpu --step 120 --repeats 2 --recorded-baselines \
         --runs benchmarks/results/psi_learning/digits-det_gpu_120steps_det_s012.json:default \
@@ -551,7 +553,8 @@ def main(argv=None) -> int:
                    "the reference's conditional of the rest given them kept; repeatable")
     p.add_argument("--twins-only", action="store_true",
                    help="assess the twins alone, not the recorded psi they come from (whose new models, at the same "
-                   "--seed-offset, are in another record: the twins' models share their keys, so the two pair)")
+                   "--seed-offset, may be in another record; sharing keys does not correlate the models on "
+                   "digits-det: pool them, do not pair them, session 72)")
     p.add_argument("--recorded-baselines", action="store_true",
                    help="no new start/reference models: G against the recorded ones alone (cheaper)")
     p.add_argument("--seed-offset", type=int, default=1000,
