@@ -155,3 +155,21 @@ def test_reproduces_the_committed_digits_det_pools(pg, tmp_path):
     u = out["psi"]["u"]
     assert round(u["gain"]["mean"], 3) == 0.121 and round(u["gain"]["std"], 3) == 0.027
     assert round(u["G"]["mean"], 2) == 0.74 and round(u["G"]["std"], 2) == 0.11
+
+
+def test_reproduces_the_readme_digits_det_five_seed_pool(pg, tmp_path):
+    """The README's digits-det figure (session 72): the default's runs split over two records, joined into one row,
+    gain +0.123 +- 0.019 over a start judged by 60 detectors; the command stored beside the table makes it."""
+    import shlex
+
+    stored = json.loads((RESULTS / "pooled_gain_digits-det_gpu_120_5seeds.json").read_text())
+    argv = shlex.split(stored["command"])[2:]  # after "python benchmarks/pooled_gain.py"
+    argv[argv.index("--out") + 1] = str(tmp_path / "p")
+    root = RESULTS.parents[2]
+    argv = [str(root / a) if a.startswith("benchmarks/") else a for a in argv]
+    out = pg.main(argv)
+    assert sum(out["start"][s]["models"] for s in "01234") == 60
+    default = out["psi"]["default"]
+    assert round(default["gain"]["mean"], 3) == 0.123 and round(default["gain"]["std"], 3) == 0.019
+    assert round(default["G"]["mean"], 2) == 0.74 and round(out["reference_gain"]["mean"], 3) == 0.166
+    assert default["record"] == "digits-det_gpu_120steps_det_s012.json + digits-det_gpu_120steps_det_s34.json"
