@@ -24,9 +24,9 @@ import argparse
 import datetime
 import json
 import os
-import sys
 
 import numpy as np
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 def box_sizes(boxes: np.ndarray) -> dict[str, float]:
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         print(f"{cell:>26}: {r['objects']:4d} objects, box {r['width']:.2f} x {r['height']:.2f} px "
               f"(+- {r['width_stderr']:.2f} / {r['height_stderr']:.2f}), area {r['area']:.1f} px^2", flush=True)
     result = {"benchmark": "anchor_box_sizes", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+              "command": command_line(__file__, argv),
               "jax_version": jax.__version__, "autosim_jax": asj.__version__, "renderer": "clevr-det (numpy)",
               "image_size": args.image_size, "scene": args.scene, "quality": args.quality,
               "images_per_location": args.images, "locations": rows}

@@ -33,7 +33,6 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 
 import jax
@@ -43,6 +42,7 @@ from baseline_variance import (
     reward_reader,  # every c_k and score, read through the Distribution contract
 )
 from hypergradient_quality import field_slices  # the same field order as ravel_pytree(psi)
+from provenance import command_line  # the record's command, quoted for a shell
 from psi_learning import job_setup  # the experiment's setup with a render pool of its own
 
 import autosim_jax as asj
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         per_field[field] = {"variance_ratio_mirrored": float(var["mirrored"][sl].sum() / var["independent"][sl].sum()),
                             **{f"snr_{d}": float((mean[d][sl] ** 2).sum() / var[d][sl].sum()) for d in rows}}
     result = {"benchmark": "antithetic_variance", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+              "command": command_line(__file__, argv),
               "device": str(jax.devices()[0]), "jax_version": jax.__version__,
               "precision": "float32 estimates (matmul precision highest), ratios in float64",
               "experiment": args.experiment, "size": args.size, "seed": args.seed, "K": k,

@@ -36,11 +36,11 @@ import datetime
 import glob
 import json
 import os
-import sys
 
 import numpy as np
 
 from field_drift import read_record, unflatten  # the records' reader and their flat psi
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 def normalised_entropy(probs: np.ndarray) -> float:
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     late = [c for c in changes if c["to_step"] > args.after]
     result = {
         "benchmark": "appearance_entropy", "date": datetime.date.today().isoformat(),
-        "command": "python benchmarks/appearance_entropy.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line(__file__, argv),
         "experiment": args.experiment, "size": args.size, "fields": fields, "after": args.after,
         "records": len({pt["file"] for pt in points}), "runs": len(runs),
         "entropy_vs_G": corr([pt["entropy"] for pt in points], [pt["G"] for pt in points]),

@@ -39,7 +39,6 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 
 import jax
@@ -47,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypergradient_quality import field_slices  # the same field order as ravel_pytree(psi)
 from jax.flatten_util import ravel_pytree
+from provenance import command_line  # the record's command, quoted for a shell
 from psi_learning import job_setup  # the experiment's setup with a render pool of its own
 
 import autosim_jax as asj
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
                          **{f"variance_ratio_{n}": float(var[n][sl].sum() / base) for n in ESTIMATORS}}
     total = {n: float(var[n].sum() / var["leave_one_out"].sum()) for n in ESTIMATORS}
     result = {"benchmark": "baseline_variance", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
+              "command": command_line(__file__, argv), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__,
               "precision": "float32 estimates (matmul precision highest), ratios in float64",
               "experiment": args.experiment, "size": args.size, "seed": args.seed, "K": k, "theta": args.theta,

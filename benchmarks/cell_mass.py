@@ -30,11 +30,11 @@ import datetime
 import fnmatch
 import json
 import os
-import sys
 
 import numpy as np
 from detection_tables import mean_std, support_cells
 from field_drift import read_runs, trajectory_runs, unflatten  # psi_learning.py's records
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 def group_cells(choices, patterns: list[str]) -> list[int]:
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
                                                 if int(k) < len(s["effective_cells"])])
                                    for k in ["0", *(k for k in points if k.isdigit())]}}
     out = {"benchmark": "cell_mass", "date": datetime.date.today().isoformat(),
-           "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+           "command": command_line(__file__, argv),
            "jax_version": jax.__version__, "autosim_jax": asj.__version__, "experiment": args.experiment,
            "size": args.size, "groups": {n: [field.choices[i] for i in idx] for n, idx in groups.items()},
            "summary": summary, "seeds": seeds}

@@ -31,10 +31,10 @@ import datetime
 import glob
 import json
 import os
-import shlex
 import sys
 
 import numpy as np
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 def read_run(path: str) -> dict:
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.error(str(e))
     doc = {"benchmark": "cli_runs_gap", "date": datetime.date.today().isoformat(),
-           "command": shlex.join(["python", os.path.relpath(sys.argv[0]), *(argv or sys.argv[1:])]),
+           "command": command_line(__file__, argv),
            "groups": result}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:

@@ -29,6 +29,7 @@ import sys
 import time
 
 import numpy as np
+from provenance import command_line  # the record's command, quoted for a shell
 # the same jobs as psi_learning.py: process pool, GPU, render pool, deadline
 from psi_learning import job_setup, run_jobs
 
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
     record = {
         "benchmark": "detection_reference", "date": datetime.date.today().isoformat(),
-        "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+        "command": command_line(__file__, argv),
         "device": f"{device.platform}:{device.device_kind}", "host_cpus": os.cpu_count(),
         "jax_version": jax.__version__, "autosim_jax": asj.__version__, "precision": "float32, default matmul",
         "experiment": args.experiment, "size": args.size, "seeds": seeds, "repeats": args.repeats,

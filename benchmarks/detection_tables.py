@@ -80,6 +80,7 @@ import time
 import traceback
 
 import numpy as np
+from provenance import command_line  # the record's command, quoted for a shell
 
 METHODS = ("autosimulate", "random", "bo", "lts")
 APPROXIMATIONS = ("exact_quadratic", "approx_quadratic", "linear", "no_val")
@@ -697,7 +698,7 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
     record = {
         "benchmark": "detection_tables", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(__file__, argv),
         "device": f"{device.platform}:{device.device_kind}", "devices": jax.device_count(), "gpus_used": args.gpus,
         "host_cpus": os.cpu_count(), "jobs_at_once": jobs, "jax_version": jax.__version__,
         "autosim_jax": asj.__version__, "precision": f"float32, matmul precision "

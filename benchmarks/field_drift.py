@@ -36,6 +36,7 @@ import os
 import sys
 
 import numpy as np
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 def field_kls(reference, psi) -> dict[str, float]:
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
                 cell["median"] = float(np.median(list(cell["per_seed"].values())))
     axis = "images" if args.compare else "step"
     record = {"benchmark": "field_drift", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+              "command": command_line(__file__, argv),
               "jax_version": jax.__version__, "autosim_jax": asj.__version__, "experiment": args.experiment,
               "size": args.size, "steps": steps, "axis": axis, "kl_reference_to_psi": table}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -37,11 +37,11 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 
 import numpy as np
 from field_drift import flatten, read_runs, trajectory_runs  # psi_learning.py's records and their flat psi
+from provenance import command_line  # the record's command, quoted for a shell
 
 # fresh models on flat psi, and the psi an autosim run directory returned
 from reassess import add_job_arguments, assess_jobs, cli_records, failures, job_options
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
                           "per_seed": g.tolist(), "seeds": [row["seed"] for row in rows if row["field"] == f]}
     device = jax.devices()[0]
     out = {"benchmark": "field_value", "date": datetime.date.today().isoformat(),
-           "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+           "command": command_line(__file__, argv),
            "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
            "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
            "size": args.size, "runs": args.runs or args.cli_runs, "step": None if args.cli_runs else args.step,

@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 import warnings
 
@@ -36,6 +35,7 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
+from provenance import command_line  # the record's command, quoted for a shell
 
 import autosim_jax as asj
 from autosim_jax.inner import make_inner
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         print(f"traced {first[0]} model {first[1]}: gradient norm {traced['largest_grad_norm']:.0f} at step "
               f"{traced['at_step']} (median {traced['median_grad_norm']:.1f})", flush=True)
     result = {"benchmark": "fresh_model_divergence", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+              "command": command_line(__file__, argv),
               "device": str(jax.devices()[0]), "jax_version": jax.__version__, "precision": "float32",
               "experiment": args.experiment, "size": args.size, "seed": args.seed, "models": args.models,
               "assess_images": base.assess_images, "assess_epochs": base.assess_epochs,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 import time
 
 import jax
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.flatten_util import ravel_pytree
+from provenance import command_line  # the record's command, quoted for a shell
 
 import autosim_jax as asj
 from autosim_jax.inner import make_inner
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
         points[f"run{args.run_steps}"] = (state.psi, state.theta)
 
     result = {"benchmark": "hypergradient_quality", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
+              "command": command_line(__file__, argv), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": str(jnp.zeros(()).dtype),
               "experiment": args.experiment, "size": args.size, "seed": args.seed, "estimates": args.estimates,
               "repeats": args.repeats, "start_override": override, "config": cfg.to_dict(), "points": {}}

@@ -69,10 +69,10 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 
 import numpy as np
+from provenance import command_line  # the record's command, quoted for a shell
 
 # snr_gate's decay, as AutoSimConfig.outer_optax chains it (not an option of the config).
 DECAY = 0.99
@@ -393,7 +393,7 @@ def main(argv=None) -> int:
     leaves = list(per_seed[seeds[0]]["leaves"])
     record = {
         "benchmark": "hypergradient_signal", "date": datetime.date.today().isoformat(),
-        "command": "python " + " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+        "command": command_line(__file__, argv),
         "device": f"{device.platform}:{device.device_kind}", "host_cpus": os.cpu_count(),
         "jax_version": jax.__version__, "autosim_jax": asj.__version__,
         "precision": "float32 steps, gate state and chi-square tail; other statistics in float64",

@@ -51,13 +51,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from position_signal import psi_from_run  # a psi_learning.py run's psi at one of its steps
+from provenance import command_line  # the record's command, quoted for a shell
 
 import autosim_jax as asj
 from autosim_jax.estimators import directional_derivatives
@@ -262,7 +262,7 @@ def summarise(estimates: list[dict]) -> dict:
 
 def write(args, setup, rows: dict, t0: float) -> dict:
     result = {"benchmark": "influence_features", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
+              "command": command_line(__file__, None), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": str(jnp.zeros(()).dtype), "size": args.size,
               "seed": args.seed, "estimates": args.estimates, "dataset_size": args.dataset_size, "psi": args.psi,
               "fields_from_start": args.fields_from_start, "psi_from": args.psi_from,

@@ -47,13 +47,13 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 
 import jax
 import numpy as np
 from hypergradient_quality import field_slices  # the same field order as ravel_pytree(psi)
 from jax.flatten_util import ravel_pytree
+from provenance import command_line  # the record's command, quoted for a shell
 from psi_learning import job_setup  # the experiment's setup with a render pool of its own
 
 import autosim_jax as asj
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         asj.AutoSimConfig().replace(**parse_config(args.config))  # a typo fails here, not after the renders
     except (ValueError, TypeError) as e:
         p.error(str(e))
-    command = "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(__file__, argv)
     if args.from_json:
         with open(args.from_json) as f:
             result = json.load(f)

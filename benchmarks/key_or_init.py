@@ -40,13 +40,13 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 
 import jax
 import numpy as np
 from field_drift import flatten, unflatten  # psi as the records keep it
 from init_bias import adam_travel  # Adam's travel on a given hypergradient distribution
+from provenance import command_line  # the record's command, quoted for a shell
 
 import autosim_jax as asj
 from autosim_jax.experiments import make_assessor
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
             split[f"{f}[{c}]"] = split_variance(last[..., c])
     noise = np.abs(adam_travel([0.0], [1.0], 1, cycle=False, steps=args.steps, draws=4000)[0])
     result = {"benchmark": "key_or_init", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+              "command": command_line(__file__, argv),
               "device": str(jax.devices()[0]), "jax_version": jax.__version__, "autosim_jax": asj.__version__,
               "precision": "float32, default matmul", "experiment": args.experiment, "size": args.size,
               "ids": ids, "steps": args.steps, "watch": watch, "repeats": args.repeats,

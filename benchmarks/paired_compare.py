@@ -35,6 +35,7 @@ import os
 import sys
 
 import numpy as np
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 ASSESSED = ("start_psi", "reference_psi")  # the assessments a record holds per seed besides its rows
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     (base_label, base_path), variants = pairs[0], pairs[1:]
     base = read(base_path)
     result = {"benchmark": "paired_compare", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+              "command": command_line(__file__, argv),
               "experiment": base["experiment"], "seeds": base["seeds"], "base": base_label, "base_path": base_path,
               "paths": dict(variants), "variants": {}}
     for label, path in variants:

@@ -52,12 +52,11 @@ import argparse
 import datetime
 import json
 import os
-import shlex
-import sys
 
 import numpy as np
 from detection_tables import mean_std  # {"mean", "std" (ddof=1), "per_seed"}
 from field_drift import read_record  # a record, .json or .json.gz
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 def record_name(path: str) -> str:
@@ -300,7 +299,7 @@ def main(argv=None) -> dict:
         p.error(str(err))
     result = {"benchmark": "pooled_gain", "date": datetime.date.today().isoformat(),
               # quoted, so that a --psi whose variant has spaces (reassess.py's twins) runs again as written
-              "command": shlex.join(["python", sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+              "command": command_line(__file__, argv),
               "metric": args.metric, **shared, "records": list(records), "seeds": seeds, "base": args.base, **summary}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:

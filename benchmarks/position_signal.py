@@ -34,7 +34,6 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 
 import jax
@@ -44,6 +43,7 @@ import numpy as np
 import autosim_jax as asj
 from autosim_jax.render_pool import make_render_pool
 from field_drift import read_record  # psi_learning.py's records, compressed or not
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 def corner_mass_change(logits: np.ndarray, grad: np.ndarray, bins: int, corner: np.ndarray | None = None) -> float:
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
 
 def write(args, setup, logits, rows: dict, t0: float) -> dict:
     result = {"benchmark": "position_signal", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
+              "command": command_line(__file__, None), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": str(jnp.zeros(()).dtype), "size": args.size,
               "seed": args.seed, "bins": args.bins, "estimates": args.estimates, "psi_from": args.psi_from,
               "start_corner_probability": float(jax.nn.softmax(logits.reshape(-1, args.bins)).max(1).mean()),

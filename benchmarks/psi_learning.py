@@ -53,6 +53,7 @@ import time
 import numpy as np
 
 from field_drift import flatten, read_record  # this script's records (compressed or not) and their psi
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 def all_but(*fields: str) -> str:
@@ -959,7 +960,7 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
     meta = {
         "benchmark": "psi_learning", "date": datetime.date.today().isoformat(),
-        "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+        "command": command_line(__file__, argv),
         "device": f"{device.platform}:{device.device_kind}", "host_cpus": os.cpu_count(), "jobs": args.jobs,
         "jax_version": jax.__version__, "autosim_jax": asj.__version__, "precision": "float32, default matmul",
         "experiment": args.experiment, "size": args.size, "steps": args.steps, "assess_steps": steps,

@@ -92,6 +92,7 @@ import time
 
 import numpy as np
 from field_drift import flatten, read_runs, trajectory_runs, unflatten  # psi_learning.py's records and their flat psi
+from provenance import command_line  # the record's command, quoted for a shell
 # the same jobs as psi_learning.py: process pool, GPU, render pool, deadline
 from psi_learning import job_progress, job_setup, run_jobs
 
@@ -645,7 +646,7 @@ def main(argv=None) -> int:
                     "per_seed": s[k]}
     device = jax.devices()[0]
     record = {"benchmark": "reassess", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+              "command": command_line(__file__, argv),
               "device": f"{device.platform}:{device.device_kind}", "jax_version": jax.__version__,
               "autosim_jax": asj.__version__, "precision": "float32, default matmul", "experiment": args.experiment,
               "size": args.size, "steps": args.steps, "repeats": args.repeats, "seed_offset": args.seed_offset,

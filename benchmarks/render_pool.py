@@ -36,7 +36,6 @@ import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -197,6 +196,7 @@ def main(argv=None) -> None:
         backends.remove("ray")
 
     import jax
+    from provenance import command_line  # a sibling: the record's command
 
     from autosim_jax.render_pool import DEFAULT_CHUNK_SIZE
 
@@ -210,7 +210,7 @@ def main(argv=None) -> None:
         "settings": {"workers": args.workers, "backends": backends, "repeats": args.repeats,
                      "chunk_size": DEFAULT_CHUNK_SIZE, "blas_threads_per_worker": 1,
                      "timing": "median wall-clock of `repeats` batches after a checked warm-up",
-                     "command": " ".join([os.path.basename(sys.executable), *sys.argv])},
+                     "command": command_line(__file__, argv)},
         "renderers": [],
     }
     if "ray" in backends:  # one local Ray instance for every Ray pool (each one's actors

@@ -33,10 +33,10 @@ import datetime
 import glob
 import json
 import os
-import sys
 
 import numpy as np
 from field_drift import read_record, unflatten
+from provenance import command_line  # the record's command, quoted for a shell
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "psi_learning")
 SCENE = ("key_light", "ambient", "one_object", "spheres")  # measured at step 45
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
                               "resolution_moved": sum(r["resolution_move"] <= -MOVED for r in group),
                               "mean_G60": float(np.mean([r["G60"] for r in group]))}
     result = {"benchmark": "resolution_and_scene", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+              "command": command_line(__file__, argv),
               "jax_version": jax.__version__, "autosim_jax": asj.__version__, "runs_read": len(rows), "files": read,
               "reference": {"key_light": reference["key_light"]["mean"], "ambient": reference["ambient"]["mean"],
                             "one_object": reference["num_objects"]["probs"][0],

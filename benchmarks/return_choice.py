@@ -52,11 +52,10 @@ import datetime
 import glob
 import json
 import os
-import shlex
-import sys
 
 import numpy as np
 from field_drift import read_record  # psi_learning.py's records, compressed or not
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 def runs_of(g: dict) -> list[dict]:
@@ -275,8 +274,7 @@ def main(argv=None) -> int:
     if not runs:
         p.error(f"no run with two or more assessed points in {args.records}")
     result = {"benchmark": "return_choice", "date": datetime.date.today().isoformat(), "records": args.records,
-              "command": shlex.join(["python", "benchmarks/return_choice.py",
-                                     *(sys.argv[1:] if argv is None else argv)]),
+              "command": command_line(__file__, argv),
               "summary": summary(runs, args.tol), "runs": runs}
     if crossfit:
         result["crossfit_summary"], result["crossfit_runs"] = crossfit_summary(crossfit), crossfit

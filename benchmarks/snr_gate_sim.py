@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from provenance import command_line  # the record's command, quoted for a shell
 
 import autosim_jax as asj
 
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
                   f"{r['signal_0.25_mean_travel']:.2f}  signal 0.5 {r['signal_0.5_mean_travel']:.2f}")
     with open(args.out + ".json", "w") as f:
         json.dump({"benchmark": "snr_gate_sim", "date": datetime.date.today().isoformat(),
-                   "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+                   "command": command_line(__file__, argv),
                    "jax_version": jax.__version__, "autosim_jax": asj.__version__, "precision": "float32",
                    "device": str(jax.devices()[0].platform), "truth": TRUTH, "draws": args.draws, "rows": rows},
                   f, indent=1)

@@ -61,6 +61,7 @@ from jax.flatten_util import ravel_pytree
 import autosim_jax as asj
 from hypergradient_quality import field_slices
 from init_bias import parse_config
+from provenance import command_line  # the record's command, quoted for a shell
 from psi_learning import job_setup
 
 
@@ -306,7 +307,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     spec = {"experiment": args.experiment, "seed": args.seed, "size": args.size, "index": 0,
             "render_workers": args.render_workers}
-    command = "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(__file__, argv)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     def save(result):

@@ -38,10 +38,10 @@ import json
 import os
 import platform
 import re
-import sys
 import time
 
 import numpy as np
+from provenance import command_line  # the record's command, quoted for a shell
 
 _TRIPLE = re.compile(r"\[\s*(-?[0-9.e+-]+,\s*-?[0-9.e+-]+,\s*-?[0-9.e+-]+)\s*\]")
 
@@ -541,8 +541,7 @@ def main(argv=None):
                        jax_version=jax.__version__, device=str(jax.devices()[0]), host=platform.processor() or
                        platform.machine(), cpu_count=os.cpu_count(), old_defaults=OLD)
         results.setdefault("commands", [])
-        args_given = argv if argv is not None else sys.argv[1:]
-        cmd = "python " + " ".join([os.path.relpath(__file__, os.getcwd()), *args_given])
+        cmd = command_line(__file__, argv)
         if cmd not in results["commands"]:
             results["commands"].append(cmd)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -35,6 +35,7 @@ import sys
 import time
 
 import numpy as np
+from provenance import command_line  # the record's command, quoted for a shell
 
 ROWS = ("exact_quadratic", "linear", "approx_quadratic")
 
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
                   + " ".join(f"{r['final_sigma']:.2f}" for r in runs) + "; averaged psi "
                   + " ".join(f"{r['averaged_second_half_err']:.3f}" for r in runs), flush=True)
     record = {"benchmark": "toy_settled_theta", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join(sys.argv), "device": str(jax.devices()[0]),
+              "command": command_line(__file__, argv), "device": str(jax.devices()[0]),
               "jax_version": jax.__version__, "precision": "float32 model, float64 least-squares fit",
               "steps": args.steps, "outer_beta2": args.outer_beta2, "val_mean": args.val_mean,
               "outer_decay": args.outer_decay, "seeds": seeds, "results": results}

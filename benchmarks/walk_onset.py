@@ -38,6 +38,7 @@ import sys
 from typing import Callable
 
 import numpy as np
+from provenance import command_line  # the record's command, quoted for a shell
 
 
 def trajectory(records: list[dict], kl: Callable[[dict], float]) -> list[dict]:
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
                   f"{s['smallest']['step']} (path {s['smallest']['path']:.2f}, {s['smallest']['images']} images); "
                   f"at the end {s['end_kl']:.3g}")
     record = {"benchmark": "walk_onset", "date": datetime.date.today().isoformat(),
-              "command": "python " + " ".join([os.path.basename(sys.argv[0]), *(argv or sys.argv[1:])]),
+              "command": command_line(__file__, argv),
               "jax_version": jax.__version__, "autosim_jax": asj.__version__, "experiment": args.experiment,
               "size": args.size, "fields": fields, "runs": table}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -49,12 +49,18 @@ BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
 
 def load_benchmark(name: str):
     """The script ``benchmarks/NAME.py`` as a module, loaded from its file (``benchmarks/`` is no
-    package and not on the test path), for tests of its pure helpers at a test module's import;
-    a script that imports its siblings is taken through the ``benchmark_script`` fixture."""
+    package and not on the test path), for tests of its pure helpers at a test module's import.
+    ``benchmarks/`` is on ``sys.path`` while it loads, as when the script runs, so that its imports
+    of siblings (``provenance``) resolve; a test that imports several scripts as one program takes
+    them through the ``benchmark_script`` fixture."""
     path = BENCHMARKS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
     return module
 
 
