@@ -100,7 +100,9 @@ print("RESULT" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def worker(toy_path, tmp_path_factory):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+    # the suite's XLA_FLAGS (its fast-compile level, tests/conftest.py) plus two host devices
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([TESTS, str(toy_path), os.environ.get("PYTHONPATH", "")])}
     run_dir = str(tmp_path_factory.mktemp("parallel") / "run")
     result = subprocess.run([sys.executable, "-c", _WORKER, run_dir], capture_output=True, text=True, env=env,
