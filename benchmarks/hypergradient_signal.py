@@ -373,6 +373,9 @@ def main(argv=None) -> int:
         p.error(f"--seeds {args.seeds}: each seed once (pooling assumes independent seeds)")
     if args.render_workers < 1:
         p.error(f"--render-workers {args.render_workers}: give at least 1")
+    # GPU memory as it is needed, not 75% of the card at the first allocation: two of these beside
+    # `autosim compare` jobs left one no memory for cuBLAS (session 73), as psi_learning.py's jobs do
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
     import autosim_jax as asj
