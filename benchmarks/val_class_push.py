@@ -52,7 +52,10 @@ def main(argv=None) -> int:
     import autosim_jax as asj
     from autosim_jax.rundir import psi_record
 
-    setup = asj.get_experiment(args.experiment).build(size=args.size, seed=seeds[0])
+    def build(seed):
+        return asj.get_experiment(args.experiment).build(size=args.size, seed=seed)
+
+    setup = build(seeds[0])  # checked here, before any step; the loop's first seed uses it
     names = [f.name for f in setup.simulator.renderer.schema.fields]
     if args.field not in names:
         p.error(f"--field {args.field}: not a field of {args.experiment} ({', '.join(names)})")
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     rows = []
     for seed in seeds:
-        setup = asj.get_experiment(args.experiment).build(size=args.size, seed=seed)
+        setup = setup if seed == seeds[0] else build(seed)
         whole = setup.make_autosimulate(seed)
         parts = {c: asj.make_autosimulate(setup.simulator, setup.model, setup.task,
                                           (x_val[y_val == c], y_val[y_val == c]), setup.config) for c in classes}
