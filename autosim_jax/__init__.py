@@ -79,6 +79,7 @@ _EXPORTS = {
     "signal_test": "outer",
     "signal_test_report": "outer",
     "snr_gate": "outer",
+    "cross_fitted_line_search": "outer",
     "RenderPool": "render_pool",
     "make_render_pool": "render_pool",
     "Field": "schema",
@@ -163,6 +164,7 @@ if TYPE_CHECKING:
     from .outer import signal_test as signal_test
     from .outer import signal_test_report as signal_test_report
     from .outer import snr_gate as snr_gate
+    from .outer import cross_fitted_line_search as cross_fitted_line_search
     from .render_pool import RenderPool as RenderPool
     from .render_pool import make_render_pool as make_render_pool
     from .schema import Field as Field

@@ -58,9 +58,9 @@ import optax
 from flax import nnx
 
 from .config import AutoSimConfig
-from .estimators import reinforce_gradient, score_function_term
+from .estimators import directional_derivatives, reinforce_gradient
 from .inner import Inner, check_dataset, make_inner, split_model
-from .outer import add_entropy_bonus, check_families
+from .outer import add_entropy_bonus, check_families, cross_fitted_line_search, line_search_scales
 from .parallel import check_divisible, constrain_batch, make_mesh, replicate, shard_batch
 from .simulator import Simulator, reraise_render_errors
 from .solve import solve_damped
@@ -96,6 +96,9 @@ class Hypergradient(NamedTuple):
     val_metric: jax.Array  # the task metric on the validation set at theta_hat(psi_t)
     solve: SolveReport  # how Table 1's vector was obtained
     stderr: PyTree = None  # grad_psi's standard error per coordinate (only for the noise gate or the signal test)
+    # [K] per-render values f_k whose mean over q_psi the step descends: grad_psi is their REINFORCE
+    # gradient (-(dl_k/dtheta . u) for Table 1's vector u; the render's loss for "no_val")
+    objective: jax.Array = None
 
 
 class StepInfo(NamedTuple):
@@ -119,6 +122,9 @@ class StepInfo(NamedTuple):
     time_render: float  # seconds of each stage (wall clock, blocked)
     time_train: float
     time_outer: float
+    # the multiple of the optimiser's step that AutoSimConfig.outer_line_search chose (0: psi stayed);
+    # 1 without the line search
+    psi_step_scale: float = 1.0
 
 
 # Why a step kept psi (StepInfo.psi_kept_reason), in the order they are checked.
@@ -517,7 +523,7 @@ def make_autosimulate(
             grad = reinforce_gradient(distribution.log_prob, psi, scenes, losses, baseline=config.baseline,
                                       return_stderr=with_stderr)
             grad, stderr = grad if with_stderr else (grad, None)
-            return Hypergradient(grad, val_loss, val_metric, SolveReport.no_solve(), stderr)
+            return Hypergradient(grad, val_loss, val_metric, SolveReport.no_solve(), stderr, losses)
         predict, per_sample_loss, point = inner.predict, inner.per_sample_loss, theta
         if partition is not None:  # g_val is already the trainable leaves' gradient
             point, frozen = partition.split(theta)
@@ -538,10 +544,13 @@ def make_autosimulate(
                                           cg_tol=config.cg_tol, cg_maxiter=config.cg_maxiter)
         if newton is not None:
             report = report.and_(SolveReport.of_solve(newton))
-        s = score_function_term(distribution.log_prob, psi, scenes, per_sample_loss, point, u, inputs, labels,
-                                method=config.estimator, baseline=config.baseline, return_stderr=with_stderr)
+        # Eq. 11 with the rewards c_k = dl_k/dtheta . u (estimators.score_function_term's two stages)
+        c = jax.lax.stop_gradient(directional_derivatives(per_sample_loss, point, u, inputs, labels,
+                                                          method=config.estimator))
+        s = reinforce_gradient(distribution.log_prob, psi, scenes, c, baseline=config.baseline,
+                               return_stderr=with_stderr)
         s, stderr = s if with_stderr else (s, None)
-        return Hypergradient(jax.tree.map(jnp.negative, s), val_loss, val_metric, report, stderr)
+        return Hypergradient(jax.tree.map(jnp.negative, s), val_loss, val_metric, report, stderr, -c)
 
     @jax.jit
     def simulate(key, psi):
@@ -571,13 +580,28 @@ def make_autosimulate(
     def outer(psi, outer_opt_state, theta, scenes, inputs, labels, theta_ok, damping):
         traces["outer"] += 1
         hg = hypergradient(psi, theta, scenes, inputs, labels, damping)
-        grad = hg.grad_psi
-        if config.entropy_weight:
-            grad = add_entropy_bonus(psi, grad, config.entropy_weight)
-        if psi_mask is not None:  # frozen fields get no gradient (Adam's moments stay zero) and never move
-            grad = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grad, psi_mask)
-        extra = {"hypergradient": grad, "hypergradient_stderr": hg.stderr} if with_stderr else {}
-        updates, new_opt_state = outer_optimizer.update(grad, outer_opt_state, psi, **extra)
+
+        def propose(grad, stderr):  # the optimiser's update from one hypergradient, and its new state
+            if config.entropy_weight:
+                grad = add_entropy_bonus(psi, grad, config.entropy_weight)
+            if psi_mask is not None:  # frozen fields get no gradient (Adam's moments stay zero) and never move
+                grad = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grad, psi_mask)
+            extra = {"hypergradient": grad, "hypergradient_stderr": stderr} if with_stderr else {}
+            return outer_optimizer.update(grad, outer_opt_state, psi, **extra)
+
+        updates, new_opt_state = propose(hg.grad_psi, hg.stderr)
+        scale = jnp.float32(1.0)
+        if config.outer_line_search:  # how far to go, judged on the half of the renders that did not propose it
+            half = config.dataset_size // 2
+            proposals = []
+            for part in (slice(None, half), slice(half, None)):
+                g = reinforce_gradient(distribution.log_prob, psi, jax.tree.map(lambda x: x[part], scenes),
+                                       hg.objective[part], baseline=config.baseline, return_stderr=with_stderr)
+                proposals.append(propose(*(g if with_stderr else (g, None)))[0])
+            scale = cross_fitted_line_search(distribution.log_prob, psi, scenes, hg.objective, *proposals,
+                                             line_search_scales(config.outer_line_search),
+                                             config.outer_line_search_min_ess).scale
+            updates = jax.tree.map(lambda u: scale * u, updates)
         new_psi = optax.apply_updates(psi, updates)
         if psi_mask is not None:
             new_psi = jax.tree.map(lambda new, old, m: new if m else old, new_psi, psi, psi_mask)
@@ -589,7 +613,7 @@ def make_autosimulate(
         # The flags as separate outputs: stacking them changed XLA's fusion of the optimiser
         # update (a last-bit difference in Adam's second moment against earlier versions).
         checks = (theta_ok, val_ok, hg.solve.usable, ok)
-        return keep_if(ok, new_psi, psi), keep_if(ok, new_opt_state, outer_opt_state), hg, checks
+        return keep_if(ok, new_psi, psi), keep_if(ok, new_opt_state, outer_opt_state), hg, checks, scale
 
     def warn_about_solve(step_number: int, info: StepInfo, solve: SolveReport, damping: float) -> None:
         if config.approximation != "exact_quadratic":
@@ -659,7 +683,7 @@ def make_autosimulate(
                     shard_batch(simulate(jax.random.fold_in(sim_key, 1), state.psi), mesh))
         t_outer = time.perf_counter()
         damping = config.damping_at(int(state.step))
-        psi, outer_state, hg, checks = jax.block_until_ready(
+        psi, outer_state, hg, checks, scale = jax.block_until_ready(
             outer(state.psi, state.outer_opt_state, theta, scenes, inputs, labels, theta_ok, damping=damping)
         )
         t3 = time.perf_counter()
@@ -675,6 +699,7 @@ def make_autosimulate(
             cg_indefinite=bool(hg.solve.indefinite), cg_model_value=float(hg.solve.model_value),
             psi_updated=not reason, psi_kept_reason=reason, train_loss_before=float(loss_before),
             time_render=(t1 - t0) + (t_outer - t2), time_train=t2 - t1, time_outer=t3 - t_outer,
+            psi_step_scale=float(scale),
         )
         warn_about_solve(int(new_state.step), info, hg.solve, damping)
         warn_about_loss_jump(int(new_state.step), info)

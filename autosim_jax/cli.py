@@ -491,7 +491,9 @@ def psi_step_report(records: list[dict], config) -> dict:
     """How fast psi moved, for Adam on psi: the median psi step's share of Adam's full rate in each
     quarter of the run (``StepInfo.psi_step_rms`` over :meth:`AutoSimConfig.psi_learning_rate`, 1:
     every coordinate moved by the rate), and the largest hypergradient norm of the first 8 steps
-    over the median of the rest. ``{}`` for another optimiser or fewer than 16 records.
+    over the median of the rest; with ``AutoSimConfig.outer_line_search``, also the mean scale the line
+    search chose in each quarter (``StepInfo.psi_step_scale``) and the share of steps it left psi where it
+    was (scale 0). ``{}`` for another optimiser or fewer than 16 records.
 
     Why: a few early hypergradients hundreds of times the later ones set Adam's second moment, and
     the psi step then runs at a few percent of its rate for the rest of the run (clevr-seg at gpu
@@ -511,8 +513,13 @@ def psi_step_report(records: list[dict], config) -> dict:
     share = [r["psi_step_rms"] / config.psi_learning_rate(max(int(r["step"]) - 1, 0)) for r in records]
     norms = [r["psi_grad_norm"] for r in records]
     later = float(np.median(norms[8:]))
-    return {"psi_step_share_by_quarter": [round(float(np.median(q)), 4) for q in np.array_split(share, 4)],
-            "psi_grad_norm_early_over_later": float(max(norms[:8]) / later) if later > 0 else float("inf")}
+    report = {"psi_step_share_by_quarter": [round(float(np.median(q)), 4) for q in np.array_split(share, 4)],
+              "psi_grad_norm_early_over_later": float(max(norms[:8]) / later) if later > 0 else float("inf")}
+    if config.outer_line_search and "psi_step_scale" in records[0]:
+        scales = np.array([r["psi_step_scale"] for r in records])
+        report["line_search_scale_by_quarter"] = [round(float(np.mean(q)), 3) for q in np.array_split(scales, 4)]
+        report["line_search_stayed"] = round(float(np.mean(scales == 0)), 3)
+    return report
 
 
 def _cg_status(cg: dict, approximation: str) -> str:
@@ -791,6 +798,9 @@ def _summary_table(s: dict, metric: str) -> str:
                 f"moment still holds them (outer_unit_norm feeds Adam their direction only)"
                 if quarters[-1] < 0.05 and ratio > 20 else "")
         rows.append(("psi step, share of Adam's rate by quarter", " / ".join(f"{q:.2f}" for q in quarters) + held))
+    if "line_search_scale_by_quarter" in s:
+        rows.append(("line search, mean scale by quarter", " / ".join(f"{q:.2f}" for q in s["line_search_scale_by_quarter"])
+                     + f"; psi stayed on {s['line_search_stayed']:.0%} of steps"))
     if s.get("cg_solves"):
         bad, worse = s["cg_unconverged_steps"], s["cg_no_descent_steps"]
         residual = (f" (relative residual median {s['cg_relative_residual_median']:.2g}, max "

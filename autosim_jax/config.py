@@ -240,6 +240,18 @@ class AutoSimConfig:
         colour and material frozen by hand: 0.95). 0 (default): off.
       outer_signal_test_alpha: the chance that a leaf without signal is ever released (default
         0.01).
+      outer_line_search: the largest multiple ``m`` of the optimiser's psi step that a line search on
+        the local model of Eq. 6 tries; 0 (default): none, every step at the optimiser's size. With
+        ``m > 0`` each step's renders are split in halves, the optimiser's update is proposed from
+        each half's hypergradient and valued on the other half by importance weights (no extra
+        render), at scales ``(0, m/8, m/4, m/2, m)``; the update from all the renders is applied at
+        the scale valued best (:func:`~autosim_jax.outer.cross_fitted_line_search`), 0 leaving psi
+        where it is. ``StepInfo.psi_step_scale`` reports the choice. Why: a step that only follows
+        its renders' noise is valued near zero by renders that did not propose it, and a step along
+        a real slope can go further than the optimiser's rate. Needs ``dataset_size >= 4``.
+      outer_line_search_min_ess: the line search trusts a scale only where the importance weights'
+        effective sample size, over a half's size, is at least this (default 0.5): further from
+        ``q_psi`` the estimate is too noisy to choose by.
       theta_reset_every: every this-many outer steps, ``theta`` and its optimiser state go
         back to their initial values before the step's fine-tuning (0: never; 1: every step
         fine-tunes a fresh model). Why: the hypergradient of a barely trained warm model points
@@ -376,6 +388,8 @@ class AutoSimConfig:
     outer_snr_gate_from: int = 0
     outer_signal_test_after: int = 0
     outer_signal_test_alpha: float = 0.01
+    outer_line_search: float = 0.0
+    outer_line_search_min_ess: float = 0.5
     trainable: str | None = None
     psi_trainable: str | None = None
     theta_reset_every: int = 0
@@ -441,6 +455,20 @@ class AutoSimConfig:
             raise ValueError(
                 "AutoSimConfig.outer_signal_test_after holds the steps of outer_optimizer='adam' or 'sgd' (it is "
                 "chained after them); set outer_signal_test_after=0 or another outer_optimizer.")
+        _positive_float("outer_line_search", self.outer_line_search, "the largest multiple of the psi step tried "
+                        "(0: no line search)", allow_zero=True)
+        _positive_float("outer_line_search_min_ess", self.outer_line_search_min_ess, "a share of a half's renders")
+        if self.outer_line_search_min_ess > 1:
+            raise ValueError(f"AutoSimConfig.outer_line_search_min_ess must be in (0, 1] (an effective sample size "
+                             f"over a half's renders, e.g. 0.5), got {self.outer_line_search_min_ess!r}.")
+        if self.outer_line_search and self.dataset_size < 4:
+            raise ValueError(f"AutoSimConfig.outer_line_search values each half of a step's renders on the other half, "
+                             f"which needs dataset_size >= 4 (two renders a half); got dataset_size="
+                             f"{self.dataset_size}. Raise dataset_size or set outer_line_search=0.")
+        if self.outer_line_search and self.outer_optimizer == "natural":
+            raise ValueError("AutoSimConfig.outer_line_search scales the steps of outer_optimizer='adam' or 'sgd'; "
+                             "'natural' sizes its step by max_kl already. Set outer_line_search=0 or another "
+                             "outer_optimizer.")
         if not isinstance(self.outer_unit_norm, bool):
             raise ValueError(f"AutoSimConfig.outer_unit_norm must be True or False, got {self.outer_unit_norm!r}.")
         if self.outer_unit_norm and self.outer_optimizer == "natural":

@@ -24,7 +24,8 @@ Fisher information per family (``psi`` leaves as built by :mod:`autosim_jax.dist
 :func:`snr_gate` is the other kind of step control: it moves a coordinate only as far as its
 averaged hypergradient stands above the noise the score-function samples themselves measure.
 :func:`signal_test` makes the same comparison over the whole run and holds a leaf that has shown
-no evidence at its start.
+no evidence at its start. :func:`cross_fitted_line_search` chooses how far to take a proposed step
+by the local model's value there, estimated by importance weights on the step's own renders.
 
 References:
   Amari (1998), natural gradient; Kakade (2002), natural policy gradient; Schulman et al.
@@ -539,3 +540,115 @@ def signal_test_report(outer_opt_state: Any) -> dict[str, dict[str, float | bool
     return {path: {"held": bool(h), "evidence": bool(e), "p_value": float(p)}
             for path, h, e, p in zip(paths, jax.tree.leaves(state.held), jax.tree.leaves(state.evidence),
                                      jax.tree.leaves(state.p_value))}
+
+
+class LineSearchResult(NamedTuple):
+    """What :func:`cross_fitted_line_search` found (arrays; ``values`` and ``ess`` one per scale)."""
+
+    scale: jax.Array  # the chosen multiple of the proposed step (0: psi stays)
+    values: jax.Array  # held-out estimate of E_q'[f] - E_q[f] at each scale (the two folds' mean)
+    ess: jax.Array  # the smaller fold's effective sample size over its size, at each scale
+
+
+def line_search_scales(largest: float) -> tuple[float, ...]:
+    """The multiples of the proposed psi step that :func:`cross_fitted_line_search` tries.
+
+    >>> line_search_scales(2.0)
+    (0.0, 0.25, 0.5, 1.0, 2.0)
+    """
+    return (0.0, largest / 8, largest / 4, largest / 2, largest)
+
+
+def importance_change(log_prob_fn, psi: PyTree, new_psi: PyTree, samples: Any,
+                      objective: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Self-normalised importance estimate of ``E_{q_new}[f] - E_{q_psi}[f]`` from samples of ``q_psi``.
+
+    .. math:: \\sum_k w_k f_k - \\frac{1}{K} \\sum_k f_k, \\qquad
+              w_k \\propto q_{\\psi'}(s_k) / q_\\psi(s_k), \\quad \\sum_k w_k = 1,
+
+    no new sample drawn; also the effective sample size ``1 / (K sum_k w_k^2)`` in ``(0, 1]``, which
+    falls as ``q_new`` moves away from ``q_psi`` (the estimate's variance grows about as its inverse).
+
+    Args:
+      log_prob_fn: ``(psi, samples) -> [K]`` log-densities, e.g. ``Distribution.log_prob``.
+      psi: the parameters the ``samples`` were drawn from.
+      new_psi: the candidate parameters.
+      samples: ``K`` samples of ``q_psi`` (leading axis ``K``).
+      objective: ``[K]`` values ``f(s_k)``.
+
+    Returns:
+      ``(change, ess_fraction)``, 0-d arrays.
+
+    Example:
+      >>> from autosim_jax.distributions import gaussian
+      >>> q = gaussian()
+      >>> psi = q.init()                                    # N(0, 1)
+      >>> s = q.sample(jax.random.key(0), psi, 20000)
+      >>> new = psi._replace(loc=jnp.float32(0.3))          # E_new[x] - E[x] = 0.3
+      >>> change, ess = importance_change(q.log_prob, psi, new, s, s)
+      >>> round(float(change), 1), round(float(ess), 2)     # ess exp(-0.3^2) = 0.91
+      (0.3, 0.91)
+    """
+    log_w = log_prob_fn(new_psi, samples) - log_prob_fn(psi, samples)
+    w = jax.nn.softmax(log_w.astype(jnp.float32))
+    f = objective.astype(jnp.float32)
+    return jnp.sum(w * f) - jnp.mean(f), 1.0 / (jnp.sum(w * w) * f.shape[0])
+
+
+def cross_fitted_line_search(log_prob_fn, psi: PyTree, samples: Any, objective: jax.Array,
+                             update_first: PyTree, update_second: PyTree, scales: tuple[float, ...],
+                             min_ess: float = 0.5) -> LineSearchResult:
+    """How far to take a psi step, judged on renders that did not propose it (no extra render).
+
+    The line search on the local model of Eq. 6 that issue 13 lists: the step's ``K`` samples
+    are split in halves; ``update_first`` is the step the optimiser proposes from the first
+    half's hypergradient, ``update_second`` from the second's. Each is valued on the *other*
+    half, at every ``scale`` in ``scales``, by :func:`importance_change` of the objective ``f``
+    whose expectation the step descends (for AutoSimulate ``f_k = -(dl_k/dtheta . u)``, Table 1,
+    so that ``E_q[f]`` is the local model of ``L_val`` up to a constant). A half's own
+    hypergradient agrees with its own samples by construction (its noise included); the other
+    half's do not share that noise, so a step that only follows noise is valued near zero or
+    worse, and one along a real slope keeps its value. The chosen scale has the lowest mean of
+    the two held-out values among those whose effective sample size (the smaller fold's) is at
+    least ``min_ess``; scale 0 (psi stays) is valued 0 with all its samples.
+
+    Args:
+      log_prob_fn: ``(psi, samples) -> [K]`` log-densities.
+      psi: the current parameters (the samples' law).
+      samples: the step's ``K >= 4`` samples (leading axis ``K``).
+      objective: ``[K]`` values ``f(s_k)`` to descend.
+      update_first, update_second: the optimiser's proposed updates (like ``psi``, to add) from
+        samples ``[: K // 2]`` and ``[K // 2 :]``.
+      scales: multiples of the update to try (:func:`line_search_scales`); 0 among them lets psi stay.
+      min_ess: the smallest effective sample size, over a fold's size, at which a scale is trusted.
+
+    Returns:
+      A :class:`LineSearchResult`.
+
+    Example:
+      >>> from autosim_jax.distributions import gaussian
+      >>> q = gaussian()
+      >>> psi = q.init()
+      >>> s = q.sample(jax.random.key(0), psi, 4096)
+      >>> f = (s - 0.5) ** 2                  # E_q[f] is least at loc 0.5
+      >>> up = psi._replace(loc=jnp.float32(0.25), log_scale=jnp.float32(0.0))
+      >>> float(cross_fitted_line_search(q.log_prob, psi, s, f, up, up, line_search_scales(4.0)).scale)
+      2.0
+    """
+    k = objective.shape[0]
+    if k < 4:
+        raise ValueError(f"The cross-fitted line search needs at least 4 samples (two per half), got K={k}.")
+    half = k // 2
+    first = jax.tree.map(lambda x: x[:half], samples)
+    second = jax.tree.map(lambda x: x[half:], samples)
+    values, ess = [], []
+    for scale in scales:
+        moved_first = optax.apply_updates(psi, jax.tree.map(lambda u: scale * u, update_first))
+        moved_second = optax.apply_updates(psi, jax.tree.map(lambda u: scale * u, update_second))
+        value_on_second, ess_second = importance_change(log_prob_fn, psi, moved_first, second, objective[half:])
+        value_on_first, ess_first = importance_change(log_prob_fn, psi, moved_second, first, objective[:half])
+        values.append(0.5 * (value_on_first + value_on_second))
+        ess.append(jnp.minimum(ess_first, ess_second))
+    values, ess = jnp.stack(values), jnp.stack(ess)
+    pick = jnp.argmin(jnp.where(ess >= min_ess, values, jnp.inf))
+    return LineSearchResult(jnp.asarray(scales, jnp.float32)[pick], values, ess)

@@ -52,6 +52,9 @@ experiment itself (``paired_compare.py``: the start and reference figures equal 
   ``K256`` and ``K64_DECAY30`` with every seed moved by 3, so that ``autosim compare --seeds 3`` (seeds
   0 .. N-1) runs the experiment's seeds 3-5 (start, target, validation and test sets, initialisations); the
   loop's own key keeps the comparison's seed, the same in both, so the two pair seed by seed.
+* ``PRESET_LS2`` (session 74): the registered preset at either size with the cross-fitted line search on the
+  local model of Eq. 6 (``AutoSimConfig.outer_line_search=2``): each step's update taken at 0, 1/4, 1/2, 1 or 2
+  times Adam's, as the half of the renders that did not propose it values it (docs/learning.md, session 74).
 
 Run from ``benchmarks/`` so that ``module:attr`` finds this file::
 
@@ -73,6 +76,8 @@ Example:
   >>> c30.outer_decay_steps, c.outer_decay_steps  # K = 256 at cpu: no decay
   (30, 0)
   >>> c30 == base.config  # the cpu preset since session 61
+  True
+  >>> PRESET_LS2.build(size="cpu").config == base.config.replace(outer_line_search=2.0)
   True
   >>> late = K64_LATE60.build(size="cpu").config
   >>> [round(late.psi_learning_rate(t), 4) for t in (0, 59, 60, 90, 120)]  # from K = 256's constant rate
@@ -188,3 +193,15 @@ K256_SEEDS3 = _seeds_moved(K256, 3)
 K64_DECAY30_SEEDS3 = _seeds_moved(K64_DECAY30, 3)
 K256_SEEDS4 = _seeds_moved(K256, 4)
 K64_DECAY30_SEEDS4 = _seeds_moved(K64_DECAY30, 4)
+
+
+def _preset_with_line_search(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
+    setup = _BASE.build(renderer=renderer, seed=seed, size=size)
+    return setup._replace(config=setup.config.replace(outer_line_search=2.0), assess_config=setup.base_config())
+
+
+# session 74: the registered preset at either size (K64_DECAY30's recipe, equal to it) with the cross-fitted line
+# search on the local model of Eq. 6 (AutoSimConfig.outer_line_search=2: each step at 0, 1/4, 1/2, 1 or 2 times
+# Adam's update, as the half of the renders that did not propose it values it)
+PRESET_LS2 = Experiment("clevr-seg-ls2", "the clevr-seg preset with the cross-fitted line search (up to 2x the step)",
+                        _BASE.renderers, _preset_with_line_search)

@@ -147,3 +147,16 @@ K256_B16_DECAY120_GATE2_FOR60_BETA2_099_UNITNORM = variant(3, "shared", 256, bat
                                                            outer_unit_norm=True)
 K256_B16_DECAY120_BETA2_099_UNITNORM = variant(3, "shared", 256, batch_size=16, decay_steps=120, beta2=0.99,
                                                outer_unit_norm=True)
+# session 74: the cpu preset (the plug-in K64_DECAY120_GATE2_FOR60_BETA2_099_UNITNORM, equal to the registered
+# experiment) with the cross-fitted line search on the local model of Eq. 6 (AutoSimConfig.outer_line_search):
+# each step's update taken at 0, 1/4, 1/2, 1 or 2 times the optimiser's size, as the half of the renders that did
+# not propose it values it. Does judging the step on other renders keep the preset's climb with fewer noise walks?
+K64_DECAY120_GATE2_FOR60_BETA2_099_UNITNORM_LS2 = variant(3, "shared", 64, batch_size=8, decay_steps=120,
+                                                          snr_gate=2.0, snr_gate_steps=60, beta2=0.99,
+                                                          outer_unit_norm=True, outer_line_search=2.0)
+# the same with the largest scale 1 (0, 1/8, 1/4, 1/2 or 1 times the optimiser's step): LS2 chose 0 or 2 on 92% of
+# its steps, so where the held-out value's sign is a coin flip it doubles the noise walk (E[scale^2] about 2.2);
+# capped at 1 the search can only hold a step back.
+K64_DECAY120_GATE2_FOR60_BETA2_099_UNITNORM_LS1 = variant(3, "shared", 64, batch_size=8, decay_steps=120,
+                                                          snr_gate=2.0, snr_gate_steps=60, beta2=0.99,
+                                                          outer_unit_norm=True, outer_line_search=1.0)

@@ -206,6 +206,14 @@ def test_summary_says_when_early_hypergradients_hold_the_psi_step(toy_path, tmp_
     assert "0.01 / 0.01 / 0.01 / 0.01; the first 8 steps' hypergradients reached 571x the later median" in table
     assert psi_step_report(stalled, AutoSimConfig(outer_optimizer="sgd")) == {}  # the share is Adam's
     assert psi_step_report(stalled[:15], AutoSimConfig()) == {}
+    # with the line search: its mean scale by quarter and the share of steps it kept psi (scale 0)
+    searched = [{**r, "psi_step_scale": (0.0, 2.0, 1.0, 2.0)[t % 4] if t < 120 else 0.0} for t, r in enumerate(stalled)]
+    report = psi_step_report(searched, AutoSimConfig(outer_learning_rate=0.1, outer_line_search=2.0))
+    assert report["line_search_scale_by_quarter"] == [1.25, 1.25, 0.0, 0.0] and report["line_search_stayed"] == 0.625
+    assert "line search, mean scale by quarter" not in table
+    assert ("1.25 / 1.25 / 0.00 / 0.00; psi stayed on 62% of steps"
+            in _summary_table({**summary, **report}, "neg_mse"))
+    assert "line_search_stayed" not in psi_step_report(searched, AutoSimConfig(outer_learning_rate=0.1))
 
 
 EXPLORE_SOURCE = """
