@@ -77,7 +77,7 @@ Example:
   (30, 0)
   >>> c30 == base.config  # the cpu preset since session 61
   True
-  >>> PRESET_LS2.build(size="cpu").config == base.config.replace(outer_line_search=2.0)
+  >>> _with_line_search(base).config == base.config.replace(outer_line_search=2.0)  # PRESET_LS2's build
   True
   >>> late = K64_LATE60.build(size="cpu").config
   >>> [round(late.psi_learning_rate(t), 4) for t in (0, 59, 60, 90, 120)]  # from K = 256's constant rate
@@ -195,9 +195,13 @@ K256_SEEDS4 = _seeds_moved(K256, 4)
 K64_DECAY30_SEEDS4 = _seeds_moved(K64_DECAY30, 4)
 
 
-def _preset_with_line_search(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
-    setup = _BASE.build(renderer=renderer, seed=seed, size=size)
+def _with_line_search(setup):
+    """``setup`` whose learner adds the line search; the fresh models and baselines keep its own options."""
     return setup._replace(config=setup.config.replace(outer_line_search=2.0), assess_config=setup.base_config())
+
+
+def _preset_with_line_search(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
+    return _with_line_search(_BASE.build(renderer=renderer, seed=seed, size=size))
 
 
 # session 74: the registered preset at either size (K64_DECAY30's recipe, equal to it) with the cross-fitted line

@@ -422,10 +422,10 @@ print("OK", len(autosim_jax.__all__))
 
 
 def test_import_autosim_jax_is_lazy_and_exports_every_name():
-    """`import autosim_jax` alone imports no JAX; each of the 79 public names (and the typed list
+    """`import autosim_jax` alone imports no JAX; each of the 80 public names (and the typed list
     for type checkers) resolves to its module's object on first use."""
     result = subprocess.run([sys.executable, "-c", _LAZY_PACKAGE], capture_output=True, text=True, check=False)
-    assert result.returncode == 0 and "OK 79" in result.stdout, result.stderr[-2000:]
+    assert result.returncode == 0 and "OK 80" in result.stdout, result.stderr[-2000:]
 
 
 @pytest.mark.slow
