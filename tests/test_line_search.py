@@ -135,6 +135,19 @@ def test_the_applied_step_is_the_optimisers_update_times_the_chosen_scale():
     assert set(scales) != {1.0}, scales
 
 
+@pytest.mark.parametrize("approximation", ["no_val", "linear"])
+def test_line_search_with_other_approximations_keeps_frozen_fields(approximation):
+    """The search's objective is each approximation's own (the renders' loss for no_val, Table 1's vector
+    otherwise) and a field frozen by psi_trainable never moves: 4 steps, the scale one of those tried,
+    the frozen log-scale equal to its start to the bit."""
+    autosim = _toy(outer_line_search=2.0, approximation=approximation, psi_trainable=r"\['x'\]\.loc")
+    state = start = autosim.init(0)
+    for _ in range(4):
+        state, info = autosim.step(state)
+        assert info.psi_updated and info.psi_step_scale in line_search_scales(2.0)
+    assert np.asarray(state.psi["x"].log_scale).tobytes() == np.asarray(start.psi["x"].log_scale).tobytes()
+
+
 @pytest.mark.parametrize("options, match", [
     ({"outer_line_search": -1.0}, "outer_line_search must be >= 0"),
     ({"outer_line_search": 2.0, "outer_line_search_min_ess": 0.0}, "outer_line_search_min_ess must be > 0"),
