@@ -641,14 +641,15 @@ def cross_fitted_line_search(log_prob_fn, psi: PyTree, samples: Any, objective: 
     half = k // 2
     first = jax.tree.map(lambda x: x[:half], samples)
     second = jax.tree.map(lambda x: x[half:], samples)
-    values, ess = [], []
-    for scale in scales:
+
+    def at(scale):  # each fold's proposal valued on the other fold
         moved_first = optax.apply_updates(psi, jax.tree.map(lambda u: scale * u, update_first))
         moved_second = optax.apply_updates(psi, jax.tree.map(lambda u: scale * u, update_second))
         value_on_second, ess_second = importance_change(log_prob_fn, psi, moved_first, second, objective[half:])
         value_on_first, ess_first = importance_change(log_prob_fn, psi, moved_second, first, objective[:half])
-        values.append(0.5 * (value_on_first + value_on_second))
-        ess.append(jnp.minimum(ess_first, ess_second))
-    values, ess = jnp.stack(values), jnp.stack(ess)
+        return 0.5 * (value_on_first + value_on_second), jnp.minimum(ess_first, ess_second)
+
+    scales = jnp.asarray(scales, jnp.float32)
+    values, ess = jax.vmap(at)(scales)  # every scale in one pass over the samples
     pick = jnp.argmin(jnp.where(ess >= min_ess, values, jnp.inf))
-    return LineSearchResult(jnp.asarray(scales, jnp.float32)[pick], values, ess)
+    return LineSearchResult(scales[pick], values, ess)
