@@ -73,13 +73,13 @@ _EXPORTS = {
     "make_inner": "inner",
     "SmallCNN": "models",
     "UNet": "models",
+    "cross_fitted_line_search": "outer",
     "entropy": "outer",
     "kl_divergence": "outer",
     "natural_trust_region": "outer",
     "signal_test": "outer",
     "signal_test_report": "outer",
     "snr_gate": "outer",
-    "cross_fitted_line_search": "outer",
     "RenderPool": "render_pool",
     "make_render_pool": "render_pool",
     "Field": "schema",
@@ -158,13 +158,13 @@ if TYPE_CHECKING:
     from .inner import make_inner as make_inner
     from .models import SmallCNN as SmallCNN
     from .models import UNet as UNet
+    from .outer import cross_fitted_line_search as cross_fitted_line_search
     from .outer import entropy as entropy
     from .outer import kl_divergence as kl_divergence
     from .outer import natural_trust_region as natural_trust_region
     from .outer import signal_test as signal_test
     from .outer import signal_test_report as signal_test_report
     from .outer import snr_gate as snr_gate
-    from .outer import cross_fitted_line_search as cross_fitted_line_search
     from .render_pool import RenderPool as RenderPool
     from .render_pool import make_render_pool as make_render_pool
     from .schema import Field as Field

@@ -595,7 +595,7 @@ def make_autosimulate(
             half = config.dataset_size // 2
             proposals = []
             for part in (slice(None, half), slice(half, None)):
-                g = reinforce_gradient(distribution.log_prob, psi, jax.tree.map(lambda x: x[part], scenes),
+                g = reinforce_gradient(distribution.log_prob, psi, jax.tree.map(lambda x, p=part: x[p], scenes),
                                        hg.objective[part], baseline=config.baseline, return_stderr=with_stderr)
                 proposals.append(propose(*(g if with_stderr else (g, None)))[0])
             scale = cross_fitted_line_search(distribution.log_prob, psi, scenes, hg.objective, *proposals,
