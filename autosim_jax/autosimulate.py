@@ -577,7 +577,7 @@ def make_autosimulate(
     # The damping is static: a schedule (AutoSimConfig.damping_at) compiles once per value, and a
     # constant one folds into the program exactly as before the schedule existed.
     @functools.partial(jax.jit, static_argnames="damping")
-    def outer(psi, outer_opt_state, theta, scenes, inputs, labels, theta_ok, damping):
+    def outer(psi, outer_opt_state, theta, scenes, inputs, labels, theta_ok, step_count, damping):
         traces["outer"] += 1
         hg = hypergradient(psi, theta, scenes, inputs, labels, damping)
 
@@ -601,6 +601,8 @@ def make_autosimulate(
             scale = cross_fitted_line_search(distribution.log_prob, psi, scenes, hg.objective, *proposals,
                                              line_search_scales(config.outer_line_search),
                                              config.outer_line_search_min_ess).scale
+            if config.outer_line_search_steps:  # the search on the first steps only; Adam's step after them
+                scale = jnp.where(step_count < config.outer_line_search_steps, scale, jnp.float32(1.0))
             updates = jax.tree.map(lambda u: scale * u, updates)
         new_psi = optax.apply_updates(psi, updates)
         if psi_mask is not None:
@@ -684,7 +686,8 @@ def make_autosimulate(
         t_outer = time.perf_counter()
         damping = config.damping_at(int(state.step))
         psi, outer_state, hg, checks, scale = jax.block_until_ready(
-            outer(state.psi, state.outer_opt_state, theta, scenes, inputs, labels, theta_ok, damping=damping)
+            outer(state.psi, state.outer_opt_state, theta, scenes, inputs, labels, theta_ok, state.step,
+                  damping=damping)
         )
         t3 = time.perf_counter()
         checks = [bool(c) for c in checks]  # theta, validation loss, solve, and all of them with the update

@@ -253,6 +253,12 @@ class AutoSimConfig:
         mIoU over 3,840-15,360 images on 3 of 3 seeds and 0.029 behind at the end (it reaches the path
         beyond which the lights walk off sooner); on digits-sim2real's cpu preset +0.022 early and 0.023
         behind at the end (10 seeds); with ``m = 1`` behind early and level at the end. Off by default.
+      outer_line_search_steps: the line search acts on the first this-many outer steps only, Adam's own
+        step after them (0, the default: on every step). Why: the search buys its early points with a
+        longer path, and on clevr-seg the lights walk off once psi's path passes about 2.6 (session 60);
+        searching only while the steps' signal is strong keeps the later steps at the preset's size.
+        Measured on digits-sim2real's cpu preset (session 74, 10 seeds): with 60 of its 240 steps the
+        early points are the whole-run search's and the end is lost all the same (-0.020 val accuracy).
       outer_line_search_min_ess: the line search trusts a scale only where the importance weights'
         effective sample size, over a half's size, is at least this (default 0.5): further from
         ``q_psi`` the estimate is too noisy to choose by.
@@ -393,6 +399,7 @@ class AutoSimConfig:
     outer_signal_test_after: int = 0
     outer_signal_test_alpha: float = 0.01
     outer_line_search: float = 0.0
+    outer_line_search_steps: int = 0
     outer_line_search_min_ess: float = 0.5
     trainable: str | None = None
     psi_trainable: str | None = None
@@ -465,6 +472,11 @@ class AutoSimConfig:
         if self.outer_line_search_min_ess > 1:
             raise ValueError(f"AutoSimConfig.outer_line_search_min_ess must be in (0, 1] (an effective sample size "
                              f"over a half's renders, e.g. 0.5), got {self.outer_line_search_min_ess!r}.")
+        _positive_int("outer_line_search_steps", self.outer_line_search_steps, minimum=0)
+        if self.outer_line_search_steps and not self.outer_line_search:
+            raise ValueError(f"AutoSimConfig.outer_line_search_steps={self.outer_line_search_steps} ends the line search, "
+                             "but outer_line_search=0 has none; set outer_line_search (e.g. 2) or "
+                             "outer_line_search_steps=0.")
         if self.outer_line_search and self.dataset_size < 4:
             raise ValueError(f"AutoSimConfig.outer_line_search values each half of a step's renders on the other half, "
                              f"which needs dataset_size >= 4 (two renders a half); got dataset_size="

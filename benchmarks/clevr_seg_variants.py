@@ -54,7 +54,9 @@ experiment itself (``paired_compare.py``: the start and reference figures equal 
   loop's own key keeps the comparison's seed, the same in both, so the two pair seed by seed.
 * ``PRESET_LS2`` (session 74): the registered preset at either size with the cross-fitted line search on the
   local model of Eq. 6 (``AutoSimConfig.outer_line_search=2``): each step's update taken at 0, 1/4, 1/2, 1 or 2
-  times Adam's, as the half of the renders that did not propose it values it (docs/learning.md, session 74).
+  times Adam's, as the half of the renders that did not propose it values it (docs/learning.md, session 74;
+  ``results/compare_clevr-seg_gpu_ls2``: ahead over the first half of the budget, behind at the end).
+  ``PRESET_LS2_FOR60``: the same on the first 60 psi steps only (``outer_line_search_steps``), not yet measured.
 
 Run from ``benchmarks/`` so that ``module:attr`` finds this file::
 
@@ -79,6 +81,8 @@ Example:
   True
   >>> _with_line_search(base).config == base.config.replace(outer_line_search=2.0)  # PRESET_LS2's build
   True
+  >>> _with_line_search(base, 60).config.outer_line_search_steps  # PRESET_LS2_FOR60's
+  60
   >>> late = K64_LATE60.build(size="cpu").config
   >>> [round(late.psi_learning_rate(t), 4) for t in (0, 59, 60, 90, 120)]  # from K = 256's constant rate
   [0.1, 0.1, 0.1, 0.05, 0.0333]
@@ -195,17 +199,26 @@ K256_SEEDS4 = _seeds_moved(K256, 4)
 K64_DECAY30_SEEDS4 = _seeds_moved(K64_DECAY30, 4)
 
 
-def _with_line_search(setup):
-    """``setup`` whose learner adds the line search; the fresh models and baselines keep its own options."""
-    return setup._replace(config=setup.config.replace(outer_line_search=2.0), assess_config=setup.base_config())
+def _with_line_search(setup, steps: int = 0):
+    """``setup`` whose learner adds the line search (up to 2x; on the first ``steps`` steps only, 0: all);
+    the fresh models and baselines keep its own options."""
+    config = setup.config.replace(outer_line_search=2.0, outer_line_search_steps=steps)
+    return setup._replace(config=config, assess_config=setup.base_config())
 
 
-def _preset_with_line_search(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
-    return _with_line_search(_BASE.build(renderer=renderer, seed=seed, size=size))
+def _preset_with_line_search(steps: int = 0):
+    def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
+        return _with_line_search(_BASE.build(renderer=renderer, seed=seed, size=size), steps)
+
+    return build
 
 
 # session 74: the registered preset at either size (K64_DECAY30's recipe, equal to it) with the cross-fitted line
 # search on the local model of Eq. 6 (AutoSimConfig.outer_line_search=2: each step at 0, 1/4, 1/2, 1 or 2 times
 # Adam's update, as the half of the renders that did not propose it values it)
 PRESET_LS2 = Experiment("clevr-seg-ls2", "the clevr-seg preset with the cross-fitted line search (up to 2x the step)",
-                        _BASE.renderers, _preset_with_line_search)
+                        _BASE.renderers, _preset_with_line_search())
+# prepared in session 74, not yet measured: the search on the first 60 psi steps only (3,840 images at gpu size, where
+# PRESET_LS2 is +0.044 ahead and has made most of its extra path), Adam's own step after them
+PRESET_LS2_FOR60 = Experiment("clevr-seg-ls2-for60", "PRESET_LS2 searching on its first 60 steps only",
+                              _BASE.renderers, _preset_with_line_search(60))

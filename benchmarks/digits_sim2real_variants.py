@@ -160,3 +160,9 @@ K64_DECAY120_GATE2_FOR60_BETA2_099_UNITNORM_LS2 = variant(3, "shared", 64, batch
 K64_DECAY120_GATE2_FOR60_BETA2_099_UNITNORM_LS1 = variant(3, "shared", 64, batch_size=8, decay_steps=120,
                                                           snr_gate=2.0, snr_gate_steps=60, beta2=0.99,
                                                           outer_unit_norm=True, outer_line_search=1.0)
+# up to 2x on the first 60 of the 240 steps only (AutoSimConfig.outer_line_search_steps): LS2's extra path is made in
+# its first quarter, and the end is lost after it; does searching only there keep LS2's first points and the end?
+K64_DECAY120_GATE2_FOR60_BETA2_099_UNITNORM_LS2_FOR60 = variant(3, "shared", 64, batch_size=8, decay_steps=120,
+                                                                snr_gate=2.0, snr_gate_steps=60, beta2=0.99,
+                                                                outer_unit_norm=True, outer_line_search=2.0,
+                                                                outer_line_search_steps=60)

@@ -716,7 +716,8 @@ ASSESSMENT_OPTIONS = ("inner_optimizer", "inner_learning_rate", "inner_clip_norm
 # Session 50's digest hashed every AutoSimConfig field; these were added after it (at defaults that leave
 # the fresh models' training unchanged), so its formula leaves them out to reproduce its records' digests.
 _ADDED_AFTER_SESSION_50 = ("outer_unit_norm", "outer_snr_gate_from", "theta_reset_inits", "outer_decay_late_from",
-                           "outer_decay_late_steps", "outer_line_search", "outer_line_search_min_ess")
+                           "outer_decay_late_steps", "outer_line_search", "outer_line_search_steps",
+                           "outer_line_search_min_ess")
 # The sets are compared by each image's and each label's mean, within this: two hosts' numpy renderings
 # of the same set differ in the last bits (at 64 px session 50's 8-bit rounding still flipped a pixel
 # between the H100 host and this CPU's), while another scene or label moves a mean by far more.

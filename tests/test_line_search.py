@@ -135,6 +135,22 @@ def test_the_applied_step_is_the_optimisers_update_times_the_chosen_scale():
     assert set(scales) != {1.0}, scales
 
 
+def test_line_search_steps_ends_the_search():
+    """With outer_line_search_steps=4 the first 4 steps take the search's scale (not all of them 1 on
+    this toy) and every later step Adam's own (scale 1, the plain step from the same state to the bit)."""
+    searched, plain = _toy(outer_line_search=2.0, outer_line_search_steps=4), _toy()
+    state, scales = searched.init(0), []
+    for _ in range(7):
+        new, info = searched.step(state)
+        scales.append(info.psi_step_scale)
+        if len(scales) > 4:
+            ref, _ = plain.step(state)
+            for a, b in zip(jax.tree.leaves(new.psi), jax.tree.leaves(ref.psi)):
+                assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+        state = new
+    assert set(scales[:4]) != {1.0} and scales[4:] == [1.0, 1.0, 1.0], scales
+
+
 @pytest.mark.parametrize("approximation", ["no_val", "linear"])
 def test_line_search_with_other_approximations_keeps_frozen_fields(approximation):
     """The search's objective is each approximation's own (the renders' loss for no_val, Table 1's vector
@@ -154,6 +170,8 @@ def test_line_search_with_other_approximations_keeps_frozen_fields(approximation
     ({"outer_line_search": 2.0, "outer_line_search_min_ess": 1.5}, r"must be in \(0, 1\]"),
     ({"outer_line_search": 2.0, "dataset_size": 2, "batch_size": 2}, "dataset_size >= 4"),
     ({"outer_line_search": 2.0, "outer_optimizer": "natural"}, "'natural' sizes its step by max_kl"),
+    ({"outer_line_search_steps": 60}, "outer_line_search=0 has none"),
+    ({"outer_line_search": 2.0, "outer_line_search_steps": -1}, "outer_line_search_steps must be an integer >= 0"),
 ])
 def test_line_search_options_are_validated(options, match):
     with pytest.raises(ValueError, match=match):
