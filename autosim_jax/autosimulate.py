@@ -592,17 +592,19 @@ def make_autosimulate(
         updates, new_opt_state = propose(hg.grad_psi, hg.stderr)
         scale = jnp.float32(1.0)
         if config.outer_line_search:  # how far to go, judged on the half of the renders that did not propose it
-            half = config.dataset_size // 2
-            proposals = []
-            for part in (slice(None, half), slice(half, None)):
-                g = reinforce_gradient(distribution.log_prob, psi, jax.tree.map(lambda x, p=part: x[p], scenes),
-                                       hg.objective[part], baseline=config.baseline, return_stderr=with_stderr)
-                proposals.append(propose(*(g if with_stderr else (g, None)))[0])
-            scale = cross_fitted_line_search(distribution.log_prob, psi, scenes, hg.objective, *proposals,
-                                             line_search_scales(config.outer_line_search),
-                                             config.outer_line_search_min_ess).scale
-            if config.outer_line_search_steps:  # the search on the first steps only; Adam's step after them
-                scale = jnp.where(step_count < config.outer_line_search_steps, scale, jnp.float32(1.0))
+            def search():
+                half, proposals = config.dataset_size // 2, []
+                for part in (slice(None, half), slice(half, None)):
+                    g = reinforce_gradient(distribution.log_prob, psi, jax.tree.map(lambda x, p=part: x[p], scenes),
+                                           hg.objective[part], baseline=config.baseline, return_stderr=with_stderr)
+                    proposals.append(propose(*(g if with_stderr else (g, None)))[0])
+                return cross_fitted_line_search(distribution.log_prob, psi, scenes, hg.objective, *proposals,
+                                                line_search_scales(config.outer_line_search),
+                                                config.outer_line_search_min_ess).scale
+
+            # on the first outer_line_search_steps steps only (0: all), Adam's own step after them, not computed
+            scale = (search() if not config.outer_line_search_steps else
+                     jax.lax.cond(step_count < config.outer_line_search_steps, search, lambda: jnp.float32(1.0)))
             updates = jax.tree.map(lambda u: scale * u, updates)
         new_psi = optax.apply_updates(psi, updates)
         if psi_mask is not None:
