@@ -57,6 +57,8 @@ experiment itself (``paired_compare.py``: the start and reference figures equal 
   times Adam's, as the half of the renders that did not propose it values it (docs/learning.md, session 74;
   ``results/compare_clevr-seg_gpu_ls2``: ahead over the first half of the budget, behind at the end).
   ``PRESET_LS2_FOR60``: the same on the first 60 psi steps only (``outer_line_search_steps``), not yet measured.
+  ``PRESET_LS2_DECAY20`` (session 75): ``PRESET_LS2`` with the rate decaying over 20 steps instead of 30, so
+  that its path over the run is about the preset's (session 60's walk sets in past about 2.6).
 
 Run from ``benchmarks/`` so that ``module:attr`` finds this file::
 
@@ -83,6 +85,8 @@ Example:
   True
   >>> _with_line_search(base, 60).config.outer_line_search_steps  # PRESET_LS2_FOR60's
   60
+  >>> _with_line_search(base, decay_steps=20).config.outer_decay_steps  # PRESET_LS2_DECAY20's
+  20
   >>> late = K64_LATE60.build(size="cpu").config
   >>> [round(late.psi_learning_rate(t), 4) for t in (0, 59, 60, 90, 120)]  # from K = 256's constant rate
   [0.1, 0.1, 0.1, 0.05, 0.0333]
@@ -199,16 +203,18 @@ K256_SEEDS4 = _seeds_moved(K256, 4)
 K64_DECAY30_SEEDS4 = _seeds_moved(K64_DECAY30, 4)
 
 
-def _with_line_search(setup, steps: int = 0):
-    """``setup`` whose learner adds the line search (up to 2x; on the first ``steps`` steps only, 0: all);
-    the fresh models and baselines keep its own options."""
-    config = setup.config.replace(outer_line_search=2.0, outer_line_search_steps=steps)
+def _with_line_search(setup, steps: int = 0, decay_steps: int = 0):
+    """``setup`` whose learner adds the line search (up to 2x; on the first ``steps`` steps only, 0: all;
+    the psi step's rate decaying over ``decay_steps`` steps instead of the preset's, if given); the fresh
+    models and baselines keep its own options."""
+    config = setup.config.replace(outer_line_search=2.0, outer_line_search_steps=steps,
+                                  outer_decay_steps=decay_steps or setup.config.outer_decay_steps)
     return setup._replace(config=config, assess_config=setup.base_config())
 
 
-def _preset_with_line_search(steps: int = 0):
+def _preset_with_line_search(steps: int = 0, decay_steps: int = 0):
     def build(*, renderer=_BASE.renderers[0], seed=0, size="cpu"):
-        return _with_line_search(_BASE.build(renderer=renderer, seed=seed, size=size), steps)
+        return _with_line_search(_BASE.build(renderer=renderer, seed=seed, size=size), steps, decay_steps)
 
     return build
 
@@ -222,3 +228,8 @@ PRESET_LS2 = Experiment("clevr-seg-ls2", "the clevr-seg preset with the cross-fi
 # PRESET_LS2 is +0.044 ahead and has made most of its extra path), Adam's own step after them
 PRESET_LS2_FOR60 = Experiment("clevr-seg-ls2-for60", "PRESET_LS2 searching on its first 60 steps only",
                               _BASE.renderers, _preset_with_line_search(60))
+# session 75: PRESET_LS2 with the rate decaying over 20 steps instead of 30. Scaling PRESET_LS2's path by quarter
+# (2.5 / 0.7 / 0.38 / 0.23) by the rate's integral over each quarter (0.81 / 0.70 / 0.69 / 0.69 of decay 30's)
+# gives a path of about 2.9 over 480 steps, the preset's 2.8-2.9, and to step 60 about 1.17x the preset's.
+PRESET_LS2_DECAY20 = Experiment("clevr-seg-ls2-decay20", "PRESET_LS2 with the psi step's rate decaying over 20 "
+                                "steps instead of 30", _BASE.renderers, _preset_with_line_search(decay_steps=20))
