@@ -166,3 +166,9 @@ K64_DECAY120_GATE2_FOR60_BETA2_099_UNITNORM_LS2_FOR60 = variant(3, "shared", 64,
                                                                 snr_gate=2.0, snr_gate_steps=60, beta2=0.99,
                                                                 outer_unit_norm=True, outer_line_search=2.0,
                                                                 outer_line_search_steps=60)
+# session 75: LS2 with the rate decaying over 60 steps instead of 120, the digits analogue of clevr-seg gpu's
+# PRESET_LS2_DECAY20 (which kept its end level with the preset and part of its early gain): does a faster decay
+# take back the end that LS2 loses here too?
+K64_DECAY60_GATE2_FOR60_BETA2_099_UNITNORM_LS2 = variant(3, "shared", 64, batch_size=8, decay_steps=60,
+                                                         snr_gate=2.0, snr_gate_steps=60, beta2=0.99,
+                                                         outer_unit_norm=True, outer_line_search=2.0)
