@@ -252,7 +252,10 @@ class AutoSimConfig:
         (``docs/learning.md``, session 74): with ``m = 2`` on clevr-seg's gpu preset, +0.044 to +0.049 val
         mIoU over 3,840-15,360 images on 3 of 3 seeds and 0.029 behind at the end (it reaches the path
         beyond which the lights walk off sooner); on digits-sim2real's cpu preset +0.022 early and 0.023
-        behind at the end (10 seeds); with ``m = 1`` behind early and level at the end. Off by default.
+        behind at the end (10 seeds); with ``m = 1`` behind early and level at the end. With the rate
+        decaying faster (clevr-seg gpu over 20 steps, digits over 60; session 75) the end is level and
+        part of the early gain stays. The search picks 0 or ``m`` on 97-99% of steps: in effect a
+        held-out sign test that keeps psi or takes ``m`` times the step. Off by default.
       outer_line_search_steps: the line search acts on the first this-many outer steps only, Adam's own
         step after them (0, the default: on every step). Why: the search buys its early points with a
         longer path, and on clevr-seg the lights walk off once psi's path passes about 2.6 (session 60);
