@@ -142,19 +142,25 @@ def leaf_statistics(g: np.ndarray, se2: np.ndarray, classes: int = 0, b2: float 
             "z": z.tolist(), "ratio": ratio.tolist(), "mean_g": g.mean(axis=0).tolist(), "travel": travel.tolist()}
 
 
-def adam_travel(g: np.ndarray, b2: float = 0.999) -> np.ndarray:
-    """``|sum_t u_t| / N`` per coordinate of ``g`` (``(N, n)``), ``u_t`` Adam's bias-corrected
-    update direction for the gradients ``g_1..g_t`` (optax's ``b1``, ``eps``; ``b2`` the
-    config's ``outer_beta2``): 1 when every step goes the same way at the full rate, near 0 when they cancel.
-    The scale of ``g`` does not matter (to ``eps``), which is the point.
-    """
+def adam_updates(g: np.ndarray, b2: float = 0.999) -> np.ndarray:
+    """``u_t`` for every row of ``g`` (``(N, n)``): Adam's bias-corrected update direction for the
+    gradients ``g_1..g_t`` (optax's ``b1``, ``eps``; ``b2`` the config's ``outer_beta2``), before
+    the learning rate. The scale of ``g`` does not matter (to ``eps``)."""
     g = np.asarray(g, np.float64)
-    m, v, total = np.zeros(g.shape[1]), np.zeros(g.shape[1]), np.zeros(g.shape[1])
+    m, v, updates = np.zeros(g.shape[1]), np.zeros(g.shape[1]), np.empty_like(g)
     for t, row in enumerate(g, start=1):
         m = ADAM_B1 * m + (1 - ADAM_B1) * row
         v = b2 * v + (1 - b2) * row**2
-        total += (m / (1 - ADAM_B1**t)) / (np.sqrt(v / (1 - b2**t)) + ADAM_EPS)
-    return np.abs(total) / len(g)
+        updates[t - 1] = (m / (1 - ADAM_B1**t)) / (np.sqrt(v / (1 - b2**t)) + ADAM_EPS)
+    return updates
+
+
+def adam_travel(g: np.ndarray, b2: float = 0.999) -> np.ndarray:
+    """``|sum_t u_t| / N`` per coordinate of ``g`` (``(N, n)``), ``u_t`` of :func:`adam_updates`:
+    1 when every step goes the same way at the full rate, near 0 when they cancel. The scale of
+    ``g`` does not matter (to ``eps``), which is the point.
+    """
+    return np.abs(adam_updates(g, b2).sum(0)) / len(g)
 
 
 def adam_travel_null(steps: int, draws: int = 4000) -> float:
