@@ -90,11 +90,12 @@ def field_paths(records: list[dict], start: dict[str, list], parts: int = 4) -> 
     return out
 
 
-def null_displacement_ratio(steps: int, coordinates: int = 64, draws: int = 50) -> float:
+def null_displacement_ratio(steps: int, b2: float = 0.999, coordinates: int = 64, draws: int = 50) -> float:
     """The mean ``displacement / path`` (:func:`field_paths`) of a field of ``coordinates``
     coordinates whose hypergradients are independent standard normal noise over ``steps`` Adam
-    steps from a fresh state (``hypergradient_signal.adam_updates``, a fixed seed): the yardstick
-    a field's ratio is read against; a consistent push raises it towards 1.
+    steps from a fresh state (``hypergradient_signal.adam_updates`` with the config's
+    ``outer_beta2`` ``b2``, a fixed seed): the yardstick a field's ratio is read against; a
+    consistent push raises it towards 1.
 
     Example:
       >>> round(null_displacement_ratio(120), 2)
@@ -105,7 +106,7 @@ def null_displacement_ratio(steps: int, coordinates: int = 64, draws: int = 50) 
     rng = np.random.default_rng(0)
     ratios = []
     for _ in range(draws):
-        u = adam_updates(rng.standard_normal((steps, coordinates)))
+        u = adam_updates(rng.standard_normal((steps, coordinates)), b2)
         ratios.append(np.sqrt(np.mean(u.sum(0) ** 2)) / np.sqrt(np.mean(u**2, axis=1)).sum())
     return float(np.mean(ratios))
 
@@ -162,7 +163,8 @@ def compare_runs(folder: str, reference, start, fields: list[str], parts: int = 
                 paths[f][i]["kl"] = kls[f]
         return paths
 
-    return {run: {"rows": trajectory(records, kl), "fields": with_kls(records), "start_kl": field_kls(reference, start)}
+    start_kl = field_kls(reference, start)
+    return {run: {"rows": trajectory(records, kl), "fields": with_kls(records), "start_kl": start_kl}
             for run, records in autosimulate_runs(folder).items()}
 
 
@@ -206,13 +208,15 @@ def main(argv=None) -> int:
                   f"{s['smallest']['step']} (path {s['smallest']['path']:.2f}, {s['smallest']['images']} images); "
                   f"at the end {s['end_kl']:.3g}; each field's own path {totals[low]:.2f} ({low}) to "
                   f"{totals[high]:.2f} ({high})")
+    span_lengths = {b - a + 1 for runs in table.values() for run in runs.values()
+                    for a, b in (span["steps"] for span in next(iter(run["fields"].values())))}
     record = {"benchmark": "walk_onset", "date": datetime.date.today().isoformat(),
               "command": command_line(__file__, argv),
               "jax_version": jax.__version__, "autosim_jax": asj.__version__, "experiment": args.experiment,
               "size": args.size, "fields": fields, "runs": table,
-              "null_displacement_ratio": {str(n): null_displacement_ratio(n) for n in sorted(
-                  {b - a + 1 for runs in table.values() for run in runs.values()
-                   for a, b in (span["steps"] for span in next(iter(run["fields"].values())))})}}
+              "outer_beta2": setup.config.outer_beta2,
+              "null_displacement_ratio": {str(n): null_displacement_ratio(n, setup.config.outer_beta2)
+                                          for n in sorted(span_lengths)}}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(record, f, indent=1)
@@ -223,7 +227,7 @@ def main(argv=None) -> int:
 
 
 def plot_fields(table: dict, null: dict[str, float], path: str, title: str) -> None:
-    """Per label: each field's ``displacement / path`` by span (pure noise's ratio dashed) and its
+    """Per label: each field's ``displacement / path`` by span (pure noise's ratio dotted) and its
     ``KL(q_reference || q_psi)`` at the start and each span's end, means over the label's runs."""
     from matplotlib.figure import Figure
 
